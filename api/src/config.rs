@@ -1,0 +1,158 @@
+//! The API's settings: one typed struct, read once at start from flags, the environment and
+//! `.env` (see the table in CONTRACT.md).
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use base64::Engine;
+use clap::{Args, Parser, Subcommand, builder::BoolishValueParser};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "flash-sale-api",
+    version,
+    about = "Flash Sale API: holds, orders and payments over one hot stock"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub config: Config,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the API (the default).
+    Serve,
+    /// Run pending migrations and exit.
+    Migrate {
+        /// Also add the demo product (id 1) if it is not there yet.
+        #[arg(long)]
+        seed: bool,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// mysql://user:pass@host:3306/db (MySQL 8 / MariaDB 10.6+) or a SQLite file.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://flash_sale.db?mode=rwc",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+    /// Pool size of this process.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub database_max_connections: u32,
+    /// Where the API listens (`:0` picks a free port; the chosen address is logged).
+    #[arg(long, env = "BIND_ADDR", default_value = "127.0.0.1:8000")]
+    pub bind_addr: SocketAddr,
+    /// How long a hold reserves stock, in seconds.
+    #[arg(long, env = "HOLD_TTL_SECONDS", default_value_t = 120, value_parser = clap::value_parser!(u32).range(1..=86_400))]
+    pub hold_ttl_seconds: u32,
+    /// The largest `qty` one hold may take.
+    #[arg(long, env = "MAX_HOLD_QTY", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_hold_qty: u32,
+    /// `whsec_` + base64; when set every payment webhook must be signed.
+    #[arg(long, env = "WEBHOOK_SECRET", hide_env_values = true, value_parser = parse_webhook_secret)]
+    pub webhook_secret: Option<WebhookSecret>,
+    /// Comma-separated origins (or `*`) whose browsers may call the API.
+    #[arg(long, env = "CORS_ALLOWED_ORIGINS")]
+    pub cors_allowed_origins: Option<String>,
+    /// Bearer token for /api/admin/*; when unset those routes answer 404.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Folder of the daily JSON log files.
+    #[arg(long, env = "LOG_DIR", default_value = "storage/logs")]
+    pub log_dir: PathBuf,
+    /// Log filter (tracing's EnvFilter syntax).
+    #[arg(long = "log-filter", env = "RUST_LOG", default_value = "info")]
+    pub rust_log: String,
+    /// Run pending migrations when the server starts.
+    #[arg(long, env = "AUTO_MIGRATE", default_value = "true", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub auto_migrate: bool,
+}
+
+/// The decoded key of a Standard Webhooks secret (`whsec_` + base64).
+#[derive(Clone)]
+pub struct WebhookSecret(pub Vec<u8>);
+
+impl std::fmt::Debug for WebhookSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WebhookSecret(***)")
+    }
+}
+
+fn parse_webhook_secret(s: &str) -> Result<WebhookSecret, String> {
+    let b64 = s
+        .strip_prefix("whsec_")
+        .ok_or("must start with whsec_ followed by base64")?;
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|e| format!("the part after whsec_ is not base64: {e}"))?;
+    if key.is_empty() {
+        return Err("the key after whsec_ is empty".into());
+    }
+    Ok(WebhookSecret(key))
+}
+
+impl Config {
+    /// The configuration as printed at start-up: secrets masked.
+    pub fn redacted(&self) -> String {
+        format!(
+            "DATABASE_URL={} DATABASE_MAX_CONNECTIONS={} BIND_ADDR={} HOLD_TTL_SECONDS={} \
+             MAX_HOLD_QTY={} WEBHOOK_SECRET={} CORS_ALLOWED_ORIGINS={} ADMIN_TOKEN={} LOG_DIR={} \
+             RUST_LOG={} AUTO_MIGRATE={}",
+            entity::db::redact_url(&self.database_url),
+            self.database_max_connections,
+            self.bind_addr,
+            self.hold_ttl_seconds,
+            self.max_hold_qty,
+            if self.webhook_secret.is_some() {
+                "***"
+            } else {
+                "(unset)"
+            },
+            self.cors_allowed_origins.as_deref().unwrap_or("(unset)"),
+            if self.admin_token.is_some() {
+                "***"
+            } else {
+                "(unset)"
+            },
+            self.log_dir.display(),
+            self.rust_log,
+            self.auto_migrate,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let cli = Cli::try_parse_from(["flash-sale-api"]).unwrap();
+        let c = cli.config;
+        assert_eq!(c.bind_addr.to_string(), "127.0.0.1:8000");
+        assert_eq!(c.hold_ttl_seconds, 120);
+        assert_eq!(c.max_hold_qty, 10);
+        assert_eq!(c.database_max_connections, 16);
+        assert!(c.auto_migrate);
+    }
+
+    #[test]
+    fn webhook_secret_must_be_whsec_base64() {
+        assert!(parse_webhook_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_ok());
+        assert!(parse_webhook_secret("secret").is_err());
+        assert!(parse_webhook_secret("whsec_not base64!").is_err());
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        let err = Cli::try_parse_from(["flash-sale-api", "--bind-addr", "nowhere"]).unwrap_err();
+        assert!(err.to_string().contains("BIND_ADDR"), "{err}");
+    }
+}

@@ -1,0 +1,13 @@
+//! `flash-sale-api`: the HTTP side of the Flash Sale service.
+//!
+//! This crate owns HTTP only: routes and their request/response types ([`routes`]), the one
+//! mapping from domain errors to problem+json answers ([`error`]), configuration ([`config`]) and
+//! the server wiring ([`server`]). Every change to stock goes through `entity::stock`.
+
+pub mod config;
+pub mod error;
+pub mod routes;
+pub mod server;
+
+pub use config::Config;
+pub use server::{AppState, build_app, migrate, run};

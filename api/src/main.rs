@@ -1,0 +1,45 @@
+//! `flash-sale-api`: serve the API, or `migrate [--seed]` and exit.
+
+use anyhow::Context;
+use clap::Parser;
+use flash_sale_api::{
+    config::{Cli, Command},
+    migrate, run,
+};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    // A missing .env is fine; a broken one is an error worth stopping for.
+    if let Err(e) = dotenvy::dotenv()
+        && !e.not_found()
+    {
+        return Err(e).context(".env: cannot be read");
+    }
+    let cli = Cli::parse();
+    let config = cli.config;
+    let _guards =
+        entity::telemetry::init_logging("flash-sale-api", &config.log_dir, &config.rust_log)?;
+    let metrics = entity::telemetry::init_metrics()?;
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = %config.redacted(),
+        "flash-sale-api starting"
+    );
+    if config.webhook_secret.is_none() {
+        tracing::warn!("WEBHOOK_SECRET is not set: unsigned payment webhooks will be accepted");
+    }
+    match cli.command {
+        Some(Command::Migrate { seed }) => {
+            let db = migrate(&config.database_url).await?;
+            tracing::info!("migrations applied");
+            if seed {
+                let added = entity::stock::seed_demo_product(&db)
+                    .await
+                    .context("seeding the demo product")?;
+                tracing::info!(added, "demo product (id 1) seeded");
+            }
+            Ok(())
+        }
+        Some(Command::Serve) | None => run(config, Some(metrics)).await,
+    }
+}

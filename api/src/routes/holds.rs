@@ -1,0 +1,138 @@
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use entity::{
+    HoldStatus, Quantity,
+    stock::{self, HoldView},
+};
+use poem_openapi::{ApiResponse, Enum, Object, OpenApi, param::Path, payload::Json};
+
+use super::ApiTags;
+use crate::{AppState, error::ApiError};
+
+/// Ask for a hold on `qty` units of a product.
+#[derive(Debug, Object)]
+#[oai(example)]
+pub struct CreateHold {
+    pub product_id: i64,
+    /// 1 to `MAX_HOLD_QTY` (10 by default).
+    pub qty: i64,
+}
+
+impl poem_openapi::types::Example for CreateHold {
+    fn example() -> Self {
+        Self {
+            product_id: 1,
+            qty: 2,
+        }
+    }
+}
+
+/// The state of a hold as seen now.
+#[derive(Debug, Clone, Copy, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum HoldState {
+    /// Reserving stock until `expires_at`.
+    Active,
+    /// Its time ran out; its stock is available again.
+    Expired,
+    /// Given back by the buyer (DELETE).
+    Released,
+    /// Turned into an order.
+    Consumed,
+}
+
+impl From<HoldStatus> for HoldState {
+    fn from(s: HoldStatus) -> Self {
+        match s {
+            HoldStatus::Active => Self::Active,
+            HoldStatus::Expired => Self::Expired,
+            HoldStatus::Released => Self::Released,
+            HoldStatus::Consumed => Self::Consumed,
+        }
+    }
+}
+
+/// A hold on stock.
+#[derive(Debug, Object)]
+#[oai(example)]
+pub struct Hold {
+    pub hold_id: i64,
+    pub product_id: i64,
+    pub qty: i32,
+    pub status: HoldState,
+    /// When an active hold stops reserving stock (RFC 3339, UTC).
+    pub expires_at: DateTime<Utc>,
+}
+
+impl poem_openapi::types::Example for Hold {
+    fn example() -> Self {
+        Self {
+            hold_id: 123,
+            product_id: 1,
+            qty: 2,
+            status: HoldState::Active,
+            expires_at: DateTime::from_timestamp(1_796_139_000, 0).unwrap_or_default(),
+        }
+    }
+}
+
+impl From<HoldView> for Hold {
+    fn from(h: HoldView) -> Self {
+        Self {
+            hold_id: h.id,
+            product_id: h.product_id,
+            qty: h.qty,
+            status: h.status.into(),
+            expires_at: h.expires_at,
+        }
+    }
+}
+
+#[derive(Debug, ApiResponse)]
+pub enum HoldCreated {
+    /// The stock is reserved until `expires_at`.
+    #[oai(status = 201)]
+    Created(Json<Hold>),
+}
+
+pub struct HoldsApi {
+    pub state: Arc<AppState>,
+}
+
+#[OpenApi(tag = "ApiTags::Holds")]
+impl HoldsApi {
+    /// Hold stock for a short time (`HOLD_TTL_SECONDS`, 2 minutes by default).
+    ///
+    /// Answers 409 `insufficient_stock` (with how many are available) when the product cannot
+    /// cover `qty`. Never oversells, however many requests arrive at once.
+    #[oai(path = "/api/holds", method = "post", operation_id = "createHold")]
+    async fn create_hold(&self, body: Json<CreateHold>) -> Result<HoldCreated, ApiError> {
+        let max = self.state.max_hold_qty;
+        let qty = Quantity::new(body.qty, max)
+            .ok_or_else(|| ApiError::validation(format!("qty must be between 1 and {max}")))?;
+        let hold =
+            stock::create_hold(&self.state.db, body.product_id, qty, self.state.hold_ttl).await?;
+        Ok(HoldCreated::Created(Json(hold.into())))
+    }
+
+    /// Get a hold; `status` tells whether it still reserves stock.
+    #[oai(path = "/api/holds/:id", method = "get", operation_id = "getHold")]
+    async fn get_hold(&self, id: Path<i64>) -> Result<Json<Hold>, ApiError> {
+        Ok(Json(stock::get_hold(&self.state.db, id.0).await?.into()))
+    }
+
+    /// Release an active hold: its stock is available again at once.
+    ///
+    /// A hold that is consumed, expired or already released answers 409 `hold_not_active`.
+    #[oai(
+        path = "/api/holds/:id",
+        method = "delete",
+        operation_id = "releaseHold"
+    )]
+    async fn release_hold(&self, id: Path<i64>) -> Result<Json<Hold>, ApiError> {
+        Ok(Json(
+            stock::release_hold(&self.state.db, id.0).await?.into(),
+        ))
+    }
+}

@@ -1,0 +1,67 @@
+use std::sync::Arc;
+
+use entity::stock::{self, ProductView};
+use poem_openapi::{Object, OpenApi, param::Path, payload::Json};
+
+use super::ApiTags;
+use crate::{AppState, error::ApiError};
+
+/// A product and its live stock.
+#[derive(Debug, Object)]
+#[oai(example)]
+pub struct Product {
+    pub id: i64,
+    pub name: String,
+    /// Decimal string with two places, exact.
+    pub price: String,
+    /// Units on hand, not yet sold; drops only when an order is paid.
+    pub stock: i32,
+    /// What can still be held: `stock` minus active holds minus pending orders. Expired holds
+    /// never count, even before the worker has swept them.
+    pub available_stock: i32,
+}
+
+impl poem_openapi::types::Example for Product {
+    fn example() -> Self {
+        Self {
+            id: 1,
+            name: "Flash Sale Product".into(),
+            price: "99.99".into(),
+            stock: 100,
+            available_stock: 98,
+        }
+    }
+}
+
+impl From<ProductView> for Product {
+    fn from(p: ProductView) -> Self {
+        Self {
+            id: p.id,
+            name: p.name,
+            price: p.price.to_string(),
+            stock: p.stock,
+            available_stock: p.available_stock,
+        }
+    }
+}
+
+pub struct ProductsApi {
+    pub state: Arc<AppState>,
+}
+
+#[OpenApi(tag = "ApiTags::Products")]
+impl ProductsApi {
+    /// Get a product with its live available stock.
+    ///
+    /// Every answer reflects a database read that started after the request arrived.
+    #[oai(
+        path = "/api/products/:id",
+        method = "get",
+        operation_id = "getProduct"
+    )]
+    async fn get_product(&self, id: Path<i64>) -> Result<Json<Product>, ApiError> {
+        Ok(Json(
+            stock::product_view(&self.state.db, id.0).await?.into(),
+        ))
+    }
+}

@@ -1,0 +1,265 @@
+//! Wiring: state, the route tree and its middleware, migrations, and serving.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context;
+use entity::{Db, DbConfig};
+use metrics_exporter_prometheus::PrometheusHandle;
+use migration::{Migrator, MigratorTrait};
+use poem::{
+    Endpoint, EndpointExt, IntoResponse, Request, Response, Route, Server,
+    endpoint::make_sync,
+    http::{Method, StatusCode, header},
+    listener::{Acceptor, Listener, TcpListener},
+    middleware::Cors,
+};
+use poem_openapi::{ApiResponse, OpenApi, OpenApiService, payload::PlainText};
+
+use crate::{
+    Config,
+    error::{ApiError, classify_poem_error, problem_response},
+    routes,
+};
+
+/// Largest request body accepted (CONTRACT: 413 `payload_too_large` above it).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// What every handler needs, built once at start.
+pub struct AppState {
+    pub db: Db,
+    pub hold_ttl: chrono::Duration,
+    pub max_hold_qty: u32,
+    pub admin_token: Option<String>,
+}
+
+impl AppState {
+    pub fn new(config: &Config, db: Db) -> Self {
+        Self {
+            db,
+            hold_ttl: chrono::Duration::seconds(i64::from(config.hold_ttl_seconds)),
+            max_hold_qty: config.max_hold_qty,
+            admin_token: config.admin_token.clone(),
+        }
+    }
+}
+
+struct HealthApi {
+    state: Arc<AppState>,
+}
+
+#[derive(ApiResponse)]
+enum Ready {
+    /// The database answers.
+    #[oai(status = 200)]
+    Ready(PlainText<&'static str>),
+}
+
+/// Liveness and readiness, for load balancers and orchestrators.
+#[OpenApi(tag = "OpsTags::Operations")]
+impl HealthApi {
+    /// The process is up.
+    #[oai(path = "/healthz", method = "get", operation_id = "healthz")]
+    async fn healthz(&self) -> PlainText<&'static str> {
+        PlainText("ok")
+    }
+
+    /// The database answers (503 `unavailable` when it does not, within 2 seconds).
+    #[oai(path = "/readyz", method = "get", operation_id = "readyz")]
+    async fn readyz(&self) -> Result<Ready, ApiError> {
+        match tokio::time::timeout(Duration::from_secs(2), self.state.db.ping()).await {
+            Ok(Ok(())) => Ok(Ready::Ready(PlainText("ready"))),
+            _ => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the database cannot be reached",
+            )),
+        }
+    }
+}
+
+#[derive(poem_openapi::Tags)]
+enum OpsTags {
+    /// Health checks.
+    Operations,
+}
+
+/// The whole HTTP application: the OpenAPI operations, `/openapi.json`, `/docs`, `/metrics`,
+/// and the middleware that keeps every error answer problem+json.
+pub fn build_app(
+    config: &Config,
+    state: Arc<AppState>,
+    metrics: Option<PrometheusHandle>,
+) -> impl Endpoint<Output = Response> + use<> {
+    let service = OpenApiService::new(
+        (
+            routes::api(state.clone()),
+            HealthApi {
+                state: state.clone(),
+            },
+        ),
+        "Flash Sale API",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description(
+        "Holds, orders and payments over a limited stock, with zero overselling. \
+         Every error is application/problem+json with a stable `code`.",
+    );
+    let docs = service.swagger_ui();
+    let spec = service.spec_endpoint();
+    let metrics_ep = make_sync(move |_| match &metrics {
+        Some(handle) => handle
+            .render()
+            .with_content_type("text/plain; version=0.0.4")
+            .into_response(),
+        None => ""
+            .with_content_type("text/plain; version=0.0.4")
+            .into_response(),
+    });
+    let admin_enabled = state.admin_token.is_some();
+
+    let cors = config.cors_allowed_origins.as_deref().map(|origins| {
+        let cors = Cors::new();
+        if origins.trim() == "*" {
+            cors
+        } else {
+            cors.allow_origins(origins.split(',').map(str::trim).filter(|o| !o.is_empty()))
+        }
+    });
+
+    Route::new()
+        .nest("/", service)
+        .nest("/docs", docs)
+        .at("/openapi.json", spec)
+        .at("/metrics", metrics_ep)
+        .around(move |ep, req| async move {
+            // With no ADMIN_TOKEN the admin routes do not exist at all.
+            if !admin_enabled && req.uri().path().starts_with("/api/admin") {
+                return Ok(problem_response(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    "no such route",
+                ));
+            }
+            limit_body(ep, req).await
+        })
+        .with_if(cors.is_some(), cors.unwrap_or_default())
+        .catch_all_error(|err: poem::Error| async move {
+            // Our own error answers (already problem+json) pass through untouched.
+            if err.is_from_response() {
+                return err.into_response();
+            }
+            let (status, code) = classify_poem_error(&err);
+            if status.is_server_error() {
+                tracing::error!(error = %err, "unhandled error");
+            }
+            problem_response(status, code, err.to_string())
+        })
+        .data(state)
+}
+
+/// Refuses bodies over [`MAX_BODY_BYTES`] with 413, whether announced by `Content-Length` or
+/// streamed (chunked), before any handler reads them.
+async fn limit_body<E: Endpoint>(ep: Arc<E>, mut req: Request) -> poem::Result<Response> {
+    let too_large = || {
+        problem_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request bodies are limited to {MAX_BODY_BYTES} bytes"),
+        )
+    };
+    let announced = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Ok(too_large());
+    }
+    if announced.is_none() && !matches!(*req.method(), Method::GET | Method::HEAD | Method::DELETE)
+    {
+        match req.take_body().into_bytes_limit(MAX_BODY_BYTES).await {
+            Ok(bytes) => req.set_body(bytes),
+            Err(poem::error::ReadBodyError::PayloadTooLarge) => return Ok(too_large()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    ep.call(req).await.map(IntoResponse::into_response)
+}
+
+/// Runs pending migrations over a dedicated single connection. Several API processes may start
+/// at once: on MySQL/MariaDB a named lock (`GET_LOCK`, held by that one connection) lets one
+/// migrate while the others wait; everywhere a failed run is retried, so a process that lost a
+/// race finds the migrations already applied.
+pub async fn migrate(database_url: &str) -> anyhow::Result<Db> {
+    use sea_orm::ConnectionTrait;
+    let db = Db::connect(&DbConfig {
+        url: database_url.to_owned(),
+        max_connections: 1,
+    })
+    .await
+    .context("DATABASE_URL: cannot connect")?;
+    let mysql = db.backend() == entity::Backend::MySql;
+    if mysql {
+        db.conn()
+            .execute_unprepared("SELECT GET_LOCK('flash_sale_migrate', 120)")
+            .await
+            .context("taking the migration lock")?;
+    }
+    let mut attempt = 0;
+    let result = loop {
+        attempt += 1;
+        match Migrator::up(db.conn(), None).await {
+            Ok(()) => break Ok(()),
+            Err(e) if attempt < 3 => {
+                tracing::warn!(error = %e, attempt, "migration failed, retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => break Err(e).context("running migrations"),
+        }
+    };
+    if mysql {
+        db.conn()
+            .execute_unprepared("SELECT RELEASE_LOCK('flash_sale_migrate')")
+            .await
+            .ok();
+    }
+    result.map(|()| db)
+}
+
+/// Connects, migrates unless told not to, and serves until Ctrl-C or SIGTERM.
+pub async fn run(config: Config, metrics: Option<PrometheusHandle>) -> anyhow::Result<()> {
+    let db = Db::connect(&DbConfig {
+        url: config.database_url.clone(),
+        max_connections: config.database_max_connections,
+    })
+    .await
+    .context("DATABASE_URL: cannot connect")?;
+    if config.auto_migrate {
+        migrate(&config.database_url).await?;
+    }
+    let state = Arc::new(AppState::new(&config, db.clone()));
+    let app = build_app(&config, state, metrics);
+
+    let acceptor = TcpListener::bind(config.bind_addr)
+        .into_acceptor()
+        .await
+        .with_context(|| format!("BIND_ADDR {}: cannot listen", config.bind_addr))?;
+    let addr = acceptor
+        .local_addr()
+        .first()
+        .and_then(|a| a.as_socket_addr().copied())
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    tracing::info!(addr = %addr, "listening");
+    Server::new_with_acceptor(acceptor)
+        .run_with_graceful_shutdown(
+            app,
+            entity::telemetry::shutdown_signal(),
+            Some(Duration::from_secs(30)),
+        )
+        .await
+        .context("serving")?;
+    db.conn().clone().close().await.ok();
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,294 @@
+//! Connecting, and the one way this crate opens a write transaction.
+//!
+//! MySQL/MariaDB: every session runs at READ COMMITTED (locking reads see the latest commit and
+//! InnoDB takes no gap locks, so inserting a hold never waits on the worker's range scan), with a
+//! short `innodb_lock_wait_timeout` so that a stuck lock turns into a retry, then a 503, well
+//! within the contract's 5 seconds.
+//!
+//! SQLite: lock clauses are dropped, so a write transaction starts with `BEGIN IMMEDIATE` and
+//! holds the database write lock from its first statement; inside one process writers queue on
+//! a fair async mutex instead of spinning in SQLite's busy handler; across processes the busy
+//! timeout and the retry loop take over.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
+    DbErr, RuntimeErr, TransactionOptions, TransactionTrait,
+    sqlx::{
+        self, Executor,
+        sqlite::{SqliteJournalMode, SqliteSynchronous},
+    },
+};
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+use crate::error::StockError;
+
+/// Attempts per operation before contention is answered as [`StockError::Contention`].
+pub const MAX_ATTEMPTS: u32 = 6;
+/// Seconds a MySQL statement waits for a row lock before it fails with 1205 and is retried.
+const LOCK_WAIT_TIMEOUT_SECS: u32 = 2;
+/// How long a request waits for a pooled connection before the database counts as unreachable.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+/// SQLite's busy timeout, across processes.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    MySql,
+    Sqlite,
+}
+
+/// What is needed to open the pool.
+#[derive(Debug, Clone)]
+pub struct DbConfig {
+    pub url: String,
+    pub max_connections: u32,
+}
+
+/// The shared handle: the pool plus the in-process writer queue used on SQLite.
+#[derive(Clone)]
+pub struct Db {
+    conn: DatabaseConnection,
+    backend: Backend,
+    sqlite_writer: Option<Arc<Mutex<()>>>,
+}
+
+/// A write transaction. On SQLite it also holds this process's writer slot until it ends.
+pub struct WriteTxn {
+    // Field order matters: the transaction ends before the writer slot is freed.
+    txn: DatabaseTransaction,
+    _writer: Option<OwnedMutexGuard<()>>,
+}
+
+impl std::ops::Deref for WriteTxn {
+    type Target = DatabaseTransaction;
+    fn deref(&self) -> &DatabaseTransaction {
+        &self.txn
+    }
+}
+
+impl WriteTxn {
+    pub async fn commit(self) -> Result<(), DbErr> {
+        self.txn.commit().await
+    }
+}
+
+impl Db {
+    /// Opens the pool. For SQLite the file is created if missing (`mode=rwc` in the URL) and put
+    /// in WAL mode so readers do not block the writer.
+    pub async fn connect(config: &DbConfig) -> Result<Self, DbErr> {
+        let backend = if config.url.starts_with("mysql://") || config.url.starts_with("mariadb://")
+        {
+            Backend::MySql
+        } else if config.url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            return Err(DbErr::Custom(format!(
+                "unsupported database URL (expected mysql:// or sqlite:): {}",
+                redact_url(&config.url)
+            )));
+        };
+        let url = config.url.replacen("mariadb://", "mysql://", 1);
+        let mut opts = ConnectOptions::new(url);
+        opts.max_connections(config.max_connections.max(1))
+            .min_connections(0)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_timeout(ACQUIRE_TIMEOUT)
+            // A connection killed by the server or a restarted database is noticed on checkout.
+            .test_before_acquire_if_idle_for(Duration::from_secs(10))
+            .sqlx_logging(false);
+        match backend {
+            Backend::MySql => {
+                opts.map_sqlx_mysql_pool_opts(|pool| {
+                    pool.after_connect(|conn, _meta| {
+                        Box::pin(async move {
+                            conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                                .await?;
+                            conn.execute(sqlx::AssertSqlSafe(format!(
+                                "SET SESSION innodb_lock_wait_timeout = {LOCK_WAIT_TIMEOUT_SECS}"
+                            )))
+                            .await?;
+                            Ok(())
+                        })
+                    })
+                });
+            }
+            Backend::Sqlite => {
+                opts.map_sqlx_sqlite_opts(|o| {
+                    o.journal_mode(SqliteJournalMode::Wal)
+                        .synchronous(SqliteSynchronous::Normal)
+                        .busy_timeout(SQLITE_BUSY_TIMEOUT)
+                        .foreign_keys(true)
+                });
+            }
+        }
+        let conn = Database::connect(opts).await?;
+        Ok(Self {
+            conn,
+            backend,
+            sqlite_writer: (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(()))),
+        })
+    }
+
+    pub fn conn(&self) -> &DatabaseConnection {
+        &self.conn
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// A write transaction that takes its locks up front on SQLite (`BEGIN IMMEDIATE`).
+    pub async fn begin_write(&self) -> Result<WriteTxn, DbErr> {
+        let writer = match &self.sqlite_writer {
+            Some(m) => Some(m.clone().lock_owned().await),
+            None => None,
+        };
+        let txn = self
+            .conn
+            .begin_with_options(TransactionOptions {
+                sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
+                ..Default::default()
+            })
+            .await?;
+        Ok(WriteTxn {
+            txn,
+            _writer: writer,
+        })
+    }
+
+    /// `SELECT 1`: is the database answering?
+    pub async fn ping(&self) -> Result<(), DbErr> {
+        self.conn.execute_unprepared("SELECT 1").await.map(|_| ())
+    }
+
+    pub fn db_backend(&self) -> DbBackend {
+        self.conn.get_database_backend()
+    }
+}
+
+/// Runs `op` (one whole transaction) until it succeeds, fails for a reason other than
+/// contention, or has been tried [`MAX_ATTEMPTS`] times. Each retry is logged as
+/// `stock.contention` with the attempt number that failed.
+pub async fn with_retry<T, F, Fut>(product_id: Option<i64>, mut op: F) -> Result<T, StockError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, StockError>>,
+{
+    let mut attempt = 1;
+    loop {
+        match op().await {
+            Err(StockError::Db(err)) if is_contention(&err) => {
+                tracing::warn!(
+                    metric = "stock.contention",
+                    product_id,
+                    attempts = attempt,
+                    error = %err,
+                    "lock wait or deadlock, retrying"
+                );
+                metrics::counter!("stock_contention_retries_total").increment(1);
+                if attempt >= MAX_ATTEMPTS {
+                    return Err(StockError::Contention { attempts: attempt });
+                }
+                // Exponential backoff with jitter: 4, 8, 16, ... ms, so retries spread out.
+                let base = 4u64 << (attempt - 1).min(6);
+                let jitter = rand::random_range(0..=base);
+                tokio::time::sleep(Duration::from_millis(base + jitter)).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn database_error(err: &DbErr) -> Option<&(dyn sqlx::error::DatabaseError + 'static)> {
+    match err {
+        DbErr::Exec(RuntimeErr::SqlxError(e))
+        | DbErr::Query(RuntimeErr::SqlxError(e))
+        | DbErr::Conn(RuntimeErr::SqlxError(e)) => match &**e {
+            sqlx::Error::Database(db) => Some(&**db),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Lock wait timeout (1205), deadlock (1213), or SQLite busy/locked: worth another try.
+pub fn is_contention(err: &DbErr) -> bool {
+    let Some(db) = database_error(err) else {
+        return false;
+    };
+    if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+        return matches!(my.number(), 1205 | 1213);
+    }
+    if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+        // Primary result codes SQLITE_BUSY (5) and SQLITE_LOCKED (6), with extended variants.
+        return db
+            .code()
+            .and_then(|c| c.parse::<i32>().ok())
+            .is_some_and(|c| matches!(c & 0xff, 5 | 6));
+    }
+    false
+}
+
+/// The database could not be reached at all: answered 503, never 500.
+pub fn is_unavailable(err: &DbErr) -> bool {
+    match err {
+        DbErr::ConnectionAcquire(_) => true,
+        DbErr::Conn(_) => true,
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
+            match &**e {
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::Protocol(_) => true,
+                // MySQL: server shutting down, connection killed, gone away, lost.
+                sqlx::Error::Database(db) => db
+                    .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                    .is_some_and(|my| matches!(my.number(), 1053 | 1927 | 2006 | 2013)),
+                _ => false,
+            }
+        }
+        _ => false,
+    }
+}
+
+/// The URL with any password replaced, for logs and error messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let creds = &url[scheme_end + 3..at];
+            match creds.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme_end + 3],
+                    &creds[..colon],
+                    &url[at..]
+                ),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_are_masked() {
+        assert_eq!(
+            redact_url("mysql://flash:secret@127.0.0.1:3306/db"),
+            "mysql://flash:***@127.0.0.1:3306/db"
+        );
+        assert_eq!(redact_url("mysql://root@h/db"), "mysql://root@h/db");
+        assert_eq!(
+            redact_url("sqlite://flash_sale.db?mode=rwc"),
+            "sqlite://flash_sale.db?mode=rwc"
+        );
+    }
+}

@@ -1,0 +1,98 @@
+//! The `holds` table and the hold state machine.
+
+use sea_orm::entity::prelude::*;
+
+/// The stored state of a hold. A stored `Active` hold whose `expires_at` has passed is reported
+/// as expired (see [`Model::effective_status`]) until the worker or a reclaim marks it so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
+pub enum HoldStatus {
+    #[sea_orm(string_value = "active")]
+    Active,
+    #[sea_orm(string_value = "expired")]
+    Expired,
+    #[sea_orm(string_value = "released")]
+    Released,
+    #[sea_orm(string_value = "consumed")]
+    Consumed,
+}
+
+impl HoldStatus {
+    /// The only moves a hold can make: out of `Active`, once, into one of the final states.
+    pub fn can_become(self, next: HoldStatus) -> bool {
+        matches!(
+            (self, next),
+            (
+                HoldStatus::Active,
+                HoldStatus::Expired | HoldStatus::Released | HoldStatus::Consumed
+            )
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HoldStatus::Active => "active",
+            HoldStatus::Expired => "expired",
+            HoldStatus::Released => "released",
+            HoldStatus::Consumed => "consumed",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "holds")]
+pub struct Model {
+    #[sea_orm(primary_key)]
+    pub id: i64,
+    pub product_id: i64,
+    pub qty: i32,
+    pub status: HoldStatus,
+    pub expires_at: DateTimeUtc,
+    pub created_at: DateTimeUtc,
+    pub updated_at: DateTimeUtc,
+}
+
+impl Model {
+    /// The status a client sees at `now`: an active hold past its expiry is expired.
+    pub fn effective_status(&self, now: DateTimeUtc) -> HoldStatus {
+        if self.status == HoldStatus::Active && self.expires_at <= now {
+            HoldStatus::Expired
+        } else {
+            self.status
+        }
+    }
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {
+    #[sea_orm(
+        belongs_to = "super::product::Entity",
+        from = "Column::ProductId",
+        to = "super::product::Column::Id"
+    )]
+    Product,
+}
+
+impl Related<super::product::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::Product.def()
+    }
+}
+
+impl ActiveModelBehavior for ActiveModel {}
+
+#[cfg(test)]
+mod tests {
+    use super::HoldStatus::*;
+
+    #[test]
+    fn only_active_holds_move_and_only_to_final_states() {
+        for next in [Expired, Released, Consumed] {
+            assert!(Active.can_become(next));
+            for from in [Expired, Released, Consumed] {
+                assert!(!from.can_become(next), "{from:?} -> {next:?}");
+            }
+        }
+        assert!(!Active.can_become(Active));
+    }
+}

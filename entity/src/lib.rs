@@ -1,0 +1,24 @@
+//! The Flash Sale data layer: the tables (SeaORM entities) and the transactional stock
+//! operations that both `flash-sale-api` and `flash-sale-worker` call.
+//!
+//! This crate is the only place that changes stock or moves a hold between states. Every
+//! operation runs in one write transaction that locks what it changes (`SELECT ... FOR UPDATE`
+//! on MySQL/MariaDB, `BEGIN IMMEDIATE` on SQLite) and is retried a bounded number of times on
+//! lock waits, deadlocks and SQLite busy errors.
+//!
+//! Lock order, to keep deadlocks out by design: hold rows before the product row, except in
+//! [`stock::create_hold`], which locks the product first and then only *skips* locked holds.
+
+pub mod db;
+pub mod error;
+pub mod hold;
+pub mod product;
+pub mod stock;
+pub mod types;
+
+pub use db::{Backend, Db, DbConfig};
+pub use error::StockError;
+pub use hold::HoldStatus;
+pub use types::{Money, ProductId, Quantity};
+#[cfg(feature = "telemetry")]
+pub mod telemetry;

@@ -1,0 +1,135 @@
+//! Small validated types that keep quantities, money and ids from being mixed up.
+
+use std::fmt;
+
+use rust_decimal::Decimal;
+
+/// A product id as stored in the database.
+pub type ProductId = i64;
+/// A hold id as stored in the database.
+pub type HoldId = i64;
+
+/// A positive number of units (at least 1). The upper bound is a setting, checked by the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Quantity(u32);
+
+impl Quantity {
+    /// `None` unless `1 <= n <= max`.
+    pub fn new(n: i64, max: u32) -> Option<Self> {
+        u32::try_from(n)
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .map(Self)
+    }
+
+    pub fn get(self) -> u32 {
+        self.0
+    }
+
+    pub fn as_i32(self) -> i32 {
+        // Bounded by `max`, which is a u32 setting far below i32::MAX in practice; saturate anyway.
+        i32::try_from(self.0).unwrap_or(i32::MAX)
+    }
+}
+
+/// An amount of money with exactly two decimal places, stored as integer cents so that no
+/// database (SQLite has no decimal type) ever sees a float.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Money {
+    cents: i64,
+}
+
+/// Why a string is not a valid price.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MoneyError {
+    #[error("not a decimal number")]
+    NotDecimal,
+    #[error("must not be negative")]
+    Negative,
+    #[error("must have at most two decimal places")]
+    TooPrecise,
+    #[error("is too large")]
+    TooLarge,
+}
+
+/// The largest accepted price: 10^12 - 0.01, far beyond any flash sale and safe to multiply by
+/// any quantity without overflowing i64 cents.
+const MAX_CENTS: i64 = 99_999_999_999_999;
+
+impl Money {
+    pub fn from_cents(cents: i64) -> Self {
+        Self { cents }
+    }
+
+    pub fn cents(self) -> i64 {
+        self.cents
+    }
+
+    /// Parses a decimal string such as `"99.99"` or `"5"` exactly (through `rust_decimal`).
+    pub fn parse(s: &str) -> Result<Self, MoneyError> {
+        let d: Decimal = s.trim().parse().map_err(|_| MoneyError::NotDecimal)?;
+        if d.is_sign_negative() && !d.is_zero() {
+            return Err(MoneyError::Negative);
+        }
+        if d.normalize().scale() > 2 {
+            return Err(MoneyError::TooPrecise);
+        }
+        let cents = (d * Decimal::ONE_HUNDRED)
+            .trunc()
+            .try_into()
+            .map_err(|_| MoneyError::TooLarge)?;
+        if cents > MAX_CENTS {
+            return Err(MoneyError::TooLarge);
+        }
+        Ok(Self { cents })
+    }
+
+    /// The price of `qty` units, exact.
+    pub fn times(self, qty: u32) -> Self {
+        Self {
+            cents: self.cents.saturating_mul(i64::from(qty)),
+        }
+    }
+
+    pub fn to_decimal(self) -> Decimal {
+        Decimal::new(self.cents, 2)
+    }
+}
+
+impl fmt::Display for Money {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Decimal::new(cents, 2) keeps scale 2, so 100 cents prints "1.00".
+        write!(f, "{}", self.to_decimal())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn money_round_trips_two_places() {
+        assert_eq!(Money::parse("99.99").unwrap().to_string(), "99.99");
+        assert_eq!(Money::parse("5").unwrap().to_string(), "5.00");
+        assert_eq!(Money::parse("0.1").unwrap().cents(), 10);
+        assert_eq!(Money::parse("1.50").unwrap().times(3).to_string(), "4.50");
+        assert_eq!(Money::parse("0.10000").unwrap().cents(), 10);
+    }
+
+    #[test]
+    fn money_rejects_bad_values() {
+        assert_eq!(Money::parse("abc"), Err(MoneyError::NotDecimal));
+        assert_eq!(Money::parse("-1"), Err(MoneyError::Negative));
+        assert_eq!(Money::parse("1.001"), Err(MoneyError::TooPrecise));
+        assert_eq!(Money::parse("1000000000000000"), Err(MoneyError::TooLarge));
+    }
+
+    #[test]
+    fn quantity_bounds() {
+        assert!(Quantity::new(0, 10).is_none());
+        assert!(Quantity::new(-1, 10).is_none());
+        assert!(Quantity::new(11, 10).is_none());
+        assert!(Quantity::new(i64::MAX, 10).is_none());
+        assert_eq!(Quantity::new(10, 10).map(Quantity::get), Some(10));
+    }
+}

@@ -1,0 +1,19 @@
+//! Schema history of the Flash Sale database, as sea-orm-migration migrations.
+//!
+//! Used as a library by `flash-sale-api` (auto-migration at start and `flash-sale-api migrate`)
+//! and as the usual `migration` CLI (`cargo run -p migration -- up`).
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261124_000001_create_products_and_holds;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(
+            m20261124_000001_create_products_and_holds::Migration,
+        )]
+    }
+}
