@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod routes;
 pub mod server;
+pub mod types;
 
 pub use config::Config;
 pub use server::{AppState, build_app, migrate, run};

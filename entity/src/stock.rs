@@ -8,8 +8,8 @@ use chrono::{DateTime, SubsecRound, Utc};
 use sea_orm::{
     ActiveValue::Set,
     ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, FromQueryResult, QueryFilter, QueryOrder,
-    QuerySelect, Statement,
-    sea_query::{Expr, ExprTrait, LockBehavior, LockType, OnConflict},
+    QuerySelect, SqlErr, Statement,
+    sea_query::{Expr, ExprTrait, LockBehavior, LockType},
 };
 
 use crate::{
@@ -145,6 +145,16 @@ pub async fn create_product(
 /// The demo product of the contract (id 1, "Flash Sale Product", "99.99", stock 100). Adds it
 /// once; returns whether it was added (running it again changes nothing).
 pub async fn seed_demo_product(db: &Db) -> Result<bool, StockError> {
+    let txn = db.begin_write().await?;
+    if product::Entity::find_by_id(1)
+        .lock_exclusive()
+        .one(&*txn)
+        .await?
+        .is_some()
+    {
+        txn.commit().await?;
+        return Ok(false);
+    }
     let model = product::ActiveModel {
         id: Set(1),
         name: Set("Flash Sale Product".to_owned()),
@@ -153,15 +163,16 @@ pub async fn seed_demo_product(db: &Db) -> Result<bool, StockError> {
         available_stock: Set(100),
         created_at: Set(now()),
     };
-    let inserted = product::Entity::insert(model)
-        .on_conflict(
-            OnConflict::column(product::Column::Id)
-                .do_nothing()
-                .to_owned(),
-        )
-        .exec_without_returning(db.conn())
-        .await?;
-    Ok(inserted > 0)
+    match product::Entity::insert(model).exec(&*txn).await {
+        Ok(_) => {}
+        // Another process seeded it between our read and our insert.
+        Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+            return Ok(false);
+        }
+        Err(e) => return Err(e.into()),
+    }
+    txn.commit().await?;
+    Ok(true)
 }
 
 pub async fn get_hold(db: &Db, id: HoldId) -> Result<HoldView, StockError> {

@@ -1,1 +1,516 @@
-pub fn x() {}
+//! Helpers for the end-to-end suites: a fresh database per test, the real binaries started on
+//! random ports, and short request helpers, in the manner of zero-to-production's `spawn_app`.
+//!
+//! MariaDB is found at `TEST_MYSQL_URL` (default `mysql://flash:flash@127.0.0.1:3306`, the user
+//! `tests/ensure-mariadb.sh` creates). A test that cannot reach it fails; it never skips.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex, mpsc},
+    time::Duration,
+};
+
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
+use serde_json::{Value, json};
+
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    MariaDb,
+    Sqlite,
+}
+
+/// Declares each scenario once and runs it as two tests, `<name>::mariadb` and `<name>::sqlite`.
+#[macro_export]
+macro_rules! on_both_databases {
+    ($(async fn $name:ident($backend:ident: Backend) $body:block)*) => {$(
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            async fn scenario($backend: $crate::Backend) $body
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn mariadb() { scenario($crate::Backend::MariaDb).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() { scenario($crate::Backend::Sqlite).await }
+        }
+    )*};
+}
+
+/// A database that exists for one test: a MariaDB schema dropped afterwards, or a SQLite file
+/// in a temporary folder.
+pub struct TestDb {
+    pub backend: Backend,
+    pub url: String,
+    name: Option<String>,
+    admin_url: String,
+    _dir: tempfile::TempDir,
+}
+
+fn mysql_base_url() -> String {
+    std::env::var("TEST_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://flash:flash@127.0.0.1:3306".to_owned())
+        .trim_end_matches('/')
+        .to_owned()
+}
+
+impl TestDb {
+    pub async fn new(backend: Backend) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        match backend {
+            Backend::Sqlite => {
+                let url = format!("sqlite://{}?mode=rwc", dir.path().join("test.db").display());
+                Self {
+                    backend,
+                    url,
+                    name: None,
+                    admin_url: String::new(),
+                    _dir: dir,
+                }
+            }
+            Backend::MariaDb => {
+                let base = mysql_base_url();
+                let name = format!("fs_test_{:016x}", rand::random::<u64>());
+                let admin = Database::connect(&base).await.unwrap_or_else(|e| {
+                    panic!(
+                        "MariaDB at {base} is not reachable ({e}); run tests/ensure-mariadb.sh \
+                         or set TEST_MYSQL_URL"
+                    )
+                });
+                admin
+                    .execute_unprepared(&format!("CREATE DATABASE `{name}`"))
+                    .await
+                    .expect("create test database");
+                admin.close().await.ok();
+                Self {
+                    backend,
+                    url: format!("{base}/{name}"),
+                    name: Some(name),
+                    admin_url: base,
+                    _dir: dir,
+                }
+            }
+        }
+    }
+
+    /// A direct connection, for checks the HTTP API does not expose.
+    pub async fn connect(&self) -> DatabaseConnection {
+        Database::connect(&self.url)
+            .await
+            .expect("connect to test db")
+    }
+
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some(name) = self.name.take() else { return };
+        let admin_url = self.admin_url.clone();
+        // Drop runs inside the test's runtime: do the async cleanup on a thread of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                if let Ok(db) = Database::connect(&admin_url).await {
+                    let _ = db
+                        .execute_unprepared(&format!("DROP DATABASE IF EXISTS `{name}`"))
+                        .await;
+                    db.close().await.ok();
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Where cargo put the binaries: next to this test executable's `deps/` folder.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (`cargo build --bins`, as tests/run.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// A running binary whose stdout (JSON log lines) is collected.
+pub struct Process {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    pub addr: Option<String>,
+}
+
+impl Process {
+    /// Starts `bin` with `env` and, when it serves HTTP, waits for its "listening" line.
+    pub fn start(bin: &str, args: &[&str], env: &[(&str, String)], wait_listening: bool) -> Self {
+        let mut cmd = Command::new(binary(bin));
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("start {bin}: {e}"));
+        let stdout = child.stdout.take().expect("stdout");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    if let Ok(v) = serde_json::from_str::<Value>(&line)
+                        && v["message"] == "listening"
+                        && v["target"]
+                            .as_str()
+                            .is_some_and(|t| t.starts_with("flash_sale"))
+                        && let Some(a) = v["addr"].as_str()
+                    {
+                        let _ = tx.send(a.to_owned());
+                    }
+                    lines.lock().expect("lines").push(line);
+                }
+            });
+        }
+        let addr = wait_listening.then(|| match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(a) => a,
+            Err(_) => panic!(
+                "{bin} did not start listening; its output:\n{}",
+                lines.lock().expect("lines").join("\n")
+            ),
+        });
+        Self { child, lines, addr }
+    }
+
+    /// The JSON log lines with `"metric": name`, so far.
+    pub fn metric(&self, name: &str) -> Vec<Value> {
+        self.lines
+            .lock()
+            .expect("lines")
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["metric"] == name)
+            .collect()
+    }
+
+    pub fn output(&self) -> String {
+        self.lines.lock().expect("lines").join("\n")
+    }
+
+    /// Waits for the process to exit by itself and returns whether it succeeded.
+    pub fn wait(&mut self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                // Give the reader thread a moment to drain the pipe.
+                std::thread::sleep(Duration::from_millis(50));
+                return status.success();
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("process did not exit in {timeout:?}:\n{}", self.output());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Settings for a test API process, on top of the defaults below.
+#[derive(Clone, Default)]
+pub struct AppOptions {
+    pub hold_ttl_seconds: Option<u32>,
+    pub admin_token: Option<Option<String>>,
+    pub extra_env: Vec<(&'static str, String)>,
+}
+
+/// One API process on a random port over a fresh database. Derefs to its [`Client`].
+pub struct TestApp {
+    pub db: TestDb,
+    pub server: Process,
+    pub client: Client,
+}
+
+impl std::ops::Deref for TestApp {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+/// An HTTP client for one API process; cheap to clone into concurrent tasks.
+#[derive(Clone)]
+pub struct Client {
+    pub address: String,
+    pub http: reqwest::Client,
+}
+
+pub struct Response {
+    pub status: u16,
+    pub content_type: String,
+    pub body: Value,
+}
+
+impl Response {
+    pub fn code(&self) -> &str {
+        self.body["code"].as_str().unwrap_or("")
+    }
+}
+
+impl TestApp {
+    pub async fn spawn(backend: Backend) -> Self {
+        Self::spawn_with(backend, AppOptions::default()).await
+    }
+
+    pub async fn spawn_with(backend: Backend, options: AppOptions) -> Self {
+        let db = TestDb::new(backend).await;
+        let server = spawn_api(&db, &options);
+        let client = Client::new(&server);
+        Self { db, server, client }
+    }
+
+    /// Another API process on the same database (it does not migrate again).
+    pub fn spawn_another_api(&self, options: &AppOptions) -> Process {
+        let mut options = options.clone();
+        options.extra_env.push(("AUTO_MIGRATE", "false".into()));
+        spawn_api(&self.db, &options)
+    }
+
+    /// A scheduled worker on this app's database, sweeping every second.
+    pub fn spawn_worker(&self, extra: &[(&'static str, String)]) -> Process {
+        let mut env = worker_env(&self.db);
+        env.push(("EXPIRY_SCHEDULE", "* * * * * *".into()));
+        env.extend(extra.iter().cloned());
+        Process::start("flash-sale-worker", &[], &env, true)
+    }
+
+    /// A worker that runs one sweep and exits (`--once`); the caller waits for it.
+    pub fn start_worker_once(&self, batch_size: u64) -> Process {
+        let mut env = worker_env(&self.db);
+        env.push(("EXPIRY_BATCH_SIZE", batch_size.to_string()));
+        Process::start("flash-sale-worker", &["--once"], &env, false)
+    }
+
+    /// The contract's invariant, read straight from the tables: for every product,
+    /// `stock == available counter + Σ qty of holds still stored as active`, and the counter is
+    /// never negative. (Expired-but-unswept holds are still stored as active and still counted
+    /// out of the counter, so this holds at every moment.)
+    pub async fn assert_stock_conserved(&self) {
+        let db = self.db.connect().await;
+        let rows = db
+            .query_all_raw(Statement::from_string(
+                db.get_database_backend(),
+                "SELECT p.id, p.stock, p.available_stock, \
+                   CAST(COALESCE((SELECT SUM(h.qty) FROM holds h \
+                     WHERE h.product_id = p.id AND h.status = 'active'), 0) AS SIGNED) AS held \
+                 FROM products p"
+                    .replace("AS SIGNED", self.signed()),
+            ))
+            .await
+            .expect("conservation query");
+        for row in rows {
+            let id: i64 = row.try_get("", "id").expect("id");
+            let stock: i32 = row.try_get("", "stock").expect("stock");
+            let available: i32 = row.try_get("", "available_stock").expect("available");
+            let held: i64 = row.try_get("", "held").expect("held");
+            assert!(available >= 0, "product {id}: available {available} < 0");
+            assert_eq!(
+                i64::from(stock),
+                i64::from(available) + held,
+                "product {id}: stock {stock} != available {available} + active holds {held}"
+            );
+        }
+        db.close().await.ok();
+    }
+
+    /// Count of holds per stored status for a product.
+    pub async fn hold_count(&self, product_id: i64, status: &str) -> i64 {
+        let db = self.db.connect().await;
+        let row = db
+            .query_one_raw(Statement::from_string(
+                db.get_database_backend(),
+                format!(
+                    "SELECT CAST(COUNT(*) {}) AS n FROM holds WHERE product_id = {product_id} \
+                     AND status = '{status}'",
+                    self.signed()
+                ),
+            ))
+            .await
+            .expect("count query")
+            .expect("a row");
+        db.close().await.ok();
+        row.try_get("", "n").expect("n")
+    }
+
+    fn signed(&self) -> &'static str {
+        match self.db.backend {
+            Backend::MariaDb => "AS SIGNED",
+            Backend::Sqlite => "AS INTEGER",
+        }
+    }
+}
+
+impl Client {
+    pub fn new(server: &Process) -> Self {
+        Self {
+            address: format!("http://{}", server.addr.clone().expect("server addr")),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("http client"),
+        }
+    }
+
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Response {
+        let mut req = self.http.request(method, format!("{}{path}", self.address));
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        into_response(req.send().await.expect("request failed")).await
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.request(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn create_product(&self, stock: i64) -> i64 {
+        let r = self
+            .http
+            .post(format!("{}/api/admin/products", self.address))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({"name": "Test product", "price": "10.50", "stock": stock}))
+            .send()
+            .await
+            .expect("create product");
+        let r = into_response(r).await;
+        assert_eq!(r.status, 201, "create product: {}", r.body);
+        r.body["id"].as_i64().expect("product id")
+    }
+
+    pub async fn hold(&self, product_id: i64, qty: i64) -> Response {
+        self.request(
+            reqwest::Method::POST,
+            "/api/holds",
+            Some(json!({"product_id": product_id, "qty": qty})),
+        )
+        .await
+    }
+
+    pub async fn release(&self, hold_id: i64) -> Response {
+        self.request(
+            reqwest::Method::DELETE,
+            &format!("/api/holds/{hold_id}"),
+            None,
+        )
+        .await
+    }
+
+    pub async fn available(&self, product_id: i64) -> i64 {
+        let r = self.get(&format!("/api/products/{product_id}")).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.body["available_stock"].as_i64().expect("available_stock")
+    }
+}
+
+fn spawn_api(db: &TestDb, options: &AppOptions) -> Process {
+    let mut env = vec![
+        ("DATABASE_URL", db.url.clone()),
+        ("DATABASE_MAX_CONNECTIONS", "8".into()),
+        ("BIND_ADDR", "127.0.0.1:0".into()),
+        ("LOG_DIR", db.dir().join("logs").display().to_string()),
+        ("RUST_LOG", "info".into()),
+        (
+            "HOLD_TTL_SECONDS",
+            options.hold_ttl_seconds.unwrap_or(120).to_string(),
+        ),
+    ];
+    match &options.admin_token {
+        None => env.push(("ADMIN_TOKEN", ADMIN_TOKEN.into())),
+        Some(Some(t)) => env.push(("ADMIN_TOKEN", t.clone())),
+        Some(None) => {}
+    }
+    env.extend(options.extra_env.iter().cloned());
+    Process::start("flash-sale-api", &[], &env, true)
+}
+
+fn worker_env(db: &TestDb) -> Vec<(&'static str, String)> {
+    vec![
+        ("DATABASE_URL", db.url.clone()),
+        ("DATABASE_MAX_CONNECTIONS", "4".into()),
+        ("WORKER_ADDR", "127.0.0.1:0".into()),
+        ("LOG_DIR", db.dir().join("logs").display().to_string()),
+        ("RUST_LOG", "info".into()),
+    ]
+}
+
+pub async fn into_response(r: reqwest::Response) -> Response {
+    let status = r.status().as_u16();
+    let content_type = r
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let text = r.text().await.unwrap_or_default();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Response {
+        status,
+        content_type,
+        body,
+    }
+}
+
+/// Runs `n` requests at the same instant: every task is spawned and waits on one barrier, so
+/// they hit the server together, not one after another.
+pub async fn all_at_once<F, Fut, T>(n: usize, make: F) -> Vec<T>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let barrier = Arc::new(tokio::sync::Barrier::new(n));
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let barrier = barrier.clone();
+            let fut = make(i);
+            tokio::spawn(async move {
+                barrier.wait().await;
+                fut.await
+            })
+        })
+        .collect();
+    let mut out = Vec::with_capacity(n);
+    for t in tasks {
+        out.push(t.await.expect("task panicked"));
+    }
+    out
+}

@@ -6,7 +6,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi, SecurityScheme, auth::Bearer, p
 use subtle::ConstantTimeEq;
 
 use super::{ApiTags, products::Product};
-use crate::{AppState, error::ApiError};
+use crate::{AppState, error::ApiError, types::Text};
 
 /// The operator's bearer token (`ADMIN_TOKEN`).
 #[derive(SecurityScheme)]
@@ -18,9 +18,9 @@ pub struct AdminToken(Bearer);
 #[oai(example)]
 pub struct NewProduct {
     /// 1 to 255 characters.
-    pub name: String,
+    pub name: Text,
     /// Decimal string, at most two places, not negative (`"99.99"`).
-    pub price: String,
+    pub price: Text,
     /// Units on hand, 0 or more.
     pub stock: i64,
 }
@@ -28,8 +28,8 @@ pub struct NewProduct {
 impl poem_openapi::types::Example for NewProduct {
     fn example() -> Self {
         Self {
-            name: "Flash Sale Product".into(),
-            price: "99.99".into(),
+            name: Text("Flash Sale Product".into()),
+            price: Text("99.99".into()),
             stock: 100,
         }
     }

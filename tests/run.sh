@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The whole test suite: unit tests, and the end-to-end suites that start the real binaries
+# against MariaDB and SQLite. A MariaDB is made ready first (see tests/ensure-mariadb.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+tests/ensure-mariadb.sh
+# The end-to-end suites start target/debug/flash-sale-{api,worker}: build them first.
+cargo build --workspace --bins --locked
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast --test-threads "${TEST_THREADS:-4}" "$@"
+else
+  cargo test --workspace --locked --no-fail-fast "$@" -- --test-threads "${TEST_THREADS:-4}"
+fi

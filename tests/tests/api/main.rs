@@ -1,0 +1,6 @@
+//! End-to-end suites: the real binaries over real databases, each scenario on MariaDB and SQLite.
+
+mod bad_input;
+mod expiry;
+mod holds;
+mod processes;

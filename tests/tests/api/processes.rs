@@ -1,0 +1,197 @@
+//! The binaries as operators run them: migrations and seeding, configuration errors, several
+//! API processes on one database, and the indexes the hot queries rely on.
+
+use std::time::Duration;
+
+use flash_sale_tests::{
+    AppOptions, Backend, Client, Process, TestApp, TestDb, all_at_once, on_both_databases,
+};
+use sea_orm::{ConnectionTrait, Statement};
+
+on_both_databases! {
+    async fn migrate_seed_adds_the_demo_product_once(backend: Backend) {
+        let db = TestDb::new(backend).await;
+        let env = [
+            ("DATABASE_URL", db.url.clone()),
+            ("LOG_DIR", db.dir().join("logs").display().to_string()),
+        ];
+        for _ in 0..2 {
+            let mut p = Process::start("flash-sale-api", &["migrate", "--seed"], &env, false);
+            assert!(p.wait(Duration::from_secs(60)), "{}", p.output());
+        }
+        let conn = db.connect().await;
+        let rows = conn
+            .query_all_raw(Statement::from_string(
+                conn.get_database_backend(),
+                "SELECT id, name, price_cents, stock, available_stock FROM products",
+            ))
+            .await
+            .expect("products");
+        assert_eq!(rows.len(), 1);
+        let row = &rows[0];
+        assert_eq!(row.try_get::<i64>("", "id").ok(), Some(1));
+        assert_eq!(row.try_get::<String>("", "name").ok().as_deref(), Some("Flash Sale Product"));
+        assert_eq!(row.try_get::<i64>("", "price_cents").ok(), Some(9999));
+        assert_eq!(row.try_get::<i32>("", "stock").ok(), Some(100));
+        conn.close().await.ok();
+
+        // The API over that database, not migrating again, serves the demo product.
+        let api = Process::start(
+            "flash-sale-api",
+            &[],
+            &[
+                ("DATABASE_URL", db.url.clone()),
+                ("BIND_ADDR", "127.0.0.1:0".into()),
+                ("AUTO_MIGRATE", "false".into()),
+                ("LOG_DIR", db.dir().join("logs").display().to_string()),
+            ],
+            true,
+        );
+        let client = Client::new(&api);
+        let p = client.get("/api/products/1").await;
+        assert_eq!(p.status, 200);
+        assert_eq!(p.body["price"], "99.99");
+        assert_eq!(p.body["available_stock"], 100);
+    }
+
+    async fn two_api_processes_on_one_database_never_oversell(backend: Backend) {
+        let app = TestApp::spawn(backend).await;
+        let product = app.create_product(100).await;
+        let second = app.spawn_another_api(&AppOptions::default());
+        let clients = [app.client.clone(), Client::new(&second)];
+
+        let answers = all_at_once(240, move |i| {
+            let c = clients[i % 2].clone();
+            async move { c.hold(product, 1).await }
+        })
+        .await;
+        assert_eq!(answers.iter().filter(|r| r.status == 201).count(), 100);
+        assert!(answers
+            .iter()
+            .filter(|r| r.status != 201)
+            .all(|r| r.status == 409 && r.code() == "insufficient_stock"));
+        assert_eq!(app.available(product).await, 0);
+        app.assert_stock_conserved().await;
+    }
+
+    async fn health_readiness_and_documents_are_served(backend: Backend) {
+        let app = TestApp::spawn(backend).await;
+        assert_eq!(app.get("/healthz").await.status, 200);
+        assert_eq!(app.get("/readyz").await.status, 200);
+        let spec = app.get("/openapi.json").await;
+        assert_eq!(spec.status, 200);
+        for path in ["/api/products/{id}", "/api/holds", "/api/holds/{id}", "/api/admin/products"] {
+            assert!(spec.body["paths"][path].is_object(), "{path} missing from the document");
+        }
+        let docs = app.http.get(format!("{}/docs", app.address)).send().await.expect("docs");
+        assert_eq!(docs.status(), 200);
+        let html = docs.text().await.unwrap_or_default();
+        assert!(html.contains("swagger-ui"), "the Swagger UI bundle is inlined");
+        assert!(!html.contains("<script src"), "no script loaded from elsewhere");
+        assert!(!html.contains("<link"), "no stylesheet or font loaded from elsewhere");
+        let metrics = app.http.get(format!("{}/metrics", app.address)).send().await.expect("metrics");
+        assert_eq!(metrics.status(), 200);
+    }
+}
+
+#[test]
+fn a_bad_setting_stops_the_api_with_a_message_naming_it() {
+    for (var, value) in [
+        ("BIND_ADDR", "nowhere"),
+        ("HOLD_TTL_SECONDS", "abc"),
+        ("MAX_HOLD_QTY", "0"),
+        ("WEBHOOK_SECRET", "not-a-whsec"),
+        ("AUTO_MIGRATE", "maybe"),
+    ] {
+        let out = std::process::Command::new(flash_sale_tests::binary("flash-sale-api"))
+            .env(var, value)
+            .env("LOG_DIR", std::env::temp_dir())
+            .output()
+            .expect("run flash-sale-api");
+        assert!(!out.status.success(), "{var}={value} was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(var),
+            "{var}: message does not name it: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_bad_setting_stops_the_worker_with_a_message_naming_it() {
+    for (var, value) in [
+        ("EXPIRY_BATCH_SIZE", "0"),
+        ("WORKER_ADDR", "x"),
+        ("EXPIRY_SCHEDULE", "every minute"),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = std::process::Command::new(flash_sale_tests::binary("flash-sale-worker"))
+            .env(var, value)
+            .env("LOG_DIR", dir.path().join("logs"))
+            .env(
+                "DATABASE_URL",
+                format!("sqlite://{}?mode=rwc", dir.path().join("w.db").display()),
+            )
+            .env(
+                "WORKER_ADDR",
+                if var == "WORKER_ADDR" {
+                    value
+                } else {
+                    "127.0.0.1:0"
+                },
+            )
+            .output()
+            .expect("run flash-sale-worker");
+        assert!(!out.status.success(), "{var}={value} was accepted");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(
+            text.contains(var),
+            "{var}: message does not name it: {text}"
+        );
+    }
+}
+
+/// The hot queries use their indexes on MariaDB (no full table scans).
+#[tokio::test]
+async fn hot_queries_use_indexes_on_mariadb() {
+    let app = TestApp::spawn(Backend::MariaDb).await;
+    let product = app.create_product(1000).await;
+    for _ in 0..20 {
+        app.hold(product, 1).await;
+    }
+    let db = app.db.connect().await;
+    db.execute_unprepared("ANALYZE TABLE holds, products")
+        .await
+        .expect("analyze");
+    let queries = [
+        // worker sweep
+        "SELECT id, product_id, qty FROM holds WHERE status = 'active' AND expires_at <= NOW(6) \
+         ORDER BY expires_at LIMIT 500 FOR UPDATE SKIP LOCKED",
+        // reclaim under the product lock
+        "SELECT id, product_id, qty FROM holds WHERE status = 'active' AND expires_at <= NOW(6) \
+         AND product_id = 1 ORDER BY expires_at LIMIT 1000 FOR UPDATE SKIP LOCKED",
+        // expired part of available_stock
+        "SELECT SUM(qty) FROM holds WHERE product_id = 1 AND status = 'active' AND expires_at <= NOW(6)",
+        "SELECT * FROM products WHERE id = 1 FOR UPDATE",
+        "SELECT * FROM holds WHERE id = 1 FOR UPDATE",
+    ];
+    for sql in queries {
+        let rows = db
+            .query_all_raw(Statement::from_string(
+                db.get_database_backend(),
+                format!("EXPLAIN {sql}"),
+            ))
+            .await
+            .expect("explain");
+        for row in rows {
+            let access: String = row.try_get("", "type").unwrap_or_default();
+            let key: Option<String> = row.try_get("", "key").ok();
+            assert_ne!(access, "ALL", "full scan for {sql}");
+            assert!(key.is_some(), "no index for {sql}");
+        }
+    }
+}
