@@ -161,11 +161,18 @@ pub fn build_app(
 /// streamed (chunked), before any handler reads them.
 async fn limit_body<E: Endpoint>(ep: Arc<E>, mut req: Request) -> poem::Result<Response> {
     let too_large = || {
-        problem_response(
+        let mut resp = problem_response(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
             format!("request bodies are limited to {MAX_BODY_BYTES} bytes"),
-        )
+        );
+        // The rest of the body is never read, so this connection cannot carry another
+        // request: say so, or a client may reuse it and see its next request fail.
+        resp.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+        resp
     };
     let announced = req
         .headers()
