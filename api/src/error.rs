@@ -169,6 +169,29 @@ impl From<StockError> for ApiError {
                 "hold_not_found",
                 format!("hold {id} does not exist"),
             ),
+            StockError::OrderNotFound(id) => Self::new(
+                StatusCode::NOT_FOUND,
+                "order_not_found",
+                format!("order {id} does not exist"),
+            ),
+            StockError::HoldExpired(id) => Self::new(
+                StatusCode::CONFLICT,
+                "hold_expired",
+                format!("hold {id} has expired"),
+            ),
+            StockError::HoldReleased(id) => Self::new(
+                StatusCode::CONFLICT,
+                "hold_released",
+                format!("hold {id} was released"),
+            ),
+            StockError::HoldMismatch(detail) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "hold_mismatch", detail)
+            }
+            StockError::IdempotencyKeyMismatch => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_mismatch",
+                "this idempotency key was used with a different body",
+            ),
             StockError::InsufficientStock { available } => Self::new(
                 StatusCode::CONFLICT,
                 "insufficient_stock",

@@ -6,8 +6,10 @@
 
 pub mod config;
 pub mod error;
+pub mod payload;
 pub mod routes;
 pub mod server;
+pub mod signature;
 pub mod types;
 
 pub use config::Config;

@@ -30,6 +30,7 @@ pub struct AppState {
     pub hold_ttl: chrono::Duration,
     pub max_hold_qty: u32,
     pub admin_token: Option<String>,
+    pub webhook_secret: Option<crate::config::WebhookSecret>,
 }
 
 impl AppState {
@@ -39,6 +40,7 @@ impl AppState {
             hold_ttl: chrono::Duration::seconds(i64::from(config.hold_ttl_seconds)),
             max_hold_qty: config.max_hold_qty,
             admin_token: config.admin_token.clone(),
+            webhook_secret: config.webhook_secret.clone(),
         }
     }
 }

@@ -72,6 +72,12 @@ impl WriteTxn {
     pub async fn commit(self) -> Result<(), DbErr> {
         self.txn.commit().await
     }
+
+    /// Rolls back now, before the writer slot is freed (a dropped transaction would only queue
+    /// its rollback, and the next SQLite writer would find the database still locked).
+    pub async fn rollback(self) -> Result<(), DbErr> {
+        self.txn.rollback().await
+    }
 }
 
 impl Db {
@@ -156,6 +162,27 @@ impl Db {
             txn,
             _writer: writer,
         })
+    }
+
+    /// Runs `work` in one write transaction: commits if it returns `Ok`, rolls back if `Err`.
+    /// (An outcome that must still commit, such as a refusal after a reclaim, is an `Ok`.)
+    pub async fn write<T>(
+        &self,
+        work: impl AsyncFnOnce(&DatabaseTransaction) -> Result<T, StockError>,
+    ) -> Result<T, StockError> {
+        let txn = self.begin_write().await?;
+        match work(&txn).await {
+            Ok(value) => {
+                txn.commit().await?;
+                Ok(value)
+            }
+            Err(err) => {
+                if let Err(e) = txn.rollback().await {
+                    tracing::warn!(error = %e, "rollback failed");
+                }
+                Err(err)
+            }
+        }
     }
 
     /// `SELECT 1`: is the database answering?

@@ -10,11 +10,25 @@ pub enum StockError {
     ProductNotFound(i64),
     #[error("hold {0} not found")]
     HoldNotFound(i64),
+    #[error("order {0} not found")]
+    OrderNotFound(i64),
     #[error("only {available} available")]
     InsufficientStock { available: i32 },
     /// The hold has left the active state (or its time ran out): it cannot be released again.
     #[error("hold {id} is {status}, not active", status = .status.as_str())]
     HoldNotActive { id: i64, status: HoldStatus },
+    /// An order was asked of a hold whose time ran out.
+    #[error("hold {0} has expired")]
+    HoldExpired(i64),
+    /// An order was asked of a hold the buyer released.
+    #[error("hold {0} was released")]
+    HoldReleased(i64),
+    /// A webhook's `hold_id`, `product_id` or `quantity` does not match its hold or order.
+    #[error("{0}")]
+    HoldMismatch(String),
+    /// The idempotency key was used before with a different body.
+    #[error("idempotency key reused with a different body")]
+    IdempotencyKeyMismatch,
     /// Lock waits, deadlocks or SQLite busy errors outlasted the bounded retries.
     #[error("stock row stayed contended after {attempts} attempts")]
     Contention { attempts: u32 },

@@ -12,13 +12,18 @@
 pub mod db;
 pub mod error;
 pub mod hold;
+pub mod order;
+pub mod orders;
 pub mod product;
 pub mod stock;
+pub mod transitions;
 pub mod types;
+pub mod webhook_event;
 
 pub use db::{Backend, Db, DbConfig};
 pub use error::StockError;
 pub use hold::HoldStatus;
+pub use order::OrderStatus;
 pub use types::{Money, ProductId, Quantity};
 #[cfg(feature = "telemetry")]
 pub mod telemetry;

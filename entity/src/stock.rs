@@ -2,14 +2,12 @@
 //! hold out of `active`. Each public function is one short write transaction (retried on
 //! contention) or one consistent read.
 
-use std::collections::BTreeMap;
-
 use chrono::{DateTime, SubsecRound, Utc};
 use sea_orm::{
     ActiveValue::Set,
     ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, FromQueryResult, QueryFilter, QueryOrder,
     QuerySelect, SqlErr, Statement,
-    sea_query::{Expr, ExprTrait, LockBehavior, LockType},
+    sea_query::{LockBehavior, LockType},
 };
 
 use crate::{
@@ -17,6 +15,7 @@ use crate::{
     db::with_retry,
     hold::{self, HoldStatus},
     product,
+    transitions::{HoldRef, move_holds, take_for_hold},
     types::{HoldId, ProductId},
 };
 
@@ -63,12 +62,7 @@ impl HoldView {
 }
 
 /// A hold whose stock went back to its product because its time ran out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, FromQueryResult)]
-pub struct ExpiredHold {
-    pub id: HoldId,
-    pub product_id: ProductId,
-    pub qty: i32,
-}
+pub type ExpiredHold = HoldRef;
 
 #[derive(Debug, FromQueryResult)]
 struct ProductRow {
@@ -152,7 +146,7 @@ pub async fn seed_demo_product(db: &Db) -> Result<bool, StockError> {
         .await?
         .is_some()
     {
-        txn.commit().await?;
+        txn.rollback().await?;
         return Ok(false);
     }
     let model = product::ActiveModel {
@@ -194,31 +188,31 @@ pub async fn create_hold(
     qty: Quantity,
     ttl: chrono::Duration,
 ) -> Result<HoldView, StockError> {
-    let (granted, reclaimed) = with_retry(Some(product_id), || async {
-        let txn = db.begin_write().await?;
-        let product = product::Entity::find_by_id(product_id)
-            .lock_exclusive()
-            .one(&*txn)
-            .await?
-            .ok_or(StockError::ProductNotFound(product_id))?;
-        let now = now();
-        let need = qty.as_i32();
-        let mut available = product.available_stock;
-        let mut reclaimed = Vec::new();
-        while available < need {
-            let chunk = lock_expired_holds(&*txn, Some(product_id), now, RECLAIM_CHUNK).await?;
-            if chunk.is_empty() {
-                break;
+    let (granted, reclaimed) = with_retry(Some(product_id), || {
+        db.write(async |txn| {
+            let product = product::Entity::find_by_id(product_id)
+                .lock_exclusive()
+                .one(txn)
+                .await?
+                .ok_or(StockError::ProductNotFound(product_id))?;
+            let now = now();
+            let need = qty.as_i32();
+            let mut available = product.available_stock;
+            let mut reclaimed = Vec::new();
+            while available < need {
+                let chunk = lock_expired_holds(txn, Some(product_id), now, RECLAIM_CHUNK).await?;
+                move_holds(txn, &chunk, HoldStatus::Expired, now).await?;
+                available += chunk.iter().map(|h| h.qty).sum::<i32>();
+                let last = (chunk.len() as u64) < RECLAIM_CHUNK;
+                reclaimed.extend(chunk);
+                if last {
+                    break;
+                }
             }
-            move_holds(&*txn, &chunk, HoldStatus::Expired, now).await?;
-            available += chunk.iter().map(|h| h.qty).sum::<i32>();
-            let last = (chunk.len() as u64) < RECLAIM_CHUNK;
-            reclaimed.extend(chunk);
-            if last {
-                break;
+            if available < need {
+                // Commit the reclaim, which was real work, and refuse.
+                return Ok((Err(StockError::InsufficientStock { available }), reclaimed));
             }
-        }
-        let granted = if available >= need {
             let model = hold::ActiveModel {
                 product_id: Set(product_id),
                 qty: Set(need),
@@ -228,27 +222,17 @@ pub async fn create_hold(
                 updated_at: Set(now),
                 ..Default::default()
             };
-            let id = hold::Entity::insert(model)
-                .exec(&*txn)
-                .await?
-                .last_insert_id;
-            available -= need;
-            Ok(HoldView {
+            let id = hold::Entity::insert(model).exec(txn).await?.last_insert_id;
+            take_for_hold(txn, product_id, need).await?;
+            let view = HoldView {
                 id,
                 product_id,
                 qty: need,
                 status: HoldStatus::Active,
                 expires_at: now + ttl,
-            })
-        } else {
-            Err(StockError::InsufficientStock { available })
-        };
-        let delta = available - product.available_stock;
-        if delta != 0 {
-            adjust_available(&*txn, product_id, delta).await?;
-        }
-        txn.commit().await?;
-        Ok((granted, reclaimed))
+            };
+            Ok((Ok(view), reclaimed))
+        })
     })
     .await?;
 
@@ -269,43 +253,30 @@ pub async fn create_hold(
 /// A hold that is consumed, released or expired (even if not yet swept) is refused; an expired
 /// one found here is swept in the same transaction.
 pub async fn release_hold(db: &Db, id: HoldId) -> Result<HoldView, StockError> {
-    let (outcome, expired) = with_retry(None, || async {
-        let txn = db.begin_write().await?;
-        // Hold row first, then its product: the lock order every path but create_hold keeps.
-        let hold = hold::Entity::find_by_id(id)
-            .lock_exclusive()
-            .one(&*txn)
-            .await?
-            .ok_or(StockError::HoldNotFound(id))?;
-        let now = now();
-        let status = hold.effective_status(now);
-        if status != HoldStatus::Active {
+    let (outcome, expired) = with_retry(None, || {
+        db.write(async |txn| {
+            // Hold row first, then its product: the lock order every path but create_hold keeps.
+            let hold = hold::Entity::find_by_id(id)
+                .lock_exclusive()
+                .one(txn)
+                .await?
+                .ok_or(StockError::HoldNotFound(id))?;
+            let now = now();
+            let status = hold.effective_status(now);
+            if status == HoldStatus::Active {
+                move_holds(txn, &[HoldRef::from(&hold)], HoldStatus::Released, now).await?;
+                let mut view = HoldView::at(&hold, now);
+                view.status = HoldStatus::Released;
+                return Ok((Ok(view), Vec::new()));
+            }
             let mut expired = Vec::new();
             if hold.status == HoldStatus::Active {
                 // Past its time but not yet swept: sweep it here, once.
-                let this = ExpiredHold {
-                    id: hold.id,
-                    product_id: hold.product_id,
-                    qty: hold.qty,
-                };
-                move_holds(&*txn, &[this], HoldStatus::Expired, now).await?;
-                adjust_available(&*txn, hold.product_id, hold.qty).await?;
-                expired.push(this);
+                move_holds(txn, &[HoldRef::from(&hold)], HoldStatus::Expired, now).await?;
+                expired.push(HoldRef::from(&hold));
             }
-            txn.commit().await?;
-            return Ok((Err(StockError::HoldNotActive { id, status }), expired));
-        }
-        let this = ExpiredHold {
-            id: hold.id,
-            product_id: hold.product_id,
-            qty: hold.qty,
-        };
-        move_holds(&*txn, &[this], HoldStatus::Released, now).await?;
-        adjust_available(&*txn, hold.product_id, hold.qty).await?;
-        txn.commit().await?;
-        let mut view = HoldView::at(&hold, now);
-        view.status = HoldStatus::Released;
-        Ok((Ok(view), Vec::new()))
+            Ok((Err(StockError::HoldNotActive { id, status }), expired))
+        })
     })
     .await?;
     log_expired(&expired, "api");
@@ -319,25 +290,13 @@ pub async fn release_hold(db: &Db, id: HoldId) -> Result<HoldView, StockError> {
 /// another worker or an API reclaim has locked (`FOR UPDATE SKIP LOCKED`), so each hold is
 /// released exactly once however many sweepers run. Returns the holds this call released.
 pub async fn expire_batch(db: &Db, batch_size: u64) -> Result<Vec<ExpiredHold>, StockError> {
-    let released = with_retry(None, || async {
-        let txn = db.begin_write().await?;
-        let now = now();
-        let holds = lock_expired_holds(&*txn, None, now, batch_size).await?;
-        if holds.is_empty() {
-            txn.commit().await?;
-            return Ok(holds);
-        }
-        move_holds(&*txn, &holds, HoldStatus::Expired, now).await?;
-        // Products in id order, so two sweepers never wait on each other's product rows.
-        let mut per_product: BTreeMap<ProductId, i32> = BTreeMap::new();
-        for h in &holds {
-            *per_product.entry(h.product_id).or_default() += h.qty;
-        }
-        for (product_id, qty) in per_product {
-            adjust_available(&*txn, product_id, qty).await?;
-        }
-        txn.commit().await?;
-        Ok(holds)
+    let released = with_retry(None, || {
+        db.write(async |txn| {
+            let now = now();
+            let holds = lock_expired_holds(txn, None, now, batch_size).await?;
+            move_holds(txn, &holds, HoldStatus::Expired, now).await?;
+            Ok(holds)
+        })
     })
     .await?;
     log_expired(&released, "worker");
@@ -366,56 +325,6 @@ async fn lock_expired_holds<C: ConnectionTrait>(
         .into_model::<ExpiredHold>()
         .all(txn)
         .await?)
-}
-
-/// The one place a hold changes state. Only `active` holds move, and only into a final state;
-/// the rows must already be locked by this transaction, so every one of them must move.
-async fn move_holds<C: ConnectionTrait>(
-    txn: &C,
-    holds: &[ExpiredHold],
-    to: HoldStatus,
-    now: DateTime<Utc>,
-) -> Result<(), StockError> {
-    if !HoldStatus::Active.can_become(to) {
-        return Err(StockError::Invariant(format!(
-            "a hold cannot become {}",
-            to.as_str()
-        )));
-    }
-    let result = hold::Entity::update_many()
-        .col_expr(hold::Column::Status, Expr::value(to.as_str()))
-        .col_expr(hold::Column::UpdatedAt, Expr::value(now))
-        .filter(hold::Column::Id.is_in(holds.iter().map(|h| h.id)))
-        .filter(hold::Column::Status.eq(HoldStatus::Active))
-        .exec(txn)
-        .await?;
-    if result.rows_affected != holds.len() as u64 {
-        return Err(StockError::Invariant(format!(
-            "moved {} of {} locked holds to {}",
-            result.rows_affected,
-            holds.len(),
-            to.as_str()
-        )));
-    }
-    Ok(())
-}
-
-/// Changes a product's available counter; the caller holds the row lock (or the SQLite write
-/// lock). The table's CHECK constraints refuse any value below 0 or above `stock`.
-async fn adjust_available<C: ConnectionTrait>(
-    txn: &C,
-    product_id: ProductId,
-    delta: i32,
-) -> Result<(), StockError> {
-    product::Entity::update_many()
-        .col_expr(
-            product::Column::AvailableStock,
-            Expr::col(product::Column::AvailableStock).add(delta),
-        )
-        .filter(product::Column::Id.eq(product_id))
-        .exec(txn)
-        .await?;
-    Ok(())
 }
 
 fn log_expired(holds: &[ExpiredHold], by: &'static str) {

@@ -6,14 +6,16 @@
 pub use sea_orm_migration::prelude::*;
 
 mod m20261124_000001_create_products_and_holds;
+mod m20261124_000002_create_orders_and_webhook_events;
 
 pub struct Migrator;
 
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(
-            m20261124_000001_create_products_and_holds::Migration,
-        )]
+        vec![
+            Box::new(m20261124_000001_create_products_and_holds::Migration),
+            Box::new(m20261124_000002_create_orders_and_webhook_events::Migration),
+        ]
     }
 }

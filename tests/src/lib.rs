@@ -150,6 +150,7 @@ pub fn binary(name: &str) -> PathBuf {
 pub struct Process {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
     pub addr: Option<String>,
 }
 
@@ -169,7 +170,7 @@ impl Process {
         let stdout = child.stdout.take().expect("stdout");
         let lines = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();
-        {
+        let reader = {
             let lines = lines.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -184,8 +185,8 @@ impl Process {
                     }
                     lines.lock().expect("lines").push(line);
                 }
-            });
-        }
+            })
+        };
         let addr = wait_listening.then(|| match rx.recv_timeout(Duration::from_secs(60)) {
             Ok(a) => a,
             Err(_) => panic!(
@@ -193,7 +194,23 @@ impl Process {
                 lines.lock().expect("lines").join("\n")
             ),
         });
-        Self { child, lines, addr }
+        Self {
+            child,
+            lines,
+            reader: Some(reader),
+            addr,
+        }
+    }
+
+    /// The metric lines of a running process once at least `n` have arrived (log lines reach
+    /// stdout through a non-blocking writer), plus any that follow within a short grace.
+    pub async fn metric_eventually(&self, name: &str, n: usize) -> Vec<Value> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.metric(name).len() < n && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        self.metric(name)
     }
 
     /// The JSON log lines with `"metric": name`, so far.
@@ -216,8 +233,10 @@ impl Process {
         let deadline = std::time::Instant::now() + timeout;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                // Give the reader thread a moment to drain the pipe.
-                std::thread::sleep(Duration::from_millis(50));
+                // The pipe is closed: the reader ends once it has every line.
+                if let Some(reader) = self.reader.take() {
+                    let _ = reader.join();
+                }
                 return status.success();
             }
             if std::time::Instant::now() > deadline {
@@ -238,6 +257,23 @@ impl Drop for Process {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ledger {
+    pub id: i64,
+    pub stock: i64,
+    pub available: i64,
+    pub held: i64,
+    pub pending: i64,
+    pub paid: i64,
+}
+
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
 }
 
 /// Settings for a test API process, on top of the defaults below.
@@ -310,52 +346,101 @@ impl TestApp {
 
     /// A worker that runs one sweep and exits (`--once`); the caller waits for it.
     pub fn start_worker_once(&self, batch_size: u64) -> Process {
+        self.start_worker_once_with(batch_size, &[])
+    }
+
+    pub fn start_worker_once_with(
+        &self,
+        batch_size: u64,
+        extra: &[(&'static str, String)],
+    ) -> Process {
         let mut env = worker_env(&self.db);
         env.push(("EXPIRY_BATCH_SIZE", batch_size.to_string()));
+        env.extend(extra.iter().cloned());
         Process::start("flash-sale-worker", &["--once"], &env, false)
     }
 
     /// The contract's invariant, read straight from the tables: for every product,
-    /// `stock == available counter + Σ qty of holds still stored as active`, and the counter is
-    /// never negative. (Expired-but-unswept holds are still stored as active and still counted
-    /// out of the counter, so this holds at every moment.)
+    /// `stock == available counter + Σ qty of holds stored as active + Σ quantity of pending
+    /// orders`, and the counter is never negative. (Expired-but-unswept holds are still stored
+    /// as active and still counted out of the counter, so this holds at every moment.)
     pub async fn assert_stock_conserved(&self) {
-        let db = self.db.connect().await;
-        let rows = db
-            .query_all_raw(Statement::from_string(
-                db.get_database_backend(),
-                "SELECT p.id, p.stock, p.available_stock, \
-                   CAST(COALESCE((SELECT SUM(h.qty) FROM holds h \
-                     WHERE h.product_id = p.id AND h.status = 'active'), 0) AS SIGNED) AS held \
-                 FROM products p"
-                    .replace("AS SIGNED", self.signed()),
-            ))
-            .await
-            .expect("conservation query");
-        for row in rows {
-            let id: i64 = row.try_get("", "id").expect("id");
-            let stock: i32 = row.try_get("", "stock").expect("stock");
-            let available: i32 = row.try_get("", "available_stock").expect("available");
-            let held: i64 = row.try_get("", "held").expect("held");
-            assert!(available >= 0, "product {id}: available {available} < 0");
+        for p in self.ledger().await {
+            assert!(
+                p.available >= 0,
+                "product {}: available {} < 0",
+                p.id,
+                p.available
+            );
             assert_eq!(
-                i64::from(stock),
-                i64::from(available) + held,
-                "product {id}: stock {stock} != available {available} + active holds {held}"
+                p.stock,
+                p.available + p.held + p.pending,
+                "product {}: stock {} != available {} + active holds {} + pending orders {}",
+                p.id,
+                p.stock,
+                p.available,
+                p.held,
+                p.pending
             );
         }
-        db.close().await.ok();
     }
 
-    /// Count of holds per stored status for a product.
-    pub async fn hold_count(&self, product_id: i64, status: &str) -> i64 {
+    /// Units sold never exceed what there was: `stock + Σ quantity of paid orders == initial`.
+    pub async fn assert_sold_within(&self, product_id: i64, initial: i64) {
+        let p = self
+            .ledger()
+            .await
+            .into_iter()
+            .find(|p| p.id == product_id)
+            .expect("product");
+        assert_eq!(p.stock + p.paid, initial, "product {product_id}: {p:?}");
+    }
+
+    /// Per product: the counters and the sums of holds and orders by state.
+    pub async fn ledger(&self) -> Vec<Ledger> {
+        let db = self.db.connect().await;
+        let sum = |table: &str, col: &str, status: &str| {
+            format!(
+                "CAST(COALESCE((SELECT SUM(x.{col}) FROM {table} x WHERE x.product_id = p.id \
+                 AND x.status = '{status}'), 0) {})",
+                self.signed()
+            )
+        };
+        let sql = format!(
+            "SELECT p.id, p.stock, p.available_stock, {} AS held, {} AS pending, {} AS paid \
+             FROM products p",
+            sum("holds", "qty", "active"),
+            sum("orders", "quantity", "pending"),
+            sum("orders", "quantity", "paid"),
+        );
+        let rows = db
+            .query_all_raw(Statement::from_string(db.get_database_backend(), sql))
+            .await
+            .expect("ledger query");
+        db.close().await.ok();
+        rows.iter()
+            .map(|row| Ledger {
+                id: row.try_get("", "id").expect("id"),
+                stock: i64::from(row.try_get::<i32>("", "stock").expect("stock")),
+                available: i64::from(
+                    row.try_get::<i32>("", "available_stock")
+                        .expect("available"),
+                ),
+                held: row.try_get("", "held").expect("held"),
+                pending: row.try_get("", "pending").expect("pending"),
+                paid: row.try_get("", "paid").expect("paid"),
+            })
+            .collect()
+    }
+
+    /// Rows of a table matching a condition, e.g. `count("orders", "hold_id = 3")`.
+    pub async fn count(&self, table: &str, condition: &str) -> i64 {
         let db = self.db.connect().await;
         let row = db
             .query_one_raw(Statement::from_string(
                 db.get_database_backend(),
                 format!(
-                    "SELECT CAST(COUNT(*) {}) AS n FROM holds WHERE product_id = {product_id} \
-                     AND status = '{status}'",
+                    "SELECT CAST(COUNT(*) {}) AS n FROM {table} WHERE {condition}",
                     self.signed()
                 ),
             ))
@@ -364,6 +449,15 @@ impl TestApp {
             .expect("a row");
         db.close().await.ok();
         row.try_get("", "n").expect("n")
+    }
+
+    /// Count of holds per stored status for a product.
+    pub async fn hold_count(&self, product_id: i64, status: &str) -> i64 {
+        self.count(
+            "holds",
+            &format!("product_id = {product_id} AND status = '{status}'"),
+        )
+        .await
     }
 
     fn signed(&self) -> &'static str {
@@ -432,6 +526,64 @@ impl Client {
             None,
         )
         .await
+    }
+
+    pub async fn order(&self, hold_id: i64) -> Response {
+        self.request(
+            reqwest::Method::POST,
+            "/api/orders",
+            Some(json!({ "hold_id": hold_id })),
+        )
+        .await
+    }
+
+    pub async fn webhook(&self, body: Value) -> Response {
+        self.request(reqwest::Method::POST, "/api/payments/webhook", Some(body))
+            .await
+    }
+
+    /// A webhook signed the way a gateway using the Standard Webhooks library signs it,
+    /// `age_secs` seconds ago.
+    pub async fn signed_webhook(&self, secret: &str, body: &Value, age_secs: i64) -> Response {
+        let raw = body.to_string();
+        let ts = now_unix() - age_secs;
+        let id = format!("msg_{:x}", rand::random::<u64>());
+        let signature = standardwebhooks::Webhook::new(secret)
+            .expect("secret")
+            .sign(&id, ts, raw.as_bytes())
+            .expect("sign");
+        self.raw_webhook(
+            &raw,
+            &[
+                ("webhook-id", id),
+                ("webhook-timestamp", ts.to_string()),
+                ("webhook-signature", signature),
+            ],
+        )
+        .await
+    }
+
+    /// A webhook with the given raw body and headers, exactly as given.
+    pub async fn raw_webhook(&self, raw: &str, headers: &[(&str, String)]) -> Response {
+        let mut req = self
+            .http
+            .post(format!("{}/api/payments/webhook", self.address))
+            .header("content-type", "application/json")
+            .body(raw.to_owned());
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        into_response(req.send().await.expect("webhook")).await
+    }
+
+    /// The current stock and available stock of a product.
+    pub async fn stock(&self, product_id: i64) -> (i64, i64) {
+        let r = self.get(&format!("/api/products/{product_id}")).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        (
+            r.body["stock"].as_i64().expect("stock"),
+            r.body["available_stock"].as_i64().expect("available_stock"),
+        )
     }
 
     pub async fn available(&self, product_id: i64) -> i64 {

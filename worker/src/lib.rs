@@ -1,16 +1,17 @@
 //! `flash-sale-worker`: the expiry daemon.
 //!
 //! On every tick of `EXPIRY_SCHEDULE` (tokio-cron-scheduler) it releases expired holds in
-//! batches of `EXPIRY_BATCH_SIZE`, through the same `entity::stock` operation the API uses, and
-//! writes one `expiry.batch` line per run. Any number of workers may run against one database:
-//! each batch locks its holds with `FOR UPDATE SKIP LOCKED` (SQLite: one writer at a time), so
+//! batches of `EXPIRY_BATCH_SIZE`, through the same `entity::stock` operation the API uses, then
+//! cancels orders left unpaid past `PAYMENT_TIMEOUT_SECONDS` (`entity::orders`), and writes one
+//! `expiry.batch` line per run. Any number of workers may run against one database:
+//! each batch locks its holds or orders with `FOR UPDATE SKIP LOCKED` (SQLite: one writer at a time), so
 //! every hold is released exactly once. Overlapping ticks inside one process are skipped.
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use entity::{Db, DbConfig, StockError, stock};
+use entity::{Db, DbConfig, StockError, orders, stock};
 use metrics_exporter_prometheus::PrometheusHandle;
 use poem::{
     EndpointExt, IntoResponse, Route, Server,
@@ -84,45 +85,72 @@ impl Config {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SweepReport {
     pub expired_count: u64,
+    pub timed_out_count: u64,
     pub batches: u64,
 }
 
-/// One run: release expired holds batch by batch until a batch comes back short, or `stop`
-/// says to finish (the batch in flight always completes). Writes `expiry.batch`.
+/// What a sweep needs to know.
+#[derive(Debug, Clone, Copy)]
+pub struct SweepSettings {
+    pub batch_size: u64,
+    pub payment_timeout: chrono::Duration,
+}
+
+/// One run: release expired holds, then cancel orders unpaid past the payment timeout, batch
+/// by batch until a batch comes back short, or `stop` says to finish (the batch in flight
+/// always completes). Writes one `expiry.batch` line.
 pub async fn sweep(
     db: &Db,
-    batch_size: u64,
+    settings: SweepSettings,
     stop: &watch::Receiver<bool>,
 ) -> Result<SweepReport, StockError> {
     let started = Instant::now();
     let mut report = SweepReport::default();
-    let result = loop {
-        let batch_started = Instant::now();
-        match stock::expire_batch(db, batch_size).await {
-            Ok(released) => {
-                report.batches += 1;
-                report.expired_count += released.len() as u64;
-                metrics::histogram!("expiry_batch_duration_seconds")
-                    .record(batch_started.elapsed().as_secs_f64());
-                metrics::histogram!("expiry_batch_size").record(released.len() as f64);
-                if (released.len() as u64) < batch_size || *stop.borrow() {
-                    break Ok(report);
-                }
-            }
-            Err(e) => break Err(e),
-        }
-    };
+    let result = sweep_into(db, settings, stop, &mut report).await;
     let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
     tracing::info!(
         metric = "expiry.batch",
         expired_count = report.expired_count,
         duration_ms,
+        timed_out_count = report.timed_out_count,
         batches = report.batches,
         ok = result.is_ok(),
         "expiry run finished"
     );
     metrics::counter!("expiry_runs_total").increment(1);
-    result
+    result.map(|()| report)
+}
+
+async fn sweep_into(
+    db: &Db,
+    settings: SweepSettings,
+    stop: &watch::Receiver<bool>,
+    report: &mut SweepReport,
+) -> Result<(), StockError> {
+    let batch = settings.batch_size;
+    loop {
+        let started = Instant::now();
+        let released = stock::expire_batch(db, batch).await?;
+        report.batches += 1;
+        report.expired_count += released.len() as u64;
+        metrics::histogram!("expiry_batch_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!("expiry_batch_size").record(released.len() as f64);
+        if (released.len() as u64) < batch || *stop.borrow() {
+            break;
+        }
+    }
+    loop {
+        if *stop.borrow() {
+            return Ok(());
+        }
+        let cancelled = orders::cancel_unpaid_batch(db, settings.payment_timeout, batch).await?;
+        report.batches += 1;
+        report.timed_out_count += cancelled.len() as u64;
+        if (cancelled.len() as u64) < batch {
+            return Ok(());
+        }
+    }
 }
 
 /// Serves `/healthz` and `/metrics` on `WORKER_ADDR` and runs the schedule until Ctrl-C or
@@ -136,8 +164,12 @@ pub async fn run(config: Config, metrics: Option<PrometheusHandle>) -> anyhow::R
     .context("DATABASE_URL: cannot connect")?;
     let (stop_tx, stop_rx) = watch::channel(false);
 
+    let settings = SweepSettings {
+        batch_size: config.expiry_batch_size,
+        payment_timeout: chrono::Duration::seconds(i64::from(config.payment_timeout_seconds)),
+    };
     if config.once {
-        sweep(&db, config.expiry_batch_size, &stop_rx).await?;
+        sweep(&db, settings, &stop_rx).await?;
         return Ok(());
     }
 
@@ -146,7 +178,6 @@ pub async fn run(config: Config, metrics: Option<PrometheusHandle>) -> anyhow::R
     let running = Arc::new(Mutex::new(()));
     let job = {
         let (db, running, stop_rx) = (db.clone(), running.clone(), stop_rx.clone());
-        let batch_size = config.expiry_batch_size;
         Job::new_async(config.expiry_schedule.as_str(), move |_id, _sched| {
             let (db, running, stop_rx) = (db.clone(), running.clone(), stop_rx.clone());
             Box::pin(async move {
@@ -157,7 +188,7 @@ pub async fn run(config: Config, metrics: Option<PrometheusHandle>) -> anyhow::R
                 if *stop_rx.borrow() {
                     return;
                 }
-                if let Err(e) = sweep(&db, batch_size, &stop_rx).await {
+                if let Err(e) = sweep(&db, settings, &stop_rx).await {
                     tracing::error!(error = %e, "expiry sweep failed; the next tick retries");
                 }
             })

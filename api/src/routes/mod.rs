@@ -3,6 +3,8 @@
 
 pub mod admin;
 pub mod holds;
+pub mod orders;
+pub mod payments;
 pub mod products;
 
 use poem_openapi::Tags;
@@ -13,6 +15,10 @@ pub enum ApiTags {
     Products,
     /// Short reservations of stock.
     Holds,
+    /// Holds turned into orders awaiting payment.
+    Orders,
+    /// The payment gateway's webhook.
+    Payments,
     /// Operator-only routes (need `ADMIN_TOKEN`).
     Admin,
 }
@@ -20,12 +26,24 @@ pub enum ApiTags {
 /// The operations of the generated document, in the order a reader meets them.
 pub fn api(
     state: std::sync::Arc<crate::AppState>,
-) -> (products::ProductsApi, holds::HoldsApi, admin::AdminApi) {
+) -> (
+    products::ProductsApi,
+    holds::HoldsApi,
+    orders::OrdersApi,
+    payments::PaymentsApi,
+    admin::AdminApi,
+) {
     (
         products::ProductsApi {
             state: state.clone(),
         },
         holds::HoldsApi {
+            state: state.clone(),
+        },
+        orders::OrdersApi {
+            state: state.clone(),
+        },
+        payments::PaymentsApi {
             state: state.clone(),
         },
         admin::AdminApi { state },

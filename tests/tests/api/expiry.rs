@@ -68,7 +68,7 @@ on_both_databases! {
         assert_eq!(new.status, 201, "{}", new.body);
         assert_eq!(app.available(product).await, 0);
         assert_eq!(app.hold_count(product, "expired").await, 1);
-        let reclaimed = app.server.metric("hold.expired");
+        let reclaimed = app.server.metric_eventually("hold.expired", 1).await;
         assert_eq!(reclaimed.len(), 1);
         assert_eq!(reclaimed[0]["hold_id"].as_i64(), Some(old));
         assert_eq!(reclaimed[0]["quantity"], 5);
@@ -76,7 +76,12 @@ on_both_databases! {
     }
 
     async fn two_workers_and_the_api_release_each_hold_exactly_once(backend: Backend) {
-        let app = TestApp::spawn_with(backend, short_holds()).await;
+        // Long enough for 200 holds to be made before any expires, even on a loaded machine.
+        let app = TestApp::spawn_with(backend, AppOptions {
+            hold_ttl_seconds: Some(3),
+            ..Default::default()
+        })
+        .await;
         let product = app.create_product(399).await; // exactly what the 200 holds below take
         let client = app.client.clone();
         let created = all_at_once(200, move |i| {
@@ -90,7 +95,7 @@ on_both_databases! {
             .collect();
         assert_eq!(held.len(), 200);
         assert_eq!(app.available(product).await, 0);
-        let_holds_expire().await;
+        tokio::time::sleep(Duration::from_millis(3300)).await;
 
         // Two workers in small batches, and hold requests that reclaim, all at once.
         let mut w1 = app.start_worker_once(7);
@@ -110,7 +115,7 @@ on_both_databases! {
             .metric("hold.expired")
             .into_iter()
             .chain(w2.metric("hold.expired"))
-            .chain(app.server.metric("hold.expired"))
+            .chain(app.server.metric_eventually("hold.expired", 0).await)
         {
             seen.push(m["hold_id"].as_i64().expect("hold_id"));
         }
@@ -135,7 +140,7 @@ on_both_databases! {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         assert_eq!(app.available(product).await, 3);
-        assert!(!worker.metric("expiry.batch").is_empty());
+        assert!(!worker.metric_eventually("expiry.batch", 1).await.is_empty());
 
         let health = reqwest::get(format!("http://{addr}/healthz")).await.expect("healthz");
         assert_eq!(health.status(), 200);

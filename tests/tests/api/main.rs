@@ -3,4 +3,7 @@
 mod bad_input;
 mod expiry;
 mod holds;
+mod mixed;
+mod orders;
+mod payments;
 mod processes;

@@ -1,0 +1,126 @@
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use entity::{
+    OrderStatus,
+    orders::{self, OrderCreated, OrderView},
+};
+use poem_openapi::{ApiResponse, Enum, Object, OpenApi, param::Path, payload::Json};
+
+use super::ApiTags;
+use crate::{AppState, error::ApiError};
+
+/// Turn a hold into an order.
+#[derive(Debug, Object)]
+#[oai(example)]
+pub struct CreateOrder {
+    pub hold_id: i64,
+}
+
+impl poem_openapi::types::Example for CreateOrder {
+    fn example() -> Self {
+        Self { hold_id: 123 }
+    }
+}
+
+/// The state of an order.
+#[derive(Debug, Clone, Copy, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum OrderState {
+    /// Waiting for the payment webhook (cancelled after `PAYMENT_TIMEOUT_SECONDS`).
+    Pending,
+    /// Paid: the units are sold.
+    Paid,
+    /// Payment failed or timed out: the units are available again.
+    Cancelled,
+}
+
+impl From<OrderStatus> for OrderState {
+    fn from(s: OrderStatus) -> Self {
+        match s {
+            OrderStatus::Pending => Self::Pending,
+            OrderStatus::Paid => Self::Paid,
+            OrderStatus::Cancelled => Self::Cancelled,
+        }
+    }
+}
+
+/// An order.
+#[derive(Debug, Object)]
+#[oai(example)]
+pub struct Order {
+    pub order_id: i64,
+    pub hold_id: i64,
+    pub product_id: i64,
+    pub quantity: i32,
+    /// Price × quantity, a decimal string with two places, exact.
+    pub total_price: String,
+    pub status: OrderState,
+    pub created_at: DateTime<Utc>,
+}
+
+impl poem_openapi::types::Example for Order {
+    fn example() -> Self {
+        Self {
+            order_id: 456,
+            hold_id: 123,
+            product_id: 1,
+            quantity: 2,
+            total_price: "199.98".into(),
+            status: OrderState::Pending,
+            created_at: DateTime::from_timestamp(1_796_139_000, 0).unwrap_or_default(),
+        }
+    }
+}
+
+impl From<OrderView> for Order {
+    fn from(o: OrderView) -> Self {
+        Self {
+            order_id: o.id,
+            hold_id: o.hold_id,
+            product_id: o.product_id,
+            quantity: o.quantity,
+            total_price: o.total.to_string(),
+            status: o.status.into(),
+            created_at: o.created_at,
+        }
+    }
+}
+
+#[derive(Debug, ApiResponse)]
+pub enum OrderPlaced {
+    /// The hold became this pending order.
+    #[oai(status = 201)]
+    Created(Json<Order>),
+    /// The hold had already become this order (a retry); its current status.
+    #[oai(status = 200)]
+    Existing(Json<Order>),
+}
+
+pub struct OrdersApi {
+    pub state: Arc<AppState>,
+}
+
+#[OpenApi(tag = "ApiTags::Orders")]
+impl OrdersApi {
+    /// Turn an active hold into a pending order.
+    ///
+    /// The hold is the order's idempotency key: asking again for the same hold answers 200 with
+    /// the same order, however many requests arrive at once. Holds that expired or were released
+    /// answer 409 `hold_expired` / `hold_released`.
+    #[oai(path = "/api/orders", method = "post", operation_id = "createOrder")]
+    async fn create_order(&self, body: Json<CreateOrder>) -> Result<OrderPlaced, ApiError> {
+        Ok(
+            match orders::create_order(&self.state.db, body.hold_id).await? {
+                OrderCreated::New(o) => OrderPlaced::Created(Json(o.into())),
+                OrderCreated::Existing(o) => OrderPlaced::Existing(Json(o.into())),
+            },
+        )
+    }
+
+    /// Get an order and its current status.
+    #[oai(path = "/api/orders/:id", method = "get", operation_id = "getOrder")]
+    async fn get_order(&self, id: Path<i64>) -> Result<Json<Order>, ApiError> {
+        Ok(Json(orders::get_order(&self.state.db, id.0).await?.into()))
+    }
+}

@@ -1,0 +1,97 @@
+//! The `orders` table and the order state machine.
+
+use sea_orm::entity::prelude::*;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
+pub enum OrderStatus {
+    /// Waiting for payment; its quantity is out of `available_stock` but still in `stock`.
+    #[sea_orm(string_value = "pending")]
+    Pending,
+    /// Paid; its quantity has left `stock`. Final.
+    #[sea_orm(string_value = "paid")]
+    Paid,
+    /// Payment failed or timed out; its quantity is available again.
+    #[sea_orm(string_value = "cancelled")]
+    Cancelled,
+}
+
+impl OrderStatus {
+    /// Pending orders get paid or cancelled; a cancelled order can still be paid by a late
+    /// success if the stock is there (checked by the caller under the product lock). Paid is
+    /// final.
+    pub fn can_become(self, next: OrderStatus) -> bool {
+        use OrderStatus::*;
+        matches!(
+            (self, next),
+            (Pending, Paid) | (Pending, Cancelled) | (Cancelled, Paid)
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderStatus::Pending => "pending",
+            OrderStatus::Paid => "paid",
+            OrderStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(Self::Pending),
+            "paid" => Some(Self::Paid),
+            "cancelled" => Some(Self::Cancelled),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "orders")]
+pub struct Model {
+    #[sea_orm(primary_key)]
+    pub id: i64,
+    #[sea_orm(unique)]
+    pub hold_id: i64,
+    pub product_id: i64,
+    pub quantity: i32,
+    pub total_cents: i64,
+    pub status: OrderStatus,
+    pub created_at: DateTimeUtc,
+    pub updated_at: DateTimeUtc,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {
+    #[sea_orm(
+        belongs_to = "super::hold::Entity",
+        from = "Column::HoldId",
+        to = "super::hold::Column::Id"
+    )]
+    Hold,
+    #[sea_orm(
+        belongs_to = "super::product::Entity",
+        from = "Column::ProductId",
+        to = "super::product::Column::Id"
+    )]
+    Product,
+}
+
+impl ActiveModelBehavior for ActiveModel {}
+
+#[cfg(test)]
+mod tests {
+    use super::OrderStatus::*;
+
+    #[test]
+    fn paid_is_final_and_cancelled_only_becomes_paid() {
+        assert!(Pending.can_become(Paid));
+        assert!(Pending.can_become(Cancelled));
+        assert!(Cancelled.can_become(Paid));
+        for next in [Pending, Paid, Cancelled] {
+            assert!(!Paid.can_become(next));
+        }
+        assert!(!Cancelled.can_become(Pending));
+        assert!(!Pending.can_become(Pending));
+    }
+}
