@@ -24,14 +24,17 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::error::StockError;
 
-/// Attempts per operation before contention is answered as [`StockError::Contention`].
-pub const MAX_ATTEMPTS: u32 = 6;
+/// Attempts per operation before contention is answered as [`StockError::Contention`]. With the
+/// one-second lock waits below, a client hears back within about four seconds, inside the
+/// contract's five.
+pub const MAX_ATTEMPTS: u32 = 4;
 /// Seconds a MySQL statement waits for a row lock before it fails with 1205 and is retried.
-const LOCK_WAIT_TIMEOUT_SECS: u32 = 2;
+/// Healthy lock queues on a hot row drain in milliseconds; a second means something is stuck.
+const LOCK_WAIT_TIMEOUT_SECS: u32 = 1;
 /// How long a request waits for a pooled connection before the database counts as unreachable.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
-/// SQLite's busy timeout, across processes.
-const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(3);
+/// SQLite's busy timeout, across processes (same reasoning as the MySQL lock wait).
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
