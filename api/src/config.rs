@@ -23,6 +23,8 @@ pub struct Cli {
 pub enum Command {
     /// Serve the API (the default).
     Serve,
+    /// Print the OpenAPI document (JSON) and exit; needs no database.
+    Openapi,
     /// Run pending migrations and exit.
     Migrate {
         /// Also add the demo product (id 1) if it is not there yet.
@@ -68,6 +70,13 @@ pub struct Config {
     /// Log filter (tracing's EnvFilter syntax).
     #[arg(long = "log-filter", env = "RUST_LOG", default_value = "info")]
     pub rust_log: String,
+    /// On SIGTERM/Ctrl-C: seconds `/readyz` answers 503 before the listener closes, so load
+    /// balancers stop sending new requests first.
+    #[arg(long, env = "SHUTDOWN_DELAY_SECONDS", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=300))]
+    pub shutdown_delay_seconds: u32,
+    /// Then at most this many seconds for in-flight requests to finish before the pool closes.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(0..=3600))]
+    pub shutdown_grace_seconds: u32,
     /// Run pending migrations when the server starts.
     #[arg(long, env = "AUTO_MIGRATE", default_value = "true", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
     pub auto_migrate: bool,
@@ -102,7 +111,7 @@ impl Config {
         format!(
             "DATABASE_URL={} DATABASE_MAX_CONNECTIONS={} BIND_ADDR={} HOLD_TTL_SECONDS={} \
              MAX_HOLD_QTY={} WEBHOOK_SECRET={} CORS_ALLOWED_ORIGINS={} ADMIN_TOKEN={} LOG_DIR={} \
-             RUST_LOG={} AUTO_MIGRATE={}",
+             RUST_LOG={} AUTO_MIGRATE={} SHUTDOWN_DELAY_SECONDS={} SHUTDOWN_GRACE_SECONDS={}",
             entity::db::redact_url(&self.database_url),
             self.database_max_connections,
             self.bind_addr,
@@ -122,6 +131,8 @@ impl Config {
             self.log_dir.display(),
             self.rust_log,
             self.auto_migrate,
+            self.shutdown_delay_seconds,
+            self.shutdown_grace_seconds,
         )
     }
 }

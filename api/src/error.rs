@@ -130,6 +130,21 @@ impl ApiError {
         }
     }
 
+    /// The problem's stable `code`.
+    pub fn code(&self) -> &str {
+        match self {
+            Self::BadRequest(p)
+            | Self::Unauthorized(p)
+            | Self::NotFound(p)
+            | Self::Conflict(p)
+            | Self::PayloadTooLarge(p)
+            | Self::UnsupportedMediaType(p)
+            | Self::Unprocessable(p)
+            | Self::Internal(p)
+            | Self::Unavailable(p) => &p.0.code,
+        }
+    }
+
     pub fn validation(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_error", detail)
     }

@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod error;
+pub mod observe;
 pub mod payload;
 pub mod routes;
 pub mod server;

@@ -17,6 +17,10 @@ async fn main() -> anyhow::Result<()> {
     }
     let cli = Cli::parse();
     let config = cli.config;
+    if let Some(Command::Openapi) = cli.command {
+        println!("{}", flash_sale_api::server::openapi_json(&config).await?);
+        return Ok(());
+    }
     let _guards =
         entity::telemetry::init_logging("flash-sale-api", &config.log_dir, &config.rust_log)?;
     let metrics = entity::telemetry::init_metrics()?;
@@ -41,5 +45,6 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Serve) | None => run(config, Some(metrics)).await,
+        Some(Command::Openapi) => Ok(()),
     }
 }

@@ -1,13 +1,19 @@
 //! Wiring: state, the route tree and its middleware, migrations, and serving.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::Context;
 use entity::{Db, DbConfig};
 use metrics_exporter_prometheus::PrometheusHandle;
 use migration::{Migrator, MigratorTrait};
 use poem::{
-    Endpoint, EndpointExt, IntoResponse, Request, Response, Route, Server,
+    Endpoint, EndpointExt, IntoResponse, PathPattern, Request, Response, Route, Server,
     endpoint::make_sync,
     http::{Method, StatusCode, header},
     listener::{Acceptor, Listener, TcpListener},
@@ -31,6 +37,8 @@ pub struct AppState {
     pub max_hold_qty: u32,
     pub admin_token: Option<String>,
     pub webhook_secret: Option<crate::config::WebhookSecret>,
+    /// Set on SIGTERM/Ctrl-C: `/readyz` answers 503 from then on.
+    pub draining: AtomicBool,
 }
 
 impl AppState {
@@ -41,6 +49,7 @@ impl AppState {
             max_hold_qty: config.max_hold_qty,
             admin_token: config.admin_token.clone(),
             webhook_secret: config.webhook_secret.clone(),
+            draining: AtomicBool::new(false),
         }
     }
 }
@@ -65,9 +74,17 @@ impl HealthApi {
         PlainText("ok")
     }
 
-    /// The database answers (503 `unavailable` when it does not, within 2 seconds).
+    /// The database answers (503 `unavailable` when it does not, within 2 seconds, and while the
+    /// process drains for shutdown).
     #[oai(path = "/readyz", method = "get", operation_id = "readyz")]
     async fn readyz(&self) -> Result<Ready, ApiError> {
+        if self.state.draining.load(Ordering::Relaxed) {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "shutting down",
+            ));
+        }
         match tokio::time::timeout(Duration::from_secs(2), self.state.db.ping()).await {
             Ok(Ok(())) => Ok(Ready::Ready(PlainText("ready"))),
             _ => Err(ApiError::new(
@@ -85,6 +102,31 @@ enum OpsTags {
     Operations,
 }
 
+/// The generated OpenAPI document's service: every operation, described from the code.
+pub fn openapi_service(state: Arc<AppState>) -> OpenApiService<impl OpenApi, ()> {
+    OpenApiService::new(
+        (routes::api(state.clone()), HealthApi { state }),
+        "Flash Sale API",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description(
+        "Holds, orders and payments over a limited stock, with zero overselling. \
+         Every error is application/problem+json with a stable `code`.",
+    )
+}
+
+/// The OpenAPI document as JSON, for `flash-sale-api openapi` and the committed copy. The
+/// operations hold a state they never touch while describing themselves; an in-memory SQLite
+/// pool stands in for the database.
+pub async fn openapi_json(config: &Config) -> anyhow::Result<String> {
+    let db = Db::connect(&DbConfig {
+        url: "sqlite::memory:".into(),
+        max_connections: 1,
+    })
+    .await?;
+    Ok(openapi_service(Arc::new(AppState::new(config, db))).spec())
+}
+
 /// The whole HTTP application: the OpenAPI operations, `/openapi.json`, `/docs`, `/metrics`,
 /// and the middleware that keeps every error answer problem+json.
 pub fn build_app(
@@ -92,30 +134,21 @@ pub fn build_app(
     state: Arc<AppState>,
     metrics: Option<PrometheusHandle>,
 ) -> impl Endpoint<Output = Response> + use<> {
-    let service = OpenApiService::new(
-        (
-            routes::api(state.clone()),
-            HealthApi {
-                state: state.clone(),
-            },
-        ),
-        "Flash Sale API",
-        env!("CARGO_PKG_VERSION"),
-    )
-    .description(
-        "Holds, orders and payments over a limited stock, with zero overselling. \
-         Every error is application/problem+json with a stable `code`.",
-    );
+    let service = openapi_service(state.clone());
+    let templates = Arc::new(crate::observe::RouteTemplates::from_spec(
+        &serde_json::from_str(&service.spec()).unwrap_or_default(),
+    ));
     let docs = service.swagger_ui();
     let spec = service.spec_endpoint();
-    let metrics_ep = make_sync(move |_| match &metrics {
-        Some(handle) => handle
-            .render()
+    let pool_state = state.clone();
+    let metrics_ep = make_sync(move |_| {
+        pool_state.db.record_pool_metrics();
+        metrics
+            .as_ref()
+            .map(PrometheusHandle::render)
+            .unwrap_or_default()
             .with_content_type("text/plain; version=0.0.4")
-            .into_response(),
-        None => ""
-            .with_content_type("text/plain; version=0.0.4")
-            .into_response(),
+            .into_response()
     });
     let admin_enabled = state.admin_token.is_some();
 
@@ -146,16 +179,23 @@ pub fn build_app(
         })
         .with_if(cors.is_some(), cors.unwrap_or_default())
         .catch_all_error(|err: poem::Error| async move {
+            let pattern = err.data::<PathPattern>().cloned();
             // Our own error answers (already problem+json) pass through untouched.
-            if err.is_from_response() {
-                return err.into_response();
+            let mut resp = if err.is_from_response() {
+                err.into_response()
+            } else {
+                let (status, code) = classify_poem_error(&err);
+                if status.is_server_error() {
+                    tracing::error!(error = %err, "unhandled error");
+                }
+                problem_response(status, code, err.to_string())
+            };
+            if let Some(pattern) = pattern {
+                resp.set_data(pattern);
             }
-            let (status, code) = classify_poem_error(&err);
-            if status.is_server_error() {
-                tracing::error!(error = %err, "unhandled error");
-            }
-            problem_response(status, code, err.to_string())
+            resp
         })
+        .around(move |ep, req| crate::observe::observe(ep, req, templates.clone()))
         .data(state)
 }
 
@@ -247,7 +287,7 @@ pub async fn run(config: Config, metrics: Option<PrometheusHandle>) -> anyhow::R
         migrate(&config.database_url).await?;
     }
     let state = Arc::new(AppState::new(&config, db.clone()));
-    let app = build_app(&config, state, metrics);
+    let app = build_app(&config, state.clone(), metrics);
 
     let acceptor = TcpListener::bind(config.bind_addr)
         .into_acceptor()
@@ -260,12 +300,20 @@ pub async fn run(config: Config, metrics: Option<PrometheusHandle>) -> anyhow::R
         .map(|a| a.to_string())
         .unwrap_or_default();
     tracing::info!(addr = %addr, "listening");
+    let delay = Duration::from_secs(u64::from(config.shutdown_delay_seconds));
+    let drain = async move {
+        entity::telemetry::shutdown_signal().await;
+        state.draining.store(true, Ordering::Relaxed);
+        tracing::info!(
+            delay_seconds = delay.as_secs(),
+            "draining: /readyz answers 503"
+        );
+        tokio::time::sleep(delay).await;
+        tracing::info!("closing the listener, finishing in-flight requests");
+    };
+    let grace = Duration::from_secs(u64::from(config.shutdown_grace_seconds));
     Server::new_with_acceptor(acceptor)
-        .run_with_graceful_shutdown(
-            app,
-            entity::telemetry::shutdown_signal(),
-            Some(Duration::from_secs(30)),
-        )
+        .run_with_graceful_shutdown(app, drain, Some(grace))
         .await
         .context("serving")?;
     db.conn().clone().close().await.ok();

@@ -55,6 +55,7 @@ pub struct Db {
     conn: DatabaseConnection,
     backend: Backend,
     sqlite_writer: Option<Arc<Mutex<()>>>,
+    max_connections: u32,
 }
 
 /// A write transaction. On SQLite it also holds this process's writer slot until it ends.
@@ -137,6 +138,7 @@ impl Db {
             conn,
             backend,
             sqlite_writer: (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(()))),
+            max_connections: config.max_connections.max(1),
         })
     }
 
@@ -186,6 +188,24 @@ impl Db {
                 Err(err)
             }
         }
+    }
+
+    /// Publishes the pool's state as gauges (called when `/metrics` is scraped).
+    pub fn record_pool_metrics(&self) {
+        let (size, idle) = match self.backend {
+            Backend::MySql => {
+                let pool = self.conn.get_mysql_connection_pool();
+                (pool.size(), pool.num_idle() as u32)
+            }
+            Backend::Sqlite => {
+                let pool = self.conn.get_sqlite_connection_pool();
+                (pool.size(), pool.num_idle() as u32)
+            }
+        };
+        metrics::gauge!("db_pool_connections", "state" => "idle").set(f64::from(idle));
+        metrics::gauge!("db_pool_connections", "state" => "in_use")
+            .set(f64::from(size.saturating_sub(idle)));
+        metrics::gauge!("db_pool_max_connections").set(f64::from(self.max_connections));
     }
 
     /// `SELECT 1`: is the database answering?

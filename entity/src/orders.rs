@@ -83,7 +83,7 @@ pub async fn create_order(db: &Db, hold_id: HoldId) -> Result<OrderCreated, Stoc
             quantity = view.quantity,
             "order created"
         );
-        metrics::counter!("orders_total", "status" => "pending").increment(1);
+        metrics::counter!("order_status_changes_total", "status" => "pending").increment(1);
         Ok(OrderCreated::New(view))
     } else {
         Ok(OrderCreated::Existing(view))
@@ -240,6 +240,9 @@ pub async fn apply_payment(db: &Db, event: &PaymentEvent) -> Result<PaymentResul
             if let StockError::HoldExpired(_) | StockError::HoldReleased(_) = err {
                 log_conflict(event, None, None, conflict_reason(&err));
             }
+            if !matches!(err, StockError::IdempotencyKeyMismatch) {
+                metrics::counter!("webhooks_total", "outcome" => "rejected").increment(1);
+            }
             return Err(err);
         }
     };
@@ -270,7 +273,7 @@ pub async fn apply_payment(db: &Db, event: &PaymentEvent) -> Result<PaymentResul
             );
         }
         if result.conflict.is_none() {
-            metrics::counter!("orders_total", "status" => result.order_status.as_str())
+            metrics::counter!("order_status_changes_total", "status" => result.order_status.as_str())
                 .increment(1);
         }
     }
@@ -521,7 +524,7 @@ pub async fn cancel_unpaid_batch(
         );
     }
     if !cancelled.is_empty() {
-        metrics::counter!("orders_total", "status" => "timed_out")
+        metrics::counter!("order_status_changes_total", "status" => "timed_out")
             .increment(cancelled.len() as u64);
     }
     Ok(cancelled)

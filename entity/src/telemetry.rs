@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::{
     EnvFilter, fmt, fmt::writer::MakeWriterExt, layer::SubscriberExt, util::SubscriberInitExt,
@@ -37,10 +37,12 @@ pub fn init_logging(
         .map_err(|e| log_dir_err(&e))?;
     let (file_writer, file_guard) = tracing_appender::non_blocking(file);
     let (stdout_writer, stdout_guard) = tracing_appender::non_blocking(std::io::stdout());
+    // The current span rides along as `"span": {...}`: for HTTP requests it carries the
+    // request id into every line logged while serving that request.
     let json = fmt::layer()
         .json()
         .flatten_event(true)
-        .with_current_span(false)
+        .with_current_span(true)
         .with_span_list(false)
         .with_writer(stdout_writer.and(file_writer));
     tracing_subscriber::registry()
@@ -51,11 +53,84 @@ pub fn init_logging(
     Ok(LogGuards(vec![file_guard, stdout_guard]))
 }
 
-/// Installs the global Prometheus recorder and returns the handle that renders `/metrics`.
+/// Latency buckets (seconds) for every `*_seconds` histogram: sub-millisecond to 10 s.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Rows per expiry batch.
+const BATCH_SIZE_BUCKETS: &[f64] = &[0.0, 1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0];
+
+/// Installs the global Prometheus recorder (histograms with fixed buckets, so they aggregate
+/// across replicas) and returns the handle that renders `/metrics`.
 pub fn init_metrics() -> Result<PrometheusHandle, TelemetryError> {
-    PrometheusBuilder::new()
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full("expiry_batch_size".into()),
+                BATCH_SIZE_BUCKETS,
+            )
+        })
+        .map_err(|e| TelemetryError::Init(e.to_string()))?
         .install_recorder()
-        .map_err(|e| TelemetryError::Init(e.to_string()))
+        .map_err(|e| TelemetryError::Init(e.to_string()))?;
+    describe_metrics();
+    Ok(handle)
+}
+
+/// HELP lines for every metric either binary records.
+fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "http_requests_total",
+        "HTTP requests answered, by method, route template and status"
+    );
+    describe_histogram!(
+        "http_request_duration_seconds",
+        metrics::Unit::Seconds,
+        "HTTP request latency, by method, route template and status"
+    );
+    describe_counter!("holds_created_total", "Holds granted");
+    describe_counter!(
+        "holds_rejected_total",
+        "Hold requests refused, by reason (the problem code)"
+    );
+    describe_counter!("holds_released_total", "Holds released by their buyer");
+    describe_counter!(
+        "holds_expired_total",
+        "Expired holds whose stock went back, by who swept them (worker, api)"
+    );
+    describe_counter!(
+        "order_status_changes_total",
+        "Orders entering a status (pending, paid, cancelled, timed_out)"
+    );
+    describe_counter!(
+        "webhooks_total",
+        "Payment webhooks, by outcome (processed, duplicate, conflict, mismatch, rejected, bad_signature)"
+    );
+    describe_counter!(
+        "webhook_conflicts_total",
+        "Webhooks that could not have their normal effect, by reason"
+    );
+    describe_counter!(
+        "stock_contention_retries_total",
+        "Transactions retried after a lock wait timeout, deadlock or SQLite busy error"
+    );
+    describe_counter!("expiry_runs_total", "Worker sweeps run");
+    describe_histogram!(
+        "expiry_batch_duration_seconds",
+        metrics::Unit::Seconds,
+        "Duration of one expiry batch transaction"
+    );
+    describe_histogram!("expiry_batch_size", "Holds released by one expiry batch");
+    describe_gauge!(
+        "db_pool_connections",
+        "Database pool connections of this process, by state (idle, in_use)"
+    );
+    describe_gauge!(
+        "db_pool_max_connections",
+        "Configured pool size of this process"
+    );
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -153,7 +153,7 @@ async fn sweep_into(
     }
 }
 
-/// Serves `/healthz` and `/metrics` on `WORKER_ADDR` and runs the schedule until Ctrl-C or
+/// Serves `/healthz`, `/readyz` and `/metrics` on `WORKER_ADDR` and runs the schedule until Ctrl-C or
 /// SIGTERM; then finishes the sweep in flight and exits.
 pub async fn run(config: Config, metrics: Option<PrometheusHandle>) -> anyhow::Result<()> {
     let db = Db::connect(&DbConfig {
@@ -215,20 +215,40 @@ pub async fn run(config: Config, metrics: Option<PrometheusHandle>) -> anyhow::R
         .and_then(|a| a.as_socket_addr().copied())
         .map(|a| a.to_string())
         .unwrap_or_default();
-    let app = Route::new()
-        .at("/healthz", make_sync(|_| "ok"))
-        .at(
-            "/metrics",
-            make_sync(move |_| {
-                metrics
-                    .as_ref()
-                    .map(PrometheusHandle::render)
-                    .unwrap_or_default()
-                    .with_content_type("text/plain; version=0.0.4")
-                    .into_response()
-            }),
-        )
-        .map_to_response();
+    let app = {
+        let (ready_db, metrics_db) = (db.clone(), db.clone());
+        Route::new()
+            .at("/healthz", make_sync(|_| "ok"))
+            .at(
+                "/readyz",
+                poem::endpoint::make(move |_| {
+                    let db = ready_db.clone();
+                    async move {
+                        match tokio::time::timeout(std::time::Duration::from_secs(2), db.ping())
+                            .await
+                        {
+                            Ok(Ok(())) => "ready".into_response(),
+                            _ => poem::Response::builder()
+                                .status(poem::http::StatusCode::SERVICE_UNAVAILABLE)
+                                .body("the database cannot be reached"),
+                        }
+                    }
+                }),
+            )
+            .at(
+                "/metrics",
+                make_sync(move |_| {
+                    metrics_db.record_pool_metrics();
+                    metrics
+                        .as_ref()
+                        .map(PrometheusHandle::render)
+                        .unwrap_or_default()
+                        .with_content_type("text/plain; version=0.0.4")
+                        .into_response()
+                }),
+            )
+            .map_to_response()
+    };
     scheduler.start().await.context("starting the scheduler")?;
     tracing::info!(addr = %addr, schedule = %config.expiry_schedule, "listening");
 

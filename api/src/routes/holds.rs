@@ -109,11 +109,20 @@ impl HoldsApi {
     #[oai(path = "/api/holds", method = "post", operation_id = "createHold")]
     async fn create_hold(&self, body: Json<CreateHold>) -> Result<HoldCreated, ApiError> {
         let max = self.state.max_hold_qty;
-        let qty = Quantity::new(body.qty, max)
-            .ok_or_else(|| ApiError::validation(format!("qty must be between 1 and {max}")))?;
-        let hold =
-            stock::create_hold(&self.state.db, body.product_id, qty, self.state.hold_ttl).await?;
-        Ok(HoldCreated::Created(Json(hold.into())))
+        let result = match Quantity::new(body.qty, max) {
+            None => Err(ApiError::validation(format!(
+                "qty must be between 1 and {max}"
+            ))),
+            Some(qty) => {
+                stock::create_hold(&self.state.db, body.product_id, qty, self.state.hold_ttl)
+                    .await
+                    .map_err(ApiError::from)
+            }
+        };
+        if let Err(e) = &result {
+            metrics::counter!("holds_rejected_total", "reason" => e.code().to_owned()).increment(1);
+        }
+        Ok(HoldCreated::Created(Json(result?.into())))
     }
 
     /// Get a hold; `status` tells whether it still reserves stock.

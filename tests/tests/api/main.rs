@@ -4,6 +4,7 @@ mod bad_input;
 mod expiry;
 mod holds;
 mod mixed;
+mod operations;
 mod orders;
 mod payments;
 mod processes;

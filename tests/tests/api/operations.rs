@@ -1,0 +1,258 @@
+//! What operators and frontend teams rely on: request ids, Prometheus metrics, graceful
+//! shutdown, `--help`, the committed OpenAPI document, and Swagger UI in a real browser.
+
+use std::{path::PathBuf, process::Command, time::Duration};
+
+use flash_sale_tests::{AppOptions, Backend, TestApp, binary, on_both_databases};
+use serde_json::json;
+
+on_both_databases! {
+    async fn every_request_has_an_id_that_reaches_its_log_lines(backend: Backend) {
+        let app = TestApp::spawn(backend).await;
+        let product = app.create_product(5).await;
+        let r = app
+            .http
+            .post(format!("{}/api/holds", app.address))
+            .header("x-request-id", "checkout-42")
+            .json(&json!({"product_id": product, "qty": 1}))
+            .send()
+            .await
+            .expect("hold");
+        assert_eq!(r.status(), 201);
+        assert_eq!(r.headers()["x-request-id"], "checkout-42", "the client's id comes back");
+        let created = app.server.metric_eventually("hold.created", 1).await;
+        assert_eq!(created[0]["span"]["request_id"], "checkout-42", "{}", created[0]);
+
+        let r = app.http.get(format!("{}/api/products/{product}", app.address)).send().await.expect("get");
+        let generated = r.headers()["x-request-id"].to_str().expect("ascii").to_owned();
+        assert_eq!(generated.len(), 36, "a UUID when the client sends none: {generated}");
+        let junk = app
+            .http
+            .get(format!("{}/healthz", app.address))
+            .header("x-request-id", "has spaces in it")
+            .send()
+            .await
+            .expect("healthz");
+        assert_ne!(junk.headers()["x-request-id"], "has spaces in it");
+    }
+
+    async fn metrics_count_requests_by_route_template_holds_webhooks_and_the_pool(backend: Backend) {
+        let app = TestApp::spawn(backend).await;
+        let product = app.create_product(1).await;
+        let hold = app.hold(product, 1).await.body["hold_id"].as_i64().expect("hold");
+        assert_eq!(app.hold(product, 1).await.code(), "insufficient_stock");
+        app.get(&format!("/api/holds/{hold}")).await;
+        app.get("/no/such/route").await;
+        let order = app.order(hold).await.body["order_id"].as_i64().expect("order");
+        let e = json!({"idempotency_key": "m-1", "order_id": order, "status": "success"});
+        app.webhook(e.clone()).await;
+        app.webhook(e).await;
+
+        let text = app.http.get(format!("{}/metrics", app.address)).send().await.expect("metrics").text().await.expect("text");
+        for needle in [
+            r#"http_requests_total{method="POST",route="/api/holds",status="201"} 1"#,
+            r#"http_requests_total{method="POST",route="/api/holds",status="409"} 1"#,
+            r#"http_requests_total{method="GET",route="/api/holds/{id}",status="200"} 1"#,
+            r#"http_requests_total{method="GET",route="unmatched",status="404"} 1"#,
+            r#"http_request_duration_seconds_bucket{method="POST",route="/api/holds",status="201",le="0.005"}"#,
+            "holds_created_total 1",
+            r#"holds_rejected_total{reason="insufficient_stock"} 1"#,
+            r#"order_status_changes_total{status="pending"} 1"#,
+            r#"order_status_changes_total{status="paid"} 1"#,
+            r#"webhooks_total{outcome="processed"} 1"#,
+            r#"webhooks_total{outcome="duplicate"} 1"#,
+            r#"db_pool_connections{state="idle"}"#,
+            "db_pool_max_connections 8",
+            "# HELP http_requests_total",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in:\n{text}");
+        }
+        assert!(!text.contains(&format!("/api/holds/{hold}\"")), "raw paths never become labels");
+    }
+
+    async fn sigterm_drains_readiness_then_finishes_in_flight_requests(backend: Backend) {
+        use sea_orm::{ConnectionTrait, Statement, TransactionOptions, TransactionTrait};
+
+        let app = TestApp::spawn_with(backend, AppOptions {
+            extra_env: vec![("SHUTDOWN_DELAY_SECONDS", "1".into()), ("SHUTDOWN_GRACE_SECONDS", "10".into())],
+            ..Default::default()
+        })
+        .await;
+        let product = app.create_product(5).await;
+        // Hold the product (or the SQLite write lock) so the next hold stays in flight.
+        let db = app.db.connect().await;
+        let blocker = db
+            .begin_with_options(TransactionOptions {
+                sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
+                ..Default::default()
+            })
+            .await
+            .expect("begin");
+        let lock = match backend {
+            Backend::MariaDb => format!("SELECT id FROM products WHERE id = {product} FOR UPDATE"),
+            Backend::Sqlite => format!("UPDATE products SET name = name WHERE id = {product}"),
+        };
+        blocker
+            .query_one_raw(Statement::from_string(blocker.get_database_backend(), lock))
+            .await
+            .expect("lock");
+        let client = app.client.clone();
+        let in_flight = tokio::spawn(async move { client.hold(product, 1).await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        let kill = Command::new("kill").args(["-TERM", &app.server.pid().to_string()]).status();
+        assert!(kill.expect("kill").success());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let ready = app.get("/readyz").await;
+        assert_eq!((ready.status, ready.code()), (503, "unavailable"), "draining");
+        blocker.rollback().await.expect("rollback");
+
+        let r = in_flight.await.expect("task");
+        assert_eq!(r.status, 201, "the in-flight request finished: {}", r.body);
+        let mut server = app.server;
+        assert!(server.wait(Duration::from_secs(15)), "clean exit:\n{}", server.output());
+        assert!(server.output().contains("\"message\":\"stopped\""));
+        assert!(app.client.http.get(format!("{}/healthz", app.client.address)).send().await.is_err(), "listener closed");
+    }
+}
+
+#[test]
+fn help_lists_every_setting_with_its_default() {
+    let api = Command::new(binary("flash-sale-api"))
+        .arg("--help")
+        .output()
+        .expect("api --help");
+    let text = String::from_utf8_lossy(&api.stdout);
+    for (var, default) in [
+        ("DATABASE_URL", Some("sqlite://flash_sale.db?mode=rwc")),
+        ("DATABASE_MAX_CONNECTIONS", Some("16")),
+        ("BIND_ADDR", Some("127.0.0.1:8000")),
+        ("HOLD_TTL_SECONDS", Some("120")),
+        ("MAX_HOLD_QTY", Some("10")),
+        ("WEBHOOK_SECRET", None),
+        ("CORS_ALLOWED_ORIGINS", None),
+        ("ADMIN_TOKEN", None),
+        ("LOG_DIR", Some("storage/logs")),
+        ("RUST_LOG", Some("info")),
+        ("AUTO_MIGRATE", Some("true")),
+        ("SHUTDOWN_GRACE_SECONDS", Some("30")),
+    ] {
+        assert!(
+            text.contains(&format!("env: {var}")),
+            "api --help lacks {var}:\n{text}"
+        );
+        if let Some(d) = default {
+            assert!(
+                text.contains(&format!("default: {d}")),
+                "api --help lacks default {d}"
+            );
+        }
+    }
+    let worker = Command::new(binary("flash-sale-worker"))
+        .arg("--help")
+        .output()
+        .expect("worker --help");
+    let text = String::from_utf8_lossy(&worker.stdout);
+    for (var, default) in [
+        ("WORKER_ADDR", "127.0.0.1:9101"),
+        ("EXPIRY_SCHEDULE", "\"*/10 * * * * *\""),
+        ("EXPIRY_BATCH_SIZE", "500"),
+        ("PAYMENT_TIMEOUT_SECONDS", "900"),
+        ("DATABASE_URL", "sqlite://flash_sale.db?mode=rwc"),
+    ] {
+        assert!(
+            text.contains(&format!("env: {var}")),
+            "worker --help lacks {var}:\n{text}"
+        );
+        assert!(
+            text.contains(&format!("default: {default}")),
+            "worker --help lacks {default}"
+        );
+    }
+}
+
+fn committed_openapi() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../api/openapi.json")
+}
+
+/// The committed `api/openapi.json` is what the code generates. After changing the API, refresh
+/// it with `target/debug/flash-sale-api openapi > api/openapi.json`.
+#[tokio::test]
+async fn the_committed_openapi_document_matches_the_code() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let served = app.get("/openapi.json").await.body;
+    let committed: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(committed_openapi()).expect("api/openapi.json"),
+    )
+    .expect("valid JSON");
+    assert!(
+        served == committed,
+        "api/openapi.json is stale: run `target/debug/flash-sale-api openapi > api/openapi.json`"
+    );
+    // Every operation documents its errors, with the problem schema and an example.
+    for (path, item) in served["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("operations") {
+            assert!(op["summary"].is_string(), "{method} {path}: no summary");
+            if !path.starts_with("/api") {
+                continue;
+            }
+            let responses = op["responses"].as_object().expect("responses");
+            for status in ["400", "404", "503"] {
+                let r = &responses[status];
+                assert!(
+                    r["content"]["application/problem+json"].is_object(),
+                    "{method} {path} {status}"
+                );
+            }
+        }
+    }
+    assert!(served["components"]["schemas"]["Problem"]["example"].is_object());
+}
+
+/// Swagger UI renders the operations in headless Chromium, with every outside host unreachable.
+#[tokio::test]
+async fn swagger_ui_renders_the_operations_in_a_browser_without_network() {
+    let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("chromium is not installed: tests/run.sh installs Debian's chromium");
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let profile = tempfile::tempdir().expect("profile dir");
+    let out = tokio::process::Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+            "--virtual-time-budget=20000",
+            &format!("--user-data-dir={}", profile.path().display()),
+            "--dump-dom",
+            &format!("{}/docs", app.address),
+        ])
+        .output()
+        .await
+        .expect("run chromium");
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        dom.contains("opblock"),
+        "no operations rendered:\n{}",
+        &dom[..dom.len().min(2000)]
+    );
+    for op in [
+        "createHold",
+        "getProduct",
+        "createOrder",
+        "paymentWebhook",
+        "releaseHold",
+    ] {
+        assert!(dom.contains(op), "operation {op} not rendered");
+    }
+    for path in ["/api/holds", "/api/products/{id}", "/api/payments/webhook"] {
+        assert!(dom.contains(path), "path {path} not rendered");
+    }
+}
