@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests, and the end-to-end suites that start the real binaries
-# against MariaDB and SQLite. A MariaDB is made ready first (see tests/ensure-mariadb.sh).
+# against MariaDB and SQLite. A MariaDB (tests/ensure-mariadb.sh) and Debian's Chromium, for the
+# Swagger UI test (tests/ensure-chromium.sh), are made ready first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 tests/ensure-mariadb.sh
+tests/ensure-chromium.sh
 # The end-to-end suites start target/debug/flash-sale-{api,worker}: build them first.
 cargo build --workspace --bins --locked
 if cargo nextest --version >/dev/null 2>&1; then
