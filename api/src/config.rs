@@ -70,6 +70,16 @@ pub struct Config {
     /// Log filter (tracing's EnvFilter syntax).
     #[arg(long = "log-filter", env = "RUST_LOG", default_value = "info")]
     pub rust_log: String,
+    /// Serve concurrent hold requests for one product in one transaction (`false`: one
+    /// transaction per request).
+    #[arg(long, env = "HOLD_COALESCING", default_value = "true", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub hold_coalescing: bool,
+    /// With coalescing: microseconds a batch's first request waits for more.
+    #[arg(long, env = "HOLD_BATCH_WAIT_MICROS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub hold_batch_wait_micros: u64,
+    /// With coalescing: most hold requests in one transaction.
+    #[arg(long, env = "HOLD_BATCH_MAX", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub hold_batch_max: u64,
     /// On SIGTERM/Ctrl-C: seconds `/readyz` answers 503 before the listener closes, so load
     /// balancers stop sending new requests first.
     #[arg(long, env = "SHUTDOWN_DELAY_SECONDS", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=300))]
@@ -111,7 +121,8 @@ impl Config {
         format!(
             "DATABASE_URL={} DATABASE_MAX_CONNECTIONS={} BIND_ADDR={} HOLD_TTL_SECONDS={} \
              MAX_HOLD_QTY={} WEBHOOK_SECRET={} CORS_ALLOWED_ORIGINS={} ADMIN_TOKEN={} LOG_DIR={} \
-             RUST_LOG={} AUTO_MIGRATE={} SHUTDOWN_DELAY_SECONDS={} SHUTDOWN_GRACE_SECONDS={}",
+             RUST_LOG={} AUTO_MIGRATE={} SHUTDOWN_DELAY_SECONDS={} SHUTDOWN_GRACE_SECONDS={} \
+             HOLD_COALESCING={} HOLD_BATCH_WAIT_MICROS={} HOLD_BATCH_MAX={}",
             entity::db::redact_url(&self.database_url),
             self.database_max_connections,
             self.bind_addr,
@@ -133,6 +144,9 @@ impl Config {
             self.auto_migrate,
             self.shutdown_delay_seconds,
             self.shutdown_grace_seconds,
+            self.hold_coalescing,
+            self.hold_batch_wait_micros,
+            self.hold_batch_max,
         )
     }
 }

@@ -9,7 +9,10 @@ use std::{
 };
 
 use anyhow::Context;
-use entity::{Db, DbConfig};
+use entity::{
+    Db, DbConfig,
+    coalesce::{HoldCoalescer, ProductReads},
+};
 use metrics_exporter_prometheus::PrometheusHandle;
 use migration::{Migrator, MigratorTrait};
 use poem::{
@@ -33,6 +36,10 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// What every handler needs, built once at start.
 pub struct AppState {
     pub db: Db,
+    /// Hold requests go through the per-product coalescer unless `HOLD_COALESCING=false`.
+    pub hold_coalescer: Option<HoldCoalescer>,
+    /// Single-flight product reads.
+    pub product_reads: ProductReads,
     pub hold_ttl: chrono::Duration,
     pub max_hold_qty: u32,
     pub admin_token: Option<String>,
@@ -43,9 +50,19 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(config: &Config, db: Db) -> Self {
+        let hold_ttl = chrono::Duration::seconds(i64::from(config.hold_ttl_seconds));
         Self {
+            hold_coalescer: config.hold_coalescing.then(|| {
+                HoldCoalescer::new(
+                    db.clone(),
+                    hold_ttl,
+                    Duration::from_micros(config.hold_batch_wait_micros),
+                    usize::try_from(config.hold_batch_max).unwrap_or(256),
+                )
+            }),
+            product_reads: ProductReads::new(db.clone()),
             db,
-            hold_ttl: chrono::Duration::seconds(i64::from(config.hold_ttl_seconds)),
+            hold_ttl,
             max_hold_qty: config.max_hold_qty,
             admin_token: config.admin_token.clone(),
             webhook_secret: config.webhook_secret.clone(),

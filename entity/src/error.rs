@@ -51,3 +51,33 @@ impl From<DbErr> for StockError {
         }
     }
 }
+
+impl StockError {
+    /// The same error for another caller of a shared batch or read. Database errors keep only
+    /// their message (`DbErr` cannot be cloned); their kind, and so their HTTP status, is kept.
+    pub fn duplicate(&self) -> StockError {
+        use StockError::*;
+        match self {
+            ProductNotFound(id) => ProductNotFound(*id),
+            HoldNotFound(id) => HoldNotFound(*id),
+            OrderNotFound(id) => OrderNotFound(*id),
+            InsufficientStock { available } => InsufficientStock {
+                available: *available,
+            },
+            HoldNotActive { id, status } => HoldNotActive {
+                id: *id,
+                status: *status,
+            },
+            HoldExpired(id) => HoldExpired(*id),
+            HoldReleased(id) => HoldReleased(*id),
+            HoldMismatch(m) => HoldMismatch(m.clone()),
+            IdempotencyKeyMismatch => IdempotencyKeyMismatch,
+            Contention { attempts } => Contention {
+                attempts: *attempts,
+            },
+            Unavailable(e) => Unavailable(DbErr::Custom(e.to_string())),
+            Invariant(m) => Invariant(m.clone()),
+            Db(e) => Db(DbErr::Custom(e.to_string())),
+        }
+    }
+}

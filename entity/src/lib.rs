@@ -9,6 +9,8 @@
 //! Lock order, to keep deadlocks out by design: hold rows before the product row, except in
 //! [`stock::create_hold`], which locks the product first and then only *skips* locked holds.
 
+pub mod batcher;
+pub mod coalesce;
 pub mod db;
 pub mod error;
 pub mod hold;

@@ -238,15 +238,113 @@ pub async fn create_hold(
 
     log_expired(&reclaimed, "api");
     let hold = granted?;
-    tracing::info!(
-        metric = "hold.created",
-        hold_id = hold.id,
-        product_id,
-        quantity = hold.qty,
-        "hold created"
-    );
-    metrics::counter!("holds_created_total").increment(1);
+    log_hold_created(&hold);
     Ok(hold)
+}
+
+/// Serves several hold requests for one product in ONE transaction: lock the product row,
+/// reclaim expired holds if the requests need more than is available, grant in arrival order
+/// while stock lasts (each request against what is left), insert every granted hold with one
+/// multi-row INSERT, update the counter once, commit. Each request gets its own answer.
+pub async fn create_holds_batch(
+    db: &Db,
+    product_id: ProductId,
+    qtys: &[Quantity],
+    ttl: chrono::Duration,
+) -> Result<Vec<Result<HoldView, StockError>>, StockError> {
+    let (answers, reclaimed) = with_retry(Some(product_id), || {
+        db.write(async |txn| {
+            let product = product::Entity::find_by_id(product_id)
+                .lock_exclusive()
+                .one(txn)
+                .await?
+                .ok_or(StockError::ProductNotFound(product_id))?;
+            let now = now();
+            let wanted: i64 = qtys.iter().map(|q| i64::from(q.get())).sum();
+            let mut available = product.available_stock;
+            let mut reclaimed = Vec::new();
+            while i64::from(available) < wanted {
+                let chunk = lock_expired_holds(txn, Some(product_id), now, RECLAIM_CHUNK).await?;
+                move_holds(txn, &chunk, HoldStatus::Expired, now).await?;
+                available += chunk.iter().map(|h| h.qty).sum::<i32>();
+                let last = (chunk.len() as u64) < RECLAIM_CHUNK;
+                reclaimed.extend(chunk);
+                if last {
+                    break;
+                }
+            }
+            let mut granted = Vec::new();
+            let mut answers: Vec<Result<i32, StockError>> = Vec::with_capacity(qtys.len());
+            for q in qtys {
+                let need = q.as_i32();
+                if available >= need {
+                    available -= need;
+                    granted.push(need);
+                    answers.push(Ok(need));
+                } else {
+                    answers.push(Err(StockError::InsufficientStock { available }));
+                }
+            }
+            let expires_at = now + ttl;
+            let mut ids = Vec::new();
+            if !granted.is_empty() {
+                let models = granted.iter().map(|&qty| hold::ActiveModel {
+                    product_id: Set(product_id),
+                    qty: Set(qty),
+                    status: Set(HoldStatus::Active),
+                    expires_at: Set(expires_at),
+                    created_at: Set(now),
+                    updated_at: Set(now),
+                    ..Default::default()
+                });
+                hold::Entity::insert_many(models)
+                    .exec_without_returning(txn)
+                    .await?;
+                // Our rows are this product's newest: every insert for a product happens under
+                // its row lock, and ids only grow. Read them back rather than assume the ids of a
+                // multi-row insert are consecutive (not so under innodb_autoinc_lock_mode=2).
+                ids = hold::Entity::find()
+                    .select_only()
+                    .column(hold::Column::Id)
+                    .filter(hold::Column::ProductId.eq(product_id))
+                    .filter(hold::Column::Status.eq(HoldStatus::Active))
+                    .filter(hold::Column::ExpiresAt.eq(expires_at))
+                    .order_by_desc(hold::Column::Id)
+                    .limit(granted.len() as u64)
+                    .into_tuple::<i64>()
+                    .all(txn)
+                    .await?;
+                ids.reverse();
+                if ids.len() != granted.len() {
+                    return Err(StockError::Invariant(format!(
+                        "inserted {} holds, read back {}",
+                        granted.len(),
+                        ids.len()
+                    )));
+                }
+                take_for_hold(txn, product_id, granted.iter().sum()).await?;
+            }
+            let mut ids = ids.into_iter();
+            let answers = answers
+                .into_iter()
+                .map(|a| {
+                    a.map(|qty| HoldView {
+                        id: ids.next().unwrap_or_default(),
+                        product_id,
+                        qty,
+                        status: HoldStatus::Active,
+                        expires_at,
+                    })
+                })
+                .collect::<Vec<_>>();
+            Ok((answers, reclaimed))
+        })
+    })
+    .await?;
+    log_expired(&reclaimed, "api");
+    // `hold.created` is logged by each caller, in its own request's span.
+    metrics::histogram!("hold_batch_size").record(qtys.len() as f64);
+    Ok(answers)
 }
 
 /// Releases an active hold at the buyer's request: its stock is available again at once.
@@ -325,6 +423,18 @@ async fn lock_expired_holds<C: ConnectionTrait>(
         .into_model::<ExpiredHold>()
         .all(txn)
         .await?)
+}
+
+/// The `hold.created` line and counter, written by the caller that asked for the hold.
+pub fn log_hold_created(hold: &HoldView) {
+    tracing::info!(
+        metric = "hold.created",
+        hold_id = hold.id,
+        product_id = hold.product_id,
+        quantity = hold.qty,
+        "hold created"
+    );
+    metrics::counter!("holds_created_total").increment(1);
 }
 
 fn log_expired(holds: &[ExpiredHold], by: &'static str) {

@@ -57,8 +57,10 @@ pub fn init_logging(
 const SECONDS_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
-/// Rows per expiry batch.
-const BATCH_SIZE_BUCKETS: &[f64] = &[0.0, 1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0];
+/// Rows per expiry batch, requests per coalesced hold batch.
+const BATCH_SIZE_BUCKETS: &[f64] = &[
+    0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 500.0, 1000.0, 5000.0,
+];
 
 /// Installs the global Prometheus recorder (histograms with fixed buckets, so they aggregate
 /// across replicas) and returns the handle that renders `/metrics`.
@@ -66,10 +68,7 @@ pub fn init_metrics() -> Result<PrometheusHandle, TelemetryError> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
         .and_then(|b| {
-            b.set_buckets_for_metric(
-                Matcher::Full("expiry_batch_size".into()),
-                BATCH_SIZE_BUCKETS,
-            )
+            b.set_buckets_for_metric(Matcher::Suffix("batch_size".into()), BATCH_SIZE_BUCKETS)
         })
         .map_err(|e| TelemetryError::Init(e.to_string()))?
         .install_recorder()
@@ -91,6 +90,10 @@ fn describe_metrics() {
         "HTTP request latency, by method, route template and status"
     );
     describe_counter!("holds_created_total", "Holds granted");
+    describe_histogram!(
+        "hold_batch_size",
+        "Hold requests served by one coalesced transaction"
+    );
     describe_counter!(
         "holds_rejected_total",
         "Hold requests refused, by reason (the problem code)"

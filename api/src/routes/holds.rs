@@ -113,11 +113,14 @@ impl HoldsApi {
             None => Err(ApiError::validation(format!(
                 "qty must be between 1 and {max}"
             ))),
-            Some(qty) => {
-                stock::create_hold(&self.state.db, body.product_id, qty, self.state.hold_ttl)
-                    .await
-                    .map_err(ApiError::from)
+            Some(qty) => match &self.state.hold_coalescer {
+                Some(coalescer) => coalescer.create_hold(body.product_id, qty).await,
+                None => {
+                    stock::create_hold(&self.state.db, body.product_id, qty, self.state.hold_ttl)
+                        .await
+                }
             }
+            .map_err(ApiError::from),
         };
         if let Err(e) = &result {
             metrics::counter!("holds_rejected_total", "reason" => e.code().to_owned()).increment(1);

@@ -1,6 +1,6 @@
 use std::sync::Arc;
 
-use entity::stock::{self, ProductView};
+use entity::stock::ProductView;
 use poem_openapi::{Object, OpenApi, param::Path, payload::Json};
 
 use super::ApiTags;
@@ -61,7 +61,7 @@ impl ProductsApi {
     )]
     async fn get_product(&self, id: Path<i64>) -> Result<Json<Product>, ApiError> {
         Ok(Json(
-            stock::product_view(&self.state.db, id.0).await?.into(),
+            self.state.product_reads.product_view(id.0).await?.into(),
         ))
     }
 }
