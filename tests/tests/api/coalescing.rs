@@ -1,0 +1,127 @@
+//! The semantics of hold coalescing and single-flight reads (behaviour, not timing).
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use flash_sale_tests::{AppOptions, TestApp, all_at_once, on_both_databases};
+
+fn options(env: &[(&'static str, &str)]) -> AppOptions {
+    AppOptions {
+        extra_env: env.iter().map(|(k, v)| (*k, v.to_string())).collect(),
+        ..Default::default()
+    }
+}
+
+on_both_databases! {
+    async fn one_batch_grants_in_arrival_order_while_stock_lasts(backend: Backend) {
+        // A long gathering window puts all four requests in one batch.
+        let app = TestApp::spawn_with(backend, options(&[("HOLD_BATCH_WAIT_MICROS", "400000")])).await;
+        let product = app.create_product(5).await;
+        let mut tasks = Vec::new();
+        for qty in [3, 3, 2, 1] {
+            let c = app.client.clone();
+            tasks.push(tokio::spawn(async move { c.hold(product, qty).await }));
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        let mut answers = Vec::new();
+        for t in tasks {
+            answers.push(t.await.expect("task"));
+        }
+        let statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
+        assert_eq!(statuses, [201, 409, 201, 409], "3 granted, 3 refused (2 left), 2 granted, 1 refused (0 left)");
+        assert_eq!(answers[1].body["detail"], "only 2 available");
+        assert_eq!(answers[3].body["detail"], "only 0 available");
+        let first = answers[0].body["hold_id"].as_i64().expect("id");
+        let third = answers[2].body["hold_id"].as_i64().expect("id");
+        assert!(first < third, "ids follow arrival order");
+        assert_eq!(app.available(product).await, 0);
+
+        let metrics = app.http.get(format!("{}/metrics", app.address)).send().await.expect("metrics").text().await.expect("text");
+        assert!(metrics.contains("hold_batch_size_count 1\n"), "one transaction served all four:\n{metrics}");
+        app.assert_stock_conserved().await;
+    }
+
+    async fn a_failed_batch_answers_every_request_in_it(backend: Backend) {
+        use sea_orm::{ConnectionTrait, Statement, TransactionOptions, TransactionTrait};
+        let app = TestApp::spawn(backend).await;
+        let product = app.create_product(100).await;
+        let db = app.db.connect().await;
+        let blocker = db
+            .begin_with_options(TransactionOptions {
+                sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
+                ..Default::default()
+            })
+            .await
+            .expect("begin");
+        let lock = match backend {
+            flash_sale_tests::Backend::MariaDb => format!("SELECT id FROM products WHERE id = {product} FOR UPDATE"),
+            flash_sale_tests::Backend::Sqlite => format!("UPDATE products SET name = name WHERE id = {product}"),
+        };
+        blocker
+            .query_one_raw(Statement::from_string(blocker.get_database_backend(), lock))
+            .await
+            .expect("lock");
+
+        let client = app.client.clone();
+        let answers = tokio::time::timeout(
+            Duration::from_secs(20),
+            all_at_once(30, move |_| {
+                let c = client.clone();
+                async move { c.hold(product, 1).await }
+            }),
+        )
+        .await
+        .expect("no request left hanging");
+        assert!(answers.iter().all(|r| r.status == 503 && r.code() == "unavailable"), "every request answered 503");
+        blocker.rollback().await.expect("rollback");
+
+        assert_eq!(app.hold(product, 1).await.status, 201, "the next batch works");
+        assert_eq!(app.available(product).await, 99);
+        app.assert_stock_conserved().await;
+    }
+
+    async fn a_read_after_a_hold_sees_it_even_while_other_reads_are_in_flight(backend: Backend) {
+        let app = TestApp::spawn(backend).await;
+        let product = app.create_product(40).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        // Readers keep a shared read in flight at every moment.
+        let readers: Vec<_> = (0..16)
+            .map(|_| {
+                let (c, stop) = (app.client.clone(), stop.clone());
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        c.get(&format!("/api/products/{product}")).await;
+                    }
+                })
+            })
+            .collect();
+        for held in 1..=40 {
+            assert_eq!(app.hold(product, 1).await.status, 201);
+            assert_eq!(app.available(product).await, 40 - held, "read {held} saw the hold just made");
+        }
+        stop.store(true, Ordering::Relaxed);
+        for r in readers {
+            r.await.expect("reader");
+        }
+    }
+
+    async fn without_coalescing_holds_still_never_oversell(backend: Backend) {
+        let app = TestApp::spawn_with(backend, options(&[("HOLD_COALESCING", "false")])).await;
+        let product = app.create_product(100).await;
+        let client = app.client.clone();
+        let answers = all_at_once(200, move |_| {
+            let c = client.clone();
+            async move { c.hold(product, 1).await }
+        })
+        .await;
+        assert_eq!(answers.iter().filter(|r| r.status == 201).count(), 100);
+        assert!(answers.iter().filter(|r| r.status != 201).all(|r| r.code() == "insufficient_stock"));
+        assert_eq!(app.available(product).await, 0);
+        app.assert_stock_conserved().await;
+    }
+}
