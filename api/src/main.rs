@@ -1,6 +1,9 @@
 //! `flash-sale-api`: serve the API, or `migrate [--seed]` and exit.
 
 use anyhow::Context;
+
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::Parser;
 use flash_sale_api::{
     config::{Cli, Command},

@@ -56,6 +56,9 @@ pub struct Db {
     backend: Backend,
     sqlite_writer: Option<Arc<Mutex<()>>>,
     max_connections: u32,
+    /// InnoDB hands the rows of one multi-row INSERT consecutive ids
+    /// (`innodb_autoinc_lock_mode` 0 or 1; MariaDB's default is 1, MySQL 8's is 2).
+    consecutive_insert_ids: bool,
 }
 
 /// A write transaction. On SQLite it also holds this process's writer slot until it ends.
@@ -134,11 +137,23 @@ impl Db {
             }
         }
         let conn = Database::connect(opts).await?;
+        let consecutive_insert_ids = match backend {
+            Backend::MySql => conn
+                .query_one_raw(sea_orm::Statement::from_string(
+                    DbBackend::MySql,
+                    "SELECT CAST(@@innodb_autoinc_lock_mode AS SIGNED) AS mode",
+                ))
+                .await?
+                .and_then(|row| row.try_get::<i64>("", "mode").ok())
+                .is_some_and(|mode| mode <= 1),
+            Backend::Sqlite => false,
+        };
         Ok(Self {
             conn,
             backend,
             sqlite_writer: (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(()))),
             max_connections: config.max_connections.max(1),
+            consecutive_insert_ids,
         })
     }
 
@@ -148,6 +163,11 @@ impl Db {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// Whether the ids of one multi-row INSERT are consecutive from `LAST_INSERT_ID()`.
+    pub fn consecutive_insert_ids(&self) -> bool {
+        self.consecutive_insert_ids
     }
 
     /// A write transaction that takes its locks up front on SQLite (`BEGIN IMMEDIATE`).

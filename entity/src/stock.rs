@@ -5,9 +5,9 @@
 use chrono::{DateTime, SubsecRound, Utc};
 use sea_orm::{
     ActiveValue::Set,
-    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, FromQueryResult, QueryFilter, QueryOrder,
-    QuerySelect, SqlErr, Statement,
-    sea_query::{LockBehavior, LockType},
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, FromQueryResult,
+    QueryFilter, QueryOrder, QuerySelect, SqlErr, Statement,
+    sea_query::{LockBehavior, LockType, MysqlQueryBuilder, Query},
 };
 
 use crate::{
@@ -252,6 +252,7 @@ pub async fn create_holds_batch(
     qtys: &[Quantity],
     ttl: chrono::Duration,
 ) -> Result<Vec<Result<HoldView, StockError>>, StockError> {
+    let started = std::time::Instant::now();
     let (answers, reclaimed) = with_retry(Some(product_id), || {
         db.write(async |txn| {
             let product = product::Entity::find_by_id(product_id)
@@ -288,36 +289,33 @@ pub async fn create_holds_batch(
             let expires_at = now + ttl;
             let mut ids = Vec::new();
             if !granted.is_empty() {
-                let models = granted.iter().map(|&qty| hold::ActiveModel {
-                    product_id: Set(product_id),
-                    qty: Set(qty),
-                    status: Set(HoldStatus::Active),
-                    expires_at: Set(expires_at),
-                    created_at: Set(now),
-                    updated_at: Set(now),
-                    ..Default::default()
-                });
-                hold::Entity::insert_many(models)
-                    .exec_without_returning(txn)
-                    .await?;
-                // Our rows are this product's newest: every insert for a product happens under
-                // its row lock, and ids only grow. Read them back rather than assume the ids of a
-                // multi-row insert are consecutive (not so under innodb_autoinc_lock_mode=2).
-                ids = hold::Entity::find()
-                    .select_only()
-                    .column(hold::Column::Id)
-                    .filter(hold::Column::ProductId.eq(product_id))
-                    .filter(hold::Column::Status.eq(HoldStatus::Active))
-                    .filter(hold::Column::ExpiresAt.eq(expires_at))
-                    .order_by_desc(hold::Column::Id)
-                    .limit(granted.len() as u64)
-                    .into_tuple::<i64>()
-                    .all(txn)
-                    .await?;
-                ids.reverse();
+                let first_id = insert_holds(txn, product_id, &granted, now, expires_at).await?;
+                ids = match first_id {
+                    Some(first) if db.consecutive_insert_ids() => {
+                        (first..).take(granted.len()).collect()
+                    }
+                    // Our rows are this product's newest: every insert for a product happens
+                    // under its row lock, and ids only grow. Read them back rather than assume
+                    // they are consecutive (not so under innodb_autoinc_lock_mode=2).
+                    _ => {
+                        let mut ids = hold::Entity::find()
+                            .select_only()
+                            .column(hold::Column::Id)
+                            .filter(hold::Column::ProductId.eq(product_id))
+                            .filter(hold::Column::Status.eq(HoldStatus::Active))
+                            .filter(hold::Column::ExpiresAt.eq(expires_at))
+                            .order_by_desc(hold::Column::Id)
+                            .limit(granted.len() as u64)
+                            .into_tuple::<i64>()
+                            .all(txn)
+                            .await?;
+                        ids.reverse();
+                        ids
+                    }
+                };
                 if ids.len() != granted.len() {
                     return Err(StockError::Invariant(format!(
-                        "inserted {} holds, read back {}",
+                        "inserted {} holds, found {} ids",
                         granted.len(),
                         ids.len()
                     )));
@@ -344,7 +342,65 @@ pub async fn create_holds_batch(
     log_expired(&reclaimed, "api");
     // `hold.created` is logged by each caller, in its own request's span.
     metrics::histogram!("hold_batch_size").record(qtys.len() as f64);
+    metrics::histogram!("hold_batch_duration_seconds").record(started.elapsed().as_secs_f64());
     Ok(answers)
+}
+
+/// One multi-row INSERT of new active holds.
+///
+/// On MySQL/MariaDB it is sent as text with the values inlined (all integers and times this
+/// code made): as a prepared statement, every new batch size would cost a PREPARE round trip
+/// and a server-side parse while the product row is locked, and sizes vary from 1 to
+/// `HOLD_BATCH_MAX`. Times go in as UTC `DATETIME(6)` literals. SQLite, in-process, keeps the
+/// bound statement (and its stored time format).
+///
+/// Returns the first new id on MySQL/MariaDB (`LAST_INSERT_ID()` of a multi-row INSERT).
+async fn insert_holds(
+    txn: &DatabaseTransaction,
+    product_id: ProductId,
+    qtys: &[i32],
+    now: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+) -> Result<Option<i64>, StockError> {
+    if txn.get_database_backend() == DbBackend::Sqlite {
+        let models = qtys.iter().map(|&qty| hold::ActiveModel {
+            product_id: Set(product_id),
+            qty: Set(qty),
+            status: Set(HoldStatus::Active),
+            expires_at: Set(expires_at),
+            created_at: Set(now),
+            updated_at: Set(now),
+            ..Default::default()
+        });
+        hold::Entity::insert_many(models)
+            .exec_without_returning(txn)
+            .await?;
+        return Ok(None);
+    }
+    let mut insert = Query::insert();
+    insert.into_table(hold::Entity).columns([
+        hold::Column::ProductId,
+        hold::Column::Qty,
+        hold::Column::Status,
+        hold::Column::ExpiresAt,
+        hold::Column::CreatedAt,
+        hold::Column::UpdatedAt,
+    ]);
+    let (expires, created) = (expires_at.naive_utc(), now.naive_utc());
+    for &qty in qtys {
+        insert.values_panic([
+            product_id.into(),
+            qty.into(),
+            HoldStatus::Active.as_str().into(),
+            expires.into(),
+            created.into(),
+            created.into(),
+        ]);
+    }
+    let result = txn
+        .execute_unprepared(&insert.to_string(MysqlQueryBuilder))
+        .await?;
+    Ok(i64::try_from(result.last_insert_id()).ok())
 }
 
 /// Releases an active hold at the buyer's request: its stock is available again at once.

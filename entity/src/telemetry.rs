@@ -94,6 +94,11 @@ fn describe_metrics() {
         "hold_batch_size",
         "Hold requests served by one coalesced transaction"
     );
+    describe_histogram!(
+        "hold_batch_duration_seconds",
+        metrics::Unit::Seconds,
+        "Duration of one coalesced hold transaction, retries included"
+    );
     describe_counter!(
         "holds_rejected_total",
         "Hold requests refused, by reason (the problem code)"
