@@ -80,6 +80,10 @@ pub struct Config {
     /// With coalescing: most hold requests in one transaction.
     #[arg(long, env = "HOLD_BATCH_MAX", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub hold_batch_max: u64,
+    /// Hold requests per second per client address (burst of the same size); 0 turns the
+    /// limit off. Over it: 429 `rate_limited` with `Retry-After`.
+    #[arg(long, env = "HOLD_RATE_LIMIT_PER_SECOND", default_value_t = 0)]
+    pub hold_rate_limit_per_second: u32,
     /// On SIGTERM/Ctrl-C: seconds `/readyz` answers 503 before the listener closes, so load
     /// balancers stop sending new requests first.
     #[arg(long, env = "SHUTDOWN_DELAY_SECONDS", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=300))]
@@ -122,7 +126,8 @@ impl Config {
             "DATABASE_URL={} DATABASE_MAX_CONNECTIONS={} BIND_ADDR={} HOLD_TTL_SECONDS={} \
              MAX_HOLD_QTY={} WEBHOOK_SECRET={} CORS_ALLOWED_ORIGINS={} ADMIN_TOKEN={} LOG_DIR={} \
              RUST_LOG={} AUTO_MIGRATE={} SHUTDOWN_DELAY_SECONDS={} SHUTDOWN_GRACE_SECONDS={} \
-             HOLD_COALESCING={} HOLD_BATCH_WAIT_MICROS={} HOLD_BATCH_MAX={}",
+             HOLD_COALESCING={} HOLD_BATCH_WAIT_MICROS={} HOLD_BATCH_MAX={} \
+             HOLD_RATE_LIMIT_PER_SECOND={}",
             entity::db::redact_url(&self.database_url),
             self.database_max_connections,
             self.bind_addr,
@@ -147,6 +152,7 @@ impl Config {
             self.hold_coalescing,
             self.hold_batch_wait_micros,
             self.hold_batch_max,
+            self.hold_rate_limit_per_second,
         )
     }
 }

@@ -94,7 +94,8 @@ pub enum ApiError {
     /// `product_not_found`, `hold_not_found`, `order_not_found` or `not_found`.
     #[oai(status = 404)]
     NotFound(ProblemJson),
-    /// `insufficient_stock`, `hold_expired`, `hold_released`, `hold_not_active`, `idempotency_key_in_use`.
+    /// `insufficient_stock`, `hold_expired`, `hold_released`, `hold_not_active`,
+    /// `idempotency_key_in_use` (a request with the same `Idempotency-Key` is still running).
     #[oai(status = 409)]
     Conflict(ProblemJson),
     /// `payload_too_large`: bodies over 64 KiB.
@@ -106,6 +107,10 @@ pub enum ApiError {
     /// `validation_error` (a well-typed value out of range) and the other 422 codes.
     #[oai(status = 422)]
     Unprocessable(ProblemJson),
+    /// `rate_limited`: too many hold requests from this client (`HOLD_RATE_LIMIT_PER_SECOND`);
+    /// the `Retry-After` header says how many seconds to wait.
+    #[oai(status = 429)]
+    TooManyRequests(ProblemJson),
     /// `internal_error`: a fault of this service, logged with details.
     #[oai(status = 500)]
     Internal(ProblemJson),
@@ -125,6 +130,7 @@ impl ApiError {
             StatusCode::PAYLOAD_TOO_LARGE => Self::PayloadTooLarge(p),
             StatusCode::UNSUPPORTED_MEDIA_TYPE => Self::UnsupportedMediaType(p),
             StatusCode::UNPROCESSABLE_ENTITY => Self::Unprocessable(p),
+            StatusCode::TOO_MANY_REQUESTS => Self::TooManyRequests(p),
             StatusCode::SERVICE_UNAVAILABLE => Self::Unavailable(p),
             _ => Self::Internal(p),
         }
@@ -140,6 +146,7 @@ impl ApiError {
             | Self::PayloadTooLarge(p)
             | Self::UnsupportedMediaType(p)
             | Self::Unprocessable(p)
+            | Self::TooManyRequests(p)
             | Self::Internal(p)
             | Self::Unavailable(p) => &p.0.code,
         }
@@ -231,6 +238,15 @@ impl From<StockError> for ApiError {
                     StatusCode::SERVICE_UNAVAILABLE,
                     "unavailable",
                     "the database cannot be reached; retry shortly",
+                )
+            }
+            // A lock wait or busy database outside the retried operations: still a 503.
+            StockError::Db(e) if entity::db::is_contention(&e) => {
+                tracing::warn!(error = %e, "answering 503 after lock contention");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the stock is busy; retry shortly",
                 )
             }
             StockError::Invariant(_) | StockError::Db(_) => {

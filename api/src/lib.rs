@@ -6,8 +6,10 @@
 
 pub mod config;
 pub mod error;
+pub mod idempotency;
 pub mod observe;
 pub mod payload;
+pub mod rate_limit;
 pub mod routes;
 pub mod server;
 pub mod signature;

@@ -168,6 +168,8 @@ pub fn build_app(
             .into_response()
     });
     let admin_enabled = state.admin_token.is_some();
+    let idempotency_db = state.db.clone();
+    let rate_limit = crate::rate_limit::HoldRateLimit::new(config.hold_rate_limit_per_second);
 
     let cors = config.cors_allowed_origins.as_deref().map(|origins| {
         let cors = Cors::new();
@@ -183,6 +185,8 @@ pub fn build_app(
         .nest("/docs", docs)
         .at("/openapi.json", spec)
         .at("/metrics", metrics_ep)
+        .around(move |ep, req| crate::idempotency::idempotent(ep, req, idempotency_db.clone()))
+        .around(move |ep, req| crate::rate_limit::limit_holds(ep, req, rate_limit.clone()))
         .around(move |ep, req| async move {
             // With no ADMIN_TOKEN the admin routes do not exist at all.
             if !admin_enabled && req.uri().path().starts_with("/api/admin") {

@@ -14,6 +14,8 @@ pub mod coalesce;
 pub mod db;
 pub mod error;
 pub mod hold;
+pub mod idempotency;
+pub mod idempotency_key;
 pub mod order;
 pub mod orders;
 pub mod product;

@@ -65,6 +65,14 @@ pub(crate) async fn move_holds<C: ConnectionTrait>(
             to.as_str()
         )));
     }
+    let returns_stock = matches!(to, HoldStatus::Expired | HoldStatus::Released);
+    let mut per_product: BTreeMap<ProductId, i32> = BTreeMap::new();
+    if returns_stock {
+        for h in holds {
+            *per_product.entry(h.product_id).or_default() += h.qty;
+        }
+        lock_products(txn, per_product.keys().copied()).await?;
+    }
     let result = hold::Entity::update_many()
         .col_expr(hold::Column::Status, Expr::value(to.as_str()))
         .col_expr(hold::Column::UpdatedAt, Expr::value(now))
@@ -80,14 +88,29 @@ pub(crate) async fn move_holds<C: ConnectionTrait>(
             to.as_str()
         )));
     }
-    if matches!(to, HoldStatus::Expired | HoldStatus::Released) {
-        let mut per_product: BTreeMap<ProductId, i32> = BTreeMap::new();
-        for h in holds {
-            *per_product.entry(h.product_id).or_default() += h.qty;
-        }
-        for (product_id, qty) in per_product {
-            adjust_product(txn, product_id, qty, 0).await?;
-        }
+    for (product_id, qty) in per_product {
+        adjust_product(txn, product_id, qty, 0).await?;
+    }
+    Ok(())
+}
+
+/// Takes the product rows' exclusive locks (in id order) before any child row of theirs
+/// changes. Updating a hold or order row makes InnoDB check its foreign key with a *shared*
+/// lock on the product; upgrading that to exclusive later, while a hold batch waits for the
+/// same row, is a deadlock. Locking exclusively first avoids the upgrade.
+async fn lock_products<C: ConnectionTrait>(
+    txn: &C,
+    ids: impl IntoIterator<Item = ProductId>,
+) -> Result<(), StockError> {
+    for id in ids {
+        product::Entity::find_by_id(id)
+            .select_only()
+            .column(product::Column::Id)
+            .lock_exclusive()
+            .into_tuple::<i64>()
+            .one(txn)
+            .await?
+            .ok_or(StockError::ProductNotFound(id))?;
     }
     Ok(())
 }
@@ -121,15 +144,16 @@ pub(crate) async fn move_order<C: ConnectionTrait>(
         )));
     }
     let q = order.quantity;
+    // The product first, exclusively (see `lock_products`), then the order row.
+    let product = product::Entity::find_by_id(order.product_id)
+        .lock_exclusive()
+        .one(txn)
+        .await?
+        .ok_or(StockError::ProductNotFound(order.product_id))?;
     let (available_delta, stock_delta) = match (from, to) {
         (OrderStatus::Pending, OrderStatus::Paid) => (0, -q),
         (OrderStatus::Pending, OrderStatus::Cancelled) => (q, 0),
         (OrderStatus::Cancelled, OrderStatus::Paid) => {
-            let product = product::Entity::find_by_id(order.product_id)
-                .lock_exclusive()
-                .one(txn)
-                .await?
-                .ok_or(StockError::ProductNotFound(order.product_id))?;
             if product.available_stock < q {
                 return Err(StockError::InsufficientStock {
                     available: product.available_stock,

@@ -7,6 +7,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261124_000001_create_products_and_holds;
 mod m20261124_000002_create_orders_and_webhook_events;
+mod m20261124_000003_create_idempotency_keys;
 
 pub struct Migrator;
 
@@ -16,6 +17,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261124_000001_create_products_and_holds::Migration),
             Box::new(m20261124_000002_create_orders_and_webhook_events::Migration),
+            Box::new(m20261124_000003_create_idempotency_keys::Migration),
         ]
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! On every tick of `EXPIRY_SCHEDULE` (tokio-cron-scheduler) it releases expired holds in
 //! batches of `EXPIRY_BATCH_SIZE`, through the same `entity::stock` operation the API uses, then
-//! cancels orders left unpaid past `PAYMENT_TIMEOUT_SECONDS` (`entity::orders`), and writes one
+//! cancels orders left unpaid past `PAYMENT_TIMEOUT_SECONDS` (`entity::orders`), purges client
+//! idempotency keys older than 24 hours (`entity::idempotency`), and writes one
 //! `expiry.batch` line per run. Any number of workers may run against one database:
 //! each batch locks its holds or orders with `FOR UPDATE SKIP LOCKED` (SQLite: one writer at a time), so
 //! every hold is released exactly once. Overlapping ticks inside one process are skipped.
@@ -11,7 +12,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use entity::{Db, DbConfig, StockError, orders, stock};
+use entity::{Db, DbConfig, StockError, idempotency, orders, stock};
 use metrics_exporter_prometheus::PrometheusHandle;
 use poem::{
     EndpointExt, IntoResponse, Route, Server,
@@ -86,6 +87,7 @@ impl Config {
 pub struct SweepReport {
     pub expired_count: u64,
     pub timed_out_count: u64,
+    pub purged_keys: u64,
     pub batches: u64,
 }
 
@@ -113,6 +115,7 @@ pub async fn sweep(
         expired_count = report.expired_count,
         duration_ms,
         timed_out_count = report.timed_out_count,
+        purged_idempotency_keys = report.purged_keys,
         batches = report.batches,
         ok = result.is_ok(),
         "expiry run finished"
@@ -148,6 +151,17 @@ async fn sweep_into(
         report.batches += 1;
         report.timed_out_count += cancelled.len() as u64;
         if (cancelled.len() as u64) < batch {
+            break;
+        }
+    }
+    // Client idempotency keys older than 24 hours.
+    loop {
+        if *stop.borrow() {
+            return Ok(());
+        }
+        let purged = idempotency::purge_expired(db, batch).await?;
+        report.purged_keys += purged;
+        if purged < batch {
             return Ok(());
         }
     }

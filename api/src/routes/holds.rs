@@ -5,7 +5,11 @@ use entity::{
     HoldStatus, Quantity,
     stock::{self, HoldView},
 };
-use poem_openapi::{ApiResponse, Enum, Object, OpenApi, param::Path, payload::Json};
+use poem_openapi::{
+    ApiResponse, Enum, Object, OpenApi,
+    param::{Header, Path},
+    payload::Json,
+};
 
 use super::ApiTags;
 use crate::{AppState, error::ApiError};
@@ -107,7 +111,17 @@ impl HoldsApi {
     /// Answers 409 `insufficient_stock` (with how many are available) when the product cannot
     /// cover `qty`. Never oversells, however many requests arrive at once.
     #[oai(path = "/api/holds", method = "post", operation_id = "createHold")]
-    async fn create_hold(&self, body: Json<CreateHold>) -> Result<HoldCreated, ApiError> {
+    async fn create_hold(
+        &self,
+        /// Optional client idempotency key (IETF httpapi draft; 1 to 255 printable
+        /// characters, bare or quoted). A retry with the same key and body replays the first
+        /// answer (header `Idempotent-Replayed: true`) with no second effect; the same key with
+        /// another body answers 422 `idempotency_key_mismatch`; while the first request still
+        /// runs, 409 `idempotency_key_in_use`. Keys are kept 24 hours, across all API processes.
+        #[oai(name = "Idempotency-Key")]
+        _idempotency_key: Header<Option<String>>,
+        body: Json<CreateHold>,
+    ) -> Result<HoldCreated, ApiError> {
         let max = self.state.max_hold_qty;
         let result = match Quantity::new(body.qty, max) {
             None => Err(ApiError::validation(format!(

@@ -5,7 +5,11 @@ use entity::{
     OrderStatus,
     orders::{self, OrderCreated, OrderView},
 };
-use poem_openapi::{ApiResponse, Enum, Object, OpenApi, param::Path, payload::Json};
+use poem_openapi::{
+    ApiResponse, Enum, Object, OpenApi,
+    param::{Header, Path},
+    payload::Json,
+};
 
 use super::ApiTags;
 use crate::{AppState, error::ApiError};
@@ -109,7 +113,17 @@ impl OrdersApi {
     /// the same order, however many requests arrive at once. Holds that expired or were released
     /// answer 409 `hold_expired` / `hold_released`.
     #[oai(path = "/api/orders", method = "post", operation_id = "createOrder")]
-    async fn create_order(&self, body: Json<CreateOrder>) -> Result<OrderPlaced, ApiError> {
+    async fn create_order(
+        &self,
+        /// Optional client idempotency key (IETF httpapi draft; 1 to 255 printable
+        /// characters, bare or quoted). A retry with the same key and body replays the first
+        /// answer (header `Idempotent-Replayed: true`) with no second effect; the same key with
+        /// another body answers 422 `idempotency_key_mismatch`; while the first request still
+        /// runs, 409 `idempotency_key_in_use`. Keys are kept 24 hours, across all API processes.
+        #[oai(name = "Idempotency-Key")]
+        _idempotency_key: Header<Option<String>>,
+        body: Json<CreateOrder>,
+    ) -> Result<OrderPlaced, ApiError> {
         Ok(
             match orders::create_order(&self.state.db, body.hold_id).await? {
                 OrderCreated::New(o) => OrderPlaced::Created(Json(o.into())),

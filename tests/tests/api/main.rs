@@ -4,6 +4,7 @@ mod bad_input;
 mod coalescing;
 mod expiry;
 mod holds;
+mod hostile;
 mod mixed;
 mod operations;
 mod orders;

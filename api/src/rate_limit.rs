@@ -1,0 +1,66 @@
+//! Per-client rate limit on `POST /api/holds` (`HOLD_RATE_LIMIT_PER_SECOND`, off by default),
+//! with `governor`'s keyed GCRA limiter: over the limit, 429 `rate_limited` with `Retry-After`.
+
+use std::{net::IpAddr, num::NonZeroU32, sync::Arc, time::Duration};
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter, clock::Clock};
+use poem::{
+    Endpoint, IntoResponse, Request, Response,
+    http::{HeaderValue, Method, StatusCode, header},
+};
+
+use crate::error::problem_response;
+
+pub struct HoldRateLimit {
+    limiter: DefaultKeyedRateLimiter<IpAddr>,
+}
+
+impl HoldRateLimit {
+    /// `per_second` holds per client address, with a burst of the same size; `None` when 0.
+    pub fn new(per_second: u32) -> Option<Arc<Self>> {
+        let rate = NonZeroU32::new(per_second)?;
+        let limiter = Arc::new(Self {
+            limiter: RateLimiter::keyed(Quota::per_second(rate)),
+        });
+        // Forget idle clients now and then, so the table does not grow without bound.
+        let weak = Arc::downgrade(&limiter);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                let Some(l) = weak.upgrade() else { return };
+                l.limiter.retain_recent();
+            }
+        });
+        Some(limiter)
+    }
+}
+
+pub async fn limit_holds<E: Endpoint>(
+    ep: Arc<E>,
+    req: Request,
+    limit: Option<Arc<HoldRateLimit>>,
+) -> poem::Result<Response> {
+    if let Some(limit) = limit
+        && req.method() == Method::POST
+        && req.uri().path() == "/api/holds"
+        && let Some(ip) = req.remote_addr().as_socket_addr().map(|a| a.ip())
+        && let Err(not_until) = limit.limiter.check_key(&ip)
+    {
+        let wait = not_until.wait_time_from(limit.limiter.clock().now());
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        let mut resp = problem_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "too many hold requests from this client; retry in {} s",
+                secs.max(1)
+            ),
+        );
+        if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return Ok(resp);
+    }
+    ep.call(req).await.map(IntoResponse::into_response)
+}

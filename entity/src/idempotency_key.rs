@@ -1,0 +1,27 @@
+//! The `idempotency_keys` table: one row per client `Idempotency-Key`, with the stored answer.
+
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "idempotency_keys")]
+pub struct Model {
+    #[sea_orm(primary_key)]
+    pub id: i64,
+    /// Which operation the key belongs to (`holds`, `orders`).
+    pub scope: String,
+    pub idem_key: String,
+    /// SHA-256 (hex) of the request: another body with the same key is a mismatch.
+    pub fingerprint: String,
+    /// `running` while the first request runs, `done` once its answer is stored.
+    pub state: String,
+    pub response_status: Option<i32>,
+    pub response_content_type: Option<String>,
+    pub response_body: Option<String>,
+    pub created_at: DateTimeUtc,
+    pub expires_at: DateTimeUtc,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

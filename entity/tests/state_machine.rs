@@ -1,0 +1,222 @@
+//! Property test of the hold and order state machines through the real stock operations (on a
+//! SQLite file): any sequence of holds, releases, orders, payments (duplicated, conflicting),
+//! expiries and payment timeouts keeps every invariant of CONTRACT.md after every step.
+
+use entity::{
+    Db, DbConfig, Money, Quantity, StockError,
+    orders::{self, PaymentEvent, PaymentStatus},
+    stock,
+};
+use migration::{Migrator, MigratorTrait};
+use proptest::prelude::*;
+use sea_orm::{ConnectionTrait, Statement};
+
+const STOCK: i32 = 12;
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// A hold of `qty`; `expired` ones are made already past their time.
+    Hold {
+        qty: i64,
+        expired: bool,
+    },
+    Release(usize),
+    Order(usize),
+    /// A payment webhook for the i-th order (or, if `early`, for the i-th hold, before its
+    /// order exists), with an idempotency key drawn from a small set so keys repeat.
+    Pay {
+        target: usize,
+        success: bool,
+        key: u8,
+        early: bool,
+    },
+    Expire,
+    TimeOut,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (1..=4i64, any::<bool>()).prop_map(|(qty, expired)| Op::Hold { qty, expired }),
+        1 => any::<usize>().prop_map(Op::Release),
+        2 => any::<usize>().prop_map(Op::Order),
+        3 => (any::<usize>(), any::<bool>(), 0..6u8, any::<bool>())
+            .prop_map(|(target, success, key, early)| Op::Pay { target, success, key, early }),
+        1 => Just(Op::Expire),
+        1 => Just(Op::TimeOut),
+    ]
+}
+
+async fn setup(dir: &std::path::Path) -> (Db, i64) {
+    let db = Db::connect(&DbConfig {
+        url: format!("sqlite://{}?mode=rwc", dir.join("p.db").display()),
+        max_connections: 2,
+    })
+    .await
+    .expect("connect");
+    Migrator::up(db.conn(), None).await.expect("migrate");
+    let product = stock::create_product(&db, "p", Money::from_cents(250), STOCK)
+        .await
+        .expect("product");
+    (db, product.id)
+}
+
+/// `stock == available + Σ active holds + Σ pending orders`, `0 <= available`, and
+/// `stock + Σ paid == initial`, straight from the tables; and the API's view agrees.
+async fn check(db: &Db, product: i64) {
+    let row = db
+        .conn()
+        .query_one_raw(Statement::from_string(
+            db.db_backend(),
+            format!(
+                "SELECT p.stock, p.available_stock, \
+                 (SELECT COALESCE(SUM(qty), 0) FROM holds WHERE product_id = p.id AND status = 'active') AS held, \
+                 (SELECT COALESCE(SUM(quantity), 0) FROM orders WHERE product_id = p.id AND status = 'pending') AS pending, \
+                 (SELECT COALESCE(SUM(quantity), 0) FROM orders WHERE product_id = p.id AND status = 'paid') AS paid \
+                 FROM products p WHERE p.id = {product}"
+            ),
+        ))
+        .await
+        .expect("ledger")
+        .expect("row");
+    let get = |c: &str| row.try_get::<i64>("", c).expect(c);
+    let (stock_now, available, held, pending, paid) = (
+        get("stock"),
+        get("available_stock"),
+        get("held"),
+        get("pending"),
+        get("paid"),
+    );
+    assert!(available >= 0, "available {available}");
+    assert_eq!(
+        stock_now,
+        available + held + pending,
+        "stock {stock_now} != {available} + {held} + {pending}"
+    );
+    assert_eq!(
+        stock_now + paid,
+        i64::from(STOCK),
+        "sold {paid} of {STOCK}, {stock_now} left"
+    );
+    let view = stock::product_view(db, product).await.expect("view");
+    assert!(view.available_stock >= 0 && view.available_stock <= view.stock);
+}
+
+async fn run(ops: Vec<Op>) {
+    let dir = tempfile::tempdir().expect("dir");
+    let (db, product) = setup(dir.path()).await;
+    let mut holds: Vec<i64> = Vec::new();
+    let mut orders_made: Vec<i64> = Vec::new();
+    let mut keys: std::collections::HashMap<u8, PaymentEvent> = std::collections::HashMap::new();
+    for op in ops {
+        match op {
+            Op::Hold { qty, expired } => {
+                let ttl = if expired {
+                    chrono::Duration::seconds(-1)
+                } else {
+                    chrono::Duration::minutes(5)
+                };
+                let qty = Quantity::new(qty, 10).expect("qty");
+                match stock::create_hold(&db, product, qty, ttl).await {
+                    Ok(h) => holds.push(h.id),
+                    Err(StockError::InsufficientStock { available }) => {
+                        assert!(available < qty.as_i32())
+                    }
+                    Err(e) => panic!("hold: {e}"),
+                }
+            }
+            Op::Release(i) if !holds.is_empty() => {
+                match stock::release_hold(&db, holds[i % holds.len()]).await {
+                    Ok(_) | Err(StockError::HoldNotActive { .. }) => {}
+                    Err(e) => panic!("release: {e}"),
+                }
+            }
+            Op::Order(i) if !holds.is_empty() => {
+                match orders::create_order(&db, holds[i % holds.len()]).await {
+                    Ok(orders::OrderCreated::New(o)) => orders_made.push(o.id),
+                    Ok(orders::OrderCreated::Existing(_))
+                    | Err(StockError::HoldExpired(_) | StockError::HoldReleased(_)) => {}
+                    Err(e) => panic!("order: {e}"),
+                }
+            }
+            Op::Pay {
+                target,
+                success,
+                key,
+                early,
+            } => {
+                let status = if success {
+                    PaymentStatus::Success
+                } else {
+                    PaymentStatus::Failure
+                };
+                let event = if early && !holds.is_empty() {
+                    PaymentEvent {
+                        idempotency_key: format!("k{key}"),
+                        order_id: 1_000_000,
+                        status,
+                        hold_id: Some(holds[target % holds.len()]),
+                        product_id: None,
+                        quantity: None,
+                    }
+                } else if !orders_made.is_empty() {
+                    PaymentEvent {
+                        idempotency_key: format!("k{key}"),
+                        order_id: orders_made[target % orders_made.len()],
+                        status,
+                        hold_id: None,
+                        product_id: None,
+                        quantity: None,
+                    }
+                } else {
+                    continue;
+                };
+                match orders::apply_payment(&db, &event).await {
+                    Ok(r) => {
+                        // A key seen before with the same body is a duplicate, with no effect.
+                        if let Some(prev) = keys.get(&key) {
+                            assert!(r.duplicate && prev == &event, "{event:?} after {prev:?}");
+                        } else {
+                            assert!(!r.duplicate);
+                            keys.insert(key, event.clone());
+                            if !orders_made.contains(&r.order_id) {
+                                orders_made.push(r.order_id);
+                            }
+                        }
+                    }
+                    Err(StockError::IdempotencyKeyMismatch) => {
+                        assert!(keys.get(&key).is_some_and(|prev| prev != &event));
+                    }
+                    Err(
+                        StockError::HoldExpired(_)
+                        | StockError::HoldReleased(_)
+                        | StockError::OrderNotFound(_),
+                    ) => {}
+                    Err(e) => panic!("payment: {e}"),
+                }
+            }
+            Op::Expire => {
+                stock::expire_batch(&db, 3).await.expect("expire");
+            }
+            Op::TimeOut => {
+                orders::cancel_unpaid_batch(&db, chrono::Duration::zero(), 3)
+                    .await
+                    .expect("timeout");
+            }
+            _ => {}
+        }
+        check(&db, product).await;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn any_sequence_of_operations_keeps_the_invariants(ops in proptest::collection::vec(op(), 1..40)) {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(run(ops));
+    }
+}
