@@ -83,7 +83,7 @@ async fn main() -> Result<()> {
             results["expiry_backlog"] = backlog;
             let boundary = stock_boundary(&api, &db_url).await?;
             println!(
-                "Stock boundary: stock 1000, 3000 concurrent requests: {} granted, oversold {}",
+                "Stock boundary: stock 1000, 3000 requests (256 in flight): {} granted, oversold {}",
                 boundary["granted"], boundary["oversold"]
             );
             results["stock_boundary"] = boundary;
@@ -297,6 +297,7 @@ fn wrk_reads(url: &str, product: i64, connections: usize, seconds: u64) -> Resul
 async fn plain_sql_holds(db_url: &str, connections: usize, seconds: u64) -> Result<Value> {
     let pool = MySqlPoolOptions::new()
         .max_connections(connections as u32)
+        .acquire_timeout(Duration::from_secs(120))
         .after_connect(|conn, _| {
             Box::pin(async move {
                 conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
@@ -312,6 +313,12 @@ async fn plain_sql_holds(db_url: &str, connections: usize, seconds: u64) -> Resu
     )
     .fetch_one(&pool)
     .await?;
+    // Open every connection before the clock starts.
+    let warm: Vec<_> = futures::future::join_all((0..connections).map(|_| pool.acquire()))
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    drop(warm);
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let tasks: Vec<_> = (0..connections)
@@ -421,15 +428,19 @@ async fn backlog_sweep(release: &Path, api: &Api, db_url: &str, seconds: u64) ->
     }))
 }
 
-/// Stock 1000, 3000 requests at once: exactly 1000 granted, nothing oversold.
+/// Stock 1000, 3000 requests released together, 256 in flight at a time (as many connections as
+/// the heaviest load point): exactly 1000 granted, nothing oversold.
 async fn stock_boundary(api: &Api, db_url: &str) -> Result<Value> {
     let product = api.create_product(1000).await?;
     let barrier = Arc::new(tokio::sync::Barrier::new(3000));
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(256));
     let tasks: Vec<_> = (0..3000)
         .map(|_| {
             let (http, url, barrier) = (api.http.clone(), api.url.clone(), barrier.clone());
+            let in_flight = in_flight.clone();
             tokio::spawn(async move {
                 barrier.wait().await;
+                let _slot = in_flight.acquire().await;
                 http.post(format!("{url}/api/holds"))
                     .json(&json!({"product_id": product, "qty": 1}))
                     .send()
@@ -458,6 +469,7 @@ async fn stock_boundary(api: &Api, db_url: &str) -> Result<Value> {
     Ok(json!({
         "stock": 1000,
         "requests": 3000,
+        "in_flight": 256,
         "granted": granted,
         "refused": refused,
         "held_in_database": held,

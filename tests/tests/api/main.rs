@@ -3,6 +3,7 @@
 mod bad_input;
 mod coalescing;
 mod expiry;
+mod faults;
 mod holds;
 mod hostile;
 mod mixed;

@@ -1,0 +1,312 @@
+//! Fault injection against real MariaDB: processes killed with SIGKILL mid-work, connections
+//! killed from the server side. Afterwards every acknowledged write is there, consistent, and
+//! the contract's invariants hold.
+
+use std::{collections::HashSet, process::Command, time::Duration};
+
+use flash_sale_tests::{AppOptions, Backend, Client, TestApp};
+use sea_orm::{ConnectionTrait, Statement};
+
+fn kill9(pid: u32) {
+    let ok = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(ok.success());
+}
+
+/// Every hold the API acknowledged with 201 is readable with a consistent status.
+async fn assert_acknowledged_holds_survive(client: &Client, acknowledged: &[i64]) {
+    for id in acknowledged {
+        let r = client.get(&format!("/api/holds/{id}")).await;
+        assert_eq!(r.status, 200, "acknowledged hold {id} is gone");
+        assert!(
+            ["active", "expired", "released", "consumed"]
+                .contains(&r.body["status"].as_str().unwrap_or(""))
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_of_the_api_under_hold_load_loses_no_acknowledged_hold() {
+    let app = TestApp::spawn(Backend::MariaDb).await;
+    let product = app.create_product(10_000).await;
+    let client = app.client.clone();
+    let load = tokio::spawn(async move {
+        let tasks: Vec<_> = (0..400)
+            .map(|i| {
+                let c = client.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(i % 100)).await;
+                    c.http
+                        .post(format!("{}/api/holds", c.address))
+                        .json(&serde_json::json!({"product_id": product, "qty": 1}))
+                        .send()
+                        .await
+                        .ok()
+                })
+            })
+            .collect();
+        let mut acknowledged = Vec::new();
+        for t in tasks {
+            if let Ok(Some(r)) = t.await
+                && r.status() == 201
+                && let Ok(body) = r.json::<serde_json::Value>().await
+            {
+                acknowledged.push(body["hold_id"].as_i64().expect("id"));
+            }
+        }
+        acknowledged
+    });
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    kill9(app.server.pid());
+    let acknowledged = load.await.expect("load");
+
+    let restarted = app.spawn_another_api(&AppOptions::default());
+    let client = Client::new(&restarted);
+    assert_acknowledged_holds_survive(&client, &acknowledged).await;
+    app.assert_stock_conserved().await;
+    let active = app.hold_count(product, "active").await;
+    assert!(
+        active >= acknowledged.len() as i64,
+        "{active} active < {} acknowledged",
+        acknowledged.len()
+    );
+    assert_eq!(client.hold(product, 1).await.status, 201, "service resumes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_of_the_worker_mid_sweep_releases_each_hold_once_after_restart() {
+    let app = TestApp::spawn(Backend::MariaDb).await;
+    let product = app.create_product(20_000).await;
+    // 5,000 holds already past their time, made directly (MariaDB's sequence engine).
+    let db = app.db.connect().await;
+    db.execute_unprepared(&format!(
+        "INSERT INTO holds (product_id, qty, status, expires_at, created_at, updated_at) \
+         SELECT {product}, 2, 'active', NOW(6) - INTERVAL 1 MINUTE, NOW(6) - INTERVAL 3 MINUTE, NOW(6) \
+         FROM seq_1_to_5000"
+    ))
+    .await
+    .expect("backlog");
+    db.execute_unprepared(&format!(
+        "UPDATE products SET available_stock = available_stock - 10000 WHERE id = {product}"
+    ))
+    .await
+    .expect("counter");
+    app.assert_stock_conserved().await;
+
+    let mut first = app.start_worker_once(50);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    kill9(first.pid());
+    first.wait(Duration::from_secs(10));
+    let mut second = app.start_worker_once(50);
+    assert!(second.wait(Duration::from_secs(120)), "{}", second.output());
+
+    let mut seen = Vec::new();
+    for m in first
+        .metric("hold.expired")
+        .into_iter()
+        .chain(second.metric("hold.expired"))
+    {
+        seen.push(m["hold_id"].as_i64().expect("id"));
+    }
+    let unique: HashSet<_> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "a hold was released twice");
+    assert!(
+        !first.metric("hold.expired").is_empty() || seen.len() == 5000,
+        "the first worker was killed mid-sweep"
+    );
+    assert_eq!(app.hold_count(product, "expired").await, 5000);
+    assert_eq!(app.hold_count(product, "active").await, 0);
+    assert_eq!(
+        app.available(product).await,
+        20_000,
+        "every unit back, once"
+    );
+    app.assert_stock_conserved().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connections_killed_by_the_server_under_load_give_503_never_500_and_service_resumes() {
+    let app = TestApp::spawn(Backend::MariaDb).await;
+    let product = app.create_product(10_000).await;
+    let name = app.db.url.rsplit('/').next().expect("db name").to_owned();
+    let client = app.client.clone();
+    let load = tokio::spawn(async move {
+        let mut statuses = Vec::new();
+        let mut acknowledged = Vec::new();
+        for _ in 0..20 {
+            let rs = futures::future::join_all((0..20).map(|_| client.hold(product, 1))).await;
+            for r in rs {
+                statuses.push(r.status);
+                if r.status == 201 {
+                    acknowledged.push(r.body["hold_id"].as_i64().expect("id"));
+                }
+            }
+        }
+        (statuses, acknowledged)
+    });
+    let admin = app.db.connect().await;
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        let rows = admin
+            .query_all_raw(Statement::from_string(
+                admin.get_database_backend(),
+                format!(
+                    "SELECT ID AS id FROM information_schema.PROCESSLIST \
+                     WHERE DB = '{name}' AND ID <> CONNECTION_ID()"
+                ),
+            ))
+            .await
+            .expect("processlist");
+        for row in rows {
+            let id: i64 = row.try_get("", "id").expect("id");
+            let _ = admin
+                .execute_unprepared(&format!("KILL CONNECTION {id}"))
+                .await;
+        }
+    }
+    let (statuses, acknowledged) = load.await.expect("load");
+    assert!(
+        statuses.iter().all(|s| *s == 201 || *s == 503),
+        "only 201 or 503: {statuses:?}"
+    );
+    assert_acknowledged_holds_survive(&app.client, &acknowledged).await;
+    assert_eq!(
+        app.hold(product, 1).await.status,
+        201,
+        "the pool recovered by itself"
+    );
+    app.assert_stock_conserved().await;
+}
+
+/// Three API processes and two scheduled workers on one MariaDB, for about forty seconds of a
+/// randomized mix: holds, releases, orders, webhooks (duplicated, shuffled, some before their
+/// order), expiries and payment timeouts. Then the books must balance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_apis_and_two_workers_under_a_randomized_mix_keep_every_invariant() {
+    use rand::{Rng, SeedableRng, rngs::StdRng, seq::SliceRandom};
+    use serde_json::json;
+
+    let seed: u64 = std::env::var("MIX_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("MIX_SEED={seed}");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let options = AppOptions {
+        hold_ttl_seconds: Some(2),
+        ..Default::default()
+    };
+    let app = TestApp::spawn_with(Backend::MariaDb, options.clone()).await;
+    let products = [app.create_product(80).await, app.create_product(40).await];
+    let others = [
+        app.spawn_another_api(&options),
+        app.spawn_another_api(&options),
+    ];
+    let clients = [
+        app.client.clone(),
+        Client::new(&others[0]),
+        Client::new(&others[1]),
+    ];
+    let timeout = [("PAYMENT_TIMEOUT_SECONDS", "3".to_string())];
+    let _workers = [app.spawn_worker(&timeout), app.spawn_worker(&timeout)];
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    let mut round = 0u64;
+    while std::time::Instant::now() < deadline {
+        round += 1;
+        // Holds from every API at once.
+        let asks: Vec<(usize, i64, i64)> = (0..30)
+            .map(|_| {
+                (
+                    rng.random_range(0..3),
+                    products[rng.random_range(0..2)],
+                    rng.random_range(1..=3),
+                )
+            })
+            .collect();
+        let holds: Vec<i64> =
+            futures::future::join_all(asks.iter().map(|&(c, p, q)| clients[c].hold(p, q)))
+                .await
+                .into_iter()
+                .filter(|r| {
+                    assert!(
+                        r.status == 201 || r.code() == "insufficient_stock",
+                        "{}",
+                        r.body
+                    );
+                    r.status == 201
+                })
+                .map(|r| r.body["hold_id"].as_i64().expect("id"))
+                .collect();
+        // Releases, orders and early webhooks, on random APIs, at once.
+        let steps = futures::future::join_all(holds.iter().map(|&h| {
+            let c = clients[rng.random_range(0..3)].clone();
+            let pick = rng.random_range(0..10);
+            let key = format!("early-{round}-{h}");
+            async move {
+                match pick {
+                    0 | 1 => {
+                        c.release(h).await;
+                        None
+                    }
+                    2..=6 => c.order(h).await.body["order_id"].as_i64(),
+                    7 => {
+                        let r = c
+                            .webhook(json!({"idempotency_key": key, "order_id": 900_000_000 + h, "status": "success", "hold_id": h}))
+                            .await;
+                        assert!(r.status == 200 || r.status == 409, "{}", r.body);
+                        None
+                    }
+                    _ => None,
+                }
+            }
+        }))
+        .await;
+        // Webhooks for the orders: duplicated and shuffled across the APIs.
+        let mut events = Vec::new();
+        for order in steps.into_iter().flatten() {
+            let status = if rng.random_bool(0.6) {
+                "success"
+            } else {
+                "failure"
+            };
+            let e = json!({"idempotency_key": format!("pay-{round}-{order}"), "order_id": order, "status": status});
+            for _ in 0..rng.random_range(1..=3) {
+                events.push(e.clone());
+            }
+        }
+        events.shuffle(&mut rng);
+        let answers = futures::future::join_all(
+            events
+                .iter()
+                .map(|e| clients[rng.random_range(0..3)].webhook(e.clone())),
+        )
+        .await;
+        assert!(
+            answers.iter().all(|r| r.status == 200),
+            "webhooks: {:?}",
+            answers.iter().map(|r| &r.body).collect::<Vec<_>>()
+        );
+        app.assert_stock_conserved().await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(100..600))).await;
+    }
+    // Let holds expire and unpaid orders time out; the workers sweep them.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    app.assert_stock_conserved().await;
+    for (p, initial) in products.iter().zip([80, 40]) {
+        app.assert_sold_within(*p, initial).await;
+        assert_eq!(
+            app.count(
+                "orders",
+                &format!("product_id = {p} AND status = 'pending'")
+            )
+            .await,
+            0,
+            "all unpaid orders timed out"
+        );
+        assert_eq!(app.hold_count(*p, "active").await, 0, "all holds swept");
+    }
+    assert!(round >= 5, "only {round} rounds ran");
+}
