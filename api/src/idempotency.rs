@@ -83,7 +83,7 @@ pub async fn idempotent<E: Endpoint>(
     };
     let resp = match ep.call(req).await {
         Ok(r) => r.into_response(),
-        Err(e) => e.into_response(),
+        Err(e) => crate::server::error_response(e),
     };
     let (parts, body) = resp.into_parts();
     let bytes = body.into_bytes().await.unwrap_or_default();

@@ -15,13 +15,48 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Maps poem's matched patterns to the OpenAPI path templates (poem-openapi registers
 /// `/api/holds/{id}` as `/api/holds/:param0`).
 #[derive(Debug, Clone, Default)]
-pub struct RouteTemplates(HashMap<String, String>);
+pub struct RouteTemplates {
+    templates: HashMap<String, String>,
+    /// Per template, its methods (for the `Allow` header of a 405).
+    methods: Vec<(Vec<String>, String)>,
+}
 
 impl RouteTemplates {
     /// From the OpenAPI document's paths.
     pub fn from_spec(spec: &serde_json::Value) -> Self {
-        let paths = spec["paths"].as_object().into_iter().flatten();
-        Self(paths.map(|(path, _)| (shape(path), path.clone())).collect())
+        let paths: Vec<_> = spec["paths"].as_object().into_iter().flatten().collect();
+        Self {
+            templates: paths
+                .iter()
+                .map(|(p, _)| (shape(p), (*p).clone()))
+                .collect(),
+            methods: paths
+                .iter()
+                .map(|(p, item)| {
+                    let segments = p.split('/').map(str::to_owned).collect();
+                    let allow = item
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .map(|(m, _)| m.to_uppercase())
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    (segments, allow)
+                })
+                .collect(),
+        }
+    }
+
+    /// The documented methods of the route matching a raw path (`/api/holds/12`).
+    fn allowed(&self, path: &str) -> Option<&str> {
+        let segs: Vec<&str> = path.split('/').collect();
+        self.methods.iter().find_map(|(template, allow)| {
+            (template.len() == segs.len()
+                && template.iter().zip(&segs).all(|(t, s)| {
+                    (t.starts_with('{') && t.ends_with('}') && !s.is_empty()) || t == s
+                }))
+            .then_some(allow.as_str())
+        })
     }
 
     /// The template for a matched pattern: the document's path, else the pattern itself, else
@@ -30,7 +65,7 @@ impl RouteTemplates {
         match pattern {
             None | Some("") => "unmatched".to_owned(),
             Some(p) => self
-                .0
+                .templates
                 .get(&shape(p))
                 .cloned()
                 .unwrap_or_else(|| p.to_owned()),
@@ -65,6 +100,7 @@ pub async fn observe<E: Endpoint>(
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let method = req.method().to_string();
+    let path = req.uri().path().to_owned();
     let span = tracing::info_span!("request", request_id = %request_id, method = %method, path = %req.uri().path());
     let started = Instant::now();
     let mut resp = match ep.call(req).instrument(span).await {
@@ -80,6 +116,13 @@ pub async fn observe<E: Endpoint>(
         .record(started.elapsed().as_secs_f64());
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert(REQUEST_ID, v);
+    }
+    // RFC 9110: a 405 says which methods the resource has.
+    if resp.status() == poem::http::StatusCode::METHOD_NOT_ALLOWED
+        && let Some(allow) = templates.allowed(&path)
+        && let Ok(v) = HeaderValue::from_str(allow)
+    {
+        resp.headers_mut().insert(poem::http::header::ALLOW, v);
     }
     Ok(resp)
 }
@@ -102,6 +145,14 @@ mod tests {
         assert_eq!(t.label(Some("/metrics")), "/metrics");
         assert_eq!(t.label(Some("")), "unmatched");
         assert_eq!(t.label(None), "unmatched");
+    }
+
+    #[test]
+    fn allowed_methods_come_from_the_document() {
+        let spec = serde_json::json!({"paths": {"/api/holds/{id}": {"get": {}, "delete": {}}}});
+        let t = RouteTemplates::from_spec(&spec);
+        assert_eq!(t.allowed("/api/holds/12"), Some("GET, DELETE"));
+        assert_eq!(t.allowed("/api/holds"), None);
     }
 
     #[test]

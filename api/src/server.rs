@@ -199,25 +199,28 @@ pub fn build_app(
             limit_body(ep, req).await
         })
         .with_if(cors.is_some(), cors.unwrap_or_default())
-        .catch_all_error(|err: poem::Error| async move {
-            let pattern = err.data::<PathPattern>().cloned();
-            // Our own error answers (already problem+json) pass through untouched.
-            let mut resp = if err.is_from_response() {
-                err.into_response()
-            } else {
-                let (status, code) = classify_poem_error(&err);
-                if status.is_server_error() {
-                    tracing::error!(error = %err, "unhandled error");
-                }
-                problem_response(status, code, err.to_string())
-            };
-            if let Some(pattern) = pattern {
-                resp.set_data(pattern);
-            }
-            resp
-        })
+        .catch_all_error(|err: poem::Error| async move { error_response(err) })
         .around(move |ep, req| crate::observe::observe(ep, req, templates.clone()))
         .data(state)
+}
+
+/// Any error raised below this point as a problem+json answer (our own error answers, already
+/// problem+json, pass through untouched), keeping the matched route for the metrics.
+pub fn error_response(err: poem::Error) -> Response {
+    let pattern = err.data::<PathPattern>().cloned();
+    let mut resp = if err.is_from_response() {
+        err.into_response()
+    } else {
+        let (status, code) = classify_poem_error(&err);
+        if status.is_server_error() {
+            tracing::error!(error = %err, "unhandled error");
+        }
+        problem_response(status, code, err.to_string())
+    };
+    if let Some(pattern) = pattern {
+        resp.set_data(pattern);
+    }
+    resp
 }
 
 /// Refuses bodies over [`MAX_BODY_BYTES`] with 413, whether announced by `Content-Length` or

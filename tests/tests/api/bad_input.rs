@@ -301,6 +301,12 @@ on_both_databases! {
             assert_eq!(r.body["status"], c.status, "{}", c.name);
         }
 
+        // A 405 says which methods the resource has (RFC 9110).
+        let put = app.http.put(format!("{}/api/holds/1", app.address)).send().await.expect("put");
+        assert_eq!(put.status(), 405);
+        let allow = put.headers().get("allow").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        assert!(allow.contains("GET") && allow.contains("DELETE"), "Allow: {allow}");
+
         assert_eq!(app.get(&format!("/api/products/{product}")).await.body, before);
         assert_eq!(app.hold_count(product, "active").await, 0);
         let products = app.get("/api/products/2").await;
