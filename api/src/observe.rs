@@ -151,7 +151,8 @@ mod tests {
     fn allowed_methods_come_from_the_document() {
         let spec = serde_json::json!({"paths": {"/api/holds/{id}": {"get": {}, "delete": {}}}});
         let t = RouteTemplates::from_spec(&spec);
-        assert_eq!(t.allowed("/api/holds/12"), Some("GET, DELETE"));
+        let allow = t.allowed("/api/holds/12").unwrap_or_default();
+        assert!(allow.contains("GET") && allow.contains("DELETE"), "{allow}");
         assert_eq!(t.allowed("/api/holds"), None);
     }
 
