@@ -21,8 +21,16 @@ for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 
 curl -fsS -X POST "http://127.0.0.1:$port/api/admin/products" -H 'authorization: Bearer st-admin' \
   -H 'content-type: application/json' -d '{"name":"Schemathesis","price":"1.00","stock":1000000}' >/dev/null
 
+# Two checks assume rules this API does not have, on purpose:
+# - positive_data_acceptance expects any schema-valid body to succeed, but some rules are
+#   configuration or domain, not schema (qty <= MAX_HOLD_QTY, a webhook status of
+#   success/failure, prices with two decimals): those are 422 validation_error by contract;
+# - use_after_free expects a DELETEd resource to be gone, but DELETE /api/holds/{id} releases
+#   the hold, which stays readable as `released` (CONTRACT.md).
+# Every other check runs: no 5xx, every status, content type, header and body as documented.
 "$venv/bin/schemathesis" run "http://127.0.0.1:$port/openapi.json" \
   --checks all \
+  --exclude-checks positive_data_acceptance,use_after_free \
   --max-examples "${SCHEMATHESIS_EXAMPLES:-30}" \
   --header 'Authorization: Bearer st-admin' \
   --seed 1 \

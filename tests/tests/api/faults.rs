@@ -180,7 +180,7 @@ async fn connections_killed_by_the_server_under_load_give_503_never_500_and_serv
     app.assert_stock_conserved().await;
 }
 
-/// Three API processes and two scheduled workers on one MariaDB, for about forty seconds of a
+/// Three API processes and two scheduled workers on one MariaDB, for about a minute of a
 /// randomized mix: holds, releases, orders, webhooks (duplicated, shuffled, some before their
 /// order), expiries and payment timeouts. Then the books must balance.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -212,7 +212,7 @@ async fn three_apis_and_two_workers_under_a_randomized_mix_keep_every_invariant(
     let timeout = [("PAYMENT_TIMEOUT_SECONDS", "3".to_string())];
     let _workers = [app.spawn_worker(&timeout), app.spawn_worker(&timeout)];
 
-    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    let deadline = std::time::Instant::now() + Duration::from_secs(50);
     let mut round = 0u64;
     while std::time::Instant::now() < deadline {
         round += 1;
@@ -309,4 +309,88 @@ async fn three_apis_and_two_workers_under_a_randomized_mix_keep_every_invariant(
         assert_eq!(app.hold_count(*p, "active").await, 0, "all holds swept");
     }
     assert!(round >= 5, "only {round} rounds ran");
+}
+
+/// MariaDB stopped and started again under load: while it is down every request is answered
+/// 503 `unavailable` within 5 seconds (never a 500, never a hang) and `/readyz` is 503; once it
+/// is back the same API process serves again by itself. It stops the shared test server, so it
+/// is ignored in the parallel run and `tests/run.sh` runs it alone afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "stops the shared MariaDB: tests/run.sh runs it alone"]
+async fn mariadb_restarted_under_load_gives_503_then_service_resumes_by_itself() {
+    let app = TestApp::spawn(Backend::MariaDb).await;
+    let product = app.create_product(10_000).await;
+    let mut acknowledged = Vec::new();
+    for _ in 0..20 {
+        let r = app.hold(product, 1).await;
+        assert_eq!(r.status, 201);
+        acknowledged.push(r.body["hold_id"].as_i64().expect("id"));
+    }
+
+    let stop = Command::new("mariadb-admin")
+        .args(["-uroot", "shutdown"])
+        .status()
+        .expect("mariadb-admin");
+    assert!(
+        stop.success(),
+        "could not stop MariaDB (needs root over the socket)"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..5 {
+        let started = std::time::Instant::now();
+        let r = app.hold(product, 1).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(6),
+            "answered after {:?}",
+            started.elapsed()
+        );
+        assert_eq!((r.status, r.code()), (503, "unavailable"), "{}", r.body);
+        let ready = app.get("/readyz").await;
+        assert_eq!(ready.status, 503);
+    }
+
+    let start = Command::new("start-stop-daemon")
+        .args([
+            "--start",
+            "--oknodo",
+            "--background",
+            "--exec",
+            "/usr/sbin/mariadbd",
+            "--",
+            "--user=mysql",
+        ])
+        .status()
+        .expect("start-stop-daemon");
+    assert!(start.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let ping = Command::new("mariadb-admin")
+            .args(["ping", "--silent"])
+            .status();
+        if ping.is_ok_and(|s| s.success()) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "MariaDB did not come back"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Service resumes within 30 s, with no restart of the API.
+    let back = std::time::Instant::now();
+    loop {
+        let r = app.hold(product, 1).await;
+        if r.status == 201 {
+            break;
+        }
+        assert_eq!(r.status, 503, "{}", r.body);
+        assert!(
+            back.elapsed() < Duration::from_secs(30),
+            "not serving 30 s after the database came back"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(app.get("/readyz").await.status, 200);
+    assert_acknowledged_holds_survive(&app.client, &acknowledged).await;
+    app.assert_stock_conserved().await;
 }
