@@ -177,67 +177,18 @@ pub async fn get_hold(db: &Db, id: HoldId) -> Result<HoldView, StockError> {
     Ok(HoldView::at(&model, now()))
 }
 
-/// Puts a hold on `qty` units of a product for `ttl`.
-///
-/// One transaction: lock the product row; if its counter is short, reclaim the product's
-/// expired holds (skipping any the worker has locked); grant or refuse; commit. A refusal still
-/// commits the reclaim, which was real work.
+/// Puts a hold on `qty` units of a product for `ttl`: a batch of one (see
+/// [`create_holds_batch`]), so both paths share every rule.
 pub async fn create_hold(
     db: &Db,
     product_id: ProductId,
     qty: Quantity,
     ttl: chrono::Duration,
 ) -> Result<HoldView, StockError> {
-    let (granted, reclaimed) = with_retry(Some(product_id), || {
-        db.write(async |txn| {
-            let product = product::Entity::find_by_id(product_id)
-                .lock_exclusive()
-                .one(txn)
-                .await?
-                .ok_or(StockError::ProductNotFound(product_id))?;
-            let now = now();
-            let need = qty.as_i32();
-            let mut available = product.available_stock;
-            let mut reclaimed = Vec::new();
-            while available < need {
-                let chunk = lock_expired_holds(txn, Some(product_id), now, RECLAIM_CHUNK).await?;
-                move_holds(txn, &chunk, HoldStatus::Expired, now).await?;
-                available += chunk.iter().map(|h| h.qty).sum::<i32>();
-                let last = (chunk.len() as u64) < RECLAIM_CHUNK;
-                reclaimed.extend(chunk);
-                if last {
-                    break;
-                }
-            }
-            if available < need {
-                // Commit the reclaim, which was real work, and refuse.
-                return Ok((Err(StockError::InsufficientStock { available }), reclaimed));
-            }
-            let model = hold::ActiveModel {
-                product_id: Set(product_id),
-                qty: Set(need),
-                status: Set(HoldStatus::Active),
-                expires_at: Set(now + ttl),
-                created_at: Set(now),
-                updated_at: Set(now),
-                ..Default::default()
-            };
-            let id = hold::Entity::insert(model).exec(txn).await?.last_insert_id;
-            take_for_hold(txn, product_id, need).await?;
-            let view = HoldView {
-                id,
-                product_id,
-                qty: need,
-                status: HoldStatus::Active,
-                expires_at: now + ttl,
-            };
-            Ok((Ok(view), reclaimed))
-        })
-    })
-    .await?;
-
-    log_expired(&reclaimed, "api");
-    let hold = granted?;
+    let hold = create_holds_batch(db, product_id, &[qty], ttl)
+        .await?
+        .pop()
+        .unwrap_or_else(|| Err(StockError::Invariant("a batch of one had no answer".into())))?;
     log_hold_created(&hold);
     Ok(hold)
 }

@@ -259,6 +259,18 @@ impl Drop for Process {
     }
 }
 
+/// A transaction holding a product's lock from outside the API.
+pub struct Blocker {
+    _db: DatabaseConnection,
+    txn: sea_orm::DatabaseTransaction,
+}
+
+impl Blocker {
+    pub async fn release(self) {
+        self.txn.rollback().await.expect("rollback");
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ledger {
     pub id: i64,
@@ -449,6 +461,30 @@ impl TestApp {
             .expect("a row");
         db.close().await.ok();
         row.try_get("", "n").expect("n")
+    }
+
+    /// Holds the product's row lock (MariaDB) or the database's write lock (SQLite) from
+    /// outside the API, as a stuck transaction would, until [`Blocker::release`].
+    pub async fn block_product(&self, product_id: i64) -> Blocker {
+        use sea_orm::{TransactionOptions, TransactionTrait};
+        let db = self.db.connect().await;
+        let txn = db
+            .begin_with_options(TransactionOptions {
+                sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
+                ..Default::default()
+            })
+            .await
+            .expect("begin");
+        let lock = match self.db.backend {
+            Backend::MariaDb => {
+                format!("SELECT id FROM products WHERE id = {product_id} FOR UPDATE")
+            }
+            Backend::Sqlite => format!("UPDATE products SET name = name WHERE id = {product_id}"),
+        };
+        txn.query_one_raw(Statement::from_string(txn.get_database_backend(), lock))
+            .await
+            .expect("lock");
+        Blocker { _db: db, txn }
     }
 
     /// Count of holds per stored status for a product.

@@ -47,25 +47,9 @@ on_both_databases! {
     }
 
     async fn a_failed_batch_answers_every_request_in_it(backend: Backend) {
-        use sea_orm::{ConnectionTrait, Statement, TransactionOptions, TransactionTrait};
         let app = TestApp::spawn(backend).await;
         let product = app.create_product(100).await;
-        let db = app.db.connect().await;
-        let blocker = db
-            .begin_with_options(TransactionOptions {
-                sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
-                ..Default::default()
-            })
-            .await
-            .expect("begin");
-        let lock = match backend {
-            flash_sale_tests::Backend::MariaDb => format!("SELECT id FROM products WHERE id = {product} FOR UPDATE"),
-            flash_sale_tests::Backend::Sqlite => format!("UPDATE products SET name = name WHERE id = {product}"),
-        };
-        blocker
-            .query_one_raw(Statement::from_string(blocker.get_database_backend(), lock))
-            .await
-            .expect("lock");
+        let blocker = app.block_product(product).await;
 
         let client = app.client.clone();
         let answers = tokio::time::timeout(
@@ -78,7 +62,7 @@ on_both_databases! {
         .await
         .expect("no request left hanging");
         assert!(answers.iter().all(|r| r.status == 503 && r.code() == "unavailable"), "every request answered 503");
-        blocker.rollback().await.expect("rollback");
+        blocker.release().await;
 
         assert_eq!(app.hold(product, 1).await.status, 201, "the next batch works");
         assert_eq!(app.available(product).await, 99);

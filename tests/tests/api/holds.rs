@@ -152,33 +152,10 @@ on_both_databases! {
 
 on_both_databases! {
     async fn a_stuck_product_lock_is_retried_then_answered_503_and_service_resumes(backend: Backend) {
-        use sea_orm::{ConnectionTrait, Statement, TransactionOptions, TransactionTrait};
-
         let app = TestApp::spawn(backend).await;
         let product = app.create_product(10).await;
         // Someone else holds the product row (MariaDB) or the database write lock (SQLite).
-        let db = app.db.connect().await;
-        let blocker = db
-            .begin_with_options(TransactionOptions {
-                sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
-                ..Default::default()
-            })
-            .await
-            .expect("begin");
-        blocker
-            .query_one_raw(Statement::from_string(
-                blocker.get_database_backend(),
-                match backend {
-                    flash_sale_tests::Backend::MariaDb => {
-                        format!("SELECT id FROM products WHERE id = {product} FOR UPDATE")
-                    }
-                    flash_sale_tests::Backend::Sqlite => {
-                        format!("UPDATE products SET name = name WHERE id = {product}")
-                    }
-                },
-            ))
-            .await
-            .expect("lock");
+        let blocker = app.block_product(product).await;
 
         let started = std::time::Instant::now();
         let r = app.hold(product, 1).await;
@@ -191,7 +168,7 @@ on_both_databases! {
         // Reads are not blocked by the stuck writer.
         assert_eq!(app.available(product).await, 10);
 
-        blocker.rollback().await.expect("rollback");
+        blocker.release().await;
         let r = app.hold(product, 1).await;
         assert_eq!(r.status, 201, "{}", r.body);
         app.assert_stock_conserved().await;

@@ -172,23 +172,9 @@ on_both_databases! {
 /// claiming its key (it answers 503, as it should when the database cannot be written).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_retry_while_the_first_request_runs_is_told_the_key_is_in_use() {
-    let backend = flash_sale_tests::Backend::MariaDb;
-    use sea_orm::{ConnectionTrait, Statement, TransactionOptions, TransactionTrait};
-    let app = TestApp::spawn(backend).await;
+    let app = TestApp::spawn(flash_sale_tests::Backend::MariaDb).await;
     let product = app.create_product(5).await;
-    let db = app.db.connect().await;
-    let blocker = db
-        .begin_with_options(TransactionOptions {
-            sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
-            ..Default::default()
-        })
-        .await
-        .expect("begin");
-    let lock = format!("SELECT id FROM products WHERE id = {product} FOR UPDATE");
-    blocker
-        .query_one_raw(Statement::from_string(blocker.get_database_backend(), lock))
-        .await
-        .expect("lock");
+    let blocker = app.block_product(product).await;
     let body = json!({"product_id": product, "qty": 1});
     let c = app.client.clone();
     let b = body.clone();
@@ -201,7 +187,7 @@ async fn a_retry_while_the_first_request_runs_is_told_the_key_is_in_use() {
         "{}",
         second.body
     );
-    blocker.rollback().await.expect("rollback");
+    blocker.release().await;
     let first = first.await.expect("first");
     // The first either got through once the lock went, or ran out of retries (503, which
     // is not stored: the retry then runs afresh).

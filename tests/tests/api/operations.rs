@@ -71,8 +71,6 @@ on_both_databases! {
     }
 
     async fn sigterm_drains_readiness_then_finishes_in_flight_requests(backend: Backend) {
-        use sea_orm::{ConnectionTrait, Statement, TransactionOptions, TransactionTrait};
-
         let app = TestApp::spawn_with(backend, AppOptions {
             extra_env: vec![("SHUTDOWN_DELAY_SECONDS", "1".into()), ("SHUTDOWN_GRACE_SECONDS", "10".into())],
             ..Default::default()
@@ -80,22 +78,7 @@ on_both_databases! {
         .await;
         let product = app.create_product(5).await;
         // Hold the product (or the SQLite write lock) so the next hold stays in flight.
-        let db = app.db.connect().await;
-        let blocker = db
-            .begin_with_options(TransactionOptions {
-                sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
-                ..Default::default()
-            })
-            .await
-            .expect("begin");
-        let lock = match backend {
-            Backend::MariaDb => format!("SELECT id FROM products WHERE id = {product} FOR UPDATE"),
-            Backend::Sqlite => format!("UPDATE products SET name = name WHERE id = {product}"),
-        };
-        blocker
-            .query_one_raw(Statement::from_string(blocker.get_database_backend(), lock))
-            .await
-            .expect("lock");
+        let blocker = app.block_product(product).await;
         let client = app.client.clone();
         let in_flight = tokio::spawn(async move { client.hold(product, 1).await });
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -105,7 +88,7 @@ on_both_databases! {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let ready = app.get("/readyz").await;
         assert_eq!((ready.status, ready.code()), (503, "unavailable"), "draining");
-        blocker.rollback().await.expect("rollback");
+        blocker.release().await;
 
         let r = in_flight.await.expect("task");
         assert_eq!(r.status, 201, "the in-flight request finished: {}", r.body);
