@@ -102,13 +102,14 @@ impl HealthApi {
                 "shutting down",
             ));
         }
-        match tokio::time::timeout(Duration::from_secs(2), self.state.db.ping()).await {
-            Ok(Ok(())) => Ok(Ready::Ready(PlainText("ready"))),
-            _ => Err(ApiError::new(
+        if self.state.db.is_ready().await {
+            Ok(Ready::Ready(PlainText("ready")))
+        } else {
+            Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "the database cannot be reached",
-            )),
+            ))
         }
     }
 }

@@ -228,9 +228,13 @@ impl Db {
         metrics::gauge!("db_pool_max_connections").set(f64::from(self.max_connections));
     }
 
-    /// `SELECT 1`: is the database answering?
-    pub async fn ping(&self) -> Result<(), DbErr> {
-        self.conn.execute_unprepared("SELECT 1").await.map(|_| ())
+    /// Readiness: does the database answer `SELECT 1` within 2 seconds?
+    pub async fn is_ready(&self) -> bool {
+        let ping = self.conn.execute_unprepared("SELECT 1");
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), ping).await,
+            Ok(Ok(_))
+        )
     }
 
     pub fn db_backend(&self) -> DbBackend {

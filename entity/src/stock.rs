@@ -238,10 +238,11 @@ pub async fn create_holds_batch(
                 }
             }
             let expires_at = now + ttl;
-            let mut ids = Vec::new();
-            if !granted.is_empty() {
+            let ids = if granted.is_empty() {
+                Vec::new()
+            } else {
                 let first_id = insert_holds(txn, product_id, &granted, now, expires_at).await?;
-                ids = match first_id {
+                let ids: Vec<i64> = match first_id {
                     Some(first) if db.consecutive_insert_ids() => {
                         (first..).take(granted.len()).collect()
                     }
@@ -272,7 +273,8 @@ pub async fn create_holds_batch(
                     )));
                 }
                 take_for_hold(txn, product_id, granted.iter().sum()).await?;
-            }
+                ids
+            };
             let mut ids = ids.into_iter();
             let answers = answers
                 .into_iter()

@@ -238,13 +238,12 @@ pub async fn run(config: Config, metrics: Option<PrometheusHandle>) -> anyhow::R
                 poem::endpoint::make(move |_| {
                     let db = ready_db.clone();
                     async move {
-                        match tokio::time::timeout(std::time::Duration::from_secs(2), db.ping())
-                            .await
-                        {
-                            Ok(Ok(())) => "ready".into_response(),
-                            _ => poem::Response::builder()
+                        if db.is_ready().await {
+                            "ready".into_response()
+                        } else {
+                            poem::Response::builder()
                                 .status(poem::http::StatusCode::SERVICE_UNAVAILABLE)
-                                .body("the database cannot be reached"),
+                                .body("the database cannot be reached")
                         }
                     }
                 }),
