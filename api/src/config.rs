@@ -46,6 +46,10 @@ pub struct Config {
     /// Pool size of this process.
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub database_max_connections: u32,
+    /// On a Galera node, make every read see every write acknowledged before it started
+    /// (`wsrep_sync_wait`): `auto` (on exactly when the server reports `wsrep_on`), `true`, `false`.
+    #[arg(long, env = "DATABASE_CAUSAL_READS", default_value = "auto")]
+    pub database_causal_reads: entity::db::CausalReads,
     /// Where the API listens (`:0` picks a free port; the chosen address is logged).
     #[arg(long, env = "BIND_ADDR", default_value = "127.0.0.1:8000")]
     pub bind_addr: SocketAddr,
@@ -120,16 +124,26 @@ fn parse_webhook_secret(s: &str) -> Result<WebhookSecret, String> {
 }
 
 impl Config {
+    /// How this process opens its pool.
+    pub fn db_config(&self) -> entity::DbConfig {
+        entity::DbConfig {
+            url: self.database_url.clone(),
+            max_connections: self.database_max_connections,
+            causal_reads: self.database_causal_reads,
+        }
+    }
+
     /// The configuration as printed at start-up: secrets masked.
     pub fn redacted(&self) -> String {
         format!(
-            "DATABASE_URL={} DATABASE_MAX_CONNECTIONS={} BIND_ADDR={} HOLD_TTL_SECONDS={} \
+            "DATABASE_URL={} DATABASE_MAX_CONNECTIONS={} DATABASE_CAUSAL_READS={:?} BIND_ADDR={} HOLD_TTL_SECONDS={} \
              MAX_HOLD_QTY={} WEBHOOK_SECRET={} CORS_ALLOWED_ORIGINS={} ADMIN_TOKEN={} LOG_DIR={} \
              RUST_LOG={} AUTO_MIGRATE={} SHUTDOWN_DELAY_SECONDS={} SHUTDOWN_GRACE_SECONDS={} \
              HOLD_COALESCING={} HOLD_BATCH_WAIT_MICROS={} HOLD_BATCH_MAX={} \
              HOLD_RATE_LIMIT_PER_SECOND={}",
             entity::db::redact_url(&self.database_url),
             self.database_max_connections,
+            self.database_causal_reads,
             self.bind_addr,
             self.hold_ttl_seconds,
             self.max_hold_qty,

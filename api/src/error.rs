@@ -224,8 +224,8 @@ impl From<StockError> for ApiError {
                 "hold_not_active",
                 format!("hold {id} is {}", status.as_str()),
             ),
-            StockError::Contention { attempts } => {
-                tracing::warn!(attempts, "answering 503 after lock contention");
+            StockError::Contention { .. } | StockError::Busy(_) => {
+                tracing::warn!(error = %err, "answering 503 after lock contention");
                 Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "unavailable",
@@ -237,16 +237,7 @@ impl From<StockError> for ApiError {
                 Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "unavailable",
-                    "the database cannot be reached; retry shortly",
-                )
-            }
-            // A lock wait or busy database outside the retried operations: still a 503.
-            StockError::Db(e) if entity::db::is_contention(&e) => {
-                tracing::warn!(error = %e, "answering 503 after lock contention");
-                Self::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "the stock is busy; retry shortly",
+                    "the database cannot serve right now; retry shortly",
                 )
             }
             StockError::Invariant(_) | StockError::Db(_) => {

@@ -37,7 +37,7 @@ async fn main() -> anyhow::Result<()> {
     }
     match cli.command {
         Some(Command::Migrate { seed }) => {
-            let db = migrate(&config.database_url).await?;
+            let db = migrate(&config.db_config()).await?;
             tracing::info!("migrations applied");
             if seed {
                 let added = entity::stock::seed_demo_product(&db)

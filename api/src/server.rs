@@ -137,11 +137,7 @@ pub fn openapi_service(state: Arc<AppState>) -> OpenApiService<impl OpenApi, ()>
 /// operations hold a state they never touch while describing themselves; an in-memory SQLite
 /// pool stands in for the database.
 pub async fn openapi_json(config: &Config) -> anyhow::Result<String> {
-    let db = Db::connect(&DbConfig {
-        url: "sqlite::memory:".into(),
-        max_connections: 1,
-    })
-    .await?;
+    let db = Db::connect(&DbConfig::new("sqlite::memory:", 1)).await?;
     Ok(openapi_service(Arc::new(AppState::new(config, db))).spec())
 }
 
@@ -261,55 +257,37 @@ async fn limit_body<E: Endpoint>(ep: Arc<E>, mut req: Request) -> poem::Result<R
 }
 
 /// Runs pending migrations over a dedicated single connection. Several API processes may start
-/// at once: on MySQL/MariaDB a named lock (`GET_LOCK`, held by that one connection) lets one
-/// migrate while the others wait; everywhere a failed run is retried, so a process that lost a
-/// race finds the migrations already applied.
-pub async fn migrate(database_url: &str) -> anyhow::Result<Db> {
-    use sea_orm::ConnectionTrait;
+/// at once, on one server or on several Galera nodes: on MySQL/MariaDB a lease row that the
+/// cluster replicates ([`migration::with_lease`]) lets one migrate while the others wait, and
+/// then they find the migrations applied; a failed run is retried.
+pub async fn migrate(config: &DbConfig) -> anyhow::Result<Db> {
     let db = Db::connect(&DbConfig {
-        url: database_url.to_owned(),
         max_connections: 1,
+        ..config.clone()
     })
     .await
     .context("DATABASE_URL: cannot connect")?;
-    let mysql = db.backend() == entity::Backend::MySql;
-    if mysql {
-        db.conn()
-            .execute_unprepared("SELECT GET_LOCK('flash_sale_migrate', 120)")
-            .await
-            .context("taking the migration lock")?;
-    }
     let mut attempt = 0;
-    let result = loop {
+    loop {
         attempt += 1;
-        match Migrator::up(db.conn(), None).await {
-            Ok(()) => break Ok(()),
+        match migration::with_lease(db.conn(), async || Migrator::up(db.conn(), None).await).await {
+            Ok(()) => return Ok(db),
             Err(e) if attempt < 3 => {
                 tracing::warn!(error = %e, attempt, "migration failed, retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            Err(e) => break Err(e).context("running migrations"),
+            Err(e) => return Err(e).context("running migrations"),
         }
-    };
-    if mysql {
-        db.conn()
-            .execute_unprepared("SELECT RELEASE_LOCK('flash_sale_migrate')")
-            .await
-            .ok();
     }
-    result.map(|()| db)
 }
 
 /// Connects, migrates unless told not to, and serves until Ctrl-C or SIGTERM.
 pub async fn run(config: Config, metrics: Option<PrometheusHandle>) -> anyhow::Result<()> {
-    let db = Db::connect(&DbConfig {
-        url: config.database_url.clone(),
-        max_connections: config.database_max_connections,
-    })
-    .await
-    .context("DATABASE_URL: cannot connect")?;
+    let db = Db::connect(&config.db_config())
+        .await
+        .context("DATABASE_URL: cannot connect")?;
     if config.auto_migrate {
-        migrate(&config.database_url).await?;
+        migrate(&config.db_config()).await?;
     }
     let state = Arc::new(AppState::new(&config, db.clone()));
     let app = build_app(&config, state.clone(), metrics);

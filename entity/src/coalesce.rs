@@ -42,7 +42,7 @@ impl HoldCoalescer {
                     Ok(answers) => answers,
                     // The whole batch failed (contention outlasted its retries, database gone):
                     // every request in it gets that answer.
-                    Err(e) => qtys.iter().map(|_| Err(e.duplicate())).collect(),
+                    Err(e) => qtys.iter().map(|_| Err(e.clone())).collect(),
                 }
             }
         });
@@ -82,7 +82,7 @@ impl ProductReads {
                     .iter()
                     .map(|()| match &read {
                         Ok(view) => Ok(view.clone()),
-                        Err(e) => Err(e.duplicate()),
+                        Err(e) => Err(e.clone()),
                     })
                     .collect()
             }

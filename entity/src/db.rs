@@ -5,6 +5,10 @@
 //! short `innodb_lock_wait_timeout` so that a stuck lock turns into a retry, then a 503, well
 //! within the contract's 5 seconds.
 //!
+//! On a Galera node (`wsrep_on`), [`CausalReads`] decides whether each session also sets
+//! `wsrep_sync_wait = 1`, so that a read through this node sees every write the cluster
+//! acknowledged before it started, whichever node took the write.
+//!
 //! SQLite: lock clauses are dropped, so a write transaction starts with `BEGIN IMMEDIATE` and
 //! holds the database write lock from its first statement; inside one process writers queue on
 //! a fair async mutex instead of spinning in SQLite's busy handler; across processes the busy
@@ -42,11 +46,56 @@ pub enum Backend {
     Sqlite,
 }
 
+/// Whether reads wait for the cluster to apply every write acknowledged before them
+/// (`wsrep_sync_wait = 1`). Only Galera has anything to wait for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CausalReads {
+    /// On exactly when the server reports `wsrep_on`.
+    #[default]
+    Auto,
+    /// Always set (fails at connect on a server without `wsrep_sync_wait`).
+    On,
+    Off,
+}
+
+impl std::str::FromStr for CausalReads {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "true" | "on" | "1" => Ok(Self::On),
+            "false" | "off" | "0" => Ok(Self::Off),
+            other => Err(format!("expected auto, true or false, not {other:?}")),
+        }
+    }
+}
+
 /// What is needed to open the pool.
 #[derive(Debug, Clone)]
 pub struct DbConfig {
     pub url: String,
     pub max_connections: u32,
+    pub causal_reads: CausalReads,
+}
+
+impl DbConfig {
+    pub fn new(url: impl Into<String>, max_connections: u32) -> Self {
+        Self {
+            url: url.into(),
+            max_connections,
+            causal_reads: CausalReads::Auto,
+        }
+    }
+}
+
+/// What the server is, as read once at connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerTraits {
+    /// MariaDB 10.6+: `INSERT … SELECT … FROM JSON_TABLE(…) RETURNING`, so new rows' ids come
+    /// back with the insert, whatever `auto_increment_increment` and lock mode are.
+    pub insert_returning: bool,
+    /// A Galera node (`wsrep_on`).
+    pub galera: bool,
 }
 
 /// The shared handle: the pool plus the in-process writer queue used on SQLite.
@@ -56,9 +105,7 @@ pub struct Db {
     backend: Backend,
     sqlite_writer: Option<Arc<Mutex<()>>>,
     max_connections: u32,
-    /// InnoDB hands the rows of one multi-row INSERT consecutive ids
-    /// (`innodb_autoinc_lock_mode` 0 or 1; MariaDB's default is 1, MySQL 8's is 2).
-    consecutive_insert_ids: bool,
+    server: ServerTraits,
 }
 
 /// A write transaction. On SQLite it also holds this process's writer slot until it ends.
@@ -111,10 +158,11 @@ impl Db {
             // A connection killed by the server or a restarted database is noticed on checkout.
             .test_before_acquire_if_idle_for(Duration::from_secs(10))
             .sqlx_logging(false);
+        let causal = config.causal_reads;
         match backend {
             Backend::MySql => {
-                opts.map_sqlx_mysql_pool_opts(|pool| {
-                    pool.after_connect(|conn, _meta| {
+                opts.map_sqlx_mysql_pool_opts(move |pool| {
+                    pool.after_connect(move |conn, _meta| {
                         Box::pin(async move {
                             conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
                                 .await?;
@@ -122,6 +170,14 @@ impl Db {
                                 "SET SESSION innodb_lock_wait_timeout = {LOCK_WAIT_TIMEOUT_SECS}"
                             )))
                             .await?;
+                            let causal = match causal {
+                                CausalReads::Off => false,
+                                CausalReads::On => true,
+                                CausalReads::Auto => wsrep_on(&mut *conn).await?,
+                            };
+                            if causal {
+                                conn.execute("SET SESSION wsrep_sync_wait = 1").await?;
+                            }
                             Ok(())
                         })
                     })
@@ -137,23 +193,47 @@ impl Db {
             }
         }
         let conn = Database::connect(opts).await?;
-        let consecutive_insert_ids = match backend {
-            Backend::MySql => conn
-                .query_one_raw(sea_orm::Statement::from_string(
-                    DbBackend::MySql,
-                    "SELECT CAST(@@innodb_autoinc_lock_mode AS SIGNED) AS mode",
-                ))
-                .await?
-                .and_then(|row| row.try_get::<i64>("", "mode").ok())
-                .is_some_and(|mode| mode <= 1),
-            Backend::Sqlite => false,
+        let server = match backend {
+            Backend::MySql => {
+                let row = conn
+                    .query_one_raw(sea_orm::Statement::from_string(
+                        DbBackend::MySql,
+                        "SELECT VERSION() AS version",
+                    ))
+                    .await?
+                    .ok_or_else(|| DbErr::Custom("SELECT VERSION() returned no row".into()))?;
+                let version: String = row.try_get("", "version")?;
+                let mut pooled = conn
+                    .get_mysql_connection_pool()
+                    .acquire()
+                    .await
+                    .map_err(|e| DbErr::Conn(RuntimeErr::SqlxError(std::sync::Arc::new(e))))?;
+                let galera = wsrep_on(&mut pooled)
+                    .await
+                    .map_err(|e| DbErr::Conn(RuntimeErr::SqlxError(std::sync::Arc::new(e))))?;
+                ServerTraits {
+                    insert_returning: mariadb_at_least(&version, (10, 6)),
+                    galera,
+                }
+            }
+            Backend::Sqlite => ServerTraits {
+                insert_returning: false,
+                galera: false,
+            },
         };
+        tracing::info!(
+            backend = ?backend,
+            insert_returning = server.insert_returning,
+            galera = server.galera,
+            causal_reads = ?config.causal_reads,
+            "database connected"
+        );
         Ok(Self {
             conn,
             backend,
             sqlite_writer: (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(()))),
             max_connections: config.max_connections.max(1),
-            consecutive_insert_ids,
+            server,
         })
     }
 
@@ -165,9 +245,9 @@ impl Db {
         self.backend
     }
 
-    /// Whether the ids of one multi-row INSERT are consecutive from `LAST_INSERT_ID()`.
-    pub fn consecutive_insert_ids(&self) -> bool {
-        self.consecutive_insert_ids
+    /// What the server can do, as read at connect.
+    pub fn server(&self) -> ServerTraits {
+        self.server
     }
 
     /// A write transaction that takes its locks up front on SQLite (`BEGIN IMMEDIATE`).
@@ -253,7 +333,7 @@ where
     let mut attempt = 1;
     loop {
         match op().await {
-            Err(StockError::Db(err)) if is_contention(&err) => {
+            Err(StockError::Busy(err)) => {
                 tracing::warn!(
                     metric = "stock.contention",
                     product_id,
@@ -288,29 +368,27 @@ fn database_error(err: &DbErr) -> Option<&(dyn sqlx::error::DatabaseError + 'sta
     }
 }
 
-/// Lock wait timeout (1205), deadlock (1213), or SQLite busy/locked: worth another try.
-pub fn is_contention(err: &DbErr) -> bool {
-    let Some(db) = database_error(err) else {
-        return false;
-    };
-    if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
-        return matches!(my.number(), 1205 | 1213);
-    }
-    if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
-        // Primary result codes SQLITE_BUSY (5) and SQLITE_LOCKED (6), with extended variants.
-        return db
-            .code()
-            .and_then(|c| c.parse::<i32>().ok())
-            .is_some_and(|c| matches!(c & 0xff, 5 | 6));
-    }
-    false
+/// How a database failure is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbFailure {
+    /// Lost to a concurrent transaction: worth another try.
+    Busy,
+    /// The database cannot serve now: 503, and service resumes when it can.
+    Unavailable,
+    /// Anything else: a fault of this service (a bad statement, a broken constraint).
+    Other,
 }
 
-/// The database could not be reached at all: answered 503, never 500.
-pub fn is_unavailable(err: &DbErr) -> bool {
+/// Sorts a database error by what to do about it. MySQL/MariaDB error numbers:
+/// - busy: 1205 lock wait timeout, 1213 deadlock or Galera certification conflict (also at
+///   COMMIT), 1020 record changed since last read; SQLite busy and locked;
+/// - unavailable: 1047 (Galera node not in the primary component: "WSREP has not yet prepared
+///   node for application use"), 1053 server shutdown, 1180 error during COMMIT, 1290 read-only,
+///   1927 connection killed, 2006 gone away, 2013 lost, 4031 disconnected for inactivity; and
+///   every failure to reach the server or get a pooled connection.
+pub fn classify(err: &DbErr) -> DbFailure {
     match err {
-        DbErr::ConnectionAcquire(_) => true,
-        DbErr::Conn(_) => true,
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => return DbFailure::Unavailable,
         DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
             match &**e {
                 sqlx::Error::Io(_)
@@ -318,14 +396,51 @@ pub fn is_unavailable(err: &DbErr) -> bool {
                 | sqlx::Error::PoolClosed
                 | sqlx::Error::WorkerCrashed
                 | sqlx::Error::Tls(_)
-                | sqlx::Error::Protocol(_) => true,
-                // MySQL: server shutting down, connection killed, gone away, lost.
-                sqlx::Error::Database(db) => db
-                    .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
-                    .is_some_and(|my| matches!(my.number(), 1053 | 1927 | 2006 | 2013)),
-                _ => false,
+                | sqlx::Error::Protocol(_) => return DbFailure::Unavailable,
+                _ => {}
             }
         }
+        _ => {}
+    }
+    let Some(db) = database_error(err) else {
+        return DbFailure::Other;
+    };
+    if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+        return match my.number() {
+            1020 | 1205 | 1213 => DbFailure::Busy,
+            1047 | 1053 | 1180 | 1290 | 1927 | 2006 | 2013 | 4031 => DbFailure::Unavailable,
+            _ => DbFailure::Other,
+        };
+    }
+    if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some()
+        // Primary result codes SQLITE_BUSY (5) and SQLITE_LOCKED (6), with extended variants.
+        && db
+            .code()
+            .and_then(|c| c.parse::<i32>().ok())
+            .is_some_and(|c| matches!(c & 0xff, 5 | 6))
+    {
+        return DbFailure::Busy;
+    }
+    DbFailure::Other
+}
+
+/// Whether this session's server is a Galera node with replication on. `SHOW VARIABLES`
+/// rather than `@@wsrep_on`, which MySQL (no such variable) would refuse.
+async fn wsrep_on(conn: &mut sqlx::MySqlConnection) -> Result<bool, sqlx::Error> {
+    let row: Option<(String, String)> = sqlx::query_as("SHOW VARIABLES LIKE 'wsrep_on'")
+        .fetch_optional(conn)
+        .await?;
+    Ok(row.is_some_and(|(_, value)| value.eq_ignore_ascii_case("ON")))
+}
+
+/// Whether `VERSION()` names a MariaDB at least `min` (major, minor).
+fn mariadb_at_least(version: &str, min: (u32, u32)) -> bool {
+    if !version.to_ascii_lowercase().contains("mariadb") {
+        return false;
+    }
+    let mut parts = version.split(['.', '-']).map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor) >= min,
         _ => false,
     }
 }
@@ -351,7 +466,19 @@ pub fn redact_url(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use super::{mariadb_at_least, redact_url};
+
+    #[test]
+    fn returning_needs_mariadb_10_6() {
+        assert!(mariadb_at_least("10.11.19-MariaDB-0+deb12u1", (10, 6)));
+        assert!(mariadb_at_least("11.4.2-MariaDB", (10, 6)));
+        assert!(mariadb_at_least("10.6.0-MariaDB-log", (10, 6)));
+        assert!(!mariadb_at_least("10.5.22-MariaDB", (10, 6)));
+        assert!(
+            !mariadb_at_least("8.0.36", (10, 6)),
+            "MySQL has no RETURNING"
+        );
+    }
 
     #[test]
     fn passwords_are_masked() {

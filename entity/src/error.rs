@@ -1,10 +1,18 @@
 //! What a stock operation can answer besides success.
+//!
+//! Database failures are sorted once, here, by what the caller should do about them — retry
+//! ([`StockError::Busy`]), answer "unavailable" ([`StockError::Unavailable`]), or treat as a
+//! fault ([`StockError::Db`]) — and keep the original [`DbErr`] (with its server error number)
+//! behind an `Arc`, so one failure can be handed to every caller of a shared batch or read
+//! without being flattened into a message.
+
+use std::sync::Arc;
 
 use sea_orm::DbErr;
 
-use crate::hold::HoldStatus;
+use crate::{db::DbFailure, hold::HoldStatus};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StockError {
     #[error("product {0} not found")]
     ProductNotFound(i64),
@@ -29,55 +37,52 @@ pub enum StockError {
     /// The idempotency key was used before with a different body.
     #[error("idempotency key reused with a different body")]
     IdempotencyKeyMismatch,
+    /// One attempt lost to another transaction: a lock wait timeout (1205), a deadlock or a
+    /// Galera certification conflict (1213, also at COMMIT), SQLite busy, or a transaction whose
+    /// rows vanished under it (aborted by the cluster). [`crate::db::with_retry`] runs the
+    /// operation again; if it escapes (a read, or the last attempt) it is answered like
+    /// [`StockError::Contention`].
+    #[error("transaction lost to a concurrent one: {0}")]
+    Busy(Arc<DbErr>),
     /// Lock waits, deadlocks or SQLite busy errors outlasted the bounded retries.
     #[error("stock row stayed contended after {attempts} attempts")]
     Contention { attempts: u32 },
-    /// The database could not be reached (connect, pool or I/O failure).
+    /// The database cannot serve: unreachable, connection lost or killed, shutting down, pool
+    /// exhausted, or a Galera node outside the primary component (1047, 1180 at COMMIT).
     #[error("database unavailable: {0}")]
-    Unavailable(DbErr),
+    Unavailable(Arc<DbErr>),
     /// A stored row broke an invariant this crate keeps; never caused by a client.
     #[error("invariant broken: {0}")]
     Invariant(String),
     #[error("database error: {0}")]
-    Db(DbErr),
+    Db(Arc<DbErr>),
 }
 
 impl From<DbErr> for StockError {
     fn from(err: DbErr) -> Self {
-        if crate::db::is_unavailable(&err) {
-            StockError::Unavailable(err)
-        } else {
-            StockError::Db(err)
+        let kind = crate::db::classify(&err);
+        let err = Arc::new(err);
+        match kind {
+            DbFailure::Busy => StockError::Busy(err),
+            DbFailure::Unavailable => StockError::Unavailable(err),
+            DbFailure::Other => StockError::Db(err),
         }
     }
 }
 
 impl StockError {
-    /// The same error for another caller of a shared batch or read. Database errors keep only
-    /// their message (`DbErr` cannot be cloned); their kind, and so their HTTP status, is kept.
-    pub fn duplicate(&self) -> StockError {
-        use StockError::*;
-        match self {
-            ProductNotFound(id) => ProductNotFound(*id),
-            HoldNotFound(id) => HoldNotFound(*id),
-            OrderNotFound(id) => OrderNotFound(*id),
-            InsufficientStock { available } => InsufficientStock {
-                available: *available,
-            },
-            HoldNotActive { id, status } => HoldNotActive {
-                id: *id,
-                status: *status,
-            },
-            HoldExpired(id) => HoldExpired(*id),
-            HoldReleased(id) => HoldReleased(*id),
-            HoldMismatch(m) => HoldMismatch(m.clone()),
-            IdempotencyKeyMismatch => IdempotencyKeyMismatch,
-            Contention { attempts } => Contention {
-                attempts: *attempts,
-            },
-            Unavailable(e) => Unavailable(DbErr::Custom(e.to_string())),
-            Invariant(m) => Invariant(m.clone()),
-            Db(e) => Db(DbErr::Custom(e.to_string())),
-        }
+    /// Whether the database, not the request or the service, is why this failed: answered
+    /// 503 `unavailable` with `Retry-After`, never 500.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            StockError::Busy(_) | StockError::Contention { .. } | StockError::Unavailable(_)
+        )
+    }
+
+    /// A transaction found fewer of its own new rows than it wrote: on a Galera node that is
+    /// a transaction the cluster aborted under it, so it counts as lost, to be retried.
+    pub(crate) fn rows_lost(what: String) -> StockError {
+        StockError::Busy(Arc::new(DbErr::Custom(what)))
     }
 }

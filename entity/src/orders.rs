@@ -141,7 +141,7 @@ async fn order_for_hold(
                         .filter(order::Column::HoldId.eq(hold_id))
                         .one(txn)
                         .await?
-                        .ok_or(StockError::Db(e))?;
+                        .ok_or_else(|| StockError::from(e))?;
                     return Ok((order, false));
                 }
                 Err(e) => return Err(e.into()),

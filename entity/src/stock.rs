@@ -12,7 +12,7 @@ use sea_orm::{
 
 use crate::{
     Db, Money, Quantity, StockError,
-    db::with_retry,
+    db::{ServerTraits, with_retry},
     hold::{self, HoldStatus},
     product,
     transitions::{HoldRef, move_holds, take_for_hold},
@@ -241,37 +241,8 @@ pub async fn create_holds_batch(
             let ids = if granted.is_empty() {
                 Vec::new()
             } else {
-                let first_id = insert_holds(txn, product_id, &granted, now, expires_at).await?;
-                let ids: Vec<i64> = match first_id {
-                    Some(first) if db.consecutive_insert_ids() => {
-                        (first..).take(granted.len()).collect()
-                    }
-                    // Our rows are this product's newest: every insert for a product happens
-                    // under its row lock, and ids only grow. Read them back rather than assume
-                    // they are consecutive (not so under innodb_autoinc_lock_mode=2).
-                    _ => {
-                        let mut ids = hold::Entity::find()
-                            .select_only()
-                            .column(hold::Column::Id)
-                            .filter(hold::Column::ProductId.eq(product_id))
-                            .filter(hold::Column::Status.eq(HoldStatus::Active))
-                            .filter(hold::Column::ExpiresAt.eq(expires_at))
-                            .order_by_desc(hold::Column::Id)
-                            .limit(granted.len() as u64)
-                            .into_tuple::<i64>()
-                            .all(txn)
-                            .await?;
-                        ids.reverse();
-                        ids
-                    }
-                };
-                if ids.len() != granted.len() {
-                    return Err(StockError::Invariant(format!(
-                        "inserted {} holds, found {} ids",
-                        granted.len(),
-                        ids.len()
-                    )));
-                }
+                let ids =
+                    insert_holds(txn, db.server(), product_id, &granted, now, expires_at).await?;
                 take_for_hold(txn, product_id, granted.iter().sum()).await?;
                 ids
             };
@@ -299,23 +270,31 @@ pub async fn create_holds_batch(
     Ok(answers)
 }
 
-/// One multi-row INSERT of new active holds.
+/// Inserts new active holds, one per entry of `qtys`, and returns their ids in that order.
 ///
-/// On MySQL/MariaDB it is sent as text with the values inlined (all integers and times this
-/// code made): as a prepared statement, every new batch size would cost a PREPARE round trip
-/// and a server-side parse while the product row is locked, and sizes vary from 1 to
-/// `HOLD_BATCH_MAX`. Times go in as UTC `DATETIME(6)` literals. SQLite, in-process, keeps the
-/// bound statement (and its stored time format).
+/// The ids are always the rows' own: read from the insert itself or read back, never computed
+/// as `LAST_INSERT_ID() + k`, which is wrong whenever `auto_increment_increment` > 1 (Galera
+/// sets it to the cluster size, MySQL Group Replication multi-primary to 7) or the lock mode
+/// interleaves (`innodb_autoinc_lock_mode=2`, MySQL 8's default).
 ///
-/// Returns the first new id on MySQL/MariaDB (`LAST_INSERT_ID()` of a multi-row INSERT).
+/// - MariaDB 10.6+: ONE prepared statement for every batch size — the quantities go in as a
+///   bound JSON array expanded by `JSON_TABLE`, in arrival order, and `RETURNING` gives back
+///   each row's id and quantity. A fixed statement is prepared once per connection, where a
+///   `VALUES` list would be a new statement (a PREPARE and a parse under the row lock) for
+///   every batch size.
+/// - MySQL 8 (no `RETURNING`): a multi-row INSERT sent as text, with only values this code
+///   made inlined (integers and its own times), then the ids read back under the product lock.
+/// - SQLite: a bound multi-row INSERT, then the same read-back; the database write lock is held.
 async fn insert_holds(
     txn: &DatabaseTransaction,
+    server: ServerTraits,
     product_id: ProductId,
     qtys: &[i32],
     now: DateTime<Utc>,
     expires_at: DateTime<Utc>,
-) -> Result<Option<i64>, StockError> {
-    if txn.get_database_backend() == DbBackend::Sqlite {
+) -> Result<Vec<HoldId>, StockError> {
+    let backend = txn.get_database_backend();
+    let min_id = if backend == DbBackend::Sqlite {
         let models = qtys.iter().map(|&qty| hold::ActiveModel {
             product_id: Set(product_id),
             qty: Set(qty),
@@ -328,32 +307,99 @@ async fn insert_holds(
         hold::Entity::insert_many(models)
             .exec_without_returning(txn)
             .await?;
-        return Ok(None);
-    }
-    let mut insert = Query::insert();
-    insert.into_table(hold::Entity).columns([
-        hold::Column::ProductId,
-        hold::Column::Qty,
-        hold::Column::Status,
-        hold::Column::ExpiresAt,
-        hold::Column::CreatedAt,
-        hold::Column::UpdatedAt,
-    ]);
-    let (expires, created) = (expires_at.naive_utc(), now.naive_utc());
-    for &qty in qtys {
-        insert.values_panic([
-            product_id.into(),
-            qty.into(),
-            HoldStatus::Active.as_str().into(),
-            expires.into(),
-            created.into(),
-            created.into(),
+        None
+    } else if server.insert_returning {
+        let json = serde_json::to_string(qtys)
+            .map_err(|e| StockError::Invariant(format!("quantities as JSON: {e}")))?;
+        let rows = txn
+            .query_all_raw(Statement::from_sql_and_values(
+                backend,
+                "INSERT INTO holds (product_id, qty, status, expires_at, created_at, updated_at) \
+                 SELECT ?, j.qty, ?, ?, ?, ? \
+                 FROM JSON_TABLE(?, '$[*]' COLUMNS (ord FOR ORDINALITY, qty INT PATH '$')) AS j \
+                 ORDER BY j.ord \
+                 RETURNING id, qty",
+                [
+                    product_id.into(),
+                    HoldStatus::Active.as_str().into(),
+                    expires_at.into(),
+                    now.into(),
+                    now.into(),
+                    json.into(),
+                ],
+            ))
+            .await?;
+        let mut ids = Vec::with_capacity(rows.len());
+        for (row, &want) in rows.iter().zip(qtys) {
+            let qty: i32 = row.try_get("", "qty")?;
+            if qty != want {
+                return Err(StockError::Invariant(format!(
+                    "RETURNING answered qty {qty} where {want} was inserted"
+                )));
+            }
+            ids.push(row.try_get::<i64>("", "id")?);
+        }
+        return check_all_ids(ids, qtys.len());
+    } else {
+        let mut insert = Query::insert();
+        insert.into_table(hold::Entity).columns([
+            hold::Column::ProductId,
+            hold::Column::Qty,
+            hold::Column::Status,
+            hold::Column::ExpiresAt,
+            hold::Column::CreatedAt,
+            hold::Column::UpdatedAt,
         ]);
+        let (expires, created) = (expires_at.naive_utc(), now.naive_utc());
+        for &qty in qtys {
+            insert.values_panic([
+                product_id.into(),
+                qty.into(),
+                HoldStatus::Active.as_str().into(),
+                expires.into(),
+                created.into(),
+                created.into(),
+            ]);
+        }
+        let result = txn
+            .execute_unprepared(&insert.to_string(MysqlQueryBuilder))
+            .await?;
+        // The first id of a multi-row INSERT; the others are larger, spaced as the server likes.
+        i64::try_from(result.last_insert_id()).ok()
+    };
+    // Our rows are this product's newest with exactly these times: every insert for a product
+    // happens under its row lock (or SQLite's write lock), and ids only grow.
+    let mut query = hold::Entity::find()
+        .select_only()
+        .column(hold::Column::Id)
+        .filter(hold::Column::ProductId.eq(product_id))
+        .filter(hold::Column::Status.eq(HoldStatus::Active))
+        .filter(hold::Column::ExpiresAt.eq(expires_at))
+        .filter(hold::Column::CreatedAt.eq(now));
+    if let Some(min_id) = min_id {
+        query = query.filter(hold::Column::Id.gte(min_id));
     }
-    let result = txn
-        .execute_unprepared(&insert.to_string(MysqlQueryBuilder))
+    let mut ids = query
+        .order_by_desc(hold::Column::Id)
+        .limit(qtys.len() as u64)
+        .into_tuple::<i64>()
+        .all(txn)
         .await?;
-    Ok(i64::try_from(result.last_insert_id()).ok())
+    ids.reverse();
+    check_all_ids(ids, qtys.len())
+}
+
+/// Fewer ids than rows inserted means the transaction lost its rows (a Galera abort between
+/// the INSERT and the read): retried as contention, never answered with wrong ids or a 500.
+fn check_all_ids(ids: Vec<HoldId>, inserted: usize) -> Result<Vec<HoldId>, StockError> {
+    if ids.len() == inserted {
+        Ok(ids)
+    } else {
+        Err(StockError::rows_lost(format!(
+            "inserted {inserted} holds, found {} ids",
+            ids.len()
+        )))
+    }
 }
 
 /// Releases an active hold at the buyer's request: its stock is available again at once.

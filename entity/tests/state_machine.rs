@@ -47,10 +47,10 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 async fn setup(dir: &std::path::Path) -> (Db, i64) {
-    let db = Db::connect(&DbConfig {
-        url: format!("sqlite://{}?mode=rwc", dir.join("p.db").display()),
-        max_connections: 2,
-    })
+    let db = Db::connect(&DbConfig::new(
+        format!("sqlite://{}?mode=rwc", dir.join("p.db").display()),
+        2,
+    ))
     .await
     .expect("connect");
     Migrator::up(db.conn(), None).await.expect("migrate");

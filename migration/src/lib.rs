@@ -5,6 +5,9 @@
 
 pub use sea_orm_migration::prelude::*;
 
+mod lease;
+pub use lease::with_lease;
+
 mod m20261124_000001_create_products_and_holds;
 mod m20261124_000002_create_orders_and_webhook_events;
 mod m20261124_000003_create_idempotency_keys;

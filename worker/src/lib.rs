@@ -12,7 +12,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use entity::{Db, DbConfig, StockError, idempotency, orders, stock};
+use entity::{Db, StockError, idempotency, orders, stock};
 use metrics_exporter_prometheus::PrometheusHandle;
 use poem::{
     EndpointExt, IntoResponse, Route, Server,
@@ -41,6 +41,10 @@ pub struct Config {
     /// Pool size of this process.
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub database_max_connections: u32,
+    /// On a Galera node, make every read see every write acknowledged before it started
+    /// (`wsrep_sync_wait`): `auto` (on exactly when the server reports `wsrep_on`), `true`, `false`.
+    #[arg(long, env = "DATABASE_CAUSAL_READS", default_value = "auto")]
+    pub database_causal_reads: entity::db::CausalReads,
     /// The health and metrics listener (`:0` picks a free port; the chosen address is logged).
     #[arg(long, env = "WORKER_ADDR", default_value = "127.0.0.1:9101")]
     pub worker_addr: SocketAddr,
@@ -65,13 +69,23 @@ pub struct Config {
 }
 
 impl Config {
+    /// How this process opens its pool.
+    pub fn db_config(&self) -> entity::DbConfig {
+        entity::DbConfig {
+            url: self.database_url.clone(),
+            max_connections: self.database_max_connections,
+            causal_reads: self.database_causal_reads,
+        }
+    }
+
     /// The configuration as printed at start-up: secrets masked.
     pub fn redacted(&self) -> String {
         format!(
-            "DATABASE_URL={} DATABASE_MAX_CONNECTIONS={} WORKER_ADDR={} EXPIRY_SCHEDULE={:?} \
+            "DATABASE_URL={} DATABASE_MAX_CONNECTIONS={} DATABASE_CAUSAL_READS={:?} WORKER_ADDR={} EXPIRY_SCHEDULE={:?} \
              EXPIRY_BATCH_SIZE={} PAYMENT_TIMEOUT_SECONDS={} LOG_DIR={} RUST_LOG={}",
             entity::db::redact_url(&self.database_url),
             self.database_max_connections,
+            self.database_causal_reads,
             self.worker_addr,
             self.expiry_schedule,
             self.expiry_batch_size,
@@ -170,12 +184,9 @@ async fn sweep_into(
 /// Serves `/healthz`, `/readyz` and `/metrics` on `WORKER_ADDR` and runs the schedule until Ctrl-C or
 /// SIGTERM; then finishes the sweep in flight and exits.
 pub async fn run(config: Config, metrics: Option<PrometheusHandle>) -> anyhow::Result<()> {
-    let db = Db::connect(&DbConfig {
-        url: config.database_url.clone(),
-        max_connections: config.database_max_connections,
-    })
-    .await
-    .context("DATABASE_URL: cannot connect")?;
+    let db = Db::connect(&config.db_config())
+        .await
+        .context("DATABASE_URL: cannot connect")?;
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let settings = SweepSettings {
