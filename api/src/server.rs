@@ -197,6 +197,7 @@ pub fn build_app(
         })
         .with_if(cors.is_some(), cors.unwrap_or_default())
         .catch_all_error(|err: poem::Error| async move { error_response(err) })
+        .around(|ep, req| async move { Ok(with_retry_after(ep.call(req).await?)) })
         .around(move |ep, req| crate::observe::observe(ep, req, templates.clone()))
         .data(state)
 }
@@ -216,6 +217,17 @@ pub fn error_response(err: poem::Error) -> Response {
     };
     if let Some(pattern) = pattern {
         resp.set_data(pattern);
+    }
+    resp
+}
+
+/// Every 503 (contention, database unavailable, draining) tells clients when to come back, so
+/// a crowd retrying in a loop spreads out instead of hammering a node that cannot serve.
+fn with_retry_after(mut resp: Response) -> Response {
+    if resp.status() == StatusCode::SERVICE_UNAVAILABLE {
+        resp.headers_mut()
+            .entry(header::RETRY_AFTER)
+            .or_insert(header::HeaderValue::from_static("1"));
     }
     resp
 }
