@@ -1,11 +1,21 @@
 #!/usr/bin/env bash
-# The hot-product benchmark in one command: MariaDB ready, wrk installed, release binaries
-# built, then flash-sale-bench. Results: tests/bench-results/results.{json,svg}.
+# The hot-product benchmark in one command: MariaDB ready, Galera's packages (galera-4, rsync)
+# and wrk installed, release binaries built, then flash-sale-bench. Results:
+# tests/bench-results/results.{json,svg}.
 # BENCH_SECONDS (default 8) sets the length of each measured point.
+# BENCH_ONLY=galera runs only the Galera section (three nodes of the run's own on loopback: one
+# API on one node, then three APIs on three nodes, same hot product) and writes
+# tests/bench-results/results-galera.json instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 tests/ensure-mariadb.sh
+if [ -x tests/ensure-galera.sh ]; then
+  tests/ensure-galera.sh
+elif [ ! -e /usr/lib/galera/libgalera_smm.so ] || ! command -v rsync >/dev/null 2>&1; then
+  echo "bench: installing galera-4 and rsync with apt-get"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq galera-4 rsync >/dev/null
+fi
 if ! command -v wrk >/dev/null 2>&1; then
   echo "bench: installing wrk with apt-get"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null

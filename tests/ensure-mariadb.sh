@@ -6,7 +6,16 @@
 # - mariadbd missing: installs Debian's mariadb-server with apt-get (root only), else fails.
 # - not running: starts it the way this kind of machine needs (no init system), and waits.
 # Fails loudly rather than letting the suites skip.
+#
+# "Running" means the shared server answers on its own socket, never "some mariadbd process
+# exists": tests start private servers and Galera nodes (tests/src/servers.rs), and those must
+# neither count as the shared server nor be touched. The server is started with a pidfile of its
+# own, and start-stop-daemon matches by that pidfile (without --pidfile it would take ANY running
+# mariadbd for this one and silently start nothing).
 set -euo pipefail
+
+SOCKET=/run/mysqld/mysqld.sock
+PIDFILE=/run/mysqld/mysqld.pid
 
 if [ -n "${TEST_MYSQL_URL:-}" ]; then
   echo "ensure-mariadb: using TEST_MYSQL_URL as given"
@@ -22,20 +31,24 @@ if ! command -v mariadbd >/dev/null 2>&1 && [ ! -x /usr/sbin/mariadbd ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mariadb-server mariadb-client >/dev/null
 fi
 
-if ! mariadb-admin ping --silent >/dev/null 2>&1; then
+shared_is_up() { mariadb-admin --socket="$SOCKET" ping --silent >/dev/null 2>&1; }
+
+if ! shared_is_up; then
   echo "ensure-mariadb: starting mariadbd"
   as_root mkdir -p /run/mysqld
   as_root chown mysql:mysql /run/mysqld 2>/dev/null || true
-  as_root start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd -- --user=mysql
+  # --oknodo: the process named in OUR pidfile may be the shared server still starting up.
+  as_root start-stop-daemon --start --oknodo --background --pidfile "$PIDFILE" \
+    --exec /usr/sbin/mariadbd -- --user=mysql --pid-file="$PIDFILE" --socket="$SOCKET"
   for _ in $(seq 1 60); do
-    mariadb-admin ping --silent >/dev/null 2>&1 && break
+    shared_is_up && break
     sleep 1
   done
-  mariadb-admin ping --silent >/dev/null 2>&1 || { echo "ensure-mariadb: mariadbd did not start" >&2; exit 1; }
+  shared_is_up || { echo "ensure-mariadb: mariadbd did not start" >&2; exit 1; }
 fi
 
 # Over the Unix socket as root: a fresh Debian install lets root in only that way.
-as_root mariadb -uroot <<'SQL'
+as_root mariadb --socket="$SOCKET" -uroot <<'SQL'
 CREATE USER IF NOT EXISTS 'flash'@'127.0.0.1' IDENTIFIED BY 'flash';
 CREATE USER IF NOT EXISTS 'flash'@'localhost' IDENTIFIED BY 'flash';
 GRANT ALL PRIVILEGES ON *.* TO 'flash'@'127.0.0.1';

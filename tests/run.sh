@@ -1,21 +1,49 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests, and the end-to-end suites that start the real binaries
-# against MariaDB and SQLite. A MariaDB (tests/ensure-mariadb.sh) and Debian's Chromium, for the
-# Swagger UI test (tests/ensure-chromium.sh), are made ready first.
-set -euo pipefail
+# against MariaDB and SQLite, and against Galera clusters of their own. Made ready first: the
+# shared MariaDB (tests/ensure-mariadb.sh), Galera's packages (tests/ensure-galera.sh) and
+# Debian's Chromium, for the Swagger UI test (tests/ensure-chromium.sh).
+#
+# Every phase runs even when an earlier one failed, each one's result is listed at the end, and
+# the exit status is non-zero if any failed. Tests that stop, kill or isolate a database start
+# servers of their own (tests/src/servers.rs), so every test runs in the parallel run; the Galera
+# suite (three nodes per test) runs as a phase of its own with fewer tests at once.
+# Arguments are passed on to both test phases.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 
-tests/ensure-mariadb.sh
-tests/ensure-chromium.sh
+results=()
+failed=0
+phase() {
+  local name=$1 start=$SECONDS
+  shift
+  echo "==> $name"
+  if "$@"; then
+    results+=("ok    $name ($((SECONDS - start)) s)")
+  else
+    results+=("FAIL  $name ($((SECONDS - start)) s)")
+    failed=1
+  fi
+}
+
+phase "ensure MariaDB" tests/ensure-mariadb.sh
+phase "ensure Galera" tests/ensure-galera.sh
+phase "ensure Chromium" tests/ensure-chromium.sh
 # The end-to-end suites start target/debug/flash-sale-{api,worker}: build them first.
-cargo build --workspace --bins --locked
+phase "build binaries" cargo build --workspace --bins --locked
 if cargo nextest --version >/dev/null 2>&1; then
-  # Tests that stop the shared MariaDB run alone, before everything else.
-  cargo nextest run --workspace --locked --no-fail-fast --test-threads 1 --run-ignored only "$@"
-  tests/ensure-mariadb.sh >/dev/null # a restarted server lost its raised max_connections
-  cargo nextest run --workspace --locked --no-fail-fast --test-threads "${TEST_THREADS:-4}" "$@"
+  phase "tests" cargo nextest run --workspace --locked --no-fail-fast \
+    --test-threads "${TEST_THREADS:-4}" -E 'not test(/^galera::/)' "$@"
+  phase "Galera tests" cargo nextest run -p flash-sale-tests --test api --locked --no-fail-fast \
+    --test-threads "${GALERA_TEST_THREADS:-2}" -E 'test(/^galera::/)' "$@"
 else
-  cargo test --workspace --locked --no-fail-fast "$@" -- --test-threads 1 --ignored
-  tests/ensure-mariadb.sh >/dev/null
-  cargo test --workspace --locked --no-fail-fast "$@" -- --test-threads "${TEST_THREADS:-4}"
+  phase "tests" cargo test --workspace --locked --no-fail-fast "$@" -- \
+    --test-threads "${TEST_THREADS:-4}" --skip galera::
+  phase "Galera tests" cargo test -p flash-sale-tests --test api --locked --no-fail-fast "$@" -- \
+    --test-threads "${GALERA_TEST_THREADS:-2}" galera::
 fi
+
+echo
+echo "==> summary"
+printf '%s\n' "${results[@]}"
+exit "$failed"

@@ -111,7 +111,7 @@ pub enum ApiError {
     /// the `Retry-After` header says how many seconds to wait.
     #[oai(status = 429)]
     TooManyRequests(ProblemJson),
-    /// `internal_error`: a fault of this service, logged with details.
+    /// `internal`: a fault of this service, logged with details.
     #[oai(status = 500)]
     Internal(ProblemJson),
     /// `unavailable`: the database cannot be reached or stayed contended; retry later.
@@ -173,7 +173,7 @@ pub fn classify_poem_error(err: &poem::Error) -> (StatusCode, &'static str) {
         StatusCode::PAYLOAD_TOO_LARGE => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
         StatusCode::NOT_FOUND => (StatusCode::NOT_FOUND, "not_found"),
         StatusCode::METHOD_NOT_ALLOWED => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
-        s if s.is_server_error() => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+        s if s.is_server_error() => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         _ => (StatusCode::BAD_REQUEST, "malformed_request"),
     }
 }
@@ -232,6 +232,11 @@ impl From<StockError> for ApiError {
                     "the stock is busy; retry shortly",
                 )
             }
+            StockError::Overloaded => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "too many requests are waiting for this product; retry shortly",
+            ),
             StockError::Unavailable(e) => {
                 tracing::warn!(error = %e, "database unavailable");
                 Self::new(
@@ -240,11 +245,11 @@ impl From<StockError> for ApiError {
                     "the database cannot serve right now; retry shortly",
                 )
             }
-            StockError::Invariant(_) | StockError::Db(_) => {
+            StockError::Invariant(_) | StockError::Db(_) | StockError::Panicked(_) => {
                 tracing::error!(error = %err, "internal error");
                 Self::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal_error",
+                    "internal",
                     "internal error; it has been logged",
                 )
             }

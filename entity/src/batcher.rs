@@ -16,7 +16,7 @@ use std::{
 
 use tokio::sync::{mpsc, oneshot};
 
-type Call<Req, Resp> = (Req, oneshot::Sender<Resp>);
+type Call<Req, Resp> = (Req, oneshot::Sender<Result<Resp, BatchError>>);
 type RunFn<K, Req, Resp> =
     dyn Fn(K, Vec<Req>) -> Pin<Box<dyn Future<Output = Vec<Resp>> + Send>> + Send + Sync;
 
@@ -27,12 +27,27 @@ pub struct BatchPolicy {
     pub max_batch: usize,
     /// After the first call of a batch, how long to wait for more (zero: take what is queued).
     pub max_wait: Duration,
-    /// A key's task ends after this long without calls (keys come from clients: unbounded).
-    pub idle: Duration,
+    /// Most calls waiting for one key; beyond it a call is refused at once
+    /// ([`BatchError::Overloaded`]) instead of the queue growing without bound.
+    pub max_queued: usize,
 }
 
+/// Why a call got no answer from its batch.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    /// The key's queue was full.
+    #[error("too many requests are waiting for this key")]
+    Overloaded,
+    /// The batch panicked: a bug, reported with the panic's message.
+    #[error("the batch panicked: {0}")]
+    Panicked(String),
+}
+
+/// One task per key with calls queued or in flight: it starts with the key's first call and
+/// ends as soon as its queue is empty, so keys that come once (an unknown product id in a
+/// spray of requests) leave nothing behind.
 pub struct KeyedBatcher<K, Req, Resp> {
-    queues: Mutex<HashMap<K, mpsc::UnboundedSender<Call<Req, Resp>>>>,
+    queues: Mutex<HashMap<K, mpsc::Sender<Call<Req, Resp>>>>,
     run: Arc<RunFn<K, Req, Resp>>,
     policy: BatchPolicy,
 }
@@ -52,21 +67,36 @@ where
         Arc::new(Self {
             queues: Mutex::new(HashMap::new()),
             run: Arc::new(move |k, reqs| Box::pin(run(k, reqs))),
-            policy,
+            policy: BatchPolicy {
+                max_batch: policy.max_batch.max(1),
+                max_queued: policy.max_queued.max(1),
+                ..policy
+            },
         })
     }
 
-    /// Queues `req` behind `key` and waits for its answer. `None` only if the batch task died
-    /// (a panic in `run`): the caller answers that as unavailable, never hangs.
-    pub async fn call(self: &Arc<Self>, key: K, req: Req) -> Option<Resp> {
+    /// Queues `req` behind `key` and waits for its answer. A caller that stops waiting (its
+    /// client went away) is left out of any batch that has not started yet.
+    pub async fn call(self: &Arc<Self>, key: K, req: Req) -> Result<Resp, BatchError> {
         let (reply, answer) = oneshot::channel();
         let mut call = (req, reply);
         loop {
-            let sender = self.sender(&key);
-            match sender.send(call) {
-                Ok(()) => return answer.await.ok(),
+            let (sender, new_queue) = self.sender(&key);
+            let sent = sender.try_send(call);
+            if let Some(rx) = new_queue {
+                // Started only now, so that it finds this first call queued.
+                tokio::spawn(self.clone().drain(key.clone(), rx));
+            }
+            match sent {
+                Ok(()) => {
+                    return answer.await.unwrap_or_else(|_| {
+                        // The task ended without answering: only a panic outside `run` does that.
+                        Err(BatchError::Panicked("the batch task ended".into()))
+                    });
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => return Err(BatchError::Overloaded),
                 // The key's task ended between our lookup and our send: start another.
-                Err(mpsc::error::SendError(back)) => {
+                Err(mpsc::error::TrySendError::Closed(back)) => {
                     call = back;
                     let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
                     if queues.get(&key).is_some_and(|s| s.same_channel(&sender)) {
@@ -77,37 +107,49 @@ where
         }
     }
 
-    fn sender(self: &Arc<Self>, key: &K) -> mpsc::UnboundedSender<Call<Req, Resp>> {
+    /// Keys with a task right now.
+    pub fn active_keys(&self) -> usize {
+        self.queues.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// The key's queue, and its receiving end if it was just made (the caller starts its task).
+    #[allow(clippy::type_complexity)]
+    fn sender(
+        self: &Arc<Self>,
+        key: &K,
+    ) -> (
+        mpsc::Sender<Call<Req, Resp>>,
+        Option<mpsc::Receiver<Call<Req, Resp>>>,
+    ) {
         let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = queues.get(key)
             && !s.is_closed()
         {
-            return s.clone();
+            return (s.clone(), None);
         }
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(self.policy.max_queued);
         queues.insert(key.clone(), tx.clone());
-        tokio::spawn(self.clone().drain(key.clone(), rx));
-        tx
+        (tx, Some(rx))
     }
 
-    async fn drain(self: Arc<Self>, key: K, mut rx: mpsc::UnboundedReceiver<Call<Req, Resp>>) {
+    async fn drain(self: Arc<Self>, key: K, mut rx: mpsc::Receiver<Call<Req, Resp>>) {
         let policy = self.policy;
         loop {
-            let first = match tokio::time::timeout(policy.idle, rx.recv()).await {
-                Ok(Some(call)) => call,
-                Ok(None) => return,
-                Err(_idle) => {
+            let first = match rx.try_recv() {
+                Ok(call) => call,
+                Err(mpsc::error::TryRecvError::Disconnected) => return,
+                Err(mpsc::error::TryRecvError::Empty) => {
                     // Retire this key's task, unless a call slipped in meanwhile.
-                    let retired = {
+                    {
                         let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
-                        let idle = rx.is_empty();
-                        if idle {
-                            queues.remove(&key);
+                        if !rx.is_empty() {
+                            continue;
                         }
-                        idle
-                    };
-                    if !retired {
-                        continue;
+                        queues.remove(&key);
+                        // A burst of one-off keys must not leave a large table behind.
+                        if queues.capacity() > 64 && queues.capacity() > 4 * queues.len() {
+                            queues.shrink_to_fit();
+                        }
                     }
                     rx.close();
                     // A sender cloned before the removal may still have sent: serve it.
@@ -142,14 +184,44 @@ where
     }
 
     async fn serve(&self, key: &K, batch: Vec<Call<Req, Resp>>) {
-        let (reqs, replies): (Vec<Req>, Vec<oneshot::Sender<Resp>>) = batch.into_iter().unzip();
-        let answers = (self.run)(key.clone(), reqs).await;
-        debug_assert_eq!(answers.len(), replies.len());
-        for (reply, answer) in replies.into_iter().zip(answers) {
-            // A caller that gave up (client disconnected) just does not read its answer.
-            let _ = reply.send(answer);
+        // Callers that gave up (client disconnected or timed out) get no share of the batch.
+        let (reqs, replies): (Vec<Req>, Vec<_>) = batch
+            .into_iter()
+            .filter(|(_, reply)| !reply.is_closed())
+            .unzip();
+        if reqs.is_empty() {
+            return;
+        }
+        // On a task of its own, so that a panic in `run` is caught and reported to every
+        // caller, and this key's task keeps serving.
+        let answers = tokio::spawn((self.run)(key.clone(), reqs)).await;
+        match answers {
+            Ok(answers) => {
+                debug_assert_eq!(answers.len(), replies.len());
+                for (reply, answer) in replies.into_iter().zip(answers) {
+                    let _ = reply.send(Ok(answer));
+                }
+            }
+            Err(e) => {
+                let message = match e.try_into_panic() {
+                    Ok(payload) => panic_message(payload.as_ref()),
+                    Err(e) => e.to_string(),
+                };
+                tracing::error!(panic = %message, "a batch panicked");
+                for reply in replies {
+                    let _ = reply.send(Err(BatchError::Panicked(message.clone())));
+                }
+            }
         }
     }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_owned())
 }
 
 #[cfg(test)]
@@ -162,7 +234,7 @@ mod tests {
         BatchPolicy {
             max_batch: 8,
             max_wait: Duration::from_millis(max_wait_ms),
-            idle: Duration::from_millis(50),
+            max_queued: 64,
         }
     }
 
@@ -181,29 +253,148 @@ mod tests {
             })
             .collect();
         for (i, c) in calls.into_iter().enumerate() {
-            assert_eq!(c.await.unwrap(), Some(i as u32 * 10));
+            assert_eq!(c.await.unwrap(), Ok(i as u32 * 10));
         }
         assert!(batches.load(Ordering::SeqCst) < 8, "calls were gathered");
     }
 
     #[tokio::test]
-    async fn idle_keys_retire_and_come_back() {
-        let b = KeyedBatcher::new(policy(0), |_k: u8, reqs: Vec<u32>| async move { reqs });
-        assert_eq!(b.call(7, 1).await, Some(1));
-        tokio::time::sleep(Duration::from_millis(120)).await;
-        assert!(b.queues.lock().unwrap().is_empty(), "the idle task retired");
-        assert_eq!(b.call(7, 2).await, Some(2));
+    async fn a_key_leaves_no_task_once_its_queue_is_empty() {
+        let b = KeyedBatcher::new(policy(0), |_k: u32, reqs: Vec<u32>| async move { reqs });
+        for key in 0..1_000 {
+            assert_eq!(b.call(key, key).await, Ok(key));
+        }
+        // Each task ends right after answering; give the last one a moment to get there.
+        for _ in 0..100 {
+            if b.active_keys() == 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(b.active_keys(), 0, "one-off keys left tasks behind");
+        assert!(
+            b.queues.lock().unwrap().capacity() <= 64,
+            "the table shrank back"
+        );
+        assert_eq!(b.call(7, 2).await, Ok(2), "a retired key comes back");
     }
 
     #[tokio::test]
-    async fn a_panicking_batch_answers_none_instead_of_hanging() {
+    async fn a_full_queue_refuses_at_once() {
+        let started = Arc::new(AtomicUsize::new(0));
+        let (release, released) = tokio::sync::watch::channel(false);
+        let seen = started.clone();
+        let b = KeyedBatcher::new(
+            BatchPolicy {
+                max_batch: 1,
+                max_wait: Duration::ZERO,
+                max_queued: 2,
+            },
+            move |_k: u8, reqs: Vec<u32>| {
+                seen.fetch_add(1, Ordering::SeqCst);
+                let mut released = released.clone();
+                async move {
+                    let _ = released.wait_for(|r| *r).await;
+                    reqs
+                }
+            },
+        );
+        let call = |i| {
+            let b = b.clone();
+            tokio::spawn(async move { b.call(1, i).await })
+        };
+        // One call in the running batch, two queued: the next finds the queue full.
+        let mut waiting = vec![call(0)];
+        while started.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        waiting.extend([call(1), call(2)]);
+        while b
+            .queues
+            .lock()
+            .unwrap()
+            .get(&1)
+            .is_none_or(|q| q.capacity() > 0)
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(b.call(1, 99).await, Err(BatchError::Overloaded));
+        release.send(true).unwrap();
+        for (i, w) in waiting.into_iter().enumerate() {
+            assert_eq!(w.await.unwrap(), Ok(i as u32));
+        }
+    }
+
+    #[tokio::test]
+    async fn callers_that_gave_up_are_left_out_of_the_next_batch() {
+        let served = Arc::new(Mutex::new(Vec::new()));
+        let (release, released) = tokio::sync::watch::channel(false);
+        let seen = served.clone();
+        let b = KeyedBatcher::new(
+            BatchPolicy {
+                max_batch: 100,
+                max_wait: Duration::ZERO,
+                max_queued: 100,
+            },
+            move |_k: u8, reqs: Vec<u32>| {
+                let (seen, mut released) = (seen.clone(), released.clone());
+                async move {
+                    seen.lock().unwrap().extend(reqs.iter().copied());
+                    let _ = released.wait_for(|r| *r).await;
+                    reqs
+                }
+            },
+        );
+        let first = tokio::spawn({
+            let b = b.clone();
+            async move { b.call(1, 0).await }
+        });
+        while served.lock().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // Queued behind the running batch: one caller stays, one gives up.
+        let stays = tokio::spawn({
+            let b = b.clone();
+            async move { b.call(1, 1).await }
+        });
+        let gives_up = tokio::spawn({
+            let b = b.clone();
+            async move { b.call(1, 2).await }
+        });
+        while b
+            .queues
+            .lock()
+            .unwrap()
+            .get(&1)
+            .is_some_and(|q| q.capacity() > 98)
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        gives_up.abort();
+        let _ = gives_up.await;
+        release.send(true).unwrap();
+        assert_eq!(first.await.unwrap(), Ok(0));
+        assert_eq!(stays.await.unwrap(), Ok(1));
+        assert_eq!(
+            *served.lock().unwrap(),
+            vec![0, 1],
+            "the caller that left was not served"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_panicking_batch_reports_its_message_and_the_key_keeps_serving() {
         let b = KeyedBatcher::new(policy(0), |_k: u8, reqs: Vec<u32>| async move {
             if reqs.contains(&13) {
                 panic!("boom");
             }
             reqs
         });
-        assert_eq!(b.call(1, 13).await, None);
-        assert_eq!(b.call(1, 14).await, Some(14), "a new task serves the key");
+        assert_eq!(
+            b.call(1, 13).await,
+            Err(BatchError::Panicked("boom".into()))
+        );
+        assert_eq!(b.call(1, 14).await, Ok(14), "the key is served again");
     }
 }

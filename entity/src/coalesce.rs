@@ -7,23 +7,47 @@
 //!   only by requests that arrived before the query started, so no answer is older than its
 //!   request. There is no time-based cache.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use crate::{
     Db, Quantity, StockError,
-    batcher::{BatchPolicy, KeyedBatcher},
+    batcher::{BatchError, BatchPolicy, KeyedBatcher},
+    db::ANSWER_WITHIN,
     stock::{self, HoldView, ProductView},
     types::ProductId,
 };
 
 type HoldAnswer = Result<HoldView, StockError>;
 
-/// How long a key's gathering task lives without calls.
-const IDLE: Duration = Duration::from_secs(30);
+/// Hold requests that may wait for one product, per batch the transaction can take: beyond
+/// that a request waits longer than the contract's 5 s anyway, so it is refused at once (503).
+const QUEUED_BATCHES: usize = 16;
+/// Concurrent reads waiting for one product's next query.
+const MAX_QUEUED_READS: usize = 65_536;
+
+impl From<BatchError> for StockError {
+    fn from(e: BatchError) -> Self {
+        match e {
+            BatchError::Overloaded => StockError::Overloaded,
+            BatchError::Panicked(message) => StockError::Panicked(message),
+        }
+    }
+}
+
+/// A request left with less time than this is answered "busy" rather than started.
+const TOO_LATE: Duration = Duration::from_millis(200);
+
+/// When a request that arrived at `arrived` must be answered by.
+fn due(arrived: Instant) -> Instant {
+    arrived + ANSWER_WITHIN
+}
 
 #[derive(Clone)]
 pub struct HoldCoalescer {
-    batcher: Arc<KeyedBatcher<ProductId, Quantity, HoldAnswer>>,
+    batcher: Arc<KeyedBatcher<ProductId, (Quantity, Instant), HoldAnswer>>,
 }
 
 impl HoldCoalescer {
@@ -33,28 +57,62 @@ impl HoldCoalescer {
         let policy = BatchPolicy {
             max_batch: max_batch.max(1),
             max_wait,
-            idle: IDLE,
+            max_queued: max_batch.max(1) * QUEUED_BATCHES,
         };
-        let batcher = KeyedBatcher::new(policy, move |product_id, qtys: Vec<Quantity>| {
-            let db = db.clone();
-            async move {
-                match stock::create_holds_batch(&db, product_id, &qtys, ttl).await {
-                    Ok(answers) => answers,
-                    // The whole batch failed (contention outlasted its retries, database gone):
-                    // every request in it gets that answer.
-                    Err(e) => qtys.iter().map(|_| Err(e.clone())).collect(),
+        let batcher =
+            KeyedBatcher::new(policy, move |product_id, reqs: Vec<(Quantity, Instant)>| {
+                let db = db.clone();
+                async move {
+                    // Requests that waited behind a slow batch until too little of their time is
+                    // left are answered now; the batch runs for the others, by the earliest's due.
+                    let now = Instant::now();
+                    let late = |arrived: Instant| due(arrived) < now + TOO_LATE;
+                    let live: Vec<Quantity> = reqs
+                        .iter()
+                        .filter(|(_, arrived)| !late(*arrived))
+                        .map(|(q, _)| *q)
+                        .collect();
+                    let deadline = reqs
+                        .iter()
+                        .map(|(_, arrived)| due(*arrived))
+                        .filter(|d| *d >= now + TOO_LATE)
+                        .min();
+                    let mut answers = match deadline {
+                        None => Vec::new(),
+                        Some(deadline) => {
+                            match stock::create_holds_batch(&db, product_id, &live, ttl, deadline)
+                                .await
+                            {
+                                Ok(answers) => answers,
+                                // The whole batch failed (contention outlasted its retries,
+                                // database gone): every request in it gets that answer.
+                                Err(e) => live.iter().map(|_| Err(e.clone())).collect(),
+                            }
+                        }
+                    }
+                    .into_iter();
+                    reqs.iter()
+                        .map(|(_, arrived)| {
+                            if late(*arrived) {
+                                Err(StockError::Contention { attempts: 0 })
+                            } else {
+                                answers.next().unwrap_or_else(|| {
+                                    Err(StockError::Invariant("a batch answered too few".into()))
+                                })
+                            }
+                        })
+                        .collect()
                 }
-            }
-        });
+            });
         Self { batcher }
     }
 
     pub async fn create_hold(&self, product_id: ProductId, qty: Quantity) -> HoldAnswer {
         let answer = self
             .batcher
-            .call(product_id, qty)
+            .call(product_id, (qty, Instant::now()))
             .await
-            .unwrap_or_else(|| Err(StockError::Contention { attempts: 0 }));
+            .unwrap_or_else(|e| Err(e.into()));
         if let Ok(hold) = &answer {
             stock::log_hold_created(hold);
         }
@@ -64,23 +122,35 @@ impl HoldCoalescer {
 
 #[derive(Clone)]
 pub struct ProductReads {
-    batcher: Arc<KeyedBatcher<ProductId, (), Result<ProductView, StockError>>>,
+    batcher: Arc<KeyedBatcher<ProductId, Instant, Result<ProductView, StockError>>>,
 }
 
 impl ProductReads {
     pub fn new(db: Db) -> Self {
         let policy = BatchPolicy {
-            max_batch: 100_000,
+            max_batch: MAX_QUEUED_READS,
             max_wait: Duration::ZERO,
-            idle: IDLE,
+            max_queued: MAX_QUEUED_READS,
         };
-        let batcher = KeyedBatcher::new(policy, move |product_id, waiters: Vec<()>| {
+        let batcher = KeyedBatcher::new(policy, move |product_id, waiters: Vec<Instant>| {
             let db = db.clone();
             async move {
-                let read = stock::product_view(&db, product_id).await;
+                // Waiters queued while the previous read ran: this read answers by the
+                // earliest one's due (a cancelled read leaves its connection to the pool,
+                // which drains it).
+                let deadline = waiters
+                    .iter()
+                    .copied()
+                    .map(due)
+                    .min()
+                    .unwrap_or_else(Instant::now);
+                let read =
+                    tokio::time::timeout_at(deadline.into(), stock::product_view(&db, product_id))
+                        .await
+                        .unwrap_or_else(|_| Err(crate::db::acquire_timed_out()));
                 waiters
                     .iter()
-                    .map(|()| match &read {
+                    .map(|_| match &read {
                         Ok(view) => Ok(view.clone()),
                         Err(e) => Err(e.clone()),
                     })
@@ -92,8 +162,8 @@ impl ProductReads {
 
     pub async fn product_view(&self, product_id: ProductId) -> Result<ProductView, StockError> {
         self.batcher
-            .call(product_id, ())
+            .call(product_id, Instant::now())
             .await
-            .unwrap_or_else(|| Err(StockError::Contention { attempts: 0 }))
+            .unwrap_or_else(|e| Err(e.into()))
     }
 }

@@ -14,7 +14,11 @@
 //! a fair async mutex instead of spinning in SQLite's busy handler; across processes the busy
 //! timeout and the retry loop take over.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
@@ -32,14 +36,17 @@ use crate::error::StockError;
 /// attempts come in two speeds: a lock wait times out after a second, while a Galera
 /// certification conflict fails at once, so the bound that matters is [`RETRY_BUDGET`].
 pub const MAX_ATTEMPTS: u32 = 16;
-/// No new attempt starts after this long: the last one may still wait a full lock timeout, and
-/// the client hears back within about 4.5 seconds, inside the contract's five.
-const RETRY_BUDGET: Duration = Duration::from_millis(3_400);
+/// How long one request may take inside this crate, from its arrival to its answer: the
+/// contract's 5 seconds, less a margin for HTTP.
+pub const ANSWER_WITHIN: Duration = Duration::from_millis(4_500);
+/// No new attempt starts later than this before the deadline: an attempt may wait a full lock
+/// timeout.
+const LAST_ATTEMPT: Duration = Duration::from_millis(1_100);
 /// Seconds a MySQL statement waits for a row lock before it fails with 1205 and is retried.
 /// Healthy lock queues on a hot row drain in milliseconds; a second means something is stuck.
 const LOCK_WAIT_TIMEOUT_SECS: u32 = 1;
 /// How long a request waits for a pooled connection before the database counts as unreachable.
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 /// SQLite's busy timeout, across processes (same reasoning as the MySQL lock wait).
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -278,7 +285,21 @@ impl Db {
         &self,
         work: impl AsyncFnOnce(&DatabaseTransaction) -> Result<T, StockError>,
     ) -> Result<T, StockError> {
-        let txn = self.begin_write().await?;
+        self.write_until(Instant::now() + ANSWER_WITHIN, work).await
+    }
+
+    /// [`Db::write`] for a caller that must answer by `deadline`: waiting for a connection (or,
+    /// on SQLite, for this process's writer slot) stops there, as unavailable. Once the
+    /// transaction has begun it is never cut short, so its outcome is always known.
+    pub async fn write_until<T>(
+        &self,
+        deadline: Instant,
+        work: impl AsyncFnOnce(&DatabaseTransaction) -> Result<T, StockError>,
+    ) -> Result<T, StockError> {
+        let txn = match tokio::time::timeout_at(deadline.into(), self.begin_write()).await {
+            Ok(txn) => txn?,
+            Err(_) => return Err(acquire_timed_out()),
+        };
         match work(&txn).await {
             Ok(value) => {
                 txn.commit().await?;
@@ -326,14 +347,28 @@ impl Db {
 }
 
 /// Runs `op` (one whole transaction) until it succeeds, fails for a reason other than
-/// contention, or has used its attempts or its time ([`MAX_ATTEMPTS`], [`RETRY_BUDGET`]). Each retry is logged as
+/// contention, or has used its attempts or its time ([`MAX_ATTEMPTS`], and no attempt starts
+/// less than [`LAST_ATTEMPT`] before the answer is due, [`ANSWER_WITHIN`] from now). Each retry is logged as
 /// `stock.contention` with the attempt number that failed.
-pub async fn with_retry<T, F, Fut>(product_id: Option<i64>, mut op: F) -> Result<T, StockError>
+pub async fn with_retry<T, F, Fut>(product_id: Option<i64>, op: F) -> Result<T, StockError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, StockError>>,
 {
-    let started = std::time::Instant::now();
+    with_retry_until(Instant::now() + ANSWER_WITHIN, product_id, op).await
+}
+
+/// [`with_retry`] for a caller that must answer by `deadline`.
+pub async fn with_retry_until<T, F, Fut>(
+    deadline: Instant,
+    product_id: Option<i64>,
+    mut op: F,
+) -> Result<T, StockError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, StockError>>,
+{
+    let last_start = deadline.checked_sub(LAST_ATTEMPT).unwrap_or(deadline);
     let mut attempt = 1;
     loop {
         match op().await {
@@ -350,7 +385,7 @@ where
                 // spread out.
                 let base = 4u64 << (attempt - 1).min(6);
                 let pause = Duration::from_millis(base + rand::random_range(0..=base));
-                if attempt >= MAX_ATTEMPTS || started.elapsed() + pause >= RETRY_BUDGET {
+                if attempt >= MAX_ATTEMPTS || Instant::now() + pause >= last_start {
                     return Err(StockError::Contention { attempts: attempt });
                 }
                 tokio::time::sleep(pause).await;
@@ -371,6 +406,13 @@ fn database_error(err: &DbErr) -> Option<&(dyn sqlx::error::DatabaseError + 'sta
         },
         _ => None,
     }
+}
+
+/// The pool gave no connection in time.
+pub(crate) fn acquire_timed_out() -> StockError {
+    StockError::Unavailable(Arc::new(DbErr::ConnectionAcquire(
+        sea_orm::error::ConnAcquireErr::Timeout,
+    )))
 }
 
 /// How a database failure is answered.

@@ -51,6 +51,12 @@ pub enum StockError {
     /// exhausted, or a Galera node outside the primary component (1047, 1180 at COMMIT).
     #[error("database unavailable: {0}")]
     Unavailable(Arc<DbErr>),
+    /// Too many requests already wait for this product in this process.
+    #[error("too many requests are waiting for this product")]
+    Overloaded,
+    /// A bug: the operation panicked (the message is logged; the process goes on).
+    #[error("panicked: {0}")]
+    Panicked(String),
     /// A stored row broke an invariant this crate keeps; never caused by a client.
     #[error("invariant broken: {0}")]
     Invariant(String),
@@ -76,7 +82,10 @@ impl StockError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            StockError::Busy(_) | StockError::Contention { .. } | StockError::Unavailable(_)
+            StockError::Busy(_)
+                | StockError::Contention { .. }
+                | StockError::Unavailable(_)
+                | StockError::Overloaded
         )
     }
 

@@ -12,7 +12,7 @@ use sea_orm::{
 
 use crate::{
     Db, Money, Quantity, StockError,
-    db::{ServerTraits, with_retry},
+    db::{ServerTraits, with_retry, with_retry_until},
     hold::{self, HoldStatus},
     product,
     transitions::{HoldRef, move_holds, take_for_hold},
@@ -185,7 +185,8 @@ pub async fn create_hold(
     qty: Quantity,
     ttl: chrono::Duration,
 ) -> Result<HoldView, StockError> {
-    let hold = create_holds_batch(db, product_id, &[qty], ttl)
+    let deadline = std::time::Instant::now() + crate::db::ANSWER_WITHIN;
+    let hold = create_holds_batch(db, product_id, &[qty], ttl, deadline)
         .await?
         .pop()
         .unwrap_or_else(|| Err(StockError::Invariant("a batch of one had no answer".into())))?;
@@ -196,16 +197,18 @@ pub async fn create_hold(
 /// Serves several hold requests for one product in ONE transaction: lock the product row,
 /// reclaim expired holds if the requests need more than is available, grant in arrival order
 /// while stock lasts (each request against what is left), insert every granted hold with one
-/// multi-row INSERT, update the counter once, commit. Each request gets its own answer.
+/// multi-row INSERT, update the counter once, commit. Each request gets its own answer, and the
+/// whole batch is answered by `deadline` (the earliest of its requests').
 pub async fn create_holds_batch(
     db: &Db,
     product_id: ProductId,
     qtys: &[Quantity],
     ttl: chrono::Duration,
+    deadline: std::time::Instant,
 ) -> Result<Vec<Result<HoldView, StockError>>, StockError> {
     let started = std::time::Instant::now();
-    let (answers, reclaimed) = with_retry(Some(product_id), || {
-        db.write(async |txn| {
+    let (answers, reclaimed) = with_retry_until(deadline, Some(product_id), || {
+        db.write_until(deadline, async |txn| {
             let product = product::Entity::find_by_id(product_id)
                 .lock_exclusive()
                 .one(txn)

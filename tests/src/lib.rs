@@ -15,6 +15,9 @@ use std::{
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
 use serde_json::{Value, json};
 
+/// Private database servers for tests that stop, kill or isolate theirs.
+pub mod servers;
+
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,9 +61,9 @@ fn mysql_base_url() -> String {
 
 impl TestDb {
     pub async fn new(backend: Backend) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
         match backend {
             Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
                 let url = format!("sqlite://{}?mode=rwc", dir.path().join("test.db").display());
                 Self {
                     backend,
@@ -70,29 +73,39 @@ impl TestDb {
                     _dir: dir,
                 }
             }
-            Backend::MariaDb => {
-                let base = mysql_base_url();
-                let name = format!("fs_test_{:016x}", rand::random::<u64>());
-                let admin = Database::connect(&base).await.unwrap_or_else(|e| {
-                    panic!(
-                        "MariaDB at {base} is not reachable ({e}); run tests/ensure-mariadb.sh \
-                         or set TEST_MYSQL_URL"
-                    )
-                });
-                admin
-                    .execute_unprepared(&format!("CREATE DATABASE `{name}`"))
-                    .await
-                    .expect("create test database");
-                admin.close().await.ok();
-                Self {
-                    backend,
-                    url: format!("{base}/{name}"),
-                    name: Some(name),
-                    admin_url: base,
-                    _dir: dir,
-                }
-            }
+            Backend::MariaDb => Self::new_on(&mysql_base_url()).await,
         }
+    }
+
+    /// A fresh database on the MariaDB server at `base_url` (`mysql://user:pass@host:port`, no
+    /// database): the shared one, or a test's own from [`servers`].
+    pub async fn new_on(base_url: &str) -> Self {
+        let base = base_url.trim_end_matches('/').to_owned();
+        let name = format!("fs_test_{:016x}", rand::random::<u64>());
+        let admin = Database::connect(&base).await.unwrap_or_else(|e| {
+            panic!(
+                "MariaDB at {base} is not reachable ({e}); run tests/ensure-mariadb.sh \
+                 or set TEST_MYSQL_URL"
+            )
+        });
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE `{name}`"))
+            .await
+            .expect("create test database");
+        admin.close().await.ok();
+        Self {
+            backend: Backend::MariaDb,
+            url: format!("{base}/{name}"),
+            name: Some(name),
+            admin_url: base,
+            _dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    /// This database through another server of its cluster (another Galera node).
+    pub fn url_on(&self, base_url: &str) -> String {
+        let name = self.name.as_deref().expect("a MariaDB database");
+        format!("{}/{name}", base_url.trim_end_matches('/'))
     }
 
     /// A direct connection, for checks the HTTP API does not expose.
@@ -288,6 +301,28 @@ pub fn now_unix() -> i64 {
         .unwrap_or_default()
 }
 
+/// The contract's invariant over a [`TestApp::ledger`]: see [`TestApp::assert_stock_conserved`].
+pub fn assert_conserved(ledger: &[Ledger]) {
+    for p in ledger {
+        assert!(
+            p.available >= 0,
+            "product {}: available {} < 0",
+            p.id,
+            p.available
+        );
+        assert_eq!(
+            p.stock,
+            p.available + p.held + p.pending,
+            "product {}: stock {} != available {} + active holds {} + pending orders {}",
+            p.id,
+            p.stock,
+            p.available,
+            p.held,
+            p.pending
+        );
+    }
+}
+
 /// Settings for a test API process, on top of the defaults below.
 #[derive(Clone, Default)]
 pub struct AppOptions {
@@ -335,22 +370,50 @@ impl TestApp {
     }
 
     pub async fn spawn_with(backend: Backend, options: AppOptions) -> Self {
-        let db = TestDb::new(backend).await;
-        let server = spawn_api(&db, &options);
+        Self::start(TestDb::new(backend).await, options)
+    }
+
+    /// One API process over a fresh database on the MariaDB server at `base_url` (a test's own
+    /// server or Galera node, see [`servers`]).
+    pub async fn spawn_on(base_url: &str, options: AppOptions) -> Self {
+        Self::start(TestDb::new_on(base_url).await, options)
+    }
+
+    fn start(db: TestDb, options: AppOptions) -> Self {
+        let server = spawn_api(&db.url, &db, &options);
         let client = Client::new(&server);
         Self { db, server, client }
     }
 
     /// Another API process on the same database (it does not migrate again).
     pub fn spawn_another_api(&self, options: &AppOptions) -> Process {
+        self.spawn_api_at(&self.db.url, options)
+    }
+
+    /// Another API process on this database, through the server at `base_url` (another Galera
+    /// node). It does not migrate again.
+    pub fn spawn_api_on(&self, base_url: &str, options: &AppOptions) -> Process {
+        self.spawn_api_at(&self.db.url_on(base_url), options)
+    }
+
+    fn spawn_api_at(&self, url: &str, options: &AppOptions) -> Process {
         let mut options = options.clone();
         options.extra_env.push(("AUTO_MIGRATE", "false".into()));
-        spawn_api(&self.db, &options)
+        spawn_api(url, &self.db, &options)
     }
 
     /// A scheduled worker on this app's database, sweeping every second.
     pub fn spawn_worker(&self, extra: &[(&'static str, String)]) -> Process {
-        let mut env = worker_env(&self.db);
+        self.spawn_worker_at(&self.db.url, extra)
+    }
+
+    /// A scheduled worker on this database through the server at `base_url` (a Galera node).
+    pub fn spawn_worker_on(&self, base_url: &str, extra: &[(&'static str, String)]) -> Process {
+        self.spawn_worker_at(&self.db.url_on(base_url), extra)
+    }
+
+    fn spawn_worker_at(&self, url: &str, extra: &[(&'static str, String)]) -> Process {
+        let mut env = worker_env(url, &self.db);
         env.push(("EXPIRY_SCHEDULE", "* * * * * *".into()));
         env.extend(extra.iter().cloned());
         Process::start("flash-sale-worker", &[], &env, true)
@@ -366,7 +429,7 @@ impl TestApp {
         batch_size: u64,
         extra: &[(&'static str, String)],
     ) -> Process {
-        let mut env = worker_env(&self.db);
+        let mut env = worker_env(&self.db.url, &self.db);
         env.push(("EXPIRY_BATCH_SIZE", batch_size.to_string()));
         env.extend(extra.iter().cloned());
         Process::start("flash-sale-worker", &["--once"], &env, false)
@@ -377,24 +440,7 @@ impl TestApp {
     /// orders`, and the counter is never negative. (Expired-but-unswept holds are still stored
     /// as active and still counted out of the counter, so this holds at every moment.)
     pub async fn assert_stock_conserved(&self) {
-        for p in self.ledger().await {
-            assert!(
-                p.available >= 0,
-                "product {}: available {} < 0",
-                p.id,
-                p.available
-            );
-            assert_eq!(
-                p.stock,
-                p.available + p.held + p.pending,
-                "product {}: stock {} != available {} + active holds {} + pending orders {}",
-                p.id,
-                p.stock,
-                p.available,
-                p.held,
-                p.pending
-            );
-        }
+        assert_conserved(&self.ledger().await);
     }
 
     /// Units sold never exceed what there was: `stock + Σ quantity of paid orders == initial`.
@@ -410,7 +456,11 @@ impl TestApp {
 
     /// Per product: the counters and the sums of holds and orders by state.
     pub async fn ledger(&self) -> Vec<Ledger> {
-        let db = self.db.connect().await;
+        self.ledger_at(&self.db.url).await
+    }
+
+    /// [`ledger`](Self::ledger) read through `url` (this database on one Galera node).
+    pub async fn ledger_at(&self, url: &str) -> Vec<Ledger> {
         let sum = |table: &str, col: &str, status: &str| {
             format!(
                 "CAST(COALESCE((SELECT SUM(x.{col}) FROM {table} x WHERE x.product_id = p.id \
@@ -420,17 +470,14 @@ impl TestApp {
         };
         let sql = format!(
             "SELECT p.id, p.stock, p.available_stock, {} AS held, {} AS pending, {} AS paid \
-             FROM products p",
+             FROM products p ORDER BY p.id",
             sum("holds", "qty", "active"),
             sum("orders", "quantity", "pending"),
             sum("orders", "quantity", "paid"),
         );
-        let rows = db
-            .query_all_raw(Statement::from_string(db.get_database_backend(), sql))
+        self.read_at(url, sql)
             .await
-            .expect("ledger query");
-        db.close().await.ok();
-        rows.iter()
+            .iter()
             .map(|row| Ledger {
                 id: row.try_get("", "id").expect("id"),
                 stock: i64::from(row.try_get::<i32>("", "stock").expect("stock")),
@@ -447,20 +494,42 @@ impl TestApp {
 
     /// Rows of a table matching a condition, e.g. `count("orders", "hold_id = 3")`.
     pub async fn count(&self, table: &str, condition: &str) -> i64 {
-        let db = self.db.connect().await;
-        let row = db
-            .query_one_raw(Statement::from_string(
+        self.count_at(&self.db.url, table, condition).await
+    }
+
+    /// [`count`](Self::count) read through `url` (this database on one Galera node).
+    pub async fn count_at(&self, url: &str, table: &str, condition: &str) -> i64 {
+        let sql = format!(
+            "SELECT CAST(COUNT(*) {}) AS n FROM {table} WHERE {condition}",
+            self.signed()
+        );
+        let rows = self.read_at(url, sql).await;
+        rows[0].try_get("", "n").expect("n")
+    }
+
+    /// A read through `url` on one connection. On a Galera node it first waits until the node
+    /// has applied every write committed anywhere before it (`wsrep_sync_wait`), so a direct
+    /// check is never stale; other servers ignore the setting or lack it.
+    async fn read_at(&self, url: &str, sql: String) -> Vec<sea_orm::QueryResult> {
+        let mut options = sea_orm::ConnectOptions::new(url);
+        options.max_connections(1).sqlx_logging(false);
+        let db = Database::connect(options)
+            .await
+            .expect("connect to test db");
+        if self.db.backend == Backend::MariaDb {
+            let _ = db
+                .execute_unprepared("SET SESSION wsrep_sync_wait = 1")
+                .await;
+        }
+        let rows = db
+            .query_all_raw(Statement::from_string(
                 db.get_database_backend(),
-                format!(
-                    "SELECT CAST(COUNT(*) {}) AS n FROM {table} WHERE {condition}",
-                    self.signed()
-                ),
+                sql.clone(),
             ))
             .await
-            .expect("count query")
-            .expect("a row");
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
         db.close().await.ok();
-        row.try_get("", "n").expect("n")
+        rows
     }
 
     /// Holds the product's row lock (MariaDB) or the database's write lock (SQLite) from
@@ -629,9 +698,11 @@ impl Client {
     }
 }
 
-fn spawn_api(db: &TestDb, options: &AppOptions) -> Process {
+/// An API process on the database at `url` (`db`'s, perhaps through another Galera node), logging
+/// into `db`'s folder.
+pub fn spawn_api(url: &str, db: &TestDb, options: &AppOptions) -> Process {
     let mut env = vec![
-        ("DATABASE_URL", db.url.clone()),
+        ("DATABASE_URL", url.to_owned()),
         ("DATABASE_MAX_CONNECTIONS", "8".into()),
         ("BIND_ADDR", "127.0.0.1:0".into()),
         ("LOG_DIR", db.dir().join("logs").display().to_string()),
@@ -650,9 +721,9 @@ fn spawn_api(db: &TestDb, options: &AppOptions) -> Process {
     Process::start("flash-sale-api", &[], &env, true)
 }
 
-fn worker_env(db: &TestDb) -> Vec<(&'static str, String)> {
+fn worker_env(url: &str, db: &TestDb) -> Vec<(&'static str, String)> {
     vec![
-        ("DATABASE_URL", db.url.clone()),
+        ("DATABASE_URL", url.to_owned()),
         ("DATABASE_MAX_CONNECTIONS", "4".into()),
         ("WORKER_ADDR", "127.0.0.1:0".into()),
         ("LOG_DIR", db.dir().join("logs").display().to_string()),
@@ -674,6 +745,88 @@ pub async fn into_response(r: reqwest::Response) -> Response {
         status,
         content_type,
         body,
+    }
+}
+
+/// One answer seen by a [`Load`].
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// Which of the load's clients asked.
+    pub client: usize,
+    pub sent: std::time::Instant,
+    pub took: Duration,
+    /// 0 when no HTTP answer came (the connection failed or was closed); `code` then says why.
+    pub status: u16,
+    pub code: String,
+    pub hold_id: Option<i64>,
+}
+
+/// Holds of one unit requested in a loop, `per_client` at a time through each client, until
+/// [`finish`](Self::finish); every answer is recorded. Dropped unfinished (a failed test), it
+/// stops.
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<Answer>>>,
+}
+
+impl Load {
+    pub fn holds(clients: &[Client], product_id: i64, per_client: usize) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for (client, c) in clients.iter().enumerate() {
+            for _ in 0..per_client {
+                let (c, stop) = (c.clone(), stop.clone());
+                let body = json!({"product_id": product_id, "qty": 1});
+                tasks.push(tokio::spawn(async move {
+                    let mut answers = Vec::new();
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let sent = std::time::Instant::now();
+                        let url = format!("{}/api/holds", c.address);
+                        let (status, code, hold_id) =
+                            match c.http.post(url).json(&body).send().await {
+                                Ok(r) => {
+                                    let r = into_response(r).await;
+                                    let id = r.body["hold_id"].as_i64().filter(|_| r.status == 201);
+                                    (r.status, r.code().to_owned(), id)
+                                }
+                                Err(e) => (0, format!("no answer: {e}"), None),
+                            };
+                        let took = sent.elapsed();
+                        answers.push(Answer {
+                            client,
+                            sent,
+                            took,
+                            status,
+                            code,
+                            hold_id,
+                        });
+                        // A failing server answers at once: do not spin.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    answers
+                }));
+            }
+        }
+        Self { stop, tasks }
+    }
+
+    /// Stops the load and returns every answer, in the order they were sent.
+    pub async fn finish(mut self) -> Vec<Answer> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut all = Vec::new();
+        for t in std::mem::take(&mut self.tasks) {
+            all.extend(t.await.expect("load task panicked"));
+        }
+        all.sort_by_key(|a| a.sent);
+        all
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
     }
 }
 

@@ -8,7 +8,17 @@
 //!   commit) straight against the database: the ceiling of that design;
 //! - GET product reads/s (single-flight);
 //! - a 100,000-hold expiry backlog swept by the worker while holds keep coming;
-//! - a stock-boundary run (oversold must be 0) and the API's peak RSS.
+//! - a stock-boundary run (oversold must be 0) and the API's peak RSS;
+//! - Galera (`results["galera"]`): a three-node MariaDB Galera cluster of the run's own
+//!   (`flash_sale_tests::servers::GaleraCluster`, on loopback), hot-product holds at 256
+//!   connections through one API on node 0 alone, then through three APIs, one per node, each
+//!   driven by its own `wrk` on the same product (total holds/s, the worst of the three p99s,
+//!   and the non-2xx answers: 409, 503, other 5xx); then the books read on every node directly:
+//!   equal on all three, and conserved (stock = available + active holds + pending orders).
+//!
+//! `BENCH_ONLY=galera` runs only the Galera section (a quick check: it needs neither the shared
+//! MariaDB's database nor the other sections) and writes `tests/bench-results/results-galera.json`
+//! instead, leaving `results.json` and the chart as they were.
 
 use std::{
     io::Write,
@@ -18,7 +28,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
+use flash_sale_tests::servers::GaleraCluster;
 use sea_orm::sqlx::{self, Connection, Executor, mysql::MySqlPoolOptions};
 use serde_json::{Value, json};
 
@@ -37,17 +48,81 @@ async fn main() -> Result<()> {
     let release = root.join("target/release");
     let out_dir = root.join("tests/bench-results");
     std::fs::create_dir_all(&out_dir)?;
-    let db_url = fresh_database(&base, "fs_bench").await?;
+    let galera_only = match std::env::var("BENCH_ONLY").unwrap_or_default().as_str() {
+        "" => false,
+        "galera" => true,
+        other => bail!("BENCH_ONLY={other}: the only section that runs alone is `galera`"),
+    };
     let mut results = json!({
         "machine": machine(),
         "seconds_per_point": seconds,
         "http_holds": [],
         "plain_sql_holds": [],
     });
+    if !galera_only {
+        single_server(&release, &base, seconds, &mut results).await?;
+    }
+
+    // In a task of its own, so that a cluster that fails to start (GaleraCluster panics) still
+    // leaves the other sections' figures written, with the failure recorded beside them.
+    let galera_run = tokio::spawn({
+        let release = release.clone();
+        async move { galera(&release, seconds).await }
+    })
+    .await
+    .map_err(|e| anyhow!("the Galera section panicked: {e}"))
+    .and_then(|r| r);
+    let galera_failed = match galera_run {
+        Ok(v) => {
+            results["galera"] = v;
+            None
+        }
+        Err(e) if galera_only => return Err(e),
+        Err(e) => {
+            eprintln!("Galera section failed: {e:#}");
+            results["galera"] = json!({"error": format!("{e:#}")});
+            Some(e)
+        }
+    };
+
+    if galera_only {
+        let path = out_dir.join("results-galera.json");
+        let only = json!({
+            "machine": results["machine"],
+            "seconds_per_point": seconds,
+            "galera": results["galera"],
+        });
+        std::fs::write(&path, serde_json::to_string_pretty(&only)?)?;
+        println!("wrote {}", path.display());
+        return Ok(());
+    }
+    summarize(&mut results);
+    println!("{}", results["summary"]);
+    std::fs::write(
+        out_dir.join("results.json"),
+        serde_json::to_string_pretty(&results)?,
+    )?;
+    chart(&results, &out_dir.join("results.svg"))?;
+    println!("wrote {}", out_dir.join("results.json").display());
+    match galera_failed {
+        Some(e) => Err(e.context("the Galera section failed (the other figures were written)")),
+        None => Ok(()),
+    }
+}
+
+/// The sections on the shared MariaDB: HTTP holds with coalescing on and off, reads, the expiry
+/// backlog, the stock boundary, peak RSS, and the plain-SQL anchor.
+async fn single_server(
+    release: &Path,
+    base: &str,
+    seconds: u64,
+    results: &mut Value,
+) -> Result<()> {
+    let db_url = fresh_database(base, "fs_bench").await?;
     let mut peak_rss_kib = 0u64;
 
     for coalescing in [true, false] {
-        let api = Api::start(&release, &db_url, coalescing)?;
+        let api = Api::start(release, &db_url, coalescing)?;
         let product = api.create_product(100_000_000).await?;
         for &c in &CONNECTIONS {
             let r = wrk_holds(&api.url, product, c, seconds)?;
@@ -71,7 +146,7 @@ async fn main() -> Result<()> {
                 reads["p99_ms"].as_f64().unwrap_or(0.0)
             );
             results["get_product"] = reads;
-            let backlog = backlog_sweep(&release, &api, &db_url, seconds).await?;
+            let backlog = backlog_sweep(release, &api, &db_url, seconds).await?;
             println!(
                 "Backlog: {} expired holds swept in {:.1} s ({} batches); holds meanwhile: p99 {:.1} ms, max {:.1} ms",
                 backlog["expired"],
@@ -103,15 +178,6 @@ async fn main() -> Result<()> {
         );
         push(&mut results["plain_sql_holds"], r);
     }
-
-    summarize(&mut results);
-    println!("{}", results["summary"]);
-    std::fs::write(
-        out_dir.join("results.json"),
-        serde_json::to_string_pretty(&results)?,
-    )?;
-    chart(&results, &out_dir.join("results.svg"))?;
-    println!("wrote {}", out_dir.join("results.json").display());
     Ok(())
 }
 
@@ -143,6 +209,16 @@ struct Api {
 
 impl Api {
     fn start(release: &Path, db_url: &str, coalescing: bool) -> Result<Self> {
+        Self::start_with(release, db_url, coalescing, &[])
+    }
+
+    /// [`start`](Self::start) with more environment variables (`AUTO_MIGRATE`).
+    fn start_with(
+        release: &Path,
+        db_url: &str,
+        coalescing: bool,
+        extra_env: &[(&str, &str)],
+    ) -> Result<Self> {
         let log_dir = std::env::temp_dir().join("flash-sale-bench-logs");
         // A free port chosen here, so the API's stdout need not be read (parsing every log
         // line would cost the load generator CPU).
@@ -156,16 +232,23 @@ impl Api {
             .env("ADMIN_TOKEN", ADMIN)
             .env("LOG_DIR", &log_dir)
             .env("RUST_LOG", "info")
+            .envs(extra_env.iter().copied())
             .stdout(Stdio::null())
             .spawn()
             .context("start target/release/flash-sale-api (run tests/bench.sh)")?;
-        let api = Self {
+        let mut api = Self {
             child,
             url: format!("http://{addr}"),
             http: reqwest::Client::new(),
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         while std::net::TcpStream::connect(addr).is_err() {
+            if let Some(status) = api.child.try_wait()? {
+                bail!(
+                    "the API exited before listening ({status}); its log is in {}",
+                    log_dir.display()
+                );
+            }
             if Instant::now() > deadline {
                 bail!("the API did not start listening on {addr}");
             }
@@ -185,6 +268,24 @@ impl Api {
             .json()
             .await?;
         r["id"].as_i64().context("product id")
+    }
+
+    /// `stock_contention_retries_total` from the API's `/metrics`: transactions retried after a
+    /// lock wait timeout or a deadlock (on Galera, a certification conflict: error 1213).
+    async fn contention_retries(&self) -> Result<u64> {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await?
+            .text()
+            .await?;
+        Ok(text
+            .lines()
+            .filter_map(|l| l.strip_prefix("stock_contention_retries_total"))
+            .filter(|rest| rest.starts_with([' ', '{']))
+            .filter_map(|rest| rest.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64)
     }
 
     fn peak_rss_kib(&self) -> u64 {
@@ -209,29 +310,58 @@ impl Drop for Api {
 const WRK_REPORT: &str = r#"
 local threads = {}
 function setup(thread) table.insert(threads, thread) end
-function init(args) ok = 0; refused = 0; other = 0 end
+function init(args) ok = 0; refused = 0; unavailable = 0; server_error = 0; other = 0 end
 function response(status, headers, body)
   if status == 200 or status == 201 then ok = ok + 1
   elseif status == 409 then refused = refused + 1
+  elseif status == 503 then unavailable = unavailable + 1
+  elseif status >= 500 then server_error = server_error + 1
   else other = other + 1 end
 end
 function done(summary, latency, requests)
-  local o, r, x = 0, 0, 0
-  for _, t in ipairs(threads) do o = o + t:get("ok"); r = r + t:get("refused"); x = x + t:get("other") end
+  local o, r, u, s, x = 0, 0, 0, 0, 0
+  for _, t in ipairs(threads) do
+    o = o + t:get("ok"); r = r + t:get("refused"); u = u + t:get("unavailable")
+    s = s + t:get("server_error"); x = x + t:get("other")
+  end
   local e = summary.errors
-  io.write(string.format('WRK_JSON {"requests":%d,"duration_us":%d,"ok":%d,"refused":%d,"other":%d,"socket_errors":%d,"p50_us":%d,"p99_us":%d,"max_us":%d}\n',
-    summary.requests, summary.duration, o, r, x, e.connect + e.read + e.write + e.timeout,
+  io.write(string.format('WRK_JSON {"requests":%d,"duration_us":%d,"ok":%d,"refused":%d,"unavailable":%d,"server_error":%d,"other":%d,"socket_errors":%d,"p50_us":%d,"p99_us":%d,"max_us":%d}\n',
+    summary.requests, summary.duration, o, r, u, s, x, e.connect + e.read + e.write + e.timeout,
     latency:percentile(50), latency:percentile(99), latency.max))
 end
 "#;
 
-/// Runs wrk with a script and returns its JSON report.
+/// Runs wrk with a script and returns its JSON report. Fails on any answer other than 2xx or
+/// 409 (the Galera section, which expects 503s, counts them with [`wrk_with`] instead).
 fn wrk(url: &str, connections: usize, seconds: u64, script: &str) -> Result<Value> {
-    let path = std::env::temp_dir().join(format!("flash-sale-bench-{}.lua", std::process::id()));
+    let v = wrk_with(url, connections, 2, seconds, script)?;
+    let unexpected = ["unavailable", "server_error", "other"]
+        .iter()
+        .map(|f| v[f].as_u64().unwrap_or(0))
+        .sum::<u64>();
+    if unexpected > 0 {
+        bail!("unexpected statuses during the run: {v}");
+    }
+    Ok(v)
+}
+
+/// Runs wrk (`threads` threads) with a script and returns its JSON report, whatever the statuses.
+fn wrk_with(
+    url: &str,
+    connections: usize,
+    threads: usize,
+    seconds: u64,
+    script: &str,
+) -> Result<Value> {
+    // One file per run: the Galera section runs three wrk at once.
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path =
+        std::env::temp_dir().join(format!("flash-sale-bench-{}-{run}.lua", std::process::id()));
     std::fs::File::create(&path)?.write_all(script.as_bytes())?;
     let out = Command::new("wrk")
         .args([
-            "-t2",
+            &format!("-t{threads}"),
             &format!("-c{connections}"),
             &format!("-d{seconds}s"),
             "--timeout",
@@ -248,9 +378,7 @@ fn wrk(url: &str, connections: usize, seconds: u64, script: &str) -> Result<Valu
         .find_map(|l| l.strip_prefix("WRK_JSON "))
         .with_context(|| format!("no report from wrk:\n{text}"))?;
     let v: Value = serde_json::from_str(line)?;
-    if v["other"].as_u64().unwrap_or(0) > 0 {
-        bail!("unexpected statuses during the run: {v}");
-    }
+    let _ = std::fs::remove_file(&path);
     Ok(v)
 }
 
@@ -262,12 +390,20 @@ fn ms(v: &Value, field: &str) -> f64 {
     v[field].as_f64().unwrap_or(0.0) / 1000.0
 }
 
-fn wrk_holds(url: &str, product: i64, connections: usize, seconds: u64) -> Result<Value> {
-    let script = format!(
+fn holds_script(product: i64) -> String {
+    format!(
         "wrk.method = \"POST\"\nwrk.body = '{{\"product_id\":{product},\"qty\":1}}'\n\
          wrk.headers[\"Content-Type\"] = \"application/json\"\n{WRK_REPORT}"
-    );
-    let v = wrk(&format!("{url}/api/holds"), connections, seconds, &script)?;
+    )
+}
+
+fn wrk_holds(url: &str, product: i64, connections: usize, seconds: u64) -> Result<Value> {
+    let v = wrk(
+        &format!("{url}/api/holds"),
+        connections,
+        seconds,
+        &holds_script(product),
+    )?;
     Ok(json!({
         "holds_per_s": rate(&v, "ok"),
         "p50_ms": ms(&v, "p50_us"),
@@ -477,6 +613,268 @@ async fn stock_boundary(api: &Api, db_url: &str) -> Result<Value> {
     }))
 }
 
+/// The Galera section: a three-node cluster of this run's own on loopback, one fresh database
+/// (migrated by the first API), hot-product holds at 256 connections through one API on node 0
+/// alone, then through three APIs, one per node, each driven by its own wrk (1 thread, a third
+/// of the connections) on one product; then the books read on every node directly. Everything
+/// shares this machine's cores: three `mariadbd`, up to three APIs and wrk.
+async fn galera(release: &Path, seconds: u64) -> Result<Value> {
+    const STOCK: i64 = 100_000_000;
+    const C: usize = 256;
+    const DB: &str = "fs_bench_galera";
+    // Declared first, so dropped last: the APIs stop before the nodes do.
+    let cluster = GaleraCluster::start().await;
+    fresh_database(&cluster.node_url(0), DB).await?;
+    let urls: Vec<String> = (0..3)
+        .map(|i| format!("{}/{DB}", cluster.node_url(i)))
+        .collect();
+
+    // (a) One API on node 0, the only one running; the other nodes replicate.
+    let first = Api::start_with(release, &urls[0], true, &[("AUTO_MIGRATE", "true")])?;
+    let product_one = first.create_product(STOCK).await?;
+    let v = wrk_with(
+        &format!("{}/api/holds", first.url),
+        C,
+        2,
+        seconds,
+        &holds_script(product_one),
+    )?;
+    let one = json!({
+        "apis": 1,
+        "nodes": [0],
+        "connections": C,
+        "product_id": product_one,
+        "holds_per_s": rate(&v, "ok"),
+        "p50_ms": ms(&v, "p50_us"),
+        "p99_ms": ms(&v, "p99_us"),
+        "max_ms": ms(&v, "max_us"),
+        "answers": answers(&v),
+        "contention_retries": first.contention_retries().await?,
+    });
+    println!(
+        "Galera  1 API  on node 0       c={C:<3}  {:>8.0} holds/s  p50 {:>6.1} ms  p99 {:>6.1} ms  {}; {} retried transactions",
+        one["holds_per_s"].as_f64().unwrap_or(0.0),
+        one["p50_ms"].as_f64().unwrap_or(0.0),
+        one["p99_ms"].as_f64().unwrap_or(0.0),
+        non_2xx(&one["answers"]),
+        one["contention_retries"]
+    );
+
+    // (b) Three APIs, one per node, on one new product; node 0's API is the one from (a).
+    let others = [
+        Api::start_with(release, &urls[1], true, &[("AUTO_MIGRATE", "false")])?,
+        Api::start_with(release, &urls[2], true, &[("AUTO_MIGRATE", "false")])?,
+    ];
+    let product = first.create_product(STOCK).await?;
+    let script = holds_script(product);
+    let split = [C - 2 * (C / 3), C / 3, C / 3];
+    let targets: Vec<String> = [&first, &others[0], &others[1]]
+        .iter()
+        .map(|api| format!("{}/api/holds", api.url))
+        .collect();
+    let runs: Vec<Value> = std::thread::scope(|s| {
+        let handles: Vec<_> = targets
+            .iter()
+            .zip(split)
+            .map(|(url, c)| {
+                let script = &script;
+                s.spawn(move || wrk_with(url, c, 1, seconds, script))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().map_err(|_| anyhow!("wrk thread"))?)
+            .collect::<Result<_>>()
+    })?;
+    let before = [one["contention_retries"].as_u64().unwrap_or(0), 0, 0];
+    let mut retries = Vec::new();
+    for (api, before) in [&first, &others[0], &others[1]].into_iter().zip(before) {
+        retries.push(api.contention_retries().await?.saturating_sub(before));
+    }
+    let per_node: Vec<Value> = runs
+        .iter()
+        .zip(split)
+        .enumerate()
+        .map(|(node, (v, c))| {
+            json!({
+                "node": node,
+                "connections": c,
+                "holds_per_s": rate(v, "ok"),
+                "p50_ms": ms(v, "p50_us"),
+                "p99_ms": ms(v, "p99_us"),
+                "max_ms": ms(v, "max_us"),
+                "answers": answers(v),
+                "contention_retries": retries[node],
+            })
+        })
+        .collect();
+    let total = |f: &str| runs.iter().map(|v| v[f].as_u64().unwrap_or(0)).sum::<u64>();
+    let worst = |f: &str| {
+        per_node
+            .iter()
+            .filter_map(|r| r[f].as_f64())
+            .fold(0.0, f64::max)
+    };
+    let three = json!({
+        "apis": 3,
+        "nodes": [0, 1, 2],
+        "connections": C,
+        "product_id": product,
+        "holds_per_s": per_node.iter().filter_map(|r| r["holds_per_s"].as_f64()).sum::<f64>(),
+        "p99_ms": worst("p99_ms"),
+        "p99_is": "the largest of the three wrk runs' p99s",
+        "max_ms": worst("max_ms"),
+        "answers": {
+            "2xx": total("ok"),
+            "409": total("refused"),
+            "503": total("unavailable"),
+            "other_5xx": total("server_error"),
+            "other": total("other"),
+            "socket_errors": total("socket_errors"),
+        },
+        "contention_retries": retries.iter().sum::<u64>(),
+        "per_node": per_node,
+    });
+    println!(
+        "Galera  3 APIs on nodes 0,1,2  c={C:<3}  {:>8.0} holds/s  p99 {:>6.1} ms (worst of the three)  {}; {} retried transactions",
+        three["holds_per_s"].as_f64().unwrap_or(0.0),
+        three["p99_ms"].as_f64().unwrap_or(0.0),
+        non_2xx(&three["answers"]),
+        three["contention_retries"]
+    );
+    for r in three["per_node"].as_array().into_iter().flatten() {
+        println!(
+            "          API on node {}      c={:<3}  {:>8.0} holds/s  p50 {:>6.1} ms  p99 {:>6.1} ms  {}; {} retried",
+            r["node"],
+            r["connections"],
+            r["holds_per_s"].as_f64().unwrap_or(0.0),
+            r["p50_ms"].as_f64().unwrap_or(0.0),
+            r["p99_ms"].as_f64().unwrap_or(0.0),
+            non_2xx(&r["answers"]),
+            r["contention_retries"]
+        );
+    }
+
+    // The books, once the APIs have stopped (a request still retrying when wrk stopped could
+    // otherwise commit between two nodes' reads).
+    drop(others);
+    drop(first);
+    let mut books = Vec::new();
+    let mut attempts = 0;
+    while attempts < 5 {
+        attempts += 1;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        books.clear();
+        for url in &urls {
+            books.push(node_books(url).await?);
+        }
+        if books.iter().all(|b| *b == books[0]) {
+            break;
+        }
+    }
+    let equal = books.iter().all(|b| *b == books[0]);
+    let ledger = books[0]["products"].as_array().cloned().unwrap_or_default();
+    let conserved = !ledger.is_empty()
+        && ledger.iter().all(|p| {
+            let n = |f: &str| p[f].as_i64().unwrap_or(-1);
+            n("available") >= 0 && n("stock") == n("available") + n("held") + n("pending")
+        });
+    let find = |id: i64| {
+        ledger
+            .iter()
+            .find(|p| p["id"] == id)
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let hot = find(product);
+    println!(
+        "Galera  books on nodes 0,1,2 after the runs: equal {}, conserved {} (hot product: stock {} = available {} + active holds {} + pending orders {}; {} holds answered 2xx, {} active in the database)",
+        if equal { "yes" } else { "NO" },
+        if conserved { "yes" } else { "NO" },
+        hot["stock"],
+        hot["available"],
+        hot["held"],
+        hot["pending"],
+        three["answers"]["2xx"],
+        hot["held"],
+    );
+    Ok(json!({
+        "cluster": "three MariaDB Galera nodes on loopback (tests/src/servers.rs), one machine",
+        "one_api": one,
+        "three_apis": three,
+        "books": {
+            "equal_on_all_nodes": equal,
+            "conserved": conserved,
+            "reads": attempts,
+            "products": ledger,
+            "per_node": books,
+        },
+    }))
+}
+
+/// A wrk report's answers by status.
+fn answers(v: &Value) -> Value {
+    json!({
+        "2xx": v["ok"],
+        "409": v["refused"],
+        "503": v["unavailable"],
+        "other_5xx": v["server_error"],
+        "other": v["other"],
+        "socket_errors": v["socket_errors"],
+    })
+}
+
+fn non_2xx(a: &Value) -> String {
+    let mut line = format!(
+        "non-2xx: 409 {}, 503 {}, other 5xx {}",
+        a["409"], a["503"], a["other_5xx"]
+    );
+    for (field, what) in [("other", "other"), ("socket_errors", "socket errors")] {
+        if a[field].as_u64().unwrap_or(0) > 0 {
+            line.push_str(&format!(", {what} {}", a[field]));
+        }
+    }
+    line
+}
+
+/// One Galera node's books, read on it directly with causal reads (`wsrep_sync_wait = 1`, so the
+/// node has applied everything committed before the read): per product the stock, available,
+/// active holds and pending orders, and the checksums of the tables.
+async fn node_books(url: &str) -> Result<Value> {
+    let mut conn = sqlx::MySqlConnection::connect(url).await?;
+    conn.execute("SET SESSION wsrep_sync_wait = 1").await?;
+    let rows: Vec<(i64, i64, i64, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT p.id, CAST(p.stock AS SIGNED), CAST(p.available_stock AS SIGNED), \
+         CAST(COALESCE((SELECT SUM(h.qty) FROM holds h WHERE h.product_id = p.id AND h.status = 'active'), 0) AS SIGNED), \
+         CAST(COALESCE((SELECT SUM(o.quantity) FROM orders o WHERE o.product_id = p.id AND o.status = 'pending'), 0) AS SIGNED), \
+         CAST((SELECT COUNT(*) FROM holds h WHERE h.product_id = p.id) AS SIGNED), \
+         CAST((SELECT COUNT(*) FROM orders o WHERE o.product_id = p.id) AS SIGNED) \
+         FROM products p ORDER BY p.id",
+    )
+    .fetch_all(&mut conn)
+    .await?;
+    let products: Vec<Value> = rows
+        .into_iter()
+        .map(|(id, stock, available, held, pending, holds, orders)| {
+            json!({"id": id, "stock": stock, "available": available, "held": held,
+                   "pending": pending, "hold_rows": holds, "order_rows": orders})
+        })
+        .collect();
+    let mut checksums = serde_json::Map::new();
+    for table in ["products", "holds", "orders"] {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!("CHECKSUM TABLE {table}")))
+            .fetch_one(&mut conn)
+            .await?;
+        use sqlx::Row;
+        let sum = row.try_get::<Option<u64>, _>(1).or_else(|_| {
+            row.try_get::<Option<i64>, _>(1)
+                .map(|s| s.map(|s| s as u64))
+        })?;
+        checksums.insert(table.to_owned(), json!(sum));
+    }
+    Ok(json!({"products": products, "checksums": checksums}))
+}
+
 fn summarize(results: &mut Value) {
     let find = |list: &str, coalescing: Option<bool>, c: usize| -> f64 {
         results[list]
@@ -509,6 +907,13 @@ fn summarize(results: &mut Value) {
         "coalesced_p99_ms_at_256": p99_256,
         "oversold": results["stock_boundary"]["oversold"],
         "api_peak_rss_mib": results["api_peak_rss_mib"],
+        "galera_one_api_holds_per_s": results["galera"]["one_api"]["holds_per_s"],
+        "galera_three_apis_holds_per_s": results["galera"]["three_apis"]["holds_per_s"],
+        "galera_three_apis_p99_ms": results["galera"]["three_apis"]["p99_ms"],
+        "galera_three_apis_503": results["galera"]["three_apis"]["answers"]["503"],
+        "galera_three_apis_contention_retries": results["galera"]["three_apis"]["contention_retries"],
+        "galera_books_equal_and_conserved": results["galera"]["books"]["equal_on_all_nodes"] == true
+            && results["galera"]["books"]["conserved"] == true,
     });
 }
 

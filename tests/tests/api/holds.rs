@@ -161,7 +161,7 @@ on_both_databases! {
         let r = app.hold(product, 1).await;
         let waited = started.elapsed();
         assert_eq!((r.status, r.code()), (503, "unavailable"), "{}", r.body);
-        assert!(waited < std::time::Duration::from_secs(6), "answered after {waited:?}");
+        assert!(waited < std::time::Duration::from_secs(5), "answered after {waited:?}");
         let retries = app.server.metric_eventually("stock.contention", 3).await;
         assert!(retries.len() >= 3, "each retry logged: {retries:?}");
         assert!(retries.iter().all(|m| m["product_id"] == product && m["attempts"].is_number()));
