@@ -136,8 +136,13 @@ impl ApiError {
         }
     }
 
-    /// The problem's stable `code`.
-    pub fn code(&self) -> &str {
+    /// The HTTP status of this answer.
+    pub fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.problem().status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    /// The problem document this answer carries.
+    pub fn into_problem(self) -> Problem {
         match self {
             Self::BadRequest(p)
             | Self::Unauthorized(p)
@@ -148,8 +153,28 @@ impl ApiError {
             | Self::Unprocessable(p)
             | Self::TooManyRequests(p)
             | Self::Internal(p)
-            | Self::Unavailable(p) => &p.0.code,
+            | Self::Unavailable(p) => p.0,
         }
+    }
+
+    fn problem(&self) -> &Problem {
+        match self {
+            Self::BadRequest(p)
+            | Self::Unauthorized(p)
+            | Self::NotFound(p)
+            | Self::Conflict(p)
+            | Self::PayloadTooLarge(p)
+            | Self::UnsupportedMediaType(p)
+            | Self::Unprocessable(p)
+            | Self::TooManyRequests(p)
+            | Self::Internal(p)
+            | Self::Unavailable(p) => &p.0,
+        }
+    }
+
+    /// The problem's stable `code`.
+    pub fn code(&self) -> &str {
+        &self.problem().code
     }
 
     pub fn validation(detail: impl Into<String>) -> Self {
@@ -213,6 +238,11 @@ impl From<StockError> for ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "idempotency_key_mismatch",
                 "this idempotency key was used with a different body",
+            ),
+            StockError::IdempotencyKeyInUse => Self::new(
+                StatusCode::CONFLICT,
+                "idempotency_key_in_use",
+                "a request with this Idempotency-Key is still being processed; retry later",
             ),
             StockError::InsufficientStock { available } => Self::new(
                 StatusCode::CONFLICT,

@@ -1,16 +1,24 @@
 //! `Idempotency-Key` on `POST /api/holds` and `POST /api/orders` (IETF httpapi draft): the
 //! HTTP side of `entity::idempotency`. A retry with the same key and body gets the stored
 //! status and body again (with `Idempotent-Replayed: true`), never a second effect.
+//!
+//! This layer answers what can be answered before the request runs — a finished key is
+//! replayed, another body is a mismatch, a key still running in this process is "in use" — and
+//! otherwise hands the key to the handler ([`KeyedRequest`] in the request's data), which passes
+//! it into the effect's transaction, where the key and its answer are written with the effect.
 
-use std::sync::Arc;
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+};
 
 use entity::{
     Db,
-    idempotency::{self, Claim, StoredResponse},
+    idempotency::{self, KeyedRequest, Lookup, StoredResponse},
 };
 use poem::{
-    Body, Endpoint, IntoResponse, Request, Response,
-    http::{HeaderValue, Method, StatusCode, header},
+    Endpoint, IntoResponse, Request, Response,
+    http::{HeaderValue, Method, StatusCode},
 };
 use sha2::{Digest, Sha256};
 
@@ -37,10 +45,39 @@ pub fn parse_key(raw: &str) -> Option<&str> {
         .then_some(key)
 }
 
+/// Keys whose requests are running in this process.
+#[derive(Clone, Default)]
+pub struct InFlight(Arc<Mutex<HashSet<(&'static str, String)>>>);
+
+/// Holds a key in [`InFlight`] until the request ends (or its client goes away).
+struct Running {
+    set: InFlight,
+    id: (&'static str, String),
+}
+
+impl InFlight {
+    fn start(&self, scope: &'static str, key: &str) -> Option<Running> {
+        let id = (scope, key.to_owned());
+        let mut set = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        set.insert(id.clone()).then(|| Running {
+            set: self.clone(),
+            id,
+        })
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let mut set = self.set.0.lock().unwrap_or_else(|p| p.into_inner());
+        set.remove(&self.id);
+    }
+}
+
 pub async fn idempotent<E: Endpoint>(
     ep: Arc<E>,
     mut req: Request,
     db: Db,
+    in_flight: InFlight,
 ) -> poem::Result<Response> {
     let Some(scope) = scope(&req) else {
         return ep.call(req).await.map(IntoResponse::into_response);
@@ -60,53 +97,54 @@ pub async fn idempotent<E: Endpoint>(
         ));
     };
     let body = req.take_body().into_bytes().await?;
-    let fingerprint = fingerprint(&body);
+    let keyed = KeyedRequest {
+        scope,
+        key,
+        fingerprint: fingerprint(&body),
+    };
     req.set_body(body);
-    let id = match idempotency::claim(&db, scope, &key, &fingerprint).await {
-        Ok(Claim::Claimed { id }) => id,
-        Ok(Claim::Replay(stored)) => return Ok(replay(stored)),
-        Ok(Claim::InUse) => {
-            return Ok(problem_response(
-                StatusCode::CONFLICT,
-                "idempotency_key_in_use",
-                "a request with this Idempotency-Key is still being processed; retry later",
-            ));
+    match idempotency::lookup(&db, &keyed).await {
+        Ok(Lookup::Replay(stored)) => return Ok(replay(stored)),
+        Ok(Lookup::Mismatch) => {
+            return Ok(ApiError::from(entity::StockError::IdempotencyKeyMismatch).into_response());
         }
-        Ok(Claim::Mismatch) => {
-            return Ok(problem_response(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency_key_mismatch",
-                "this Idempotency-Key was used with a different request body",
-            ));
-        }
+        Ok(Lookup::Absent) => {}
         Err(e) => return Ok(ApiError::from(e).into_response()),
-    };
-    let resp = match ep.call(req).await {
-        Ok(r) => r.into_response(),
-        Err(e) => crate::server::error_response(e),
-    };
-    let (parts, body) = resp.into_parts();
-    let bytes = body.into_bytes().await.unwrap_or_default();
-    let outcome = if parts.status.is_server_error() {
-        // Nothing worth repeating: let the retry run afresh.
-        idempotency::release(&db, id).await
-    } else {
-        let stored = StoredResponse {
-            status: parts.status.as_u16(),
-            content_type: parts
-                .headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("application/json")
-                .to_owned(),
-            body: String::from_utf8_lossy(&bytes).into_owned(),
-        };
-        idempotency::complete(&db, id, &stored).await
-    };
-    if let Err(e) = outcome {
-        tracing::warn!(error = %e, "could not record the Idempotency-Key outcome");
     }
-    Ok(Response::from_parts(parts, Body::from(bytes)))
+    let Some(_running) = in_flight.start(scope, &keyed.key) else {
+        return Ok(ApiError::from(entity::StockError::IdempotencyKeyInUse).into_response());
+    };
+    req.set_data(keyed);
+    ep.call(req).await.map(IntoResponse::into_response)
+}
+
+/// How an answer is written down for replay: exactly the bytes and type the handler sends.
+/// A 5xx is not written down: nothing happened that a retry must not repeat.
+pub fn stored<T: poem_openapi::types::ToJSON>(
+    answer: Result<(StatusCode, T), ApiError>,
+) -> Option<StoredResponse> {
+    let (status, content_type, body) = match answer {
+        Ok((status, value)) => (
+            status,
+            "application/json; charset=utf-8",
+            value.to_json_string(),
+        ),
+        Err(e) => {
+            let status = e.status();
+            let problem = e.into_problem();
+            use poem_openapi::types::ToJSON;
+            (
+                status,
+                <crate::error::ProblemJson as poem_openapi::payload::Payload>::CONTENT_TYPE,
+                problem.to_json_string(),
+            )
+        }
+    };
+    (!status.is_server_error()).then(|| StoredResponse {
+        status: status.as_u16(),
+        content_type: content_type.to_owned(),
+        body,
+    })
 }
 
 /// SHA-256 of the body, JSON canonicalized (key order and spacing do not matter).

@@ -166,6 +166,7 @@ pub fn build_app(
     });
     let admin_enabled = state.admin_token.is_some();
     let idempotency_db = state.db.clone();
+    let in_flight = crate::idempotency::InFlight::default();
     let rate_limit = crate::rate_limit::HoldRateLimit::new(config.hold_rate_limit_per_second);
 
     let cors = config.cors_allowed_origins.as_deref().map(|origins| {
@@ -182,7 +183,9 @@ pub fn build_app(
         .nest("/docs", docs)
         .at("/openapi.json", spec)
         .at("/metrics", metrics_ep)
-        .around(move |ep, req| crate::idempotency::idempotent(ep, req, idempotency_db.clone()))
+        .around(move |ep, req| {
+            crate::idempotency::idempotent(ep, req, idempotency_db.clone(), in_flight.clone())
+        })
         .around(move |ep, req| crate::rate_limit::limit_holds(ep, req, rate_limit.clone()))
         .around(move |ep, req| async move {
             // With no ADMIN_TOKEN the admin routes do not exist at all.

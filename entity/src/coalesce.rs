@@ -13,10 +13,10 @@ use std::{
 };
 
 use crate::{
-    Db, Quantity, StockError,
+    Db, StockError,
     batcher::{BatchError, BatchPolicy, KeyedBatcher},
     db::ANSWER_WITHIN,
-    stock::{self, HoldView, ProductView},
+    stock::{self, HoldRequest, HoldView, ProductView},
     types::ProductId,
 };
 
@@ -47,7 +47,7 @@ fn due(arrived: Instant) -> Instant {
 
 #[derive(Clone)]
 pub struct HoldCoalescer {
-    batcher: Arc<KeyedBatcher<ProductId, (Quantity, Instant), HoldAnswer>>,
+    batcher: Arc<KeyedBatcher<ProductId, (HoldRequest, Instant), HoldAnswer>>,
 }
 
 impl HoldCoalescer {
@@ -59,18 +59,19 @@ impl HoldCoalescer {
             max_wait,
             max_queued: max_batch.max(1) * QUEUED_BATCHES,
         };
-        let batcher =
-            KeyedBatcher::new(policy, move |product_id, reqs: Vec<(Quantity, Instant)>| {
+        let batcher = KeyedBatcher::new(
+            policy,
+            move |product_id, reqs: Vec<(HoldRequest, Instant)>| {
                 let db = db.clone();
                 async move {
                     // Requests that waited behind a slow batch until too little of their time is
                     // left are answered now; the batch runs for the others, by the earliest's due.
                     let now = Instant::now();
                     let late = |arrived: Instant| due(arrived) < now + TOO_LATE;
-                    let live: Vec<Quantity> = reqs
+                    let live: Vec<HoldRequest> = reqs
                         .iter()
                         .filter(|(_, arrived)| !late(*arrived))
-                        .map(|(q, _)| *q)
+                        .map(|(r, _)| r.clone())
                         .collect();
                     let deadline = reqs
                         .iter()
@@ -103,14 +104,15 @@ impl HoldCoalescer {
                         })
                         .collect()
                 }
-            });
+            },
+        );
         Self { batcher }
     }
 
-    pub async fn create_hold(&self, product_id: ProductId, qty: Quantity) -> HoldAnswer {
+    pub async fn create_hold(&self, product_id: ProductId, request: HoldRequest) -> HoldAnswer {
         let answer = self
             .batcher
-            .call(product_id, (qty, Instant::now()))
+            .call(product_id, (request, Instant::now()))
             .await
             .unwrap_or_else(|e| Err(e.into()));
         if let Ok(hold) = &answer {

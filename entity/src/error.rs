@@ -37,6 +37,10 @@ pub enum StockError {
     /// The idempotency key was used before with a different body.
     #[error("idempotency key reused with a different body")]
     IdempotencyKeyMismatch,
+    /// A request with the same idempotency key and body is running, or has just been answered
+    /// by another process: the client's retry gets its answer.
+    #[error("a request with this idempotency key is in progress")]
+    IdempotencyKeyInUse,
     /// One attempt lost to another transaction: a lock wait timeout (1205), a deadlock or a
     /// Galera certification conflict (1213, also at COMMIT), SQLite busy, or a transaction whose
     /// rows vanished under it (aborted by the cluster). [`crate::db::with_retry`] runs the

@@ -1,23 +1,30 @@
 //! Client idempotency keys (IETF httpapi Idempotency-Key draft), stored in the database so they
 //! hold across API processes, for 24 hours.
 //!
-//! The first request with a key claims it (a unique key decides among concurrent ones), runs,
-//! and stores its status and body; a retry with the same request gets that answer again, a
-//! retry while the first still runs gets "in use", and the same key with another request gets
-//! "mismatch". A claim whose request never finished (its process died) is abandoned after
-//! [`ABANDONED_AFTER`] and may be claimed again.
+//! A key, its request's fingerprint and its answer are written in the SAME transaction as the
+//! request's effect (the hold batch, the order), by [`store_in_txn`]. So there is never a
+//! "claimed but unanswered" row: after a crash at any moment a retry finds either the finished
+//! answer ([`lookup`], a plain read that takes no product lock) or no trace, and then runs
+//! afresh. Two requests with one key racing in different processes both reach their INSERT;
+//! the unique key makes the second wait for the first and then fail, its transaction is retried
+//! ([`StockError::Busy`]) and finds the key taken ([`check_in_txn`]).
 
-use chrono::{DateTime, Utc};
+use std::collections::HashMap;
+
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect, SqlErr, Statement,
 };
 
-use crate::{Db, StockError, db::with_retry, idempotency_key as key, stock::now};
+use crate::{
+    Db, StockError,
+    db::{ServerTraits, with_retry},
+    idempotency_key as key,
+    stock::now,
+};
 
 /// How long a key is kept.
 pub const RETENTION: chrono::Duration = chrono::Duration::hours(24);
-/// A claim still running after this long belongs to a request that will never finish.
-pub const ABANDONED_AFTER: chrono::Duration = chrono::Duration::seconds(60);
 
 /// The stored answer of a finished request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,135 +34,199 @@ pub struct StoredResponse {
     pub body: String,
 }
 
-/// What a request with a key should do.
+/// A request that came with an `Idempotency-Key`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Claim {
-    /// First use: run the request, then [`complete`] (or [`release`] if it failed).
-    Claimed { id: i64 },
+pub struct KeyedRequest {
+    /// Which operation the key belongs to (`holds`, `orders`).
+    pub scope: &'static str,
+    pub key: String,
+    /// SHA-256 (hex) of the canonical request body.
+    pub fingerprint: String,
+}
+
+/// How the caller's answer to a request is written down, inside the transaction, to be replayed
+/// later; `None` for an answer not worth repeating (a 5xx: the retry should run afresh).
+pub type Render<T> = fn(&Result<T, StockError>) -> Option<StoredResponse>;
+
+/// A keyed request on its way into a transaction, with how to write down its answer.
+#[derive(Debug, Clone)]
+pub struct Keyed<T> {
+    pub request: KeyedRequest,
+    pub render: Render<T>,
+}
+
+/// What is known of a key before its request runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// Never used (or expired): run the request.
+    Absent,
     /// Same key, same request, finished: answer this again.
     Replay(StoredResponse),
-    /// Same key, same request, still running.
-    InUse,
     /// Same key, another request.
     Mismatch,
 }
 
-/// Claims `idem_key` in `scope` for a request with this `fingerprint`.
-pub async fn claim(
-    db: &Db,
-    scope: &str,
-    idem_key: &str,
-    fingerprint: &str,
-) -> Result<Claim, StockError> {
-    for _ in 0..3 {
-        let now = now();
-        let row = key::ActiveModel {
-            scope: Set(scope.to_owned()),
-            idem_key: Set(idem_key.to_owned()),
-            fingerprint: Set(fingerprint.to_owned()),
-            state: Set("running".to_owned()),
-            response_status: Set(None),
-            response_content_type: Set(None),
-            response_body: Set(None),
-            created_at: Set(now),
-            expires_at: Set(now + RETENTION),
-            ..Default::default()
-        };
-        // Through the write path, so SQLite writers queue and busy errors are retried.
-        let inserted = with_retry(None, || {
-            let row = row.clone();
-            db.write(
-                async move |txn| match key::Entity::insert(row).exec(txn).await {
-                    Ok(r) => Ok(Some(r.last_insert_id)),
-                    Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
-                        Ok(None)
-                    }
-                    Err(e) => Err(e.into()),
-                },
-            )
-        })
+/// Looks a key up without locking anything (a replay never waits for the product lock).
+pub async fn lookup(db: &Db, request: &KeyedRequest) -> Result<Lookup, StockError> {
+    let row = key::Entity::find()
+        .filter(key::Column::Scope.eq(request.scope))
+        .filter(key::Column::IdemKey.eq(request.key.as_str()))
+        .one(db.conn())
         .await?;
-        if let Some(id) = inserted {
-            return Ok(Claim::Claimed { id });
-        }
-        let Some(existing) = key::Entity::find()
-            .filter(key::Column::Scope.eq(scope))
-            .filter(key::Column::IdemKey.eq(idem_key))
-            .one(db.conn())
-            .await?
-        else {
-            continue; // purged meanwhile: claim again
-        };
-        if existing.expires_at <= now || abandoned(&existing, now) {
-            // Expired or abandoned: remove exactly that row, then claim again.
-            let (id, state) = (existing.id, existing.state.clone());
-            with_retry(None, || {
-                let state = state.clone();
-                db.write(async move |txn| {
-                    key::Entity::delete_many()
-                        .filter(key::Column::Id.eq(id))
-                        .filter(key::Column::State.eq(state))
-                        .exec(txn)
-                        .await?;
-                    Ok(())
-                })
-            })
-            .await?;
-            continue;
-        }
-        if existing.fingerprint != fingerprint {
-            return Ok(Claim::Mismatch);
-        }
-        return Ok(match (existing.state.as_str(), existing.response_status) {
-            ("done", Some(status)) => Claim::Replay(StoredResponse {
-                status: u16::try_from(status).unwrap_or(500),
-                content_type: existing.response_content_type.unwrap_or_default(),
-                body: existing.response_body.unwrap_or_default(),
-            }),
-            _ => Claim::InUse,
-        });
+    Ok(match row {
+        Some(row) if row.expires_at > now() => judge(&row, &request.fingerprint)?,
+        _ => Lookup::Absent,
+    })
+}
+
+fn judge(row: &key::Model, fingerprint: &str) -> Result<Lookup, StockError> {
+    if row.fingerprint != fingerprint {
+        return Ok(Lookup::Mismatch);
     }
-    Ok(Claim::InUse)
+    let status = row
+        .response_status
+        .and_then(|s| u16::try_from(s).ok())
+        .ok_or_else(|| StockError::Invariant(format!("key row {} has no answer", row.id)))?;
+    Ok(Lookup::Replay(StoredResponse {
+        status,
+        content_type: row.response_content_type.clone().unwrap_or_default(),
+        body: row.response_body.clone().unwrap_or_default(),
+    }))
 }
 
-fn abandoned(row: &key::Model, now: DateTime<Utc>) -> bool {
-    row.state == "running" && row.created_at + ABANDONED_AFTER <= now
-}
-
-/// Stores the answer of the request that claimed `id`.
-pub async fn complete(db: &Db, id: i64, response: &StoredResponse) -> Result<(), StockError> {
-    with_retry(None, || {
-        db.write(async |txn| {
-            key::Entity::update_many()
-                .col_expr(key::Column::State, "done".into())
-                .col_expr(
-                    key::Column::ResponseStatus,
-                    i32::from(response.status).into(),
-                )
-                .col_expr(
-                    key::Column::ResponseContentType,
-                    response.content_type.clone().into(),
-                )
-                .col_expr(key::Column::ResponseBody, response.body.clone().into())
-                .filter(key::Column::Id.eq(id))
+/// Inside a write transaction, before the effect: for each request, `Ok(())` if its key is free,
+/// or the error to answer it with — [`StockError::IdempotencyKeyInUse`] when the same request
+/// was answered by a twin that got there first (the client's retry gets that answer), and
+/// [`StockError::IdempotencyKeyMismatch`] for another request. Expired rows of these keys are
+/// deleted here, so their keys can be written again.
+pub(crate) async fn check_in_txn<C: ConnectionTrait>(
+    txn: &C,
+    requests: &[&KeyedRequest],
+) -> Result<Vec<Result<(), StockError>>, StockError> {
+    if requests.is_empty() {
+        return Ok(Vec::new());
+    }
+    let now = now();
+    let mut found: HashMap<(String, String), key::Model> = HashMap::new();
+    for scope in unique(requests.iter().map(|r| r.scope)) {
+        let keys: Vec<&str> = requests
+            .iter()
+            .filter(|r| r.scope == scope)
+            .map(|r| r.key.as_str())
+            .collect();
+        let rows = key::Entity::find()
+            .filter(key::Column::Scope.eq(scope))
+            .filter(key::Column::IdemKey.is_in(keys))
+            .all(txn)
+            .await?;
+        let (expired, live): (Vec<_>, Vec<_>) = rows.into_iter().partition(|r| r.expires_at <= now);
+        if !expired.is_empty() {
+            key::Entity::delete_many()
+                .filter(key::Column::Id.is_in(expired.iter().map(|r| r.id)))
                 .exec(txn)
                 .await?;
-            Ok(())
+        }
+        for row in live {
+            found.insert((row.scope.clone(), row.idem_key.clone()), row);
+        }
+    }
+    let mut seen: HashMap<(&str, &str), &str> = HashMap::new();
+    Ok(requests
+        .iter()
+        .map(|r| {
+            let id = (r.scope, r.key.as_str());
+            let earlier = found
+                .get(&(r.scope.to_owned(), r.key.clone()))
+                .map(|row| row.fingerprint.as_str())
+                .or_else(|| seen.get(&id).copied());
+            seen.entry(id).or_insert(r.fingerprint.as_str());
+            match earlier {
+                None => Ok(()),
+                Some(fp) if fp == r.fingerprint => Err(StockError::IdempotencyKeyInUse),
+                Some(_) => Err(StockError::IdempotencyKeyMismatch),
+            }
         })
-    })
-    .await
+        .collect())
 }
 
-/// Gives up a claim whose request failed without an answer worth repeating (a 5xx): the
-/// client's retry runs afresh.
-pub async fn release(db: &Db, id: i64) -> Result<(), StockError> {
-    with_retry(None, || {
-        db.write(async |txn| {
-            key::Entity::delete_by_id(id).exec(txn).await?;
-            Ok(())
-        })
-    })
-    .await
+fn unique<'a>(scopes: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut v: Vec<&str> = scopes.collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// Inside the effect's transaction: writes each key with its request's fingerprint and answer,
+/// in one statement. A key written meanwhile by a twin elsewhere fails the unique index: the
+/// transaction is lost ([`StockError::Busy`]) and retried, and then [`check_in_txn`] sees it.
+pub(crate) async fn store_in_txn(
+    txn: &DatabaseTransaction,
+    server: ServerTraits,
+    answers: &[(&KeyedRequest, StoredResponse)],
+) -> Result<(), StockError> {
+    if answers.is_empty() {
+        return Ok(());
+    }
+    let now = now();
+    let expires_at = now + RETENTION;
+    let result = if server.insert_returning {
+        // MariaDB: one prepared statement whatever the batch size (client strings are bound,
+        // never inlined), as for the holds themselves.
+        let rows: Vec<serde_json::Value> = answers
+            .iter()
+            .map(|(r, a)| {
+                serde_json::json!([
+                    r.scope,
+                    r.key,
+                    r.fingerprint,
+                    a.status,
+                    a.content_type,
+                    a.body
+                ])
+            })
+            .collect();
+        let json = serde_json::Value::Array(rows).to_string();
+        txn.execute_raw(Statement::from_sql_and_values(
+            DbBackend::MySql,
+            "INSERT INTO idempotency_keys (scope, idem_key, fingerprint, state, response_status, \
+               response_content_type, response_body, created_at, expires_at) \
+             SELECT j.scope, j.idem_key, j.fingerprint, 'done', j.status, j.content_type, \
+               j.body, ?, ? \
+             FROM JSON_TABLE(?, '$[*]' COLUMNS ( \
+               scope VARCHAR(32) PATH '$[0]', idem_key VARCHAR(255) PATH '$[1]', \
+               fingerprint VARCHAR(64) PATH '$[2]', status INT PATH '$[3]', \
+               content_type VARCHAR(255) PATH '$[4]', body LONGTEXT PATH '$[5]')) AS j",
+            [now.into(), expires_at.into(), json.into()],
+        ))
+        .await
+        .map(|_| ())
+    } else {
+        let models = answers.iter().map(|(r, a)| key::ActiveModel {
+            scope: Set(r.scope.to_owned()),
+            idem_key: Set(r.key.clone()),
+            fingerprint: Set(r.fingerprint.clone()),
+            state: Set("done".to_owned()),
+            response_status: Set(Some(i32::from(a.status))),
+            response_content_type: Set(Some(a.content_type.clone())),
+            response_body: Set(Some(a.body.clone())),
+            created_at: Set(now),
+            expires_at: Set(expires_at),
+            ..Default::default()
+        });
+        key::Entity::insert_many(models)
+            .exec_without_returning(txn)
+            .await
+            .map(|_| ())
+    };
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+            Err(StockError::rows_lost(format!(
+                "an idempotency key was written by a concurrent request: {e}"
+            )))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Deletes up to `batch_size` expired keys; returns how many.

@@ -17,6 +17,7 @@ use crate::{
     Db, Money, StockError,
     db::with_retry,
     hold::{self, HoldStatus},
+    idempotency::{Keyed, check_in_txn, store_in_txn},
     order::{self, OrderStatus},
     product,
     stock::now,
@@ -67,26 +68,59 @@ pub async fn get_order(db: &Db, id: i64) -> Result<OrderView, StockError> {
 }
 
 /// Turns an active hold into a pending order; for a hold that already became an order, returns
-/// that order (the hold is the order's natural idempotency key).
-pub async fn create_order(db: &Db, hold_id: HoldId) -> Result<OrderCreated, StockError> {
-    let (model, new) = with_retry(None, || {
-        db.write(async |txn| order_for_hold(txn, hold_id, now()).await)
+/// that order (the hold is the order's natural idempotency key). With a client idempotency key,
+/// the key and the answer are written in the order's transaction, refusals included.
+pub async fn create_order(
+    db: &Db,
+    hold_id: HoldId,
+    keyed: Option<Keyed<OrderCreated>>,
+) -> Result<OrderCreated, StockError> {
+    let outcome = with_retry(None, || {
+        db.write(async |txn| {
+            let Some(k) = &keyed else {
+                return order_for_hold(txn, hold_id, now()).await.map(Ok);
+            };
+            if let Some(Err(taken)) = check_in_txn(txn, &[&k.request]).await?.pop() {
+                return Err(taken);
+            }
+            let result = order_for_hold(txn, hold_id, now()).await;
+            let answer = result
+                .as_ref()
+                .map(|(model, new)| created(model, *new))
+                .map_err(Clone::clone);
+            match (k.render)(&answer) {
+                // A refusal is an answer too: it commits with its key (nothing else changed).
+                Some(stored) => {
+                    store_in_txn(txn, db.server(), &[(&k.request, stored)]).await?;
+                    Ok(result)
+                }
+                // Not worth repeating (the database failed): roll back, retry or answer 503.
+                None => result.map(Ok),
+            }
+        })
     })
     .await?;
-    let view = OrderView::from(&model);
+    let (model, new) = outcome?;
     if new {
         tracing::info!(
             metric = "order.created",
-            order_id = view.id,
+            order_id = model.id,
             hold_id,
-            product_id = view.product_id,
-            quantity = view.quantity,
+            product_id = model.product_id,
+            quantity = model.quantity,
             "order created"
         );
         metrics::counter!("order_status_changes_total", "status" => "pending").increment(1);
-        Ok(OrderCreated::New(view))
+    }
+    Ok(created(&model, new))
+}
+
+fn created(model: &order::Model, new: bool) -> OrderCreated {
+    let view = OrderView::from(model);
+    if new {
+        OrderCreated::New(view)
     } else {
-        Ok(OrderCreated::Existing(view))
+        OrderCreated::Existing(view)
     }
 }
 

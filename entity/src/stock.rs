@@ -14,6 +14,7 @@ use crate::{
     Db, Money, Quantity, StockError,
     db::{ServerTraits, with_retry, with_retry_until},
     hold::{self, HoldStatus},
+    idempotency::{Keyed, KeyedRequest, StoredResponse, check_in_txn, store_in_txn},
     product,
     transitions::{HoldRef, move_holds, take_for_hold},
     types::{HoldId, ProductId},
@@ -177,16 +178,25 @@ pub async fn get_hold(db: &Db, id: HoldId) -> Result<HoldView, StockError> {
     Ok(HoldView::at(&model, now()))
 }
 
+/// One request for a hold, as it enters a batch.
+#[derive(Debug, Clone)]
+pub struct HoldRequest {
+    pub qty: Quantity,
+    /// Its `Idempotency-Key`, if it came with one: the key and its answer are written in the
+    /// batch's transaction.
+    pub keyed: Option<Keyed<HoldView>>,
+}
+
 /// Puts a hold on `qty` units of a product for `ttl`: a batch of one (see
 /// [`create_holds_batch`]), so both paths share every rule.
 pub async fn create_hold(
     db: &Db,
     product_id: ProductId,
-    qty: Quantity,
+    request: HoldRequest,
     ttl: chrono::Duration,
 ) -> Result<HoldView, StockError> {
     let deadline = std::time::Instant::now() + crate::db::ANSWER_WITHIN;
-    let hold = create_holds_batch(db, product_id, &[qty], ttl, deadline)
+    let hold = create_holds_batch(db, product_id, &[request], ttl, deadline)
         .await?
         .pop()
         .unwrap_or_else(|| Err(StockError::Invariant("a batch of one had no answer".into())))?;
@@ -195,14 +205,15 @@ pub async fn create_hold(
 }
 
 /// Serves several hold requests for one product in ONE transaction: lock the product row,
-/// reclaim expired holds if the requests need more than is available, grant in arrival order
-/// while stock lasts (each request against what is left), insert every granted hold with one
-/// multi-row INSERT, update the counter once, commit. Each request gets its own answer, and the
-/// whole batch is answered by `deadline` (the earliest of its requests').
+/// refuse requests whose idempotency key is already taken, reclaim expired holds if the rest
+/// need more than is available, grant in arrival order while stock lasts (each request against
+/// what is left), insert every granted hold with one statement, update the counter once, write
+/// the keyed requests' keys and answers with one statement, commit. Each request gets its own
+/// answer, and the whole batch is answered by `deadline` (the earliest of its requests').
 pub async fn create_holds_batch(
     db: &Db,
     product_id: ProductId,
-    qtys: &[Quantity],
+    requests: &[HoldRequest],
     ttl: chrono::Duration,
     deadline: std::time::Instant,
 ) -> Result<Vec<Result<HoldView, StockError>>, StockError> {
@@ -215,7 +226,24 @@ pub async fn create_holds_batch(
                 .await?
                 .ok_or(StockError::ProductNotFound(product_id))?;
             let now = now();
-            let wanted: i64 = qtys.iter().map(|q| i64::from(q.get())).sum();
+            // Keys first: a request whose key is taken takes no stock.
+            let keyed: Vec<(usize, &KeyedRequest)> = requests
+                .iter()
+                .enumerate()
+                .filter_map(|(i, r)| r.keyed.as_ref().map(|k| (i, &k.request)))
+                .collect();
+            let mut refused: Vec<Option<StockError>> = vec![None; requests.len()];
+            let checks =
+                check_in_txn(txn, &keyed.iter().map(|(_, k)| *k).collect::<Vec<_>>()).await?;
+            for ((i, _), check) in keyed.iter().zip(checks) {
+                refused[*i] = check.err();
+            }
+            let wanted: i64 = requests
+                .iter()
+                .zip(&refused)
+                .filter(|(_, r)| r.is_none())
+                .map(|(q, _)| i64::from(q.qty.get()))
+                .sum();
             let mut available = product.available_stock;
             let mut reclaimed = Vec::new();
             while i64::from(available) < wanted {
@@ -229,15 +257,17 @@ pub async fn create_holds_batch(
                 }
             }
             let mut granted = Vec::new();
-            let mut answers: Vec<Result<i32, StockError>> = Vec::with_capacity(qtys.len());
-            for q in qtys {
-                let need = q.as_i32();
-                if available >= need {
+            let mut decided: Vec<Result<i32, StockError>> = Vec::with_capacity(requests.len());
+            for (r, refusal) in requests.iter().zip(&refused) {
+                let need = r.qty.as_i32();
+                if let Some(e) = refusal {
+                    decided.push(Err(e.clone()));
+                } else if available >= need {
                     available -= need;
                     granted.push(need);
-                    answers.push(Ok(need));
+                    decided.push(Ok(need));
                 } else {
-                    answers.push(Err(StockError::InsufficientStock { available }));
+                    decided.push(Err(StockError::InsufficientStock { available }));
                 }
             }
             let expires_at = now + ttl;
@@ -250,7 +280,7 @@ pub async fn create_holds_batch(
                 ids
             };
             let mut ids = ids.into_iter();
-            let answers = answers
+            let answers = decided
                 .into_iter()
                 .map(|a| {
                     a.map(|qty| HoldView {
@@ -262,13 +292,25 @@ pub async fn create_holds_batch(
                     })
                 })
                 .collect::<Vec<_>>();
+            // The answers of keyed requests that ran, written down with their keys.
+            let stored: Vec<(&KeyedRequest, StoredResponse)> = requests
+                .iter()
+                .zip(&answers)
+                .zip(&refused)
+                .filter(|(_, refusal)| refusal.is_none())
+                .filter_map(|((r, answer), _)| {
+                    let k = r.keyed.as_ref()?;
+                    Some((&k.request, (k.render)(answer)?))
+                })
+                .collect();
+            store_in_txn(txn, db.server(), &stored).await?;
             Ok((answers, reclaimed))
         })
     })
     .await?;
     log_expired(&reclaimed, "api");
     // `hold.created` is logged by each caller, in its own request's span.
-    metrics::histogram!("hold_batch_size").record(qtys.len() as f64);
+    metrics::histogram!("hold_batch_size").record(requests.len() as f64);
     metrics::histogram!("hold_batch_duration_seconds").record(started.elapsed().as_secs_f64());
     Ok(answers)
 }

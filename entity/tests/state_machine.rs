@@ -5,7 +5,7 @@
 use entity::{
     Db, DbConfig, Money, Quantity, StockError,
     orders::{self, PaymentEvent, PaymentStatus},
-    stock,
+    stock::{self, HoldRequest},
 };
 use migration::{Migrator, MigratorTrait};
 use proptest::prelude::*;
@@ -116,7 +116,8 @@ async fn run(ops: Vec<Op>) {
                     chrono::Duration::minutes(5)
                 };
                 let qty = Quantity::new(qty, 10).expect("qty");
-                match stock::create_hold(&db, product, qty, ttl).await {
+                match stock::create_hold(&db, product, HoldRequest { qty, keyed: None }, ttl).await
+                {
                     Ok(h) => holds.push(h.id),
                     Err(StockError::InsufficientStock { available }) => {
                         assert!(available < qty.as_i32())
@@ -131,7 +132,7 @@ async fn run(ops: Vec<Op>) {
                 }
             }
             Op::Order(i) if !holds.is_empty() => {
-                match orders::create_order(&db, holds[i % holds.len()]).await {
+                match orders::create_order(&db, holds[i % holds.len()], None).await {
                     Ok(orders::OrderCreated::New(o)) => orders_made.push(o.id),
                     Ok(orders::OrderCreated::Existing(_))
                     | Err(StockError::HoldExpired(_) | StockError::HoldReleased(_)) => {}

@@ -2,9 +2,11 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use entity::{
-    HoldStatus, Quantity,
-    stock::{self, HoldView},
+    HoldStatus, Quantity, StockError,
+    idempotency::{Keyed, KeyedRequest, StoredResponse},
+    stock::{self, HoldRequest, HoldView},
 };
+use poem::{http::StatusCode, web::Data};
 use poem_openapi::{
     ApiResponse, Enum, Object, OpenApi,
     param::{Header, Path},
@@ -93,6 +95,16 @@ impl From<HoldView> for Hold {
     }
 }
 
+/// How a keyed hold's answer is written down in its batch, to be replayed byte for byte.
+fn render_hold(answer: &Result<HoldView, StockError>) -> Option<StoredResponse> {
+    crate::idempotency::stored(
+        answer
+            .clone()
+            .map(|h| (StatusCode::CREATED, Hold::from(h)))
+            .map_err(ApiError::from),
+    )
+}
+
 #[derive(Debug, ApiResponse)]
 pub enum HoldCreated {
     /// The stock is reserved until `expires_at`.
@@ -121,20 +133,30 @@ impl HoldsApi {
         #[oai(name = "Idempotency-Key")]
         _idempotency_key: Header<Option<String>>,
         body: Json<CreateHold>,
+        keyed: Option<Data<&KeyedRequest>>,
     ) -> Result<HoldCreated, ApiError> {
         let max = self.state.max_hold_qty;
         let result = match Quantity::new(body.qty, max) {
             None => Err(ApiError::validation(format!(
                 "qty must be between 1 and {max}"
             ))),
-            Some(qty) => match &self.state.hold_coalescer {
-                Some(coalescer) => coalescer.create_hold(body.product_id, qty).await,
-                None => {
-                    stock::create_hold(&self.state.db, body.product_id, qty, self.state.hold_ttl)
-                        .await
+            Some(qty) => {
+                let request = HoldRequest {
+                    qty,
+                    keyed: keyed.map(|k| Keyed {
+                        request: k.0.clone(),
+                        render: render_hold,
+                    }),
+                };
+                match &self.state.hold_coalescer {
+                    Some(coalescer) => coalescer.create_hold(body.product_id, request).await,
+                    None => {
+                        let (db, ttl) = (&self.state.db, self.state.hold_ttl);
+                        stock::create_hold(db, body.product_id, request, ttl).await
+                    }
                 }
+                .map_err(ApiError::from)
             }
-            .map_err(ApiError::from),
         };
         if let Err(e) = &result {
             metrics::counter!("holds_rejected_total", "reason" => e.code().to_owned()).increment(1);

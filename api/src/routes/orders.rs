@@ -2,9 +2,11 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use entity::{
-    OrderStatus,
+    OrderStatus, StockError,
+    idempotency::{Keyed, KeyedRequest, StoredResponse},
     orders::{self, OrderCreated, OrderView},
 };
+use poem::{http::StatusCode, web::Data};
 use poem_openapi::{
     ApiResponse, Enum, Object, OpenApi,
     param::{Header, Path},
@@ -101,6 +103,14 @@ pub enum OrderPlaced {
     Existing(Json<Order>),
 }
 
+/// How a keyed order's answer is written down in its transaction, to be replayed byte for byte.
+fn render_order(answer: &Result<OrderCreated, StockError>) -> Option<StoredResponse> {
+    crate::idempotency::stored(answer.clone().map_err(ApiError::from).map(|o| match o {
+        OrderCreated::New(o) => (StatusCode::CREATED, Order::from(o)),
+        OrderCreated::Existing(o) => (StatusCode::OK, Order::from(o)),
+    }))
+}
+
 pub struct OrdersApi {
     pub state: Arc<AppState>,
 }
@@ -123,9 +133,14 @@ impl OrdersApi {
         #[oai(name = "Idempotency-Key")]
         _idempotency_key: Header<Option<String>>,
         body: Json<CreateOrder>,
+        keyed: Option<Data<&KeyedRequest>>,
     ) -> Result<OrderPlaced, ApiError> {
+        let keyed = keyed.map(|k| Keyed {
+            request: k.0.clone(),
+            render: render_order,
+        });
         Ok(
-            match orders::create_order(&self.state.db, body.hold_id).await? {
+            match orders::create_order(&self.state.db, body.hold_id, keyed).await? {
                 OrderCreated::New(o) => OrderPlaced::Created(Json(o.into())),
                 OrderCreated::Existing(o) => OrderPlaced::Existing(Json(o.into())),
             },
