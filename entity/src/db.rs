@@ -314,6 +314,29 @@ impl Db {
         }
     }
 
+    /// Runs a read, again while its pooled connection turns out to be dead (killed by the
+    /// server, or left over from before a restart): harmless for a read, and it spares the
+    /// client a 503 that a fresh connection would not have given. Each failure retires one
+    /// dead connection at once, so this ends after at most the pool's size of them.
+    pub async fn read<T, F, Fut>(&self, op: F) -> Result<T, StockError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, StockError>>,
+    {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match op().await {
+                Err(StockError::Unavailable(e))
+                    if connection_lost(&e) && tries <= self.max_connections =>
+                {
+                    continue;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Publishes the pool's state as gauges (called when `/metrics` is scraped).
     pub fn record_pool_metrics(&self) {
         let (size, idle) = match self.backend {
@@ -469,6 +492,24 @@ pub fn classify(err: &DbErr) -> DbFailure {
         return DbFailure::Busy;
     }
     DbFailure::Other
+}
+
+/// The connection itself broke (as opposed to the server refusing to serve): I/O errors, and
+/// MySQL's 1927 killed, 2006 gone away, 2013 lost, 4031 disconnected for inactivity.
+fn connection_lost(err: &DbErr) -> bool {
+    let sqlx_err = match err {
+        DbErr::Exec(RuntimeErr::SqlxError(e))
+        | DbErr::Query(RuntimeErr::SqlxError(e))
+        | DbErr::Conn(RuntimeErr::SqlxError(e)) => e,
+        _ => return false,
+    };
+    match &**sqlx_err {
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db
+            .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+            .is_some_and(|my| matches!(my.number(), 1927 | 2006 | 2013 | 4031)),
+        _ => false,
+    }
 }
 
 /// Whether this session's server is a Galera node with replication on. `SHOW VARIABLES`

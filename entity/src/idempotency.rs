@@ -68,10 +68,14 @@ pub enum Lookup {
 
 /// Looks a key up without locking anything (a replay never waits for the product lock).
 pub async fn lookup(db: &Db, request: &KeyedRequest) -> Result<Lookup, StockError> {
-    let row = key::Entity::find()
-        .filter(key::Column::Scope.eq(request.scope))
-        .filter(key::Column::IdemKey.eq(request.key.as_str()))
-        .one(db.conn())
+    let row = db
+        .read(|| async {
+            Ok(key::Entity::find()
+                .filter(key::Column::Scope.eq(request.scope))
+                .filter(key::Column::IdemKey.eq(request.key.as_str()))
+                .one(db.conn())
+                .await?)
+        })
         .await?;
     Ok(match row {
         Some(row) if row.expires_at > now() => judge(&row, &request.fingerprint)?,

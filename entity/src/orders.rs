@@ -60,8 +60,8 @@ pub enum OrderCreated {
 }
 
 pub async fn get_order(db: &Db, id: i64) -> Result<OrderView, StockError> {
-    let model = order::Entity::find_by_id(id)
-        .one(db.conn())
+    let model = db
+        .read(|| async { Ok(order::Entity::find_by_id(id).one(db.conn()).await?) })
         .await?
         .ok_or(StockError::OrderNotFound(id))?;
     Ok(OrderView::from(&model))

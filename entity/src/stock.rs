@@ -94,8 +94,12 @@ pub async fn product_view(db: &Db, id: ProductId) -> Result<ProductView, StockEr
         sql,
         [HoldStatus::Active.as_str().into(), now().into(), id.into()],
     );
-    let row = ProductRow::find_by_statement(stmt)
-        .one(db.conn())
+    let row = db
+        .read(|| async {
+            Ok(ProductRow::find_by_statement(stmt.clone())
+                .one(db.conn())
+                .await?)
+        })
         .await?
         .ok_or(StockError::ProductNotFound(id))?;
     let expired = i32::try_from(row.expired_qty)
@@ -171,8 +175,8 @@ pub async fn seed_demo_product(db: &Db) -> Result<bool, StockError> {
 }
 
 pub async fn get_hold(db: &Db, id: HoldId) -> Result<HoldView, StockError> {
-    let model = hold::Entity::find_by_id(id)
-        .one(db.conn())
+    let model = db
+        .read(|| async { Ok(hold::Entity::find_by_id(id).one(db.conn()).await?) })
         .await?
         .ok_or(StockError::HoldNotFound(id))?;
     Ok(HoldView::at(&model, now()))

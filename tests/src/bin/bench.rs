@@ -138,6 +138,32 @@ async fn single_server(
             push(&mut results["http_holds"], r);
         }
         if coalescing {
+            let keyed = wrk_keyed_holds(&api.url, product, 256, seconds)?;
+            println!(
+                "Keyed holds (unique Idempotency-Key each) c=256 {:>8.0} holds/s  p50 {:>6.1} ms  p99 {:>6.1} ms",
+                keyed["holds_per_s"].as_f64().unwrap_or(0.0),
+                keyed["p50_ms"].as_f64().unwrap_or(0.0),
+                keyed["p99_ms"].as_f64().unwrap_or(0.0)
+            );
+            results["keyed_holds"] = keyed;
+            let rss_before = api.rss_kib();
+            let spray = wrk_with(&format!("{}/", api.url), 256, 2, seconds, &spray_script())?;
+            // Give retiring tasks a moment, then read the resident size again.
+            std::thread::sleep(Duration::from_millis(500));
+            let rss_after = api.rss_kib();
+            println!(
+                "Unknown-id spray: {} requests (all 404: {}), API RSS {:.1} -> {:.1} MiB",
+                spray["requests"],
+                spray["other"] == spray["requests"],
+                rss_before as f64 / 1024.0,
+                rss_after as f64 / 1024.0
+            );
+            results["unknown_id_spray"] = json!({
+                "requests": spray["requests"],
+                "not_found": spray["other"],
+                "rss_before_mib": rss_before as f64 / 1024.0,
+                "rss_after_mib": rss_after as f64 / 1024.0,
+            });
             let reads = wrk_reads(&api.url, product, 256, seconds)?;
             println!(
                 "GET product c=256           {:>8.0} reads/s  p50 {:>6.1} ms  p99 {:>6.1} ms",
@@ -289,11 +315,19 @@ impl Api {
     }
 
     fn peak_rss_kib(&self) -> u64 {
+        self.status_kib("VmHWM:")
+    }
+
+    fn rss_kib(&self) -> u64 {
+        self.status_kib("VmRSS:")
+    }
+
+    fn status_kib(&self, field: &str) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .ok()
             .and_then(|s| {
                 s.lines()
-                    .find(|l| l.starts_with("VmHWM:"))
+                    .find(|l| l.starts_with(field))
                     .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
             })
             .unwrap_or(0)
@@ -309,7 +343,7 @@ impl Drop for Api {
 
 const WRK_REPORT: &str = r#"
 local threads = {}
-function setup(thread) table.insert(threads, thread) end
+function setup(thread) table.insert(threads, thread); thread:set("tid", #threads) end
 function init(args) ok = 0; refused = 0; unavailable = 0; server_error = 0; other = 0 end
 function response(status, headers, body)
   if status == 200 or status == 201 then ok = ok + 1
@@ -395,6 +429,52 @@ fn holds_script(product: i64) -> String {
         "wrk.method = \"POST\"\nwrk.body = '{{\"product_id\":{product},\"qty\":1}}'\n\
          wrk.headers[\"Content-Type\"] = \"application/json\"\n{WRK_REPORT}"
     )
+}
+
+/// Holds like [`holds_script`], each with an `Idempotency-Key` of its own (unique across runs),
+/// as clients that retry safely send them.
+fn keyed_holds_script(product: i64) -> String {
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!(
+        "wrk.method = \"POST\"\nwrk.body = '{{\"product_id\":{product},\"qty\":1}}'\n\
+         wrk.headers[\"Content-Type\"] = \"application/json\"\n\
+         local n = 0\n\
+         function request()\n  n = n + 1\n  \
+           wrk.headers[\"Idempotency-Key\"] = \"bench-{run}-\" .. tid .. \"-\" .. n\n  \
+           return wrk.format()\nend\n{WRK_REPORT}"
+    )
+}
+
+/// Holds and reads for product ids that do not exist, each id new: the abuse the per-product
+/// queues must not grow with.
+fn spray_script() -> String {
+    format!(
+        "local n = 0\n\
+         function request()\n  n = n + 1\n  local id = 1000000000 + tid * 100000000 + n\n  \
+           if n % 2 == 0 then\n    \
+             return wrk.format(\"GET\", \"/api/products/\" .. id)\n  end\n  \
+           return wrk.format(\"POST\", \"/api/holds\", {{[\"Content-Type\"] = \"application/json\"}}, \
+             '{{\"product_id\":' .. id .. ',\"qty\":1}}')\nend\n{WRK_REPORT}"
+    )
+}
+
+fn wrk_keyed_holds(url: &str, product: i64, connections: usize, seconds: u64) -> Result<Value> {
+    let v = wrk(
+        &format!("{url}/api/holds"),
+        connections,
+        seconds,
+        &keyed_holds_script(product),
+    )?;
+    Ok(json!({
+        "connections": connections,
+        "holds_per_s": rate(&v, "ok"),
+        "p50_ms": ms(&v, "p50_us"),
+        "p99_ms": ms(&v, "p99_us"),
+        "max_ms": ms(&v, "max_us"),
+    }))
 }
 
 fn wrk_holds(url: &str, product: i64, connections: usize, seconds: u64) -> Result<Value> {
@@ -905,6 +985,12 @@ fn summarize(results: &mut Value) {
         "plain_sql_ceiling_holds_per_s": sql_ceiling,
         "speedup_over_plain_sql": if sql_ceiling > 0.0 { best_coalesced / sql_ceiling } else { 0.0 },
         "coalesced_p99_ms_at_256": p99_256,
+        "keyed_holds_per_s_at_256": results["keyed_holds"]["holds_per_s"],
+        "keyed_p99_ms_at_256": results["keyed_holds"]["p99_ms"],
+        "keyed_share_of_unkeyed": results["keyed_holds"]["holds_per_s"].as_f64().unwrap_or(0.0)
+            / find("http_holds", Some(true), 256).max(1.0),
+        "get_product_per_s": results["get_product"]["per_s"],
+        "unknown_id_spray_rss_mib": [results["unknown_id_spray"]["rss_before_mib"], results["unknown_id_spray"]["rss_after_mib"]],
         "oversold": results["stock_boundary"]["oversold"],
         "api_peak_rss_mib": results["api_peak_rss_mib"],
         "galera_one_api_holds_per_s": results["galera"]["one_api"]["holds_per_s"],
