@@ -30,6 +30,11 @@ pub struct BatchPolicy {
     /// Most calls waiting for one key; beyond it a call is refused at once
     /// ([`BatchError::Overloaded`]) instead of the queue growing without bound.
     pub max_queued: usize,
+    /// Batches of one key running at once. Two let the next hold batch wait on the product's
+    /// row lock while the one before it commits: InnoDB releases row locks before the redo log
+    /// is flushed, so the next batch works during the flush instead of after it. Reads that
+    /// must only share a query started after their arrival use one.
+    pub max_in_flight: usize,
 }
 
 /// Why a call got no answer from its batch.
@@ -70,6 +75,7 @@ where
             policy: BatchPolicy {
                 max_batch: policy.max_batch.max(1),
                 max_queued: policy.max_queued.max(1),
+                max_in_flight: policy.max_in_flight.max(1),
                 ..policy
             },
         })
@@ -134,7 +140,12 @@ where
 
     async fn drain(self: Arc<Self>, key: K, mut rx: mpsc::Receiver<Call<Req, Resp>>) {
         let policy = self.policy;
+        let slots = Arc::new(tokio::sync::Semaphore::new(policy.max_in_flight));
         loop {
+            // A slot first, then the batch: what queues while the slots are busy joins it.
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
             let first = match rx.try_recv() {
                 Ok(call) => call,
                 Err(mpsc::error::TryRecvError::Disconnected) => return,
@@ -179,7 +190,11 @@ where
                     }
                 }
             }
-            self.serve(&key, batch).await;
+            let (this, key) = (self.clone(), key.clone());
+            tokio::spawn(async move {
+                this.serve(&key, batch).await;
+                drop(slot);
+            });
         }
     }
 
@@ -235,6 +250,7 @@ mod tests {
             max_batch: 8,
             max_wait: Duration::from_millis(max_wait_ms),
             max_queued: 64,
+            max_in_flight: 1,
         }
     }
 
@@ -290,6 +306,7 @@ mod tests {
                 max_batch: 1,
                 max_wait: Duration::ZERO,
                 max_queued: 2,
+                max_in_flight: 1,
             },
             move |_k: u8, reqs: Vec<u32>| {
                 seen.fetch_add(1, Ordering::SeqCst);
@@ -336,6 +353,7 @@ mod tests {
                 max_batch: 100,
                 max_wait: Duration::ZERO,
                 max_queued: 100,
+                max_in_flight: 1,
             },
             move |_k: u8, reqs: Vec<u32>| {
                 let (seen, mut released) = (seen.clone(), released.clone());

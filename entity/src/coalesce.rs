@@ -58,6 +58,7 @@ impl HoldCoalescer {
             max_batch: max_batch.max(1),
             max_wait,
             max_queued: max_batch.max(1) * QUEUED_BATCHES,
+            max_in_flight: 2,
         };
         let batcher = KeyedBatcher::new(
             policy,
@@ -133,6 +134,7 @@ impl ProductReads {
             max_batch: MAX_QUEUED_READS,
             max_wait: Duration::ZERO,
             max_queued: MAX_QUEUED_READS,
+            max_in_flight: 1,
         };
         let batcher = KeyedBatcher::new(policy, move |product_id, waiters: Vec<Instant>| {
             let db = db.clone();
