@@ -262,6 +262,12 @@ impl From<StockError> for ApiError {
                     "the stock is busy; retry shortly",
                 )
             }
+            // Nobody reads this one: the client has gone.
+            StockError::Abandoned => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the request was abandoned by its client",
+            ),
             StockError::Overloaded => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",

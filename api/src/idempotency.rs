@@ -13,8 +13,8 @@ use std::{
 };
 
 use entity::{
-    Db,
-    idempotency::{self, KeyedRequest, Lookup, StoredResponse},
+    coalesce::KeyLookups,
+    idempotency::{KeyedRequest, Lookup, StoredResponse},
 };
 use poem::{
     Endpoint, IntoResponse, Request, Response,
@@ -76,7 +76,7 @@ impl Drop for Running {
 pub async fn idempotent<E: Endpoint>(
     ep: Arc<E>,
     mut req: Request,
-    db: Db,
+    lookups: KeyLookups,
     in_flight: InFlight,
 ) -> poem::Result<Response> {
     let Some(scope) = scope(&req) else {
@@ -103,7 +103,7 @@ pub async fn idempotent<E: Endpoint>(
         fingerprint: fingerprint(&body),
     };
     req.set_body(body);
-    match idempotency::lookup(&db, &keyed).await {
+    match lookups.lookup(keyed.clone()).await {
         Ok(Lookup::Replay(stored)) => return Ok(replay(stored)),
         Ok(Lookup::Mismatch) => {
             return Ok(ApiError::from(entity::StockError::IdempotencyKeyMismatch).into_response());

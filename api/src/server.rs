@@ -165,7 +165,7 @@ pub fn build_app(
             .into_response()
     });
     let admin_enabled = state.admin_token.is_some();
-    let idempotency_db = state.db.clone();
+    let key_lookups = entity::coalesce::KeyLookups::new(state.db.clone());
     let in_flight = crate::idempotency::InFlight::default();
     let rate_limit = crate::rate_limit::HoldRateLimit::new(config.hold_rate_limit_per_second);
 
@@ -184,7 +184,7 @@ pub fn build_app(
         .at("/openapi.json", spec)
         .at("/metrics", metrics_ep)
         .around(move |ep, req| {
-            crate::idempotency::idempotent(ep, req, idempotency_db.clone(), in_flight.clone())
+            crate::idempotency::idempotent(ep, req, key_lookups.clone(), in_flight.clone())
         })
         .around(move |ep, req| crate::rate_limit::limit_holds(ep, req, rate_limit.clone()))
         .around(move |ep, req| async move {

@@ -16,6 +16,7 @@ use crate::{
     Db, StockError,
     batcher::{BatchError, BatchPolicy, KeyedBatcher},
     db::ANSWER_WITHIN,
+    idempotency::{self, KeyedRequest, Lookup},
     stock::{self, HoldRequest, HoldView, ProductView},
     types::ProductId,
 };
@@ -110,7 +111,10 @@ impl HoldCoalescer {
         Self { batcher }
     }
 
-    pub async fn create_hold(&self, product_id: ProductId, request: HoldRequest) -> HoldAnswer {
+    pub async fn create_hold(&self, product_id: ProductId, mut request: HoldRequest) -> HoldAnswer {
+        // Dropped with this future if the client goes away while it waits.
+        let waiting = Arc::new(());
+        request.waiting = Some(Arc::downgrade(&waiting));
         let answer = self
             .batcher
             .call(product_id, (request, Instant::now()))
@@ -167,6 +171,42 @@ impl ProductReads {
     pub async fn product_view(&self, product_id: ProductId) -> Result<ProductView, StockError> {
         self.batcher
             .call(product_id, Instant::now())
+            .await
+            .unwrap_or_else(|e| Err(e.into()))
+    }
+}
+
+/// Idempotency-key look-ups of concurrent requests share one query per scope, taken only by
+/// requests that arrived before it started (so a key finished before a request arrived is
+/// always seen by it).
+#[derive(Clone)]
+pub struct KeyLookups {
+    batcher: Arc<KeyedBatcher<&'static str, KeyedRequest, Result<Lookup, StockError>>>,
+}
+
+impl KeyLookups {
+    pub fn new(db: Db) -> Self {
+        let policy = BatchPolicy {
+            max_batch: 1_000,
+            max_wait: Duration::ZERO,
+            max_queued: MAX_QUEUED_READS,
+            max_in_flight: 1,
+        };
+        let batcher = KeyedBatcher::new(policy, move |scope, requests: Vec<KeyedRequest>| {
+            let db = db.clone();
+            async move {
+                match idempotency::lookup_many(&db, scope, &requests).await {
+                    Ok(found) => found.into_iter().map(Ok).collect(),
+                    Err(e) => requests.iter().map(|_| Err(e.clone())).collect(),
+                }
+            }
+        });
+        Self { batcher }
+    }
+
+    pub async fn lookup(&self, request: KeyedRequest) -> Result<Lookup, StockError> {
+        self.batcher
+            .call(request.scope, request)
             .await
             .unwrap_or_else(|e| Err(e.into()))
     }

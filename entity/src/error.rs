@@ -55,6 +55,9 @@ pub enum StockError {
     /// exhausted, or a Galera node outside the primary component (1047, 1180 at COMMIT).
     #[error("database unavailable: {0}")]
     Unavailable(Arc<DbErr>),
+    /// The client went away before its request was served; nothing was done for it.
+    #[error("the client went away before its request was served")]
+    Abandoned,
     /// Too many requests already wait for this product in this process.
     #[error("too many requests are waiting for this product")]
     Overloaded,
@@ -90,6 +93,7 @@ impl StockError {
                 | StockError::Contention { .. }
                 | StockError::Unavailable(_)
                 | StockError::Overloaded
+                | StockError::Abandoned
         )
     }
 

@@ -66,21 +66,60 @@ pub enum Lookup {
     Mismatch,
 }
 
-/// Looks a key up without locking anything (a replay never waits for the product lock).
-pub async fn lookup(db: &Db, request: &KeyedRequest) -> Result<Lookup, StockError> {
-    let row = db
-        .read(|| async {
-            Ok(key::Entity::find()
-                .filter(key::Column::Scope.eq(request.scope))
-                .filter(key::Column::IdemKey.eq(request.key.as_str()))
-                .one(db.conn())
-                .await?)
+/// Looks keys of one scope up without locking anything (a replay never waits for the product
+/// lock): one statement for all of them. [`crate::coalesce::KeyLookups`] gathers the keys of
+/// concurrent requests into one call.
+pub async fn lookup_many(
+    db: &Db,
+    scope: &str,
+    requests: &[KeyedRequest],
+) -> Result<Vec<Lookup>, StockError> {
+    let keys: Vec<&str> = requests.iter().map(|r| r.key.as_str()).collect();
+    let rows = db.read(|| find_keys(db.conn(), scope, &keys)).await?;
+    let now = now();
+    let found: HashMap<&str, &key::Model> = rows
+        .iter()
+        .filter(|r| r.expires_at > now)
+        .map(|r| (r.idem_key.as_str(), r))
+        .collect();
+    requests
+        .iter()
+        .map(|r| match found.get(r.key.as_str()) {
+            Some(row) => judge(row, &r.fingerprint),
+            None => Ok(Lookup::Absent),
         })
-        .await?;
-    Ok(match row {
-        Some(row) if row.expires_at > now() => judge(&row, &request.fingerprint)?,
-        _ => Lookup::Absent,
-    })
+        .collect()
+}
+
+/// The stored rows of these keys, by one statement whatever their number (the keys are bound
+/// as one JSON array), so a prepared statement serves every batch size.
+async fn find_keys<C: ConnectionTrait>(
+    conn: &C,
+    scope: &str,
+    keys: &[&str],
+) -> Result<Vec<key::Model>, StockError> {
+    let backend = conn.get_database_backend();
+    let sql = match backend {
+        DbBackend::Sqlite => {
+            "SELECT * FROM idempotency_keys \
+             WHERE scope = ? AND idem_key IN (SELECT value FROM json_each(?))"
+        }
+        _ => {
+            "SELECT * FROM idempotency_keys \
+             WHERE scope = ? AND idem_key IN \
+               (SELECT j.k FROM JSON_TABLE(?, '$[*]' COLUMNS (k VARCHAR(255) PATH '$')) AS j)"
+        }
+    };
+    let json = serde_json::to_string(keys)
+        .map_err(|e| StockError::Invariant(format!("keys as JSON: {e}")))?;
+    Ok(key::Entity::find()
+        .from_raw_sql(Statement::from_sql_and_values(
+            backend,
+            sql,
+            [scope.into(), json.into()],
+        ))
+        .all(conn)
+        .await?)
 }
 
 fn judge(row: &key::Model, fingerprint: &str) -> Result<Lookup, StockError> {
@@ -118,11 +157,7 @@ pub(crate) async fn check_in_txn<C: ConnectionTrait>(
             .filter(|r| r.scope == scope)
             .map(|r| r.key.as_str())
             .collect();
-        let rows = key::Entity::find()
-            .filter(key::Column::Scope.eq(scope))
-            .filter(key::Column::IdemKey.is_in(keys))
-            .all(txn)
-            .await?;
+        let rows = find_keys(txn, scope, &keys).await?;
         let (expired, live): (Vec<_>, Vec<_>) = rows.into_iter().partition(|r| r.expires_at <= now);
         if !expired.is_empty() {
             key::Entity::delete_many()

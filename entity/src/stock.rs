@@ -189,6 +189,23 @@ pub struct HoldRequest {
     /// Its `Idempotency-Key`, if it came with one: the key and its answer are written in the
     /// batch's transaction.
     pub keyed: Option<Keyed<HoldView>>,
+    /// Alive while someone waits for the answer. A request whose client has gone by the time
+    /// its batch holds the product lock takes no stock. `None`: always wanted.
+    pub waiting: Option<std::sync::Weak<()>>,
+}
+
+impl HoldRequest {
+    pub fn new(qty: Quantity) -> Self {
+        Self {
+            qty,
+            keyed: None,
+            waiting: None,
+        }
+    }
+
+    fn abandoned(&self) -> bool {
+        self.waiting.as_ref().is_some_and(|w| w.strong_count() == 0)
+    }
 }
 
 /// Puts a hold on `qty` units of a product for `ttl`: a batch of one (see
@@ -222,8 +239,15 @@ pub async fn create_holds_batch(
     deadline: std::time::Instant,
 ) -> Result<Vec<Result<HoldView, StockError>>, StockError> {
     let started = std::time::Instant::now();
+    let mut attempt = 0;
     let (answers, reclaimed) = with_retry_until(deadline, Some(product_id), || {
-        db.write_until(deadline, async |txn| {
+        attempt += 1;
+        // The keys of this batch were free when their requests arrived (the API looked them
+        // up, and no twin runs in this process), so the first attempt only writes them. If a
+        // twin elsewhere wrote one meanwhile, that write fails and the batch runs again: then
+        // the keys are checked first.
+        let check_keys = attempt > 1;
+        db.write_until(deadline, async move |txn| {
             let product = product::Entity::find_by_id(product_id)
                 .lock_exclusive()
                 .one(txn)
@@ -236,11 +260,19 @@ pub async fn create_holds_batch(
                 .enumerate()
                 .filter_map(|(i, r)| r.keyed.as_ref().map(|k| (i, &k.request)))
                 .collect();
-            let mut refused: Vec<Option<StockError>> = vec![None; requests.len()];
-            let checks =
-                check_in_txn(txn, &keyed.iter().map(|(_, k)| *k).collect::<Vec<_>>()).await?;
-            for ((i, _), check) in keyed.iter().zip(checks) {
-                refused[*i] = check.err();
+            // Under the lock, the batch really starts: whoever has gone by now gets nothing.
+            let mut refused: Vec<Option<StockError>> = requests
+                .iter()
+                .map(|r| r.abandoned().then_some(StockError::Abandoned))
+                .collect();
+            if check_keys {
+                let requests: Vec<&KeyedRequest> = keyed.iter().map(|(_, k)| *k).collect();
+                let checks = check_in_txn(txn, &requests).await?;
+                for ((i, _), check) in keyed.iter().zip(checks) {
+                    if refused[*i].is_none() {
+                        refused[*i] = check.err();
+                    }
+                }
             }
             let wanted: i64 = requests
                 .iter()

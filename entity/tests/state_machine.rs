@@ -116,8 +116,7 @@ async fn run(ops: Vec<Op>) {
                     chrono::Duration::minutes(5)
                 };
                 let qty = Quantity::new(qty, 10).expect("qty");
-                match stock::create_hold(&db, product, HoldRequest { qty, keyed: None }, ttl).await
-                {
+                match stock::create_hold(&db, product, HoldRequest::new(qty), ttl).await {
                     Ok(h) => holds.push(h.id),
                     Err(StockError::InsufficientStock { available }) => {
                         assert!(available < qty.as_i32())

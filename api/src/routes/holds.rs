@@ -142,11 +142,11 @@ impl HoldsApi {
             ))),
             Some(qty) => {
                 let request = HoldRequest {
-                    qty,
                     keyed: keyed.map(|k| Keyed {
                         request: k.0.clone(),
                         render: render_hold,
                     }),
+                    ..HoldRequest::new(qty)
                 };
                 match &self.state.hold_coalescer {
                     Some(coalescer) => coalescer.create_hold(body.product_id, request).await,
