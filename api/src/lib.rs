@@ -5,6 +5,7 @@
 //! the server wiring ([`server`]). Every change to stock goes through `entity::stock`.
 
 pub mod config;
+pub mod connections;
 pub mod error;
 pub mod idempotency;
 pub mod observe;

@@ -46,6 +46,8 @@ pub struct AppState {
     pub webhook_secret: Option<crate::config::WebhookSecret>,
     /// Set on SIGTERM/Ctrl-C: `/readyz` answers 503 from then on.
     pub draining: AtomicBool,
+    /// Which clients are still connected.
+    pub connections: Arc<crate::connections::Connections>,
 }
 
 impl AppState {
@@ -65,6 +67,7 @@ impl AppState {
             hold_ttl,
             max_hold_qty: config.max_hold_qty,
             admin_token: config.admin_token.clone(),
+            connections: Arc::default(),
             webhook_secret: config.webhook_secret.clone(),
             draining: AtomicBool::new(false),
         }
@@ -311,6 +314,7 @@ pub async fn run(config: Config, metrics: Option<PrometheusHandle>) -> anyhow::R
         .into_acceptor()
         .await
         .with_context(|| format!("BIND_ADDR {}: cannot listen", config.bind_addr))?;
+    let acceptor = crate::connections::TrackingAcceptor::new(acceptor, state.connections.clone());
     let addr = acceptor
         .local_addr()
         .first()

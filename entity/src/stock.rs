@@ -192,6 +192,8 @@ pub struct HoldRequest {
     /// Alive while someone waits for the answer. A request whose client has gone by the time
     /// its batch holds the product lock takes no stock. `None`: always wanted.
     pub waiting: Option<std::sync::Weak<()>>,
+    /// Raised by the caller when its client has gone (its connection closed).
+    pub client_gone: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl HoldRequest {
@@ -200,11 +202,16 @@ impl HoldRequest {
             qty,
             keyed: None,
             waiting: None,
+            client_gone: None,
         }
     }
 
     fn abandoned(&self) -> bool {
         self.waiting.as_ref().is_some_and(|w| w.strong_count() == 0)
+            || self
+                .client_gone
+                .as_ref()
+                .is_some_and(|g| g.load(std::sync::atomic::Ordering::Relaxed))
     }
 }
 

@@ -356,11 +356,23 @@ pub struct Response {
     pub status: u16,
     pub content_type: String,
     pub body: Value,
+    /// Every header of the answer.
+    pub headers: reqwest::header::HeaderMap,
 }
 
 impl Response {
     pub fn code(&self) -> &str {
         self.body["code"].as_str().unwrap_or("")
+    }
+
+    /// A header's value, if present and readable as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Whether the answer says it is a stored one, replayed (`Idempotent-Replayed: true`).
+    pub fn replayed(&self) -> bool {
+        self.header("idempotent-replayed") == Some("true")
     }
 }
 
@@ -624,6 +636,35 @@ impl Client {
         .await
     }
 
+    /// `POST /api/holds` with an `Idempotency-Key`.
+    pub async fn hold_with_key(&self, product_id: i64, qty: i64, key: &str) -> Response {
+        self.post_with_key(
+            "/api/holds",
+            key,
+            &json!({"product_id": product_id, "qty": qty}),
+        )
+        .await
+    }
+
+    /// `POST /api/orders` with an `Idempotency-Key`.
+    pub async fn order_with_key(&self, hold_id: i64, key: &str) -> Response {
+        self.post_with_key("/api/orders", key, &json!({ "hold_id": hold_id }))
+            .await
+    }
+
+    /// A JSON `POST` to `path` carrying `Idempotency-Key: key`.
+    pub async fn post_with_key(&self, path: &str, key: &str, body: &Value) -> Response {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.address))
+            .header("idempotency-key", key)
+            .json(body)
+            .send()
+            .await
+            .expect("request failed");
+        into_response(r).await
+    }
+
     pub async fn release(&self, hold_id: i64) -> Response {
         self.request(
             reqwest::Method::DELETE,
@@ -739,12 +780,14 @@ pub async fn into_response(r: reqwest::Response) -> Response {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
+    let headers = r.headers().clone();
     let text = r.text().await.unwrap_or_default();
     let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
     Response {
         status,
         content_type,
         body,
+        headers,
     }
 }
 

@@ -6,7 +6,10 @@ use entity::{
     idempotency::{Keyed, KeyedRequest, StoredResponse},
     stock::{self, HoldRequest, HoldView},
 };
-use poem::{http::StatusCode, web::Data};
+use poem::{
+    http::StatusCode,
+    web::{Data, RemoteAddr},
+};
 use poem_openapi::{
     ApiResponse, Enum, Object, OpenApi,
     param::{Header, Path},
@@ -134,6 +137,7 @@ impl HoldsApi {
         _idempotency_key: Header<Option<String>>,
         body: Json<CreateHold>,
         keyed: Option<Data<&KeyedRequest>>,
+        remote: &RemoteAddr,
     ) -> Result<HoldCreated, ApiError> {
         let max = self.state.max_hold_qty;
         let result = match Quantity::new(body.qty, max) {
@@ -146,6 +150,7 @@ impl HoldsApi {
                         request: k.0.clone(),
                         render: render_hold,
                     }),
+                    client_gone: self.state.connections.gone_flag(remote),
                     ..HoldRequest::new(qty)
                 };
                 match &self.state.hold_coalescer {

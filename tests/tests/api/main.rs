@@ -13,3 +13,4 @@ mod operations;
 mod orders;
 mod payments;
 mod processes;
+mod retries;
