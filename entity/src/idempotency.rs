@@ -99,6 +99,8 @@ async fn find_keys<C: ConnectionTrait>(
     keys: &[&str],
 ) -> Result<Vec<key::Model>, StockError> {
     let backend = conn.get_database_backend();
+    // The JSON column's type must be the key column's (ascii, binary comparison), or the
+    // optimizer compares in another collation and cannot use the unique index.
     let sql = match backend {
         DbBackend::Sqlite => {
             "SELECT * FROM idempotency_keys \
@@ -107,7 +109,8 @@ async fn find_keys<C: ConnectionTrait>(
         _ => {
             "SELECT * FROM idempotency_keys \
              WHERE scope = ? AND idem_key IN \
-               (SELECT j.k FROM JSON_TABLE(?, '$[*]' COLUMNS (k VARCHAR(255) PATH '$')) AS j)"
+               (SELECT j.k FROM JSON_TABLE(?, '$[*]' COLUMNS ( \
+                 k VARCHAR(255) CHARACTER SET ascii COLLATE ascii_bin PATH '$')) AS j)"
         }
     };
     let json = serde_json::to_string(keys)

@@ -11,6 +11,7 @@ pub use lease::with_lease;
 mod m20261124_000001_create_products_and_holds;
 mod m20261124_000002_create_orders_and_webhook_events;
 mod m20261124_000003_create_idempotency_keys;
+mod m20261125_000004_exact_idempotency_keys;
 
 pub struct Migrator;
 
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000001_create_products_and_holds::Migration),
             Box::new(m20261124_000002_create_orders_and_webhook_events::Migration),
             Box::new(m20261124_000003_create_idempotency_keys::Migration),
+            Box::new(m20261125_000004_exact_idempotency_keys::Migration),
         ]
     }
 }

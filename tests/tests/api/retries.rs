@@ -525,3 +525,22 @@ async fn a_spray_of_unknown_product_ids_leaves_memory_where_it_was() {
     );
     assert_eq!(app.get("/healthz").await.status, 200);
 }
+
+on_both_databases! {
+    // Keys are compared exactly: two keys that differ only in letter case are two keys, each
+    // with its own hold (a case-insensitive collation would replay one client's answer to
+    // another).
+    async fn keys_that_differ_only_in_case_are_different_keys(backend: Backend) {
+        let app = TestApp::spawn(backend).await;
+        let product = app.create_product(10).await;
+        let upper = app.hold_with_key(product, 1, "Order-ABC").await;
+        let lower = app.hold_with_key(product, 1, "order-abc").await;
+        assert_eq!((upper.status, lower.status), (201, 201), "{} {}", upper.body, lower.body);
+        assert!(!lower.replayed(), "the second key was taken for the first");
+        assert_ne!(upper.body["hold_id"], lower.body["hold_id"]);
+        assert_eq!(app.available(product).await, 8);
+        let again = app.hold_with_key(product, 1, "order-abc").await;
+        assert!(again.replayed());
+        assert_eq!(again.body, lower.body);
+    }
+}
