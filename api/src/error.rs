@@ -143,18 +143,7 @@ impl ApiError {
 
     /// The problem document this answer carries.
     pub fn into_problem(self) -> Problem {
-        match self {
-            Self::BadRequest(p)
-            | Self::Unauthorized(p)
-            | Self::NotFound(p)
-            | Self::Conflict(p)
-            | Self::PayloadTooLarge(p)
-            | Self::UnsupportedMediaType(p)
-            | Self::Unprocessable(p)
-            | Self::TooManyRequests(p)
-            | Self::Internal(p)
-            | Self::Unavailable(p) => p.0,
-        }
+        self.problem().clone()
     }
 
     fn problem(&self) -> &Problem {

@@ -294,6 +294,15 @@ pub struct Ledger {
     pub paid: i64,
 }
 
+/// `kill -9` of a process this test started (an API, a worker), by its pid.
+pub fn kill9(pid: u32) {
+    let ok = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(ok.success(), "kill -9 {pid}");
+}
+
 pub fn now_unix() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -5,20 +5,13 @@
 
 use std::{
     collections::HashSet,
-    process::Command,
     time::{Duration, Instant},
 };
 
-use flash_sale_tests::{AppOptions, Backend, Client, Load, TestApp, servers::ScratchMariaDb};
+use flash_sale_tests::{
+    AppOptions, Backend, Client, Load, TestApp, kill9, servers::ScratchMariaDb,
+};
 use sea_orm::{ConnectionTrait, Statement};
-
-fn kill9(pid: u32) {
-    let ok = Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(ok.success());
-}
 
 /// Every hold the API acknowledged with 201 is readable with a consistent status.
 async fn assert_acknowledged_holds_survive(client: &Client, acknowledged: &[i64]) {

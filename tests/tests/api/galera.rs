@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use flash_sale_tests::{
     AppOptions, Client, Ledger, Load, Process, Response, TestApp, TestDb, all_at_once,
-    assert_conserved, into_response, servers::GaleraCluster, spawn_api,
+    assert_conserved, servers::GaleraCluster, spawn_api,
 };
 use futures::future::join_all;
 use serde_json::{Value, json};
@@ -525,15 +525,7 @@ async fn an_isolated_node_answers_503_then_serves_again_by_itself() {
 }
 
 async fn hold_with_key(c: &Client, key: &str, body: &Value) -> Response {
-    let r = c
-        .http
-        .post(format!("{}/api/holds", c.address))
-        .header("idempotency-key", key)
-        .json(body)
-        .send()
-        .await
-        .expect("hold");
-    into_response(r).await
+    c.post_with_key("/api/holds", key, body).await
 }
 
 /// One effect per key across nodes: 50 order requests for one hold at once, spread over the

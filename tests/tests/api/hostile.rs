@@ -8,15 +8,7 @@ use flash_sale_tests::{
 use serde_json::{Value, json};
 
 async fn hold_with_key(c: &Client, key: &str, body: &Value) -> flash_sale_tests::Response {
-    let r = c
-        .http
-        .post(format!("{}/api/holds", c.address))
-        .header("idempotency-key", key)
-        .json(body)
-        .send()
-        .await
-        .expect("hold");
-    into_response(r).await
+    c.post_with_key("/api/holds", key, body).await
 }
 
 on_both_databases! {

@@ -5,7 +5,6 @@
 
 use std::{
     collections::HashSet,
-    process::Command,
     sync::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
@@ -14,17 +13,10 @@ use std::{
 };
 
 use flash_sale_tests::{
-    AppOptions, Backend, Client, Response, TestApp, all_at_once, into_response, on_both_databases,
+    AppOptions, Backend, Client, Response, TestApp, all_at_once, into_response, kill9,
+    on_both_databases,
 };
 use serde_json::{Value, json};
-
-fn kill9(pid: u32) {
-    let ok = Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(ok.success());
-}
 
 fn options(env: &[(&'static str, &str)]) -> AppOptions {
     AppOptions {
