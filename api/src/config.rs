@@ -136,7 +136,7 @@ impl Config {
     /// The configuration as printed at start-up: secrets masked.
     pub fn redacted(&self) -> String {
         format!(
-            "DATABASE_URL={} DATABASE_MAX_CONNECTIONS={} DATABASE_CAUSAL_READS={:?} BIND_ADDR={} HOLD_TTL_SECONDS={} \
+            "DATABASE_URL={} DATABASE_MAX_CONNECTIONS={} DATABASE_CAUSAL_READS={} BIND_ADDR={} HOLD_TTL_SECONDS={} \
              MAX_HOLD_QTY={} WEBHOOK_SECRET={} CORS_ALLOWED_ORIGINS={} ADMIN_TOKEN={} LOG_DIR={} \
              RUST_LOG={} AUTO_MIGRATE={} SHUTDOWN_DELAY_SECONDS={} SHUTDOWN_GRACE_SECONDS={} \
              HOLD_COALESCING={} HOLD_BATCH_WAIT_MICROS={} HOLD_BATCH_MAX={} \

@@ -243,32 +243,26 @@ impl From<StockError> for ApiError {
                 "hold_not_active",
                 format!("hold {id} is {}", status.as_str()),
             ),
-            StockError::Contention { .. } | StockError::Busy(_) => {
-                tracing::warn!(error = %err, "answering 503 after lock contention");
-                Self::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "the stock is busy; retry shortly",
-                )
-            }
-            // Nobody reads this one: the client has gone.
-            StockError::Abandoned => Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "the request was abandoned by its client",
-            ),
-            StockError::Overloaded => Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "too many requests are waiting for this product; retry shortly",
-            ),
-            StockError::Unavailable(e) => {
-                tracing::warn!(error = %e, "database unavailable");
-                Self::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "the database cannot serve right now; retry shortly",
-                )
+            // The database's doing (the entity layer sorted each failure into these): a 503,
+            // never a 500.
+            e @ (StockError::Busy(_)
+            | StockError::Contention { .. }
+            | StockError::Unavailable(_)
+            | StockError::Overloaded
+            | StockError::Abandoned) => {
+                tracing::warn!(error = %e, "answering 503");
+                let detail = match e {
+                    StockError::Unavailable(_) => {
+                        "the database cannot serve right now; retry shortly"
+                    }
+                    StockError::Overloaded => {
+                        "too many requests are waiting for this product; retry shortly"
+                    }
+                    // Nobody reads this one: the client has gone.
+                    StockError::Abandoned => "the request was abandoned by its client",
+                    _ => "the stock is busy; retry shortly",
+                };
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail)
             }
             StockError::Invariant(_) | StockError::Db(_) | StockError::Panicked(_) => {
                 tracing::error!(error = %err, "internal error");

@@ -70,17 +70,12 @@ impl HoldCoalescer {
                     // left are answered now; the batch runs for the others, by the earliest's due.
                     let now = Instant::now();
                     let late = |arrived: Instant| due(arrived) < now + TOO_LATE;
-                    let live: Vec<HoldRequest> = reqs
+                    let (live, arrivals): (Vec<HoldRequest>, Vec<Instant>) = reqs
                         .iter()
                         .filter(|(_, arrived)| !late(*arrived))
-                        .map(|(r, _)| r.clone())
-                        .collect();
-                    let deadline = reqs
-                        .iter()
-                        .map(|(_, arrived)| due(*arrived))
-                        .filter(|d| *d >= now + TOO_LATE)
-                        .min();
-                    let mut answers = match deadline {
+                        .cloned()
+                        .unzip();
+                    let mut answers = match arrivals.into_iter().map(due).min() {
                         None => Vec::new(),
                         Some(deadline) => {
                             match stock::create_holds_batch(&db, product_id, &live, ttl, deadline)
@@ -111,10 +106,7 @@ impl HoldCoalescer {
         Self { batcher }
     }
 
-    pub async fn create_hold(&self, product_id: ProductId, mut request: HoldRequest) -> HoldAnswer {
-        // Dropped with this future if the client goes away while it waits.
-        let waiting = Arc::new(());
-        request.waiting = Some(Arc::downgrade(&waiting));
+    pub async fn create_hold(&self, product_id: ProductId, request: HoldRequest) -> HoldAnswer {
         let answer = self
             .batcher
             .call(product_id, (request, Instant::now()))
@@ -155,7 +147,7 @@ impl ProductReads {
                 let read =
                     tokio::time::timeout_at(deadline.into(), stock::product_view(&db, product_id))
                         .await
-                        .unwrap_or_else(|_| Err(crate::db::acquire_timed_out()));
+                        .unwrap_or_else(|_| Err(crate::db::out_of_time()));
                 waiters
                     .iter()
                     .map(|_| match &read {

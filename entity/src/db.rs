@@ -34,7 +34,8 @@ use crate::error::StockError;
 
 /// Attempts per operation before contention is answered as [`StockError::Contention`]. Lost
 /// attempts come in two speeds: a lock wait times out after a second, while a Galera
-/// certification conflict fails at once, so the bound that matters is [`RETRY_BUDGET`].
+/// certification conflict fails at once, so the bound that matters is the request's deadline
+/// ([`ANSWER_WITHIN`]).
 pub const MAX_ATTEMPTS: u32 = 16;
 /// How long one request may take inside this crate, from its arrival to its answer: the
 /// contract's 5 seconds, less a margin for HTTP.
@@ -66,6 +67,17 @@ pub enum CausalReads {
     /// Always set (fails at connect on a server without `wsrep_sync_wait`).
     On,
     Off,
+}
+
+impl std::fmt::Display for CausalReads {
+    /// As the setting is written: `auto`, `true`, `false`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::On => "true",
+            Self::Off => "false",
+        })
+    }
 }
 
 impl std::str::FromStr for CausalReads {
@@ -235,7 +247,7 @@ impl Db {
             backend = ?backend,
             insert_returning = server.insert_returning,
             galera = server.galera,
-            causal_reads = ?config.causal_reads,
+            causal_reads = %config.causal_reads,
             "database connected"
         );
         Ok(Self {
@@ -298,7 +310,7 @@ impl Db {
     ) -> Result<T, StockError> {
         let txn = match tokio::time::timeout_at(deadline.into(), self.begin_write()).await {
             Ok(txn) => txn?,
-            Err(_) => return Err(acquire_timed_out()),
+            Err(_) => return Err(out_of_time()),
         };
         match work(&txn).await {
             Ok(value) => {
@@ -431,8 +443,9 @@ fn database_error(err: &DbErr) -> Option<&(dyn sqlx::error::DatabaseError + 'sta
     }
 }
 
-/// The pool gave no connection in time.
-pub(crate) fn acquire_timed_out() -> StockError {
+/// The request's deadline passed while it waited for the database (a pooled connection, or a
+/// shared read): unavailable, as a pool timeout is.
+pub(crate) fn out_of_time() -> StockError {
     StockError::Unavailable(Arc::new(DbErr::ConnectionAcquire(
         sea_orm::error::ConnAcquireErr::Timeout,
     )))

@@ -84,19 +84,6 @@ impl From<DbErr> for StockError {
 }
 
 impl StockError {
-    /// Whether the database, not the request or the service, is why this failed: answered
-    /// 503 `unavailable` with `Retry-After`, never 500.
-    pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            StockError::Busy(_)
-                | StockError::Contention { .. }
-                | StockError::Unavailable(_)
-                | StockError::Overloaded
-                | StockError::Abandoned
-        )
-    }
-
     /// A transaction found fewer of its own new rows than it wrote: on a Galera node that is
     /// a transaction the cluster aborted under it, so it counts as lost, to be retried.
     pub(crate) fn rows_lost(what: String) -> StockError {

@@ -140,7 +140,7 @@ fn judge(row: &key::Model, fingerprint: &str) -> Result<Lookup, StockError> {
     }))
 }
 
-/// Inside a write transaction, before the effect: for each request, `Ok(())` if its key is free,
+/// Inside a write transaction, before the effect, for requests of one scope: for each, `Ok(())` if its key is free,
 /// or the error to answer it with — [`StockError::IdempotencyKeyInUse`] when the same request
 /// was answered by a twin that got there first (the client's retry gets that answer), and
 /// [`StockError::IdempotencyKeyMismatch`] for another request. Expired rows of these keys are
@@ -149,53 +149,39 @@ pub(crate) async fn check_in_txn<C: ConnectionTrait>(
     txn: &C,
     requests: &[&KeyedRequest],
 ) -> Result<Vec<Result<(), StockError>>, StockError> {
-    if requests.is_empty() {
+    // One operation's requests: a hold batch, or one order.
+    let Some(scope) = requests.first().map(|r| r.scope) else {
         return Ok(Vec::new());
-    }
+    };
+    debug_assert!(requests.iter().all(|r| r.scope == scope));
+    let keys: Vec<&str> = requests.iter().map(|r| r.key.as_str()).collect();
     let now = now();
-    let mut found: HashMap<(String, String), key::Model> = HashMap::new();
-    for scope in unique(requests.iter().map(|r| r.scope)) {
-        let keys: Vec<&str> = requests
-            .iter()
-            .filter(|r| r.scope == scope)
-            .map(|r| r.key.as_str())
-            .collect();
-        let rows = find_keys(txn, scope, &keys).await?;
-        let (expired, live): (Vec<_>, Vec<_>) = rows.into_iter().partition(|r| r.expires_at <= now);
-        if !expired.is_empty() {
-            key::Entity::delete_many()
-                .filter(key::Column::Id.is_in(expired.iter().map(|r| r.id)))
-                .exec(txn)
-                .await?;
-        }
-        for row in live {
-            found.insert((row.scope.clone(), row.idem_key.clone()), row);
-        }
+    let (expired, live): (Vec<_>, Vec<_>) = find_keys(txn, scope, &keys)
+        .await?
+        .into_iter()
+        .partition(|r| r.expires_at <= now);
+    if !expired.is_empty() {
+        key::Entity::delete_many()
+            .filter(key::Column::Id.is_in(expired.iter().map(|r| r.id)))
+            .exec(txn)
+            .await?;
     }
-    let mut seen: HashMap<(&str, &str), &str> = HashMap::new();
+    // Earlier holders of each key: a stored row, or a request before this one in the list.
+    let mut taken: HashMap<&str, &str> = live
+        .iter()
+        .map(|row| (row.idem_key.as_str(), row.fingerprint.as_str()))
+        .collect();
     Ok(requests
         .iter()
-        .map(|r| {
-            let id = (r.scope, r.key.as_str());
-            let earlier = found
-                .get(&(r.scope.to_owned(), r.key.clone()))
-                .map(|row| row.fingerprint.as_str())
-                .or_else(|| seen.get(&id).copied());
-            seen.entry(id).or_insert(r.fingerprint.as_str());
-            match earlier {
-                None => Ok(()),
-                Some(fp) if fp == r.fingerprint => Err(StockError::IdempotencyKeyInUse),
-                Some(_) => Err(StockError::IdempotencyKeyMismatch),
+        .map(|r| match taken.get(r.key.as_str()) {
+            None => {
+                taken.insert(&r.key, &r.fingerprint);
+                Ok(())
             }
+            Some(fp) if *fp == r.fingerprint => Err(StockError::IdempotencyKeyInUse),
+            Some(_) => Err(StockError::IdempotencyKeyMismatch),
         })
         .collect())
-}
-
-fn unique<'a>(scopes: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
-    let mut v: Vec<&str> = scopes.collect();
-    v.sort_unstable();
-    v.dedup();
-    v
 }
 
 /// Inside the effect's transaction: writes each key with its request's fingerprint and answer,

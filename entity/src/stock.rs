@@ -189,10 +189,9 @@ pub struct HoldRequest {
     /// Its `Idempotency-Key`, if it came with one: the key and its answer are written in the
     /// batch's transaction.
     pub keyed: Option<Keyed<HoldView>>,
-    /// Alive while someone waits for the answer. A request whose client has gone by the time
-    /// its batch holds the product lock takes no stock. `None`: always wanted.
-    pub waiting: Option<std::sync::Weak<()>>,
-    /// Raised by the caller when its client has gone (its connection closed).
+    /// Raised when the client has gone (its connection closed): a request whose client has
+    /// gone by the time its batch holds the product lock takes no stock. `None`: always wanted.
+    /// (A caller that stops waiting before its batch starts is left out by the batcher.)
     pub client_gone: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
@@ -201,17 +200,14 @@ impl HoldRequest {
         Self {
             qty,
             keyed: None,
-            waiting: None,
             client_gone: None,
         }
     }
 
     fn abandoned(&self) -> bool {
-        self.waiting.as_ref().is_some_and(|w| w.strong_count() == 0)
-            || self
-                .client_gone
-                .as_ref()
-                .is_some_and(|g| g.load(std::sync::atomic::Ordering::Relaxed))
+        self.client_gone
+            .as_ref()
+            .is_some_and(|g| g.load(std::sync::atomic::Ordering::Relaxed))
     }
 }
 

@@ -13,34 +13,27 @@ pub struct Migration;
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.get_database_backend() != DbBackend::MySql {
-            return Ok(());
-        }
-        manager
-            .get_connection()
-            .execute_unprepared(
-                "ALTER TABLE idempotency_keys \
-                   MODIFY scope VARCHAR(32) CHARACTER SET ascii COLLATE ascii_bin NOT NULL, \
-                   MODIFY idem_key VARCHAR(255) CHARACTER SET ascii COLLATE ascii_bin NOT NULL, \
-                   MODIFY fingerprint VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL",
-            )
-            .await
-            .map(|_| ())
+        retype(manager, "CHARACTER SET ascii COLLATE ascii_bin").await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.get_database_backend() != DbBackend::MySql {
-            return Ok(());
-        }
-        manager
-            .get_connection()
-            .execute_unprepared(
-                "ALTER TABLE idempotency_keys \
-                   MODIFY scope VARCHAR(32) NOT NULL, \
-                   MODIFY idem_key VARCHAR(255) NOT NULL, \
-                   MODIFY fingerprint VARCHAR(64) NOT NULL",
-            )
-            .await
-            .map(|_| ())
+        retype(manager, "").await
     }
+}
+
+/// Gives the three text columns `charset` (empty: the table's default again), on MySQL/MariaDB.
+async fn retype(manager: &SchemaManager<'_>, charset: &str) -> Result<(), DbErr> {
+    if manager.get_database_backend() != DbBackend::MySql {
+        return Ok(());
+    }
+    manager
+        .get_connection()
+        .execute_unprepared(&format!(
+            "ALTER TABLE idempotency_keys \
+               MODIFY scope VARCHAR(32) {charset} NOT NULL, \
+               MODIFY idem_key VARCHAR(255) {charset} NOT NULL, \
+               MODIFY fingerprint VARCHAR(64) {charset} NOT NULL"
+        ))
+        .await
+        .map(|_| ())
 }

@@ -81,7 +81,7 @@ impl Config {
     /// The configuration as printed at start-up: secrets masked.
     pub fn redacted(&self) -> String {
         format!(
-            "DATABASE_URL={} DATABASE_MAX_CONNECTIONS={} DATABASE_CAUSAL_READS={:?} WORKER_ADDR={} EXPIRY_SCHEDULE={:?} \
+            "DATABASE_URL={} DATABASE_MAX_CONNECTIONS={} DATABASE_CAUSAL_READS={} WORKER_ADDR={} EXPIRY_SCHEDULE={:?} \
              EXPIRY_BATCH_SIZE={} PAYMENT_TIMEOUT_SECONDS={} LOG_DIR={} RUST_LOG={}",
             entity::db::redact_url(&self.database_url),
             self.database_max_connections,
