@@ -168,7 +168,11 @@ pub fn build_app(
             .into_response()
     });
     let admin_enabled = state.admin_token.is_some();
-    let key_lookups = entity::coalesce::KeyLookups::new(state.db.clone());
+    // Key look-ups gather company for as long as hold batches do.
+    let key_lookups = entity::coalesce::KeyLookups::new(
+        state.db.clone(),
+        Duration::from_micros(config.hold_batch_wait_micros),
+    );
     let in_flight = crate::idempotency::InFlight::default();
     let rate_limit = crate::rate_limit::HoldRateLimit::new(config.hold_rate_limit_per_second);
 
