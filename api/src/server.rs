@@ -23,7 +23,7 @@ use poem::{
     web::Html,
 };
 use poem_openapi::{
-    ApiResponse, ExtraHeader, OpenApi, OpenApiService, ServerObject, payload::PlainText,
+    ApiResponse, ExtraHeader, LicenseObject, OpenApi, OpenApiService, ServerObject, payload::PlainText,
 };
 
 use crate::{
@@ -130,6 +130,7 @@ pub fn openapi_service(state: Arc<AppState>) -> OpenApiService<impl OpenApi, ()>
         env!("CARGO_PKG_VERSION"),
     )
     .description(crate::document::DESCRIPTION)
+    .license(LicenseObject::new("MIT").url("https://opensource.org/licenses/MIT"))
     .server(ServerObject::new("/").description("the server that serves this document"))
     .server(
         ServerObject::new("http://127.0.0.1:8000")
