@@ -23,7 +23,8 @@ use poem::{
     web::Html,
 };
 use poem_openapi::{
-    ApiResponse, ExtraHeader, LicenseObject, OpenApi, OpenApiService, ServerObject, payload::PlainText,
+    ApiResponse, ExtraHeader, LicenseObject, OpenApi, OpenApiService, ServerObject,
+    payload::PlainText,
 };
 
 use crate::{
@@ -32,7 +33,7 @@ use crate::{
     observe, routes,
 };
 
-/// Largest request body accepted (CONTRACT: 413 `payload_too_large` above it).
+/// Largest request body accepted (413 `payload_too_large` above it).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// What every handler needs, built once at start.

@@ -267,8 +267,8 @@ pub struct PaymentResult {
     pub created: Option<OrderView>,
 }
 
-/// Applies a payment webhook exactly once per idempotency key (see CONTRACT.md, "Payment
-/// webhook"). Errors record nothing, so the gateway's retry can succeed later.
+/// Applies a payment webhook exactly once per idempotency key (see the README, "Orders and
+/// payments"). Errors record nothing, so the gateway's retry can succeed later.
 pub async fn apply_payment(db: &Db, event: &PaymentEvent) -> Result<PaymentResult, StockError> {
     let fingerprint = event.fingerprint();
     let outcome = with_retry(None, || {

@@ -51,7 +51,7 @@ if [ "$got" != "$expected" ] || grep -v '^src/must-not-compile\.ts(' "$work/tsc-
   cat "$work/tsc-bad.txt" >&2
   exit 1
 fi
-echo "must-not-compile.ts refused on lines $(echo $expected) (misspelled status, misspelled code, admin call without token)"
+echo "must-not-compile.ts refused on lines $(tr '\n' ' ' <<<"$expected")(misspelled status, misspelled code, admin call without token)"
 (cd "$ts" && rm -rf dist && npx tsc -p tsconfig.json --noEmit false --outDir dist)
 API_URL=$api_url ADMIN_TOKEN=$token node "$ts/dist/flow.js"
 
