@@ -1,6 +1,6 @@
 //! The OpenAPI document as served: poem-openapi's, with what it cannot say added. poem-openapi
-//! has no media-type examples, no `security: []`, lists tags alphabetically and writes header
-//! names in capitals; and a limit that is a setting (`MAX_HOLD_QTY`) is only known at run time.
+//! has no media-type examples, no `security: []`, no `nullable`, lists tags alphabetically and
+//! writes header names in capitals; and a limit that is a setting (`MAX_HOLD_QTY`) is only known at run time.
 //! Everything else (schemas, statuses, headers, limits) comes from the types.
 
 use std::fmt;
@@ -52,6 +52,10 @@ const HEADER_NAMES: &[&str] = &[
     crate::observe::REQUEST_ID_NAME,
 ];
 
+/// Optional request members that may also be sent as `null` (meaning "not sent"); poem-openapi
+/// writes `Option` members as optional but not nullable.
+const NULLABLE: &[(&str, &[&str])] = &[("PaymentWebhook", &["hold_id", "product_id", "quantity"])];
+
 /// poem-openapi's document, refined (see the module's doc).
 pub fn refine(raw: &str, max_hold_qty: u32) -> String {
     let Ok(mut doc) = serde_json::from_str::<Json>(raw) else {
@@ -73,6 +77,14 @@ pub fn refine(raw: &str, max_hold_qty: u32) -> String {
             let Json::Obj(ops) = item else { continue };
             for (_, op) in ops.iter_mut() {
                 refine_operation(op, &problem_sets);
+            }
+        }
+    }
+    for (schema, members) in NULLABLE {
+        for member in *members {
+            let path = ["components", "schemas", schema, "properties", member];
+            if let Some(m) = doc.pointer_mut(&path) {
+                m.insert("nullable", Json::Bool(true));
             }
         }
     }

@@ -52,7 +52,8 @@ pub struct PaymentWebhook {
     pub order_id: i64,
     // Described by `WebhookStatus` itself: a description here would wrap the `$ref` in `allOf`.
     pub status: WebhookStatus,
-    /// The hold the order is (or will be) made from.
+    /// The hold the order is (or will be) made from. `null` is the same as leaving it out, here
+    /// and in the next two.
     #[oai(skip_serializing_if_is_none)]
     pub hold_id: Option<i64>,
     /// When sent, must match the hold's product.
