@@ -2,7 +2,8 @@
 # The whole test suite: unit tests, and the end-to-end suites that start the real binaries
 # against MariaDB and SQLite, and against Galera clusters of their own. Made ready first: the
 # shared MariaDB (tests/ensure-mariadb.sh), Galera's packages (tests/ensure-galera.sh) and
-# Debian's Chromium, for the Swagger UI test (tests/ensure-chromium.sh).
+# Debian's Chromium, for the Swagger UI test (tests/ensure-chromium.sh). The generated-client
+# check (tests/clients/check.sh) installs its pinned npm and PyPI packages itself.
 #
 # Every phase runs even when an earlier one failed, each one's result is listed at the end, and
 # the exit status is non-zero if any failed. Tests that stop, kill or isolate a database start
@@ -31,6 +32,8 @@ phase "ensure Galera" tests/ensure-galera.sh
 phase "ensure Chromium" tests/ensure-chromium.sh
 # The end-to-end suites start target/debug/flash-sale-{api,worker}: build them first.
 phase "build binaries" cargo build --workspace --bins --locked
+# The OpenAPI document linted, and TypeScript and Python clients generated from it and run.
+phase "generated clients" tests/clients/check.sh
 if cargo nextest --version >/dev/null 2>&1; then
   phase "tests" cargo nextest run --workspace --locked --no-fail-fast \
     --test-threads "${TEST_THREADS:-4}" -E 'not test(/^galera::/)' "$@"

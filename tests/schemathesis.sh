@@ -26,7 +26,7 @@ curl -fsS -X POST "http://127.0.0.1:$port/api/admin/products" -H 'authorization:
 #   configuration or domain, not schema (qty <= MAX_HOLD_QTY, a webhook status of
 #   success/failure, prices with two decimals): those are 422 validation_error by contract;
 # - use_after_free expects a DELETEd resource to be gone, but DELETE /api/holds/{id} releases
-#   the hold, which stays readable as `released` (CONTRACT.md).
+#   the hold, which stays readable as `released` (README, "The API in brief").
 # Every other check runs: no 5xx, every status, content type, header and body as documented.
 "$venv/bin/schemathesis" run "http://127.0.0.1:$port/openapi.json" \
   --checks all \

@@ -1,5 +1,5 @@
 //! The API's settings: one typed struct, read once at start from flags, the environment and
-//! `.env` (see the table in CONTRACT.md).
+//! `.env` (see the table in the README, "Configuration").
 
 use std::{net::SocketAddr, path::PathBuf};
 

@@ -1,248 +1,422 @@
 //! Every error answer is RFC 9457 problem+json, and this module is the one place where domain
-//! errors and request-parsing failures become HTTP statuses.
+//! errors and request-parsing failures become HTTP statuses and problem codes.
 
+use std::{
+    collections::HashSet,
+    marker::PhantomData,
+    sync::{Mutex, OnceLock},
+};
+
+use chrono::{DateTime, Utc};
 use entity::StockError;
 use poem::{IntoResponse, Response, http::StatusCode};
 use poem_openapi::{
-    ApiResponse, Object,
-    payload::Payload,
-    registry::{MetaSchemaRef, Registry},
+    ApiResponse, Enum, Object,
+    error::{AuthorizationError, ContentTypeError, ParseParamError, ParsePathError},
+    registry::{MetaHeader, MetaMediaType, MetaResponse, MetaResponses, Registry},
     types::{ToJSON, Type},
 };
+
+use crate::types::BodyError;
+
+/// The media type of every error answer.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// What went wrong, as a stable machine-readable code: branch on this. Each code always comes
+/// with the same HTTP status. New codes may be added; none is renamed or removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Enum)]
+#[oai(rename_all = "snake_case")]
+pub enum ProblemCode {
+    MalformedRequest,
+    UnsupportedMediaType,
+    ValidationError,
+    HoldMismatch,
+    ProductNotFound,
+    HoldNotFound,
+    OrderNotFound,
+    NotFound,
+    MethodNotAllowed,
+    InsufficientStock,
+    HoldExpired,
+    HoldReleased,
+    HoldNotActive,
+    IdempotencyKeyInUse,
+    IdempotencyKeyMismatch,
+    InvalidSignature,
+    Unauthorized,
+    PayloadTooLarge,
+    RateLimited,
+    Unavailable,
+    Internal,
+}
+
+impl ProblemCode {
+    /// Every code, in the order of the contract's table.
+    pub const ALL: &[ProblemCode] = &[
+        Self::MalformedRequest,
+        Self::UnsupportedMediaType,
+        Self::ValidationError,
+        Self::HoldMismatch,
+        Self::ProductNotFound,
+        Self::HoldNotFound,
+        Self::OrderNotFound,
+        Self::NotFound,
+        Self::MethodNotAllowed,
+        Self::InsufficientStock,
+        Self::HoldExpired,
+        Self::HoldReleased,
+        Self::HoldNotActive,
+        Self::IdempotencyKeyInUse,
+        Self::IdempotencyKeyMismatch,
+        Self::InvalidSignature,
+        Self::Unauthorized,
+        Self::PayloadTooLarge,
+        Self::RateLimited,
+        Self::Unavailable,
+        Self::Internal,
+    ];
+
+    pub fn status(self) -> StatusCode {
+        use ProblemCode::*;
+        match self {
+            MalformedRequest => StatusCode::BAD_REQUEST,
+            Unauthorized | InvalidSignature => StatusCode::UNAUTHORIZED,
+            ProductNotFound | HoldNotFound | OrderNotFound | NotFound => StatusCode::NOT_FOUND,
+            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            InsufficientStock | HoldExpired | HoldReleased | HoldNotActive
+            | IdempotencyKeyInUse => StatusCode::CONFLICT,
+            PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ValidationError | HoldMismatch | IdempotencyKeyMismatch => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        use ProblemCode::*;
+        match self {
+            MalformedRequest => "malformed_request",
+            UnsupportedMediaType => "unsupported_media_type",
+            ValidationError => "validation_error",
+            HoldMismatch => "hold_mismatch",
+            ProductNotFound => "product_not_found",
+            HoldNotFound => "hold_not_found",
+            OrderNotFound => "order_not_found",
+            NotFound => "not_found",
+            MethodNotAllowed => "method_not_allowed",
+            InsufficientStock => "insufficient_stock",
+            HoldExpired => "hold_expired",
+            HoldReleased => "hold_released",
+            HoldNotActive => "hold_not_active",
+            IdempotencyKeyInUse => "idempotency_key_in_use",
+            IdempotencyKeyMismatch => "idempotency_key_mismatch",
+            InvalidSignature => "invalid_signature",
+            Unauthorized => "unauthorized",
+            PayloadTooLarge => "payload_too_large",
+            RateLimited => "rate_limited",
+            Unavailable => "unavailable",
+            Internal => "internal",
+        }
+    }
+
+    /// When this code is answered, for the document's response descriptions.
+    pub fn meaning(self) -> &'static str {
+        use ProblemCode::*;
+        match self {
+            MalformedRequest => {
+                "the body is not JSON, a required field is missing or null, or a field or \
+                 parameter has the wrong type; `errors` names it"
+            }
+            UnsupportedMediaType => "a body sent without `Content-Type: application/json`",
+            ValidationError => {
+                "a well-typed value out of its range (see the schema's limits); `errors` names it"
+            }
+            HoldMismatch => {
+                "the webhook's `hold_id`, `product_id` or `quantity` differs from its hold"
+            }
+            ProductNotFound => "no product has this id",
+            HoldNotFound => "no hold has this id",
+            OrderNotFound => "no order has this id (and no `hold_id` was sent to make it)",
+            NotFound => "the admin routes are off (`ADMIN_TOKEN` is not set)",
+            MethodNotAllowed => "the path exists, the method does not",
+            InsufficientStock => {
+                "the product cannot cover `qty` now; `available` says how many can"
+            }
+            HoldExpired => "the hold's time ran out",
+            HoldReleased => "the hold was released",
+            HoldNotActive => "the hold is consumed, expired or already released",
+            IdempotencyKeyInUse => {
+                "a request with this `Idempotency-Key` is still running; retry shortly"
+            }
+            IdempotencyKeyMismatch => "this idempotency key was used with a different body",
+            InvalidSignature => "the Standard Webhooks signature is missing, stale or wrong",
+            Unauthorized => "the bearer token is missing or wrong",
+            PayloadTooLarge => "the body is over 64 KiB",
+            RateLimited => "too many hold requests from this client; wait `Retry-After` seconds",
+            Unavailable => "the database cannot serve right now; retry after `Retry-After` seconds",
+            Internal => "a fault of this service, logged with the request id",
+        }
+    }
+
+    /// A problem as this code is answered, for the document's examples.
+    pub fn example(self) -> Problem {
+        use ProblemCode::*;
+        let detail = match self {
+            MalformedRequest => "qty: missing field",
+            UnsupportedMediaType => "the body must be sent as application/json",
+            ValidationError => "qty: must be between 1 and 10",
+            HoldMismatch => "hold 1 is for 2 units, not 3",
+            ProductNotFound => "product 1 does not exist",
+            HoldNotFound => "hold 1 does not exist",
+            OrderNotFound => "order 1 does not exist",
+            NotFound => "no such route",
+            MethodNotAllowed => "method not allowed",
+            InsufficientStock => "only 3 available",
+            HoldExpired => "hold 1 has expired",
+            HoldReleased => "hold 1 was released",
+            HoldNotActive => "hold 1 is released",
+            IdempotencyKeyInUse => {
+                "a request with this Idempotency-Key is still being processed; retry later"
+            }
+            IdempotencyKeyMismatch => "this idempotency key was used with a different body",
+            InvalidSignature => "no valid signature",
+            Unauthorized => "invalid admin token",
+            PayloadTooLarge => "request bodies are limited to 65536 bytes",
+            RateLimited => "too many hold requests from this client; retry in 1 s",
+            Unavailable => "the database cannot serve right now; retry shortly",
+            Internal => "internal error; it has been logged",
+        };
+        let error = ApiError::new(self, detail);
+        match self {
+            MalformedRequest => ApiError::field(self, "qty", "missing field"),
+            ValidationError => ApiError::field(self, "qty", "must be between 1 and 10"),
+            InsufficientStock => error.with_available(3),
+            _ => error,
+        }
+        .into_problem()
+    }
+}
 
 /// An RFC 9457 problem document.
 #[derive(Debug, Clone, Object)]
 #[oai(example)]
 pub struct Problem {
-    /// A URI naming the kind of problem (`urn:flash-sale:problem:<code>`).
+    /// A URI naming the kind of problem: `urn:flash-sale:problem:` followed by `code`.
     #[oai(rename = "type")]
     pub kind: String,
-    /// Short summary of the kind of problem.
+    /// Short summary of the kind of problem (the status's reason phrase).
     pub title: String,
-    /// The HTTP status.
-    pub status: u16,
-    /// What went wrong in this request.
+    /// The HTTP status, repeated.
+    #[oai(validator(minimum(value = "400"), maximum(value = "599")))]
+    pub status: i32,
+    /// What went wrong in this request, in words.
     pub detail: String,
-    /// Stable machine-readable code; branch on this.
-    pub code: String,
+    // Described by `ProblemCode` itself: a description here would wrap the `$ref` in `allOf`.
+    pub code: ProblemCode,
+    /// With `insufficient_stock`: how many units can be held now.
+    #[oai(skip_serializing_if_is_none, validator(minimum(value = "0")))]
+    pub available: Option<i32>,
+    /// With a per-buyer limit refusal: how many more units this buyer may hold.
+    #[oai(skip_serializing_if_is_none, validator(minimum(value = "0")))]
+    pub remaining: Option<i32>,
+    /// With a refusal before a sale opens: when it opens (RFC 3339, UTC).
+    #[oai(skip_serializing_if_is_none)]
+    pub sale_starts_at: Option<DateTime<Utc>>,
+    /// With `malformed_request` and `validation_error`, when one field or parameter is to
+    /// blame: which, and why.
+    #[oai(skip_serializing_if_is_none)]
+    pub errors: Option<Vec<FieldError>>,
+}
+
+/// One field or parameter to blame.
+#[derive(Debug, Clone, Object)]
+pub struct FieldError {
+    /// The field's or parameter's own name: `qty`, `id`, `Idempotency-Key`.
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
 }
 
 impl poem_openapi::types::Example for Problem {
     fn example() -> Self {
-        Self::new(
-            StatusCode::CONFLICT,
-            "insufficient_stock",
-            "only 3 available",
-        )
+        ProblemCode::InsufficientStock.example()
     }
 }
 
-impl Problem {
-    pub fn new(status: StatusCode, code: &str, detail: impl Into<String>) -> Self {
-        Self {
-            kind: format!("urn:flash-sale:problem:{code}"),
-            title: status.canonical_reason().unwrap_or("Error").to_owned(),
-            status: status.as_u16(),
-            detail: detail.into(),
-            code: code.to_owned(),
-        }
-    }
-}
-
-/// A problem document served as `application/problem+json`.
+/// An error answer: a problem whose status follows from its code.
 #[derive(Debug, Clone)]
-pub struct ProblemJson(pub Problem);
-
-impl Payload for ProblemJson {
-    const CONTENT_TYPE: &'static str = "application/problem+json";
-
-    fn schema_ref() -> MetaSchemaRef {
-        Problem::schema_ref()
-    }
-
-    fn register(registry: &mut Registry) {
-        Problem::register(registry);
-    }
-}
-
-impl IntoResponse for ProblemJson {
-    fn into_response(self) -> Response {
-        let status =
-            StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = self
-            .0
-            .to_json()
-            .map(|v| v.to_string())
-            .unwrap_or_else(|| "{}".to_owned());
-        Response::builder()
-            .status(status)
-            .content_type(Self::CONTENT_TYPE)
-            .body(body)
-    }
-}
-
-/// The error answers of every API operation.
-#[derive(Debug, ApiResponse)]
-#[oai(bad_request_handler = "ApiError::from_request_error")]
-pub enum ApiError {
-    /// `malformed_request`: the body is not JSON, or a field is missing, null or of the wrong type.
-    #[oai(status = 400)]
-    BadRequest(ProblemJson),
-    /// `unauthorized` or `invalid_signature`.
-    #[oai(status = 401)]
-    Unauthorized(ProblemJson),
-    /// `product_not_found`, `hold_not_found`, `order_not_found` or `not_found`.
-    #[oai(status = 404)]
-    NotFound(ProblemJson),
-    /// `insufficient_stock`, `hold_expired`, `hold_released`, `hold_not_active`,
-    /// `idempotency_key_in_use` (a request with the same `Idempotency-Key` is still running).
-    #[oai(status = 409)]
-    Conflict(ProblemJson),
-    /// `payload_too_large`: bodies over 64 KiB.
-    #[oai(status = 413)]
-    PayloadTooLarge(ProblemJson),
-    /// `unsupported_media_type`: a body without `Content-Type: application/json`.
-    #[oai(status = 415)]
-    UnsupportedMediaType(ProblemJson),
-    /// `validation_error` (a well-typed value out of range) and the other 422 codes.
-    #[oai(status = 422)]
-    Unprocessable(ProblemJson),
-    /// `rate_limited`: too many hold requests from this client (`HOLD_RATE_LIMIT_PER_SECOND`);
-    /// the `Retry-After` header says how many seconds to wait.
-    #[oai(status = 429)]
-    TooManyRequests(ProblemJson),
-    /// `internal`: a fault of this service, logged with details.
-    #[oai(status = 500)]
-    Internal(ProblemJson),
-    /// `unavailable`: the database cannot be reached or stayed contended; retry later.
-    #[oai(status = 503)]
-    Unavailable(ProblemJson),
-}
+pub struct ApiError(Box<Problem>);
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &str, detail: impl Into<String>) -> Self {
-        let p = ProblemJson(Problem::new(status, code, detail));
-        match status {
-            StatusCode::BAD_REQUEST => Self::BadRequest(p),
-            StatusCode::UNAUTHORIZED => Self::Unauthorized(p),
-            StatusCode::NOT_FOUND => Self::NotFound(p),
-            StatusCode::CONFLICT => Self::Conflict(p),
-            StatusCode::PAYLOAD_TOO_LARGE => Self::PayloadTooLarge(p),
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => Self::UnsupportedMediaType(p),
-            StatusCode::UNPROCESSABLE_ENTITY => Self::Unprocessable(p),
-            StatusCode::TOO_MANY_REQUESTS => Self::TooManyRequests(p),
-            StatusCode::SERVICE_UNAVAILABLE => Self::Unavailable(p),
-            _ => Self::Internal(p),
-        }
+    pub fn new(code: ProblemCode, detail: impl Into<String>) -> Self {
+        let status = code.status();
+        Self(Box::new(Problem {
+            kind: format!("urn:flash-sale:problem:{}", code.as_str()),
+            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: i32::from(status.as_u16()),
+            detail: detail.into(),
+            code,
+            available: None,
+            remaining: None,
+            sale_starts_at: None,
+            errors: None,
+        }))
+    }
+
+    /// A problem with one field or parameter to blame.
+    pub fn field(code: ProblemCode, field: &str, message: impl Into<String>) -> Self {
+        let message = message.into();
+        let mut e = Self::new(code, format!("{field}: {message}"));
+        e.0.errors = Some(vec![FieldError {
+            field: field.to_owned(),
+            message,
+        }]);
+        e
+    }
+
+    /// 422 `validation_error`: a well-typed `field` out of its range.
+    pub fn validation(field: &str, message: impl Into<String>) -> Self {
+        Self::field(ProblemCode::ValidationError, field, message)
+    }
+
+    pub fn with_available(mut self, available: i32) -> Self {
+        self.0.available = Some(available);
+        self
     }
 
     /// The HTTP status of this answer.
     pub fn status(&self) -> StatusCode {
-        StatusCode::from_u16(self.problem().status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+        self.0.code.status()
+    }
+
+    /// The problem's stable `code`.
+    pub fn code(&self) -> ProblemCode {
+        self.0.code
     }
 
     /// The problem document this answer carries.
     pub fn into_problem(self) -> Problem {
-        self.problem().clone()
+        *self.0
     }
 
-    fn problem(&self) -> &Problem {
-        match self {
-            Self::BadRequest(p)
-            | Self::Unauthorized(p)
-            | Self::NotFound(p)
-            | Self::Conflict(p)
-            | Self::PayloadTooLarge(p)
-            | Self::UnsupportedMediaType(p)
-            | Self::Unprocessable(p)
-            | Self::TooManyRequests(p)
-            | Self::Internal(p)
-            | Self::Unavailable(p) => &p.0,
+    /// What poem or poem-openapi refused before a handler ran (body, path, headers, content
+    /// type, auth), naming the field or parameter to blame where there is one. `path_param`
+    /// gives the document's name of the path parameter poem-openapi numbered.
+    pub fn from_request_error(
+        err: poem::Error,
+        path_param: impl Fn(usize) -> Option<String>,
+    ) -> Self {
+        if let Some(e) = err.downcast_ref::<BodyError>() {
+            return match &e.field {
+                Some(field) => Self::field(e.code, field, e.message.clone()),
+                None => Self::new(e.code, e.message.clone()),
+            };
         }
-    }
-
-    /// The problem's stable `code`.
-    pub fn code(&self) -> &str {
-        &self.problem().code
-    }
-
-    pub fn validation(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_error", detail)
-    }
-
-    /// What poem-openapi could not parse (body, path, headers, content type, auth).
-    fn from_request_error(err: poem::Error) -> Self {
-        let (status, code) = classify_poem_error(&err);
-        Self::new(status, code, err.to_string())
+        if let Some(e) = err.downcast_ref::<ParsePathError>() {
+            let name = e
+                .name
+                .strip_prefix("param")
+                .and_then(|n| n.parse().ok())
+                .and_then(path_param)
+                .unwrap_or_else(|| e.name.to_owned());
+            return Self::field(ProblemCode::MalformedRequest, &name, path_reason(&e.reason));
+        }
+        if let Some(e) = err.downcast_ref::<ParseParamError>() {
+            return Self::field(ProblemCode::MalformedRequest, e.name, e.reason.clone());
+        }
+        if err.is::<ContentTypeError>() {
+            return Self::new(
+                ProblemCode::UnsupportedMediaType,
+                "the body must be sent as application/json",
+            );
+        }
+        if err.is::<AuthorizationError>() {
+            return Self::new(
+                ProblemCode::Unauthorized,
+                "an `Authorization: Bearer` token is required",
+            );
+        }
+        let code = classify_poem_error(&err);
+        Self::new(code, err.to_string())
     }
 }
 
-/// The status and code for a request poem itself refused.
-pub fn classify_poem_error(err: &poem::Error) -> (StatusCode, &'static str) {
+impl From<ApiError> for Problem {
+    fn from(e: ApiError) -> Self {
+        e.into_problem()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        Response::builder()
+            .status(status)
+            .content_type(PROBLEM_JSON)
+            .body(self.0.to_json_string())
+    }
+}
+
+/// poem-openapi's reason for a path parameter it could not parse, in the document's words
+/// (`failed to parse "integer_int64": invalid digit found in string`).
+fn path_reason(reason: &str) -> String {
+    if reason.contains("integer_int64") || reason.contains("integer_int32") {
+        "must be an integer".to_owned()
+    } else {
+        reason.to_owned()
+    }
+}
+
+/// The code for a request poem itself refused, by its status.
+pub fn classify_poem_error(err: &poem::Error) -> ProblemCode {
     match err.status() {
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
-            (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
-        }
-        StatusCode::UNAUTHORIZED => (StatusCode::UNAUTHORIZED, "unauthorized"),
-        StatusCode::PAYLOAD_TOO_LARGE => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-        StatusCode::NOT_FOUND => (StatusCode::NOT_FOUND, "not_found"),
-        StatusCode::METHOD_NOT_ALLOWED => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
-        s if s.is_server_error() => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-        _ => (StatusCode::BAD_REQUEST, "malformed_request"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ProblemCode::UnsupportedMediaType,
+        StatusCode::UNAUTHORIZED => ProblemCode::Unauthorized,
+        StatusCode::PAYLOAD_TOO_LARGE => ProblemCode::PayloadTooLarge,
+        StatusCode::NOT_FOUND => ProblemCode::NotFound,
+        StatusCode::METHOD_NOT_ALLOWED => ProblemCode::MethodNotAllowed,
+        s if s.is_server_error() => ProblemCode::Internal,
+        _ => ProblemCode::MalformedRequest,
     }
 }
 
 impl From<StockError> for ApiError {
     fn from(err: StockError) -> Self {
+        use ProblemCode::*;
         match err {
-            StockError::ProductNotFound(id) => Self::new(
-                StatusCode::NOT_FOUND,
-                "product_not_found",
-                format!("product {id} does not exist"),
-            ),
-            StockError::HoldNotFound(id) => Self::new(
-                StatusCode::NOT_FOUND,
-                "hold_not_found",
-                format!("hold {id} does not exist"),
-            ),
-            StockError::OrderNotFound(id) => Self::new(
-                StatusCode::NOT_FOUND,
-                "order_not_found",
-                format!("order {id} does not exist"),
-            ),
-            StockError::HoldExpired(id) => Self::new(
-                StatusCode::CONFLICT,
-                "hold_expired",
-                format!("hold {id} has expired"),
-            ),
-            StockError::HoldReleased(id) => Self::new(
-                StatusCode::CONFLICT,
-                "hold_released",
-                format!("hold {id} was released"),
-            ),
-            StockError::HoldMismatch(detail) => {
-                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "hold_mismatch", detail)
+            StockError::ProductNotFound(id) => {
+                Self::new(ProductNotFound, format!("product {id} does not exist"))
             }
+            StockError::HoldNotFound(id) => {
+                Self::new(HoldNotFound, format!("hold {id} does not exist"))
+            }
+            StockError::OrderNotFound(id) => {
+                Self::new(OrderNotFound, format!("order {id} does not exist"))
+            }
+            StockError::HoldExpired(id) => Self::new(HoldExpired, format!("hold {id} has expired")),
+            StockError::HoldReleased(id) => {
+                Self::new(HoldReleased, format!("hold {id} was released"))
+            }
+            StockError::HoldMismatch(detail) => Self::new(HoldMismatch, detail),
             StockError::IdempotencyKeyMismatch => Self::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency_key_mismatch",
+                IdempotencyKeyMismatch,
                 "this idempotency key was used with a different body",
             ),
             StockError::IdempotencyKeyInUse => Self::new(
-                StatusCode::CONFLICT,
-                "idempotency_key_in_use",
+                IdempotencyKeyInUse,
                 "a request with this Idempotency-Key is still being processed; retry later",
             ),
-            StockError::InsufficientStock { available } => Self::new(
-                StatusCode::CONFLICT,
-                "insufficient_stock",
-                format!("only {available} available"),
-            ),
-            StockError::HoldNotActive { id, status } => Self::new(
-                StatusCode::CONFLICT,
-                "hold_not_active",
-                format!("hold {id} is {}", status.as_str()),
-            ),
+            StockError::InsufficientStock { available } => {
+                Self::new(InsufficientStock, format!("only {available} available"))
+                    .with_available(available)
+            }
+            StockError::HoldNotActive { id, status } => {
+                Self::new(HoldNotActive, format!("hold {id} is {}", status.as_str()))
+            }
             // The database's doing (the entity layer sorted each failure into these): a 503,
             // never a 500.
             e @ (StockError::Busy(_)
@@ -262,21 +436,182 @@ impl From<StockError> for ApiError {
                     StockError::Abandoned => "the request was abandoned by its client",
                     _ => "the stock is busy; retry shortly",
                 };
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail)
+                Self::new(Unavailable, detail)
             }
             StockError::Invariant(_) | StockError::Db(_) | StockError::Panicked(_) => {
                 tracing::error!(error = %err, "internal error");
-                Self::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "internal error; it has been logged",
-                )
+                Self::new(Internal, "internal error; it has been logged")
             }
         }
     }
 }
 
-/// A problem+json response for errors raised outside poem-openapi (unknown routes, methods).
-pub fn problem_response(status: StatusCode, code: &str, detail: impl Into<String>) -> Response {
-    ProblemJson(Problem::new(status, code, detail)).into_response()
+/// A problem+json response for errors raised outside the operations (unknown routes and
+/// methods, middleware refusals).
+pub fn problem_response(code: ProblemCode, detail: impl Into<String>) -> Response {
+    ApiError::new(code, detail).into_response()
+}
+
+/// The problems one operation can answer: its document lists exactly these, grouped by status.
+pub trait ProblemSet {
+    /// The operation's `operationId`, to attach an example of each code to its document.
+    const OPERATION: &'static str;
+    const CODES: &'static [ProblemCode];
+    /// Whether the operation takes an `Idempotency-Key`, so its answers may be replays.
+    const KEYED: bool = false;
+}
+
+/// The error side of an operation's result: any [`ApiError`] at run time, documented as the
+/// problems of `S`.
+pub struct Problems<S>(pub ApiError, PhantomData<fn() -> S>);
+
+impl<S> From<ApiError> for Problems<S> {
+    fn from(e: ApiError) -> Self {
+        Self(e, PhantomData)
+    }
+}
+
+impl<S> From<StockError> for Problems<S> {
+    fn from(e: StockError) -> Self {
+        ApiError::from(e).into()
+    }
+}
+
+impl<S> IntoResponse for Problems<S> {
+    fn into_response(self) -> Response {
+        self.0.into_response()
+    }
+}
+
+/// How poem-openapi hands a handler's error to poem: as the finished answer.
+impl<S> From<Problems<S>> for poem::Error {
+    fn from(p: Problems<S>) -> Self {
+        poem::Error::from_response(p.into_response())
+    }
+}
+
+/// The descriptions the document needs as `&'static str`, made once each.
+fn intern(s: String) -> &'static str {
+    static SEEN: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+    let mut seen = SEEN
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(known) = seen.get(s.as_str()) {
+        return known;
+    }
+    let leaked: &'static str = Box::leak(s.into_boxed_str());
+    seen.insert(leaked);
+    leaked
+}
+
+/// A header an answer may carry, for the document.
+pub fn meta_header<T: Type>(name: &str, description: &str) -> MetaHeader {
+    MetaHeader {
+        name: name.to_owned(),
+        description: Some(description.to_owned()),
+        required: T::IS_REQUIRED,
+        deprecated: false,
+        schema: T::schema_ref(),
+    }
+}
+
+pub const RETRY_AFTER_DOC: &str = "Seconds to wait before retrying.";
+pub const REPLAYED_DOC: &str = "`true` when this is the stored answer to an earlier request with the same `Idempotency-Key` and body.";
+
+impl<S: ProblemSet> ApiResponse for Problems<S> {
+    fn meta() -> MetaResponses {
+        let mut statuses: Vec<StatusCode> = S::CODES.iter().map(|c| c.status()).collect();
+        statuses.sort();
+        statuses.dedup();
+        let responses = statuses
+            .into_iter()
+            .map(|status| {
+                let codes: Vec<_> = S::CODES.iter().filter(|c| c.status() == status).collect();
+                let description = codes
+                    .iter()
+                    .map(|c| format!("- `{}`: {}", c.as_str(), c.meaning()))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                let mut headers = Vec::new();
+                if matches!(
+                    status,
+                    StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+                ) {
+                    headers.push(meta_header::<u32>("Retry-After", RETRY_AFTER_DOC));
+                }
+                // Refusals made before the key is looked at are never stored, so never replayed.
+                if S::KEYED && codes.iter().all(|c| !c.before_the_key()) {
+                    headers.push(meta_header::<Option<bool>>(
+                        "Idempotent-Replayed",
+                        REPLAYED_DOC,
+                    ));
+                }
+                MetaResponse {
+                    description: intern(description),
+                    status: Some(status.as_u16()),
+                    status_range: None,
+                    content: vec![MetaMediaType {
+                        content_type: PROBLEM_JSON,
+                        schema: Problem::schema_ref(),
+                    }],
+                    headers,
+                }
+            })
+            .collect();
+        MetaResponses { responses }
+    }
+
+    fn register(registry: &mut Registry) {
+        Problem::register(registry);
+    }
+}
+
+impl ProblemCode {
+    /// Answered before an idempotency key is looked up (or without one), so never a replay.
+    fn before_the_key(self) -> bool {
+        use ProblemCode::*;
+        matches!(
+            self,
+            MalformedRequest
+                | UnsupportedMediaType
+                | PayloadTooLarge
+                | RateLimited
+                | Unavailable
+                | Internal
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_is_written_as_the_document_spells_it() {
+        for code in ProblemCode::ALL {
+            assert_eq!(
+                code.to_json(),
+                Some(serde_json::Value::String(code.as_str().to_owned()))
+            );
+            assert_eq!(code.example().code, *code);
+        }
+        let mut registry = Registry::new();
+        ProblemCode::register(&mut registry);
+        let listed = &registry.schemas["ProblemCode"].enum_items;
+        assert_eq!(
+            listed.len(),
+            ProblemCode::ALL.len(),
+            "ALL lists every variant"
+        );
+    }
+
+    #[test]
+    fn insufficient_stock_carries_available() {
+        let p = ApiError::from(StockError::InsufficientStock { available: 3 }).into_problem();
+        assert_eq!(
+            (p.code, p.available, p.status),
+            (ProblemCode::InsufficientStock, Some(3), 409)
+        );
+    }
 }

@@ -22,7 +22,7 @@ use poem::{
 };
 use sha2::{Digest, Sha256};
 
-use crate::error::{ApiError, problem_response};
+use crate::error::{ApiError, ProblemCode};
 
 pub const HEADER: &str = "idempotency-key";
 
@@ -90,11 +90,12 @@ pub async fn idempotent<E: Endpoint>(
         return ep.call(req).await.map(IntoResponse::into_response);
     };
     let Some(key) = parse_key(&raw).map(str::to_owned) else {
-        return Ok(problem_response(
-            StatusCode::BAD_REQUEST,
-            "malformed_request",
-            "Idempotency-Key must be 1 to 255 printable characters",
-        ));
+        return Ok(ApiError::field(
+            ProblemCode::MalformedRequest,
+            "Idempotency-Key",
+            "must be 1 to 255 printable ASCII characters, bare or in double quotes",
+        )
+        .into_response());
     };
     let body = req.take_body().into_bytes().await?;
     let keyed = KeyedRequest {
@@ -104,7 +105,7 @@ pub async fn idempotent<E: Endpoint>(
     };
     req.set_body(body);
     match lookups.lookup(keyed.clone()).await {
-        Ok(Lookup::Replay(stored)) => return Ok(replay(stored)),
+        Ok(Lookup::Replay(stored)) => return Ok(replay(stored, scope)),
         Ok(Lookup::Mismatch) => {
             return Ok(ApiError::from(entity::StockError::IdempotencyKeyMismatch).into_response());
         }
@@ -124,20 +125,12 @@ pub fn stored<T: poem_openapi::types::ToJSON>(
     answer: Result<(StatusCode, T), ApiError>,
 ) -> Option<StoredResponse> {
     let (status, content_type, body) = match answer {
-        Ok((status, value)) => (
-            status,
-            "application/json; charset=utf-8",
-            value.to_json_string(),
-        ),
+        Ok((status, value)) => (status, crate::types::JSON, value.to_json_string()),
         Err(e) => {
             let status = e.status();
             let problem = e.into_problem();
             use poem_openapi::types::ToJSON;
-            (
-                status,
-                <crate::error::ProblemJson as poem_openapi::payload::Payload>::CONTENT_TYPE,
-                problem.to_json_string(),
-            )
+            (status, crate::error::PROBLEM_JSON, problem.to_json_string())
         }
     };
     (!status.is_server_error()).then(|| StoredResponse {
@@ -161,13 +154,30 @@ fn fingerprint(body: &[u8]) -> String {
     hex
 }
 
-fn replay(stored: StoredResponse) -> Response {
+fn replay(stored: StoredResponse, scope: &str) -> Response {
+    let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
+    // A replayed 201 says where the resource is, as the first answer did.
+    let location = (status == StatusCode::CREATED)
+        .then(|| serde_json::from_str::<serde_json::Value>(&stored.body).ok())
+        .flatten()
+        .and_then(|body| match scope {
+            "holds" => body["hold_id"].as_i64().map(crate::routes::holds::location),
+            "orders" => body["order_id"]
+                .as_i64()
+                .map(crate::routes::orders::location),
+            _ => None,
+        })
+        .and_then(|path| HeaderValue::from_str(&path).ok());
     let mut resp = Response::builder()
-        .status(StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK))
+        .status(status)
         .content_type(stored.content_type)
         .body(stored.body);
     resp.headers_mut()
         .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    if let Some(location) = location {
+        resp.headers_mut()
+            .insert(poem::http::header::LOCATION, location);
+    }
     resp
 }
 

@@ -6,10 +6,11 @@
 
 pub mod config;
 pub mod connections;
+pub mod cors;
+pub mod document;
 pub mod error;
 pub mod idempotency;
 pub mod observe;
-pub mod payload;
 pub mod rate_limit;
 pub mod routes;
 pub mod server;

@@ -11,6 +11,8 @@ use poem::{
 use tracing::Instrument;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// The same header as the document spells it.
+pub const REQUEST_ID_NAME: &str = "X-Request-Id";
 
 /// Maps poem's matched patterns to the OpenAPI path templates (poem-openapi registers
 /// `/api/holds/{id}` as `/api/holds/:param0`).
@@ -47,23 +49,43 @@ impl RouteTemplates {
         }
     }
 
-    /// The documented methods of the route matching a raw path (`/api/holds/12`).
-    fn allowed(&self, path: &str) -> Option<&str> {
+    /// The document's template and methods of the route matching a raw path (`/api/holds/12`).
+    fn matching(&self, path: &str) -> Option<(String, &str)> {
         let segs: Vec<&str> = path.split('/').collect();
         self.methods.iter().find_map(|(template, allow)| {
             (template.len() == segs.len()
                 && template.iter().zip(&segs).all(|(t, s)| {
                     (t.starts_with('{') && t.ends_with('}') && !s.is_empty()) || t == s
                 }))
-            .then_some(allow.as_str())
+            .then(|| (template.join("/"), allow.as_str()))
         })
     }
 
-    /// The template for a matched pattern: the document's path, else the pattern itself, else
-    /// `unmatched` (no route matched: never the raw path, so labels stay bounded).
-    fn label(&self, pattern: Option<&str>) -> String {
+    /// The document's name of the `index`-th parameter of a matched pattern
+    /// (`/api/holds/:param0`, 0 → `id`).
+    pub fn param_name(&self, pattern: &str, index: usize) -> Option<String> {
+        let template = self.templates.get(&shape(pattern))?;
+        template
+            .split('/')
+            .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .nth(index)
+            .map(str::to_owned)
+    }
+
+    /// The documented methods of the route matching a raw path (`/api/holds/12`).
+    fn allowed(&self, path: &str) -> Option<&str> {
+        self.matching(path).map(|(_, allow)| allow)
+    }
+
+    /// The template for a matched pattern: the document's path, else the pattern itself. An
+    /// answer given before routing (a 413, a replayed idempotent answer, a 429) has no pattern:
+    /// then the document's template that the raw path matches, else `unmatched` (never the raw
+    /// path, so labels stay bounded).
+    fn label(&self, pattern: Option<&str>, path: &str) -> String {
         match pattern {
-            None | Some("") => "unmatched".to_owned(),
+            None | Some("") => self
+                .matching(path)
+                .map_or_else(|| "unmatched".to_owned(), |(template, _)| template),
             Some(p) => self
                 .templates
                 .get(&shape(p))
@@ -108,7 +130,7 @@ pub async fn observe<E: Endpoint>(
         Err(err) => err.into_response(),
     };
     // The route's template (`/api/holds/{id}`), never the raw path: bounded label values.
-    let route = templates.label(resp.data::<PathPattern>().map(|p| &*p.0));
+    let route = templates.label(resp.data::<PathPattern>().map(|p| &*p.0), &path);
     let status = resp.status().as_u16().to_string();
     let labels = [("method", method), ("route", route), ("status", status)];
     metrics::counter!("http_requests_total", &labels).increment(1);
@@ -140,11 +162,19 @@ mod tests {
     fn patterns_are_labelled_with_the_document_template() {
         let spec = serde_json::json!({"paths": {"/api/holds/{id}": {}, "/api/holds": {}}});
         let t = RouteTemplates::from_spec(&spec);
-        assert_eq!(t.label(Some("/api/holds/:param0")), "/api/holds/{id}");
-        assert_eq!(t.label(Some("/api/holds")), "/api/holds");
-        assert_eq!(t.label(Some("/metrics")), "/metrics");
-        assert_eq!(t.label(Some("")), "unmatched");
-        assert_eq!(t.label(None), "unmatched");
+        assert_eq!(
+            t.label(Some("/api/holds/:param0"), "/api/holds/7"),
+            "/api/holds/{id}"
+        );
+        assert_eq!(t.label(Some("/api/holds"), "/api/holds"), "/api/holds");
+        assert_eq!(t.label(Some("/metrics"), "/metrics"), "/metrics");
+        assert_eq!(t.label(Some(""), "/x"), "unmatched");
+        assert_eq!(t.label(None, "/no/such/route"), "unmatched");
+        // Answered before routing (a replay, a 413): the template the raw path matches.
+        assert_eq!(t.label(None, "/api/holds"), "/api/holds");
+        assert_eq!(t.label(None, "/api/holds/12"), "/api/holds/{id}");
+        assert_eq!(t.param_name("/api/holds/:param0", 0).as_deref(), Some("id"));
+        assert_eq!(t.param_name("/api/holds/:param0", 1), None);
     }
 
     #[test]

@@ -6,10 +6,10 @@ use std::{net::IpAddr, num::NonZeroU32, sync::Arc, time::Duration};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter, clock::Clock};
 use poem::{
     Endpoint, IntoResponse, Request, Response,
-    http::{HeaderValue, Method, StatusCode, header},
+    http::{HeaderValue, Method, header},
 };
 
-use crate::error::problem_response;
+use crate::error::{ProblemCode, problem_response};
 
 pub struct HoldRateLimit {
     limiter: DefaultKeyedRateLimiter<IpAddr>,
@@ -50,8 +50,7 @@ pub async fn limit_holds<E: Endpoint>(
         let wait = not_until.wait_time_from(limit.limiter.clock().now());
         let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
         let mut resp = problem_response(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
+            ProblemCode::RateLimited,
             format!(
                 "too many hold requests from this client; retry in {} s",
                 secs.max(1)

@@ -20,17 +20,20 @@ use poem::{
     endpoint::make_sync,
     http::{Method, StatusCode, header},
     listener::{Acceptor, Listener, TcpListener},
-    middleware::Cors,
+    web::Html,
 };
-use poem_openapi::{ApiResponse, OpenApi, OpenApiService, payload::PlainText};
+use poem_openapi::{
+    ApiResponse, ExtraHeader, LicenseObject, OpenApi, OpenApiService, ServerObject,
+    payload::PlainText,
+};
 
 use crate::{
     Config,
-    error::{ApiError, classify_poem_error, problem_response},
-    routes,
+    error::{ApiError, ProblemCode, Problems, problem_response},
+    observe, routes,
 };
 
-/// Largest request body accepted (CONTRACT: 413 `payload_too_large` above it).
+/// Largest request body accepted (413 `payload_too_large` above it).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// What every handler needs, built once at start.
@@ -79,48 +82,45 @@ struct HealthApi {
 }
 
 #[derive(ApiResponse)]
+enum Alive {
+    /// The process is up.
+    #[oai(status = 200)]
+    Ok(PlainText<&'static str>),
+}
+
+#[derive(ApiResponse)]
 enum Ready {
     /// The database answers.
     #[oai(status = 200)]
     Ready(PlainText<&'static str>),
 }
 
+crate::routes::problems!(ReadyzProblems = "readyz": [Unavailable]);
+
 /// Liveness and readiness, for load balancers and orchestrators.
-#[OpenApi(tag = "OpsTags::Operations")]
+#[OpenApi(tag = "crate::routes::ApiTags::Operations")]
 impl HealthApi {
-    /// The process is up.
+    /// Liveness: the process is up
     #[oai(path = "/healthz", method = "get", operation_id = "healthz")]
-    async fn healthz(&self) -> PlainText<&'static str> {
-        PlainText("ok")
+    async fn healthz(&self) -> Alive {
+        Alive::Ok(PlainText("ok"))
     }
 
-    /// The database answers (503 `unavailable` when it does not, within 2 seconds, and while the
-    /// process drains for shutdown).
+    /// Readiness: the database answers
+    ///
+    /// 503 `unavailable` when it does not (within 2 seconds), and while the process drains for
+    /// shutdown.
     #[oai(path = "/readyz", method = "get", operation_id = "readyz")]
-    async fn readyz(&self) -> Result<Ready, ApiError> {
+    async fn readyz(&self) -> Result<Ready, Problems<ReadyzProblems>> {
         if self.state.draining.load(Ordering::Relaxed) {
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "shutting down",
-            ));
+            return Err(ApiError::new(ProblemCode::Unavailable, "shutting down").into());
         }
         if self.state.db.is_ready().await {
             Ok(Ready::Ready(PlainText("ready")))
         } else {
-            Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "the database cannot be reached",
-            ))
+            Err(ApiError::new(ProblemCode::Unavailable, "the database cannot be reached").into())
         }
     }
-}
-
-#[derive(poem_openapi::Tags)]
-enum OpsTags {
-    /// Health checks.
-    Operations,
 }
 
 /// The generated OpenAPI document's service: every operation, described from the code.
@@ -130,10 +130,23 @@ pub fn openapi_service(state: Arc<AppState>) -> OpenApiService<impl OpenApi, ()>
         "Flash Sale API",
         env!("CARGO_PKG_VERSION"),
     )
-    .description(
-        "Holds, orders and payments over a limited stock, with zero overselling. \
-         Every error is application/problem+json with a stable `code`.",
+    .description(crate::document::DESCRIPTION)
+    .license(LicenseObject::new("MIT").url("https://opensource.org/licenses/MIT"))
+    .server(ServerObject::new("/").description("the server that serves this document"))
+    .server(
+        ServerObject::new("http://127.0.0.1:8000")
+            .description("a local run (`deploy/local.sh`)"),
     )
+    .extra_response_header::<String, _>(ExtraHeader::new(observe::REQUEST_ID_NAME).description(
+        "The request's id: the client's own `X-Request-Id` when it sent a sane one (1 to 128 \
+         visible ASCII characters), a new UUID otherwise. Every log line of the request carries it.",
+    ))
+}
+
+/// The OpenAPI document as served (see [`crate::document`]).
+pub fn document(config: &Config, state: Arc<AppState>) -> String {
+    let raw = openapi_service(state).spec();
+    crate::document::refine(&raw, config.max_hold_qty)
 }
 
 /// The OpenAPI document as JSON, for `flash-sale-api openapi` and the committed copy. The
@@ -141,7 +154,7 @@ pub fn openapi_service(state: Arc<AppState>) -> OpenApiService<impl OpenApi, ()>
 /// pool stands in for the database.
 pub async fn openapi_json(config: &Config) -> anyhow::Result<String> {
     let db = Db::connect(&DbConfig::new("sqlite::memory:", 1)).await?;
-    Ok(openapi_service(Arc::new(AppState::new(config, db))).spec())
+    Ok(document(config, Arc::new(AppState::new(config, db))))
 }
 
 /// The whole HTTP application: the OpenAPI operations, `/openapi.json`, `/docs`, `/metrics`,
@@ -152,11 +165,16 @@ pub fn build_app(
     metrics: Option<PrometheusHandle>,
 ) -> impl Endpoint<Output = Response> + use<> {
     let service = openapi_service(state.clone());
+    let document = document(config, state.clone());
     let templates = Arc::new(crate::observe::RouteTemplates::from_spec(
-        &serde_json::from_str(&service.spec()).unwrap_or_default(),
+        &serde_json::from_str(&document).unwrap_or_default(),
     ));
-    let docs = service.swagger_ui();
-    let spec = service.spec_endpoint();
+    // Swagger UI embeds the document it shows: the refined one, the same as /openapi.json.
+    let docs_html = service
+        .swagger_ui_html()
+        .replacen(&service.spec(), &document, 1);
+    let docs = make_sync(move |_| Html(docs_html.clone()));
+    let spec = make_sync(move |_| document.clone().with_content_type(crate::types::JSON));
     let pool_state = state.clone();
     let metrics_ep = make_sync(move |_| {
         pool_state.db.record_pool_metrics();
@@ -176,14 +194,10 @@ pub fn build_app(
     let in_flight = crate::idempotency::InFlight::default();
     let rate_limit = crate::rate_limit::HoldRateLimit::new(config.hold_rate_limit_per_second);
 
-    let cors = config.cors_allowed_origins.as_deref().map(|origins| {
-        let cors = Cors::new();
-        if origins.trim() == "*" {
-            cors
-        } else {
-            cors.allow_origins(origins.split(',').map(str::trim).filter(|o| !o.is_empty()))
-        }
-    });
+    let cors = config
+        .cors_allowed_origins
+        .as_deref()
+        .map(crate::cors::CorsPolicy::new);
 
     Route::new()
         .nest("/", service)
@@ -197,33 +211,42 @@ pub fn build_app(
         .around(move |ep, req| async move {
             // With no ADMIN_TOKEN the admin routes do not exist at all.
             if !admin_enabled && req.uri().path().starts_with("/api/admin") {
-                return Ok(problem_response(
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    "no such route",
-                ));
+                return Ok(problem_response(ProblemCode::NotFound, "no such route"));
             }
             limit_body(ep, req).await
         })
-        .with_if(cors.is_some(), cors.unwrap_or_default())
-        .catch_all_error(|err: poem::Error| async move { error_response(err) })
+        .catch_all_error({
+            let templates = templates.clone();
+            move |err: poem::Error| {
+                let templates = templates.clone();
+                async move { error_response(err, &templates) }
+            }
+        })
+        // Outside the error catcher: every answer, errors included, gets its CORS headers.
+        .around(move |ep, req| crate::cors::cors(ep, req, cors.clone()))
         .around(|ep, req| async move { Ok(with_retry_after(ep.call(req).await?)) })
         .around(move |ep, req| crate::observe::observe(ep, req, templates.clone()))
         .data(state)
 }
 
 /// Any error raised below this point as a problem+json answer (our own error answers, already
-/// problem+json, pass through untouched), keeping the matched route for the metrics.
-pub fn error_response(err: poem::Error) -> Response {
+/// problem+json, pass through untouched), keeping the matched route for the metrics. A
+/// refused request that poem-openapi could not parse names the field or parameter to blame,
+/// by its name in the document (poem-openapi calls path parameters `param0`, `param1`, ...).
+pub fn error_response(err: poem::Error, templates: &crate::observe::RouteTemplates) -> Response {
     let pattern = err.data::<PathPattern>().cloned();
     let mut resp = if err.is_from_response() {
         err.into_response()
     } else {
-        let (status, code) = classify_poem_error(&err);
-        if status.is_server_error() {
+        if err.status().is_server_error() {
             tracing::error!(error = %err, "unhandled error");
         }
-        problem_response(status, code, err.to_string())
+        let param = |index: usize| {
+            pattern
+                .as_ref()
+                .and_then(|p| templates.param_name(&p.0, index))
+        };
+        ApiError::from_request_error(err, param).into_response()
     };
     if let Some(pattern) = pattern {
         resp.set_data(pattern);
@@ -247,8 +270,7 @@ fn with_retry_after(mut resp: Response) -> Response {
 async fn limit_body<E: Endpoint>(ep: Arc<E>, mut req: Request) -> poem::Result<Response> {
     let too_large = || {
         let mut resp = problem_response(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
+            ProblemCode::PayloadTooLarge,
             format!("request bodies are limited to {MAX_BODY_BYTES} bytes"),
         );
         // The rest of the body is never read, so this connection cannot carry another
@@ -264,11 +286,14 @@ async fn limit_body<E: Endpoint>(ep: Arc<E>, mut req: Request) -> poem::Result<R
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    // Only the operations that take a body read one (and document a 413).
+    if !matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH) {
+        return ep.call(req).await.map(IntoResponse::into_response);
+    }
     if announced.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
         return Ok(too_large());
     }
-    if announced.is_none() && !matches!(*req.method(), Method::GET | Method::HEAD | Method::DELETE)
-    {
+    if announced.is_none() {
         match req.take_body().into_bytes_limit(MAX_BODY_BYTES).await {
             Ok(bytes) => req.set_body(bytes),
             Err(poem::error::ReadBodyError::PayloadTooLarge) => return Ok(too_large()),

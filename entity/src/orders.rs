@@ -102,17 +102,23 @@ pub async fn create_order(
     .await?;
     let (model, new) = outcome?;
     if new {
-        tracing::info!(
-            metric = "order.created",
-            order_id = model.id,
-            hold_id,
-            product_id = model.product_id,
-            quantity = model.quantity,
-            "order created"
-        );
-        metrics::counter!("order_status_changes_total", "status" => "pending").increment(1);
+        log_order_created(&OrderView::from(&model));
     }
     Ok(created(&model, new))
+}
+
+/// `order.created`, for an order made by `POST /api/orders` or by a webhook that came first;
+/// written once its transaction has committed.
+fn log_order_created(order: &OrderView) {
+    tracing::info!(
+        metric = "order.created",
+        order_id = order.id,
+        hold_id = order.hold_id,
+        product_id = order.product_id,
+        quantity = order.quantity,
+        "order created"
+    );
+    metrics::counter!("order_status_changes_total", "status" => "pending").increment(1);
 }
 
 fn created(model: &order::Model, new: bool) -> OrderCreated {
@@ -257,10 +263,12 @@ pub struct PaymentResult {
     pub order_status: OrderStatus,
     /// Why the event could not have its normal effect (logged as `webhook.conflict`).
     pub conflict: Option<String>,
+    /// The event made its order from `hold_id` (the webhook came first): the new order.
+    pub created: Option<OrderView>,
 }
 
-/// Applies a payment webhook exactly once per idempotency key (see CONTRACT.md, "Payment
-/// webhook"). Errors record nothing, so the gateway's retry can succeed later.
+/// Applies a payment webhook exactly once per idempotency key (see the README, "Orders and
+/// payments"). Errors record nothing, so the gateway's retry can succeed later.
 pub async fn apply_payment(db: &Db, event: &PaymentEvent) -> Result<PaymentResult, StockError> {
     let fingerprint = event.fingerprint();
     let outcome = with_retry(None, || {
@@ -268,7 +276,12 @@ pub async fn apply_payment(db: &Db, event: &PaymentEvent) -> Result<PaymentResul
     })
     .await;
     let result = match outcome {
-        Ok(Applied::Done(result)) => result,
+        Ok(Applied::Done(result)) => {
+            if let Some(order) = &result.created {
+                log_order_created(order);
+            }
+            result
+        }
         Ok(Applied::AlreadyRecorded) => duplicate_of(db, event, &fingerprint).await?,
         Err(err) => {
             if let StockError::HoldExpired(_) | StockError::HoldReleased(_) = err {
@@ -345,6 +358,7 @@ async fn record_and_apply(
     };
 
     // 2. The order: by id, or made from the hold when the webhook came first.
+    let mut created = None;
     let order = match order::Entity::find_by_id(event.order_id)
         .lock_exclusive()
         .one(txn)
@@ -366,7 +380,10 @@ async fn record_and_apply(
                 .hold_id
                 .ok_or(StockError::OrderNotFound(event.order_id))?;
             check_hold_matches(txn, event, hold_id).await?;
-            let (order, _) = order_for_hold(txn, hold_id, now).await?;
+            let (order, new) = order_for_hold(txn, hold_id, now).await?;
+            if new {
+                created = Some(OrderView::from(&order));
+            }
             // The order row was created or found; lock it for the change below.
             order::Entity::find_by_id(order.id)
                 .lock_exclusive()
@@ -419,6 +436,7 @@ async fn record_and_apply(
         status: event.status,
         order_status,
         conflict,
+        created,
     }))
 }
 
@@ -476,6 +494,7 @@ async fn duplicate_of(
             StockError::Invariant(format!("stored order status {}", stored.order_status))
         })?,
         conflict: stored.conflict,
+        created: None,
     })
 }
 

@@ -1,6 +1,6 @@
 //! Property test of the hold and order state machines through the real stock operations (on a
 //! SQLite file): any sequence of holds, releases, orders, payments (duplicated, conflicting),
-//! expiries and payment timeouts keeps every invariant of CONTRACT.md after every step.
+//! expiries and payment timeouts keeps every invariant of the README ("Invariants and how they are kept") after every step.
 
 use entity::{
     Db, DbConfig, Money, Quantity, StockError,

@@ -22,7 +22,7 @@ use poem::{
 use tokio::sync::{Mutex, watch};
 use tokio_cron_scheduler::{Job, JobScheduler};
 
-/// The worker's settings (CONTRACT.md), from flags, the environment and `.env`.
+/// The worker's settings (README, "Configuration"), from flags, the environment and `.env`.
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "flash-sale-worker",

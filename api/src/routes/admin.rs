@@ -1,12 +1,16 @@
 use std::sync::Arc;
 
 use entity::{Money, stock};
-use poem::http::StatusCode;
-use poem_openapi::{ApiResponse, Object, OpenApi, SecurityScheme, auth::Bearer, payload::Json};
+use poem_openapi::{ApiResponse, Object, OpenApi, SecurityScheme, auth::Bearer};
+use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
-use super::{ApiTags, products::Product};
-use crate::{AppState, error::ApiError, types::Text};
+use super::{ApiTags, problems, products::Product};
+use crate::{
+    AppState,
+    error::{ApiError, ProblemCode, Problems},
+    types::{Json, JsonBody, PRICE_PATTERN, is_price, within},
+};
 
 /// The operator's bearer token (`ADMIN_TOKEN`).
 #[derive(SecurityScheme)]
@@ -14,32 +18,46 @@ use crate::{AppState, error::ApiError, types::Text};
 pub struct AdminToken(Bearer);
 
 /// A new product.
-#[derive(Debug, Object)]
+#[derive(Debug, Object, Deserialize)]
 #[oai(example)]
 pub struct NewProduct {
-    /// 1 to 255 characters.
-    pub name: Text,
+    /// 1 to 255 characters, not all spaces.
+    #[oai(validator(min_length = 1, max_length = 255))]
+    pub name: String,
     /// Decimal string, at most two places, not negative (`"99.99"`).
-    pub price: Text,
-    /// Units on hand, 0 or more.
-    pub stock: i64,
+    #[oai(validator(pattern = r"^[0-9]{1,12}(\.[0-9]{1,2})?$"))]
+    pub price: String,
+    /// Units on hand.
+    #[oai(validator(minimum(value = "0")))]
+    pub stock: i32,
 }
 
 impl poem_openapi::types::Example for NewProduct {
     fn example() -> Self {
         Self {
-            name: Text("Flash Sale Product".into()),
-            price: Text("99.99".into()),
+            name: "Flash Sale Product".into(),
+            price: "99.99".into(),
             stock: 100,
         }
     }
 }
 
-#[derive(Debug, ApiResponse)]
+#[derive(ApiResponse)]
 pub enum ProductCreated {
+    /// The product is created, its whole stock available.
     #[oai(status = 201)]
-    Created(Json<Product>),
+    Created(
+        Json<Product>,
+        /// The new product's path.
+        #[oai(header = "Location")]
+        String,
+    ),
 }
+
+problems!(CreateProductProblems = "createProduct": [
+    MalformedRequest, Unauthorized, NotFound, PayloadTooLarge, UnsupportedMediaType,
+    ValidationError, Internal, Unavailable,
+]);
 
 pub struct AdminApi {
     pub state: Arc<AppState>,
@@ -47,7 +65,10 @@ pub struct AdminApi {
 
 #[OpenApi(tag = "ApiTags::Admin")]
 impl AdminApi {
-    /// Add a product (operators only). Answers 404 when `ADMIN_TOKEN` is not set.
+    /// Add a product (operators only)
+    ///
+    /// Needs the bearer token `ADMIN_TOKEN`; when the server has none set, this route answers
+    /// 404 `not_found`.
     #[oai(
         path = "/api/admin/products",
         method = "post",
@@ -56,40 +77,44 @@ impl AdminApi {
     async fn create_product(
         &self,
         auth: AdminToken,
-        body: Json<NewProduct>,
-    ) -> Result<ProductCreated, ApiError> {
+        body: JsonBody<NewProduct>,
+    ) -> Result<ProductCreated, Problems<CreateProductProblems>> {
         self.authorize(&auth)?;
+        // Limits are checked on the value as sent, the way the document states them.
+        if !(1..=255).contains(&body.name.chars().count()) {
+            return Err(ApiError::validation("name", "must be 1 to 255 characters").into());
+        }
         let name = body.name.trim();
-        if name.is_empty() || name.chars().count() > 255 {
-            return Err(ApiError::validation("name must be 1 to 255 characters"));
+        if name.is_empty() {
+            return Err(ApiError::validation("name", "must not be only spaces").into());
+        }
+        if !is_price(&body.price) {
+            return Err(ApiError::validation(
+                "price",
+                format!("must be a decimal string matching {PRICE_PATTERN}, like \"99.99\""),
+            )
+            .into());
         }
         let price =
-            Money::parse(&body.price).map_err(|e| ApiError::validation(format!("price {e}")))?;
-        let stock = i32::try_from(body.stock)
-            .ok()
-            .filter(|s| *s >= 0)
-            .ok_or_else(|| ApiError::validation("stock must be between 0 and 2147483647"))?;
-        let product = stock::create_product(&self.state.db, name, price, stock).await?;
-        Ok(ProductCreated::Created(Json(product.into())))
+            Money::parse(&body.price).map_err(|e| ApiError::validation("price", e.to_string()))?;
+        within("stock", i64::from(body.stock), 0, i64::from(i32::MAX))?;
+        let product = stock::create_product(&self.state.db, name, price, body.stock).await?;
+        let path = format!("/api/products/{}", product.id);
+        Ok(ProductCreated::Created(Json(product.into()), path))
     }
 }
 
 impl AdminApi {
     fn authorize(&self, auth: &AdminToken) -> Result<(), ApiError> {
         let Some(expected) = &self.state.admin_token else {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "no such route",
-            ));
+            return Err(ApiError::new(ProblemCode::NotFound, "no such route"));
         };
         // Constant time, so the answer's timing says nothing about how much of a guess was right.
         if bool::from(auth.0.token.as_bytes().ct_eq(expected.as_bytes())) {
             Ok(())
         } else {
             Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
+                ProblemCode::Unauthorized,
                 "invalid admin token",
             ))
         }

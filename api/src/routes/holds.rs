@@ -13,19 +13,24 @@ use poem::{
 use poem_openapi::{
     ApiResponse, Enum, Object, OpenApi,
     param::{Header, Path},
-    payload::Json,
+};
+use serde::Deserialize;
+
+use super::{ApiTags, problems};
+use crate::{
+    AppState,
+    error::{ApiError, Problems},
+    types::{Json, JsonBody},
 };
 
-use super::ApiTags;
-use crate::{AppState, error::ApiError};
-
 /// Ask for a hold on `qty` units of a product.
-#[derive(Debug, Object)]
+#[derive(Debug, Object, Deserialize)]
 #[oai(example)]
 pub struct CreateHold {
     pub product_id: i64,
-    /// 1 to `MAX_HOLD_QTY` (10 by default).
-    pub qty: i64,
+    /// 1 to `MAX_HOLD_QTY` (10 by default; the `maximum` here is this server's).
+    #[oai(validator(minimum(value = "1")))]
+    pub qty: i32,
 }
 
 impl poem_openapi::types::Example for CreateHold {
@@ -37,17 +42,15 @@ impl poem_openapi::types::Example for CreateHold {
     }
 }
 
-/// The state of a hold as seen now.
+/// The state of a hold: `active` (reserving stock until `expires_at`), `expired` (its time ran
+/// out, its stock is available again), `released` (given back by `DELETE`) or `consumed`
+/// (turned into an order).
 #[derive(Debug, Clone, Copy, Enum)]
 #[oai(rename_all = "lowercase")]
 pub enum HoldState {
-    /// Reserving stock until `expires_at`.
     Active,
-    /// Its time ran out; its stock is available again.
     Expired,
-    /// Given back by the buyer (DELETE).
     Released,
-    /// Turned into an order.
     Consumed,
 }
 
@@ -68,7 +71,9 @@ impl From<HoldStatus> for HoldState {
 pub struct Hold {
     pub hold_id: i64,
     pub product_id: i64,
+    #[oai(validator(minimum(value = "1")))]
     pub qty: i32,
+    // Described by `HoldState` itself: a description here would wrap the `$ref` in `allOf`.
     pub status: HoldState,
     /// When an active hold stops reserving stock (RFC 3339, UTC).
     pub expires_at: DateTime<Utc>,
@@ -77,7 +82,7 @@ pub struct Hold {
 impl poem_openapi::types::Example for Hold {
     fn example() -> Self {
         Self {
-            hold_id: 123,
+            hold_id: 1,
             product_id: 1,
             qty: 2,
             status: HoldState::Active,
@@ -98,6 +103,11 @@ impl From<HoldView> for Hold {
     }
 }
 
+/// Where a hold can be read.
+pub fn location(hold_id: i64) -> String {
+    format!("/api/holds/{hold_id}")
+}
+
 /// How a keyed hold's answer is written down in its batch, to be replayed byte for byte.
 fn render_hold(answer: &Result<HoldView, StockError>) -> Option<StoredResponse> {
     crate::idempotency::stored(
@@ -108,12 +118,46 @@ fn render_hold(answer: &Result<HoldView, StockError>) -> Option<StoredResponse> 
     )
 }
 
-#[derive(Debug, ApiResponse)]
+#[derive(ApiResponse)]
+#[oai(header(
+    name = "Idempotent-Replayed",
+    ty = "Option<bool>",
+    description = "`true` when this is the stored answer to an earlier request with the same `Idempotency-Key` and body."
+))]
 pub enum HoldCreated {
     /// The stock is reserved until `expires_at`.
     #[oai(status = 201)]
-    Created(Json<Hold>),
+    Created(
+        Json<Hold>,
+        /// The new hold's path.
+        #[oai(header = "Location")]
+        String,
+    ),
 }
+
+#[derive(ApiResponse)]
+pub enum HoldFound {
+    /// The hold; `status` says whether it still reserves stock.
+    #[oai(status = 200)]
+    Ok(Json<Hold>),
+}
+
+#[derive(ApiResponse)]
+pub enum HoldReleased {
+    /// The hold, now `released`; its units are available again.
+    #[oai(status = 200)]
+    Ok(Json<Hold>),
+}
+
+problems!(CreateHoldProblems = "createHold", keyed = true: [
+    MalformedRequest, ProductNotFound, InsufficientStock, IdempotencyKeyInUse, PayloadTooLarge,
+    UnsupportedMediaType, ValidationError, IdempotencyKeyMismatch, RateLimited, Internal,
+    Unavailable,
+]);
+problems!(GetHoldProblems = "getHold": [MalformedRequest, HoldNotFound, Internal, Unavailable]);
+problems!(ReleaseHoldProblems = "releaseHold": [
+    MalformedRequest, HoldNotFound, HoldNotActive, Internal, Unavailable,
+]);
 
 pub struct HoldsApi {
     pub state: Arc<AppState>,
@@ -121,29 +165,35 @@ pub struct HoldsApi {
 
 #[OpenApi(tag = "ApiTags::Holds")]
 impl HoldsApi {
-    /// Hold stock for a short time (`HOLD_TTL_SECONDS`, 2 minutes by default).
+    /// Hold stock for a short time
     ///
-    /// Answers 409 `insufficient_stock` (with how many are available) when the product cannot
-    /// cover `qty`. Never oversells, however many requests arrive at once.
+    /// The hold reserves `qty` units for `HOLD_TTL_SECONDS` (2 minutes by default). Answers 409
+    /// `insufficient_stock`, with `available`, when the product cannot cover `qty`. Never
+    /// oversells, however many requests arrive at once.
     #[oai(path = "/api/holds", method = "post", operation_id = "createHold")]
     async fn create_hold(
         &self,
-        /// Optional client idempotency key (IETF httpapi draft; 1 to 255 printable
-        /// characters, bare or quoted). A retry with the same key and body replays the first
-        /// answer (header `Idempotent-Replayed: true`) with no second effect; the same key with
-        /// another body answers 422 `idempotency_key_mismatch`; while the first request still
-        /// runs, 409 `idempotency_key_in_use`. Keys are kept 24 hours, across all API processes.
-        #[oai(name = "Idempotency-Key")]
+        /// Optional client idempotency key (IETF httpapi draft; 1 to 255 printable ASCII
+        /// characters, bare or in double quotes). A retry with the same key and body replays the
+        /// first answer (header `Idempotent-Replayed: true`) with no second effect; the same key
+        /// with another body answers 422 `idempotency_key_mismatch`; while the first request
+        /// still runs, 409 `idempotency_key_in_use`. Keys are kept 24 hours, across all API
+        /// processes.
+        #[oai(
+            name = "Idempotency-Key",
+            validator(min_length = 1, max_length = 255, pattern = r"^[\x20-\x7E]+$")
+        )]
         _idempotency_key: Header<Option<String>>,
-        body: Json<CreateHold>,
+        body: JsonBody<CreateHold>,
         keyed: Option<Data<&KeyedRequest>>,
         remote: &RemoteAddr,
-    ) -> Result<HoldCreated, ApiError> {
+    ) -> Result<HoldCreated, Problems<CreateHoldProblems>> {
         let max = self.state.max_hold_qty;
-        let result = match Quantity::new(body.qty, max) {
-            None => Err(ApiError::validation(format!(
-                "qty must be between 1 and {max}"
-            ))),
+        let result = match Quantity::new(i64::from(body.qty), max) {
+            None => Err(ApiError::validation(
+                "qty",
+                format!("must be between 1 and {max}"),
+            )),
             Some(qty) => {
                 let request = HoldRequest {
                     keyed: keyed.map(|k| Keyed {
@@ -164,28 +214,42 @@ impl HoldsApi {
             }
         };
         if let Err(e) = &result {
-            metrics::counter!("holds_rejected_total", "reason" => e.code().to_owned()).increment(1);
+            metrics::counter!("holds_rejected_total", "reason" => e.code().as_str()).increment(1);
         }
-        Ok(HoldCreated::Created(Json(result?.into())))
+        let hold = Hold::from(result?);
+        let path = location(hold.hold_id);
+        Ok(HoldCreated::Created(Json(hold), path))
     }
 
-    /// Get a hold; `status` tells whether it still reserves stock.
-    #[oai(path = "/api/holds/:id", method = "get", operation_id = "getHold")]
-    async fn get_hold(&self, id: Path<i64>) -> Result<Json<Hold>, ApiError> {
-        Ok(Json(stock::get_hold(&self.state.db, id.0).await?.into()))
-    }
-
-    /// Release an active hold: its stock is available again at once.
+    /// Get a hold
     ///
-    /// A hold that is consumed, expired or already released answers 409 `hold_not_active`.
+    /// `status` tells whether it still reserves stock.
+    #[oai(path = "/api/holds/:id", method = "get", operation_id = "getHold")]
+    async fn get_hold(
+        &self,
+        /// The hold's id.
+        id: Path<i64>,
+    ) -> Result<HoldFound, Problems<GetHoldProblems>> {
+        let hold = stock::get_hold(&self.state.db, id.0).await?;
+        Ok(HoldFound::Ok(Json(hold.into())))
+    }
+
+    /// Release an active hold
+    ///
+    /// Its stock is available again at once. A hold that is consumed, expired or already
+    /// released answers 409 `hold_not_active`. (The example releases hold 2: on a fresh
+    /// database, hold 1 became order 1 in the examples before, so make a second hold first.)
     #[oai(
         path = "/api/holds/:id",
         method = "delete",
         operation_id = "releaseHold"
     )]
-    async fn release_hold(&self, id: Path<i64>) -> Result<Json<Hold>, ApiError> {
-        Ok(Json(
-            stock::release_hold(&self.state.db, id.0).await?.into(),
-        ))
+    async fn release_hold(
+        &self,
+        /// The hold's id.
+        id: Path<i64>,
+    ) -> Result<HoldReleased, Problems<ReleaseHoldProblems>> {
+        let hold = stock::release_hold(&self.state.db, id.0).await?;
+        Ok(HoldReleased::Ok(Json(hold.into())))
     }
 }

@@ -1,5 +1,5 @@
 //! The HTTP operations, grouped as they appear in the OpenAPI document. Handlers are thin:
-//! parse, call one `entity::stock` operation, map its result.
+//! parse, call one `entity` operation, map its result.
 
 pub mod admin;
 pub mod holds;
@@ -9,18 +9,57 @@ pub mod products;
 
 use poem_openapi::Tags;
 
+use crate::error::{ProblemCode, ProblemSet};
+
+/// The document's tags. The document lists them in a buyer's order (Products, Holds, Orders,
+/// Payments, Admin, Operations): see [`crate::document::TAG_ORDER`].
 #[derive(Tags)]
 pub enum ApiTags {
     /// Products and their live stock.
     Products,
-    /// Short reservations of stock.
+    /// Short reservations of stock, made before an order.
     Holds,
     /// Holds turned into orders awaiting payment.
     Orders,
     /// The payment gateway's webhook.
     Payments,
-    /// Operator-only routes (need `ADMIN_TOKEN`).
+    /// Operator-only routes (bearer `ADMIN_TOKEN`).
     Admin,
+    /// Health checks, for load balancers and orchestrators.
+    Operations,
+}
+
+/// Declares the problems one operation can answer (see [`ProblemSet`]).
+macro_rules! problems {
+    ($(#[$doc:meta])* $name:ident = $op:literal $(, keyed = $keyed:literal)?: [$($code:ident),* $(,)?]) => {
+        $(#[$doc])*
+        pub struct $name;
+        impl $crate::error::ProblemSet for $name {
+            const OPERATION: &'static str = $op;
+            const CODES: &'static [$crate::error::ProblemCode] =
+                &[$($crate::error::ProblemCode::$code),*];
+            $(const KEYED: bool = $keyed;)?
+        }
+    };
+}
+pub(crate) use problems;
+
+/// Every operation's problems, for the examples of the document.
+pub fn problem_sets() -> Vec<(&'static str, &'static [ProblemCode])> {
+    fn entry<S: ProblemSet>() -> (&'static str, &'static [ProblemCode]) {
+        (S::OPERATION, S::CODES)
+    }
+    vec![
+        entry::<products::GetProductProblems>(),
+        entry::<holds::CreateHoldProblems>(),
+        entry::<holds::GetHoldProblems>(),
+        entry::<holds::ReleaseHoldProblems>(),
+        entry::<orders::CreateOrderProblems>(),
+        entry::<orders::GetOrderProblems>(),
+        entry::<payments::WebhookProblems>(),
+        entry::<admin::CreateProductProblems>(),
+        entry::<crate::server::ReadyzProblems>(),
+    ]
 }
 
 /// The operations of the generated document, in the order a reader meets them.

@@ -10,14 +10,18 @@ use poem::{http::StatusCode, web::Data};
 use poem_openapi::{
     ApiResponse, Enum, Object, OpenApi,
     param::{Header, Path},
-    payload::Json,
+};
+use serde::Deserialize;
+
+use super::{ApiTags, problems};
+use crate::{
+    AppState,
+    error::{ApiError, Problems},
+    types::{Json, JsonBody},
 };
 
-use super::ApiTags;
-use crate::{AppState, error::ApiError};
-
 /// Turn a hold into an order.
-#[derive(Debug, Object)]
+#[derive(Debug, Object, Deserialize)]
 #[oai(example)]
 pub struct CreateOrder {
     pub hold_id: i64,
@@ -25,19 +29,18 @@ pub struct CreateOrder {
 
 impl poem_openapi::types::Example for CreateOrder {
     fn example() -> Self {
-        Self { hold_id: 123 }
+        Self { hold_id: 1 }
     }
 }
 
-/// The state of an order.
+/// The state of an order: `pending` (waiting for the payment webhook; cancelled after
+/// `PAYMENT_TIMEOUT_SECONDS`), `paid` (the units are sold) or `cancelled` (payment failed or
+/// timed out; the units are available again).
 #[derive(Debug, Clone, Copy, Enum)]
 #[oai(rename_all = "lowercase")]
 pub enum OrderState {
-    /// Waiting for the payment webhook (cancelled after `PAYMENT_TIMEOUT_SECONDS`).
     Pending,
-    /// Paid: the units are sold.
     Paid,
-    /// Payment failed or timed out: the units are available again.
     Cancelled,
 }
 
@@ -58,18 +61,22 @@ pub struct Order {
     pub order_id: i64,
     pub hold_id: i64,
     pub product_id: i64,
+    #[oai(validator(minimum(value = "1")))]
     pub quantity: i32,
     /// Price × quantity, a decimal string with two places, exact.
+    #[oai(validator(pattern = r"^[0-9]+\.[0-9]{2}$"))]
     pub total_price: String,
+    // Described by `OrderState` itself: a description here would wrap the `$ref` in `allOf`.
     pub status: OrderState,
+    /// When the order was made (RFC 3339, UTC).
     pub created_at: DateTime<Utc>,
 }
 
 impl poem_openapi::types::Example for Order {
     fn example() -> Self {
         Self {
-            order_id: 456,
-            hold_id: 123,
+            order_id: 1,
+            hold_id: 1,
             product_id: 1,
             quantity: 2,
             total_price: "199.98".into(),
@@ -93,15 +100,43 @@ impl From<OrderView> for Order {
     }
 }
 
-#[derive(Debug, ApiResponse)]
+/// Where an order can be read.
+pub fn location(order_id: i64) -> String {
+    format!("/api/orders/{order_id}")
+}
+
+#[derive(ApiResponse)]
+#[oai(header(
+    name = "Idempotent-Replayed",
+    ty = "Option<bool>",
+    description = "`true` when this is the stored answer to an earlier request with the same `Idempotency-Key` and body."
+))]
 pub enum OrderPlaced {
     /// The hold became this pending order.
     #[oai(status = 201)]
-    Created(Json<Order>),
+    Created(
+        Json<Order>,
+        /// The new order's path.
+        #[oai(header = "Location")]
+        String,
+    ),
     /// The hold had already become this order (a retry); its current status.
     #[oai(status = 200)]
     Existing(Json<Order>),
 }
+
+#[derive(ApiResponse)]
+pub enum OrderFound {
+    /// The order and its current status.
+    #[oai(status = 200)]
+    Ok(Json<Order>),
+}
+
+problems!(CreateOrderProblems = "createOrder", keyed = true: [
+    MalformedRequest, HoldNotFound, HoldExpired, HoldReleased, IdempotencyKeyInUse,
+    PayloadTooLarge, UnsupportedMediaType, IdempotencyKeyMismatch, Internal, Unavailable,
+]);
+problems!(GetOrderProblems = "getOrder": [MalformedRequest, OrderNotFound, Internal, Unavailable]);
 
 /// How a keyed order's answer is written down in its transaction, to be replayed byte for byte.
 fn render_order(answer: &Result<OrderCreated, StockError>) -> Option<StoredResponse> {
@@ -117,7 +152,7 @@ pub struct OrdersApi {
 
 #[OpenApi(tag = "ApiTags::Orders")]
 impl OrdersApi {
-    /// Turn an active hold into a pending order.
+    /// Turn an active hold into a pending order
     ///
     /// The hold is the order's idempotency key: asking again for the same hold answers 200 with
     /// the same order, however many requests arrive at once. Holds that expired or were released
@@ -125,31 +160,43 @@ impl OrdersApi {
     #[oai(path = "/api/orders", method = "post", operation_id = "createOrder")]
     async fn create_order(
         &self,
-        /// Optional client idempotency key (IETF httpapi draft; 1 to 255 printable
-        /// characters, bare or quoted). A retry with the same key and body replays the first
-        /// answer (header `Idempotent-Replayed: true`) with no second effect; the same key with
-        /// another body answers 422 `idempotency_key_mismatch`; while the first request still
-        /// runs, 409 `idempotency_key_in_use`. Keys are kept 24 hours, across all API processes.
-        #[oai(name = "Idempotency-Key")]
+        /// Optional client idempotency key (IETF httpapi draft; 1 to 255 printable ASCII
+        /// characters, bare or in double quotes). A retry with the same key and body replays the
+        /// first answer (header `Idempotent-Replayed: true`) with no second effect; the same key
+        /// with another body answers 422 `idempotency_key_mismatch`; while the first request
+        /// still runs, 409 `idempotency_key_in_use`. Keys are kept 24 hours, across all API
+        /// processes.
+        #[oai(
+            name = "Idempotency-Key",
+            validator(min_length = 1, max_length = 255, pattern = r"^[\x20-\x7E]+$")
+        )]
         _idempotency_key: Header<Option<String>>,
-        body: Json<CreateOrder>,
+        body: JsonBody<CreateOrder>,
         keyed: Option<Data<&KeyedRequest>>,
-    ) -> Result<OrderPlaced, ApiError> {
+    ) -> Result<OrderPlaced, Problems<CreateOrderProblems>> {
         let keyed = keyed.map(|k| Keyed {
             request: k.0.clone(),
             render: render_order,
         });
         Ok(
             match orders::create_order(&self.state.db, body.hold_id, keyed).await? {
-                OrderCreated::New(o) => OrderPlaced::Created(Json(o.into())),
+                OrderCreated::New(o) => {
+                    let path = location(o.id);
+                    OrderPlaced::Created(Json(o.into()), path)
+                }
                 OrderCreated::Existing(o) => OrderPlaced::Existing(Json(o.into())),
             },
         )
     }
 
-    /// Get an order and its current status.
+    /// Get an order and its current status
     #[oai(path = "/api/orders/:id", method = "get", operation_id = "getOrder")]
-    async fn get_order(&self, id: Path<i64>) -> Result<Json<Order>, ApiError> {
-        Ok(Json(orders::get_order(&self.state.db, id.0).await?.into()))
+    async fn get_order(
+        &self,
+        /// The order's id.
+        id: Path<i64>,
+    ) -> Result<OrderFound, Problems<GetOrderProblems>> {
+        let order = orders::get_order(&self.state.db, id.0).await?;
+        Ok(OrderFound::Ok(Json(order.into())))
     }
 }

@@ -1,44 +1,78 @@
 use std::sync::Arc;
 
 use entity::orders::{self, PaymentEvent, PaymentResult, PaymentStatus};
-use poem::http::StatusCode;
-use poem_openapi::{Object, OpenApi, param::Header, payload::Json};
+use poem_openapi::{ApiResponse, Enum, Object, OpenApi, param::Header};
+use serde::Deserialize;
 
-use super::{ApiTags, orders::OrderState};
+use super::{ApiTags, orders::OrderState, problems};
 use crate::{
     AppState,
-    error::ApiError,
-    payload::RawJson,
+    error::{ApiError, ProblemCode, Problems},
     signature::{self, SignedHeaders},
-    types::Text,
+    types::{Json, JsonBody, within},
 };
 
+/// The outcome a payment event reports: `success` (the order is paid) or `failure` (the
+/// payment failed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum, Deserialize)]
+#[oai(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookStatus {
+    Success,
+    Failure,
+}
+
+impl From<WebhookStatus> for PaymentStatus {
+    fn from(s: WebhookStatus) -> Self {
+        match s {
+            WebhookStatus::Success => Self::Success,
+            WebhookStatus::Failure => Self::Failure,
+        }
+    }
+}
+
+impl From<PaymentStatus> for WebhookStatus {
+    fn from(s: PaymentStatus) -> Self {
+        match s {
+            PaymentStatus::Success => Self::Success,
+            PaymentStatus::Failure => Self::Failure,
+        }
+    }
+}
+
 /// A payment gateway's event.
-#[derive(Debug, Object)]
+#[derive(Debug, Object, Deserialize)]
 #[oai(example)]
 pub struct PaymentWebhook {
     /// Unique per event, 1 to 255 characters; a retry of the same event repeats it.
-    pub idempotency_key: Text,
+    #[oai(validator(min_length = 1, max_length = 255))]
+    pub idempotency_key: String,
     /// The order paid for. When the webhook may arrive before the order exists, also send
-    /// `hold_id`.
+    /// `hold_id`: an unknown `order_id` is then made from that hold.
     pub order_id: i64,
-    /// `success` or `failure`.
-    pub status: Text,
-    /// The hold the order is (or will be) made from.
+    // Described by `WebhookStatus` itself: a description here would wrap the `$ref` in `allOf`.
+    pub status: WebhookStatus,
+    /// The hold the order is (or will be) made from. `null` is the same as leaving it out, here
+    /// and in the next two.
+    #[oai(skip_serializing_if_is_none)]
     pub hold_id: Option<i64>,
-    /// Must match the hold's product when sent.
+    /// When sent, must match the hold's product.
+    #[oai(skip_serializing_if_is_none)]
     pub product_id: Option<i64>,
-    /// Must match the hold's quantity when sent.
-    pub quantity: Option<i64>,
+    /// When sent, must match the hold's quantity.
+    #[oai(skip_serializing_if_is_none, validator(minimum(value = "1")))]
+    pub quantity: Option<i32>,
 }
 
 impl poem_openapi::types::Example for PaymentWebhook {
+    /// Pays for the order made from hold 1 (making it first when it does not exist yet), so
+    /// that it works as it stands after the holds' and orders' examples.
     fn example() -> Self {
         Self {
-            idempotency_key: Text("pay_7f3a9c".into()),
-            order_id: 456,
-            status: Text("success".into()),
-            hold_id: Some(123),
+            idempotency_key: "pay_0001".into(),
+            order_id: 1,
+            status: WebhookStatus::Success,
+            hold_id: Some(1),
             product_id: None,
             quantity: None,
         }
@@ -55,9 +89,9 @@ pub struct PaymentProcessed {
     pub duplicate: bool,
     /// The real order (when the webhook made the order from `hold_id`, its new id).
     pub order_id: i64,
-    /// The event's status, echoed.
-    pub status: String,
-    /// The order's status after the event.
+    // The event's status, echoed (described by `WebhookStatus`).
+    pub status: WebhookStatus,
+    // The order's status after the event (described by `OrderState`).
     pub order_status: OrderState,
 }
 
@@ -66,8 +100,8 @@ impl poem_openapi::types::Example for PaymentProcessed {
         Self {
             processed: true,
             duplicate: false,
-            order_id: 456,
-            status: "success".into(),
+            order_id: 1,
+            status: WebhookStatus::Success,
             order_status: OrderState::Paid,
         }
     }
@@ -79,11 +113,26 @@ impl From<PaymentResult> for PaymentProcessed {
             processed: true,
             duplicate: r.duplicate,
             order_id: r.order_id,
-            status: r.status.as_str().to_owned(),
+            status: r.status.into(),
             order_status: r.order_status.into(),
         }
     }
 }
+
+#[derive(ApiResponse)]
+pub enum WebhookAnswer {
+    /// The event is recorded, and `order_status` is the order's status after it (also when
+    /// the event could not change it: a failure after payment, a success on a cancelled order
+    /// whose units are gone).
+    #[oai(status = 200)]
+    Ok(Json<PaymentProcessed>),
+}
+
+problems!(WebhookProblems = "paymentWebhook": [
+    MalformedRequest, InvalidSignature, OrderNotFound, HoldNotFound, HoldExpired, HoldReleased,
+    PayloadTooLarge, UnsupportedMediaType, ValidationError, HoldMismatch, IdempotencyKeyMismatch,
+    Internal, Unavailable,
+]);
 
 pub struct PaymentsApi {
     pub state: Arc<AppState>,
@@ -91,7 +140,7 @@ pub struct PaymentsApi {
 
 #[OpenApi(tag = "ApiTags::Payments")]
 impl PaymentsApi {
-    /// Payment webhook: settle an order.
+    /// Payment webhook: settle an order
     ///
     /// `success` pays a pending order, `failure` cancels it (its units are available again).
     /// The same `idempotency_key` with the same body answers the first result again with
@@ -115,8 +164,8 @@ impl PaymentsApi {
         /// Space-separated `v1,<base64 HMAC-SHA256>` signatures.
         #[oai(name = "webhook-signature")]
         webhook_signature: Header<Option<String>>,
-        body: RawJson<PaymentWebhook>,
-    ) -> Result<Json<PaymentProcessed>, ApiError> {
+        body: JsonBody<PaymentWebhook>,
+    ) -> Result<WebhookAnswer, Problems<WebhookProblems>> {
         if let Some(secret) = &self.state.webhook_secret {
             let headers = SignedHeaders {
                 id: webhook_id.0.as_deref(),
@@ -126,34 +175,32 @@ impl PaymentsApi {
             let now = chrono::Utc::now().timestamp();
             if let Err(e) = signature::verify(&secret.0, &headers, &body.raw, now) {
                 metrics::counter!("webhooks_total", "outcome" => "bad_signature").increment(1);
-                return Err(ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "invalid_signature",
-                    e.to_string(),
-                ));
+                return Err(ApiError::new(ProblemCode::InvalidSignature, e.to_string()).into());
             }
         }
         let event = validate(body.value)?;
         let result = orders::apply_payment(&self.state.db, &event).await?;
-        Ok(Json(result.into()))
+        Ok(WebhookAnswer::Ok(Json(result.into())))
     }
 }
 
 fn validate(w: PaymentWebhook) -> Result<PaymentEvent, ApiError> {
-    let key = w.idempotency_key.0;
+    let key = w.idempotency_key;
     if key.is_empty() || key.chars().count() > 255 {
         return Err(ApiError::validation(
-            "idempotency_key must be 1 to 255 characters",
+            "idempotency_key",
+            "must be 1 to 255 characters",
         ));
     }
-    let status = PaymentStatus::parse(&w.status)
-        .ok_or_else(|| ApiError::validation("status must be success or failure"))?;
+    if let Some(q) = w.quantity {
+        within("quantity", i64::from(q), 1, i64::from(i32::MAX))?;
+    }
     Ok(PaymentEvent {
         idempotency_key: key,
         order_id: w.order_id,
-        status,
+        status: w.status.into(),
         hold_id: w.hold_id,
         product_id: w.product_id,
-        quantity: w.quantity,
+        quantity: w.quantity.map(i64::from),
     })
 }

@@ -1,6 +1,7 @@
 //! End-to-end suites: the real binaries over real databases, each scenario on MariaDB and SQLite.
 
 mod bad_input;
+mod clients;
 mod coalescing;
 mod expiry;
 mod faults;

@@ -172,24 +172,235 @@ async fn the_committed_openapi_document_matches_the_code() {
         served == committed,
         "api/openapi.json is stale: run `target/debug/flash-sale-api openapi > api/openapi.json`"
     );
-    // Every operation documents its errors, with the problem schema and an example.
-    for (path, item) in served["paths"].as_object().expect("paths") {
+    check_document(&served);
+}
+
+/// What generated clients need of the document (issue 11): exact types, only the statuses
+/// each operation answers with an example of each code, the declared headers, limits as schema
+/// keywords, plain `$ref`s and `application/json`.
+fn check_document(doc: &serde_json::Value) {
+    let text = doc.to_string();
+    assert!(!text.contains("allOf"), "plain $refs only");
+    assert!(
+        !text.contains("application/json;"),
+        "JSON media types are application/json"
+    );
+    let tags: Vec<_> = doc["tags"]
+        .as_array()
+        .expect("tags")
+        .iter()
+        .map(|t| t["name"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        tags,
+        [
+            "Products",
+            "Holds",
+            "Orders",
+            "Payments",
+            "Admin",
+            "Operations"
+        ]
+    );
+    assert!(!doc["servers"].as_array().expect("servers").is_empty());
+
+    let schemas = &doc["components"]["schemas"];
+    let codes: Vec<_> = schemas["ProblemCode"]["enum"]
+        .as_array()
+        .expect("ProblemCode enum")
+        .iter()
+        .filter_map(|c| c.as_str())
+        .collect();
+    for code in [
+        "malformed_request",
+        "unsupported_media_type",
+        "validation_error",
+        "hold_mismatch",
+        "product_not_found",
+        "hold_not_found",
+        "order_not_found",
+        "not_found",
+        "method_not_allowed",
+        "insufficient_stock",
+        "hold_expired",
+        "hold_released",
+        "hold_not_active",
+        "idempotency_key_in_use",
+        "idempotency_key_mismatch",
+        "invalid_signature",
+        "unauthorized",
+        "payload_too_large",
+        "rate_limited",
+        "unavailable",
+        "internal",
+    ] {
+        assert!(codes.contains(&code), "ProblemCode lacks {code}");
+    }
+    let problem = &schemas["Problem"]["properties"];
+    assert_eq!(problem["code"]["$ref"], "#/components/schemas/ProblemCode");
+    for member in ["available", "remaining", "sale_starts_at", "errors"] {
+        assert!(problem[member].is_object(), "Problem lacks {member}");
+    }
+    assert_eq!(
+        schemas["FieldError"]["required"],
+        serde_json::json!(["field", "message"])
+    );
+
+    // Limits and formats.
+    let qty = &schemas["CreateHold"]["properties"]["qty"];
+    assert_eq!(
+        (
+            qty["format"].as_str(),
+            qty["minimum"].as_f64(),
+            qty["maximum"].as_f64()
+        ),
+        (Some("int32"), Some(1.0), Some(10.0))
+    );
+    assert_eq!(schemas["Hold"]["properties"]["qty"]["format"], "int32");
+    assert_eq!(
+        schemas["Order"]["properties"]["quantity"]["format"],
+        "int32"
+    );
+    assert_eq!(
+        schemas["NewProduct"]["properties"]["stock"]["minimum"].as_f64(),
+        Some(0.0)
+    );
+    assert_eq!(
+        schemas["NewProduct"]["properties"]["price"]["pattern"],
+        r"^[0-9]{1,12}(\.[0-9]{1,2})?$"
+    );
+    assert_eq!(
+        schemas["NewProduct"]["properties"]["name"]["maxLength"],
+        255
+    );
+    for (schema, field) in [("PaymentWebhook", "status"), ("PaymentProcessed", "status")] {
+        assert_eq!(
+            schemas[schema]["properties"][field]["$ref"],
+            "#/components/schemas/WebhookStatus"
+        );
+    }
+    assert_eq!(
+        schemas["PaymentProcessed"]["properties"]["order_status"]["$ref"],
+        "#/components/schemas/OrderState"
+    );
+    assert_eq!(
+        schemas["WebhookStatus"]["enum"],
+        serde_json::json!(["success", "failure"])
+    );
+
+    let mut statuses = std::collections::BTreeMap::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
         for (method, op) in item.as_object().expect("operations") {
-            assert!(op["summary"].is_string(), "{method} {path}: no summary");
-            if !path.starts_with("/api") {
-                continue;
+            let id = op["operationId"].as_str().expect("operationId");
+            let summary = op["summary"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{id}: no summary"));
+            assert!(
+                !summary.contains('`'),
+                "{id}: backticks in summary {summary:?}"
+            );
+            assert!(op["security"].is_array(), "{id}: security stated");
+            assert_eq!(
+                op["security"].as_array().map(Vec::len),
+                Some(usize::from(id == "createProduct")),
+                "{id}"
+            );
+            if let Some(params) = op["parameters"].as_array() {
+                for p in params {
+                    if p["name"] == "Idempotency-Key" {
+                        assert_eq!(
+                            (
+                                p["schema"]["minLength"].as_u64(),
+                                p["schema"]["maxLength"].as_u64()
+                            ),
+                            (Some(1), Some(255))
+                        );
+                    }
+                }
             }
             let responses = op["responses"].as_object().expect("responses");
-            for status in ["400", "404", "503"] {
-                let r = &responses[status];
+            statuses.insert(id.to_owned(), responses.keys().cloned().collect::<Vec<_>>());
+            for (status, r) in responses {
+                let what = format!("{method} {path} {status}");
                 assert!(
-                    r["content"]["application/problem+json"].is_object(),
-                    "{method} {path} {status}"
+                    r["description"].as_str().is_some_and(|d| !d.is_empty()),
+                    "{what}: no description"
                 );
+                let headers = &r["headers"];
+                assert!(headers["X-Request-Id"].is_object(), "{what}: X-Request-Id");
+                if status == "201" {
+                    assert_eq!(headers["Location"]["required"], true, "{what}: Location");
+                }
+                if status == "429" || status == "503" {
+                    assert!(headers["Retry-After"].is_object(), "{what}: Retry-After");
+                }
+                if (id == "createHold" || id == "createOrder")
+                    && ["200", "201", "404", "409", "422"].contains(&status.as_str())
+                {
+                    assert!(
+                        headers["Idempotent-Replayed"].is_object(),
+                        "{what}: Idempotent-Replayed"
+                    );
+                }
+                let Some(content) = r["content"].as_object() else {
+                    continue;
+                };
+                for media in content.keys() {
+                    assert!(
+                        [
+                            "application/json",
+                            "application/problem+json",
+                            "text/plain; charset=utf-8"
+                        ]
+                        .contains(&media.as_str()),
+                        "{what}: {media}"
+                    );
+                }
+                if let Some(problem) = content.get("application/problem+json") {
+                    assert_eq!(
+                        problem["schema"]["$ref"], "#/components/schemas/Problem",
+                        "{what}"
+                    );
+                    let examples = problem["examples"]
+                        .as_object()
+                        .unwrap_or_else(|| panic!("{what}: no examples"));
+                    for (code, example) in examples {
+                        assert_eq!(example["value"]["code"], code.as_str(), "{what}");
+                        assert_eq!(
+                            example["value"]["status"].to_string(),
+                            *status,
+                            "{what}: {code} under another status"
+                        );
+                        assert!(codes.contains(&code.as_str()), "{what}: {code}");
+                    }
+                    if status == "409" && examples.contains_key("insufficient_stock") {
+                        assert_eq!(examples["insufficient_stock"]["value"]["available"], 3);
+                    }
+                }
             }
         }
     }
-    assert!(served["components"]["schemas"]["Problem"]["example"].is_object());
+    // Each operation lists only what it can answer.
+    let list = |id: &str| statuses[id].join(",");
+    assert_eq!(list("getProduct"), "200,400,404,500,503");
+    assert_eq!(list("getHold"), "200,400,404,500,503");
+    assert_eq!(list("releaseHold"), "200,400,404,409,500,503");
+    assert_eq!(list("getOrder"), "200,400,404,500,503");
+    assert_eq!(
+        list("createHold"),
+        "201,400,404,409,413,415,422,429,500,503"
+    );
+    assert_eq!(
+        list("createOrder"),
+        "200,201,400,404,409,413,415,422,500,503"
+    );
+    assert_eq!(
+        list("paymentWebhook"),
+        "200,400,401,404,409,413,415,422,500,503"
+    );
+    assert_eq!(list("createProduct"), "201,400,401,404,413,415,422,500,503");
+    assert_eq!(list("readyz"), "200,503");
+    assert_eq!(list("healthz"), "200");
 }
 
 /// Swagger UI renders the operations in headless Chromium, with every outside host unreachable.

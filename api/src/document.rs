@@ -1,0 +1,318 @@
+//! The OpenAPI document as served: poem-openapi's, with what it cannot say added. poem-openapi
+//! has no media-type examples, no `security: []`, no `nullable`, lists tags alphabetically and
+//! writes header names in capitals; and a limit that is a setting (`MAX_HOLD_QTY`) is only known at run time.
+//! Everything else (schemas, statuses, headers, limits) comes from the types.
+
+use std::fmt;
+
+use serde::{
+    Deserialize, Deserializer, Serialize, Serializer,
+    de::{MapAccess, SeqAccess, Visitor},
+    ser::{SerializeMap, SerializeSeq},
+};
+use serde_json::Value;
+
+use crate::error::ProblemCode;
+
+/// The document's overview, shown at the top of Swagger UI.
+pub const DESCRIPTION: &str = "\
+Holds, orders and payments over a limited stock, with zero overselling.
+
+**Flow**: `POST /api/holds` reserves units for a short time; `POST /api/orders` turns the hold \
+into a pending order; the payment gateway's webhook (`POST /api/payments/webhook`) pays or \
+cancels it. Expired holds and unpaid orders give their units back by themselves.
+
+**Errors** are `application/problem+json` (RFC 9457) with a stable `code` (the `ProblemCode` \
+enum): branch on `code`, not on `detail`. Each operation lists the codes it can answer. \
+`insufficient_stock` carries `available`; a refusal of one field or parameter carries \
+`errors: [{field, message}]`.
+
+**Headers**: every answer carries `X-Request-Id`; a 201 carries `Location`; a replayed \
+idempotent answer carries `Idempotent-Replayed: true`; 429 and 503 carry `Retry-After`. \
+Browsers on an origin listed in `CORS_ALLOWED_ORIGINS` can read all of them.
+
+**Retries**: `POST /api/holds` and `POST /api/orders` take an optional `Idempotency-Key`; the \
+same key and body within 24 hours answers the first answer again, with no second effect.";
+
+/// The tags in a buyer's order.
+pub const TAG_ORDER: &[&str] = &[
+    "Products",
+    "Holds",
+    "Orders",
+    "Payments",
+    "Admin",
+    "Operations",
+];
+
+/// Header names as they are usually written (poem-openapi writes them in capitals).
+const HEADER_NAMES: &[&str] = &[
+    "Location",
+    "Idempotent-Replayed",
+    "Retry-After",
+    crate::observe::REQUEST_ID_NAME,
+];
+
+/// Optional request members that may also be sent as `null` (meaning "not sent"); poem-openapi
+/// writes `Option` members as optional but not nullable.
+const NULLABLE: &[(&str, &[&str])] = &[("PaymentWebhook", &["hold_id", "product_id", "quantity"])];
+
+/// poem-openapi's document, refined (see the module's doc).
+pub fn refine(raw: &str, max_hold_qty: u32) -> String {
+    let Ok(mut doc) = serde_json::from_str::<Json>(raw) else {
+        // Not reachable with poem-openapi's output; serve it unrefined rather than nothing.
+        return raw.to_owned();
+    };
+    let problem_sets = crate::routes::problem_sets();
+    if let Some(Json::Arr(tags)) = doc.get_mut("tags") {
+        tags.sort_by_key(|t| {
+            let name = t.get("name").and_then(Json::as_str).unwrap_or_default();
+            TAG_ORDER
+                .iter()
+                .position(|n| *n == name)
+                .unwrap_or(usize::MAX)
+        });
+    }
+    if let Some(Json::Obj(paths)) = doc.get_mut("paths") {
+        for (_, item) in paths.iter_mut() {
+            let Json::Obj(ops) = item else { continue };
+            for (_, op) in ops.iter_mut() {
+                refine_operation(op, &problem_sets);
+            }
+        }
+    }
+    for (schema, members) in NULLABLE {
+        for member in *members {
+            let path = ["components", "schemas", schema, "properties", member];
+            if let Some(m) = doc.pointer_mut(&path) {
+                m.insert("nullable", Json::Bool(true));
+            }
+        }
+    }
+    if let Some(qty) =
+        doc.pointer_mut(&["components", "schemas", "CreateHold", "properties", "qty"])
+    {
+        qty.insert("maximum", Json::from(&Value::from(max_hold_qty)));
+    }
+    serde_json::to_string(&doc).unwrap_or_else(|_| raw.to_owned())
+}
+
+fn refine_operation(op: &mut Json, problem_sets: &[(&'static str, &'static [ProblemCode])]) {
+    let id = op
+        .get("operationId")
+        .and_then(Json::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    // Public operations say so: without it, a global security requirement would apply.
+    if op.get("security").is_none() {
+        op.insert("security", Json::Arr(Vec::new()));
+    }
+    if let Some(Json::Arr(params)) = op.get_mut("parameters") {
+        for p in params.iter_mut() {
+            if p.get("in").and_then(Json::as_str) == Some("path") {
+                // The seeded demo product, and the first hold and order of a fresh database
+                // (made by the examples of createHold and createOrder); releasing takes a second
+                // hold, the first having become the order.
+                let example = if id == "releaseHold" { 2 } else { 1 };
+                p.insert("example", Json::from(&Value::from(example)));
+            }
+        }
+    }
+    let codes = problem_sets
+        .iter()
+        .find(|(op_id, _)| *op_id == id)
+        .map(|(_, codes)| *codes)
+        .unwrap_or_default();
+    let Some(Json::Obj(responses)) = op.get_mut("responses") else {
+        return;
+    };
+    for (status, response) in responses.iter_mut() {
+        if let Some(Json::Obj(headers)) = response.get_mut("headers") {
+            for (name, _) in headers.iter_mut() {
+                if let Some(canonical) = HEADER_NAMES.iter().find(|n| n.eq_ignore_ascii_case(name))
+                {
+                    *name = (*canonical).to_owned();
+                }
+            }
+        }
+        let Some(media) = response.pointer_mut(&["content", crate::error::PROBLEM_JSON]) else {
+            continue;
+        };
+        let examples: Vec<(String, Json)> = codes
+            .iter()
+            .filter(|c| c.status().as_str() == status)
+            .map(|c| {
+                let value = serde_json::to_value(ProblemJsonValue(c.example())).unwrap_or_default();
+                let example = Json::Obj(vec![
+                    ("summary".into(), Json::Str(c.as_str().to_owned())),
+                    ("value".into(), Json::from(&value)),
+                ]);
+                (c.as_str().to_owned(), example)
+            })
+            .collect();
+        if !examples.is_empty() {
+            media.insert("examples", Json::Obj(examples));
+        }
+    }
+}
+
+/// A problem as JSON, through its `ToJSON` (the same rendering as the answers').
+struct ProblemJsonValue(crate::error::Problem);
+
+impl Serialize for ProblemJsonValue {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use poem_openapi::types::ToJSON;
+        self.0.to_json().unwrap_or_default().serialize(s)
+    }
+}
+
+/// JSON that keeps the order of object members, so the refined document reads in the order
+/// poem-openapi wrote it (properties in declaration order, operations as declared).
+/// `serde_json`'s `preserve_order` is not an option: request fingerprints rely on its sorted
+/// maps.
+#[derive(Debug, Clone, PartialEq)]
+enum Json {
+    Null,
+    Bool(bool),
+    Num(serde_json::Number),
+    Str(String),
+    Arr(Vec<Json>),
+    Obj(Vec<(String, Json)>),
+}
+
+impl Json {
+    fn get(&self, key: &str) -> Option<&Json> {
+        match self {
+            Json::Obj(members) => members.iter().find(|(k, _)| k == key).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    fn get_mut(&mut self, key: &str) -> Option<&mut Json> {
+        match self {
+            Json::Obj(members) => members.iter_mut().find(|(k, _)| k == key).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    fn pointer_mut(&mut self, keys: &[&str]) -> Option<&mut Json> {
+        keys.iter().try_fold(self, |at, key| at.get_mut(key))
+    }
+
+    /// Sets `key`, in place if present, else at the end.
+    fn insert(&mut self, key: &str, value: Json) {
+        if let Json::Obj(members) = self {
+            match members.iter_mut().find(|(k, _)| k == key) {
+                Some((_, v)) => *v = value,
+                None => members.push((key.to_owned(), value)),
+            }
+        }
+    }
+
+    fn as_str(&self) -> Option<&str> {
+        match self {
+            Json::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+impl From<&Value> for Json {
+    fn from(v: &Value) -> Self {
+        match v {
+            Value::Null => Json::Null,
+            Value::Bool(b) => Json::Bool(*b),
+            Value::Number(n) => Json::Num(n.clone()),
+            Value::String(s) => Json::Str(s.clone()),
+            Value::Array(a) => Json::Arr(a.iter().map(Json::from).collect()),
+            Value::Object(o) => Json::Obj(o.iter().map(|(k, v)| (k.clone(), v.into())).collect()),
+        }
+    }
+}
+
+impl Serialize for Json {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Json::Null => s.serialize_unit(),
+            Json::Bool(b) => s.serialize_bool(*b),
+            Json::Num(n) => n.serialize(s),
+            Json::Str(v) => s.serialize_str(v),
+            Json::Arr(items) => {
+                let mut seq = s.serialize_seq(Some(items.len()))?;
+                for item in items {
+                    seq.serialize_element(item)?;
+                }
+                seq.end()
+            }
+            Json::Obj(members) => {
+                let mut map = s.serialize_map(Some(members.len()))?;
+                for (k, v) in members {
+                    map.serialize_entry(k, v)?;
+                }
+                map.end()
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Json {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Json;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("JSON")
+            }
+            fn visit_unit<E>(self) -> Result<Json, E> {
+                Ok(Json::Null)
+            }
+            fn visit_none<E>(self) -> Result<Json, E> {
+                Ok(Json::Null)
+            }
+            fn visit_bool<E>(self, b: bool) -> Result<Json, E> {
+                Ok(Json::Bool(b))
+            }
+            fn visit_i64<E>(self, n: i64) -> Result<Json, E> {
+                Ok(Json::Num(n.into()))
+            }
+            fn visit_u64<E>(self, n: u64) -> Result<Json, E> {
+                Ok(Json::Num(n.into()))
+            }
+            fn visit_f64<E>(self, n: f64) -> Result<Json, E> {
+                Ok(serde_json::Number::from_f64(n).map_or(Json::Null, Json::Num))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Json, E> {
+                Ok(Json::Str(s.to_owned()))
+            }
+            fn visit_string<E>(self, s: String) -> Result<Json, E> {
+                Ok(Json::Str(s))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Json, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(Json::Arr(items))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json, A::Error> {
+                let mut members = Vec::new();
+                while let Some((k, v)) = map.next_entry::<String, Json>()? {
+                    members.push((k, v));
+                }
+                Ok(Json::Obj(members))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_order_survives_a_round_trip() {
+        let raw = r#"{"b":1,"a":[true,null,"x",1.5],"c":{"z":1,"y":2}}"#;
+        let j: Json = serde_json::from_str(raw).expect("parse");
+        assert_eq!(serde_json::to_string(&j).expect("write"), raw);
+    }
+}

@@ -1,0 +1,20 @@
+// Mistakes the generated types must catch. tests/clients/check.sh requires `tsc` to fail on
+// exactly the lines that end in a MUST-FAIL comment, and nowhere else.
+import { adminApi, publicApi, type Schemas } from "./api.js";
+
+const api = publicApi("http://127.0.0.1:8000");
+adminApi("http://127.0.0.1:8000", "token");
+
+export async function mistakes(problem: Schemas["Problem"]): Promise<string> {
+  const hold = await api.GET("/api/holds/{id}", { params: { path: { id: 1 } } });
+  if (hold.data?.status === "actve") return "misspelled status"; // MUST-FAIL
+  switch (problem.code) {
+    case "insufficent_stock": // MUST-FAIL
+      return "misspelled code";
+    default:
+      break;
+  }
+  // An admin operation without its token: the public client does not have it.
+  await api.POST("/api/admin/products", { body: { name: "x", price: "1.00", stock: 1 } }); // MUST-FAIL
+  return "";
+}
