@@ -52,9 +52,33 @@ const HEADER_NAMES: &[&str] = &[
     crate::observe::REQUEST_ID_NAME,
 ];
 
-/// Optional request members that may also be sent as `null` (meaning "not sent"); poem-openapi
-/// writes `Option` members as optional but not nullable.
-const NULLABLE: &[(&str, &[&str])] = &[("PaymentWebhook", &["hold_id", "product_id", "quantity"])];
+/// Members that may be `null`: optional request members (`null` meaning "not sent", or in a
+/// `PATCH` "clear it") and answer members that are `null` when unset. poem-openapi writes
+/// `Option` members as optional but not nullable.
+const NULLABLE: &[(&str, &[&str])] = &[
+    ("PaymentWebhook", &["hold_id", "product_id", "quantity"]),
+    ("CreateHold", &["buyer_id"]),
+    (
+        "NewProduct",
+        &["per_buyer_limit", "sale_starts_at", "sale_ends_at"],
+    ),
+    (
+        "ProductPatch",
+        &["per_buyer_limit", "sale_starts_at", "sale_ends_at"],
+    ),
+    // Answers: these members are always there, `null` when unset.
+    (
+        "Product",
+        &["per_buyer_limit", "sale_starts_at", "sale_ends_at"],
+    ),
+    ("Hold", &["buyer_id"]),
+    ("Order", &["buyer_id"]),
+    ("ProductPage", &["next"]),
+    ("OrderPage", &["next"]),
+];
+
+/// The answer schemas of [`NULLABLE`].
+const ANSWERS: &[&str] = &["Product", "Hold", "Order", "ProductPage", "OrderPage"];
 
 /// poem-openapi's document, refined (see the module's doc).
 pub fn refine(raw: &str, max_hold_qty: u32) -> String {
@@ -86,6 +110,15 @@ pub fn refine(raw: &str, max_hold_qty: u32) -> String {
             if let Some(m) = doc.pointer_mut(&path) {
                 m.insert("nullable", Json::Bool(true));
             }
+            // In answers the member is always sent (`null` when unset): required, so generated
+            // clients type it `T | null`, not optional.
+            if ANSWERS.contains(schema)
+                && let Some(Json::Arr(required)) =
+                    doc.pointer_mut(&["components", "schemas", schema, "required"])
+                && !required.iter().any(|r| r.as_str() == Some(member))
+            {
+                required.push(Json::Str((*member).to_owned()));
+            }
         }
     }
     if let Some(qty) =
@@ -114,6 +147,19 @@ fn refine_operation(op: &mut Json, problem_sets: &[(&'static str, &'static [Prob
                 // hold, the first having become the order.
                 let example = if id == "releaseHold" { 2 } else { 1 };
                 p.insert("example", Json::from(&Value::from(example)));
+            }
+            // Paging limits are checked by the handlers (out of range is a 422, where a
+            // poem-openapi validator would answer 400), so the schema learns them here.
+            let name = p.get("name").and_then(Json::as_str).map(str::to_owned);
+            let limits: &[(&str, i64)] = match name.as_deref() {
+                Some("limit") => &[("minimum", 1), ("maximum", 100), ("default", 20)],
+                Some("after") => &[("minimum", 0), ("default", 0)],
+                _ => &[],
+            };
+            if let Some(schema) = p.get_mut("schema") {
+                for (keyword, value) in limits {
+                    schema.insert(keyword, Json::from(&Value::from(*value)));
+                }
             }
         }
     }

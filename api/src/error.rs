@@ -37,6 +37,11 @@ pub enum ProblemCode {
     NotFound,
     MethodNotAllowed,
     InsufficientStock,
+    BuyerLimitExceeded,
+    BuyerIdRequired,
+    SaleNotStarted,
+    SaleEnded,
+    NoRefundDue,
     HoldExpired,
     HoldReleased,
     HoldNotActive,
@@ -63,6 +68,11 @@ impl ProblemCode {
         Self::NotFound,
         Self::MethodNotAllowed,
         Self::InsufficientStock,
+        Self::BuyerLimitExceeded,
+        Self::BuyerIdRequired,
+        Self::SaleNotStarted,
+        Self::SaleEnded,
+        Self::NoRefundDue,
         Self::HoldExpired,
         Self::HoldReleased,
         Self::HoldNotActive,
@@ -83,11 +93,13 @@ impl ProblemCode {
             Unauthorized | InvalidSignature => StatusCode::UNAUTHORIZED,
             ProductNotFound | HoldNotFound | OrderNotFound | NotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            InsufficientStock | HoldExpired | HoldReleased | HoldNotActive
-            | IdempotencyKeyInUse => StatusCode::CONFLICT,
+            InsufficientStock | BuyerLimitExceeded | SaleNotStarted | SaleEnded | NoRefundDue
+            | HoldExpired | HoldReleased | HoldNotActive | IdempotencyKeyInUse => {
+                StatusCode::CONFLICT
+            }
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ValidationError | HoldMismatch | IdempotencyKeyMismatch => {
+            ValidationError | HoldMismatch | IdempotencyKeyMismatch | BuyerIdRequired => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             RateLimited => StatusCode::TOO_MANY_REQUESTS,
@@ -109,6 +121,11 @@ impl ProblemCode {
             NotFound => "not_found",
             MethodNotAllowed => "method_not_allowed",
             InsufficientStock => "insufficient_stock",
+            BuyerLimitExceeded => "buyer_limit_exceeded",
+            BuyerIdRequired => "buyer_id_required",
+            SaleNotStarted => "sale_not_started",
+            SaleEnded => "sale_ended",
+            NoRefundDue => "no_refund_due",
             HoldExpired => "hold_expired",
             HoldReleased => "hold_released",
             HoldNotActive => "hold_not_active",
@@ -146,6 +163,16 @@ impl ProblemCode {
             InsufficientStock => {
                 "the product cannot cover `qty` now; `available` says how many can"
             }
+            BuyerLimitExceeded => {
+                "the hold would take its buyer over the product's `per_buyer_limit`; \
+                 `remaining` says how many more units this buyer may hold"
+            }
+            BuyerIdRequired => "the product has a `per_buyer_limit`: the hold must name `buyer_id`",
+            SaleNotStarted => {
+                "the product's sale has not started; `sale_starts_at` says when it does"
+            }
+            SaleEnded => "the product's sale has ended",
+            NoRefundDue => "the order has no refund due",
             HoldExpired => "the hold's time ran out",
             HoldReleased => "the hold was released",
             HoldNotActive => "the hold is consumed, expired or already released",
@@ -176,6 +203,11 @@ impl ProblemCode {
             NotFound => "no such route",
             MethodNotAllowed => "method not allowed",
             InsufficientStock => "only 3 available",
+            BuyerLimitExceeded => "this buyer may hold only 1 more",
+            BuyerIdRequired => "buyer_id: this product limits units per buyer",
+            SaleNotStarted => "the sale starts at 2026-12-01T15:30:00Z",
+            SaleEnded => "the sale has ended",
+            NoRefundDue => "order 1 has no refund due",
             HoldExpired => "hold 1 has expired",
             HoldReleased => "hold 1 was released",
             HoldNotActive => "hold 1 is released",
@@ -195,6 +227,13 @@ impl ProblemCode {
             MalformedRequest => ApiError::field(self, "qty", "missing field"),
             ValidationError => ApiError::field(self, "qty", "must be between 1 and 10"),
             InsufficientStock => error.with_available(3),
+            BuyerLimitExceeded => error.with_remaining(1),
+            BuyerIdRequired => {
+                ApiError::field(self, "buyer_id", "this product limits units per buyer")
+            }
+            SaleNotStarted => error.with_sale_starts_at(
+                DateTime::from_timestamp(1_796_139_000, 0).unwrap_or_default(),
+            ),
             _ => error,
         }
         .into_problem()
@@ -285,6 +324,16 @@ impl ApiError {
 
     pub fn with_available(mut self, available: i32) -> Self {
         self.0.available = Some(available);
+        self
+    }
+
+    pub fn with_remaining(mut self, remaining: i32) -> Self {
+        self.0.remaining = Some(remaining);
+        self
+    }
+
+    pub fn with_sale_starts_at(mut self, starts_at: DateTime<Utc>) -> Self {
+        self.0.sale_starts_at = Some(starts_at);
         self
     }
 
@@ -414,6 +463,29 @@ impl From<StockError> for ApiError {
                 Self::new(InsufficientStock, format!("only {available} available"))
                     .with_available(available)
             }
+            StockError::BuyerLimitExceeded { remaining } => Self::new(
+                BuyerLimitExceeded,
+                format!("this buyer may hold only {remaining} more"),
+            )
+            .with_remaining(remaining),
+            StockError::BuyerIdRequired => Self::field(
+                BuyerIdRequired,
+                "buyer_id",
+                "this product limits units per buyer",
+            ),
+            StockError::SaleNotStarted { starts_at } => Self::new(
+                SaleNotStarted,
+                format!(
+                    "the sale starts at {}",
+                    starts_at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+                ),
+            )
+            .with_sale_starts_at(starts_at),
+            StockError::SaleEnded => Self::new(SaleEnded, "the sale has ended"),
+            StockError::NoRefundDue(id) => {
+                Self::new(NoRefundDue, format!("order {id} has no refund due"))
+            }
+            StockError::InvalidProduct { field, message } => Self::validation(field, message),
             StockError::HoldNotActive { id, status } => {
                 Self::new(HoldNotActive, format!("hold {id} is {}", status.as_str()))
             }

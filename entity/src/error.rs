@@ -31,6 +31,30 @@ pub enum StockError {
     /// An order was asked of a hold the buyer released.
     #[error("hold {0} was released")]
     HoldReleased(i64),
+    /// A hold before the product's sale window opens.
+    #[error("the sale starts at {starts_at}")]
+    SaleNotStarted {
+        starts_at: chrono::DateTime<chrono::Utc>,
+    },
+    /// A hold at or after the end of the product's sale window.
+    #[error("the sale has ended")]
+    SaleEnded,
+    /// A hold without a buyer on a product with a per-buyer limit.
+    #[error("this product limits units per buyer: the hold must name its buyer")]
+    BuyerIdRequired,
+    /// The hold would take the buyer over the product's per-buyer limit.
+    #[error("the buyer may hold only {remaining} more")]
+    BuyerLimitExceeded { remaining: i32 },
+    /// An operator marked refunded an order that owes no refund.
+    #[error("order {0} has no refund due")]
+    NoRefundDue(i64),
+    /// A product or change that does not hold together (a sale that ends before it starts):
+    /// which field, and why.
+    #[error("{field}: {message}")]
+    InvalidProduct {
+        field: &'static str,
+        message: String,
+    },
     /// A webhook's `hold_id`, `product_id` or `quantity` does not match its hold or order.
     #[error("{0}")]
     HoldMismatch(String),

@@ -50,6 +50,8 @@ pub struct Model {
     pub expires_at: DateTimeUtc,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
+    /// The buyer a per-buyer limit counts this hold against.
+    pub buyer_id: Option<String>,
 }
 
 impl Model {

@@ -59,6 +59,10 @@ pub struct Model {
     pub status: OrderStatus,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
+    /// The hold's buyer.
+    pub buyer_id: Option<String>,
+    /// Paid for, but its units could not be delivered: the payment is owed back.
+    pub refund_required: bool,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -21,7 +21,7 @@ use crate::{
     order::{self, OrderStatus},
     product,
     stock::now,
-    transitions::{HoldRef, move_holds, move_order},
+    transitions::{HoldRef, clear_refund_required, mark_refund_required, move_holds, move_order},
     types::{HoldId, ProductId},
     webhook_event,
 };
@@ -36,6 +36,9 @@ pub struct OrderView {
     pub total: Money,
     pub status: OrderStatus,
     pub created_at: DateTime<Utc>,
+    pub buyer_id: Option<String>,
+    /// Paid for, but its units could not be delivered: the payment is owed back.
+    pub refund_required: bool,
 }
 
 impl From<&order::Model> for OrderView {
@@ -48,6 +51,8 @@ impl From<&order::Model> for OrderView {
             total: Money::from_cents(o.total_cents),
             status: o.status,
             created_at: o.created_at,
+            buyer_id: o.buyer_id.clone(),
+            refund_required: o.refund_required,
         }
     }
 }
@@ -171,6 +176,7 @@ async fn order_for_hold(
                 status: Set(OrderStatus::Pending),
                 created_at: Set(now),
                 updated_at: Set(now),
+                buyer_id: Set(hold.buyer_id.clone()),
                 ..Default::default()
             };
             let id = match order::Entity::insert(model.clone()).exec(txn).await {
@@ -196,6 +202,8 @@ async fn order_for_hold(
                 status: OrderStatus::Pending,
                 created_at: now,
                 updated_at: now,
+                buyer_id: hold.buyer_id.clone(),
+                refund_required: false,
             };
             Ok((order, true))
         }
@@ -265,6 +273,9 @@ pub struct PaymentResult {
     pub conflict: Option<String>,
     /// The event made its order from `hold_id` (the webhook came first): the new order.
     pub created: Option<OrderView>,
+    /// The event marked its order `refund_required` (a success on a cancelled order whose
+    /// units are gone): that order.
+    pub refund_owed: Option<OrderView>,
 }
 
 /// Applies a payment webhook exactly once per idempotency key (see the README, "Orders and
@@ -279,6 +290,9 @@ pub async fn apply_payment(db: &Db, event: &PaymentEvent) -> Result<PaymentResul
         Ok(Applied::Done(result)) => {
             if let Some(order) = &result.created {
                 log_order_created(order);
+            }
+            if let Some(order) = &result.refund_owed {
+                log_refund_required(order, &event.idempotency_key);
             }
             result
         }
@@ -394,6 +408,7 @@ async fn record_and_apply(
     };
 
     // 3. The effect, through the order state machine.
+    let mut refund_owed = None;
     let (order_status, conflict) = match (order.status, event.status) {
         (OrderStatus::Pending, PaymentStatus::Success) => {
             move_order(txn, &order, OrderStatus::Paid, now).await?;
@@ -411,10 +426,16 @@ async fn record_and_apply(
         (OrderStatus::Cancelled, PaymentStatus::Success) => {
             match move_order(txn, &order, OrderStatus::Paid, now).await {
                 Ok(()) => (OrderStatus::Paid, None),
-                Err(StockError::InsufficientStock { .. }) => (
-                    OrderStatus::Cancelled,
-                    Some("success_after_cancelled_no_stock".to_owned()),
-                ),
+                Err(StockError::InsufficientStock { .. }) => {
+                    // Money taken for units that are gone: owed back, and listed for operators.
+                    if mark_refund_required(txn, &order, now).await? {
+                        refund_owed = Some(OrderView::from(&order));
+                    }
+                    (
+                        OrderStatus::Cancelled,
+                        Some("success_after_cancelled_no_stock".to_owned()),
+                    )
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -437,6 +458,7 @@ async fn record_and_apply(
         order_status,
         conflict,
         created,
+        refund_owed,
     }))
 }
 
@@ -495,7 +517,73 @@ async fn duplicate_of(
         })?,
         conflict: stored.conflict,
         created: None,
+        refund_owed: None,
     })
+}
+
+fn log_refund_required(order: &OrderView, idempotency_key: &str) {
+    tracing::warn!(
+        metric = "order.refund_required",
+        order_id = order.id,
+        product_id = order.product_id,
+        quantity = order.quantity,
+        idempotency_key,
+        "a payment was taken for units that could not be delivered: refund it"
+    );
+    metrics::counter!("orders_refund_required_total").increment(1);
+}
+
+/// Orders by id ascending after `after`, at most `limit` (only those whose refund mark is
+/// `refund_required`, when given); and whether more may follow.
+pub async fn list_orders(
+    db: &Db,
+    refund_required: Option<bool>,
+    after: i64,
+    limit: u64,
+) -> Result<(Vec<OrderView>, bool), StockError> {
+    let rows = db
+        .read(|| async {
+            let mut query = order::Entity::find();
+            if let Some(r) = refund_required {
+                query = query.filter(order::Column::RefundRequired.eq(r));
+            }
+            Ok(query
+                .filter(order::Column::Id.gt(after))
+                .order_by_asc(order::Column::Id)
+                .limit(limit + 1)
+                .all(db.conn())
+                .await?)
+        })
+        .await?;
+    let more = rows.len() as u64 > limit;
+    Ok((
+        rows.iter()
+            .take(limit as usize)
+            .map(OrderView::from)
+            .collect(),
+        more,
+    ))
+}
+
+/// An operator refunded the payment of an order marked `refund_required`: the mark goes.
+/// An order with no refund due answers [`StockError::NoRefundDue`].
+pub async fn mark_refunded(db: &Db, id: i64) -> Result<OrderView, StockError> {
+    with_retry(None, || {
+        db.write(async |txn| {
+            let order = order::Entity::find_by_id(id)
+                .lock_exclusive()
+                .one(txn)
+                .await?
+                .ok_or(StockError::OrderNotFound(id))?;
+            clear_refund_required(txn, &order, now()).await?;
+            let order = order::Model {
+                refund_required: false,
+                ..order
+            };
+            Ok(OrderView::from(&order))
+        })
+    })
+    .await
 }
 
 fn conflict_reason(err: &StockError) -> &'static str {

@@ -16,6 +16,12 @@ pub struct Model {
     /// orders. Changed only under this row's lock.
     pub available_stock: i32,
     pub created_at: DateTimeUtc,
+    /// Holds before this moment are refused (`sale_not_started`); none: on sale already.
+    pub sale_starts_at: Option<DateTimeUtc>,
+    /// Holds at or after this moment are refused (`sale_ended`); none: no end.
+    pub sale_ends_at: Option<DateTimeUtc>,
+    /// Most units one buyer may hold or buy (active holds + pending and paid orders).
+    pub per_buyer_limit: Option<i32>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

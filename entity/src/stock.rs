@@ -4,20 +4,22 @@
 
 use chrono::{DateTime, SubsecRound, Utc};
 use sea_orm::{
-    ActiveValue::Set,
+    ActiveValue::{NotSet, Set},
     ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, FromQueryResult,
     QueryFilter, QueryOrder, QuerySelect, SqlErr, Statement,
     sea_query::{LockBehavior, LockType, MysqlQueryBuilder, Query},
 };
 
+use std::collections::HashMap;
+
 use crate::{
-    Db, Money, Quantity, StockError,
+    Db, Money, OrderStatus, Quantity, StockError,
     db::{ServerTraits, with_retry, with_retry_until},
     hold::{self, HoldStatus},
     idempotency::{Keyed, KeyedRequest, StoredResponse, check_in_txn, store_in_txn},
     product,
-    transitions::{HoldRef, move_holds, take_for_hold},
-    types::{HoldId, ProductId},
+    transitions::{HoldRef, move_holds, restock, take_for_hold},
+    types::{BuyerId, HoldId, ProductId},
 };
 
 /// Expired holds reclaimed per statement when a hold request finds too little stock.
@@ -37,6 +39,50 @@ pub struct ProductView {
     pub stock: i32,
     /// Excludes expired holds even before the worker has released them.
     pub available_stock: i32,
+    pub rules: SaleRules,
+}
+
+/// When a product sells and how much of it one buyer may have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SaleRules {
+    pub sale_starts_at: Option<DateTime<Utc>>,
+    pub sale_ends_at: Option<DateTime<Utc>>,
+    /// At least 1 when set.
+    pub per_buyer_limit: Option<i32>,
+}
+
+impl SaleRules {
+    /// A window must end after it starts, and a limit must allow at least one unit.
+    pub fn check(&self) -> Result<(), StockError> {
+        if let (Some(start), Some(end)) = (self.sale_starts_at, self.sale_ends_at)
+            && end <= start
+        {
+            return Err(StockError::InvalidProduct {
+                field: "sale_ends_at",
+                message: "must be after sale_starts_at".into(),
+            });
+        }
+        if self.per_buyer_limit.is_some_and(|l| l < 1) {
+            return Err(StockError::InvalidProduct {
+                field: "per_buyer_limit",
+                message: "must be at least 1".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A change to a product (`PATCH`): `None` leaves a field as it is; for the nullable ones
+/// `Some(None)` clears it.
+#[derive(Debug, Clone, Default)]
+pub struct ProductChange {
+    pub name: Option<String>,
+    pub price: Option<Money>,
+    /// Units added to (or, negative, taken from) both `stock` and `available_stock`.
+    pub add_stock: Option<i32>,
+    pub sale_starts_at: Option<Option<DateTime<Utc>>>,
+    pub sale_ends_at: Option<Option<DateTime<Utc>>>,
+    pub per_buyer_limit: Option<Option<i32>>,
 }
 
 /// A hold as clients see it; `status` is the effective one (an active hold past its time is
@@ -48,6 +94,7 @@ pub struct HoldView {
     pub qty: i32,
     pub status: HoldStatus,
     pub expires_at: DateTime<Utc>,
+    pub buyer_id: Option<String>,
 }
 
 impl HoldView {
@@ -58,6 +105,7 @@ impl HoldView {
             qty: model.qty,
             status: model.effective_status(now),
             expires_at: model.expires_at,
+            buyer_id: model.buyer_id.clone(),
         }
     }
 }
@@ -73,44 +121,163 @@ struct ProductRow {
     stock: i32,
     available_stock: i32,
     expired_qty: i64,
+    sale_starts_at: Option<DateTime<Utc>>,
+    sale_ends_at: Option<DateTime<Utc>>,
+    per_buyer_limit: Option<i32>,
+}
+
+impl ProductRow {
+    fn into_view(self) -> Result<ProductView, StockError> {
+        let expired = i32::try_from(self.expired_qty)
+            .map_err(|_| StockError::Invariant(format!("expired quantity {}", self.expired_qty)))?;
+        Ok(ProductView {
+            id: self.id,
+            name: self.name,
+            price: Money::from_cents(self.price_cents),
+            stock: self.stock,
+            available_stock: self.available_stock + expired,
+            rules: SaleRules {
+                sale_starts_at: self.sale_starts_at,
+                sale_ends_at: self.sale_ends_at,
+                per_buyer_limit: self.per_buyer_limit,
+            },
+        })
+    }
+}
+
+/// The products query of [`product_view`] and [`list_products`]: each product with the sum of
+/// its expired-but-unswept holds, from one snapshot. `filter` follows `FROM products p`.
+fn products_sql(backend: DbBackend, filter: &str) -> String {
+    let cast = match backend {
+        DbBackend::Sqlite => "INTEGER",
+        _ => "SIGNED",
+    };
+    format!(
+        "SELECT p.id, p.name, p.price_cents, p.stock, p.available_stock, \
+           p.sale_starts_at, p.sale_ends_at, p.per_buyer_limit, \
+           CAST(COALESCE((SELECT SUM(h.qty) FROM holds h \
+             WHERE h.product_id = p.id AND h.status = ? AND h.expires_at <= ?), 0) AS {cast}) \
+           AS expired_qty \
+         FROM products p {filter}"
+    )
 }
 
 /// Reads a product and its available stock in ONE statement, so the counter and the sum of
 /// not-yet-reclaimed expired holds come from the same snapshot.
 pub async fn product_view(db: &Db, id: ProductId) -> Result<ProductView, StockError> {
-    let cast = match db.db_backend() {
-        DbBackend::Sqlite => "INTEGER",
-        _ => "SIGNED",
-    };
-    let sql = format!(
-        "SELECT p.id, p.name, p.price_cents, p.stock, p.available_stock, \
-           CAST(COALESCE((SELECT SUM(h.qty) FROM holds h \
-             WHERE h.product_id = p.id AND h.status = ? AND h.expires_at <= ?), 0) AS {cast}) \
-           AS expired_qty \
-         FROM products p WHERE p.id = ?"
-    );
     let stmt = Statement::from_sql_and_values(
         db.db_backend(),
-        sql,
+        products_sql(db.db_backend(), "WHERE p.id = ?"),
         [HoldStatus::Active.as_str().into(), now().into(), id.into()],
     );
-    let row = db
+    db.read(|| async {
+        Ok(ProductRow::find_by_statement(stmt.clone())
+            .one(db.conn())
+            .await?)
+    })
+    .await?
+    .ok_or(StockError::ProductNotFound(id))?
+    .into_view()
+}
+
+/// The catalogue, by id ascending: products with ids above `after`, at most `limit`; and
+/// whether more may follow.
+pub async fn list_products(
+    db: &Db,
+    after: ProductId,
+    limit: u64,
+) -> Result<(Vec<ProductView>, bool), StockError> {
+    let stmt = Statement::from_sql_and_values(
+        db.db_backend(),
+        products_sql(db.db_backend(), "WHERE p.id > ? ORDER BY p.id LIMIT ?"),
+        [
+            HoldStatus::Active.as_str().into(),
+            now().into(),
+            after.into(),
+            (limit + 1).into(),
+        ],
+    );
+    let rows = db
         .read(|| async {
             Ok(ProductRow::find_by_statement(stmt.clone())
-                .one(db.conn())
+                .all(db.conn())
                 .await?)
         })
-        .await?
-        .ok_or(StockError::ProductNotFound(id))?;
-    let expired = i32::try_from(row.expired_qty)
-        .map_err(|_| StockError::Invariant(format!("expired quantity {}", row.expired_qty)))?;
-    Ok(ProductView {
-        id: row.id,
-        name: row.name,
-        price: Money::from_cents(row.price_cents),
-        stock: row.stock,
-        available_stock: row.available_stock + expired,
+        .await?;
+    let more = rows.len() as u64 > limit;
+    let views = rows
+        .into_iter()
+        .take(limit as usize)
+        .map(ProductRow::into_view)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((views, more))
+}
+
+/// Changes a product under its lock. Stock taken away (`add_stock` < 0) can only come out of
+/// what is available (expired holds are reclaimed first): never out of units held or in pending
+/// orders ([`StockError::InsufficientStock`]). A window end not after its start, counting the
+/// stored end that is not changed, is refused ([`StockError::InvalidProduct`]).
+pub async fn update_product(
+    db: &Db,
+    id: ProductId,
+    change: &ProductChange,
+) -> Result<ProductView, StockError> {
+    let reclaimed = with_retry(Some(id), || {
+        db.write(async |txn| {
+            let product = product::Entity::find_by_id(id)
+                .lock_exclusive()
+                .one(txn)
+                .await?
+                .ok_or(StockError::ProductNotFound(id))?;
+            let rules = SaleRules {
+                sale_starts_at: change.sale_starts_at.unwrap_or(product.sale_starts_at),
+                sale_ends_at: change.sale_ends_at.unwrap_or(product.sale_ends_at),
+                per_buyer_limit: change.per_buyer_limit.unwrap_or(product.per_buyer_limit),
+            };
+            rules.check()?;
+            let mut reclaimed = Vec::new();
+            let add = change.add_stock.unwrap_or(0);
+            let mut available = product.available_stock;
+            if available + add.min(0) < 0 {
+                let now = now();
+                loop {
+                    let chunk = lock_expired_holds(txn, Some(id), now, RECLAIM_CHUNK).await?;
+                    move_holds(txn, &chunk, HoldStatus::Expired, now).await?;
+                    available += chunk.iter().map(|h| h.qty).sum::<i32>();
+                    let last = (chunk.len() as u64) < RECLAIM_CHUNK;
+                    reclaimed.extend(chunk);
+                    if last || available + add >= 0 {
+                        break;
+                    }
+                }
+                if available + add < 0 {
+                    return Err(StockError::InsufficientStock { available });
+                }
+            }
+            let (Some(_), Some(_)) = (product.stock.checked_add(add), available.checked_add(add))
+            else {
+                return Err(StockError::InvalidProduct {
+                    field: "add_stock",
+                    message: "would take stock past its largest value".into(),
+                });
+            };
+            let model = product::ActiveModel {
+                id: Set(id),
+                name: change.name.clone().map_or(NotSet, Set),
+                price_cents: change.price.map_or(NotSet, |p| Set(p.cents())),
+                sale_starts_at: Set(rules.sale_starts_at),
+                sale_ends_at: Set(rules.sale_ends_at),
+                per_buyer_limit: Set(rules.per_buyer_limit),
+                ..Default::default()
+            };
+            product::Entity::update(model).exec(txn).await?;
+            restock(txn, id, add).await?;
+            Ok(reclaimed)
+        })
     })
+    .await?;
+    log_expired(&reclaimed, "api");
+    product_view(db, id).await
 }
 
 /// Adds a product with all of its stock available.
@@ -119,13 +286,18 @@ pub async fn create_product(
     name: &str,
     price: Money,
     stock: i32,
+    rules: SaleRules,
 ) -> Result<ProductView, StockError> {
+    rules.check()?;
     let model = product::ActiveModel {
         name: Set(name.to_owned()),
         price_cents: Set(price.cents()),
         stock: Set(stock),
         available_stock: Set(stock),
         created_at: Set(now()),
+        sale_starts_at: Set(rules.sale_starts_at),
+        sale_ends_at: Set(rules.sale_ends_at),
+        per_buyer_limit: Set(rules.per_buyer_limit),
         ..Default::default()
     };
     let id = product::Entity::insert(model)
@@ -138,6 +310,7 @@ pub async fn create_product(
         price,
         stock,
         available_stock: stock,
+        rules,
     })
 }
 
@@ -161,6 +334,7 @@ pub async fn seed_demo_product(db: &Db) -> Result<bool, StockError> {
         stock: Set(100),
         available_stock: Set(100),
         created_at: Set(now()),
+        ..Default::default()
     };
     match product::Entity::insert(model).exec(&*txn).await {
         Ok(_) => {}
@@ -186,6 +360,8 @@ pub async fn get_hold(db: &Db, id: HoldId) -> Result<HoldView, StockError> {
 #[derive(Debug, Clone)]
 pub struct HoldRequest {
     pub qty: Quantity,
+    /// Who the hold is for; required on a product with a per-buyer limit.
+    pub buyer: Option<BuyerId>,
     /// Its `Idempotency-Key`, if it came with one: the key and its answer are written in the
     /// batch's transaction.
     pub keyed: Option<Keyed<HoldView>>,
@@ -199,6 +375,7 @@ impl HoldRequest {
     pub fn new(qty: Quantity) -> Self {
         Self {
             qty,
+            buyer: None,
             keyed: None,
             client_gone: None,
         }
@@ -277,6 +454,12 @@ pub async fn create_holds_batch(
                     }
                 }
             }
+            // The sale window, as this transaction's clock sees it under the lock: nobody is
+            // served a moment early, whichever process or batch they came through.
+            let window = sale_window_refusal(&product, now);
+            for refusal in refused.iter_mut().filter(|r| r.is_none()) {
+                *refusal = window.clone();
+            }
             let wanted: i64 = requests
                 .iter()
                 .zip(&refused)
@@ -295,49 +478,64 @@ pub async fn create_holds_batch(
                     break;
                 }
             }
-            let mut granted = Vec::new();
-            let mut decided: Vec<Result<i32, StockError>> = Vec::with_capacity(requests.len());
-            for (r, refusal) in requests.iter().zip(&refused) {
-                let need = r.qty.as_i32();
-                if let Some(e) = refusal {
-                    decided.push(Err(e.clone()));
-                } else if available >= need {
-                    available -= need;
-                    granted.push(need);
-                    decided.push(Ok(need));
-                } else {
-                    decided.push(Err(StockError::InsufficientStock { available }));
+            let buyers: Vec<&str> = requests
+                .iter()
+                .zip(&refused)
+                .filter(|(_, r)| r.is_none())
+                .filter_map(|(q, _)| q.buyer.as_ref().map(BuyerId::as_str))
+                .collect();
+            let used = match product.per_buyer_limit {
+                Some(_) if !buyers.is_empty() => {
+                    units_per_buyer(txn, product_id, &buyers, now).await?
                 }
-            }
+                _ => HashMap::new(),
+            };
+            let asks = requests.iter().zip(refused).map(|(r, refused)| Ask {
+                qty: r.qty.as_i32(),
+                buyer: r.buyer.as_ref().map(BuyerId::as_str),
+                refused,
+            });
+            let decided = grant(available, product.per_buyer_limit, used, asks);
+            let granted: Vec<NewHold> = requests
+                .iter()
+                .zip(&decided)
+                .filter_map(|(r, d)| {
+                    d.as_ref().ok().map(|&qty| NewHold {
+                        qty,
+                        buyer: r.buyer.as_ref().map(BuyerId::as_str),
+                    })
+                })
+                .collect();
             let expires_at = now + ttl;
             let ids = if granted.is_empty() {
                 Vec::new()
             } else {
                 let ids =
                     insert_holds(txn, db.server(), product_id, &granted, now, expires_at).await?;
-                take_for_hold(txn, product_id, granted.iter().sum()).await?;
+                take_for_hold(txn, product_id, granted.iter().map(|h| h.qty).sum()).await?;
                 ids
             };
             let mut ids = ids.into_iter();
             let answers = decided
                 .into_iter()
-                .map(|a| {
+                .zip(requests)
+                .map(|(a, r)| {
                     a.map(|qty| HoldView {
                         id: ids.next().unwrap_or_default(),
                         product_id,
                         qty,
                         status: HoldStatus::Active,
                         expires_at,
+                        buyer_id: r.buyer.as_ref().map(|b| b.as_str().to_owned()),
                     })
                 })
                 .collect::<Vec<_>>();
-            // The answers of keyed requests that ran, written down with their keys.
+            // The answers of keyed requests, written down with their keys.
             let stored: Vec<(&KeyedRequest, StoredResponse)> = requests
                 .iter()
                 .zip(&answers)
-                .zip(&refused)
-                .filter(|(_, refusal)| refusal.is_none())
-                .filter_map(|((r, answer), _)| {
+                .filter(|(_, answer)| worth_replaying(answer))
+                .filter_map(|(r, answer)| {
                     let k = r.keyed.as_ref()?;
                     Some((&k.request, (k.render)(answer)?))
                 })
@@ -354,7 +552,13 @@ pub async fn create_holds_batch(
     Ok(answers)
 }
 
-/// Inserts new active holds, one per entry of `qtys`, and returns their ids in that order.
+/// A hold about to be inserted.
+struct NewHold<'a> {
+    qty: i32,
+    buyer: Option<&'a str>,
+}
+
+/// Inserts new active holds, one per entry of `holds`, and returns their ids in that order.
 ///
 /// The ids are always the rows' own: read from the insert itself or read back, never computed
 /// as `LAST_INSERT_ID() + k`, which is wrong whenever `auto_increment_increment` > 1 (Galera
@@ -373,15 +577,19 @@ async fn insert_holds(
     txn: &DatabaseTransaction,
     server: ServerTraits,
     product_id: ProductId,
-    qtys: &[i32],
+    holds: &[NewHold<'_>],
     now: DateTime<Utc>,
     expires_at: DateTime<Utc>,
 ) -> Result<Vec<HoldId>, StockError> {
     let backend = txn.get_database_backend();
-    let min_id = if backend == DbBackend::Sqlite {
-        let models = qtys.iter().map(|&qty| hold::ActiveModel {
+    let qtys: Vec<i32> = holds.iter().map(|h| h.qty).collect();
+    let has_buyers = holds.iter().any(|h| h.buyer.is_some());
+    // Buyer ids are the client's strings: bound, never inlined into SQL text.
+    let min_id = if backend == DbBackend::Sqlite || (has_buyers && !server.insert_returning) {
+        let models = holds.iter().map(|h| hold::ActiveModel {
             product_id: Set(product_id),
-            qty: Set(qty),
+            qty: Set(h.qty),
+            buyer_id: Set(h.buyer.map(str::to_owned)),
             status: Set(HoldStatus::Active),
             expires_at: Set(expires_at),
             created_at: Set(now),
@@ -393,14 +601,24 @@ async fn insert_holds(
             .await?;
         None
     } else if server.insert_returning {
-        let json = serde_json::to_string(qtys)
-            .map_err(|e| StockError::Invariant(format!("quantities as JSON: {e}")))?;
+        // `[qty]` or `[qty, buyer]`: a missing buyer is NULL (NULL ON EMPTY).
+        let rows: Vec<serde_json::Value> = holds
+            .iter()
+            .map(|h| match h.buyer {
+                Some(b) => serde_json::json!([h.qty, b]),
+                None => serde_json::json!([h.qty]),
+            })
+            .collect();
+        let json = serde_json::Value::Array(rows).to_string();
         let rows = txn
             .query_all_raw(Statement::from_sql_and_values(
                 backend,
-                "INSERT INTO holds (product_id, qty, status, expires_at, created_at, updated_at) \
-                 SELECT ?, j.qty, ?, ?, ?, ? \
-                 FROM JSON_TABLE(?, '$[*]' COLUMNS (ord FOR ORDINALITY, qty INT PATH '$')) AS j \
+                "INSERT INTO holds \
+                   (product_id, qty, status, expires_at, created_at, updated_at, buyer_id) \
+                 SELECT ?, j.qty, ?, ?, ?, ?, j.buyer \
+                 FROM JSON_TABLE(?, '$[*]' COLUMNS (ord FOR ORDINALITY, qty INT PATH '$[0]', \
+                   buyer VARCHAR(128) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin PATH '$[1]' \
+                     NULL ON EMPTY)) AS j \
                  ORDER BY j.ord \
                  RETURNING id, qty",
                 [
@@ -414,7 +632,7 @@ async fn insert_holds(
             ))
             .await?;
         let mut ids = Vec::with_capacity(rows.len());
-        for (row, &want) in rows.iter().zip(qtys) {
+        for (row, &want) in rows.iter().zip(&qtys) {
             let qty: i32 = row.try_get("", "qty")?;
             if qty != want {
                 return Err(StockError::Invariant(format!(
@@ -435,7 +653,7 @@ async fn insert_holds(
             hold::Column::UpdatedAt,
         ]);
         let (expires, created) = (expires_at.naive_utc(), now.naive_utc());
-        for &qty in qtys {
+        for &qty in &qtys {
             insert.values_panic([
                 product_id.into(),
                 qty.into(),
@@ -484,6 +702,134 @@ fn check_all_ids(ids: Vec<HoldId>, inserted: usize) -> Result<Vec<HoldId>, Stock
             ids.len()
         )))
     }
+}
+
+/// Whether a keyed hold's answer is written down for replay. Not when the key was not this
+/// request's to use (a twin's, another body's), when its client had gone, or when the answer
+/// only said "not yet" (`sale_not_started`): a retry with the same key after the opening must
+/// run afresh, not be told forever that the sale has not started.
+fn worth_replaying(answer: &Result<HoldView, StockError>) -> bool {
+    !matches!(
+        answer,
+        Err(StockError::Abandoned
+            | StockError::IdempotencyKeyInUse
+            | StockError::IdempotencyKeyMismatch
+            | StockError::SaleNotStarted { .. })
+    )
+}
+
+/// A product's sale window seen at `now`: the refusal for every hold, or none.
+fn sale_window_refusal(product: &product::Model, now: DateTime<Utc>) -> Option<StockError> {
+    match (product.sale_starts_at, product.sale_ends_at) {
+        (Some(starts_at), _) if now < starts_at => Some(StockError::SaleNotStarted { starts_at }),
+        (_, Some(ends_at)) if now >= ends_at => Some(StockError::SaleEnded),
+        _ => None,
+    }
+}
+
+/// One request of a batch, as the granting rule sees it.
+#[derive(Debug)]
+struct Ask<'a> {
+    qty: i32,
+    buyer: Option<&'a str>,
+    /// Refused before granting (client gone, key taken, sale window).
+    refused: Option<StockError>,
+}
+
+/// The granting rule of a batch, in arrival order: each request is judged against what is left
+/// after the ones before it. With a per-buyer limit a request must name its buyer, and the
+/// buyer's units (`used`: active holds and pending or paid orders before this batch, then the
+/// grants of this batch as they are made) plus `qty` may not exceed the limit. Answers the
+/// quantity granted or the refusal, one per request.
+fn grant<'a>(
+    mut available: i32,
+    limit: Option<i32>,
+    mut used: HashMap<&'a str, i32>,
+    asks: impl IntoIterator<Item = Ask<'a>>,
+) -> Vec<Result<i32, StockError>> {
+    asks.into_iter()
+        .map(|ask| {
+            if let Some(e) = ask.refused {
+                return Err(e);
+            }
+            let buyer_units = match (limit, ask.buyer) {
+                (None, _) => None,
+                (Some(_), None) => return Err(StockError::BuyerIdRequired),
+                (Some(limit), Some(buyer)) => {
+                    let units = used.entry(buyer).or_default();
+                    if *units + ask.qty > limit {
+                        let remaining = (limit - *units).max(0);
+                        return Err(StockError::BuyerLimitExceeded { remaining });
+                    }
+                    Some(units)
+                }
+            };
+            if available < ask.qty {
+                return Err(StockError::InsufficientStock { available });
+            }
+            available -= ask.qty;
+            if let Some(units) = buyer_units {
+                *units += ask.qty;
+            }
+            Ok(ask.qty)
+        })
+        .collect()
+}
+
+/// The units each of these buyers has on a product now: active holds not yet past their time,
+/// and pending or paid orders. One statement for the batch's buyers, run under the product
+/// lock (every change to these rows takes that lock first), so nothing moves meanwhile.
+async fn units_per_buyer<'a, C: ConnectionTrait>(
+    txn: &C,
+    product_id: ProductId,
+    buyers: &[&'a str],
+    now: DateTime<Utc>,
+) -> Result<HashMap<&'a str, i32>, StockError> {
+    let mut distinct: Vec<&'a str> = buyers.to_vec();
+    distinct.sort_unstable();
+    distinct.dedup();
+    let backend = txn.get_database_backend();
+    let cast = match backend {
+        DbBackend::Sqlite => "INTEGER",
+        _ => "SIGNED",
+    };
+    let marks = vec!["?"; distinct.len()].join(", ");
+    let sql = format!(
+        "SELECT buyer_id, CAST(SUM(qty) AS {cast}) AS units FROM holds \
+           WHERE product_id = ? AND status = ? AND expires_at > ? AND buyer_id IN ({marks}) \
+           GROUP BY buyer_id \
+         UNION ALL \
+         SELECT buyer_id, CAST(SUM(quantity) AS {cast}) AS units FROM orders \
+           WHERE product_id = ? AND status IN (?, ?) AND buyer_id IN ({marks}) \
+           GROUP BY buyer_id"
+    );
+    let mut values: Vec<sea_orm::Value> = vec![
+        product_id.into(),
+        HoldStatus::Active.as_str().into(),
+        now.into(),
+    ];
+    values.extend(distinct.iter().map(|b| (*b).into()));
+    values.extend([
+        product_id.into(),
+        OrderStatus::Pending.as_str().into(),
+        OrderStatus::Paid.as_str().into(),
+    ]);
+    values.extend(distinct.iter().map(|b| (*b).into()));
+    let rows = txn
+        .query_all_raw(Statement::from_sql_and_values(backend, sql, values))
+        .await?;
+    let mut used: HashMap<&'a str, i32> = HashMap::new();
+    for row in rows {
+        let buyer: String = row.try_get("", "buyer_id")?;
+        let units: i64 = row.try_get("", "units")?;
+        let units = i32::try_from(units)
+            .map_err(|_| StockError::Invariant(format!("buyer units {units}")))?;
+        // Map back to the batch's own &str (the rows' strings are equal byte for byte).
+        if let Ok(i) = distinct.binary_search(&buyer.as_str()) {
+            *used.entry(distinct[i]).or_default() += units;
+        }
+    }
+    Ok(used)
 }
 
 /// Releases an active hold at the buyer's request: its stock is available again at once.

@@ -125,6 +125,17 @@ pub(crate) async fn take_for_hold<C: ConnectionTrait>(
     adjust_product(txn, product_id, -qty, 0).await
 }
 
+/// Adds `qty` units (negative: takes them away) to a locked product's `stock` and
+/// `available_stock` together: a restock or a removal by an operator. The caller has checked
+/// that the available stock covers a removal.
+pub(crate) async fn restock<C: ConnectionTrait>(
+    txn: &C,
+    product_id: ProductId,
+    qty: i32,
+) -> Result<(), StockError> {
+    adjust_product(txn, product_id, qty, qty).await
+}
+
 /// Moves a locked order to `to` and applies the change to its product. Cancelled → paid needs
 /// the quantity to be available again now: if it is not, nothing changes and the answer is
 /// [`StockError::InsufficientStock`].
@@ -178,6 +189,47 @@ pub(crate) async fn move_order<C: ConnectionTrait>(
         )));
     }
     adjust_product(txn, order.product_id, available_delta, stock_delta).await
+}
+
+/// Marks a locked cancelled order as owing its payment back; `false` if it already was.
+pub(crate) async fn mark_refund_required<C: ConnectionTrait>(
+    txn: &C,
+    order: &order::Model,
+    now: DateTime<Utc>,
+) -> Result<bool, StockError> {
+    if order.status != OrderStatus::Cancelled {
+        return Err(StockError::Invariant(format!(
+            "order {} is {}: only a cancelled order can owe a refund",
+            order.id,
+            order.status.as_str()
+        )));
+    }
+    let result = order::Entity::update_many()
+        .col_expr(order::Column::RefundRequired, Expr::value(true))
+        .col_expr(order::Column::UpdatedAt, Expr::value(now))
+        .filter(order::Column::Id.eq(order.id))
+        .filter(order::Column::RefundRequired.eq(false))
+        .exec(txn)
+        .await?;
+    Ok(result.rows_affected == 1)
+}
+
+/// Clears a locked order's refund mark: [`StockError::NoRefundDue`] if it has none.
+pub(crate) async fn clear_refund_required<C: ConnectionTrait>(
+    txn: &C,
+    order: &order::Model,
+    now: DateTime<Utc>,
+) -> Result<(), StockError> {
+    if !order.refund_required {
+        return Err(StockError::NoRefundDue(order.id));
+    }
+    order::Entity::update_many()
+        .col_expr(order::Column::RefundRequired, Expr::value(false))
+        .col_expr(order::Column::UpdatedAt, Expr::value(now))
+        .filter(order::Column::Id.eq(order.id))
+        .exec(txn)
+        .await?;
+    Ok(())
 }
 
 /// Changes a product's counters. The table's CHECK constraints refuse an available stock below

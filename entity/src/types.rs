@@ -32,6 +32,30 @@ impl Quantity {
     }
 }
 
+/// The buyer a hold is for: 1 to 128 characters, no control characters, compared exactly. Opaque
+/// to this service (a frontend's user or session id).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BuyerId(String);
+
+impl BuyerId {
+    pub const MAX_CHARS: usize = 128;
+
+    /// `None` unless 1 to 128 characters and none of them a control character.
+    pub fn parse(s: &str) -> Option<Self> {
+        let chars = s.chars().count();
+        ((1..=Self::MAX_CHARS).contains(&chars) && !s.chars().any(char::is_control))
+            .then(|| Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
 /// An amount of money with exactly two decimal places, stored as integer cents so that no
 /// database (SQLite has no decimal type) ever sees a float.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -122,6 +146,20 @@ mod tests {
         assert_eq!(Money::parse("-1"), Err(MoneyError::Negative));
         assert_eq!(Money::parse("1.001"), Err(MoneyError::TooPrecise));
         assert_eq!(Money::parse("1000000000000000"), Err(MoneyError::TooLarge));
+    }
+
+    #[test]
+    fn buyer_ids_are_short_printable_and_exact() {
+        assert_eq!(
+            BuyerId::parse("user-42").map(BuyerId::into_string),
+            Some("user-42".into())
+        );
+        assert!(BuyerId::parse(&"é".repeat(128)).is_some());
+        assert!(BuyerId::parse(&"b".repeat(129)).is_none());
+        assert!(BuyerId::parse("").is_none());
+        assert!(BuyerId::parse("tab\there").is_none());
+        assert!(BuyerId::parse("nul\u{0}").is_none());
+        assert_ne!(BuyerId::parse("Ann"), BuyerId::parse("ann"));
     }
 
     #[test]

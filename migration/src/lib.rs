@@ -12,6 +12,7 @@ mod m20261124_000001_create_products_and_holds;
 mod m20261124_000002_create_orders_and_webhook_events;
 mod m20261124_000003_create_idempotency_keys;
 mod m20261125_000004_exact_idempotency_keys;
+mod m20261125_000005_sales_buyers_refunds;
 
 pub struct Migrator;
 
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000002_create_orders_and_webhook_events::Migration),
             Box::new(m20261124_000003_create_idempotency_keys::Migration),
             Box::new(m20261125_000004_exact_idempotency_keys::Migration),
+            Box::new(m20261125_000005_sales_buyers_refunds::Migration),
         ]
     }
 }

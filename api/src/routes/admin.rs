@@ -1,11 +1,24 @@
 use std::sync::Arc;
 
-use entity::{Money, stock};
-use poem_openapi::{ApiResponse, Object, OpenApi, SecurityScheme, auth::Bearer};
-use serde::Deserialize;
+use chrono::{DateTime, Utc};
+use entity::{
+    Money, orders,
+    stock::{self, ProductChange, SaleRules},
+};
+use poem_openapi::{
+    ApiResponse, Object, OpenApi, SecurityScheme,
+    auth::Bearer,
+    param::{Path, Query},
+};
+use serde::{Deserialize, Deserializer};
 use subtle::ConstantTimeEq;
 
-use super::{ApiTags, problems, products::Product};
+use super::{
+    ApiTags,
+    orders::Order,
+    problems,
+    products::{Product, next_after, page_bounds},
+};
 use crate::{
     AppState,
     error::{ApiError, ProblemCode, Problems},
@@ -30,6 +43,19 @@ pub struct NewProduct {
     /// Units on hand.
     #[oai(validator(minimum(value = "0")))]
     pub stock: i32,
+    /// Most units one buyer may hold or buy; leave out (or null) for no limit.
+    #[oai(skip_serializing_if_is_none, validator(minimum(value = "1")))]
+    #[serde(default)]
+    pub per_buyer_limit: Option<i32>,
+    /// When holds start to be served (RFC 3339); leave out (or null) to sell at once.
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(default)]
+    pub sale_starts_at: Option<DateTime<Utc>>,
+    /// When holds stop being served (RFC 3339), after `sale_starts_at`; leave out (or null) for
+    /// no end.
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(default)]
+    pub sale_ends_at: Option<DateTime<Utc>>,
 }
 
 impl poem_openapi::types::Example for NewProduct {
@@ -38,8 +64,101 @@ impl poem_openapi::types::Example for NewProduct {
             name: "Flash Sale Product".into(),
             price: "99.99".into(),
             stock: 100,
+            per_buyer_limit: Some(2),
+            sale_starts_at: None,
+            sale_ends_at: None,
         }
     }
+}
+
+/// A change to a product: a member left out stays as it is; `null` clears a nullable one.
+#[derive(Debug, Object, Deserialize)]
+#[oai(example)]
+pub struct ProductPatch {
+    /// 1 to 255 characters, not all spaces.
+    #[oai(
+        skip_serializing_if_is_none,
+        validator(min_length = 1, max_length = 255)
+    )]
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Decimal string, at most two places, not negative (`"99.99"`).
+    #[oai(
+        skip_serializing_if_is_none,
+        validator(pattern = r"^[0-9]{1,12}(\.[0-9]{1,2})?$")
+    )]
+    #[serde(default)]
+    pub price: Option<String>,
+    /// Units added to `stock` and `available_stock` together (negative: taken away). Units
+    /// that are held or in pending orders cannot be taken away: 409 `insufficient_stock`,
+    /// with `available`.
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(default)]
+    pub add_stock: Option<i32>,
+    /// Most units one buyer may hold or buy, at least 1; `null` removes the limit.
+    #[oai(skip_serializing_if_is_none, validator(minimum(value = "1")))]
+    #[serde(default, deserialize_with = "present")]
+    pub per_buyer_limit: Option<Option<i32>>,
+    /// When holds start to be served; `null` opens the sale now.
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(default, deserialize_with = "present")]
+    pub sale_starts_at: Option<Option<DateTime<Utc>>>,
+    /// When holds stop being served, after the start (as changed here or as stored); `null`
+    /// removes the end.
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(default, deserialize_with = "present")]
+    pub sale_ends_at: Option<Option<DateTime<Utc>>>,
+}
+
+/// A member that is present, `null` included (`Some(None)`); an absent one stays `None`
+/// through `#[serde(default)]`.
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+impl poem_openapi::types::Example for ProductPatch {
+    /// Restocks the demo product by 50 and limits it to 2 units per buyer.
+    fn example() -> Self {
+        Self {
+            name: None,
+            price: None,
+            add_stock: Some(50),
+            per_buyer_limit: Some(Some(2)),
+            sale_starts_at: None,
+            sale_ends_at: None,
+        }
+    }
+}
+
+#[derive(ApiResponse)]
+pub enum ProductUpdated {
+    /// The product after the change.
+    #[oai(status = 200)]
+    Ok(Json<Product>),
+}
+
+/// One page of orders, by id ascending.
+#[derive(Debug, Object)]
+pub struct OrderPage {
+    pub items: Vec<Order>,
+    /// Pass as `after` for the next page; null on the last page.
+    pub next: Option<i64>,
+}
+
+#[derive(ApiResponse)]
+pub enum OrdersListed {
+    /// A page of orders.
+    #[oai(status = 200)]
+    Ok(Json<OrderPage>),
+}
+
+#[derive(ApiResponse)]
+pub enum OrderRefunded {
+    /// The order, its refund recorded (`refund_required: false`).
+    #[oai(status = 200)]
+    Ok(Json<Order>),
 }
 
 #[derive(ApiResponse)]
@@ -57,6 +176,16 @@ pub enum ProductCreated {
 problems!(CreateProductProblems = "createProduct": [
     MalformedRequest, Unauthorized, NotFound, PayloadTooLarge, UnsupportedMediaType,
     ValidationError, Internal, Unavailable,
+]);
+problems!(UpdateProductProblems = "updateProduct": [
+    MalformedRequest, Unauthorized, NotFound, ProductNotFound, InsufficientStock,
+    PayloadTooLarge, UnsupportedMediaType, ValidationError, Internal, Unavailable,
+]);
+problems!(ListOrdersProblems = "listOrders": [
+    MalformedRequest, Unauthorized, NotFound, ValidationError, Internal, Unavailable,
+]);
+problems!(MarkRefundedProblems = "markRefunded": [
+    MalformedRequest, Unauthorized, NotFound, OrderNotFound, NoRefundDue, Internal, Unavailable,
 ]);
 
 pub struct AdminApi {
@@ -80,28 +209,125 @@ impl AdminApi {
         body: JsonBody<NewProduct>,
     ) -> Result<ProductCreated, Problems<CreateProductProblems>> {
         self.authorize(&auth)?;
-        // Limits are checked on the value as sent, the way the document states them.
-        if !(1..=255).contains(&body.name.chars().count()) {
-            return Err(ApiError::validation("name", "must be 1 to 255 characters").into());
-        }
-        let name = body.name.trim();
-        if name.is_empty() {
-            return Err(ApiError::validation("name", "must not be only spaces").into());
-        }
-        if !is_price(&body.price) {
-            return Err(ApiError::validation(
-                "price",
-                format!("must be a decimal string matching {PRICE_PATTERN}, like \"99.99\""),
-            )
-            .into());
-        }
-        let price =
-            Money::parse(&body.price).map_err(|e| ApiError::validation("price", e.to_string()))?;
+        let name = checked_name(&body.name)?;
+        let price = checked_price(&body.price)?;
         within("stock", i64::from(body.stock), 0, i64::from(i32::MAX))?;
-        let product = stock::create_product(&self.state.db, name, price, body.stock).await?;
+        let rules = SaleRules {
+            sale_starts_at: body.sale_starts_at,
+            sale_ends_at: body.sale_ends_at,
+            per_buyer_limit: body.per_buyer_limit,
+        };
+        let product = stock::create_product(&self.state.db, name, price, body.stock, rules).await?;
         let path = format!("/api/products/{}", product.id);
         Ok(ProductCreated::Created(Json(product.into()), path))
     }
+
+    /// Change a product (operators only)
+    ///
+    /// Restock or take stock away (`add_stock`), rename, reprice, set or clear the sale window
+    /// and the per-buyer limit, all under the product's lock while the sale runs. Members left
+    /// out stay as they are.
+    #[oai(
+        path = "/api/admin/products/:id",
+        method = "patch",
+        operation_id = "updateProduct"
+    )]
+    async fn update_product(
+        &self,
+        auth: AdminToken,
+        /// The product's id.
+        id: Path<i64>,
+        body: JsonBody<ProductPatch>,
+    ) -> Result<ProductUpdated, Problems<UpdateProductProblems>> {
+        self.authorize(&auth)?;
+        let change = ProductChange {
+            name: body
+                .name
+                .as_deref()
+                .map(checked_name)
+                .transpose()?
+                .map(str::to_owned),
+            price: body.price.as_deref().map(checked_price).transpose()?,
+            add_stock: body.add_stock,
+            sale_starts_at: body.sale_starts_at,
+            sale_ends_at: body.sale_ends_at,
+            per_buyer_limit: body.per_buyer_limit,
+        };
+        let product = stock::update_product(&self.state.db, id.0, &change).await?;
+        Ok(ProductUpdated::Ok(Json(product.into())))
+    }
+
+    /// List orders (operators only)
+    ///
+    /// By id ascending, in pages; `refund_required=true` lists the orders whose payment is owed
+    /// back (paid for after they were cancelled and their units sold).
+    #[oai(
+        path = "/api/admin/orders",
+        method = "get",
+        operation_id = "listOrders"
+    )]
+    async fn list_orders(
+        &self,
+        auth: AdminToken,
+        /// Only orders with this refund mark.
+        refund_required: Query<Option<bool>>,
+        /// Orders per page, 1 to 100 (default 20).
+        limit: Query<Option<i64>>,
+        /// Only orders with ids greater than this (default 0).
+        after: Query<Option<i64>>,
+    ) -> Result<OrdersListed, Problems<ListOrdersProblems>> {
+        self.authorize(&auth)?;
+        let (limit, after) = page_bounds(limit.0, after.0)?;
+        let (items, more) =
+            orders::list_orders(&self.state.db, refund_required.0, after, limit).await?;
+        let next = next_after(items.last().map(|o| o.id), more);
+        Ok(OrdersListed::Ok(Json(OrderPage {
+            items: items.into_iter().map(Order::from).collect(),
+            next,
+        })))
+    }
+
+    /// Record that an order's payment was refunded (operators only)
+    ///
+    /// Clears `refund_required`. An order with no refund due answers 409 `no_refund_due`.
+    #[oai(
+        path = "/api/admin/orders/:id/refunded",
+        method = "post",
+        operation_id = "markRefunded"
+    )]
+    async fn mark_refunded(
+        &self,
+        auth: AdminToken,
+        /// The order's id.
+        id: Path<i64>,
+    ) -> Result<OrderRefunded, Problems<MarkRefundedProblems>> {
+        self.authorize(&auth)?;
+        let order = orders::mark_refunded(&self.state.db, id.0).await?;
+        Ok(OrderRefunded::Ok(Json(order.into())))
+    }
+}
+
+/// A product name as sent: 1 to 255 characters, not only spaces; answered trimmed.
+fn checked_name(name: &str) -> Result<&str, ApiError> {
+    // Limits are checked on the value as sent, the way the document states them.
+    if !(1..=255).contains(&name.chars().count()) {
+        return Err(ApiError::validation("name", "must be 1 to 255 characters"));
+    }
+    let trimmed = name.trim();
+    if trimmed.is_empty() {
+        return Err(ApiError::validation("name", "must not be only spaces"));
+    }
+    Ok(trimmed)
+}
+
+fn checked_price(price: &str) -> Result<Money, ApiError> {
+    if !is_price(price) {
+        return Err(ApiError::validation(
+            "price",
+            format!("must be a decimal string matching {PRICE_PATTERN}, like \"99.99\""),
+        ));
+    }
+    Money::parse(price).map_err(|e| ApiError::validation("price", e.to_string()))
 }
 
 impl AdminApi {

@@ -5,6 +5,7 @@ use entity::{
     HoldStatus, Quantity, StockError,
     idempotency::{Keyed, KeyedRequest, StoredResponse},
     stock::{self, HoldRequest, HoldView},
+    types::BuyerId,
 };
 use poem::{
     http::StatusCode,
@@ -31,6 +32,19 @@ pub struct CreateHold {
     /// 1 to `MAX_HOLD_QTY` (10 by default; the `maximum` here is this server's).
     #[oai(validator(minimum(value = "1")))]
     pub qty: i32,
+    /// Who the hold is for: 1 to 128 characters, no control characters, compared exactly
+    /// (the frontend's user or session id). Required on a product with a `per_buyer_limit`.
+    /// `null` is the same as leaving it out.
+    #[oai(
+        skip_serializing_if_is_none,
+        validator(
+            min_length = 1,
+            max_length = 128,
+            pattern = r"^[^\x00-\x1F\x7F-\x9F]+$"
+        )
+    )]
+    #[serde(default)]
+    pub buyer_id: Option<String>,
 }
 
 impl poem_openapi::types::Example for CreateHold {
@@ -38,6 +52,7 @@ impl poem_openapi::types::Example for CreateHold {
         Self {
             product_id: 1,
             qty: 2,
+            buyer_id: Some("user-42".into()),
         }
     }
 }
@@ -77,6 +92,8 @@ pub struct Hold {
     pub status: HoldState,
     /// When an active hold stops reserving stock (RFC 3339, UTC).
     pub expires_at: DateTime<Utc>,
+    /// The buyer the hold is for; null when none was named.
+    pub buyer_id: Option<String>,
 }
 
 impl poem_openapi::types::Example for Hold {
@@ -87,6 +104,7 @@ impl poem_openapi::types::Example for Hold {
             qty: 2,
             status: HoldState::Active,
             expires_at: DateTime::from_timestamp(1_796_139_000, 0).unwrap_or_default(),
+            buyer_id: Some("user-42".into()),
         }
     }
 }
@@ -99,6 +117,7 @@ impl From<HoldView> for Hold {
             qty: h.qty,
             status: h.status.into(),
             expires_at: h.expires_at,
+            buyer_id: h.buyer_id,
         }
     }
 }
@@ -150,9 +169,9 @@ pub enum HoldReleased {
 }
 
 problems!(CreateHoldProblems = "createHold", keyed = true: [
-    MalformedRequest, ProductNotFound, InsufficientStock, IdempotencyKeyInUse, PayloadTooLarge,
-    UnsupportedMediaType, ValidationError, IdempotencyKeyMismatch, RateLimited, Internal,
-    Unavailable,
+    MalformedRequest, ProductNotFound, InsufficientStock, BuyerLimitExceeded, SaleNotStarted,
+    SaleEnded, IdempotencyKeyInUse, PayloadTooLarge, UnsupportedMediaType, ValidationError,
+    BuyerIdRequired, IdempotencyKeyMismatch, RateLimited, Internal, Unavailable,
 ]);
 problems!(GetHoldProblems = "getHold": [MalformedRequest, HoldNotFound, Internal, Unavailable]);
 problems!(ReleaseHoldProblems = "releaseHold": [
@@ -189,13 +208,23 @@ impl HoldsApi {
         remote: &RemoteAddr,
     ) -> Result<HoldCreated, Problems<CreateHoldProblems>> {
         let max = self.state.max_hold_qty;
-        let result = match Quantity::new(i64::from(body.qty), max) {
-            None => Err(ApiError::validation(
+        let buyer = match body.buyer_id.as_deref().map(BuyerId::parse) {
+            None => Ok(None),
+            Some(Some(buyer)) => Ok(Some(buyer)),
+            Some(None) => Err(ApiError::validation(
+                "buyer_id",
+                "must be 1 to 128 characters, none of them a control character",
+            )),
+        };
+        let result = match (Quantity::new(i64::from(body.qty), max), buyer) {
+            (None, _) => Err(ApiError::validation(
                 "qty",
                 format!("must be between 1 and {max}"),
             )),
-            Some(qty) => {
+            (_, Err(e)) => Err(e),
+            (Some(qty), Ok(buyer)) => {
                 let request = HoldRequest {
+                    buyer,
                     keyed: keyed.map(|k| Keyed {
                         request: k.0.clone(),
                         render: render_hold,

@@ -58,6 +58,10 @@ pub fn problem_sets() -> Vec<(&'static str, &'static [ProblemCode])> {
         entry::<orders::GetOrderProblems>(),
         entry::<payments::WebhookProblems>(),
         entry::<admin::CreateProductProblems>(),
+        entry::<admin::UpdateProductProblems>(),
+        entry::<admin::ListOrdersProblems>(),
+        entry::<admin::MarkRefundedProblems>(),
+        entry::<products::ListProductsProblems>(),
         entry::<crate::server::ReadyzProblems>(),
     ]
 }

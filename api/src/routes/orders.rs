@@ -70,6 +70,12 @@ pub struct Order {
     pub status: OrderState,
     /// When the order was made (RFC 3339, UTC).
     pub created_at: DateTime<Utc>,
+    /// The buyer of the hold it was made from; null when none was named.
+    pub buyer_id: Option<String>,
+    /// Paid for, but its units could not be delivered (the payment came after the order was
+    /// cancelled and its units were sold): the payment is owed back. Operators list these at
+    /// `GET /api/admin/orders?refund_required=true`.
+    pub refund_required: bool,
 }
 
 impl poem_openapi::types::Example for Order {
@@ -82,6 +88,8 @@ impl poem_openapi::types::Example for Order {
             total_price: "199.98".into(),
             status: OrderState::Pending,
             created_at: DateTime::from_timestamp(1_796_139_000, 0).unwrap_or_default(),
+            buyer_id: Some("user-42".into()),
+            refund_required: false,
         }
     }
 }
@@ -96,6 +104,8 @@ impl From<OrderView> for Order {
             total_price: o.total.to_string(),
             status: o.status.into(),
             created_at: o.created_at,
+            buyer_id: o.buyer_id,
+            refund_required: o.refund_required,
         }
     }
 }
