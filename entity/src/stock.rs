@@ -937,3 +937,87 @@ fn log_expired(holds: &[ExpiredHold], by: &'static str) {
         metrics::counter!("holds_expired_total", "by" => by).increment(holds.len() as u64);
     }
 }
+
+#[cfg(test)]
+mod grant_tests {
+    use super::*;
+
+    fn ask(qty: i32, buyer: Option<&str>) -> Ask<'_> {
+        Ask {
+            qty,
+            buyer,
+            refused: None,
+        }
+    }
+
+    #[test]
+    fn grants_in_arrival_order_while_stock_lasts() {
+        let answers = grant(
+            5,
+            None,
+            HashMap::new(),
+            [ask(3, None), ask(3, None), ask(2, None)],
+        );
+        assert!(matches!(answers[0], Ok(3)));
+        assert!(matches!(
+            answers[1],
+            Err(StockError::InsufficientStock { available: 2 })
+        ));
+        assert!(
+            matches!(answers[2], Ok(2)),
+            "a later, smaller request still fits"
+        );
+    }
+
+    #[test]
+    fn counts_each_buyer_against_the_limit_within_the_batch_and_before_it() {
+        let used = HashMap::from([("ann", 1)]);
+        let answers = grant(
+            100,
+            Some(3),
+            used,
+            [
+                ask(1, Some("ann")),
+                ask(2, Some("ann")),
+                ask(1, Some("bob")),
+                ask(1, None),
+                ask(3, Some("bob")),
+            ],
+        );
+        assert!(matches!(answers[0], Ok(1)));
+        assert!(matches!(
+            answers[1],
+            Err(StockError::BuyerLimitExceeded { remaining: 1 })
+        ));
+        assert!(matches!(answers[2], Ok(1)));
+        assert!(matches!(answers[3], Err(StockError::BuyerIdRequired)));
+        assert!(matches!(
+            answers[4],
+            Err(StockError::BuyerLimitExceeded { remaining: 2 })
+        ));
+    }
+
+    #[test]
+    fn a_refused_request_takes_nothing_and_a_limit_refusal_leaves_stock_for_others() {
+        let mut gone = ask(4, None);
+        gone.refused = Some(StockError::Abandoned);
+        let answers = grant(
+            4,
+            Some(2),
+            HashMap::new(),
+            [
+                gone,
+                ask(3, Some("ann")),
+                ask(2, Some("bob")),
+                ask(2, Some("cy")),
+            ],
+        );
+        assert!(matches!(answers[0], Err(StockError::Abandoned)));
+        assert!(matches!(
+            answers[1],
+            Err(StockError::BuyerLimitExceeded { remaining: 2 })
+        ));
+        assert!(matches!(answers[2], Ok(2)));
+        assert!(matches!(answers[3], Ok(2)));
+    }
+}

@@ -54,9 +54,10 @@ async fn setup(dir: &std::path::Path) -> (Db, i64) {
     .await
     .expect("connect");
     Migrator::up(db.conn(), None).await.expect("migrate");
-    let product = stock::create_product(&db, "p", Money::from_cents(250), STOCK)
-        .await
-        .expect("product");
+    let product =
+        stock::create_product(&db, "p", Money::from_cents(250), STOCK, Default::default())
+            .await
+            .expect("product");
     (db, product.id)
 }
 
