@@ -295,6 +295,42 @@ async fn the_documents_examples_work_on_a_fresh_seeded_database() {
             None,
             200,
         ),
+        (
+            "listProducts",
+            Method::GET,
+            "/api/products".to_owned(),
+            None,
+            200,
+        ),
+        // Last among the product's steps: its example sets a per-buyer limit of 2.
+        (
+            "updateProduct",
+            Method::PATCH,
+            format!(
+                "/api/admin/products/{}",
+                param("/api/admin/products/{id}", "patch")
+            ),
+            Some(body_of("/api/admin/products/{id}", "patch")),
+            200,
+        ),
+        (
+            "listOrders",
+            Method::GET,
+            "/api/admin/orders".to_owned(),
+            None,
+            200,
+        ),
+        // The example order was paid in full: no refund is due, as the document's 409 says.
+        (
+            "markRefunded",
+            Method::POST,
+            format!(
+                "/api/admin/orders/{}/refunded",
+                param("/api/admin/orders/{id}/refunded", "post")
+            ),
+            None,
+            409,
+        ),
     ];
     for (name, method, path, body, status) in steps {
         let r = call(method, path, body).await;

@@ -302,7 +302,15 @@ fn check_document(doc: &serde_json::Value) {
             assert!(op["security"].is_array(), "{id}: security stated");
             assert_eq!(
                 op["security"].as_array().map(Vec::len),
-                Some(usize::from(id == "createProduct")),
+                Some(usize::from(
+                    [
+                        "createProduct",
+                        "updateProduct",
+                        "listOrders",
+                        "markRefunded"
+                    ]
+                    .contains(&id)
+                )),
                 "{id}"
             );
             if let Some(params) = op["parameters"].as_array() {
@@ -399,6 +407,13 @@ fn check_document(doc: &serde_json::Value) {
         "200,400,401,404,409,413,415,422,500,503"
     );
     assert_eq!(list("createProduct"), "201,400,401,404,413,415,422,500,503");
+    assert_eq!(list("listProducts"), "200,400,422,500,503");
+    assert_eq!(
+        list("updateProduct"),
+        "200,400,401,404,409,413,415,422,500,503"
+    );
+    assert_eq!(list("listOrders"), "200,400,401,404,422,500,503");
+    assert_eq!(list("markRefunded"), "200,400,401,404,409,500,503");
     assert_eq!(list("readyz"), "200,503");
     assert_eq!(list("healthz"), "200");
 }
