@@ -32,6 +32,17 @@ def explain(problem: Problem) -> str:
         case ProblemCode.INSUFFICIENT_STOCK:
             available = 0 if isinstance(problem.available, Unset) else problem.available
             return f"only {available} left"
+        case ProblemCode.BUYER_LIMIT_EXCEEDED:
+            remaining = 0 if isinstance(problem.remaining, Unset) else problem.remaining
+            return f"you can hold {remaining} more"
+        case ProblemCode.BUYER_ID_REQUIRED:
+            return "please sign in to buy this product"
+        case ProblemCode.SALE_NOT_STARTED:
+            return f"the sale opens at {problem.sale_starts_at}"
+        case ProblemCode.SALE_ENDED:
+            return "the sale has ended"
+        case ProblemCode.NO_REFUND_DUE:
+            return "no refund is due for this order"
         case ProblemCode.IDEMPOTENCY_KEY_IN_USE:
             return "still working on it, retry shortly"
         case ProblemCode.HOLD_EXPIRED | ProblemCode.HOLD_RELEASED | ProblemCode.HOLD_NOT_ACTIVE:

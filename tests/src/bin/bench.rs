@@ -146,6 +146,31 @@ async fn single_server(
                 keyed["p99_ms"].as_f64().unwrap_or(0.0)
             );
             results["keyed_holds"] = keyed;
+            // Distinct buyers on a product with a per-buyer limit: the limit's cost is one
+            // indexed query per batch for the batch's buyers, under the lock.
+            let limited = api.create_limited_product(100_000_000, 5).await?;
+            let buyers = wrk_with(
+                &format!("{}/api/holds", api.url),
+                256,
+                2,
+                seconds,
+                &buyer_holds_script(limited),
+            )?;
+            let limited_holds = json!({
+                "connections": 256,
+                "per_buyer_limit": 5,
+                "holds_per_s": rate(&buyers, "ok"),
+                "p50_ms": ms(&buyers, "p50_us"),
+                "p99_ms": ms(&buyers, "p99_us"),
+                "refused": buyers["refused"],
+            });
+            println!(
+                "Holds by distinct buyers, per_buyer_limit 5 c=256 {:>8.0} holds/s  p50 {:>6.1} ms  p99 {:>6.1} ms",
+                limited_holds["holds_per_s"].as_f64().unwrap_or(0.0),
+                limited_holds["p50_ms"].as_f64().unwrap_or(0.0),
+                limited_holds["p99_ms"].as_f64().unwrap_or(0.0)
+            );
+            results["limited_product_holds"] = limited_holds;
             let rss_before = api.rss_kib();
             let spray = wrk_with(&format!("{}/", api.url), 256, 2, seconds, &spray_script())?;
             // Give retiring tasks a moment, then read the resident size again.
@@ -281,6 +306,20 @@ impl Api {
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(api)
+    }
+
+    async fn create_limited_product(&self, stock: i64, per_buyer_limit: i64) -> Result<i64> {
+        let r: Value = self
+            .http
+            .post(format!("{}/api/admin/products", self.url))
+            .bearer_auth(ADMIN)
+            .json(&json!({"name": "Limited product", "price": "9.99", "stock": stock,
+                "per_buyer_limit": per_buyer_limit}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        r["id"].as_i64().context("limited product id")
     }
 
     async fn create_product(&self, stock: i64) -> Result<i64> {
@@ -445,6 +484,21 @@ fn keyed_holds_script(product: i64) -> String {
          function request()\n  n = n + 1\n  \
            wrk.headers[\"Idempotency-Key\"] = \"bench-{run}-\" .. tid .. \"-\" .. n\n  \
            return wrk.format()\nend\n{WRK_REPORT}"
+    )
+}
+
+/// Holds on a limited product, each by a buyer of its own, as a crowd of distinct users sends
+/// them.
+fn buyer_holds_script(product: i64) -> String {
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!(
+        "local n = 0\n\
+         function request()\n  n = n + 1\n  \
+           return wrk.format(\"POST\", nil, {{[\"Content-Type\"] = \"application/json\"}}, \
+             '{{\"product_id\":{product},\"qty\":1,\"buyer_id\":\"b-{run}-' .. tid .. '-' .. n .. '\"}}')\nend\n{WRK_REPORT}"
     )
 }
 
@@ -988,6 +1042,9 @@ fn summarize(results: &mut Value) {
         "keyed_holds_per_s_at_256": results["keyed_holds"]["holds_per_s"],
         "keyed_p99_ms_at_256": results["keyed_holds"]["p99_ms"],
         "keyed_share_of_unkeyed": results["keyed_holds"]["holds_per_s"].as_f64().unwrap_or(0.0)
+            / find("http_holds", Some(true), 256).max(1.0),
+        "limited_product_holds_per_s_at_256": results["limited_product_holds"]["holds_per_s"],
+        "limited_share_of_unlimited": results["limited_product_holds"]["holds_per_s"].as_f64().unwrap_or(0.0)
             / find("http_holds", Some(true), 256).max(1.0),
         "get_product_per_s": results["get_product"]["per_s"],
         "unknown_id_spray_rss_mib": [results["unknown_id_spray"]["rss_before_mib"], results["unknown_id_spray"]["rss_after_mib"]],

@@ -29,6 +29,16 @@ export function explain(problem: Schemas["Problem"]): string {
   switch (code) {
     case "insufficient_stock":
       return `only ${problem.available ?? 0} left`;
+    case "buyer_limit_exceeded":
+      return `you can hold ${problem.remaining ?? 0} more`;
+    case "buyer_id_required":
+      return "please sign in to buy this product";
+    case "sale_not_started":
+      return `the sale opens at ${problem.sale_starts_at ?? "a later time"}`;
+    case "sale_ended":
+      return "the sale has ended";
+    case "no_refund_due":
+      return "no refund is due for this order";
     case "idempotency_key_in_use":
       return "still working on it, retry shortly";
     case "hold_expired":
