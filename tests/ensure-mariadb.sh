@@ -58,8 +58,13 @@ CREATE DATABASE IF NOT EXISTS test;
 SET GLOBAL max_connections = GREATEST(@@max_connections, 500);
 SQL
 
-# Databases left behind by an interrupted run.
-for db in $(mariadb -uflash -pflash -h127.0.0.1 -N -e "SHOW DATABASES LIKE 'fs\\_test\\_%'"); do
+# Databases left behind by an interrupted run: only those whose tables are all over two hours
+# old, so that a test run going on beside this one (another checkout, a CI job) keeps its own.
+stale="SELECT s.SCHEMA_NAME FROM information_schema.SCHEMATA s \
+  JOIN information_schema.TABLES t ON t.TABLE_SCHEMA = s.SCHEMA_NAME \
+  WHERE s.SCHEMA_NAME LIKE 'fs\\_test\\_%' GROUP BY s.SCHEMA_NAME \
+  HAVING MAX(t.CREATE_TIME) < NOW() - INTERVAL 2 HOUR"
+for db in $(mariadb -uflash -pflash -h127.0.0.1 -N -e "$stale"); do
   mariadb -uflash -pflash -h127.0.0.1 -e "DROP DATABASE \`$db\`"
 done
 
