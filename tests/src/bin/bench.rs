@@ -313,8 +313,10 @@ impl Api {
             .http
             .post(format!("{}/api/admin/products", self.url))
             .bearer_auth(ADMIN)
-            .json(&json!({"name": "Limited product", "price": "9.99", "stock": stock,
-                "per_buyer_limit": per_buyer_limit}))
+            .json(
+                &json!({"name": "Limited product", "price": "9.99", "stock": stock,
+                "per_buyer_limit": per_buyer_limit}),
+            )
             .send()
             .await?
             .json()
