@@ -789,32 +789,39 @@ async fn units_per_buyer<'a, C: ConnectionTrait>(
     distinct.sort_unstable();
     distinct.dedup();
     let backend = txn.get_database_backend();
-    let cast = match backend {
-        DbBackend::Sqlite => "INTEGER",
-        _ => "SIGNED",
+    // The buyers go in as ONE bound JSON array, so one prepared statement serves every batch
+    // (an `IN (?, ?, ...)` list would be a new statement, prepared under the lock, for each
+    // number of buyers). The JSON column has the buyer column's exact collation, or the index
+    // on (product_id, buyer_id, status) could not be used.
+    let (cast, buyers_in) = match backend {
+        DbBackend::Sqlite => ("INTEGER", "SELECT value FROM json_each(?)"),
+        _ => (
+            "SIGNED",
+            "SELECT j.b FROM JSON_TABLE(?, '$[*]' COLUMNS ( \
+               b VARCHAR(128) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin PATH '$')) AS j",
+        ),
     };
-    let marks = vec!["?"; distinct.len()].join(", ");
     let sql = format!(
         "SELECT buyer_id, CAST(SUM(qty) AS {cast}) AS units FROM holds \
-           WHERE product_id = ? AND status = ? AND expires_at > ? AND buyer_id IN ({marks}) \
+           WHERE product_id = ? AND status = ? AND expires_at > ? AND buyer_id IN ({buyers_in}) \
            GROUP BY buyer_id \
          UNION ALL \
          SELECT buyer_id, CAST(SUM(quantity) AS {cast}) AS units FROM orders \
-           WHERE product_id = ? AND status IN (?, ?) AND buyer_id IN ({marks}) \
+           WHERE product_id = ? AND status IN (?, ?) AND buyer_id IN ({buyers_in}) \
            GROUP BY buyer_id"
     );
-    let mut values: Vec<sea_orm::Value> = vec![
+    let json = serde_json::to_string(&distinct)
+        .map_err(|e| StockError::Invariant(format!("buyers as JSON: {e}")))?;
+    let values: Vec<sea_orm::Value> = vec![
         product_id.into(),
         HoldStatus::Active.as_str().into(),
         now.into(),
-    ];
-    values.extend(distinct.iter().map(|b| (*b).into()));
-    values.extend([
+        json.clone().into(),
         product_id.into(),
         OrderStatus::Pending.as_str().into(),
         OrderStatus::Paid.as_str().into(),
-    ]);
-    values.extend(distinct.iter().map(|b| (*b).into()));
+        json.into(),
+    ];
     let rows = txn
         .query_all_raw(Statement::from_sql_and_values(backend, sql, values))
         .await?;
