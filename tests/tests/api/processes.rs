@@ -192,7 +192,24 @@ async fn hot_queries_use_indexes_on_mariadb() {
     )
     .await
     .expect("stored keys");
-    db.execute_unprepared("ANALYZE TABLE holds, products, idempotency_keys")
+    // Holds and orders of many buyers, for the per-buyer look-up.
+    db.execute_unprepared(&format!(
+        "INSERT INTO holds (product_id, qty, status, expires_at, created_at, updated_at, \
+           buyer_id) \
+         SELECT {product}, 1, 'consumed', NOW(6), NOW(6), NOW(6), CONCAT('b', seq) \
+         FROM seq_1_to_3000"
+    ))
+    .await
+    .expect("buyers' holds");
+    db.execute_unprepared(
+        "INSERT INTO orders (hold_id, product_id, quantity, total_cents, status, created_at, \
+           updated_at, buyer_id) \
+         SELECT id, product_id, 1, 100, 'paid', NOW(6), NOW(6), buyer_id FROM holds \
+         WHERE buyer_id IS NOT NULL",
+    )
+    .await
+    .expect("buyers' orders");
+    db.execute_unprepared("ANALYZE TABLE holds, products, idempotency_keys, orders")
         .await
         .expect("analyze");
     let queries = [
@@ -215,6 +232,15 @@ async fn hot_queries_use_indexes_on_mariadb() {
         "SELECT * FROM idempotency_keys WHERE scope = 'holds' AND idem_key IN \
          (SELECT j.k FROM JSON_TABLE('[\"key-1\",\"key-2\"]', '$[*]' COLUMNS ( \
            k VARCHAR(255) CHARACTER SET ascii COLLATE ascii_bin PATH '$')) AS j)",
+        // A limited product's batch: its buyers' active holds and pending or paid orders
+        "SELECT buyer_id, SUM(qty) FROM holds WHERE product_id = 1 AND status = 'active' \
+         AND expires_at > NOW(6) AND buyer_id IN (SELECT j.b FROM JSON_TABLE('[\"b1\",\"b7\"]', \
+           '$[*]' COLUMNS (b VARCHAR(128) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin PATH '$')) \
+           AS j) GROUP BY buyer_id",
+        "SELECT buyer_id, SUM(quantity) FROM orders WHERE product_id = 1 \
+         AND status IN ('pending', 'paid') AND buyer_id IN (SELECT j.b FROM JSON_TABLE( \
+           '[\"b1\",\"b7\"]', '$[*]' COLUMNS (b VARCHAR(128) CHARACTER SET utf8mb4 \
+           COLLATE utf8mb4_bin PATH '$')) AS j) GROUP BY buyer_id",
     ];
     for sql in queries {
         let rows = db
