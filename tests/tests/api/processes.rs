@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use flash_sale_tests::{
-    AppOptions, Backend, Client, Process, TestApp, TestDb, all_at_once, on_both_databases,
+    AppOptions, Backend, Client, Process, TestApp, TestDb, all_at_once_across, on_both_databases,
 };
 use sea_orm::{ConnectionTrait, Statement};
 
@@ -60,11 +60,7 @@ on_both_databases! {
         let second = app.spawn_another_api(&AppOptions::default());
         let clients = [app.client.clone(), Client::new(&second)];
 
-        let answers = all_at_once(240, move |i| {
-            let c = clients[i % 2].clone();
-            async move { c.hold(product, 1).await }
-        })
-        .await;
+        let answers = all_at_once_across(&clients, 240, move |c, _| async move { c.hold(product, 1).await }).await;
         assert_eq!(answers.iter().filter(|r| r.status == 201).count(), 100);
         assert!(answers
             .iter()
