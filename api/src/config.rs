@@ -5,6 +5,7 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use base64::Engine;
 use clap::{Args, Parser, Subcommand, builder::BoolishValueParser};
+use secrecy::{ExposeSecret, SecretString};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -42,7 +43,7 @@ pub struct Config {
         default_value = "sqlite://flash_sale.db?mode=rwc",
         hide_env_values = true
     )]
-    pub database_url: String,
+    pub database_url: SecretString,
     /// Pool size of this process.
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub database_max_connections: u32,
@@ -67,7 +68,7 @@ pub struct Config {
     pub cors_allowed_origins: Option<String>,
     /// Bearer token for /api/admin/*; when unset those routes answer 404.
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
+    pub admin_token: Option<SecretString>,
     /// Folder of the daily JSON log files.
     #[arg(long, env = "LOG_DIR", default_value = "storage/logs")]
     pub log_dir: PathBuf,
@@ -127,7 +128,7 @@ impl Config {
     /// How this process opens its pool.
     pub fn db_config(&self) -> entity::DbConfig {
         entity::DbConfig {
-            url: self.database_url.clone(),
+            url: self.database_url.expose_secret().to_owned(),
             max_connections: self.database_max_connections,
             causal_reads: self.database_causal_reads,
         }
@@ -141,7 +142,7 @@ impl Config {
              RUST_LOG={} AUTO_MIGRATE={} SHUTDOWN_DELAY_SECONDS={} SHUTDOWN_GRACE_SECONDS={} \
              HOLD_COALESCING={} HOLD_BATCH_WAIT_MICROS={} HOLD_BATCH_MAX={} \
              HOLD_RATE_LIMIT_PER_SECOND={}",
-            entity::db::redact_url(&self.database_url),
+            entity::db::redact_url(self.database_url.expose_secret()),
             self.database_max_connections,
             self.database_causal_reads,
             self.bind_addr,
@@ -193,6 +194,39 @@ mod tests {
         assert!(parse_webhook_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_ok());
         assert!(parse_webhook_secret("secret").is_err());
         assert!(parse_webhook_secret("whsec_not base64!").is_err());
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_secrets() {
+        let cli = Cli::try_parse_from([
+            "flash-sale-api",
+            "--database-url",
+            "mysql://flash:db-password-42@db:3306/flash_sale",
+            "--admin-token",
+            "admin-token-42",
+            "--webhook-secret",
+            "whsec_c2VjcmV0LWluLWRlYnVn",
+        ])
+        .unwrap();
+        // The values are there, for the code that needs them...
+        assert!(
+            cli.config
+                .database_url
+                .expose_secret()
+                .contains("db-password-42")
+        );
+        let token = cli.config.admin_token.as_ref().map(|t| t.expose_secret());
+        assert_eq!(token, Some("admin-token-42"));
+        // ...but no `{:?}` of the configuration (as a log line might print it) shows them.
+        for printed in [
+            format!("{cli:?}"),
+            format!("{:?}", cli.config),
+            cli.config.redacted(),
+        ] {
+            for secret in ["db-password-42", "admin-token-42", "c2VjcmV0LWluLWRlYnVn"] {
+                assert!(!printed.contains(secret), "{secret} in {printed}");
+            }
+        }
     }
 
     #[test]

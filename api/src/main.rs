@@ -12,26 +12,20 @@ use flash_sale_api::{
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    // A missing .env is fine; a broken one is an error worth stopping for.
-    if let Err(e) = dotenvy::dotenv()
-        && !e.not_found()
-    {
-        return Err(e).context(".env: cannot be read");
-    }
+    flash_sale_process::load_dotenv()?;
     let cli = Cli::parse();
     let config = cli.config;
     if let Some(Command::Openapi) = cli.command {
         println!("{}", flash_sale_api::server::openapi_json(&config).await?);
         return Ok(());
     }
-    let _guards =
-        entity::telemetry::init_logging("flash-sale-api", &config.log_dir, &config.rust_log)?;
-    let metrics = entity::telemetry::init_metrics()?;
-    tracing::info!(
-        version = env!("CARGO_PKG_VERSION"),
-        config = %config.redacted(),
-        "flash-sale-api starting"
-    );
+    let process = flash_sale_process::start(
+        "flash-sale-api",
+        env!("CARGO_PKG_VERSION"),
+        &config.log_dir,
+        &config.rust_log,
+        &config.redacted(),
+    )?;
     if config.webhook_secret.is_none() {
         tracing::warn!("WEBHOOK_SECRET is not set: unsigned payment webhooks will be accepted");
     }
@@ -47,7 +41,7 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Some(Command::Serve) | None => run(config, Some(metrics)).await,
+        Some(Command::Serve) | None => run(config, Some(process.metrics.clone())).await,
         Some(Command::Openapi) => Ok(()),
     }
 }

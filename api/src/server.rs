@@ -19,7 +19,6 @@ use poem::{
     Endpoint, EndpointExt, IntoResponse, PathPattern, Request, Response, Route, Server,
     endpoint::make_sync,
     http::{Method, StatusCode, header},
-    listener::{Acceptor, Listener, TcpListener},
     web::Html,
 };
 use poem_openapi::{
@@ -69,7 +68,10 @@ impl AppState {
             db,
             hold_ttl,
             max_hold_qty: config.max_hold_qty,
-            admin_token: config.admin_token.clone(),
+            admin_token: config
+                .admin_token
+                .as_ref()
+                .map(|t| secrecy::ExposeSecret::expose_secret(t).to_owned()),
             connections: Arc::default(),
             webhook_secret: config.webhook_secret.clone(),
             draining: AtomicBool::new(false),
@@ -176,15 +178,8 @@ pub fn build_app(
     let docs = make_sync(move |_| Html(docs_html.clone()));
     let spec = make_sync(move |_| document.clone().with_content_type(crate::types::JSON));
     let pool_state = state.clone();
-    let metrics_ep = make_sync(move |_| {
-        pool_state.db.record_pool_metrics();
-        metrics
-            .as_ref()
-            .map(PrometheusHandle::render)
-            .unwrap_or_default()
-            .with_content_type("text/plain; version=0.0.4")
-            .into_response()
-    });
+    let metrics_ep =
+        flash_sale_process::metrics_endpoint(metrics, move || pool_state.db.record_pool_metrics());
     let admin_enabled = state.admin_token.is_some();
     // Key look-ups gather company for as long as hold batches do.
     let key_lookups = entity::coalesce::KeyLookups::new(
@@ -339,21 +334,12 @@ pub async fn run(config: Config, metrics: Option<PrometheusHandle>) -> anyhow::R
     let state = Arc::new(AppState::new(&config, db.clone()));
     let app = build_app(&config, state.clone(), metrics);
 
-    let acceptor = TcpListener::bind(config.bind_addr)
-        .into_acceptor()
-        .await
-        .with_context(|| format!("BIND_ADDR {}: cannot listen", config.bind_addr))?;
+    let (acceptor, addr) = flash_sale_process::bind(config.bind_addr, "BIND_ADDR").await?;
     let acceptor = crate::connections::TrackingAcceptor::new(acceptor, state.connections.clone());
-    let addr = acceptor
-        .local_addr()
-        .first()
-        .and_then(|a| a.as_socket_addr().copied())
-        .map(|a| a.to_string())
-        .unwrap_or_default();
     tracing::info!(addr = %addr, "listening");
     let delay = Duration::from_secs(u64::from(config.shutdown_delay_seconds));
     let drain = async move {
-        entity::telemetry::shutdown_signal().await;
+        flash_sale_process::shutdown_signal().await;
         state.draining.store(true, Ordering::Relaxed);
         tracing::info!(
             delay_seconds = delay.as_secs(),

@@ -6,7 +6,6 @@
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
-use poem::http::HeaderMap;
 use sha2::Sha256;
 
 /// How far `webhook-timestamp` may be from now, either way.
@@ -24,22 +23,11 @@ pub enum SignatureError {
     NoValidSignature,
 }
 
-/// The three Standard Webhooks headers.
+/// The three Standard Webhooks headers, as the webhook operation received them.
 pub struct SignedHeaders<'a> {
     pub id: Option<&'a str>,
     pub timestamp: Option<&'a str>,
     pub signature: Option<&'a str>,
-}
-
-impl<'a> SignedHeaders<'a> {
-    pub fn from_headers(headers: &'a HeaderMap) -> Self {
-        let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        Self {
-            id: get("webhook-id"),
-            timestamp: get("webhook-timestamp"),
-            signature: get("webhook-signature"),
-        }
-    }
 }
 
 pub fn verify(

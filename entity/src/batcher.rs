@@ -95,6 +95,9 @@ where
             }
             match sent {
                 Ok(()) => {
+                    // In the caller's span (an HTTP request's id): the end-to-end tests wait
+                    // for this line to know a request has taken its place in the queue.
+                    tracing::trace!("call queued");
                     return answer.await.unwrap_or_else(|_| {
                         // The task ended without answering: only a panic outside `run` does that.
                         Err(BatchError::Panicked("the batch task ended".into()))
@@ -245,6 +248,18 @@ mod tests {
 
     use super::*;
 
+    /// Yields until `cond` holds; fails the test after 5 s instead of hanging.
+    async fn until(what: &str, cond: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !cond() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: not within 5 s"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
     fn policy(max_wait_ms: u64) -> BatchPolicy {
         BatchPolicy {
             max_batch: 8,
@@ -280,15 +295,8 @@ mod tests {
         for key in 0..1_000 {
             assert_eq!(b.call(key, key).await, Ok(key));
         }
-        // Each task ends right after answering; give the last one a moment to get there.
-        for _ in 0..100 {
-            if b.active_keys() == 0 {
-                break;
-            }
-            tokio::task::yield_now().await;
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        assert_eq!(b.active_keys(), 0, "one-off keys left tasks behind");
+        // Each task ends right after answering: the last one gets there soon after.
+        until("one-off keys leave no task behind", || b.active_keys() == 0).await;
         assert!(
             b.queues.lock().unwrap().capacity() <= 64,
             "the table shrank back"
@@ -323,19 +331,16 @@ mod tests {
         };
         // One call in the running batch, two queued: the next finds the queue full.
         let mut waiting = vec![call(0)];
-        while started.load(Ordering::SeqCst) == 0 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        until("the first batch runs", || {
+            started.load(Ordering::SeqCst) > 0
+        })
+        .await;
         waiting.extend([call(1), call(2)]);
-        while b
-            .queues
-            .lock()
-            .unwrap()
-            .get(&1)
-            .is_none_or(|q| q.capacity() > 0)
-        {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        until("two calls are queued", || {
+            let queues = b.queues.lock().unwrap();
+            queues.get(&1).is_some_and(|q| q.capacity() == 0)
+        })
+        .await;
         assert_eq!(b.call(1, 99).await, Err(BatchError::Overloaded));
         release.send(true).unwrap();
         for (i, w) in waiting.into_iter().enumerate() {
@@ -368,9 +373,10 @@ mod tests {
             let b = b.clone();
             async move { b.call(1, 0).await }
         });
-        while served.lock().unwrap().is_empty() {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        until("the first batch runs", || {
+            !served.lock().unwrap().is_empty()
+        })
+        .await;
         // Queued behind the running batch: one caller stays, one gives up.
         let stays = tokio::spawn({
             let b = b.clone();
@@ -380,15 +386,11 @@ mod tests {
             let b = b.clone();
             async move { b.call(1, 2).await }
         });
-        while b
-            .queues
-            .lock()
-            .unwrap()
-            .get(&1)
-            .is_some_and(|q| q.capacity() > 98)
-        {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        until("both callers are queued", || {
+            let queues = b.queues.lock().unwrap();
+            queues.get(&1).is_none_or(|q| q.capacity() <= 98)
+        })
+        .await;
         gives_up.abort();
         let _ = gives_up.await;
         release.send(true).unwrap();

@@ -29,5 +29,3 @@ pub use error::StockError;
 pub use hold::HoldStatus;
 pub use order::OrderStatus;
 pub use types::{Money, ProductId, Quantity};
-#[cfg(feature = "telemetry")]
-pub mod telemetry;

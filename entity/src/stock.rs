@@ -340,6 +340,8 @@ pub async fn seed_demo_product(db: &Db) -> Result<bool, StockError> {
         Ok(_) => {}
         // Another process seeded it between our read and our insert.
         Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+            // Rolled back now, not on drop: SQLite's writer slot must not outlive it.
+            txn.rollback().await?;
             return Ok(false);
         }
         Err(e) => return Err(e.into()),

@@ -8,7 +8,8 @@ use std::{
     time::Duration,
 };
 
-use flash_sale_tests::{AppOptions, TestApp, all_at_once, on_both_databases};
+use flash_sale_tests::{AppOptions, TRACE_QUEUED, TestApp, into_response, on_both_databases};
+use serde_json::json;
 
 fn options(env: &[(&'static str, &str)]) -> AppOptions {
     AppOptions {
@@ -19,14 +20,26 @@ fn options(env: &[(&'static str, &str)]) -> AppOptions {
 
 on_both_databases! {
     async fn one_batch_grants_in_arrival_order_while_stock_lasts(backend: Backend) {
-        // A long gathering window puts all four requests in one batch.
-        let app = TestApp::spawn_with(backend, options(&[("HOLD_BATCH_WAIT_MICROS", "400000")])).await;
+        // A one-second gathering window puts all four requests in one batch; each is sent once
+        // the one before it is queued, so the arrival order is the order below.
+        let app = TestApp::spawn_with(backend, options(&[("HOLD_BATCH_WAIT_MICROS", "1000000"), TRACE_QUEUED])).await;
         let product = app.create_product(5).await;
         let mut tasks = Vec::new();
-        for qty in [3, 3, 2, 1] {
+        for (i, qty) in [3, 3, 2, 1].into_iter().enumerate() {
             let c = app.client.clone();
-            tasks.push(tokio::spawn(async move { c.hold(product, qty).await }));
-            tokio::time::sleep(Duration::from_millis(30)).await;
+            let request_id = format!("arrival-{i}");
+            tasks.push(tokio::spawn(async move {
+                let r = c
+                    .http
+                    .post(format!("{}/api/holds", c.address))
+                    .header("x-request-id", request_id)
+                    .json(&json!({"product_id": product, "qty": qty}))
+                    .send()
+                    .await
+                    .expect("hold");
+                into_response(r).await
+            }));
+            app.server.request_queued(&format!("arrival-{i}")).await;
         }
         let mut answers = Vec::new();
         for t in tasks {
@@ -51,11 +64,9 @@ on_both_databases! {
         let product = app.create_product(100).await;
         let blocker = app.block_product(product).await;
 
-        let client = app.client.clone();
         let answers = tokio::time::timeout(
             Duration::from_secs(20),
-            all_at_once(30, move |_| {
-                let c = client.clone();
+            app.all_at_once(30, move |c, _| {
                 async move { c.hold(product, 1).await }
             }),
         )
@@ -97,9 +108,7 @@ on_both_databases! {
     async fn without_coalescing_holds_still_never_oversell(backend: Backend) {
         let app = TestApp::spawn_with(backend, options(&[("HOLD_COALESCING", "false")])).await;
         let product = app.create_product(100).await;
-        let client = app.client.clone();
-        let answers = all_at_once(200, move |_| {
-            let c = client.clone();
+        let answers = app.all_at_once(200, move |c, _| {
             async move { c.hold(product, 1).await }
         })
         .await;

@@ -3,7 +3,7 @@
 
 use std::{collections::HashSet, time::Duration};
 
-use flash_sale_tests::{AppOptions, TestApp, all_at_once, on_both_databases};
+use flash_sale_tests::{AppOptions, TestApp, on_both_databases};
 
 fn short_holds() -> AppOptions {
     AppOptions {
@@ -68,8 +68,7 @@ on_both_databases! {
         assert_eq!(new.status, 201, "{}", new.body);
         assert_eq!(app.available(product).await, 0);
         assert_eq!(app.hold_count(product, "expired").await, 1);
-        let reclaimed = app.server.metric_eventually("hold.expired", 1).await;
-        assert_eq!(reclaimed.len(), 1);
+        let reclaimed = app.server.metric_exactly("hold.expired", 1).await;
         assert_eq!(reclaimed[0]["hold_id"].as_i64(), Some(old));
         assert_eq!(reclaimed[0]["quantity"], 5);
         app.assert_stock_conserved().await;
@@ -83,9 +82,7 @@ on_both_databases! {
         })
         .await;
         let product = app.create_product(399).await; // exactly what the 200 holds below take
-        let client = app.client.clone();
-        let created = all_at_once(200, move |i| {
-            let c = client.clone();
+        let created = app.all_at_once(200, move |c, i| {
             async move { c.hold(product, 1 + (i % 3) as i64).await }
         })
         .await;
@@ -100,9 +97,7 @@ on_both_databases! {
         // Two workers in small batches, and hold requests that reclaim, all at once.
         let mut w1 = app.start_worker_once(7);
         let mut w2 = app.start_worker_once(7);
-        let client = app.client.clone();
-        let new_holds = all_at_once(20, move |_| {
-            let c = client.clone();
+        let new_holds = app.all_at_once(20, move |c, _| {
             async move { c.hold(product, 2).await }
         })
         .await;
@@ -115,7 +110,7 @@ on_both_databases! {
             .metric("hold.expired")
             .into_iter()
             .chain(w2.metric("hold.expired"))
-            .chain(app.server.metric_eventually("hold.expired", 0).await)
+            .chain(app.server.metric_settled("hold.expired").await)
         {
             seen.push(m["hold_id"].as_i64().expect("hold_id"));
         }

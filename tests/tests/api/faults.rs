@@ -9,7 +9,7 @@ use std::{
 };
 
 use flash_sale_tests::{
-    AppOptions, Backend, Client, Load, TestApp, kill9, servers::ScratchMariaDb,
+    AppOptions, Backend, Client, Load, TestApp, eventually, kill9, servers::ScratchMariaDb,
 };
 use sea_orm::{ConnectionTrait, Statement};
 
@@ -25,40 +25,40 @@ async fn assert_acknowledged_holds_survive(client: &Client, acknowledged: &[i64]
     }
 }
 
+/// The API killed with SIGKILL while a hold load runs, once it has acknowledged holds: the
+/// kill cuts requests off (some get no answer), and every hold acknowledged before it is
+/// there for the API process started after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_of_the_api_under_hold_load_loses_no_acknowledged_hold() {
-    let app = TestApp::spawn(Backend::MariaDb).await;
+    let mut app = TestApp::spawn(Backend::MariaDb).await;
     let product = app.create_product(10_000).await;
-    let client = app.client.clone();
-    let load = tokio::spawn(async move {
-        let tasks: Vec<_> = (0..400)
-            .map(|i| {
-                let c = client.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_millis(i % 100)).await;
-                    c.http
-                        .post(format!("{}/api/holds", c.address))
-                        .json(&serde_json::json!({"product_id": product, "qty": 1}))
-                        .send()
-                        .await
-                        .ok()
-                })
-            })
-            .collect();
-        let mut acknowledged = Vec::new();
-        for t in tasks {
-            if let Ok(Some(r)) = t.await
-                && r.status() == 201
-                && let Ok(body) = r.json::<serde_json::Value>().await
-            {
-                acknowledged.push(body["hold_id"].as_i64().expect("id"));
-            }
-        }
-        acknowledged
-    });
-    tokio::time::sleep(Duration::from_millis(60)).await;
+    let load = Load::holds(std::slice::from_ref(&app.client), product, 8);
+    load.until("20 holds acknowledged before the kill", |answers| {
+        answers.iter().filter(|a| a.hold_id.is_some()).count() >= 20
+    })
+    .await;
     kill9(app.server.pid());
-    let acknowledged = load.await.expect("load");
+    assert!(
+        !app.server.wait(Duration::from_secs(10)),
+        "the API was killed, it did not exit by itself"
+    );
+    // The load goes on against the dead address until requests come back unanswered.
+    load.until("requests unanswered after the kill", |answers| {
+        answers.iter().any(|a| a.status == 0)
+    })
+    .await;
+    let answers = load.finish().await;
+    let acknowledged: Vec<i64> = answers.iter().filter_map(|a| a.hold_id).collect();
+    assert!(
+        acknowledged.len() >= 20,
+        "{} acknowledged",
+        acknowledged.len()
+    );
+    assert!(
+        answers.iter().all(|a| a.status == 201 || a.status == 0),
+        "only 201 before the kill, no answer after it: {:?}",
+        answers.iter().find(|a| a.status != 201 && a.status != 0)
+    );
 
     let restarted = app.spawn_another_api(&AppOptions::default());
     let client = Client::new(&restarted);
@@ -73,33 +73,46 @@ async fn kill_9_of_the_api_under_hold_load_loses_no_acknowledged_hold() {
     assert_eq!(client.hold(product, 1).await.status, 201, "service resumes");
 }
 
+/// A worker killed with SIGKILL after it has released some of a 5,000-hold backlog and before
+/// it released all: a second worker finishes the backlog, and no hold is released twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_of_the_worker_mid_sweep_releases_each_hold_once_after_restart() {
+    const BACKLOG: i64 = 5000;
     let app = TestApp::spawn(Backend::MariaDb).await;
     let product = app.create_product(20_000).await;
-    // 5,000 holds already past their time, made directly (MariaDB's sequence engine).
+    // Holds already past their time, made directly (MariaDB's sequence engine).
     let db = app.db.connect().await;
     db.execute_unprepared(&format!(
         "INSERT INTO holds (product_id, qty, status, expires_at, created_at, updated_at) \
          SELECT {product}, 2, 'active', NOW(6) - INTERVAL 1 MINUTE, NOW(6) - INTERVAL 3 MINUTE, NOW(6) \
-         FROM seq_1_to_5000"
+         FROM seq_1_to_{BACKLOG}"
     ))
     .await
     .expect("backlog");
     db.execute_unprepared(&format!(
-        "UPDATE products SET available_stock = available_stock - 10000 WHERE id = {product}"
+        "UPDATE products SET available_stock = available_stock - {} WHERE id = {product}",
+        2 * BACKLOG
     ))
     .await
     .expect("counter");
     app.assert_stock_conserved().await;
 
     let mut first = app.start_worker_once(50);
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    first.metric_eventually("hold.expired", 1).await;
     kill9(first.pid());
-    first.wait(Duration::from_secs(10));
+    assert!(
+        !first.wait(Duration::from_secs(10)),
+        "the first worker was killed, it did not finish:\n{}",
+        first.output()
+    );
+    let released_by_first = app.hold_count(product, "expired").await;
+    assert!(
+        (1..BACKLOG).contains(&released_by_first),
+        "killed mid-sweep: {released_by_first} of {BACKLOG} released before the kill"
+    );
+
     let mut second = app.start_worker_once(50);
     assert!(second.wait(Duration::from_secs(120)), "{}", second.output());
-
     let mut seen = Vec::new();
     for m in first
         .metric("hold.expired")
@@ -110,11 +123,7 @@ async fn kill_9_of_the_worker_mid_sweep_releases_each_hold_once_after_restart() 
     }
     let unique: HashSet<_> = seen.iter().collect();
     assert_eq!(unique.len(), seen.len(), "a hold was released twice");
-    assert!(
-        !first.metric("hold.expired").is_empty() || seen.len() == 5000,
-        "the first worker was killed mid-sweep"
-    );
-    assert_eq!(app.hold_count(product, "expired").await, 5000);
+    assert_eq!(app.hold_count(product, "expired").await, BACKLOG);
     assert_eq!(app.hold_count(product, "active").await, 0);
     assert_eq!(
         app.available(product).await,
@@ -124,29 +133,18 @@ async fn kill_9_of_the_worker_mid_sweep_releases_each_hold_once_after_restart() 
     app.assert_stock_conserved().await;
 }
 
+/// The API's database connections killed from the server side (`KILL CONNECTION`) five times
+/// while holds are requested: every answer is a 201 or a 503, never a 500, acknowledged holds
+/// are kept, and the pool recovers by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn connections_killed_by_the_server_under_load_give_503_never_500_and_service_resumes() {
     let app = TestApp::spawn(Backend::MariaDb).await;
     let product = app.create_product(10_000).await;
     let name = app.db.url.rsplit('/').next().expect("db name").to_owned();
-    let client = app.client.clone();
-    let load = tokio::spawn(async move {
-        let mut statuses = Vec::new();
-        let mut acknowledged = Vec::new();
-        for _ in 0..20 {
-            let rs = futures::future::join_all((0..20).map(|_| client.hold(product, 1))).await;
-            for r in rs {
-                statuses.push(r.status);
-                if r.status == 201 {
-                    acknowledged.push(r.body["hold_id"].as_i64().expect("id"));
-                }
-            }
-        }
-        (statuses, acknowledged)
-    });
-    let admin = app.db.connect().await;
-    for _ in 0..5 {
-        tokio::time::sleep(Duration::from_millis(40)).await;
+    let load = Load::holds(std::slice::from_ref(&app.client), product, 8);
+    let admin = &app.db.connect().await;
+    let name = name.as_str();
+    let api_connections = || async move {
         let rows = admin
             .query_all_raw(Statement::from_string(
                 admin.get_database_backend(),
@@ -157,17 +155,50 @@ async fn connections_killed_by_the_server_under_load_give_503_never_500_and_serv
             ))
             .await
             .expect("processlist");
-        for row in rows {
-            let id: i64 = row.try_get("", "id").expect("id");
-            let _ = admin
+        let ids: Vec<i64> = rows
+            .iter()
+            .map(|row| row.try_get("", "id").expect("id"))
+            .collect();
+        (!ids.is_empty()).then_some(ids)
+    };
+    let (mut killed, mut answered) = (0, 0);
+    for round in 1..=5 {
+        // The pool opens connections again as the load needs them: kill those, once there.
+        let ids = eventually(
+            &format!("round {round}: the API has connections to kill"),
+            Duration::from_secs(10),
+            api_connections,
+        )
+        .await;
+        for id in ids {
+            // A connection may close by itself between the listing and the kill.
+            if admin
                 .execute_unprepared(&format!("KILL CONNECTION {id}"))
-                .await;
+                .await
+                .is_ok()
+            {
+                killed += 1;
+            }
         }
+        // The next kill comes once the load has had answers since this one: under load.
+        let before = answered;
+        answered = load
+            .until(&format!("answers after kill round {round}"), move |a| {
+                a.len() >= before + 5
+            })
+            .await;
     }
-    let (statuses, acknowledged) = load.await.expect("load");
+    assert!(killed >= 5, "only {killed} connections were killed");
+    let answers = load.finish().await;
     assert!(
-        statuses.iter().all(|s| *s == 201 || *s == 503),
-        "only 201 or 503: {statuses:?}"
+        answers.iter().all(|a| a.status == 201 || a.status == 503),
+        "only 201 or 503: {:?}",
+        answers.iter().find(|a| a.status != 201 && a.status != 503)
+    );
+    let acknowledged: Vec<i64> = answers.iter().filter_map(|a| a.hold_id).collect();
+    assert!(
+        !acknowledged.is_empty(),
+        "holds were granted under the kills"
     );
     assert_acknowledged_holds_survive(&app.client, &acknowledged).await;
     assert_eq!(
@@ -290,21 +321,21 @@ async fn three_apis_and_two_workers_under_a_randomized_mix_keep_every_invariant(
         app.assert_stock_conserved().await;
         tokio::time::sleep(Duration::from_millis(rng.random_range(100..600))).await;
     }
-    // Let holds expire and unpaid orders time out; the workers sweep them.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Holds expire (2 s) and unpaid orders time out (3 s): the workers sweep them all.
+    let app = &app;
+    eventually(
+        "every hold swept and every unpaid order timed out",
+        Duration::from_secs(30),
+        || async move {
+            let left = app.count("holds", "status = 'active'").await
+                + app.count("orders", "status = 'pending'").await;
+            (left == 0).then_some(())
+        },
+    )
+    .await;
     app.assert_stock_conserved().await;
     for (p, initial) in products.iter().zip([80, 40]) {
         app.assert_sold_within(*p, initial).await;
-        assert_eq!(
-            app.count(
-                "orders",
-                &format!("product_id = {p} AND status = 'pending'")
-            )
-            .await,
-            0,
-            "all unpaid orders timed out"
-        );
-        assert_eq!(app.hold_count(*p, "active").await, 0, "all holds swept");
     }
     assert!(round >= 5, "only {round} rounds ran");
 }
@@ -327,7 +358,10 @@ async fn outage_under_load(outage: Outage) {
     let app = TestApp::spawn_on(&db.base_url(), AppOptions::default()).await;
     let product = app.create_product(100_000).await;
     let load = Load::holds(std::slice::from_ref(&app.client), product, 4);
-    app.server.metric_eventually("hold.created", 20).await;
+    load.until("20 holds granted before the outage", |answers| {
+        answers.iter().filter(|a| a.hold_id.is_some()).count() >= 20
+    })
+    .await;
 
     match outage {
         Outage::Stop => db.stop().await,

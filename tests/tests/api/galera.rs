@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use flash_sale_tests::{
-    AppOptions, Client, Ledger, Load, Process, Response, TestApp, TestDb, all_at_once,
+    AppOptions, Client, Ledger, Load, Process, Response, TestApp, TestDb, all_at_once_across,
     assert_conserved, servers::GaleraCluster, spawn_api,
 };
 use futures::future::join_all;
@@ -116,10 +116,8 @@ where
 async fn six_hundred_holds_through_three_nodes_sell_exactly_the_stock() {
     let c = Cluster::start().await;
     let product = c.clients[0].create_product(300).await;
-    let clients = c.clients.clone();
-    let mut answers = all_at_once(600, move |i| {
-        let c = clients[i % 3].clone();
-        async move { (i, c.hold(product, 1).await) }
+    let mut answers = all_at_once_across(&c.clients, 600, move |c, i| async move {
+        (i, c.hold(product, 1).await)
     })
     .await;
 
@@ -540,11 +538,11 @@ async fn one_hold_one_webhook_one_key_each_have_one_effect_across_nodes() {
     assert_eq!(hold.status, 201, "{}", hold.body);
     let hold = hold.body["hold_id"].as_i64().expect("hold_id");
 
-    let clients = c.clients.clone();
-    let answers = all_at_once(50, move |i| {
-        let c = clients[i % 3].clone();
-        async move { c.order(hold).await }
-    })
+    let answers = all_at_once_across(
+        &c.clients,
+        50,
+        move |c, _| async move { c.order(hold).await },
+    )
     .await;
     let created: Vec<_> = answers.iter().filter(|r| r.status == 201).collect();
     assert_eq!(
@@ -575,9 +573,8 @@ async fn one_hold_one_webhook_one_key_each_have_one_effect_across_nodes() {
     );
 
     let event = json!({"idempotency_key": "pay-galera", "order_id": order, "status": "success"});
-    let clients = c.clients.clone();
-    let answers = all_at_once(30, move |i| {
-        let (c, event) = (clients[i % 3].clone(), event.clone());
+    let answers = all_at_once_across(&c.clients, 30, |c, _| {
+        let event = event.clone();
         async move { c.webhook(event).await }
     })
     .await;
@@ -603,9 +600,8 @@ async fn one_hold_one_webhook_one_key_each_have_one_effect_across_nodes() {
 
     let other = c.clients[0].create_product(10).await;
     let body = json!({"product_id": other, "qty": 1});
-    let clients = c.clients.clone();
-    let answers = all_at_once(30, move |i| {
-        let (c, body) = (clients[i % 3].clone(), body.clone());
+    let answers = all_at_once_across(&c.clients, 30, |c, _| {
+        let body = body.clone();
         async move { hold_with_key(&c, "galera-key-1", &body).await }
     })
     .await;

@@ -1,15 +1,13 @@
 //! Holds at the stock boundary, under truly concurrent requests.
 
-use flash_sale_tests::{TestApp, all_at_once, on_both_databases};
+use flash_sale_tests::{TestApp, on_both_databases};
 
 on_both_databases! {
     async fn parallel_holds_at_the_stock_boundary_never_oversell(backend: Backend) {
         let app = TestApp::spawn(backend).await;
         let product = app.create_product(100).await;
 
-        let client = app.client.clone();
-        let answers = all_at_once(200, move |_| {
-            let c = client.clone();
+        let answers = app.all_at_once(200, move |c, _| {
             async move { c.hold(product, 1).await }
         })
         .await;
@@ -33,9 +31,7 @@ on_both_databases! {
         let product = app.create_product(50).await;
         let qty_of = |i: usize| 1 + (i * 7 % 5) as i64; // 1..=5, mixed
 
-        let client = app.client.clone();
-        let answers = all_at_once(120, move |i| {
-            let c = client.clone();
+        let answers = app.all_at_once(120, move |c, i| {
             async move { (qty_of(i), c.hold(product, qty_of(i)).await) }
         })
         .await;
@@ -105,9 +101,7 @@ on_both_databases! {
         let product = app.create_product(10).await;
         let id = app.hold(product, 5).await.body["hold_id"].as_i64().expect("hold_id");
 
-        let client = app.client.clone();
-        let answers = all_at_once(30, move |_| {
-            let c = client.clone();
+        let answers = app.all_at_once(30, move |c, _| {
             async move { c.release(id).await }
         })
         .await;
@@ -130,9 +124,7 @@ on_both_databases! {
         }
         let ids = std::sync::Arc::new(ids);
 
-        let client = app.client.clone();
-        let answers = all_at_once(60, move |i| {
-            let c = client.clone();
+        let answers = app.all_at_once(60, move |c, i| {
             let ids = ids.clone();
             async move {
                 if i % 2 == 0 {

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use flash_sale_tests::{
-    AppOptions, Client, TestApp, all_at_once, into_response, on_both_databases,
+    AppOptions, Client, TRACE_QUEUED, TestApp, into_response, on_both_databases,
 };
 use serde_json::{Value, json};
 
@@ -50,9 +50,7 @@ on_both_databases! {
     async fn concurrent_retries_with_one_key_make_one_hold(backend: Backend) {
         let app = TestApp::spawn(backend).await;
         let product = app.create_product(50).await;
-        let client = app.client.clone();
-        let answers = all_at_once(30, move |_| {
-            let c = client.clone();
+        let answers = app.all_at_once(30, move |c, _| {
             async move { hold_with_key(&c, "same-key", &json!({"product_id": product, "qty": 1})).await }
         })
         .await;
@@ -151,7 +149,7 @@ on_both_databases! {
                           "card_last4": "4242-should-not-be-logged"});
         assert_eq!(app.signed_webhook(secret, &body, 0).await.status, 200);
         assert_eq!(app.webhook(body.clone()).await.status, 401);
-        app.server.metric_eventually("webhook.processed", 1).await;
+        app.server.metric_exactly("webhook.processed", 1).await;
         let logs = app.server.output();
         for needle in [secret, "c2VjcmV0LWZvci10aGUtbG9nLXRlc3Q", flash_sale_tests::ADMIN_TOKEN, "4242-should-not-be-logged", "mysql://flash:flash"] {
             assert!(!logs.contains(needle), "{needle} leaked into the logs");
@@ -164,14 +162,33 @@ on_both_databases! {
 /// claiming its key (it answers 503, as it should when the database cannot be written).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_retry_while_the_first_request_runs_is_told_the_key_is_in_use() {
-    let app = TestApp::spawn(flash_sale_tests::Backend::MariaDb).await;
+    let app = TestApp::spawn_with(
+        flash_sale_tests::Backend::MariaDb,
+        AppOptions {
+            extra_env: vec![(TRACE_QUEUED.0, TRACE_QUEUED.1.into())],
+            ..Default::default()
+        },
+    )
+    .await;
     let product = app.create_product(5).await;
     let blocker = app.block_product(product).await;
     let body = json!({"product_id": product, "qty": 1});
     let c = app.client.clone();
     let b = body.clone();
-    let first = tokio::spawn(async move { hold_with_key(&c, "slow", &b).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let first = tokio::spawn(async move {
+        let r = c
+            .http
+            .post(format!("{}/api/holds", c.address))
+            .header("idempotency-key", "slow")
+            .header("x-request-id", "first-with-slow")
+            .json(&b)
+            .send()
+            .await
+            .expect("first");
+        into_response(r).await
+    });
+    // Queued for its batch, which waits on the blocked product: the key is claimed and busy.
+    app.server.request_queued("first-with-slow").await;
     let second = hold_with_key(&app.client, "slow", &body).await;
     assert_eq!(
         (second.status, second.code()),

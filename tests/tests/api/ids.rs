@@ -4,7 +4,7 @@
 //! multi-row INSERT ids 2, 5, 8, …: computing them as `LAST_INSERT_ID() + k` answers ids of
 //! other rows, or of none.
 
-use flash_sale_tests::{AppOptions, TestApp, all_at_once, servers::ScratchMariaDb};
+use flash_sale_tests::{AppOptions, TestApp, servers::ScratchMariaDb};
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
 use serde_json::json;
 
@@ -35,14 +35,12 @@ async fn with_auto_increment_stepping_by_3_every_answered_id_is_its_own_row() {
     let db = app.db.connect().await;
 
     // Products created concurrently: each id reads back with its own stock.
-    let products = all_at_once(12, |i| {
-        let c = app.client.clone();
-        async move {
+    let products = app
+        .all_at_once(12, |c, i| async move {
             let stock = 10_000 + i as i64;
             (stock, c.create_product(stock).await)
-        }
-    })
-    .await;
+        })
+        .await;
     for &(stock, id) in &products {
         let (s, _) = app.stock(id).await;
         assert_eq!(
@@ -53,12 +51,12 @@ async fn with_auto_increment_stepping_by_3_every_answered_id_is_its_own_row() {
 
     // Coalesced bursts of holds with mixed quantities on two products.
     let (p1, p2) = (products[0].1, products[1].1);
-    let answers = all_at_once(400, |i| {
-        let c = app.client.clone();
-        let (product, qty) = (if i % 2 == 0 { p1 } else { p2 }, (i % 3 + 1) as i64);
-        async move { (product, qty, c.hold(product, qty).await) }
-    })
-    .await;
+    let answers = app
+        .all_at_once(400, |c, i| {
+            let (product, qty) = (if i % 2 == 0 { p1 } else { p2 }, (i % 3 + 1) as i64);
+            async move { (product, qty, c.hold(product, qty).await) }
+        })
+        .await;
     let mut hold_ids = Vec::new();
     for (product, qty, r) in &answers {
         assert_eq!(r.status, 201, "{}", r.body);
@@ -80,12 +78,12 @@ async fn with_auto_increment_stepping_by_3_every_answered_id_is_its_own_row() {
     );
 
     // Orders made from those holds at once: each answered order is the one for its hold.
-    let orders = all_at_once(60, |i| {
-        let c = app.client.clone();
-        let hold = hold_ids[i];
-        async move { (hold, c.order(hold).await) }
-    })
-    .await;
+    let orders = app
+        .all_at_once(60, |c, i| {
+            let hold = hold_ids[i];
+            async move { (hold, c.order(hold).await) }
+        })
+        .await;
     for (hold, r) in &orders {
         assert_eq!(r.status, 201, "{}", r.body);
         let id = r.body["order_id"].as_i64().expect("order_id");

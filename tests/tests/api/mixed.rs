@@ -4,7 +4,7 @@
 
 use std::{collections::HashSet, time::Duration};
 
-use flash_sale_tests::{AppOptions, Client, TestApp, all_at_once, on_both_databases};
+use flash_sale_tests::{AppOptions, Client, TestApp, on_both_databases};
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::SliceRandom};
 use serde_json::{Value, json};
 
@@ -37,10 +37,8 @@ on_both_databases! {
         let asks: Vec<(i64, i64)> = (0..120)
             .map(|_| (products[rng.random_range(0..2)], rng.random_range(1..=3)))
             .collect();
-        let client = app.client.clone();
         let asks_for_tasks = asks.clone();
-        let holds: Vec<i64> = all_at_once(asks.len(), move |i| {
-            let c = client.clone();
+        let holds: Vec<i64> = app.all_at_once(asks.len(), move |c, i| {
             let (p, q) = asks_for_tasks[i];
             async move { c.hold(p, q).await }
         })
@@ -70,10 +68,8 @@ on_both_databases! {
             })
             .collect();
         let steps = std::sync::Arc::new(steps);
-        let client = app.client.clone();
         let steps_for_tasks = steps.clone();
-        let outcomes = all_at_once(steps.len(), move |i| {
-            let c = client.clone();
+        let outcomes = app.all_at_once(steps.len(), move |c, i| {
             let steps = steps_for_tasks.clone();
             async move { run_step(&c, &steps[i]).await }
         })
@@ -103,10 +99,8 @@ on_both_databases! {
         }
         events.shuffle(&mut rng);
         let events = std::sync::Arc::new(events);
-        let client = app.client.clone();
         let events_for_tasks = events.clone();
-        let answers = all_at_once(events.len(), move |i| {
-            let c = client.clone();
+        let answers = app.all_at_once(events.len(), move |c, i| {
             let e = events_for_tasks[i].clone();
             async move { (e.clone(), c.webhook(e).await) }
         })
@@ -123,9 +117,7 @@ on_both_databases! {
         // 4. Expiries: what was left runs out; a sweep and new holds reclaim it.
         tokio::time::sleep(Duration::from_millis(2300)).await;
         let mut worker = app.start_worker_once(16);
-        let client = app.client.clone();
-        let late = all_at_once(20, move |i| {
-            let c = client.clone();
+        let late = app.all_at_once(20, move |c, i| {
             async move { c.hold(products[i % 2], 2).await }
         })
         .await;

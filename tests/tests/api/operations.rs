@@ -3,7 +3,10 @@
 
 use std::{path::PathBuf, process::Command, time::Duration};
 
-use flash_sale_tests::{AppOptions, Backend, TestApp, binary, on_both_databases};
+use flash_sale_tests::{
+    AppOptions, Backend, TRACE_QUEUED, TestApp, binary, eventually, into_response,
+    on_both_databases,
+};
 use serde_json::json;
 
 on_both_databases! {
@@ -72,7 +75,11 @@ on_both_databases! {
 
     async fn sigterm_drains_readiness_then_finishes_in_flight_requests(backend: Backend) {
         let app = TestApp::spawn_with(backend, AppOptions {
-            extra_env: vec![("SHUTDOWN_DELAY_SECONDS", "1".into()), ("SHUTDOWN_GRACE_SECONDS", "10".into())],
+            extra_env: vec![
+                ("SHUTDOWN_DELAY_SECONDS", "1".into()),
+                ("SHUTDOWN_GRACE_SECONDS", "10".into()),
+                (TRACE_QUEUED.0, TRACE_QUEUED.1.into()),
+            ],
             ..Default::default()
         })
         .await;
@@ -80,14 +87,29 @@ on_both_databases! {
         // Hold the product (or the SQLite write lock) so the next hold stays in flight.
         let blocker = app.block_product(product).await;
         let client = app.client.clone();
-        let in_flight = tokio::spawn(async move { client.hold(product, 1).await });
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let in_flight = tokio::spawn(async move {
+            let r = client
+                .http
+                .post(format!("{}/api/holds", client.address))
+                .header("x-request-id", "in-flight-at-sigterm")
+                .json(&json!({"product_id": product, "qty": 1}))
+                .send()
+                .await
+                .expect("hold");
+            into_response(r).await
+        });
+        app.server.request_queued("in-flight-at-sigterm").await;
 
         let kill = Command::new("kill").args(["-TERM", &app.server.pid().to_string()]).status();
         assert!(kill.expect("kill").success());
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let ready = app.get("/readyz").await;
-        assert_eq!((ready.status, ready.code()), (503, "unavailable"), "draining");
+        // For the 1 s drain delay the listener still answers: /readyz turns 503 at the signal.
+        let client = &app.client;
+        let ready = eventually("/readyz answers 503 while draining", Duration::from_secs(1), || async move {
+            let ready = client.get("/readyz").await;
+            (ready.status == 503).then_some(ready)
+        })
+        .await;
+        assert_eq!(ready.code(), "unavailable", "draining: {}", ready.body);
         blocker.release().await;
 
         let r = in_flight.await.expect("task");

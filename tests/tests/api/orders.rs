@@ -2,7 +2,7 @@
 
 use std::{collections::HashSet, time::Duration};
 
-use flash_sale_tests::{AppOptions, TestApp, all_at_once, on_both_databases};
+use flash_sale_tests::{AppOptions, TestApp, on_both_databases};
 
 on_both_databases! {
     async fn a_hold_becomes_a_pending_order_with_an_exact_total(backend: Backend) {
@@ -35,9 +35,7 @@ on_both_databases! {
         let product = app.create_product(10).await;
         let hold = app.hold(product, 2).await.body["hold_id"].as_i64().expect("hold");
 
-        let client = app.client.clone();
-        let answers = all_at_once(50, move |_| {
-            let c = client.clone();
+        let answers = app.all_at_once(50, move |c, _| {
             async move { c.order(hold).await }
         })
         .await;

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use flash_sale_tests::{AppOptions, Backend, TestApp, all_at_once, on_both_databases};
+use flash_sale_tests::{AppOptions, Backend, TestApp, on_both_databases};
 use serde_json::{Value, json};
 
 /// An app with one product of `stock` units and a pending order of `qty` of them.
@@ -43,14 +43,12 @@ on_both_databases! {
         assert_eq!(app.stock(product).await, (8, 8), "a failed payment gives the units back");
         app.assert_stock_conserved().await;
         app.assert_sold_within(product, 10).await;
-        assert_eq!(app.server.metric_eventually("webhook.processed", 2).await.len(), 2);
+        app.server.metric_exactly("webhook.processed", 2).await;
     }
 
     async fn fifty_identical_webhooks_at_once_have_one_effect(backend: Backend) {
         let (app, product, _, order) = app_with_order(backend, 10, 4).await;
-        let client = app.client.clone();
-        let answers = all_at_once(50, move |_| {
-            let c = client.clone();
+        let answers = app.all_at_once(50, move |c, _| {
             async move { c.webhook(event("pay-dup", order, "success")).await }
         })
         .await;
@@ -59,17 +57,14 @@ on_both_databases! {
         assert!(answers.iter().all(|r| r.body["order_status"] == "paid" && r.body["order_id"] == order));
         assert_eq!(app.stock(product).await, (6, 6), "paid once");
         assert_eq!(app.count("webhook_events", "1 = 1").await, 1);
-        let logged = app.server.metric_eventually("webhook.processed", 50).await;
-        assert_eq!(logged.len(), 50);
+        let logged = app.server.metric_exactly("webhook.processed", 50).await;
         assert_eq!(logged.iter().filter(|m| m["is_duplicate"] == false).count(), 1);
         app.assert_sold_within(product, 10).await;
     }
 
     async fn fifty_identical_failures_at_once_release_the_stock_once(backend: Backend) {
         let (app, product, _, order) = app_with_order(backend, 10, 4).await;
-        let client = app.client.clone();
-        let answers = all_at_once(50, move |_| {
-            let c = client.clone();
+        let answers = app.all_at_once(50, move |c, _| {
             async move { c.webhook(event("fail-dup", order, "failure")).await }
         })
         .await;
@@ -144,8 +139,7 @@ on_both_databases! {
             .webhook(json!({"idempotency_key": "late", "order_id": 999_999, "status": "success", "hold_id": hold}))
             .await;
         assert_eq!((r.status, r.code()), (409, "hold_expired"), "{}", r.body);
-        let conflicts = app.server.metric_eventually("webhook.conflict", 1).await;
-        assert_eq!(conflicts.len(), 1);
+        let conflicts = app.server.metric_exactly("webhook.conflict", 1).await;
         assert_eq!(conflicts[0]["reason"], "hold_expired");
         assert!(conflicts[0]["order_id"].is_null() && conflicts[0]["order_status"].is_null());
         assert_eq!(app.count("webhook_events", "1 = 1").await, 0, "nothing recorded");
@@ -173,15 +167,14 @@ on_both_databases! {
         assert_eq!(r.body["processed"], true);
         assert_eq!(r.body["order_status"], "paid");
         assert_eq!(app.stock(product).await, (8, 8));
-        let c = app.server.metric_eventually("webhook.conflict", 1).await;
-        assert_eq!(c.len(), 1);
+        let c = app.server.metric_exactly("webhook.conflict", 1).await;
         assert_eq!(c[0]["order_id"], order);
         assert_eq!(c[0]["order_status"], "paid");
         assert_eq!(c[0]["idempotency_key"], "late-failure");
         // A success with a new key on a paid order is no conflict and no second sale.
         let r = app.webhook(event("ok-again", order, "success")).await;
         assert_eq!(r.body["order_status"], "paid");
-        assert_eq!(app.server.metric_eventually("webhook.conflict", 1).await.len(), 1);
+        app.server.metric_exactly("webhook.conflict", 1).await;
         assert_eq!(app.stock(product).await, (8, 8));
         app.assert_sold_within(product, 10).await;
     }
@@ -203,8 +196,7 @@ on_both_databases! {
         let r = app.webhook(event("s2", order, "success")).await;
         assert_eq!(r.status, 200);
         assert_eq!(r.body["order_status"], "cancelled", "no stock: stays cancelled");
-        let c = app.server.metric_eventually("webhook.conflict", 1).await;
-        assert_eq!(c.len(), 1);
+        let c = app.server.metric_exactly("webhook.conflict", 1).await;
         assert_eq!(c[0]["order_status"], "cancelled");
         assert_eq!(app.stock(product).await, (5, 0));
         app.assert_stock_conserved().await;
@@ -284,9 +276,7 @@ on_both_databases! {
     async fn unpaid_orders_time_out_once_even_with_two_workers(backend: Backend) {
         let app = TestApp::spawn(backend).await;
         let product = app.create_product(100).await;
-        let client = app.client.clone();
-        let orders: Vec<i64> = all_at_once(60, move |_| {
-            let c = client.clone();
+        let orders: Vec<i64> = app.all_at_once(60, move |c, _| {
             async move {
                 let hold = c.hold(product, 1).await.body["hold_id"].as_i64().expect("hold");
                 c.order(hold).await.body["order_id"].as_i64().expect("order")

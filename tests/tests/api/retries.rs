@@ -13,8 +13,7 @@ use std::{
 };
 
 use flash_sale_tests::{
-    AppOptions, Backend, Client, Response, TestApp, all_at_once, into_response, kill9,
-    on_both_databases,
+    AppOptions, Backend, Client, Response, TestApp, into_response, kill9, on_both_databases,
 };
 use serde_json::{Value, json};
 
@@ -167,13 +166,13 @@ on_both_databases! {
         let client = Client::new(&restarted);
         let mut rounds = Vec::new();
         for _ in 0..2 {
-            let (c, k) = (client.clone(), keys.clone());
             rounds.push(
-                all_at_once(KEYS, move |i| {
-                    let (c, k) = (c.clone(), k.clone());
-                    async move { c.hold_with_key(product, 1, &k[i]).await }
-                })
-                .await,
+                client
+                    .all_at_once(KEYS, |c, i| {
+                        let key = keys[i].clone();
+                        async move { c.hold_with_key(product, 1, &key).await }
+                    })
+                    .await,
             );
         }
         let mut hold_ids = HashSet::new();
@@ -231,9 +230,7 @@ on_both_databases! {
         let app = TestApp::spawn_with(backend, options(&[("HOLD_BATCH_WAIT_MICROS", "50000")])).await;
         let product = app.create_product(50).await;
 
-        let c = app.client.clone();
-        let answers = all_at_once(30, move |_| {
-            let c = c.clone();
+        let answers = app.all_at_once(30, move |c, _| {
             async move { c.hold_with_key(product, 2, "one-key-for-a-hold").await }
         })
         .await;
@@ -245,9 +242,7 @@ on_both_databases! {
         assert_eq!((retry.status, &retry.body), (first.status, &first.body));
         let hold = first.body["hold_id"].as_i64().expect("hold_id");
 
-        let c = app.client.clone();
-        let answers = all_at_once(30, move |_| {
-            let c = c.clone();
+        let answers = app.all_at_once(30, move |c, _| {
             async move { c.order_with_key(hold, "one-key-for-an-order").await }
         })
         .await;

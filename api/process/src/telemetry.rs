@@ -1,8 +1,5 @@
-//! Process plumbing shared by `flash-sale-api` and `flash-sale-worker`: JSON log lines (to
-//! stdout and to a daily file per binary in `LOG_DIR`) and the Prometheus recorder.
-//!
-//! It lives here only because both binaries need exactly the same setup; nothing in the stock
-//! operations depends on it (it is behind the `telemetry` feature).
+//! JSON log lines (to stdout and to a daily file per binary in `LOG_DIR`) and the Prometheus
+//! recorder, installed once per process.
 
 use std::path::Path;
 
@@ -149,27 +146,4 @@ pub enum TelemetryError {
     Filter(String),
     #[error("telemetry already initialised: {0}")]
     Init(String),
-}
-
-/// Resolves on Ctrl-C or SIGTERM: the signal both binaries drain on.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
-    tracing::info!("shutdown signal received, draining");
 }
