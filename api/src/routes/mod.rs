@@ -6,6 +6,7 @@ pub mod holds;
 pub mod orders;
 pub mod payments;
 pub mod products;
+pub mod stream;
 
 use poem_openapi::Tags;
 
@@ -59,6 +60,7 @@ pub fn problem_sets() -> Vec<(&'static str, &'static [ProblemCode])> {
         entry::<payments::WebhookProblems>(),
         entry::<admin::CreateProductProblems>(),
         entry::<crate::server::ReadyzProblems>(),
+        entry::<stream::StreamStockProblems>(),
     ]
 }
 
@@ -71,6 +73,7 @@ pub fn api(
     orders::OrdersApi,
     payments::PaymentsApi,
     admin::AdminApi,
+    stream::StreamApi,
 ) {
     (
         products::ProductsApi {
@@ -85,6 +88,9 @@ pub fn api(
         payments::PaymentsApi {
             state: state.clone(),
         },
-        admin::AdminApi { state },
+        admin::AdminApi {
+            state: state.clone(),
+        },
+        stream::StreamApi { state },
     )
 }
