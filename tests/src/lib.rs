@@ -18,6 +18,9 @@ use serde_json::{Value, json};
 /// Private database servers for tests that stop, kill or isolate theirs.
 pub mod servers;
 
+/// Reading Server-Sent Events (the stock stream).
+pub mod sse;
+
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -15,3 +15,4 @@ mod orders;
 mod payments;
 mod processes;
 mod retries;
+mod stream;
