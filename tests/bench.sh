@@ -6,6 +6,8 @@
 # BENCH_ONLY=galera runs only the Galera section (three nodes of the run's own on loopback: one
 # API on one node, then three APIs on three nodes, same hot product) and writes
 # tests/bench-results/results-galera.json instead.
+# BENCH_ONLY=stream runs only the live stock section (0 to 5,000 SSE listeners on one API, over a
+# MariaDB of its own) and writes tests/bench-results/results-stream.json instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -99,6 +99,13 @@ pub struct Config {
     /// Run pending migrations when the server starts.
     #[arg(long, env = "AUTO_MIGRATE", default_value = "true", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
     pub auto_migrate: bool,
+    /// How often, in milliseconds, this process reads the stock of each product it streams
+    /// (`GET /api/products/{id}/stream`): one query per product, however many listeners.
+    #[arg(long, env = "STOCK_STREAM_INTERVAL_MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub stock_stream_interval_ms: u64,
+    /// Open stock streams this process serves at most; beyond it 503 `unavailable`.
+    #[arg(long, env = "STOCK_STREAM_MAX_CLIENTS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub stock_stream_max_clients: u32,
 }
 
 /// The decoded key of a Standard Webhooks secret (`whsec_` + base64).
@@ -141,7 +148,7 @@ impl Config {
              MAX_HOLD_QTY={} WEBHOOK_SECRET={} CORS_ALLOWED_ORIGINS={} ADMIN_TOKEN={} LOG_DIR={} \
              RUST_LOG={} AUTO_MIGRATE={} SHUTDOWN_DELAY_SECONDS={} SHUTDOWN_GRACE_SECONDS={} \
              HOLD_COALESCING={} HOLD_BATCH_WAIT_MICROS={} HOLD_BATCH_MAX={} \
-             HOLD_RATE_LIMIT_PER_SECOND={}",
+             HOLD_RATE_LIMIT_PER_SECOND={} STOCK_STREAM_INTERVAL_MS={} STOCK_STREAM_MAX_CLIENTS={}",
             entity::db::redact_url(self.database_url.expose_secret()),
             self.database_max_connections,
             self.database_causal_reads,
@@ -168,6 +175,8 @@ impl Config {
             self.hold_batch_wait_micros,
             self.hold_batch_max,
             self.hold_rate_limit_per_second,
+            self.stock_stream_interval_ms,
+            self.stock_stream_max_clients,
         )
     }
 }
@@ -187,6 +196,8 @@ mod tests {
         assert_eq!(c.max_hold_qty, 10);
         assert_eq!(c.database_max_connections, 16);
         assert!(c.auto_migrate);
+        assert_eq!(c.stock_stream_interval_ms, 250);
+        assert_eq!(c.stock_stream_max_clients, 10_000);
     }
 
     #[test]

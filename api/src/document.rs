@@ -22,6 +22,10 @@ Holds, orders and payments over a limited stock, with zero overselling.
 into a pending order; the payment gateway's webhook (`POST /api/payments/webhook`) pays or \
 cancels it. Expired holds and unpaid orders give their units back by themselves.
 
+**Live stock**: `GET /api/products/{id}/stream` is a Server-Sent Events stream (`EventSource`) \
+of `stock` events, sent at once and then on every change, for stock bars that many browsers \
+watch.
+
 **Errors** are `application/problem+json` (RFC 9457) with a stable `code` (the `ProblemCode` \
 enum): branch on `code`, not on `detail`. Each operation lists the codes it can answer. \
 `insufficient_stock` carries `available`; a refusal of one field or parameter carries \

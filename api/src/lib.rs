@@ -15,6 +15,7 @@ pub mod rate_limit;
 pub mod routes;
 pub mod server;
 pub mod signature;
+pub mod stream;
 pub mod types;
 
 pub use config::Config;

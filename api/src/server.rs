@@ -50,6 +50,8 @@ pub struct AppState {
     pub draining: AtomicBool,
     /// Which clients are still connected.
     pub connections: Arc<crate::connections::Connections>,
+    /// Live stock streams: one check per streamed product per interval.
+    pub stock_hub: crate::stream::StockHub,
 }
 
 impl AppState {
@@ -65,6 +67,11 @@ impl AppState {
                 )
             }),
             product_reads: ProductReads::new(db.clone()),
+            stock_hub: crate::stream::StockHub::new(
+                db.clone(),
+                Duration::from_millis(config.stock_stream_interval_ms),
+                usize::try_from(config.stock_stream_max_clients).unwrap_or(usize::MAX),
+            ),
             db,
             hold_ttl,
             max_hold_qty: config.max_hold_qty,
@@ -347,6 +354,9 @@ pub async fn run(config: Config, metrics: Option<PrometheusHandle>) -> anyhow::R
         );
         tokio::time::sleep(delay).await;
         tracing::info!("closing the listener, finishing in-flight requests");
+        // Open stock streams never finish by themselves: end them now, or shutdown would wait
+        // the whole grace period for them. Browsers reconnect, to a process still listening.
+        state.stock_hub.close();
     };
     let grace = Duration::from_secs(u64::from(config.shutdown_grace_seconds));
     Server::new_with_acceptor(acceptor)

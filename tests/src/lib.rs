@@ -18,6 +18,8 @@ pub mod load;
 pub mod process;
 /// Private database servers for tests that stop, kill or isolate theirs.
 pub mod servers;
+/// Reading Server-Sent Events (the stock stream).
+pub mod sse;
 /// [`eventually`]: waiting for a condition with a deadline instead of sleeping.
 pub mod wait;
 

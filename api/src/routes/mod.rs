@@ -6,6 +6,7 @@ pub mod holds;
 pub mod orders;
 pub mod payments;
 pub mod products;
+pub mod stream;
 
 use poem_openapi::Tags;
 
@@ -63,6 +64,7 @@ pub fn problem_sets() -> Vec<(&'static str, &'static [ProblemCode])> {
         entry::<admin::MarkRefundedProblems>(),
         entry::<products::ListProductsProblems>(),
         entry::<crate::server::ReadyzProblems>(),
+        entry::<stream::StreamStockProblems>(),
     ]
 }
 
@@ -75,6 +77,7 @@ pub fn api(
     orders::OrdersApi,
     payments::PaymentsApi,
     admin::AdminApi,
+    stream::StreamApi,
 ) {
     (
         products::ProductsApi {
@@ -89,6 +92,9 @@ pub fn api(
         payments::PaymentsApi {
             state: state.clone(),
         },
-        admin::AdminApi { state },
+        admin::AdminApi {
+            state: state.clone(),
+        },
+        stream::StreamApi { state },
     )
 }

@@ -16,6 +16,12 @@
 //!   and the non-2xx answers: 409, 503, other 5xx); then the books read on every node directly:
 //!   equal on all three, and conserved (stock = available + active holds + pending orders).
 //!
+//! - live stock streams (`results["stock_stream"]`): up to 5,000 listeners on one product through
+//!   one API process: its RSS, and the database queries per second, which must not grow with
+//!   listeners (see [`stock_streams`]).
+//!
+//! `BENCH_ONLY=stream` runs only the stock stream section (on a MariaDB of its own) and writes
+//! `tests/bench-results/results-stream.json`.
 //! `BENCH_ONLY=galera` runs only the Galera section (a quick check: it needs neither the shared
 //! MariaDB's database nor the other sections) and writes `tests/bench-results/results-galera.json`
 //! instead, leaving `results.json` and the chart as they were.
@@ -51,7 +57,8 @@ async fn main() -> Result<()> {
     let galera_only = match std::env::var("BENCH_ONLY").unwrap_or_default().as_str() {
         "" => false,
         "galera" => true,
-        other => bail!("BENCH_ONLY={other}: the only section that runs alone is `galera`"),
+        "stream" => return stream_only(&release, seconds, &out_dir).await,
+        other => bail!("BENCH_ONLY={other}: the sections that run alone are `galera` and `stream`"),
     };
     let mut results = json!({
         "machine": machine(),
@@ -61,6 +68,10 @@ async fn main() -> Result<()> {
     });
     if !galera_only {
         single_server(&release, &base, seconds, &mut results).await?;
+        results["stock_stream"] = stock_streams(&release, seconds).await.unwrap_or_else(|e| {
+            eprintln!("Stock stream section failed: {e:#}");
+            json!({"error": format!("{e:#}")})
+        });
     }
 
     // In a task of its own, so that a cluster that fails to start (GaleraCluster panics) still
@@ -108,6 +119,19 @@ async fn main() -> Result<()> {
         Some(e) => Err(e.context("the Galera section failed (the other figures were written)")),
         None => Ok(()),
     }
+}
+
+/// `BENCH_ONLY=stream`: the stock stream section alone, into `results-stream.json`.
+async fn stream_only(release: &Path, seconds: u64, out_dir: &Path) -> Result<()> {
+    let path = out_dir.join("results-stream.json");
+    let only = json!({
+        "machine": machine(),
+        "seconds_per_point": seconds,
+        "stock_stream": stock_streams(release, seconds).await?,
+    });
+    std::fs::write(&path, serde_json::to_string_pretty(&only)?)?;
+    println!("wrote {}", path.display());
+    Ok(())
 }
 
 /// The sections on the shared MariaDB: HTTP holds with coalescing on and off, reads, the expiry
@@ -353,6 +377,40 @@ impl Api {
             .filter(|rest| rest.starts_with([' ', '{']))
             .filter_map(|rest| rest.rsplit(' ').next()?.parse::<f64>().ok())
             .sum::<f64>() as u64)
+    }
+
+    /// A counter or gauge from the API's `/metrics`, summed over its labels.
+    async fn metric(&self, name: &str) -> Result<f64> {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await?
+            .text()
+            .await?;
+        Ok(text
+            .lines()
+            .filter_map(|l| l.strip_prefix(name))
+            .filter(|rest| rest.starts_with([' ', '{']))
+            .filter_map(|rest| rest.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
+    }
+
+    /// CPU seconds (user + system) the API has used so far.
+    fn cpu_seconds(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the command's closing parenthesis; utime and stime are the 12th and 13th.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let ticks: f64 = [11, 12]
+            .iter()
+            .filter_map(|&i| fields.get(i)?.parse::<f64>().ok())
+            .sum();
+        // USER_HZ is 100 on Linux.
+        ticks / 100.0
     }
 
     fn peak_rss_kib(&self) -> u64 {
@@ -1057,9 +1115,22 @@ fn summarize(results: &mut Value) {
         "galera_three_apis_p99_ms": results["galera"]["three_apis"]["p99_ms"],
         "galera_three_apis_503": results["galera"]["three_apis"]["answers"]["503"],
         "galera_three_apis_contention_retries": results["galera"]["three_apis"]["contention_retries"],
+        "stream_5000_listeners_rss_mib": stream_step(results, 5000, "rss_mib"),
+        "stream_hub_checks_per_s_1_vs_5000_listeners": [stream_step(results, 1, "hub_checks_per_s"), stream_step(results, 5000, "hub_checks_per_s")],
         "galera_books_equal_and_conserved": results["galera"]["books"]["equal_on_all_nodes"] == true
             && results["galera"]["books"]["conserved"] == true,
     });
+}
+
+/// A figure of the stock stream section's step with `listeners` listeners.
+fn stream_step(results: &Value, listeners: usize, field: &str) -> Value {
+    results["stock_stream"]["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["listeners"] == listeners)
+        .map(|s| s[field].clone())
+        .unwrap_or(Value::Null)
 }
 
 fn machine() -> Value {
@@ -1154,4 +1225,139 @@ fn chart(results: &Value, path: &Path) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
+}
+
+/// Live stock streams (`results["stock_stream"]`): one API process on a MariaDB of the run's own
+/// (`ScratchMariaDb`, so that its `Com_select` counts this API's queries and nobody else's),
+/// `STOCK_STREAM_INTERVAL_MS` at its default (250), and 0, 1, 100, 1,000 then 5,000 listeners
+/// on one product. At each step, over a quiet window: the API's RSS, its CPU, the hub's checks
+/// per second (`stock_stream_checks_total`) and the server's SELECTs per second; then one hold,
+/// and how long every listener took to receive the new level.
+async fn stock_streams(release: &Path, seconds: u64) -> Result<Value> {
+    use flash_sale_tests::sse::{Reader, stream_client};
+    const STEPS: [usize; 5] = [0, 1, 100, 1000, 5000];
+    const INTERVAL_MS: u64 = 250;
+
+    let mariadb = flash_sale_tests::servers::ScratchMariaDb::start(&[]).await;
+    let db_url = fresh_database(&mariadb.base_url(), "fs_bench_stream").await?;
+    let api = Api::start_with(
+        release,
+        &db_url,
+        true,
+        &[("STOCK_STREAM_INTERVAL_MS", "250"), ("RUST_LOG", "warn")],
+    )?;
+    let product = api.create_product(1_000_000).await?;
+    let mut status = sqlx::MySqlConnection::connect(&mariadb.base_url()).await?;
+    let http = stream_client();
+    let stream_url = format!("{}/api/products/{product}/stream", api.url);
+    let mut readers: Vec<Reader> = Vec::new();
+    let mut expected = 1_000_000i64;
+    let mut steps = Vec::new();
+    for target in STEPS {
+        let opening = Instant::now();
+        while readers.len() < target {
+            // A few hundred at a time, as a crowd arriving, not one burst of 5,000 handshakes.
+            let n = (target - readers.len()).min(250);
+            let opened = futures::future::join_all((0..n).map(|_| async {
+                let r = http.get(&stream_url).send().await?;
+                if r.status() != 200 {
+                    bail!("stream answered {}", r.status());
+                }
+                let mut reader = Reader::new(r);
+                reader
+                    .next_event("stock", Duration::from_secs(30))
+                    .await
+                    .map_err(|e| anyhow!("no first event: {e:?}"))?;
+                Ok(reader)
+            }))
+            .await;
+            for r in opened {
+                readers.push(r?);
+            }
+        }
+        let opened_s = opening.elapsed().as_secs_f64();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+
+        let checks_before = api.metric("stock_stream_checks_total").await?;
+        let selects_before = com_select(&mut status).await?;
+        let cpu_before = api.cpu_seconds();
+        let window = Instant::now();
+        tokio::time::sleep(Duration::from_secs(seconds)).await;
+        let elapsed = window.elapsed().as_secs_f64();
+        let checks = (api.metric("stock_stream_checks_total").await? - checks_before) / elapsed;
+        let selects = (com_select(&mut status).await? - selects_before) as f64 / elapsed;
+        let cpu = (api.cpu_seconds() - cpu_before) / elapsed;
+        let rss_mib = api.rss_kib() as f64 / 1024.0;
+
+        // One hold; then every listener must see the new level.
+        let hold = api
+            .http
+            .post(format!("{}/api/holds", api.url))
+            .json(&json!({"product_id": product, "qty": 1}))
+            .send()
+            .await?;
+        if hold.status() != 201 {
+            bail!("hold answered {}", hold.status());
+        }
+        let held_at = Instant::now();
+        expected -= 1;
+        let delays = futures::future::join_all(readers.iter_mut().map(|r| async move {
+            loop {
+                match r.next_event("stock", Duration::from_secs(10)).await {
+                    Ok(v) if v["available_stock"] == expected => return Some(held_at.elapsed()),
+                    Ok(_) => continue,
+                    Err(_) => return None,
+                }
+            }
+        }))
+        .await;
+        let missed = delays.iter().filter(|d| d.is_none()).count();
+        let mut ms: Vec<f64> = delays
+            .into_iter()
+            .flatten()
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .collect();
+        ms.sort_by(f64::total_cmp);
+        let pct = |p: f64| -> f64 {
+            if ms.is_empty() {
+                return 0.0;
+            }
+            ms[((ms.len() - 1) as f64 * p).round() as usize]
+        };
+        println!(
+            "Stock stream: {target:>5} listeners  RSS {rss_mib:>6.1} MiB  CPU {:>4.0}%  hub checks {checks:>4.1}/s  SELECTs {selects:>4.1}/s  change seen by all: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms, missed {missed}",
+            cpu * 100.0,
+            pct(0.5),
+            pct(0.99),
+            pct(1.0),
+        );
+        steps.push(json!({
+            "listeners": target,
+            "opened_in_s": opened_s,
+            "rss_mib": rss_mib,
+            "api_cpu_share": cpu,
+            "hub_checks_per_s": checks,
+            "server_selects_per_s": selects,
+            "change_seen_p50_ms": pct(0.5),
+            "change_seen_p99_ms": pct(0.99),
+            "change_seen_max_ms": pct(1.0),
+            "listeners_missing_the_change": missed,
+        }));
+    }
+    let peak_rss_mib = api.peak_rss_kib() as f64 / 1024.0;
+    drop(readers);
+    Ok(json!({
+        "interval_ms": INTERVAL_MS,
+        "window_s": seconds,
+        "steps": steps,
+        "api_peak_rss_mib": peak_rss_mib,
+    }))
+}
+
+/// The server's `Com_select`: every SELECT it ran (a scratch server: only the API's).
+async fn com_select(conn: &mut sqlx::MySqlConnection) -> Result<i64> {
+    let row: (String, String) = sqlx::query_as("SHOW GLOBAL STATUS LIKE 'Com_select'")
+        .fetch_one(conn)
+        .await?;
+    row.1.parse().context("Com_select")
 }

@@ -16,3 +16,4 @@ mod payments;
 mod processes;
 mod retries;
 mod sales;
+mod stream;
