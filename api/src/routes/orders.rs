@@ -176,10 +176,7 @@ impl OrdersApi {
         /// with another body answers 422 `idempotency_key_mismatch`; while the first request
         /// still runs, 409 `idempotency_key_in_use`. Keys are kept 24 hours, across all API
         /// processes.
-        #[oai(
-            name = "Idempotency-Key",
-            validator(min_length = 1, max_length = 255, pattern = r"^[\x20-\x7E]+$")
-        )]
+        #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255))]
         _idempotency_key: Header<Option<String>>,
         body: JsonBody<CreateOrder>,
         keyed: Option<Data<&KeyedRequest>>,
