@@ -52,6 +52,16 @@ pub struct SaleRules {
 }
 
 impl SaleRules {
+    /// The times at the precision the database keeps (microseconds), so that what is answered
+    /// is what is stored.
+    fn stored(self) -> Self {
+        Self {
+            sale_starts_at: self.sale_starts_at.map(|t| t.trunc_subsecs(6)),
+            sale_ends_at: self.sale_ends_at.map(|t| t.trunc_subsecs(6)),
+            ..self
+        }
+    }
+
     /// A window must end after it starts, and a limit must allow at least one unit.
     pub fn check(&self) -> Result<(), StockError> {
         if let (Some(start), Some(end)) = (self.sale_starts_at, self.sale_ends_at)
@@ -233,7 +243,8 @@ pub async fn update_product(
                 sale_starts_at: change.sale_starts_at.unwrap_or(product.sale_starts_at),
                 sale_ends_at: change.sale_ends_at.unwrap_or(product.sale_ends_at),
                 per_buyer_limit: change.per_buyer_limit.unwrap_or(product.per_buyer_limit),
-            };
+            }
+            .stored();
             rules.check()?;
             let mut reclaimed = Vec::new();
             let add = change.add_stock.unwrap_or(0);
@@ -288,6 +299,7 @@ pub async fn create_product(
     stock: i32,
     rules: SaleRules,
 ) -> Result<ProductView, StockError> {
+    let rules = rules.stored();
     rules.check()?;
     let model = product::ActiveModel {
         name: Set(name.to_owned()),

@@ -343,6 +343,23 @@ on_both_databases! {
         app.assert_stock_conserved().await;
     }
 
+    async fn a_sale_window_is_answered_as_it_is_stored(backend: Backend) {
+        let app = TestApp::spawn(backend).await;
+        let r = admin(
+            &app,
+            Method::POST,
+            "/api/admin/products",
+            Some(json!({"name": "w", "price": "1.00", "stock": 1,
+                "sale_starts_at": "2030-01-01T00:00:00.123456789Z"})),
+        )
+        .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        let id = r.body["id"].as_i64().unwrap_or(0);
+        let read = app.get(&format!("/api/products/{id}")).await;
+        assert_eq!(time_of(&r.body["sale_starts_at"]), time_of(&read.body["sale_starts_at"]));
+        assert_eq!(time_of(&read.body["sale_starts_at"]).timestamp_subsec_nanos(), 123_456_000);
+    }
+
     async fn the_catalogue_pages_by_id(backend: Backend) {
         let app = TestApp::spawn(backend).await;
         let mut ids = Vec::new();
