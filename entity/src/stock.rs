@@ -806,23 +806,22 @@ async fn units_per_buyer<'a, C: ConnectionTrait>(
     // The buyers go in as ONE bound JSON array, so one prepared statement serves every batch
     // (an `IN (?, ?, ...)` list would be a new statement, prepared under the lock, for each
     // number of buyers). The JSON column has the buyer column's exact collation, or the index
-    // on (product_id, buyer_id, status) could not be used.
-    let (cast, buyers_in) = match backend {
-        DbBackend::Sqlite => ("INTEGER", "SELECT value FROM json_each(?)"),
-        _ => (
-            "SIGNED",
+    // on (product_id, buyer_id, status) could not be used. The rows are summed here: a
+    // `GROUP BY` made MariaDB build and sort a temporary table for every batch (measured: its
+    // CPU per hold on a limited product went from 49 to 38 µs without it).
+    let buyers_in = match backend {
+        DbBackend::Sqlite => "SELECT value FROM json_each(?)",
+        _ => {
             "SELECT j.b FROM JSON_TABLE(?, '$[*]' COLUMNS ( \
-               b VARCHAR(128) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin PATH '$')) AS j",
-        ),
+               b VARCHAR(128) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin PATH '$')) AS j"
+        }
     };
     let sql = format!(
-        "SELECT buyer_id, CAST(SUM(qty) AS {cast}) AS units FROM holds \
+        "SELECT buyer_id, qty AS units FROM holds \
            WHERE product_id = ? AND status = ? AND expires_at > ? AND buyer_id IN ({buyers_in}) \
-           GROUP BY buyer_id \
          UNION ALL \
-         SELECT buyer_id, CAST(SUM(quantity) AS {cast}) AS units FROM orders \
-           WHERE product_id = ? AND status IN (?, ?) AND buyer_id IN ({buyers_in}) \
-           GROUP BY buyer_id"
+         SELECT buyer_id, quantity AS units FROM orders \
+           WHERE product_id = ? AND status IN (?, ?) AND buyer_id IN ({buyers_in})"
     );
     let json = serde_json::to_string(&distinct)
         .map_err(|e| StockError::Invariant(format!("buyers as JSON: {e}")))?;
@@ -842,9 +841,7 @@ async fn units_per_buyer<'a, C: ConnectionTrait>(
     let mut used: HashMap<&'a str, i32> = HashMap::new();
     for row in rows {
         let buyer: String = row.try_get("", "buyer_id")?;
-        let units: i64 = row.try_get("", "units")?;
-        let units = i32::try_from(units)
-            .map_err(|_| StockError::Invariant(format!("buyer units {units}")))?;
+        let units: i32 = row.try_get("", "units")?;
         // Map back to the batch's own &str (the rows' strings are equal byte for byte).
         if let Ok(i) = distinct.binary_search(&buyer.as_str()) {
             *used.entry(distinct[i]).or_default() += units;

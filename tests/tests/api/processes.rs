@@ -232,14 +232,14 @@ async fn hot_queries_use_indexes_on_mariadb() {
          (SELECT j.k FROM JSON_TABLE('[\"key-1\",\"key-2\"]', '$[*]' COLUMNS ( \
            k VARCHAR(255) CHARACTER SET ascii COLLATE ascii_bin PATH '$')) AS j)",
         // A limited product's batch: its buyers' active holds and pending or paid orders
-        "SELECT buyer_id, SUM(qty) FROM holds WHERE product_id = 1 AND status = 'active' \
+        "SELECT buyer_id, qty FROM holds WHERE product_id = 1 AND status = 'active' \
          AND expires_at > NOW(6) AND buyer_id IN (SELECT j.b FROM JSON_TABLE('[\"b1\",\"b7\"]', \
            '$[*]' COLUMNS (b VARCHAR(128) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin PATH '$')) \
-           AS j) GROUP BY buyer_id",
-        "SELECT buyer_id, SUM(quantity) FROM orders WHERE product_id = 1 \
+           AS j)",
+        "SELECT buyer_id, quantity FROM orders WHERE product_id = 1 \
          AND status IN ('pending', 'paid') AND buyer_id IN (SELECT j.b FROM JSON_TABLE( \
            '[\"b1\",\"b7\"]', '$[*]' COLUMNS (b VARCHAR(128) CHARACTER SET utf8mb4 \
-           COLLATE utf8mb4_bin PATH '$')) AS j) GROUP BY buyer_id",
+           COLLATE utf8mb4_bin PATH '$')) AS j)",
     ];
     for sql in queries {
         let rows = db
