@@ -133,6 +133,33 @@ pub fn refine(raw: &str, max_hold_qty: u32) -> String {
     {
         qty.insert("maximum", Json::from(&Value::from(max_hold_qty)));
     }
+    // poem-openapi describes an event stream as an array of its data; a stream is a sequence
+    // of events, each `{event, data}` with the data as JSON text (the shape OpenAPI 3.2 gives
+    // an event stream's items, and the one Schemathesis checks each event against).
+    let stream = [
+        "paths",
+        "/api/products/{id}/stream",
+        "get",
+        "responses",
+        "200",
+        "content",
+        "text/event-stream",
+    ];
+    if let Some(media) = doc.pointer_mut(&stream) {
+        let event = serde_json::json!({
+            "type": "object",
+            "description": "One Server-Sent Event: `event` is `stock`, `data` the JSON text of a `StockLevel`.",
+            "required": ["event", "data"],
+            "properties": {
+                "event": {"type": "string", "enum": ["stock"]},
+                "data": {
+                    "type": "string",
+                    "description": "JSON text of a `StockLevel` (`{id, stock, available_stock}`).",
+                },
+            },
+        });
+        media.insert("schema", Json::from(&event));
+    }
     serde_json::to_string(&doc).unwrap_or_else(|_| raw.to_owned())
 }
 

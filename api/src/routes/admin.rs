@@ -87,13 +87,13 @@ pub struct ProductPatch {
         skip_serializing_if_is_none,
         validator(pattern = r"^[0-9]{1,12}(\.[0-9]{1,2})?$")
     )]
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
     pub price: Option<String>,
     /// Units added to `stock` and `available_stock` together (negative: taken away). Units
     /// that are held or in pending orders cannot be taken away: 409 `insufficient_stock`,
     /// with `available`.
     #[oai(skip_serializing_if_is_none)]
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
     pub add_stock: Option<i32>,
     /// Most units one buyer may hold or buy, at least 1; `null` removes the limit.
     #[oai(skip_serializing_if_is_none, validator(minimum(value = "1")))]
@@ -108,6 +108,12 @@ pub struct ProductPatch {
     #[oai(skip_serializing_if_is_none)]
     #[serde(default, deserialize_with = "present")]
     pub sale_ends_at: Option<Option<DateTime<Utc>>>,
+}
+
+/// A member that may be left out but, when sent, must not be `null` (there is nothing to clear):
+/// `null` is refused like a missing required field.
+fn not_null<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
 }
 
 /// A member that is present, `null` included (`Some(None)`); an absent one stays `None`
