@@ -80,7 +80,7 @@ pub struct ProductPatch {
         skip_serializing_if_is_none,
         validator(min_length = 1, max_length = 255)
     )]
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
     pub name: Option<String>,
     /// Decimal string, at most two places, not negative (`"99.99"`).
     #[oai(
