@@ -1,7 +1,8 @@
 //! The Flash Sale data layer: the tables (SeaORM entities) and the transactional stock
 //! operations that both `flash-sale-api` and `flash-sale-worker` call.
 //!
-//! This crate is the only place that changes stock or moves a hold between states. Every
+//! This crate is the only place that changes stock or moves a hold between states, and within
+//! it [`transitions`] is the one module that writes holds, orders and their counters. Every
 //! operation runs in one write transaction that locks what it changes (`SELECT ... FOR UPDATE`
 //! on MySQL/MariaDB, `BEGIN IMMEDIATE` on SQLite) and is retried a bounded number of times on
 //! lock waits, deadlocks and SQLite busy errors.

@@ -19,9 +19,11 @@ use crate::{
     hold::{self, HoldStatus},
     idempotency::{Keyed, check_in_txn, store_in_txn},
     order::{self, OrderStatus},
-    product,
     stock::now,
-    transitions::{HoldRef, clear_refund_required, mark_refund_required, move_holds, move_order},
+    transitions::{
+        clear_refund_required, lock_hold, lock_order, mark_refund_required, move_order,
+        order_from_hold,
+    },
     types::{HoldId, ProductId},
     webhook_event,
 };
@@ -141,11 +143,7 @@ async fn order_for_hold(
     hold_id: HoldId,
     now: DateTime<Utc>,
 ) -> Result<(order::Model, bool), StockError> {
-    let hold = hold::Entity::find_by_id(hold_id)
-        .lock_exclusive()
-        .one(txn)
-        .await?
-        .ok_or(StockError::HoldNotFound(hold_id))?;
+    let hold = lock_hold(txn, hold_id).await?;
     match hold.effective_status(now) {
         HoldStatus::Consumed => {
             let order = order::Entity::find()
@@ -161,52 +159,7 @@ async fn order_for_hold(
         // webhook records nothing when it cannot apply).
         HoldStatus::Expired => Err(StockError::HoldExpired(hold_id)),
         HoldStatus::Released => Err(StockError::HoldReleased(hold_id)),
-        HoldStatus::Active => {
-            let product = product::Entity::find_by_id(hold.product_id)
-                .one(txn)
-                .await?
-                .ok_or(StockError::ProductNotFound(hold.product_id))?;
-            let qty = u32::try_from(hold.qty)
-                .map_err(|_| StockError::Invariant(format!("hold {hold_id} qty {}", hold.qty)))?;
-            let model = order::ActiveModel {
-                hold_id: Set(hold_id),
-                product_id: Set(hold.product_id),
-                quantity: Set(hold.qty),
-                total_cents: Set(Money::from_cents(product.price_cents).times(qty).cents()),
-                status: Set(OrderStatus::Pending),
-                created_at: Set(now),
-                updated_at: Set(now),
-                buyer_id: Set(hold.buyer_id.clone()),
-                ..Default::default()
-            };
-            let id = match order::Entity::insert(model.clone()).exec(txn).await {
-                Ok(r) => r.last_insert_id,
-                Err(e) if is_unique_violation(&e) => {
-                    // The unique key on hold_id is the last word: someone made it first.
-                    let order = order::Entity::find()
-                        .filter(order::Column::HoldId.eq(hold_id))
-                        .one(txn)
-                        .await?
-                        .ok_or_else(|| StockError::from(e))?;
-                    return Ok((order, false));
-                }
-                Err(e) => return Err(e.into()),
-            };
-            move_holds(txn, &[HoldRef::from(&hold)], HoldStatus::Consumed, now).await?;
-            let order = order::Model {
-                id,
-                hold_id,
-                product_id: hold.product_id,
-                quantity: hold.qty,
-                total_cents: Money::from_cents(product.price_cents).times(qty).cents(),
-                status: OrderStatus::Pending,
-                created_at: now,
-                updated_at: now,
-                buyer_id: hold.buyer_id.clone(),
-                refund_required: false,
-            };
-            Ok((order, true))
-        }
+        HoldStatus::Active => order_from_hold(txn, &hold, now).await,
     }
 }
 
@@ -373,12 +326,8 @@ async fn record_and_apply(
 
     // 2. The order: by id, or made from the hold when the webhook came first.
     let mut created = None;
-    let order = match order::Entity::find_by_id(event.order_id)
-        .lock_exclusive()
-        .one(txn)
-        .await?
-    {
-        Some(order) => {
+    let order = match lock_order(txn, event.order_id).await {
+        Ok(order) => {
             if event.hold_id.is_some_and(|h| h != order.hold_id) {
                 return Err(StockError::HoldMismatch(format!(
                     "order {} was made from hold {}, not {}",
@@ -389,7 +338,7 @@ async fn record_and_apply(
             }
             order
         }
-        None => {
+        Err(StockError::OrderNotFound(_)) => {
             let hold_id = event
                 .hold_id
                 .ok_or(StockError::OrderNotFound(event.order_id))?;
@@ -399,12 +348,9 @@ async fn record_and_apply(
                 created = Some(OrderView::from(&order));
             }
             // The order row was created or found; lock it for the change below.
-            order::Entity::find_by_id(order.id)
-                .lock_exclusive()
-                .one(txn)
-                .await?
-                .ok_or(StockError::OrderNotFound(order.id))?
+            lock_order(txn, order.id).await?
         }
+        Err(e) => return Err(e),
     };
 
     // 3. The effect, through the order state machine.
@@ -570,11 +516,7 @@ pub async fn list_orders(
 pub async fn mark_refunded(db: &Db, id: i64) -> Result<OrderView, StockError> {
     with_retry(None, || {
         db.write(async |txn| {
-            let order = order::Entity::find_by_id(id)
-                .lock_exclusive()
-                .one(txn)
-                .await?
-                .ok_or(StockError::OrderNotFound(id))?;
+            let order = lock_order(txn, id).await?;
             clear_refund_required(txn, &order, now()).await?;
             let order = order::Model {
                 refund_required: false,
