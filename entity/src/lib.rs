@@ -14,6 +14,7 @@ pub mod batcher;
 pub mod coalesce;
 pub mod db;
 pub mod error;
+mod failure;
 pub mod hold;
 pub mod idempotency;
 pub mod idempotency_key;
