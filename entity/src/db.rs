@@ -28,6 +28,7 @@ use sea_orm::{
         sqlite::{SqliteJournalMode, SqliteSynchronous},
     },
 };
+use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::error::StockError;
@@ -94,10 +95,10 @@ impl std::str::FromStr for CausalReads {
     }
 }
 
-/// What is needed to open the pool.
+/// What is needed to open the pool. The URL carries the password: `Debug` prints it masked.
 #[derive(Debug, Clone)]
 pub struct DbConfig {
-    pub url: String,
+    pub url: SecretString,
     pub max_connections: u32,
     pub causal_reads: CausalReads,
 }
@@ -105,7 +106,7 @@ pub struct DbConfig {
 impl DbConfig {
     pub fn new(url: impl Into<String>, max_connections: u32) -> Self {
         Self {
-            url: url.into(),
+            url: SecretString::from(url.into()),
             max_connections,
             causal_reads: CausalReads::Auto,
         }
@@ -162,18 +163,18 @@ impl Db {
     /// Opens the pool. For SQLite the file is created if missing (`mode=rwc` in the URL) and put
     /// in WAL mode so readers do not block the writer.
     pub async fn connect(config: &DbConfig) -> Result<Self, DbErr> {
-        let backend = if config.url.starts_with("mysql://") || config.url.starts_with("mariadb://")
-        {
+        let url: &str = config.url.expose_secret();
+        let backend = if url.starts_with("mysql://") || url.starts_with("mariadb://") {
             Backend::MySql
-        } else if config.url.starts_with("sqlite:") {
+        } else if url.starts_with("sqlite:") {
             Backend::Sqlite
         } else {
             return Err(DbErr::Custom(format!(
                 "unsupported database URL (expected mysql:// or sqlite:): {}",
-                redact_url(&config.url)
+                redact_url(url)
             )));
         };
-        let url = config.url.replacen("mariadb://", "mysql://", 1);
+        let url = url.replacen("mariadb://", "mysql://", 1);
         let mut opts = ConnectOptions::new(url);
         opts.max_connections(config.max_connections.max(1))
             .min_connections(0)
@@ -483,7 +484,14 @@ pub fn redact_url(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{mariadb_at_least, redact_url};
+    use super::{DbConfig, mariadb_at_least, redact_url};
+
+    #[test]
+    fn debug_never_prints_the_url() {
+        let config = DbConfig::new("mysql://flash:secret@127.0.0.1:3306/db", 4);
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("secret@"), "{printed}");
+    }
 
     #[test]
     fn returning_needs_mariadb_10_6() {
