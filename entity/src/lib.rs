@@ -15,16 +15,17 @@ pub mod coalesce;
 pub mod db;
 pub mod error;
 mod failure;
-pub mod hold;
 pub mod idempotency;
-pub mod idempotency_key;
-pub mod order;
 pub mod orders;
-pub mod product;
+pub mod payments;
 pub mod stock;
+pub mod tables;
+pub mod timeouts;
 pub mod transitions;
 pub mod types;
-pub mod webhook_event;
+
+// The tables keep their short paths (`entity::hold`, ...).
+pub use tables::{hold, idempotency_key, order, product, webhook_event};
 
 pub use db::{Backend, Db, DbConfig};
 pub use error::StockError;
