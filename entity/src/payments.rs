@@ -19,7 +19,7 @@ use crate::{
     stock::now,
     transitions::{lock_order, mark_refund_required, move_order},
     types::{HoldId, ProductId},
-    webhook_event,
+    webhook_event::{self, WebhookConflict},
 };
 
 /// The `status` of a payment webhook.
@@ -82,7 +82,7 @@ pub struct PaymentResult {
     pub status: PaymentStatus,
     pub order_status: OrderStatus,
     /// Why the event could not have its normal effect (logged as `webhook.conflict`).
-    pub conflict: Option<String>,
+    pub conflict: Option<WebhookConflict>,
     /// The event made its order from `hold_id` (the webhook came first): the new order.
     pub created: Option<OrderView>,
     /// The event marked its order `refund_required` (a success on a cancelled order whose
@@ -137,12 +137,12 @@ pub async fn apply_payment(db: &Db, event: &PaymentEvent) -> Result<PaymentResul
     };
     metrics::counter!("webhooks_total", "outcome" => outcome).increment(1);
     if !result.duplicate {
-        if let Some(reason) = &result.conflict {
+        if let Some(reason) = result.conflict {
             log_conflict(
                 event,
                 Some(result.order_id),
                 Some(result.order_status),
-                reason,
+                reason.as_str(),
             );
         }
         if result.conflict.is_none() {
@@ -172,7 +172,7 @@ async fn record_and_apply(
         fingerprint: Set(fingerprint.to_owned()),
         order_id: Set(event.order_id),
         event_status: Set(event.status.as_str().to_owned()),
-        order_status: Set(OrderStatus::Pending.as_str().to_owned()),
+        order_status: Set(OrderStatus::Pending),
         conflict: Set(None),
         created_at: Set(now),
         ..Default::default()
@@ -225,7 +225,7 @@ async fn record_and_apply(
         }
         (OrderStatus::Paid, PaymentStatus::Success) => (OrderStatus::Paid, None),
         (OrderStatus::Paid, PaymentStatus::Failure) => {
-            (OrderStatus::Paid, Some("failure_after_paid".to_owned()))
+            (OrderStatus::Paid, Some(WebhookConflict::FailureAfterPaid))
         }
         (OrderStatus::Cancelled, PaymentStatus::Failure) => (OrderStatus::Cancelled, None),
         (OrderStatus::Cancelled, PaymentStatus::Success) => {
@@ -238,7 +238,7 @@ async fn record_and_apply(
                     }
                     (
                         OrderStatus::Cancelled,
-                        Some("success_after_cancelled_no_stock".to_owned()),
+                        Some(WebhookConflict::SuccessAfterCancelledNoStock),
                     )
                 }
                 Err(e) => return Err(e),
@@ -250,8 +250,8 @@ async fn record_and_apply(
     webhook_event::Entity::update(webhook_event::ActiveModel {
         id: Set(record_id),
         order_id: Set(order.id),
-        order_status: Set(order_status.as_str().to_owned()),
-        conflict: Set(conflict.clone()),
+        order_status: Set(order_status),
+        conflict: Set(conflict),
         ..Default::default()
     })
     .exec(txn)
@@ -317,9 +317,7 @@ async fn duplicate_of(
         duplicate: true,
         order_id: stored.order_id,
         status: event.status,
-        order_status: OrderStatus::parse(&stored.order_status).ok_or_else(|| {
-            StockError::Invariant(format!("stored order status {}", stored.order_status))
-        })?,
+        order_status: stored.order_status,
         conflict: stored.conflict,
         created: None,
         refund_owed: None,
