@@ -135,7 +135,7 @@ impl Config {
     /// How this process opens its pool.
     pub fn db_config(&self) -> entity::DbConfig {
         entity::DbConfig {
-            url: self.database_url.expose_secret().to_owned(),
+            url: self.database_url.clone(),
             max_connections: self.database_max_connections,
             causal_reads: self.database_causal_reads,
         }

@@ -161,10 +161,8 @@ fn replay(stored: StoredResponse, scope: &str) -> Response {
         .then(|| serde_json::from_str::<serde_json::Value>(&stored.body).ok())
         .flatten()
         .and_then(|body| match scope {
-            "holds" => body["hold_id"].as_i64().map(crate::routes::holds::location),
-            "orders" => body["order_id"]
-                .as_i64()
-                .map(crate::routes::orders::location),
+            "holds" => body["hold_id"].as_i64().map(crate::locations::hold),
+            "orders" => body["order_id"].as_i64().map(crate::locations::order),
             _ => None,
         })
         .and_then(|path| HeaderValue::from_str(&path).ok());

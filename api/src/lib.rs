@@ -10,6 +10,7 @@ pub mod cors;
 pub mod document;
 pub mod error;
 pub mod idempotency;
+pub mod locations;
 pub mod observe;
 pub mod rate_limit;
 pub mod routes;

@@ -28,9 +28,12 @@ use sea_orm::{
         sqlite::{SqliteJournalMode, SqliteSynchronous},
     },
 };
+use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::error::StockError;
+use crate::failure::connection_lost;
+pub use crate::failure::{DbFailure, classify};
 
 /// Attempts per operation before contention is answered as [`StockError::Contention`]. Lost
 /// attempts come in two speeds: a lock wait times out after a second, while a Galera
@@ -92,10 +95,10 @@ impl std::str::FromStr for CausalReads {
     }
 }
 
-/// What is needed to open the pool.
+/// What is needed to open the pool. The URL carries the password: `Debug` prints it masked.
 #[derive(Debug, Clone)]
 pub struct DbConfig {
-    pub url: String,
+    pub url: SecretString,
     pub max_connections: u32,
     pub causal_reads: CausalReads,
 }
@@ -103,7 +106,7 @@ pub struct DbConfig {
 impl DbConfig {
     pub fn new(url: impl Into<String>, max_connections: u32) -> Self {
         Self {
-            url: url.into(),
+            url: SecretString::from(url.into()),
             max_connections,
             causal_reads: CausalReads::Auto,
         }
@@ -160,18 +163,18 @@ impl Db {
     /// Opens the pool. For SQLite the file is created if missing (`mode=rwc` in the URL) and put
     /// in WAL mode so readers do not block the writer.
     pub async fn connect(config: &DbConfig) -> Result<Self, DbErr> {
-        let backend = if config.url.starts_with("mysql://") || config.url.starts_with("mariadb://")
-        {
+        let url: &str = config.url.expose_secret();
+        let backend = if url.starts_with("mysql://") || url.starts_with("mariadb://") {
             Backend::MySql
-        } else if config.url.starts_with("sqlite:") {
+        } else if url.starts_with("sqlite:") {
             Backend::Sqlite
         } else {
             return Err(DbErr::Custom(format!(
                 "unsupported database URL (expected mysql:// or sqlite:): {}",
-                redact_url(&config.url)
+                redact_url(url)
             )));
         };
-        let url = config.url.replacen("mariadb://", "mysql://", 1);
+        let url = url.replacen("mariadb://", "mysql://", 1);
         let mut opts = ConnectOptions::new(url);
         opts.max_connections(config.max_connections.max(1))
             .min_connections(0)
@@ -431,98 +434,12 @@ where
     }
 }
 
-fn database_error(err: &DbErr) -> Option<&(dyn sqlx::error::DatabaseError + 'static)> {
-    match err {
-        DbErr::Exec(RuntimeErr::SqlxError(e))
-        | DbErr::Query(RuntimeErr::SqlxError(e))
-        | DbErr::Conn(RuntimeErr::SqlxError(e)) => match &**e {
-            sqlx::Error::Database(db) => Some(&**db),
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
 /// The request's deadline passed while it waited for the database (a pooled connection, or a
 /// shared read): unavailable, as a pool timeout is.
 pub(crate) fn out_of_time() -> StockError {
     StockError::Unavailable(Arc::new(DbErr::ConnectionAcquire(
         sea_orm::error::ConnAcquireErr::Timeout,
     )))
-}
-
-/// How a database failure is answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DbFailure {
-    /// Lost to a concurrent transaction: worth another try.
-    Busy,
-    /// The database cannot serve now: 503, and service resumes when it can.
-    Unavailable,
-    /// Anything else: a fault of this service (a bad statement, a broken constraint).
-    Other,
-}
-
-/// Sorts a database error by what to do about it. MySQL/MariaDB error numbers:
-/// - busy: 1205 lock wait timeout, 1213 deadlock or Galera certification conflict (also at
-///   COMMIT), 1020 record changed since last read; SQLite busy and locked;
-/// - unavailable: 1047 (Galera node not in the primary component: "WSREP has not yet prepared
-///   node for application use"), 1053 server shutdown, 1180 error during COMMIT, 1290 read-only,
-///   1927 connection killed, 2006 gone away, 2013 lost, 4031 disconnected for inactivity; and
-///   every failure to reach the server or get a pooled connection.
-pub fn classify(err: &DbErr) -> DbFailure {
-    match err {
-        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => return DbFailure::Unavailable,
-        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
-            match &**e {
-                sqlx::Error::Io(_)
-                | sqlx::Error::PoolTimedOut
-                | sqlx::Error::PoolClosed
-                | sqlx::Error::WorkerCrashed
-                | sqlx::Error::Tls(_)
-                | sqlx::Error::Protocol(_) => return DbFailure::Unavailable,
-                _ => {}
-            }
-        }
-        _ => {}
-    }
-    let Some(db) = database_error(err) else {
-        return DbFailure::Other;
-    };
-    if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
-        return match my.number() {
-            1020 | 1205 | 1213 => DbFailure::Busy,
-            1047 | 1053 | 1180 | 1290 | 1927 | 2006 | 2013 | 4031 => DbFailure::Unavailable,
-            _ => DbFailure::Other,
-        };
-    }
-    if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some()
-        // Primary result codes SQLITE_BUSY (5) and SQLITE_LOCKED (6), with extended variants.
-        && db
-            .code()
-            .and_then(|c| c.parse::<i32>().ok())
-            .is_some_and(|c| matches!(c & 0xff, 5 | 6))
-    {
-        return DbFailure::Busy;
-    }
-    DbFailure::Other
-}
-
-/// The connection itself broke (as opposed to the server refusing to serve): I/O errors, and
-/// MySQL's 1927 killed, 2006 gone away, 2013 lost, 4031 disconnected for inactivity.
-fn connection_lost(err: &DbErr) -> bool {
-    let sqlx_err = match err {
-        DbErr::Exec(RuntimeErr::SqlxError(e))
-        | DbErr::Query(RuntimeErr::SqlxError(e))
-        | DbErr::Conn(RuntimeErr::SqlxError(e)) => e,
-        _ => return false,
-    };
-    match &**sqlx_err {
-        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) => true,
-        sqlx::Error::Database(db) => db
-            .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
-            .is_some_and(|my| matches!(my.number(), 1927 | 2006 | 2013 | 4031)),
-        _ => false,
-    }
 }
 
 /// Whether this session's server is a Galera node with replication on. `SHOW VARIABLES`
@@ -567,7 +484,14 @@ pub fn redact_url(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{mariadb_at_least, redact_url};
+    use super::{DbConfig, mariadb_at_least, redact_url};
+
+    #[test]
+    fn debug_never_prints_the_url() {
+        let config = DbConfig::new("mysql://flash:secret@127.0.0.1:3306/db", 4);
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("secret@"), "{printed}");
+    }
 
     #[test]
     fn returning_needs_mariadb_10_6() {

@@ -10,7 +10,10 @@ use std::sync::Arc;
 
 use sea_orm::DbErr;
 
-use crate::{db::DbFailure, hold::HoldStatus};
+use crate::{
+    failure::{DbFailure, classify},
+    hold::HoldStatus,
+};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StockError {
@@ -97,7 +100,7 @@ pub enum StockError {
 
 impl From<DbErr> for StockError {
     fn from(err: DbErr) -> Self {
-        let kind = crate::db::classify(&err);
+        let kind = classify(&err);
         let err = Arc::new(err);
         match kind {
             DbFailure::Busy => StockError::Busy(err),

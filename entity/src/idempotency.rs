@@ -12,14 +12,14 @@
 use std::collections::HashMap;
 
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, SqlErr, Statement,
+    ActiveEnum, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend,
+    EntityTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr, Statement,
 };
 
 use crate::{
     Db, StockError,
     db::{ServerTraits, with_retry},
-    idempotency_key as key,
+    idempotency_key::{self as key, KeyState},
     stock::now,
 };
 
@@ -218,13 +218,18 @@ pub(crate) async fn store_in_txn(
             DbBackend::MySql,
             "INSERT INTO idempotency_keys (scope, idem_key, fingerprint, state, response_status, \
                response_content_type, response_body, created_at, expires_at) \
-             SELECT j.scope, j.idem_key, j.fingerprint, 'done', j.status, j.content_type, \
+             SELECT j.scope, j.idem_key, j.fingerprint, ?, j.status, j.content_type, \
                j.body, ?, ? \
              FROM JSON_TABLE(?, '$[*]' COLUMNS ( \
                scope VARCHAR(32) PATH '$[0]', idem_key VARCHAR(255) PATH '$[1]', \
                fingerprint VARCHAR(64) PATH '$[2]', status INT PATH '$[3]', \
                content_type VARCHAR(255) PATH '$[4]', body LONGTEXT PATH '$[5]')) AS j",
-            [now.into(), expires_at.into(), json.into()],
+            [
+                KeyState::Done.to_value().into(),
+                now.into(),
+                expires_at.into(),
+                json.into(),
+            ],
         ))
         .await
         .map(|_| ())
@@ -233,7 +238,7 @@ pub(crate) async fn store_in_txn(
             scope: Set(r.scope.to_owned()),
             idem_key: Set(r.key.clone()),
             fingerprint: Set(r.fingerprint.clone()),
-            state: Set("done".to_owned()),
+            state: Set(KeyState::Done),
             response_status: Set(Some(i32::from(a.status))),
             response_content_type: Set(Some(a.content_type.clone())),
             response_body: Set(Some(a.body.clone())),

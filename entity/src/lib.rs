@@ -1,7 +1,8 @@
 //! The Flash Sale data layer: the tables (SeaORM entities) and the transactional stock
 //! operations that both `flash-sale-api` and `flash-sale-worker` call.
 //!
-//! This crate is the only place that changes stock or moves a hold between states. Every
+//! This crate is the only place that changes stock or moves a hold between states, and within
+//! it [`transitions`] is the one module that writes holds, orders and their counters. Every
 //! operation runs in one write transaction that locks what it changes (`SELECT ... FOR UPDATE`
 //! on MySQL/MariaDB, `BEGIN IMMEDIATE` on SQLite) and is retried a bounded number of times on
 //! lock waits, deadlocks and SQLite busy errors.
@@ -13,16 +14,18 @@ pub mod batcher;
 pub mod coalesce;
 pub mod db;
 pub mod error;
-pub mod hold;
+mod failure;
 pub mod idempotency;
-pub mod idempotency_key;
-pub mod order;
 pub mod orders;
-pub mod product;
+pub mod payments;
 pub mod stock;
+pub mod tables;
+pub mod timeouts;
 pub mod transitions;
 pub mod types;
-pub mod webhook_event;
+
+// The tables keep their short paths (`entity::hold`, ...).
+pub use tables::{hold, idempotency_key, order, product, webhook_event};
 
 pub use db::{Backend, Db, DbConfig};
 pub use error::StockError;

@@ -1,29 +1,22 @@
-//! Orders and payment webhooks, as transactions over the hold and order state machines.
+//! Orders: made from a hold, read, listed, and cleared of a refund mark by an operator.
 //!
-//! A hold becomes at most one order (`orders.hold_id` is UNIQUE and the hold row is locked),
-//! and each webhook idempotency key has exactly one effect: the event row is inserted first, in
-//! the same transaction as its effect, and the unique key makes every concurrent twin wait for
-//! the first and then answer as its duplicate.
+//! A hold becomes at most one order (`orders.hold_id` is UNIQUE and the hold row is locked).
+//! Payment webhooks are in `payments.rs`, the payment timeout in `timeouts.rs`.
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ActiveValue::Set,
-    ColumnTrait, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr,
-    sea_query::{LockBehavior, LockType},
+    ColumnTrait, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
 };
-use sha2::{Digest, Sha256};
 
 use crate::{
     Db, Money, StockError,
     db::with_retry,
-    hold::{self, HoldStatus},
+    hold::HoldStatus,
     idempotency::{Keyed, check_in_txn, store_in_txn},
     order::{self, OrderStatus},
-    product,
     stock::now,
-    transitions::{HoldRef, clear_refund_required, mark_refund_required, move_holds, move_order},
+    transitions::{clear_refund_required, lock_hold, lock_order, order_from_hold},
     types::{HoldId, ProductId},
-    webhook_event,
 };
 
 /// An order as clients see it.
@@ -114,7 +107,7 @@ pub async fn create_order(
 
 /// `order.created`, for an order made by `POST /api/orders` or by a webhook that came first;
 /// written once its transaction has committed.
-fn log_order_created(order: &OrderView) {
+pub(crate) fn log_order_created(order: &OrderView) {
     tracing::info!(
         metric = "order.created",
         order_id = order.id,
@@ -136,16 +129,12 @@ fn created(model: &order::Model, new: bool) -> OrderCreated {
 }
 
 /// Locks the hold and returns its order, creating it from an active hold. `true` if new.
-async fn order_for_hold(
+pub(crate) async fn order_for_hold(
     txn: &DatabaseTransaction,
     hold_id: HoldId,
     now: DateTime<Utc>,
 ) -> Result<(order::Model, bool), StockError> {
-    let hold = hold::Entity::find_by_id(hold_id)
-        .lock_exclusive()
-        .one(txn)
-        .await?
-        .ok_or(StockError::HoldNotFound(hold_id))?;
+    let hold = lock_hold(txn, hold_id).await?;
     match hold.effective_status(now) {
         HoldStatus::Consumed => {
             let order = order::Entity::find()
@@ -161,376 +150,8 @@ async fn order_for_hold(
         // webhook records nothing when it cannot apply).
         HoldStatus::Expired => Err(StockError::HoldExpired(hold_id)),
         HoldStatus::Released => Err(StockError::HoldReleased(hold_id)),
-        HoldStatus::Active => {
-            let product = product::Entity::find_by_id(hold.product_id)
-                .one(txn)
-                .await?
-                .ok_or(StockError::ProductNotFound(hold.product_id))?;
-            let qty = u32::try_from(hold.qty)
-                .map_err(|_| StockError::Invariant(format!("hold {hold_id} qty {}", hold.qty)))?;
-            let model = order::ActiveModel {
-                hold_id: Set(hold_id),
-                product_id: Set(hold.product_id),
-                quantity: Set(hold.qty),
-                total_cents: Set(Money::from_cents(product.price_cents).times(qty).cents()),
-                status: Set(OrderStatus::Pending),
-                created_at: Set(now),
-                updated_at: Set(now),
-                buyer_id: Set(hold.buyer_id.clone()),
-                ..Default::default()
-            };
-            let id = match order::Entity::insert(model.clone()).exec(txn).await {
-                Ok(r) => r.last_insert_id,
-                Err(e) if is_unique_violation(&e) => {
-                    // The unique key on hold_id is the last word: someone made it first.
-                    let order = order::Entity::find()
-                        .filter(order::Column::HoldId.eq(hold_id))
-                        .one(txn)
-                        .await?
-                        .ok_or_else(|| StockError::from(e))?;
-                    return Ok((order, false));
-                }
-                Err(e) => return Err(e.into()),
-            };
-            move_holds(txn, &[HoldRef::from(&hold)], HoldStatus::Consumed, now).await?;
-            let order = order::Model {
-                id,
-                hold_id,
-                product_id: hold.product_id,
-                quantity: hold.qty,
-                total_cents: Money::from_cents(product.price_cents).times(qty).cents(),
-                status: OrderStatus::Pending,
-                created_at: now,
-                updated_at: now,
-                buyer_id: hold.buyer_id.clone(),
-                refund_required: false,
-            };
-            Ok((order, true))
-        }
+        HoldStatus::Active => order_from_hold(txn, &hold, now).await,
     }
-}
-
-/// The `status` of a payment webhook.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PaymentStatus {
-    Success,
-    Failure,
-}
-
-impl PaymentStatus {
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "success" => Some(Self::Success),
-            "failure" => Some(Self::Failure),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Success => "success",
-            Self::Failure => "failure",
-        }
-    }
-}
-
-/// A payment webhook, validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PaymentEvent {
-    pub idempotency_key: String,
-    pub order_id: i64,
-    pub status: PaymentStatus,
-    pub hold_id: Option<HoldId>,
-    pub product_id: Option<ProductId>,
-    pub quantity: Option<i64>,
-}
-
-impl PaymentEvent {
-    /// SHA-256 of the event's fields in a canonical form (sorted keys, no spacing), so the same
-    /// fields and values give the same fingerprint however the gateway formats its JSON.
-    pub fn fingerprint(&self) -> String {
-        let canonical = serde_json::json!({
-            "idempotency_key": self.idempotency_key,
-            "order_id": self.order_id,
-            "status": self.status.as_str(),
-            "hold_id": self.hold_id,
-            "product_id": self.product_id,
-            "quantity": self.quantity,
-        });
-        let digest = Sha256::digest(canonical.to_string().as_bytes());
-        digest.iter().map(|b| format!("{b:02x}")).collect()
-    }
-}
-
-/// What a webhook did, as answered to the gateway.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PaymentResult {
-    pub duplicate: bool,
-    pub order_id: i64,
-    pub status: PaymentStatus,
-    pub order_status: OrderStatus,
-    /// Why the event could not have its normal effect (logged as `webhook.conflict`).
-    pub conflict: Option<String>,
-    /// The event made its order from `hold_id` (the webhook came first): the new order.
-    pub created: Option<OrderView>,
-    /// The event marked its order `refund_required` (a success on a cancelled order whose
-    /// units are gone): that order.
-    pub refund_owed: Option<OrderView>,
-}
-
-/// Applies a payment webhook exactly once per idempotency key (see the README, "Orders and
-/// payments"). Errors record nothing, so the gateway's retry can succeed later.
-pub async fn apply_payment(db: &Db, event: &PaymentEvent) -> Result<PaymentResult, StockError> {
-    let fingerprint = event.fingerprint();
-    let outcome = with_retry(None, || {
-        db.write(async |txn| record_and_apply(txn, event, &fingerprint, now()).await)
-    })
-    .await;
-    let result = match outcome {
-        Ok(Applied::Done(result)) => {
-            if let Some(order) = &result.created {
-                log_order_created(order);
-            }
-            if let Some(order) = &result.refund_owed {
-                log_refund_required(order, &event.idempotency_key);
-            }
-            result
-        }
-        Ok(Applied::AlreadyRecorded) => duplicate_of(db, event, &fingerprint).await?,
-        Err(err) => {
-            if let StockError::HoldExpired(_) | StockError::HoldReleased(_) = err {
-                log_conflict(event, None, None, conflict_reason(&err));
-            }
-            if !matches!(err, StockError::IdempotencyKeyMismatch) {
-                metrics::counter!("webhooks_total", "outcome" => "rejected").increment(1);
-            }
-            return Err(err);
-        }
-    };
-    tracing::info!(
-        metric = "webhook.processed",
-        idempotency_key = %event.idempotency_key,
-        order_id = result.order_id,
-        is_duplicate = result.duplicate,
-        status = event.status.as_str(),
-        order_status = result.order_status.as_str(),
-        "payment webhook processed"
-    );
-    let outcome = if result.duplicate {
-        "duplicate"
-    } else if result.conflict.is_some() {
-        "conflict"
-    } else {
-        "processed"
-    };
-    metrics::counter!("webhooks_total", "outcome" => outcome).increment(1);
-    if !result.duplicate {
-        if let Some(reason) = &result.conflict {
-            log_conflict(
-                event,
-                Some(result.order_id),
-                Some(result.order_status),
-                reason,
-            );
-        }
-        if result.conflict.is_none() {
-            metrics::counter!("order_status_changes_total", "status" => result.order_status.as_str())
-                .increment(1);
-        }
-    }
-    Ok(result)
-}
-
-enum Applied {
-    Done(PaymentResult),
-    /// The key was recorded by someone else first (maybe at this very moment).
-    AlreadyRecorded,
-}
-
-async fn record_and_apply(
-    txn: &DatabaseTransaction,
-    event: &PaymentEvent,
-    fingerprint: &str,
-    now: DateTime<Utc>,
-) -> Result<Applied, StockError> {
-    // 1. The key first: a concurrent twin blocks here until this transaction ends, then fails
-    //    on the unique key and answers as a duplicate.
-    let record = webhook_event::ActiveModel {
-        idempotency_key: Set(event.idempotency_key.clone()),
-        fingerprint: Set(fingerprint.to_owned()),
-        order_id: Set(event.order_id),
-        event_status: Set(event.status.as_str().to_owned()),
-        order_status: Set(OrderStatus::Pending.as_str().to_owned()),
-        conflict: Set(None),
-        created_at: Set(now),
-        ..Default::default()
-    };
-    let record_id = match webhook_event::Entity::insert(record).exec(txn).await {
-        Ok(r) => r.last_insert_id,
-        Err(e) if is_unique_violation(&e) => return Ok(Applied::AlreadyRecorded),
-        Err(e) => return Err(e.into()),
-    };
-
-    // 2. The order: by id, or made from the hold when the webhook came first.
-    let mut created = None;
-    let order = match order::Entity::find_by_id(event.order_id)
-        .lock_exclusive()
-        .one(txn)
-        .await?
-    {
-        Some(order) => {
-            if event.hold_id.is_some_and(|h| h != order.hold_id) {
-                return Err(StockError::HoldMismatch(format!(
-                    "order {} was made from hold {}, not {}",
-                    order.id,
-                    order.hold_id,
-                    event.hold_id.unwrap_or_default()
-                )));
-            }
-            order
-        }
-        None => {
-            let hold_id = event
-                .hold_id
-                .ok_or(StockError::OrderNotFound(event.order_id))?;
-            check_hold_matches(txn, event, hold_id).await?;
-            let (order, new) = order_for_hold(txn, hold_id, now).await?;
-            if new {
-                created = Some(OrderView::from(&order));
-            }
-            // The order row was created or found; lock it for the change below.
-            order::Entity::find_by_id(order.id)
-                .lock_exclusive()
-                .one(txn)
-                .await?
-                .ok_or(StockError::OrderNotFound(order.id))?
-        }
-    };
-
-    // 3. The effect, through the order state machine.
-    let mut refund_owed = None;
-    let (order_status, conflict) = match (order.status, event.status) {
-        (OrderStatus::Pending, PaymentStatus::Success) => {
-            move_order(txn, &order, OrderStatus::Paid, now).await?;
-            (OrderStatus::Paid, None)
-        }
-        (OrderStatus::Pending, PaymentStatus::Failure) => {
-            move_order(txn, &order, OrderStatus::Cancelled, now).await?;
-            (OrderStatus::Cancelled, None)
-        }
-        (OrderStatus::Paid, PaymentStatus::Success) => (OrderStatus::Paid, None),
-        (OrderStatus::Paid, PaymentStatus::Failure) => {
-            (OrderStatus::Paid, Some("failure_after_paid".to_owned()))
-        }
-        (OrderStatus::Cancelled, PaymentStatus::Failure) => (OrderStatus::Cancelled, None),
-        (OrderStatus::Cancelled, PaymentStatus::Success) => {
-            match move_order(txn, &order, OrderStatus::Paid, now).await {
-                Ok(()) => (OrderStatus::Paid, None),
-                Err(StockError::InsufficientStock { .. }) => {
-                    // Money taken for units that are gone: owed back, and listed for operators.
-                    if mark_refund_required(txn, &order, now).await? {
-                        refund_owed = Some(OrderView::from(&order));
-                    }
-                    (
-                        OrderStatus::Cancelled,
-                        Some("success_after_cancelled_no_stock".to_owned()),
-                    )
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    };
-
-    // 4. The answer, stored with the key for its duplicates.
-    webhook_event::Entity::update(webhook_event::ActiveModel {
-        id: Set(record_id),
-        order_id: Set(order.id),
-        order_status: Set(order_status.as_str().to_owned()),
-        conflict: Set(conflict.clone()),
-        ..Default::default()
-    })
-    .exec(txn)
-    .await?;
-    Ok(Applied::Done(PaymentResult {
-        duplicate: false,
-        order_id: order.id,
-        status: event.status,
-        order_status,
-        conflict,
-        created,
-        refund_owed,
-    }))
-}
-
-async fn check_hold_matches(
-    txn: &DatabaseTransaction,
-    event: &PaymentEvent,
-    hold_id: HoldId,
-) -> Result<(), StockError> {
-    if event.product_id.is_none() && event.quantity.is_none() {
-        return Ok(());
-    }
-    let hold = hold::Entity::find_by_id(hold_id)
-        .one(txn)
-        .await?
-        .ok_or(StockError::HoldNotFound(hold_id))?;
-    if let Some(p) = event.product_id
-        && p != hold.product_id
-    {
-        return Err(StockError::HoldMismatch(format!(
-            "hold {hold_id} is for product {}, not {p}",
-            hold.product_id
-        )));
-    }
-    if let Some(q) = event.quantity
-        && q != i64::from(hold.qty)
-    {
-        return Err(StockError::HoldMismatch(format!(
-            "hold {hold_id} is for {} units, not {q}",
-            hold.qty
-        )));
-    }
-    Ok(())
-}
-
-/// The stored answer for a key that was already recorded, or a mismatch if the body differs.
-async fn duplicate_of(
-    db: &Db,
-    event: &PaymentEvent,
-    fingerprint: &str,
-) -> Result<PaymentResult, StockError> {
-    let stored = webhook_event::Entity::find()
-        .filter(webhook_event::Column::IdempotencyKey.eq(event.idempotency_key.as_str()))
-        .one(db.conn())
-        .await?
-        .ok_or_else(|| StockError::Invariant("recorded webhook vanished".into()))?;
-    if stored.fingerprint != fingerprint {
-        metrics::counter!("webhooks_total", "outcome" => "mismatch").increment(1);
-        return Err(StockError::IdempotencyKeyMismatch);
-    }
-    Ok(PaymentResult {
-        duplicate: true,
-        order_id: stored.order_id,
-        status: event.status,
-        order_status: OrderStatus::parse(&stored.order_status).ok_or_else(|| {
-            StockError::Invariant(format!("stored order status {}", stored.order_status))
-        })?,
-        conflict: stored.conflict,
-        created: None,
-        refund_owed: None,
-    })
-}
-
-fn log_refund_required(order: &OrderView, idempotency_key: &str) {
-    tracing::warn!(
-        metric = "order.refund_required",
-        order_id = order.id,
-        product_id = order.product_id,
-        quantity = order.quantity,
-        idempotency_key,
-        "a payment was taken for units that could not be delivered: refund it"
-    );
-    metrics::counter!("orders_refund_required_total").increment(1);
 }
 
 /// Orders by id ascending after `after`, at most `limit` (only those whose refund mark is
@@ -570,11 +191,7 @@ pub async fn list_orders(
 pub async fn mark_refunded(db: &Db, id: i64) -> Result<OrderView, StockError> {
     with_retry(None, || {
         db.write(async |txn| {
-            let order = order::Entity::find_by_id(id)
-                .lock_exclusive()
-                .one(txn)
-                .await?
-                .ok_or(StockError::OrderNotFound(id))?;
+            let order = lock_order(txn, id).await?;
             clear_refund_required(txn, &order, now()).await?;
             let order = order::Model {
                 refund_required: false,
@@ -584,93 +201,4 @@ pub async fn mark_refunded(db: &Db, id: i64) -> Result<OrderView, StockError> {
         })
     })
     .await
-}
-
-fn conflict_reason(err: &StockError) -> &'static str {
-    match err {
-        StockError::HoldExpired(_) => "hold_expired",
-        StockError::HoldReleased(_) => "hold_released",
-        _ => "conflict",
-    }
-}
-
-fn log_conflict(
-    event: &PaymentEvent,
-    order_id: Option<i64>,
-    order_status: Option<OrderStatus>,
-    reason: &str,
-) {
-    tracing::warn!(
-        metric = "webhook.conflict",
-        idempotency_key = %event.idempotency_key,
-        order_id,
-        order_status = order_status.map(OrderStatus::as_str),
-        reason,
-        status = event.status.as_str(),
-        "payment webhook could not have its normal effect"
-    );
-    metrics::counter!("webhook_conflicts_total", "reason" => reason.to_owned()).increment(1);
-}
-
-/// An order the payment timeout cancelled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TimedOutOrder {
-    pub order_id: i64,
-    pub product_id: ProductId,
-    pub quantity: i32,
-}
-
-/// Cancels up to `batch_size` pending orders created before `now - timeout`, oldest first,
-/// skipping orders another sweeper (or a webhook) has locked: each order is cancelled once, and
-/// its quantity is available again.
-pub async fn cancel_unpaid_batch(
-    db: &Db,
-    timeout: chrono::Duration,
-    batch_size: u64,
-) -> Result<Vec<TimedOutOrder>, StockError> {
-    let cancelled = with_retry(None, || {
-        db.write(async |txn| {
-            let now = now();
-            let orders = order::Entity::find()
-                .filter(order::Column::Status.eq(OrderStatus::Pending))
-                .filter(order::Column::CreatedAt.lte(now - timeout))
-                .order_by_asc(order::Column::CreatedAt)
-                .limit(batch_size)
-                .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
-                .all(txn)
-                .await?;
-            let mut done = Vec::with_capacity(orders.len());
-            // Products in id order across the batch keeps two sweepers from deadlocking.
-            let mut sorted = orders;
-            sorted.sort_by_key(|o| (o.product_id, o.id));
-            for order in &sorted {
-                move_order(txn, order, OrderStatus::Cancelled, now).await?;
-                done.push(TimedOutOrder {
-                    order_id: order.id,
-                    product_id: order.product_id,
-                    quantity: order.quantity,
-                });
-            }
-            Ok(done)
-        })
-    })
-    .await?;
-    for o in &cancelled {
-        tracing::info!(
-            metric = "order.timed_out",
-            order_id = o.order_id,
-            product_id = o.product_id,
-            quantity = o.quantity,
-            "unpaid order cancelled, stock returned"
-        );
-    }
-    if !cancelled.is_empty() {
-        metrics::counter!("order_status_changes_total", "status" => "timed_out")
-            .increment(cancelled.len() as u64);
-    }
-    Ok(cancelled)
-}
-
-fn is_unique_violation(e: &sea_orm::DbErr) -> bool {
-    matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
 }

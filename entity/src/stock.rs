@@ -1,13 +1,13 @@
-//! The transactional stock operations: the only code that changes `available_stock` or moves a
-//! hold out of `active`. Each public function is one short write transaction (retried on
-//! contention) or one consistent read.
+//! The transactional product and hold operations. Each public function is one short write
+//! transaction (retried on contention) or one consistent read; the row changes themselves —
+//! creating holds, moving them, the counters — are made by `transitions.rs`.
 
 use chrono::{DateTime, SubsecRound, Utc};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
     ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, FromQueryResult,
     QueryFilter, QueryOrder, QuerySelect, SqlErr, Statement,
-    sea_query::{LockBehavior, LockType, MysqlQueryBuilder, Query},
+    sea_query::{LockBehavior, LockType},
 };
 
 use std::collections::HashMap;
@@ -18,7 +18,7 @@ use crate::{
     hold::{self, HoldStatus},
     idempotency::{Keyed, KeyedRequest, StoredResponse, check_in_txn, store_in_txn},
     product,
-    transitions::{HoldRef, move_holds, restock, take_for_hold},
+    transitions::{HoldRef, NewHold, create_holds, lock_hold, lock_product, move_holds, restock},
     types::{BuyerId, HoldId, ProductId},
 };
 
@@ -234,11 +234,7 @@ pub async fn update_product(
 ) -> Result<ProductView, StockError> {
     let reclaimed = with_retry(Some(id), || {
         db.write(async |txn| {
-            let product = product::Entity::find_by_id(id)
-                .lock_exclusive()
-                .one(txn)
-                .await?
-                .ok_or(StockError::ProductNotFound(id))?;
+            let product = lock_product(txn, id).await?;
             let rules = SaleRules {
                 sale_starts_at: change.sale_starts_at.unwrap_or(product.sale_starts_at),
                 sale_ends_at: change.sale_ends_at.unwrap_or(product.sale_ends_at),
@@ -246,24 +242,17 @@ pub async fn update_product(
             }
             .stored();
             rules.check()?;
-            let mut reclaimed = Vec::new();
             let add = change.add_stock.unwrap_or(0);
-            let mut available = product.available_stock;
-            if available + add.min(0) < 0 {
-                let now = now();
-                loop {
-                    let chunk = lock_expired_holds(txn, Some(id), now, RECLAIM_CHUNK).await?;
-                    move_holds(txn, &chunk, HoldStatus::Expired, now).await?;
-                    available += chunk.iter().map(|h| h.qty).sum::<i32>();
-                    let last = (chunk.len() as u64) < RECLAIM_CHUNK;
-                    reclaimed.extend(chunk);
-                    if last || available + add >= 0 {
-                        break;
-                    }
-                }
-                if available + add < 0 {
-                    return Err(StockError::InsufficientStock { available });
-                }
+            let (available, reclaimed) = reclaim_expired(
+                txn,
+                id,
+                now(),
+                product.available_stock,
+                -i64::from(add.min(0)),
+            )
+            .await?;
+            if available + add < 0 {
+                return Err(StockError::InsufficientStock { available });
             }
             let (Some(_), Some(_)) = (product.stock.checked_add(add), available.checked_add(add))
             else {
@@ -419,12 +408,12 @@ pub async fn create_hold(
     Ok(hold)
 }
 
-/// Serves several hold requests for one product in ONE transaction: lock the product row,
-/// refuse requests whose idempotency key is already taken, reclaim expired holds if the rest
-/// need more than is available, grant in arrival order while stock lasts (each request against
-/// what is left), insert every granted hold with one statement, update the counter once, write
-/// the keyed requests' keys and answers with one statement, commit. Each request gets its own
-/// answer, and the whole batch is answered by `deadline` (the earliest of its requests').
+/// Serves several hold requests for one product in ONE transaction, in these steps: lock the
+/// product row; refuse the requests that cannot be served (client gone, key taken, sale
+/// window); reclaim expired holds if the rest need more than is available; grant in arrival
+/// order while stock lasts ([`grant`]); create every granted hold with one statement and update
+/// the counter once; answer each request, writing the keyed requests' keys and answers with one
+/// statement; commit. The whole batch is answered by `deadline` (the earliest of its requests').
 pub async fn create_holds_batch(
     db: &Db,
     product_id: ProductId,
@@ -442,74 +431,18 @@ pub async fn create_holds_batch(
         // the keys are checked first.
         let check_keys = attempt > 1;
         db.write_until(deadline, async move |txn| {
-            let product = product::Entity::find_by_id(product_id)
-                .lock_exclusive()
-                .one(txn)
-                .await?
-                .ok_or(StockError::ProductNotFound(product_id))?;
+            let product = lock_product(txn, product_id).await?;
             let now = now();
-            // Keys first: a request whose key is taken takes no stock.
-            let keyed: Vec<(usize, &KeyedRequest)> = requests
-                .iter()
-                .enumerate()
-                .filter_map(|(i, r)| r.keyed.as_ref().map(|k| (i, &k.request)))
-                .collect();
-            // Under the lock, the batch really starts: whoever has gone by now gets nothing.
-            let mut refused: Vec<Option<StockError>> = requests
-                .iter()
-                .map(|r| r.abandoned().then_some(StockError::Abandoned))
-                .collect();
-            if check_keys {
-                let requests: Vec<&KeyedRequest> = keyed.iter().map(|(_, k)| *k).collect();
-                let checks = check_in_txn(txn, &requests).await?;
-                for ((i, _), check) in keyed.iter().zip(checks) {
-                    if refused[*i].is_none() {
-                        refused[*i] = check.err();
-                    }
-                }
-            }
-            // The sale window, as this transaction's clock sees it under the lock: nobody is
-            // served a moment early, whichever process or batch they came through.
-            let window = sale_window_refusal(&product, now);
-            for refusal in refused.iter_mut().filter(|r| r.is_none()) {
-                *refusal = window.clone();
-            }
+            let refused = refusals(txn, requests, check_keys, &product, now).await?;
             let wanted: i64 = requests
                 .iter()
                 .zip(&refused)
                 .filter(|(_, r)| r.is_none())
                 .map(|(q, _)| i64::from(q.qty.get()))
                 .sum();
-            let mut available = product.available_stock;
-            let mut reclaimed = Vec::new();
-            while i64::from(available) < wanted {
-                let chunk = lock_expired_holds(txn, Some(product_id), now, RECLAIM_CHUNK).await?;
-                move_holds(txn, &chunk, HoldStatus::Expired, now).await?;
-                available += chunk.iter().map(|h| h.qty).sum::<i32>();
-                let last = (chunk.len() as u64) < RECLAIM_CHUNK;
-                reclaimed.extend(chunk);
-                if last {
-                    break;
-                }
-            }
-            let buyers: Vec<&str> = requests
-                .iter()
-                .zip(&refused)
-                .filter(|(_, r)| r.is_none())
-                .filter_map(|(q, _)| q.buyer.as_ref().map(BuyerId::as_str))
-                .collect();
-            let used = match product.per_buyer_limit {
-                Some(_) if !buyers.is_empty() => {
-                    units_per_buyer(txn, product_id, &buyers, now).await?
-                }
-                _ => HashMap::new(),
-            };
-            let asks = requests.iter().zip(refused).map(|(r, refused)| Ask {
-                qty: r.qty.as_i32(),
-                buyer: r.buyer.as_ref().map(BuyerId::as_str),
-                refused,
-            });
-            let decided = grant(available, product.per_buyer_limit, used, asks);
+            let (available, reclaimed) =
+                reclaim_expired(txn, product_id, now, product.available_stock, wanted).await?;
+            let decided = decide(txn, &product, requests, refused, available, now).await?;
             let granted: Vec<NewHold> = requests
                 .iter()
                 .zip(&decided)
@@ -521,40 +454,9 @@ pub async fn create_holds_batch(
                 })
                 .collect();
             let expires_at = now + ttl;
-            let ids = if granted.is_empty() {
-                Vec::new()
-            } else {
-                let ids =
-                    insert_holds(txn, db.server(), product_id, &granted, now, expires_at).await?;
-                take_for_hold(txn, product_id, granted.iter().map(|h| h.qty).sum()).await?;
-                ids
-            };
-            let mut ids = ids.into_iter();
-            let answers = decided
-                .into_iter()
-                .zip(requests)
-                .map(|(a, r)| {
-                    a.map(|qty| HoldView {
-                        id: ids.next().unwrap_or_default(),
-                        product_id,
-                        qty,
-                        status: HoldStatus::Active,
-                        expires_at,
-                        buyer_id: r.buyer.as_ref().map(|b| b.as_str().to_owned()),
-                    })
-                })
-                .collect::<Vec<_>>();
-            // The answers of keyed requests, written down with their keys.
-            let stored: Vec<(&KeyedRequest, StoredResponse)> = requests
-                .iter()
-                .zip(&answers)
-                .filter(|(_, answer)| worth_replaying(answer))
-                .filter_map(|(r, answer)| {
-                    let k = r.keyed.as_ref()?;
-                    Some((&k.request, (k.render)(answer)?))
-                })
-                .collect();
-            store_in_txn(txn, db.server(), &stored).await?;
+            let ids = create_holds(txn, db.server(), product_id, &granted, now, expires_at).await?;
+            let answers = answer_all(requests, decided, ids, product_id, expires_at);
+            store_answers(txn, db.server(), requests, &answers).await?;
             Ok((answers, reclaimed))
         })
     })
@@ -566,156 +468,138 @@ pub async fn create_holds_batch(
     Ok(answers)
 }
 
-/// A hold about to be inserted.
-struct NewHold<'a> {
-    qty: i32,
-    buyer: Option<&'a str>,
+/// The requests of a batch refused before granting, in order (`None`: not refused): a client
+/// that has gone, a key already taken (checked only when `check_keys`), the sale window. Run
+/// under the product lock, so the batch really starts here.
+async fn refusals<C: ConnectionTrait>(
+    txn: &C,
+    requests: &[HoldRequest],
+    check_keys: bool,
+    product: &product::Model,
+    now: DateTime<Utc>,
+) -> Result<Vec<Option<StockError>>, StockError> {
+    // Whoever has gone by now gets nothing.
+    let mut refused: Vec<Option<StockError>> = requests
+        .iter()
+        .map(|r| r.abandoned().then_some(StockError::Abandoned))
+        .collect();
+    // Keys before stock: a request whose key is taken takes no stock.
+    if check_keys {
+        let keyed: Vec<(usize, &KeyedRequest)> = requests
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.keyed.as_ref().map(|k| (i, &k.request)))
+            .collect();
+        let keyed_requests: Vec<&KeyedRequest> = keyed.iter().map(|(_, k)| *k).collect();
+        let checks = check_in_txn(txn, &keyed_requests).await?;
+        for ((i, _), check) in keyed.iter().zip(checks) {
+            if refused[*i].is_none() {
+                refused[*i] = check.err();
+            }
+        }
+    }
+    // The sale window, as this transaction's clock sees it under the lock: nobody is served a
+    // moment early, whichever process or batch they came through.
+    let window = sale_window_refusal(product, now);
+    for refusal in refused.iter_mut().filter(|r| r.is_none()) {
+        *refusal = window.clone();
+    }
+    Ok(refused)
 }
 
-/// Inserts new active holds, one per entry of `holds`, and returns their ids in that order.
-///
-/// The ids are always the rows' own: read from the insert itself or read back, never computed
-/// as `LAST_INSERT_ID() + k`, which is wrong whenever `auto_increment_increment` > 1 (Galera
-/// sets it to the cluster size, MySQL Group Replication multi-primary to 7) or the lock mode
-/// interleaves (`innodb_autoinc_lock_mode=2`, MySQL 8's default).
-///
-/// - MariaDB 10.6+: ONE prepared statement for every batch size — the quantities go in as a
-///   bound JSON array expanded by `JSON_TABLE`, in arrival order, and `RETURNING` gives back
-///   each row's id and quantity. A fixed statement is prepared once per connection, where a
-///   `VALUES` list would be a new statement (a PREPARE and a parse under the row lock) for
-///   every batch size.
-/// - MySQL 8 (no `RETURNING`): a multi-row INSERT sent as text, with only values this code
-///   made inlined (integers and its own times), then the ids read back under the product lock.
-/// - SQLite: a bound multi-row INSERT, then the same read-back; the database write lock is held.
-async fn insert_holds(
+/// Reclaims a locked product's expired holds, a chunk at a time, while its available stock is
+/// below `need`. Answers the available stock after that, and the holds reclaimed.
+async fn reclaim_expired<C: ConnectionTrait>(
+    txn: &C,
+    product_id: ProductId,
+    now: DateTime<Utc>,
+    mut available: i32,
+    need: i64,
+) -> Result<(i32, Vec<ExpiredHold>), StockError> {
+    let mut reclaimed = Vec::new();
+    while i64::from(available) < need {
+        let chunk = lock_expired_holds(txn, Some(product_id), now, RECLAIM_CHUNK).await?;
+        move_holds(txn, &chunk, HoldStatus::Expired, now).await?;
+        available += chunk.iter().map(|h| h.qty).sum::<i32>();
+        let last = (chunk.len() as u64) < RECLAIM_CHUNK;
+        reclaimed.extend(chunk);
+        if last {
+            break;
+        }
+    }
+    Ok((available, reclaimed))
+}
+
+/// The granting rule ([`grant`]) applied to a batch, with the units its buyers already have
+/// read under the product lock when the product has a per-buyer limit.
+async fn decide<C: ConnectionTrait>(
+    txn: &C,
+    product: &product::Model,
+    requests: &[HoldRequest],
+    refused: Vec<Option<StockError>>,
+    available: i32,
+    now: DateTime<Utc>,
+) -> Result<Vec<Result<i32, StockError>>, StockError> {
+    let buyers: Vec<&str> = requests
+        .iter()
+        .zip(&refused)
+        .filter(|(_, r)| r.is_none())
+        .filter_map(|(q, _)| q.buyer.as_ref().map(BuyerId::as_str))
+        .collect();
+    let used = match product.per_buyer_limit {
+        Some(_) if !buyers.is_empty() => units_per_buyer(txn, product.id, &buyers, now).await?,
+        _ => HashMap::new(),
+    };
+    let asks = requests.iter().zip(refused).map(|(r, refused)| Ask {
+        qty: r.qty.as_i32(),
+        buyer: r.buyer.as_ref().map(BuyerId::as_str),
+        refused,
+    });
+    Ok(grant(available, product.per_buyer_limit, used, asks))
+}
+
+/// Each request's answer: its new hold (the granted ones take `ids` in order) or its refusal.
+fn answer_all(
+    requests: &[HoldRequest],
+    decided: Vec<Result<i32, StockError>>,
+    ids: Vec<HoldId>,
+    product_id: ProductId,
+    expires_at: DateTime<Utc>,
+) -> Vec<Result<HoldView, StockError>> {
+    let mut ids = ids.into_iter();
+    decided
+        .into_iter()
+        .zip(requests)
+        .map(|(a, r)| {
+            a.map(|qty| HoldView {
+                id: ids.next().unwrap_or_default(),
+                product_id,
+                qty,
+                status: HoldStatus::Active,
+                expires_at,
+                buyer_id: r.buyer.as_ref().map(|b| b.as_str().to_owned()),
+            })
+        })
+        .collect()
+}
+
+/// The answers of a batch's keyed requests, written down with their keys in one statement.
+async fn store_answers(
     txn: &DatabaseTransaction,
     server: ServerTraits,
-    product_id: ProductId,
-    holds: &[NewHold<'_>],
-    now: DateTime<Utc>,
-    expires_at: DateTime<Utc>,
-) -> Result<Vec<HoldId>, StockError> {
-    let backend = txn.get_database_backend();
-    let qtys: Vec<i32> = holds.iter().map(|h| h.qty).collect();
-    let has_buyers = holds.iter().any(|h| h.buyer.is_some());
-    // Buyer ids are the client's strings: bound, never inlined into SQL text.
-    let min_id = if backend == DbBackend::Sqlite || (has_buyers && !server.insert_returning) {
-        let models = holds.iter().map(|h| hold::ActiveModel {
-            product_id: Set(product_id),
-            qty: Set(h.qty),
-            buyer_id: Set(h.buyer.map(str::to_owned)),
-            status: Set(HoldStatus::Active),
-            expires_at: Set(expires_at),
-            created_at: Set(now),
-            updated_at: Set(now),
-            ..Default::default()
-        });
-        hold::Entity::insert_many(models)
-            .exec_without_returning(txn)
-            .await?;
-        None
-    } else if server.insert_returning {
-        // `[qty]` or `[qty, buyer]`: a missing buyer is NULL (NULL ON EMPTY).
-        let rows: Vec<serde_json::Value> = holds
-            .iter()
-            .map(|h| match h.buyer {
-                Some(b) => serde_json::json!([h.qty, b]),
-                None => serde_json::json!([h.qty]),
-            })
-            .collect();
-        let json = serde_json::Value::Array(rows).to_string();
-        let rows = txn
-            .query_all_raw(Statement::from_sql_and_values(
-                backend,
-                "INSERT INTO holds \
-                   (product_id, qty, status, expires_at, created_at, updated_at, buyer_id) \
-                 SELECT ?, j.qty, ?, ?, ?, ?, j.buyer \
-                 FROM JSON_TABLE(?, '$[*]' COLUMNS (ord FOR ORDINALITY, qty INT PATH '$[0]', \
-                   buyer VARCHAR(128) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin PATH '$[1]' \
-                     NULL ON EMPTY)) AS j \
-                 ORDER BY j.ord \
-                 RETURNING id, qty",
-                [
-                    product_id.into(),
-                    HoldStatus::Active.as_str().into(),
-                    expires_at.into(),
-                    now.into(),
-                    now.into(),
-                    json.into(),
-                ],
-            ))
-            .await?;
-        let mut ids = Vec::with_capacity(rows.len());
-        for (row, &want) in rows.iter().zip(&qtys) {
-            let qty: i32 = row.try_get("", "qty")?;
-            if qty != want {
-                return Err(StockError::Invariant(format!(
-                    "RETURNING answered qty {qty} where {want} was inserted"
-                )));
-            }
-            ids.push(row.try_get::<i64>("", "id")?);
-        }
-        return check_all_ids(ids, qtys.len());
-    } else {
-        let mut insert = Query::insert();
-        insert.into_table(hold::Entity).columns([
-            hold::Column::ProductId,
-            hold::Column::Qty,
-            hold::Column::Status,
-            hold::Column::ExpiresAt,
-            hold::Column::CreatedAt,
-            hold::Column::UpdatedAt,
-        ]);
-        let (expires, created) = (expires_at.naive_utc(), now.naive_utc());
-        for &qty in &qtys {
-            insert.values_panic([
-                product_id.into(),
-                qty.into(),
-                HoldStatus::Active.as_str().into(),
-                expires.into(),
-                created.into(),
-                created.into(),
-            ]);
-        }
-        let result = txn
-            .execute_unprepared(&insert.to_string(MysqlQueryBuilder))
-            .await?;
-        // The first id of a multi-row INSERT; the others are larger, spaced as the server likes.
-        i64::try_from(result.last_insert_id()).ok()
-    };
-    // Our rows are this product's newest with exactly these times: every insert for a product
-    // happens under its row lock (or SQLite's write lock), and ids only grow.
-    let mut query = hold::Entity::find()
-        .select_only()
-        .column(hold::Column::Id)
-        .filter(hold::Column::ProductId.eq(product_id))
-        .filter(hold::Column::Status.eq(HoldStatus::Active))
-        .filter(hold::Column::ExpiresAt.eq(expires_at))
-        .filter(hold::Column::CreatedAt.eq(now));
-    if let Some(min_id) = min_id {
-        query = query.filter(hold::Column::Id.gte(min_id));
-    }
-    let mut ids = query
-        .order_by_desc(hold::Column::Id)
-        .limit(qtys.len() as u64)
-        .into_tuple::<i64>()
-        .all(txn)
-        .await?;
-    ids.reverse();
-    check_all_ids(ids, qtys.len())
-}
-
-/// Fewer ids than rows inserted means the transaction lost its rows (a Galera abort between
-/// the INSERT and the read): retried as contention, never answered with wrong ids or a 500.
-fn check_all_ids(ids: Vec<HoldId>, inserted: usize) -> Result<Vec<HoldId>, StockError> {
-    if ids.len() == inserted {
-        Ok(ids)
-    } else {
-        Err(StockError::rows_lost(format!(
-            "inserted {inserted} holds, found {} ids",
-            ids.len()
-        )))
-    }
+    requests: &[HoldRequest],
+    answers: &[Result<HoldView, StockError>],
+) -> Result<(), StockError> {
+    let stored: Vec<(&KeyedRequest, StoredResponse)> = requests
+        .iter()
+        .zip(answers)
+        .filter(|(_, answer)| worth_replaying(answer))
+        .filter_map(|(r, answer)| {
+            let k = r.keyed.as_ref()?;
+            Some((&k.request, (k.render)(answer)?))
+        })
+        .collect();
+    store_in_txn(txn, server, &stored).await
 }
 
 /// Whether a keyed hold's answer is written down for replay. Not when the key was not this
@@ -857,11 +741,7 @@ pub async fn release_hold(db: &Db, id: HoldId) -> Result<HoldView, StockError> {
     let (outcome, expired) = with_retry(None, || {
         db.write(async |txn| {
             // Hold row first, then its product: the lock order every path but create_hold keeps.
-            let hold = hold::Entity::find_by_id(id)
-                .lock_exclusive()
-                .one(txn)
-                .await?
-                .ok_or(StockError::HoldNotFound(id))?;
+            let hold = lock_hold(txn, id).await?;
             let now = now();
             let status = hold.effective_status(now);
             if status == HoldStatus::Active {

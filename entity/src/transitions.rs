@@ -11,6 +11,9 @@
 //! | order pending → cancelled   | + qty             |         |
 //! | order cancelled → paid      | − qty (if there)  | − qty   |
 //!
+//! Creating a hold ([`create_holds`]) and an order ([`order_from_hold`]) happen here too, each
+//! in one function with its counter change, and rows are locked through [`lock_by_id`].
+//!
 //! Callers hold the rows' locks (or SQLite's write lock); the updates re-check the state they
 //! move from, and a mismatch is an invariant error that rolls the transaction back.
 
@@ -18,17 +21,57 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, EntityTrait, FromQueryResult, QueryFilter, QuerySelect,
-    sea_query::{Expr, ExprTrait},
+    ActiveValue::Set,
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, FromQueryResult,
+    PrimaryKeyTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr, Statement,
+    sea_query::{Expr, ExprTrait, MysqlQueryBuilder, Query},
 };
 
 use crate::{
-    StockError,
+    Money, StockError,
+    db::ServerTraits,
     hold::{self, HoldStatus},
     order::{self, OrderStatus},
     product,
-    types::{HoldId, ProductId},
+    types::{HoldId, OrderId, ProductId},
 };
+
+/// Locks a row by its id (`SELECT ... FOR UPDATE`), or answers `missing`.
+pub(crate) async fn lock_by_id<E: EntityTrait, C: ConnectionTrait>(
+    txn: &C,
+    id: <E::PrimaryKey as PrimaryKeyTrait>::ValueType,
+    missing: StockError,
+) -> Result<E::Model, StockError> {
+    E::find_by_id(id)
+        .lock_exclusive()
+        .one(txn)
+        .await?
+        .ok_or(missing)
+}
+
+/// Locks a product row: [`StockError::ProductNotFound`] if there is none.
+pub(crate) async fn lock_product<C: ConnectionTrait>(
+    txn: &C,
+    id: ProductId,
+) -> Result<product::Model, StockError> {
+    lock_by_id::<product::Entity, _>(txn, id, StockError::ProductNotFound(id)).await
+}
+
+/// Locks a hold row: [`StockError::HoldNotFound`] if there is none.
+pub(crate) async fn lock_hold<C: ConnectionTrait>(
+    txn: &C,
+    id: HoldId,
+) -> Result<hold::Model, StockError> {
+    lock_by_id::<hold::Entity, _>(txn, id, StockError::HoldNotFound(id)).await
+}
+
+/// Locks an order row: [`StockError::OrderNotFound`] if there is none.
+pub(crate) async fn lock_order<C: ConnectionTrait>(
+    txn: &C,
+    id: OrderId,
+) -> Result<order::Model, StockError> {
+    lock_by_id::<order::Entity, _>(txn, id, StockError::OrderNotFound(id)).await
+}
 
 /// The part of a hold a transition needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, FromQueryResult)]
@@ -115,14 +158,86 @@ async fn lock_products<C: ConnectionTrait>(
     Ok(())
 }
 
-/// Takes `qty` out of a product's available stock for a new hold. The caller holds the
-/// product lock and has checked that the stock is there.
-pub(crate) async fn take_for_hold<C: ConnectionTrait>(
-    txn: &C,
+/// Creates active holds on a locked product, one per entry of `holds`, and takes their
+/// quantity out of its available stock: the rows and the counter change together. The caller
+/// has checked that the stock is there. Answers the new holds' ids in the order of `holds`.
+pub(crate) async fn create_holds(
+    txn: &DatabaseTransaction,
+    server: ServerTraits,
     product_id: ProductId,
-    qty: i32,
-) -> Result<(), StockError> {
-    adjust_product(txn, product_id, -qty, 0).await
+    holds: &[NewHold<'_>],
+    now: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+) -> Result<Vec<HoldId>, StockError> {
+    if holds.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids = insert_holds(txn, server, product_id, holds, now, expires_at).await?;
+    adjust_product(
+        txn,
+        product_id,
+        -holds.iter().map(|h| h.qty).sum::<i32>(),
+        0,
+    )
+    .await?;
+    Ok(ids)
+}
+
+/// Turns a locked active hold into a pending order and consumes the hold, in one step (the
+/// hold's units move from the hold to the order; no counter changes). Answers the order and
+/// `true`, or — when the unique key on `hold_id` says someone made it first — that order and
+/// `false`.
+pub(crate) async fn order_from_hold(
+    txn: &DatabaseTransaction,
+    hold: &hold::Model,
+    now: DateTime<Utc>,
+) -> Result<(order::Model, bool), StockError> {
+    let hold_id = hold.id;
+    let product = product::Entity::find_by_id(hold.product_id)
+        .one(txn)
+        .await?
+        .ok_or(StockError::ProductNotFound(hold.product_id))?;
+    let qty = u32::try_from(hold.qty)
+        .map_err(|_| StockError::Invariant(format!("hold {hold_id} qty {}", hold.qty)))?;
+    let total_cents = Money::from_cents(product.price_cents).times(qty).cents();
+    let model = order::ActiveModel {
+        hold_id: Set(hold_id),
+        product_id: Set(hold.product_id),
+        quantity: Set(hold.qty),
+        total_cents: Set(total_cents),
+        status: Set(OrderStatus::Pending),
+        created_at: Set(now),
+        updated_at: Set(now),
+        buyer_id: Set(hold.buyer_id.clone()),
+        ..Default::default()
+    };
+    let id = match order::Entity::insert(model).exec(txn).await {
+        Ok(r) => r.last_insert_id,
+        Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+            // The unique key on hold_id is the last word: someone made it first.
+            let order = order::Entity::find()
+                .filter(order::Column::HoldId.eq(hold_id))
+                .one(txn)
+                .await?
+                .ok_or_else(|| StockError::from(e))?;
+            return Ok((order, false));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    move_holds(txn, &[HoldRef::from(hold)], HoldStatus::Consumed, now).await?;
+    let order = order::Model {
+        id,
+        hold_id,
+        product_id: hold.product_id,
+        quantity: hold.qty,
+        total_cents,
+        status: OrderStatus::Pending,
+        created_at: now,
+        updated_at: now,
+        buyer_id: hold.buyer_id.clone(),
+        refund_required: false,
+    };
+    Ok((order, true))
 }
 
 /// Adds `qty` units (negative: takes them away) to a locked product's `stock` and
@@ -156,11 +271,7 @@ pub(crate) async fn move_order<C: ConnectionTrait>(
     }
     let q = order.quantity;
     // The product first, exclusively (see `lock_products`), then the order row.
-    let product = product::Entity::find_by_id(order.product_id)
-        .lock_exclusive()
-        .one(txn)
-        .await?
-        .ok_or(StockError::ProductNotFound(order.product_id))?;
+    let product = lock_product(txn, order.product_id).await?;
     let (available_delta, stock_delta) = match (from, to) {
         (OrderStatus::Pending, OrderStatus::Paid) => (0, -q),
         (OrderStatus::Pending, OrderStatus::Cancelled) => (q, 0),
@@ -258,4 +369,156 @@ async fn adjust_product<C: ConnectionTrait>(
     }
     update.exec(txn).await?;
     Ok(())
+}
+
+/// A hold about to be created.
+pub(crate) struct NewHold<'a> {
+    pub qty: i32,
+    pub buyer: Option<&'a str>,
+}
+
+/// Inserts new active holds (the rows only: [`create_holds`] takes their stock), one per entry of `holds`, and returns their ids in that order.
+///
+/// The ids are always the rows' own: read from the insert itself or read back, never computed
+/// as `LAST_INSERT_ID() + k`, which is wrong whenever `auto_increment_increment` > 1 (Galera
+/// sets it to the cluster size, MySQL Group Replication multi-primary to 7) or the lock mode
+/// interleaves (`innodb_autoinc_lock_mode=2`, MySQL 8's default).
+///
+/// - MariaDB 10.6+: ONE prepared statement for every batch size — the quantities go in as a
+///   bound JSON array expanded by `JSON_TABLE`, in arrival order, and `RETURNING` gives back
+///   each row's id and quantity. A fixed statement is prepared once per connection, where a
+///   `VALUES` list would be a new statement (a PREPARE and a parse under the row lock) for
+///   every batch size.
+/// - MySQL 8 (no `RETURNING`): a multi-row INSERT sent as text, with only values this code
+///   made inlined (integers and its own times), then the ids read back under the product lock.
+/// - SQLite: a bound multi-row INSERT, then the same read-back; the database write lock is held.
+async fn insert_holds(
+    txn: &DatabaseTransaction,
+    server: ServerTraits,
+    product_id: ProductId,
+    holds: &[NewHold<'_>],
+    now: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+) -> Result<Vec<HoldId>, StockError> {
+    let backend = txn.get_database_backend();
+    let qtys: Vec<i32> = holds.iter().map(|h| h.qty).collect();
+    let has_buyers = holds.iter().any(|h| h.buyer.is_some());
+    // Buyer ids are the client's strings: bound, never inlined into SQL text.
+    let min_id = if backend == DbBackend::Sqlite || (has_buyers && !server.insert_returning) {
+        let models = holds.iter().map(|h| hold::ActiveModel {
+            product_id: Set(product_id),
+            qty: Set(h.qty),
+            buyer_id: Set(h.buyer.map(str::to_owned)),
+            status: Set(HoldStatus::Active),
+            expires_at: Set(expires_at),
+            created_at: Set(now),
+            updated_at: Set(now),
+            ..Default::default()
+        });
+        hold::Entity::insert_many(models)
+            .exec_without_returning(txn)
+            .await?;
+        None
+    } else if server.insert_returning {
+        // `[qty]` or `[qty, buyer]`: a missing buyer is NULL (NULL ON EMPTY).
+        let rows: Vec<serde_json::Value> = holds
+            .iter()
+            .map(|h| match h.buyer {
+                Some(b) => serde_json::json!([h.qty, b]),
+                None => serde_json::json!([h.qty]),
+            })
+            .collect();
+        let json = serde_json::Value::Array(rows).to_string();
+        let rows = txn
+            .query_all_raw(Statement::from_sql_and_values(
+                backend,
+                "INSERT INTO holds \
+                   (product_id, qty, status, expires_at, created_at, updated_at, buyer_id) \
+                 SELECT ?, j.qty, ?, ?, ?, ?, j.buyer \
+                 FROM JSON_TABLE(?, '$[*]' COLUMNS (ord FOR ORDINALITY, qty INT PATH '$[0]', \
+                   buyer VARCHAR(128) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin PATH '$[1]' \
+                     NULL ON EMPTY)) AS j \
+                 ORDER BY j.ord \
+                 RETURNING id, qty",
+                [
+                    product_id.into(),
+                    HoldStatus::Active.as_str().into(),
+                    expires_at.into(),
+                    now.into(),
+                    now.into(),
+                    json.into(),
+                ],
+            ))
+            .await?;
+        let mut ids = Vec::with_capacity(rows.len());
+        for (row, &want) in rows.iter().zip(&qtys) {
+            let qty: i32 = row.try_get("", "qty")?;
+            if qty != want {
+                return Err(StockError::Invariant(format!(
+                    "RETURNING answered qty {qty} where {want} was inserted"
+                )));
+            }
+            ids.push(row.try_get::<i64>("", "id")?);
+        }
+        return check_all_ids(ids, qtys.len());
+    } else {
+        let mut insert = Query::insert();
+        insert.into_table(hold::Entity).columns([
+            hold::Column::ProductId,
+            hold::Column::Qty,
+            hold::Column::Status,
+            hold::Column::ExpiresAt,
+            hold::Column::CreatedAt,
+            hold::Column::UpdatedAt,
+        ]);
+        let (expires, created) = (expires_at.naive_utc(), now.naive_utc());
+        for &qty in &qtys {
+            insert.values_panic([
+                product_id.into(),
+                qty.into(),
+                HoldStatus::Active.as_str().into(),
+                expires.into(),
+                created.into(),
+                created.into(),
+            ]);
+        }
+        let result = txn
+            .execute_unprepared(&insert.to_string(MysqlQueryBuilder))
+            .await?;
+        // The first id of a multi-row INSERT; the others are larger, spaced as the server likes.
+        i64::try_from(result.last_insert_id()).ok()
+    };
+    // Our rows are this product's newest with exactly these times: every insert for a product
+    // happens under its row lock (or SQLite's write lock), and ids only grow.
+    let mut query = hold::Entity::find()
+        .select_only()
+        .column(hold::Column::Id)
+        .filter(hold::Column::ProductId.eq(product_id))
+        .filter(hold::Column::Status.eq(HoldStatus::Active))
+        .filter(hold::Column::ExpiresAt.eq(expires_at))
+        .filter(hold::Column::CreatedAt.eq(now));
+    if let Some(min_id) = min_id {
+        query = query.filter(hold::Column::Id.gte(min_id));
+    }
+    let mut ids = query
+        .order_by_desc(hold::Column::Id)
+        .limit(qtys.len() as u64)
+        .into_tuple::<i64>()
+        .all(txn)
+        .await?;
+    ids.reverse();
+    check_all_ids(ids, qtys.len())
+}
+
+/// Fewer ids than rows inserted means the transaction lost its rows (a Galera abort between
+/// the INSERT and the read): retried as contention, never answered with wrong ids or a 500.
+fn check_all_ids(ids: Vec<HoldId>, inserted: usize) -> Result<Vec<HoldId>, StockError> {
+    if ids.len() == inserted {
+        Ok(ids)
+    } else {
+        Err(StockError::rows_lost(format!(
+            "inserted {inserted} holds, found {} ids",
+            ids.len()
+        )))
+    }
 }

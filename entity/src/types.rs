@@ -8,6 +8,8 @@ use rust_decimal::Decimal;
 pub type ProductId = i64;
 /// A hold id as stored in the database.
 pub type HoldId = i64;
+/// An order id as stored in the database.
+pub type OrderId = i64;
 
 /// A positive number of units (at least 1). The upper bound is a setting, checked by the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -3,9 +3,10 @@
 //! expiries and payment timeouts keeps every invariant of the README ("Invariants and how they are kept") after every step.
 
 use entity::{
-    Db, DbConfig, Money, Quantity, StockError,
-    orders::{self, PaymentEvent, PaymentStatus},
+    Db, DbConfig, Money, Quantity, StockError, orders,
+    payments::{self, PaymentEvent, PaymentStatus},
     stock::{self, HoldRequest},
+    timeouts,
 };
 use migration::{Migrator, MigratorTrait};
 use proptest::prelude::*;
@@ -171,7 +172,7 @@ async fn run(ops: Vec<Op>) {
                 } else {
                     continue;
                 };
-                match orders::apply_payment(&db, &event).await {
+                match payments::apply_payment(&db, &event).await {
                     Ok(r) => {
                         // A key seen before with the same body is a duplicate, with no effect.
                         if let Some(prev) = keys.get(&key) {
@@ -199,7 +200,7 @@ async fn run(ops: Vec<Op>) {
                 stock::expire_batch(&db, 3).await.expect("expire");
             }
             Op::TimeOut => {
-                orders::cancel_unpaid_batch(&db, chrono::Duration::zero(), 3)
+                timeouts::cancel_unpaid_batch(&db, chrono::Duration::zero(), 3)
                     .await
                     .expect("timeout");
             }

@@ -3,7 +3,7 @@
 
 use std::{future::Future, time::Instant};
 
-use entity::{Db, StockError, idempotency, orders, stock};
+use entity::{Db, StockError, idempotency, stock, timeouts};
 use tokio::sync::watch;
 
 /// What one sweep did.
@@ -74,7 +74,7 @@ async fn sweep_into(
         report.timed_out_count += n;
     };
     drain(stop, size, timed_out, || async {
-        let cancelled = orders::cancel_unpaid_batch(db, settings.payment_timeout, size).await?;
+        let cancelled = timeouts::cancel_unpaid_batch(db, settings.payment_timeout, size).await?;
         Ok(cancelled.len() as u64)
     })
     .await?;

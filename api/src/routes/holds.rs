@@ -122,11 +122,6 @@ impl From<HoldView> for Hold {
     }
 }
 
-/// Where a hold can be read.
-pub fn location(hold_id: i64) -> String {
-    format!("/api/holds/{hold_id}")
-}
-
 /// How a keyed hold's answer is written down in its batch, to be replayed byte for byte.
 fn render_hold(answer: &Result<HoldView, StockError>) -> Option<StoredResponse> {
     crate::idempotency::stored(
@@ -243,7 +238,7 @@ impl HoldsApi {
             metrics::counter!("holds_rejected_total", "reason" => e.code().as_str()).increment(1);
         }
         let hold = Hold::from(result?);
-        let path = location(hold.hold_id);
+        let path = crate::locations::hold(hold.hold_id);
         Ok(HoldCreated::Created(Json(hold), path))
     }
 

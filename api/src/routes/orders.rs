@@ -110,11 +110,6 @@ impl From<OrderView> for Order {
     }
 }
 
-/// Where an order can be read.
-pub fn location(order_id: i64) -> String {
-    format!("/api/orders/{order_id}")
-}
-
 #[derive(ApiResponse)]
 #[oai(header(
     name = "Idempotent-Replayed",
@@ -188,7 +183,7 @@ impl OrdersApi {
         Ok(
             match orders::create_order(&self.state.db, body.hold_id, keyed).await? {
                 OrderCreated::New(o) => {
-                    let path = location(o.id);
+                    let path = crate::locations::order(o.id);
                     OrderPlaced::Created(Json(o.into()), path)
                 }
                 OrderCreated::Existing(o) => OrderPlaced::Existing(Json(o.into())),

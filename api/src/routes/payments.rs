@@ -1,6 +1,6 @@
 use std::sync::Arc;
 
-use entity::orders::{self, PaymentEvent, PaymentResult, PaymentStatus};
+use entity::payments::{self, PaymentEvent, PaymentResult, PaymentStatus};
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi, param::Header};
 use serde::Deserialize;
 
@@ -179,7 +179,7 @@ impl PaymentsApi {
             }
         }
         let event = validate(body.value)?;
-        let result = orders::apply_payment(&self.state.db, &event).await?;
+        let result = payments::apply_payment(&self.state.db, &event).await?;
         Ok(WebhookAnswer::Ok(Json(result.into())))
     }
 }

@@ -12,13 +12,24 @@ pub struct Model {
     pub idem_key: String,
     /// SHA-256 (hex) of the request: another body with the same key is a mismatch.
     pub fingerprint: String,
-    /// `running` while the first request runs, `done` once its answer is stored.
-    pub state: String,
+    pub state: KeyState,
     pub response_status: Option<i32>,
     pub response_content_type: Option<String>,
     pub response_body: Option<String>,
     pub created_at: DateTimeUtc,
     pub expires_at: DateTimeUtc,
+}
+
+/// Where a key's first request is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
+pub enum KeyState {
+    /// The first request is still running.
+    #[sea_orm(string_value = "running")]
+    Running,
+    /// Its answer is stored, to be replayed.
+    #[sea_orm(string_value = "done")]
+    Done,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -1,0 +1,367 @@
+//! Payment webhooks, applied over the order state machine.
+//!
+//! Each webhook idempotency key has exactly one effect: the event row is inserted first, in the
+//! same transaction as its effect, and the unique key makes every concurrent twin wait for the
+//! first and then answer as its duplicate.
+
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, DatabaseTransaction, EntityTrait, QueryFilter, SqlErr,
+};
+use sha2::{Digest, Sha256};
+
+use crate::{
+    Db, StockError,
+    db::with_retry,
+    hold,
+    order::OrderStatus,
+    orders::{OrderView, log_order_created, order_for_hold},
+    stock::now,
+    transitions::{lock_order, mark_refund_required, move_order},
+    types::{HoldId, ProductId},
+    webhook_event::{self, WebhookConflict},
+};
+
+/// The `status` of a payment webhook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaymentStatus {
+    Success,
+    Failure,
+}
+
+impl PaymentStatus {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "success" => Some(Self::Success),
+            "failure" => Some(Self::Failure),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Failure => "failure",
+        }
+    }
+}
+
+/// A payment webhook, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentEvent {
+    pub idempotency_key: String,
+    pub order_id: i64,
+    pub status: PaymentStatus,
+    pub hold_id: Option<HoldId>,
+    pub product_id: Option<ProductId>,
+    pub quantity: Option<i64>,
+}
+
+impl PaymentEvent {
+    /// SHA-256 of the event's fields in a canonical form (sorted keys, no spacing), so the same
+    /// fields and values give the same fingerprint however the gateway formats its JSON.
+    pub fn fingerprint(&self) -> String {
+        let canonical = serde_json::json!({
+            "idempotency_key": self.idempotency_key,
+            "order_id": self.order_id,
+            "status": self.status.as_str(),
+            "hold_id": self.hold_id,
+            "product_id": self.product_id,
+            "quantity": self.quantity,
+        });
+        let digest = Sha256::digest(canonical.to_string().as_bytes());
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// What a webhook did, as answered to the gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentResult {
+    pub duplicate: bool,
+    pub order_id: i64,
+    pub status: PaymentStatus,
+    pub order_status: OrderStatus,
+    /// Why the event could not have its normal effect (logged as `webhook.conflict`).
+    pub conflict: Option<WebhookConflict>,
+    /// The event made its order from `hold_id` (the webhook came first): the new order.
+    pub created: Option<OrderView>,
+    /// The event marked its order `refund_required` (a success on a cancelled order whose
+    /// units are gone): that order.
+    pub refund_owed: Option<OrderView>,
+}
+
+/// Applies a payment webhook exactly once per idempotency key (see the README, "Orders and
+/// payments"). Errors record nothing, so the gateway's retry can succeed later.
+pub async fn apply_payment(db: &Db, event: &PaymentEvent) -> Result<PaymentResult, StockError> {
+    let fingerprint = event.fingerprint();
+    let outcome = with_retry(None, || {
+        db.write(async |txn| record_and_apply(txn, event, &fingerprint, now()).await)
+    })
+    .await;
+    let result = match outcome {
+        Ok(Applied::Done(result)) => {
+            if let Some(order) = &result.created {
+                log_order_created(order);
+            }
+            if let Some(order) = &result.refund_owed {
+                log_refund_required(order, &event.idempotency_key);
+            }
+            result
+        }
+        Ok(Applied::AlreadyRecorded) => duplicate_of(db, event, &fingerprint).await?,
+        Err(err) => {
+            if let StockError::HoldExpired(_) | StockError::HoldReleased(_) = err {
+                log_conflict(event, None, None, conflict_reason(&err));
+            }
+            if !matches!(err, StockError::IdempotencyKeyMismatch) {
+                metrics::counter!("webhooks_total", "outcome" => "rejected").increment(1);
+            }
+            return Err(err);
+        }
+    };
+    tracing::info!(
+        metric = "webhook.processed",
+        idempotency_key = %event.idempotency_key,
+        order_id = result.order_id,
+        is_duplicate = result.duplicate,
+        status = event.status.as_str(),
+        order_status = result.order_status.as_str(),
+        "payment webhook processed"
+    );
+    let outcome = if result.duplicate {
+        "duplicate"
+    } else if result.conflict.is_some() {
+        "conflict"
+    } else {
+        "processed"
+    };
+    metrics::counter!("webhooks_total", "outcome" => outcome).increment(1);
+    if !result.duplicate {
+        if let Some(reason) = result.conflict {
+            log_conflict(
+                event,
+                Some(result.order_id),
+                Some(result.order_status),
+                reason.as_str(),
+            );
+        }
+        if result.conflict.is_none() {
+            metrics::counter!("order_status_changes_total", "status" => result.order_status.as_str())
+                .increment(1);
+        }
+    }
+    Ok(result)
+}
+
+enum Applied {
+    Done(PaymentResult),
+    /// The key was recorded by someone else first (maybe at this very moment).
+    AlreadyRecorded,
+}
+
+async fn record_and_apply(
+    txn: &DatabaseTransaction,
+    event: &PaymentEvent,
+    fingerprint: &str,
+    now: DateTime<Utc>,
+) -> Result<Applied, StockError> {
+    // 1. The key first: a concurrent twin blocks here until this transaction ends, then fails
+    //    on the unique key and answers as a duplicate.
+    let record = webhook_event::ActiveModel {
+        idempotency_key: Set(event.idempotency_key.clone()),
+        fingerprint: Set(fingerprint.to_owned()),
+        order_id: Set(event.order_id),
+        event_status: Set(event.status.as_str().to_owned()),
+        order_status: Set(OrderStatus::Pending),
+        conflict: Set(None),
+        created_at: Set(now),
+        ..Default::default()
+    };
+    let record_id = match webhook_event::Entity::insert(record).exec(txn).await {
+        Ok(r) => r.last_insert_id,
+        Err(e) if is_unique_violation(&e) => return Ok(Applied::AlreadyRecorded),
+        Err(e) => return Err(e.into()),
+    };
+
+    // 2. The order: by id, or made from the hold when the webhook came first.
+    let mut created = None;
+    let order = match lock_order(txn, event.order_id).await {
+        Ok(order) => {
+            if event.hold_id.is_some_and(|h| h != order.hold_id) {
+                return Err(StockError::HoldMismatch(format!(
+                    "order {} was made from hold {}, not {}",
+                    order.id,
+                    order.hold_id,
+                    event.hold_id.unwrap_or_default()
+                )));
+            }
+            order
+        }
+        Err(StockError::OrderNotFound(_)) => {
+            let hold_id = event
+                .hold_id
+                .ok_or(StockError::OrderNotFound(event.order_id))?;
+            check_hold_matches(txn, event, hold_id).await?;
+            let (order, new) = order_for_hold(txn, hold_id, now).await?;
+            if new {
+                created = Some(OrderView::from(&order));
+            }
+            // The order row was created or found; lock it for the change below.
+            lock_order(txn, order.id).await?
+        }
+        Err(e) => return Err(e),
+    };
+
+    // 3. The effect, through the order state machine.
+    let mut refund_owed = None;
+    let (order_status, conflict) = match (order.status, event.status) {
+        (OrderStatus::Pending, PaymentStatus::Success) => {
+            move_order(txn, &order, OrderStatus::Paid, now).await?;
+            (OrderStatus::Paid, None)
+        }
+        (OrderStatus::Pending, PaymentStatus::Failure) => {
+            move_order(txn, &order, OrderStatus::Cancelled, now).await?;
+            (OrderStatus::Cancelled, None)
+        }
+        (OrderStatus::Paid, PaymentStatus::Success) => (OrderStatus::Paid, None),
+        (OrderStatus::Paid, PaymentStatus::Failure) => {
+            (OrderStatus::Paid, Some(WebhookConflict::FailureAfterPaid))
+        }
+        (OrderStatus::Cancelled, PaymentStatus::Failure) => (OrderStatus::Cancelled, None),
+        (OrderStatus::Cancelled, PaymentStatus::Success) => {
+            match move_order(txn, &order, OrderStatus::Paid, now).await {
+                Ok(()) => (OrderStatus::Paid, None),
+                Err(StockError::InsufficientStock { .. }) => {
+                    // Money taken for units that are gone: owed back, and listed for operators.
+                    if mark_refund_required(txn, &order, now).await? {
+                        refund_owed = Some(OrderView::from(&order));
+                    }
+                    (
+                        OrderStatus::Cancelled,
+                        Some(WebhookConflict::SuccessAfterCancelledNoStock),
+                    )
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    };
+
+    // 4. The answer, stored with the key for its duplicates.
+    webhook_event::Entity::update(webhook_event::ActiveModel {
+        id: Set(record_id),
+        order_id: Set(order.id),
+        order_status: Set(order_status),
+        conflict: Set(conflict),
+        ..Default::default()
+    })
+    .exec(txn)
+    .await?;
+    Ok(Applied::Done(PaymentResult {
+        duplicate: false,
+        order_id: order.id,
+        status: event.status,
+        order_status,
+        conflict,
+        created,
+        refund_owed,
+    }))
+}
+
+async fn check_hold_matches(
+    txn: &DatabaseTransaction,
+    event: &PaymentEvent,
+    hold_id: HoldId,
+) -> Result<(), StockError> {
+    if event.product_id.is_none() && event.quantity.is_none() {
+        return Ok(());
+    }
+    let hold = hold::Entity::find_by_id(hold_id)
+        .one(txn)
+        .await?
+        .ok_or(StockError::HoldNotFound(hold_id))?;
+    if let Some(p) = event.product_id
+        && p != hold.product_id
+    {
+        return Err(StockError::HoldMismatch(format!(
+            "hold {hold_id} is for product {}, not {p}",
+            hold.product_id
+        )));
+    }
+    if let Some(q) = event.quantity
+        && q != i64::from(hold.qty)
+    {
+        return Err(StockError::HoldMismatch(format!(
+            "hold {hold_id} is for {} units, not {q}",
+            hold.qty
+        )));
+    }
+    Ok(())
+}
+
+/// The stored answer for a key that was already recorded, or a mismatch if the body differs.
+async fn duplicate_of(
+    db: &Db,
+    event: &PaymentEvent,
+    fingerprint: &str,
+) -> Result<PaymentResult, StockError> {
+    let stored = webhook_event::Entity::find()
+        .filter(webhook_event::Column::IdempotencyKey.eq(event.idempotency_key.as_str()))
+        .one(db.conn())
+        .await?
+        .ok_or_else(|| StockError::Invariant("recorded webhook vanished".into()))?;
+    if stored.fingerprint != fingerprint {
+        metrics::counter!("webhooks_total", "outcome" => "mismatch").increment(1);
+        return Err(StockError::IdempotencyKeyMismatch);
+    }
+    Ok(PaymentResult {
+        duplicate: true,
+        order_id: stored.order_id,
+        status: event.status,
+        order_status: stored.order_status,
+        conflict: stored.conflict,
+        created: None,
+        refund_owed: None,
+    })
+}
+
+fn log_refund_required(order: &OrderView, idempotency_key: &str) {
+    tracing::warn!(
+        metric = "order.refund_required",
+        order_id = order.id,
+        product_id = order.product_id,
+        quantity = order.quantity,
+        idempotency_key,
+        "a payment was taken for units that could not be delivered: refund it"
+    );
+    metrics::counter!("orders_refund_required_total").increment(1);
+}
+
+fn conflict_reason(err: &StockError) -> &'static str {
+    match err {
+        StockError::HoldExpired(_) => "hold_expired",
+        StockError::HoldReleased(_) => "hold_released",
+        _ => "conflict",
+    }
+}
+
+fn log_conflict(
+    event: &PaymentEvent,
+    order_id: Option<i64>,
+    order_status: Option<OrderStatus>,
+    reason: &str,
+) {
+    tracing::warn!(
+        metric = "webhook.conflict",
+        idempotency_key = %event.idempotency_key,
+        order_id,
+        order_status = order_status.map(OrderStatus::as_str),
+        reason,
+        status = event.status.as_str(),
+        "payment webhook could not have its normal effect"
+    );
+    metrics::counter!("webhook_conflicts_total", "reason" => reason.to_owned()).increment(1);
+}
+
+fn is_unique_violation(e: &sea_orm::DbErr) -> bool {
+    matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
+}
