@@ -28,9 +28,13 @@ curl -fsS -X POST "http://127.0.0.1:$port/api/admin/products" -H 'authorization:
 # - use_after_free expects a DELETEd resource to be gone, but DELETE /api/holds/{id} releases
 #   the hold, which stays readable as `released` (README, "The API in brief").
 # Every other check runs: no 5xx, every status, content type, header and body as documented.
+# The stock stream (`streamStock`) is left out: a stream of a product that exists never ends,
+# so each call would end in Schemathesis's request timeout, counted as an error at random. Its
+# answers (events, 404, 400, 503 with Retry-After) are checked by tests/tests/api/stream.rs.
 "$venv/bin/schemathesis" run "http://127.0.0.1:$port/openapi.json" \
   --checks all \
   --exclude-checks positive_data_acceptance,use_after_free \
+  --exclude-operation-id streamStock \
   --max-examples "${SCHEMATHESIS_EXAMPLES:-30}" \
   --header 'Authorization: Bearer st-admin' \
   --seed 1 \
