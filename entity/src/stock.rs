@@ -251,7 +251,8 @@ pub async fn update_product(
                 -i64::from(add.min(0)),
             )
             .await?;
-            if available + add < 0 {
+            // In i64: a large `add_stock` must be refused below, not overflow here.
+            if i64::from(available) + i64::from(add) < 0 {
                 return Err(StockError::InsufficientStock { available });
             }
             let (Some(_), Some(_)) = (product.stock.checked_add(add), available.checked_add(add))
@@ -655,7 +656,7 @@ fn grant<'a>(
                 (Some(_), None) => return Err(StockError::BuyerIdRequired),
                 (Some(limit), Some(buyer)) => {
                     let units = used.entry(buyer).or_default();
-                    if *units + ask.qty > limit {
+                    if units.saturating_add(ask.qty) > limit {
                         let remaining = (limit - *units).max(0);
                         return Err(StockError::BuyerLimitExceeded { remaining });
                     }
@@ -728,7 +729,8 @@ async fn units_per_buyer<'a, C: ConnectionTrait>(
         let units: i32 = row.try_get("", "units")?;
         // Map back to the batch's own &str (the rows' strings are equal byte for byte).
         if let Ok(i) = distinct.binary_search(&buyer.as_str()) {
-            *used.entry(distinct[i]).or_default() += units;
+            let sum = used.entry(distinct[i]).or_default();
+            *sum = sum.saturating_add(units);
         }
     }
     Ok(used)

@@ -406,6 +406,7 @@ on_both_databases! {
             ("add_stock that would take held units", admin(&app, Method::PATCH, &path, Some(json!({"add_stock": -9}))).await, 409, "insufficient_stock", None),
             ("a non-integer limit", admin(&app, Method::PATCH, &path, Some(json!({"per_buyer_limit": "three"}))).await, 400, "malformed_request", Some("per_buyer_limit")),
             ("name: null", admin(&app, Method::PATCH, &path, Some(json!({"name": null}))).await, 400, "malformed_request", Some("name")),
+            ("add_stock past the largest stock", admin(&app, Method::PATCH, &path, Some(json!({"add_stock": i32::MAX}))).await, 422, "validation_error", Some("add_stock")),
             ("add_stock: null", admin(&app, Method::PATCH, &path, Some(json!({"add_stock": null}))).await, 400, "malformed_request", Some("add_stock")),
             ("a limit of 0 in a PATCH", admin(&app, Method::PATCH, &path, Some(json!({"per_buyer_limit": 0}))).await, 422, "validation_error", Some("per_buyer_limit")),
             ("after=-1", app.get("/api/products?after=-1").await, 422, "validation_error", Some("after")),
