@@ -6,6 +6,8 @@
 
 /// [`TestApp`]: an API process over a fresh database, and the processes started beside it.
 pub mod app;
+/// [`headless_chromium`]: a browser for the tests that load pages.
+pub mod browser;
 /// [`Client`] and [`Response`]: requests to one API process.
 pub mod client;
 /// [`TestDb`], [`Backend`], [`on_both_databases!`] and [`Blocker`].
@@ -24,6 +26,7 @@ pub mod sse;
 pub mod wait;
 
 pub use app::{ADMIN_TOKEN, AppOptions, TestApp, spawn_api};
+pub use browser::headless_chromium;
 pub use client::{Client, Response, into_response, now_unix};
 pub use db::{Backend, Blocker, TestDb};
 pub use ledger::{Ledger, assert_conserved};

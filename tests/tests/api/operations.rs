@@ -445,25 +445,11 @@ fn check_document(doc: &serde_json::Value) {
 /// Swagger UI renders the operations in headless Chromium, with every outside host unreachable.
 #[tokio::test]
 async fn swagger_ui_renders_the_operations_in_a_browser_without_network() {
-    let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .expect("chromium is not installed: tests/run.sh installs Debian's chromium");
     let app = TestApp::spawn(Backend::Sqlite).await;
     let profile = tempfile::tempdir().expect("profile dir");
-    let out = tokio::process::Command::new(chromium)
+    let out = flash_sale_tests::headless_chromium(profile.path())
         .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
             "--virtual-time-budget=20000",
-            &format!("--user-data-dir={}", profile.path().display()),
             "--dump-dom",
             &format!("{}/docs", app.address),
         ])

@@ -417,10 +417,6 @@ fn serve_page(
 /// frontend is), shows the available stock fall as holds are made.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_event_source_in_chromium_shows_the_number_fall() {
-    let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .expect("chromium is not installed: tests/run.sh installs Debian's chromium");
     let page = std::net::TcpListener::bind("127.0.0.1:0").expect("page listener");
     let origin = format!("http://{}", page.local_addr().expect("page addr"));
     let app = TestApp::spawn_with(
@@ -444,20 +440,8 @@ source.onerror = () => fetch("/report?error=" + source.readyState);
     let (tx, reports) = std::sync::mpsc::channel();
     serve_page(page, html, tx);
     let profile = tempfile::tempdir().expect("profile dir");
-    let _browser = tokio::process::Command::new(chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-            &format!("--user-data-dir={}", profile.path().display()),
-            &format!("{origin}/"),
-        ])
+    let _browser = flash_sale_tests::headless_chromium(profile.path())
+        .arg(format!("{origin}/"))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
