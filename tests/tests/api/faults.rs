@@ -144,7 +144,9 @@ async fn connections_killed_by_the_server_under_load_give_503_never_500_and_serv
     let load = Load::holds(std::slice::from_ref(&app.client), product, 8);
     let admin = &app.db.connect().await;
     let name = name.as_str();
-    let api_connections = || async move {
+    // Lists the API's connections and kills them; `None` until at least one kill took, since
+    // a connection may close by itself between the listing and the kill.
+    let kill_api_connections = || async move {
         let rows = admin
             .query_all_raw(Statement::from_string(
                 admin.get_database_backend(),
@@ -155,23 +157,9 @@ async fn connections_killed_by_the_server_under_load_give_503_never_500_and_serv
             ))
             .await
             .expect("processlist");
-        let ids: Vec<i64> = rows
-            .iter()
-            .map(|row| row.try_get("", "id").expect("id"))
-            .collect();
-        (!ids.is_empty()).then_some(ids)
-    };
-    let (mut killed, mut answered) = (0, 0);
-    for round in 1..=5 {
-        // The pool opens connections again as the load needs them: kill those, once there.
-        let ids = eventually(
-            &format!("round {round}: the API has connections to kill"),
-            Duration::from_secs(10),
-            api_connections,
-        )
-        .await;
-        for id in ids {
-            // A connection may close by itself between the listing and the kill.
+        let mut killed = 0;
+        for row in &rows {
+            let id: i64 = row.try_get("", "id").expect("id");
             if admin
                 .execute_unprepared(&format!("KILL CONNECTION {id}"))
                 .await
@@ -180,6 +168,17 @@ async fn connections_killed_by_the_server_under_load_give_503_never_500_and_serv
                 killed += 1;
             }
         }
+        (killed > 0).then_some(killed)
+    };
+    let (mut killed, mut answered) = (0, 0);
+    for round in 1..=5 {
+        // The pool opens connections again as the load needs them: kill those, once there.
+        killed += eventually(
+            &format!("round {round}: the API has connections to kill"),
+            Duration::from_secs(10),
+            kill_api_connections,
+        )
+        .await;
         // The next kill comes once the load has had answers since this one: under load.
         let before = answered;
         answered = load
