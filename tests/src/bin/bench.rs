@@ -22,6 +22,10 @@
 //!
 //! `BENCH_ONLY=stream` runs only the stock stream section (on a MariaDB of its own) and writes
 //! `tests/bench-results/results-stream.json`.
+//! `BENCH_ONLY=holds` runs only the three hold paths at 256 connections (unkeyed, keyed, distinct
+//! buyers on a limited product), `BENCH_REPEAT` times (default 3) interleaved, and prints each
+//! path's share of unkeyed holds/s: a quick check while working on the hold path; it writes
+//! nothing.
 //! `BENCH_ONLY=galera` runs only the Galera section (a quick check: it needs neither the shared
 //! MariaDB's database nor the other sections) and writes `tests/bench-results/results-galera.json`
 //! instead, leaving `results.json` and the chart as they were.
@@ -58,7 +62,10 @@ async fn main() -> Result<()> {
         "" => false,
         "galera" => true,
         "stream" => return stream_only(&release, seconds, &out_dir).await,
-        other => bail!("BENCH_ONLY={other}: the sections that run alone are `galera` and `stream`"),
+        "holds" => return holds_only(&release, &base, seconds).await,
+        other => bail!(
+            "BENCH_ONLY={other}: the sections that run alone are `galera`, `holds` and `stream`"
+        ),
     };
     let mut results = json!({
         "machine": machine(),
@@ -136,6 +143,46 @@ async fn stream_only(release: &Path, seconds: u64, out_dir: &Path) -> Result<()>
 
 /// The sections on the shared MariaDB: HTTP holds with coalescing on and off, reads, the expiry
 /// backlog, the stock boundary, peak RSS, and the plain-SQL anchor.
+/// `BENCH_ONLY=holds`: unkeyed, keyed and buyer-limited holds at 256 connections, interleaved so
+/// that the machine's drift touches each path alike.
+async fn holds_only(release: &Path, base: &str, seconds: u64) -> Result<()> {
+    let repeat: usize = std::env::var("BENCH_REPEAT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let db_url = fresh_database(base, "fs_bench").await?;
+    let api = Api::start(release, &db_url, true)?;
+    let product = api.create_product(100_000_000).await?;
+    let limited = api.create_limited_product(100_000_000, 5).await?;
+    let url = format!("{}/api/holds", api.url);
+    let (mut unkeyed, mut keyed, mut buyers) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 1..=repeat {
+        let u = wrk_holds(&api.url, product, 256, seconds)?;
+        let k = wrk_keyed_holds(&api.url, product, 256, seconds)?;
+        let b = wrk_with(&url, 256, 2, seconds, &buyer_holds_script(limited))?;
+        let (u, k, b) = (
+            u["holds_per_s"].as_f64().unwrap_or(0.0),
+            k["holds_per_s"].as_f64().unwrap_or(0.0),
+            rate(&b, "ok"),
+        );
+        println!(
+            "round {round}: unkeyed {u:>8.0}/s  keyed {k:>8.0}/s ({:.0}%)  limited {b:>8.0}/s ({:.0}%)",
+            100.0 * k / u,
+            100.0 * b / u
+        );
+        unkeyed.push(u);
+        keyed.push(k);
+        buyers.push(b);
+    }
+    let total = |v: &[f64]| v.iter().sum::<f64>();
+    println!(
+        "all rounds: keyed {:.0}% of unkeyed, limited {:.0}% of unkeyed",
+        100.0 * total(&keyed) / total(&unkeyed),
+        100.0 * total(&buyers) / total(&unkeyed)
+    );
+    Ok(())
+}
+
 async fn single_server(
     release: &Path,
     base: &str,
