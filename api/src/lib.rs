@@ -2,7 +2,7 @@
 //!
 //! This crate owns HTTP only: routes and their request/response types ([`routes`]), the one
 //! mapping from domain errors to problem+json answers ([`error`]), configuration ([`config`]) and
-//! the server wiring ([`server`]). Every change to stock goes through `entity::stock`.
+//! the server wiring ([`server`]). Every change to stock goes through `entity`.
 
 pub mod config;
 pub mod connections;

@@ -1,7 +1,7 @@
 //! In-process coalescing in front of the stock operations, for the hot-product case.
 //!
 //! - [`HoldCoalescer`]: concurrent hold requests for one product are served by one transaction
-//!   ([`stock::create_holds_batch`]), so the product row lock does a batch's work per
+//!   ([`holds::create_holds_batch`]), so the product row lock does a batch's work per
 //!   acquisition. Several API processes stay correct: their batches serialize on the same lock.
 //! - [`ProductReads`]: concurrent reads of one product share one query (single-flight), taken
 //!   only by requests that arrived before the query started, so no answer is older than its
@@ -16,8 +16,9 @@ use crate::{
     Db, StockError,
     batcher::{BatchError, BatchPolicy, KeyedBatcher},
     db::ANSWER_WITHIN,
+    holds::{self, HoldRequest, HoldView},
     idempotency::{self, KeyedRequest, Lookup},
-    stock::{self, HoldRequest, HoldView, ProductView},
+    products::{self, ProductView},
     types::ProductId,
 };
 
@@ -78,7 +79,7 @@ impl HoldCoalescer {
                     let mut answers = match arrivals.into_iter().map(due).min() {
                         None => Vec::new(),
                         Some(deadline) => {
-                            match stock::create_holds_batch(&db, product_id, &live, ttl, deadline)
+                            match holds::create_holds_batch(&db, product_id, &live, ttl, deadline)
                                 .await
                             {
                                 Ok(answers) => answers,
@@ -113,7 +114,7 @@ impl HoldCoalescer {
             .await
             .unwrap_or_else(|e| Err(e.into()));
         if let Ok(hold) = &answer {
-            stock::log_hold_created(hold);
+            holds::log_hold_created(hold);
         }
         answer
     }
@@ -144,10 +145,12 @@ impl ProductReads {
                     .map(due)
                     .min()
                     .unwrap_or_else(Instant::now);
-                let read =
-                    tokio::time::timeout_at(deadline.into(), stock::product_view(&db, product_id))
-                        .await
-                        .unwrap_or_else(|_| Err(crate::db::out_of_time()));
+                let read = tokio::time::timeout_at(
+                    deadline.into(),
+                    products::product_view(&db, product_id),
+                )
+                .await
+                .unwrap_or_else(|_| Err(crate::db::out_of_time()));
                 waiters
                     .iter()
                     .map(|_| match &read {

@@ -20,6 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use chrono::{DateTime, SubsecRound, Utc};
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
     DbErr, RuntimeErr, TransactionOptions, TransactionTrait,
@@ -53,6 +54,11 @@ const LOCK_WAIT_TIMEOUT_SECS: u32 = 1;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 /// SQLite's busy timeout, across processes (same reasoning as the MySQL lock wait).
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Now, at the precision the database keeps (microseconds), so what we answer is what we store.
+pub fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

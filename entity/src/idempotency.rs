@@ -18,9 +18,8 @@ use sea_orm::{
 
 use crate::{
     Db, StockError,
-    db::{ServerTraits, with_retry},
+    db::{ServerTraits, now, with_retry},
     idempotency_key::{self as key, KeyState},
-    stock::now,
 };
 
 /// How long a key is kept.

@@ -8,17 +8,19 @@
 //! lock waits, deadlocks and SQLite busy errors.
 //!
 //! Lock order, to keep deadlocks out by design: hold rows before the product row, except in
-//! [`stock::create_hold`], which locks the product first and then only *skips* locked holds.
+//! [`holds::create_hold`], which locks the product first and then only *skips* locked holds.
 
 pub mod batcher;
 pub mod coalesce;
 pub mod db;
 pub mod error;
 mod failure;
+pub mod holds;
 pub mod idempotency;
 pub mod orders;
 pub mod payments;
-pub mod stock;
+pub mod products;
+pub mod sweeps;
 pub mod tables;
 pub mod timeouts;
 pub mod transitions;

@@ -10,11 +10,10 @@ use sea_orm::{
 
 use crate::{
     Db, Money, StockError,
-    db::with_retry,
+    db::{now, with_retry},
     hold::HoldStatus,
     idempotency::{Keyed, check_in_txn, store_in_txn},
     order::{self, OrderStatus},
-    stock::now,
     transitions::{clear_refund_required, lock_hold, lock_order, order_from_hold},
     types::{HoldId, ProductId},
 };

@@ -12,11 +12,10 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     Db, StockError,
-    db::with_retry,
+    db::{now, with_retry},
     hold,
     order::OrderStatus,
     orders::{OrderView, log_order_created, order_for_hold},
-    stock::now,
     transitions::{lock_order, mark_refund_required, move_order},
     types::{HoldId, ProductId},
     webhook_event::{self, WebhookConflict},

@@ -8,9 +8,8 @@ use sea_orm::{
 
 use crate::{
     Db, StockError,
-    db::with_retry,
+    db::{now, with_retry},
     order::{self, OrderStatus},
-    stock::now,
     transitions::move_order,
     types::ProductId,
 };

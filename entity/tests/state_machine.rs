@@ -3,10 +3,11 @@
 //! expiries and payment timeouts keeps every invariant of the README ("Invariants and how they are kept") after every step.
 
 use entity::{
-    Db, DbConfig, Money, Quantity, StockError, orders,
+    Db, DbConfig, Money, Quantity, StockError,
+    holds::{self, HoldRequest},
+    orders,
     payments::{self, PaymentEvent, PaymentStatus},
-    stock::{self, HoldRequest},
-    timeouts,
+    products, sweeps, timeouts,
 };
 use migration::{Migrator, MigratorTrait};
 use proptest::prelude::*;
@@ -56,7 +57,7 @@ async fn setup(dir: &std::path::Path) -> (Db, i64) {
     .expect("connect");
     Migrator::up(db.conn(), None).await.expect("migrate");
     let product =
-        stock::create_product(&db, "p", Money::from_cents(250), STOCK, Default::default())
+        products::create_product(&db, "p", Money::from_cents(250), STOCK, Default::default())
             .await
             .expect("product");
     (db, product.id)
@@ -99,7 +100,7 @@ async fn check(db: &Db, product: i64) {
         i64::from(STOCK),
         "sold {paid} of {STOCK}, {stock_now} left"
     );
-    let view = stock::product_view(db, product).await.expect("view");
+    let view = products::product_view(db, product).await.expect("view");
     assert!(view.available_stock >= 0 && view.available_stock <= view.stock);
 }
 
@@ -118,7 +119,7 @@ async fn run(ops: Vec<Op>) {
                     chrono::Duration::minutes(5)
                 };
                 let qty = Quantity::new(qty, 10).expect("qty");
-                match stock::create_hold(&db, product, HoldRequest::new(qty), ttl).await {
+                match holds::create_hold(&db, product, HoldRequest::new(qty), ttl).await {
                     Ok(h) => holds.push(h.id),
                     Err(StockError::InsufficientStock { available }) => {
                         assert!(available < qty.as_i32())
@@ -127,7 +128,7 @@ async fn run(ops: Vec<Op>) {
                 }
             }
             Op::Release(i) if !holds.is_empty() => {
-                match stock::release_hold(&db, holds[i % holds.len()]).await {
+                match holds::release_hold(&db, holds[i % holds.len()]).await {
                     Ok(_) | Err(StockError::HoldNotActive { .. }) => {}
                     Err(e) => panic!("release: {e}"),
                 }
@@ -197,7 +198,7 @@ async fn run(ops: Vec<Op>) {
                 }
             }
             Op::Expire => {
-                stock::expire_batch(&db, 3).await.expect("expire");
+                sweeps::expire_batch(&db, 3).await.expect("expire");
             }
             Op::TimeOut => {
                 timeouts::cancel_unpaid_batch(&db, chrono::Duration::zero(), 3)

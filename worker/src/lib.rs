@@ -1,7 +1,7 @@
 //! `flash-sale-worker`: the expiry daemon.
 //!
 //! On every tick of `EXPIRY_SCHEDULE` (tokio-cron-scheduler) it releases expired holds in
-//! batches of `EXPIRY_BATCH_SIZE`, through the same `entity::stock` operation the API uses, then
+//! batches of `EXPIRY_BATCH_SIZE`, through `entity::sweeps` (whose reclaim the API runs too), then
 //! cancels orders left unpaid past `PAYMENT_TIMEOUT_SECONDS` (`entity::orders`), purges client
 //! idempotency keys older than 24 hours (`entity::idempotency`), and writes one
 //! `expiry.batch` line per run. Any number of workers may run against one database:

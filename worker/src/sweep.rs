@@ -3,7 +3,7 @@
 
 use std::{future::Future, time::Instant};
 
-use entity::{Db, StockError, idempotency, stock, timeouts};
+use entity::{Db, StockError, idempotency, sweeps, timeouts};
 use tokio::sync::watch;
 
 /// What one sweep did.
@@ -62,7 +62,7 @@ async fn sweep_into(
     };
     drain(stop, size, expired, || async {
         let started = Instant::now();
-        let released = stock::expire_batch(db, size).await?.len() as u64;
+        let released = sweeps::expire_batch(db, size).await?.len() as u64;
         metrics::histogram!("expiry_batch_duration_seconds")
             .record(started.elapsed().as_secs_f64());
         metrics::histogram!("expiry_batch_size").record(released as f64);

@@ -3,7 +3,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use entity::{
     Money, orders,
-    stock::{self, ProductChange, SaleRules},
+    products::{self, ProductChange, SaleRules},
 };
 use poem_openapi::{
     ApiResponse, Object, OpenApi, SecurityScheme,
@@ -223,7 +223,8 @@ impl AdminApi {
             sale_ends_at: body.sale_ends_at,
             per_buyer_limit: body.per_buyer_limit,
         };
-        let product = stock::create_product(&self.state.db, name, price, body.stock, rules).await?;
+        let product =
+            products::create_product(&self.state.db, name, price, body.stock, rules).await?;
         let path = format!("/api/products/{}", product.id);
         Ok(ProductCreated::Created(Json(product.into()), path))
     }
@@ -259,7 +260,7 @@ impl AdminApi {
             sale_ends_at: body.sale_ends_at,
             per_buyer_limit: body.per_buyer_limit,
         };
-        let product = stock::update_product(&self.state.db, id.0, &change).await?;
+        let product = products::update_product(&self.state.db, id.0, &change).await?;
         Ok(ProductUpdated::Ok(Json(product.into())))
     }
 

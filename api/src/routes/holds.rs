@@ -3,8 +3,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use entity::{
     HoldStatus, Quantity, StockError,
+    holds::{self, HoldRequest, HoldView},
     idempotency::{Keyed, KeyedRequest, StoredResponse},
-    stock::{self, HoldRequest, HoldView},
     types::BuyerId,
 };
 use poem::{
@@ -228,7 +228,7 @@ impl HoldsApi {
                     Some(coalescer) => coalescer.create_hold(body.product_id, request).await,
                     None => {
                         let (db, ttl) = (&self.state.db, self.state.hold_ttl);
-                        stock::create_hold(db, body.product_id, request, ttl).await
+                        holds::create_hold(db, body.product_id, request, ttl).await
                     }
                 }
                 .map_err(ApiError::from)
@@ -251,7 +251,7 @@ impl HoldsApi {
         /// The hold's id.
         id: Path<i64>,
     ) -> Result<HoldFound, Problems<GetHoldProblems>> {
-        let hold = stock::get_hold(&self.state.db, id.0).await?;
+        let hold = holds::get_hold(&self.state.db, id.0).await?;
         Ok(HoldFound::Ok(Json(hold.into())))
     }
 
@@ -270,7 +270,7 @@ impl HoldsApi {
         /// The hold's id.
         id: Path<i64>,
     ) -> Result<HoldReleased, Problems<ReleaseHoldProblems>> {
-        let hold = stock::release_hold(&self.state.db, id.0).await?;
+        let hold = holds::release_hold(&self.state.db, id.0).await?;
         Ok(HoldReleased::Ok(Json(hold.into())))
     }
 }

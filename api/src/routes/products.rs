@@ -1,7 +1,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use entity::stock::{self, ProductView};
+use entity::products::{self, ProductView};
 use poem_openapi::{
     ApiResponse, Object, OpenApi,
     param::{Path, Query},
@@ -149,7 +149,7 @@ impl ProductsApi {
         after: Query<Option<i64>>,
     ) -> Result<ProductsListed, Problems<ListProductsProblems>> {
         let (limit, after) = page_bounds(limit.0, after.0)?;
-        let (items, more) = stock::list_products(&self.state.db, after, limit).await?;
+        let (items, more) = products::list_products(&self.state.db, after, limit).await?;
         let next = next_after(items.last().map(|p| p.id), more);
         Ok(ProductsListed::Ok(Json(ProductPage {
             items: items.into_iter().map(Product::from).collect(),
