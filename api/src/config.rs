@@ -1,11 +1,12 @@
 //! The API's settings: one typed struct, read once at start from flags, the environment and
 //! `.env` (see the table in the README, "Configuration").
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::net::SocketAddr;
 
 use base64::Engine;
 use clap::{Args, Parser, Subcommand, builder::BoolishValueParser};
-use secrecy::{ExposeSecret, SecretString};
+use flash_sale_process::{DatabaseArgs, LogArgs};
+use secrecy::SecretString;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -36,21 +37,8 @@ pub enum Command {
 
 #[derive(Debug, Clone, Args)]
 pub struct Config {
-    /// mysql://user:pass@host:3306/db (MySQL 8 / MariaDB 10.6+) or a SQLite file.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "sqlite://flash_sale.db?mode=rwc",
-        hide_env_values = true
-    )]
-    pub database_url: SecretString,
-    /// Pool size of this process.
-    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub database_max_connections: u32,
-    /// On a Galera node, make every read see every write acknowledged before it started
-    /// (`wsrep_sync_wait`): `auto` (on exactly when the server reports `wsrep_on`), `true`, `false`.
-    #[arg(long, env = "DATABASE_CAUSAL_READS", default_value = "auto")]
-    pub database_causal_reads: entity::db::CausalReads,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
     /// Where the API listens (`:0` picks a free port; the chosen address is logged).
     #[arg(long, env = "BIND_ADDR", default_value = "127.0.0.1:8000")]
     pub bind_addr: SocketAddr,
@@ -69,12 +57,8 @@ pub struct Config {
     /// Bearer token for /api/admin/*; when unset those routes answer 404.
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<SecretString>,
-    /// Folder of the daily JSON log files.
-    #[arg(long, env = "LOG_DIR", default_value = "storage/logs")]
-    pub log_dir: PathBuf,
-    /// Log filter (tracing's EnvFilter syntax).
-    #[arg(long = "log-filter", env = "RUST_LOG", default_value = "info")]
-    pub rust_log: String,
+    #[command(flatten)]
+    pub logs: LogArgs,
     /// Serve concurrent hold requests for one product in one transaction (`false`: one
     /// transaction per request).
     #[arg(long, env = "HOLD_COALESCING", default_value = "true", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
@@ -134,24 +118,18 @@ fn parse_webhook_secret(s: &str) -> Result<WebhookSecret, String> {
 impl Config {
     /// How this process opens its pool.
     pub fn db_config(&self) -> entity::DbConfig {
-        entity::DbConfig {
-            url: self.database_url.clone(),
-            max_connections: self.database_max_connections,
-            causal_reads: self.database_causal_reads,
-        }
+        self.database.db_config()
     }
 
     /// The configuration as printed at start-up: secrets masked.
     pub fn redacted(&self) -> String {
         format!(
-            "DATABASE_URL={} DATABASE_MAX_CONNECTIONS={} DATABASE_CAUSAL_READS={} BIND_ADDR={} HOLD_TTL_SECONDS={} \
-             MAX_HOLD_QTY={} WEBHOOK_SECRET={} CORS_ALLOWED_ORIGINS={} ADMIN_TOKEN={} LOG_DIR={} \
-             RUST_LOG={} AUTO_MIGRATE={} SHUTDOWN_DELAY_SECONDS={} SHUTDOWN_GRACE_SECONDS={} \
+            "{} BIND_ADDR={} HOLD_TTL_SECONDS={} \
+             MAX_HOLD_QTY={} WEBHOOK_SECRET={} CORS_ALLOWED_ORIGINS={} ADMIN_TOKEN={} {} \
+             AUTO_MIGRATE={} SHUTDOWN_DELAY_SECONDS={} SHUTDOWN_GRACE_SECONDS={} \
              HOLD_COALESCING={} HOLD_BATCH_WAIT_MICROS={} HOLD_BATCH_MAX={} \
              HOLD_RATE_LIMIT_PER_SECOND={} STOCK_STREAM_INTERVAL_MS={} STOCK_STREAM_MAX_CLIENTS={}",
-            entity::db::redact_url(self.database_url.expose_secret()),
-            self.database_max_connections,
-            self.database_causal_reads,
+            self.database.redacted(),
             self.bind_addr,
             self.hold_ttl_seconds,
             self.max_hold_qty,
@@ -166,8 +144,7 @@ impl Config {
             } else {
                 "(unset)"
             },
-            self.log_dir.display(),
-            self.rust_log,
+            self.logs.redacted(),
             self.auto_migrate,
             self.shutdown_delay_seconds,
             self.shutdown_grace_seconds,
@@ -184,6 +161,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use clap::Parser;
+    use secrecy::ExposeSecret;
 
     use super::*;
 
@@ -194,7 +172,7 @@ mod tests {
         assert_eq!(c.bind_addr.to_string(), "127.0.0.1:8000");
         assert_eq!(c.hold_ttl_seconds, 120);
         assert_eq!(c.max_hold_qty, 10);
-        assert_eq!(c.database_max_connections, 16);
+        assert_eq!(c.database.database_max_connections, 16);
         assert!(c.auto_migrate);
         assert_eq!(c.stock_stream_interval_ms, 250);
         assert_eq!(c.stock_stream_max_clients, 10_000);
@@ -222,6 +200,7 @@ mod tests {
         // The values are there, for the code that needs them...
         assert!(
             cli.config
+                .database
                 .database_url
                 .expose_secret()
                 .contains("db-password-42")

@@ -17,8 +17,6 @@ use poem_openapi::{
     types::{ToJSON, Type},
 };
 
-use crate::types::BodyError;
-
 /// The media type of every error answer.
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
@@ -283,6 +281,24 @@ pub struct FieldError {
 impl poem_openapi::types::Example for Problem {
     fn example() -> Self {
         ProblemCode::InsufficientStock.example()
+    }
+}
+
+/// Why a request body was refused, field by field: made by `crate::types`' body parsing,
+/// carried inside the `poem::Error` to [`ApiError::from_request_error`], which turns it into
+/// the problem.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct BodyError {
+    pub code: ProblemCode,
+    /// The field to blame (`qty`, `items[0].id`), or none when the whole body is wrong.
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl poem::error::ResponseError for BodyError {
+    fn status(&self) -> StatusCode {
+        self.code.status()
     }
 }
 

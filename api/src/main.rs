@@ -22,8 +22,8 @@ async fn main() -> anyhow::Result<()> {
     let process = flash_sale_process::start(
         "flash-sale-api",
         env!("CARGO_PKG_VERSION"),
-        &config.log_dir,
-        &config.rust_log,
+        &config.logs.log_dir,
+        &config.logs.rust_log,
         &config.redacted(),
     )?;
     if config.webhook_secret.is_none() {

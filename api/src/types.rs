@@ -11,7 +11,8 @@ use poem_openapi::{
 };
 use serde::de::DeserializeOwned;
 
-use crate::error::{ApiError, ProblemCode};
+// One-way: this module builds its refusals from `error`'s types; `error` knows nothing of it.
+use crate::error::{ApiError, BodyError, ProblemCode};
 
 /// The media type of every JSON body, requests and answers alike. poem-openapi's own `Json`
 /// says `application/json; charset=utf-8`, a key generated clients do not recognise as JSON
@@ -69,23 +70,6 @@ impl<T: ToJSON> ApiResponse for Json<T> {
 
     fn register(registry: &mut Registry) {
         T::register(registry);
-    }
-}
-
-/// Why a request body was refused, field by field: carried inside the `poem::Error` to
-/// `ApiError::from_request_error`, which turns it into the problem.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct BodyError {
-    pub code: ProblemCode,
-    /// The field to blame (`qty`, `items[0].id`), or none when the whole body is wrong.
-    pub field: Option<String>,
-    pub message: String,
-}
-
-impl poem::error::ResponseError for BodyError {
-    fn status(&self) -> StatusCode {
-        self.code.status()
     }
 }
 

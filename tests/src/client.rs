@@ -190,6 +190,28 @@ impl Client {
         assert_eq!(r.status, 200, "{}", r.body);
         r.body["available_stock"].as_i64().expect("available_stock")
     }
+
+    /// Waits until none of `holds` reports `active`: a test letting holds run out waits for the
+    /// moment the API says they have, not for a time guessed from `HOLD_TTL_SECONDS`. A hold
+    /// never becomes active again, so each is asked about until it is not, then never again.
+    pub async fn until_no_hold_active(&self, holds: &[i64], within: Duration) {
+        let deadline = std::time::Instant::now() + within;
+        let mut left = holds;
+        while let Some((&hold, rest)) = left.split_first() {
+            let r = self.get(&format!("/api/holds/{hold}")).await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            if r.body["status"] == "active" {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "hold {hold} still active after {within:?}: {}",
+                    r.body
+                );
+                tokio::time::sleep(crate::wait::POLL).await;
+            } else {
+                left = rest;
+            }
+        }
+    }
 }
 
 pub async fn into_response(r: reqwest::Response) -> Response {

@@ -32,4 +32,4 @@ pub use db::{Backend, Blocker, TestDb};
 pub use ledger::{Ledger, assert_conserved};
 pub use load::{Answer, Load, all_at_once, all_at_once_across};
 pub use process::{Process, TRACE_QUEUED, binary, kill9};
-pub use wait::eventually;
+pub use wait::{eventually, until_older_than};

@@ -25,3 +25,25 @@ where
         tokio::time::sleep(POLL).await;
     }
 }
+
+/// Waits until `age` has passed since the newest of `times`, times the service wrote (orders'
+/// `created_at`): for deadlines it keys to its own timestamps, such as the payment timeout,
+/// which nothing reports before a sweep acts on them. Same machine, same clock.
+pub async fn until_older_than<'a>(
+    times: impl IntoIterator<Item = &'a serde_json::Value>,
+    age: Duration,
+) {
+    let newest = times
+        .into_iter()
+        .map(|t| {
+            t.as_str()
+                .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+                .unwrap_or_else(|| panic!("not an RFC 3339 time: {t}"))
+                .to_utc()
+        })
+        .max()
+        .expect("at least one time");
+    if let Ok(left) = (newest + age - chrono::Utc::now()).to_std() {
+        tokio::time::sleep(left).await;
+    }
+}

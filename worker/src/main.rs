@@ -10,8 +10,8 @@ async fn main() -> anyhow::Result<()> {
     let process = flash_sale_process::start(
         "flash-sale-worker",
         env!("CARGO_PKG_VERSION"),
-        &config.log_dir,
-        &config.rust_log,
+        &config.logs.log_dir,
+        &config.logs.rust_log,
         &config.redacted(),
     )?;
     run(config, Some(process.metrics.clone())).await

@@ -1,9 +1,10 @@
 //! The process set-up `flash-sale-api` and `flash-sale-worker` share, kept out of the data layer
-//! and out of either binary: reading `.env`, JSON logs and the Prometheus recorder
+//! and out of either binary: the settings both read ([`settings`]), reading `.env`, JSON logs and the Prometheus recorder
 //! ([`telemetry`]), the first log line ([`start`]), the listener and its `/metrics`
 //! ([`listener`]), and the signal both drain on ([`shutdown_signal`]).
 
 pub mod listener;
+pub mod settings;
 pub mod telemetry;
 
 use std::path::Path;
@@ -12,6 +13,7 @@ use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 pub use listener::{bind, metrics_endpoint};
+pub use settings::{DatabaseArgs, LogArgs};
 
 /// Reads `.env` from the working directory into the environment, before the settings are parsed.
 /// A missing file is fine; a broken one is an error worth stopping for.

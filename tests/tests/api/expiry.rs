@@ -12,8 +12,10 @@ fn short_holds() -> AppOptions {
     }
 }
 
-async fn let_holds_expire() {
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+/// Until the API reports every one of `holds` expired (a 1 s TTL, with room for a loaded machine).
+async fn let_holds_expire(app: &TestApp, holds: &[i64]) {
+    app.until_no_hold_active(holds, Duration::from_secs(10))
+        .await;
 }
 
 on_both_databases! {
@@ -23,7 +25,7 @@ on_both_databases! {
         let a = app.hold(product, 6).await.body["hold_id"].as_i64().expect("id");
         let b = app.hold(product, 4).await.body["hold_id"].as_i64().expect("id");
         assert_eq!(app.available(product).await, 0);
-        let_holds_expire().await;
+        let_holds_expire(&app, &[a, b]).await;
 
         let mut worker = app.start_worker_once(500);
         assert!(worker.wait(Duration::from_secs(30)), "{}", worker.output());
@@ -58,7 +60,7 @@ on_both_databases! {
         let product = app.create_product(5).await;
         let old = app.hold(product, 5).await.body["hold_id"].as_i64().expect("id");
         assert_eq!(app.hold(product, 1).await.code(), "insufficient_stock");
-        let_holds_expire().await;
+        let_holds_expire(&app, &[old]).await;
 
         // No worker has run: the read already leaves the expired hold out...
         assert_eq!(app.available(product).await, 5);
@@ -92,7 +94,8 @@ on_both_databases! {
             .collect();
         assert_eq!(held.len(), 200);
         assert_eq!(app.available(product).await, 0);
-        tokio::time::sleep(Duration::from_millis(3300)).await;
+        let held_ids: Vec<i64> = held.iter().copied().collect();
+        app.until_no_hold_active(&held_ids, Duration::from_secs(20)).await;
 
         // Two workers in small batches, and hold requests that reclaim, all at once.
         let mut w1 = app.start_worker_once(7);

@@ -115,7 +115,7 @@ on_both_databases! {
         app.assert_stock_conserved().await;
 
         // 4. Expiries: what was left runs out; a sweep and new holds reclaim it.
-        tokio::time::sleep(Duration::from_millis(2300)).await;
+        app.until_no_hold_active(&holds, Duration::from_secs(20)).await;
         let mut worker = app.start_worker_once(16);
         let late = app.all_at_once(20, move |c, i| {
             async move { c.hold(products[i % 2], 2).await }

@@ -62,7 +62,7 @@ on_both_databases! {
         let released = app.hold(product, 1).await.body["hold_id"].as_i64().expect("hold");
         let expiring = app.hold(product, 1).await.body["hold_id"].as_i64().expect("hold");
         assert_eq!(app.release(released).await.status, 200);
-        tokio::time::sleep(Duration::from_millis(1300)).await;
+        app.until_no_hold_active(&[expiring], Duration::from_secs(10)).await;
 
         let r = app.order(released).await;
         assert_eq!((r.status, r.code()), (409, "hold_released"), "{}", r.body);

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use flash_sale_tests::{AppOptions, Backend, TestApp, on_both_databases};
+use flash_sale_tests::{AppOptions, Backend, TestApp, on_both_databases, until_older_than};
 use serde_json::{Value, json};
 
 /// An app with one product of `stock` units and a pending order of `qty` of them.
@@ -134,7 +134,7 @@ on_both_databases! {
         assert_eq!(app.get(&format!("/api/holds/{hold}")).await.body["status"], "active");
         assert_eq!(app.count("orders", "1 = 1").await, 0);
 
-        tokio::time::sleep(Duration::from_millis(1300)).await;
+        app.until_no_hold_active(&[hold], Duration::from_secs(10)).await;
         let r = app
             .webhook(json!({"idempotency_key": "late", "order_id": 999_999, "status": "success", "hold_id": hold}))
             .await;
@@ -276,17 +276,19 @@ on_both_databases! {
     async fn unpaid_orders_time_out_once_even_with_two_workers(backend: Backend) {
         let app = TestApp::spawn(backend).await;
         let product = app.create_product(100).await;
-        let orders: Vec<i64> = app.all_at_once(60, move |c, _| {
+        let placed: Vec<Value> = app.all_at_once(60, move |c, _| {
             async move {
                 let hold = c.hold(product, 1).await.body["hold_id"].as_i64().expect("hold");
-                c.order(hold).await.body["order_id"].as_i64().expect("order")
+                c.order(hold).await.body
             }
         })
         .await;
+        let orders: Vec<i64> = placed.iter().map(|o| o["order_id"].as_i64().expect("order")).collect();
         let paid = orders[0];
         app.webhook(event("paid-in-time", paid, "success")).await;
         assert_eq!(app.stock(product).await, (99, 40));
-        tokio::time::sleep(Duration::from_millis(1300)).await;
+        // Until the newest order is older than the 1 s timeout the workers are given below.
+        until_older_than(placed.iter().map(|o| &o["created_at"]), Duration::from_secs(1)).await;
 
         let timeout = [("PAYMENT_TIMEOUT_SECONDS", "1".to_string())];
         let mut w1 = app.start_worker_once_with(5, &timeout);
