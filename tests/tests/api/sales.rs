@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use flash_sale_tests::{
     ADMIN_TOKEN, AppOptions, Client, Response, TestApp, all_at_once, into_response,
-    on_both_databases,
+    on_both_databases, until_older_than,
 };
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -294,7 +294,7 @@ on_both_databases! {
         let late_order = order.body["order_id"].as_i64().unwrap_or(0);
 
         // The payment timeout cancels the order (the worker, its timeout 1 s)...
-        tokio::time::sleep(Duration::from_millis(1300)).await;
+        until_older_than([&order.body["created_at"]], Duration::from_secs(1)).await;
         let mut worker =
             app.start_worker_once_with(10, &[("PAYMENT_TIMEOUT_SECONDS", "1".to_string())]);
         assert!(worker.wait(Duration::from_secs(60)), "{}", worker.output());
