@@ -6,6 +6,9 @@
 //!   coalescing on and off (the load comes from `wrk`);
 //! - the same for a plain SQL client doing one transaction per hold (lock, insert, update,
 //!   commit) straight against the database: the ceiling of that design;
+//! - the price of an `Idempotency-Key` and of a per-buyer limit (`results["hold_paths"]`):
+//!   unkeyed, keyed and distinct-buyer limited holds at 256 connections, interleaved over two
+//!   rounds, each path's share taken against the unkeyed holds of the same rounds;
 //! - GET product reads/s (single-flight);
 //! - a 100,000-hold expiry backlog swept by the worker while holds keep coming;
 //! - a stock-boundary run (oversold must be 0) and the API's peak RSS;
@@ -146,41 +149,89 @@ async fn stream_only(release: &Path, seconds: u64, out_dir: &Path) -> Result<()>
 /// `BENCH_ONLY=holds`: unkeyed, keyed and buyer-limited holds at 256 connections, interleaved so
 /// that the machine's drift touches each path alike.
 async fn holds_only(release: &Path, base: &str, seconds: u64) -> Result<()> {
-    let repeat: usize = std::env::var("BENCH_REPEAT")
+    let rounds: usize = std::env::var("BENCH_REPEAT")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
     let db_url = fresh_database(base, "fs_bench").await?;
     let api = Api::start(release, &db_url, true)?;
     let product = api.create_product(100_000_000).await?;
+    hold_paths(&api, product, rounds, seconds).await?;
+    Ok(())
+}
+
+/// The price of an `Idempotency-Key` and of a per-buyer limit: unkeyed holds, keyed holds (a
+/// unique key each) and holds by distinct buyers on a product with a limit of 5, all at 256
+/// connections, one after the other in each of `rounds` rounds. Each path's share is taken
+/// against the unkeyed holds of the same rounds, so all three ran on the same tables (their
+/// size changes a hold's cost) and through the same spells of the machine's speed.
+async fn hold_paths(api: &Api, product: i64, rounds: usize, seconds: u64) -> Result<Value> {
     let limited = api.create_limited_product(100_000_000, 5).await?;
     let url = format!("{}/api/holds", api.url);
-    let (mut unkeyed, mut keyed, mut buyers) = (Vec::new(), Vec::new(), Vec::new());
-    for round in 1..=repeat {
-        let u = wrk_holds(&api.url, product, 256, seconds)?;
-        let k = wrk_keyed_holds(&api.url, product, 256, seconds)?;
-        let b = wrk_with(&url, 256, 2, seconds, &buyer_holds_script(limited))?;
-        let (u, k, b) = (
-            u["holds_per_s"].as_f64().unwrap_or(0.0),
-            k["holds_per_s"].as_f64().unwrap_or(0.0),
-            rate(&b, "ok"),
-        );
+    let mut runs: Vec<[Value; 3]> = Vec::new();
+    for round in 1..=rounds.max(1) {
+        let unkeyed = wrk_holds(&api.url, product, 256, seconds)?;
+        let keyed = wrk_keyed_holds(&api.url, product, 256, seconds)?;
+        let buyers = wrk(&url, 256, seconds, &buyer_holds_script(limited))?;
+        let buyers = json!({
+            "holds_per_s": rate(&buyers, "ok"),
+            "p50_ms": ms(&buyers, "p50_us"),
+            "p99_ms": ms(&buyers, "p99_us"),
+            "refused": buyers["refused"],
+        });
+        let per_s = |v: &Value| v["holds_per_s"].as_f64().unwrap_or(0.0);
         println!(
-            "round {round}: unkeyed {u:>8.0}/s  keyed {k:>8.0}/s ({:.0}%)  limited {b:>8.0}/s ({:.0}%)",
-            100.0 * k / u,
-            100.0 * b / u
+            "Hold paths c=256, round {round}: unkeyed {:>8.0}/s  keyed {:>8.0}/s ({:.0}%)  \
+             distinct buyers, limit 5 {:>8.0}/s ({:.0}%)",
+            per_s(&unkeyed),
+            per_s(&keyed),
+            100.0 * per_s(&keyed) / per_s(&unkeyed).max(1.0),
+            per_s(&buyers),
+            100.0 * per_s(&buyers) / per_s(&unkeyed).max(1.0),
         );
-        unkeyed.push(u);
-        keyed.push(k);
-        buyers.push(b);
+        runs.push([unkeyed, keyed, buyers]);
     }
-    let total = |v: &[f64]| v.iter().sum::<f64>();
+    // Per path: mean holds/s over the rounds, and the worst p50 and p99 of any round.
+    let path = |i: usize| {
+        let mean = runs
+            .iter()
+            .map(|r| r[i]["holds_per_s"].as_f64().unwrap_or(0.0))
+            .sum::<f64>()
+            / runs.len() as f64;
+        let worst = |field: &str| {
+            runs.iter()
+                .map(|r| r[i][field].as_f64().unwrap_or(0.0))
+                .fold(0.0, f64::max)
+        };
+        json!({"connections": 256, "holds_per_s": mean, "p50_ms": worst("p50_ms"), "p99_ms": worst("p99_ms")})
+    };
+    let (unkeyed, keyed, buyers) = (path(0), path(1), path(2));
+    let share = |v: &Value| {
+        v["holds_per_s"].as_f64().unwrap_or(0.0)
+            / unkeyed["holds_per_s"].as_f64().unwrap_or(0.0).max(1.0)
+    };
+    let result = json!({
+        "rounds": runs.len(),
+        "seconds_per_run": seconds,
+        "unkeyed": unkeyed,
+        "keyed": keyed,
+        "limited": {"per_buyer_limit": 5, "buyers": "distinct", "refused_in_last_round": runs.last().map(|r| r[2]["refused"].clone())},
+        "keyed_share_of_unkeyed": share(&keyed),
+        "limited_share_of_unlimited": share(&buyers),
+    });
+    let mut result = result;
+    for (k, v) in buyers.as_object().into_iter().flatten() {
+        result["limited"][k] = v.clone();
+    }
     println!(
-        "all rounds: keyed {:.0}% of unkeyed, limited {:.0}% of unkeyed",
-        100.0 * total(&keyed) / total(&unkeyed),
-        100.0 * total(&buyers) / total(&unkeyed)
+        "Hold paths c=256, {} rounds: keyed {:.0}% of unkeyed (p99 {:.1} ms), distinct buyers on a limited product {:.0}% (p99 {:.1} ms)",
+        runs.len(),
+        100.0 * share(&keyed),
+        keyed["p99_ms"].as_f64().unwrap_or(0.0),
+        100.0 * share(&buyers),
+        buyers["p99_ms"].as_f64().unwrap_or(0.0),
     );
-    Ok(())
+    Ok(result)
 }
 
 async fn single_server(
@@ -209,39 +260,7 @@ async fn single_server(
             push(&mut results["http_holds"], r);
         }
         if coalescing {
-            let keyed = wrk_keyed_holds(&api.url, product, 256, seconds)?;
-            println!(
-                "Keyed holds (unique Idempotency-Key each) c=256 {:>8.0} holds/s  p50 {:>6.1} ms  p99 {:>6.1} ms",
-                keyed["holds_per_s"].as_f64().unwrap_or(0.0),
-                keyed["p50_ms"].as_f64().unwrap_or(0.0),
-                keyed["p99_ms"].as_f64().unwrap_or(0.0)
-            );
-            results["keyed_holds"] = keyed;
-            // Distinct buyers on a product with a per-buyer limit: the limit's cost is one
-            // indexed query per batch for the batch's buyers, under the lock.
-            let limited = api.create_limited_product(100_000_000, 5).await?;
-            let buyers = wrk_with(
-                &format!("{}/api/holds", api.url),
-                256,
-                2,
-                seconds,
-                &buyer_holds_script(limited),
-            )?;
-            let limited_holds = json!({
-                "connections": 256,
-                "per_buyer_limit": 5,
-                "holds_per_s": rate(&buyers, "ok"),
-                "p50_ms": ms(&buyers, "p50_us"),
-                "p99_ms": ms(&buyers, "p99_us"),
-                "refused": buyers["refused"],
-            });
-            println!(
-                "Holds by distinct buyers, per_buyer_limit 5 c=256 {:>8.0} holds/s  p50 {:>6.1} ms  p99 {:>6.1} ms",
-                limited_holds["holds_per_s"].as_f64().unwrap_or(0.0),
-                limited_holds["p50_ms"].as_f64().unwrap_or(0.0),
-                limited_holds["p99_ms"].as_f64().unwrap_or(0.0)
-            );
-            results["limited_product_holds"] = limited_holds;
+            results["hold_paths"] = hold_paths(&api, product, 2, seconds).await?;
             let rss_before = api.rss_kib();
             let spray = wrk_with(&format!("{}/", api.url), 256, 2, seconds, &spray_script())?;
             // Give retiring tasks a moment, then read the resident size again.
@@ -1146,13 +1165,11 @@ fn summarize(results: &mut Value) {
         "plain_sql_ceiling_holds_per_s": sql_ceiling,
         "speedup_over_plain_sql": if sql_ceiling > 0.0 { best_coalesced / sql_ceiling } else { 0.0 },
         "coalesced_p99_ms_at_256": p99_256,
-        "keyed_holds_per_s_at_256": results["keyed_holds"]["holds_per_s"],
-        "keyed_p99_ms_at_256": results["keyed_holds"]["p99_ms"],
-        "keyed_share_of_unkeyed": results["keyed_holds"]["holds_per_s"].as_f64().unwrap_or(0.0)
-            / find("http_holds", Some(true), 256).max(1.0),
-        "limited_product_holds_per_s_at_256": results["limited_product_holds"]["holds_per_s"],
-        "limited_share_of_unlimited": results["limited_product_holds"]["holds_per_s"].as_f64().unwrap_or(0.0)
-            / find("http_holds", Some(true), 256).max(1.0),
+        "keyed_holds_per_s_at_256": results["hold_paths"]["keyed"]["holds_per_s"],
+        "keyed_p99_ms_at_256": results["hold_paths"]["keyed"]["p99_ms"],
+        "keyed_share_of_unkeyed": results["hold_paths"]["keyed_share_of_unkeyed"],
+        "limited_product_holds_per_s_at_256": results["hold_paths"]["limited"]["holds_per_s"],
+        "limited_share_of_unlimited": results["hold_paths"]["limited_share_of_unlimited"],
         "get_product_per_s": results["get_product"]["per_s"],
         "unknown_id_spray_rss_mib": [results["unknown_id_spray"]["rss_before_mib"], results["unknown_id_spray"]["rss_after_mib"]],
         "oversold": results["stock_boundary"]["oversold"],
