@@ -364,3 +364,34 @@ fn log_conflict(
 fn is_unique_violation(e: &sea_orm::DbErr) -> bool {
     matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fingerprints are stored with their keys: what is hashed must not change (ids as plain
+    /// integers), or every stored webhook would answer its retry as a mismatch.
+    #[test]
+    fn fingerprints_hash_ids_as_plain_integers() {
+        let mut event = PaymentEvent {
+            idempotency_key: "evt-1".into(),
+            order_id: 1,
+            status: PaymentStatus::Success,
+            hold_id: Some(2),
+            product_id: Some(3),
+            quantity: Some(4),
+        };
+        // SHA-256 of {"hold_id":2,"idempotency_key":"evt-1","order_id":1,"product_id":3,
+        // "quantity":4,"status":"success"}.
+        assert_eq!(
+            event.fingerprint(),
+            "a45d583902655fa7927bcf45664420991dc976298912ccad8681ee3b3938c2b1"
+        );
+        event.status = PaymentStatus::Failure;
+        (event.hold_id, event.product_id, event.quantity) = (None, None, None);
+        assert_eq!(
+            event.fingerprint(),
+            "730df8bff1af6df31ebc4a4d4457855e20472dfd5cff807dd4c8f1dc8025e63e"
+        );
+    }
+}
