@@ -220,7 +220,7 @@ async fn run(inner: Arc<Inner>, id: ProductId, product: Arc<Product>) {
         match read {
             Ok(view) => {
                 if failing {
-                    tracing::info!(product_id = id, "stock stream checks succeed again");
+                    tracing::info!(product_id = id.get(), "stock stream checks succeed again");
                     failing = false;
                 }
                 let level = Level::from(&view);
@@ -236,7 +236,7 @@ async fn run(inner: Arc<Inner>, id: ProductId, product: Arc<Product>) {
             Err(error) => {
                 metrics::counter!("stock_stream_check_failures_total").increment(1);
                 if !failing {
-                    tracing::warn!(product_id = id, %error, "stock stream check failed; retrying every interval");
+                    tracing::warn!(product_id = id.get(), %error, "stock stream check failed; retrying every interval");
                     failing = true;
                 }
                 // The listeners that joined are still owed a check.

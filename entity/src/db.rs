@@ -35,6 +35,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 use crate::error::StockError;
 use crate::failure::connection_lost;
 pub use crate::failure::{DbFailure, classify};
+use crate::types::ProductId;
 
 /// Attempts per operation before contention is answered as [`StockError::Contention`]. Lost
 /// attempts come in two speeds: a lock wait times out after a second, while a Galera
@@ -394,7 +395,7 @@ impl Db {
 /// contention, or has used its attempts or its time ([`MAX_ATTEMPTS`], and no attempt starts
 /// less than [`LAST_ATTEMPT`] before the answer is due, [`ANSWER_WITHIN`] from now). Each retry is logged as
 /// `stock.contention` with the attempt number that failed.
-pub async fn with_retry<T, F, Fut>(product_id: Option<i64>, op: F) -> Result<T, StockError>
+pub async fn with_retry<T, F, Fut>(product_id: Option<ProductId>, op: F) -> Result<T, StockError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, StockError>>,
@@ -405,7 +406,7 @@ where
 /// [`with_retry`] for a caller that must answer by `deadline`.
 pub async fn with_retry_until<T, F, Fut>(
     deadline: Instant,
-    product_id: Option<i64>,
+    product_id: Option<ProductId>,
     mut op: F,
 ) -> Result<T, StockError>
 where
@@ -419,7 +420,7 @@ where
             Err(StockError::Busy(err)) => {
                 tracing::warn!(
                     metric = "stock.contention",
-                    product_id,
+                    product_id = product_id.map(ProductId::get),
                     attempts = attempt,
                     error = %err,
                     "lock wait or deadlock, retrying"

@@ -13,27 +13,28 @@ use sea_orm::DbErr;
 use crate::{
     failure::{DbFailure, classify},
     hold::HoldStatus,
+    types::{HoldId, OrderId, ProductId},
 };
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StockError {
     #[error("product {0} not found")]
-    ProductNotFound(i64),
+    ProductNotFound(ProductId),
     #[error("hold {0} not found")]
-    HoldNotFound(i64),
+    HoldNotFound(HoldId),
     #[error("order {0} not found")]
-    OrderNotFound(i64),
+    OrderNotFound(OrderId),
     #[error("only {available} available")]
     InsufficientStock { available: i32 },
     /// The hold has left the active state (or its time ran out): it cannot be released again.
     #[error("hold {id} is {status}, not active", status = .status.as_str())]
-    HoldNotActive { id: i64, status: HoldStatus },
+    HoldNotActive { id: HoldId, status: HoldStatus },
     /// An order was asked of a hold whose time ran out.
     #[error("hold {0} has expired")]
-    HoldExpired(i64),
+    HoldExpired(HoldId),
     /// An order was asked of a hold the buyer released.
     #[error("hold {0} was released")]
-    HoldReleased(i64),
+    HoldReleased(HoldId),
     /// A hold before the product's sale window opens.
     #[error("the sale starts at {starts_at}")]
     SaleNotStarted {
@@ -50,7 +51,7 @@ pub enum StockError {
     BuyerLimitExceeded { remaining: i32 },
     /// An operator marked refunded an order that owes no refund.
     #[error("order {0} has no refund due")]
-    NoRefundDue(i64),
+    NoRefundDue(OrderId),
     /// A product or change that does not hold together (a sale that ends before it starts):
     /// which field, and why.
     #[error("{field}: {message}")]

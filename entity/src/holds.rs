@@ -243,7 +243,8 @@ fn answer_all(
         .zip(requests)
         .map(|(a, r)| {
             a.map(|qty| HoldView {
-                id: ids.next().unwrap_or_default(),
+                // Never short: `create_holds` checked it has an id per granted hold.
+                id: ids.next().unwrap_or(HoldId::new(0)),
                 product_id,
                 qty,
                 status: HoldStatus::Active,
@@ -460,8 +461,8 @@ pub async fn release_hold(db: &Db, id: HoldId) -> Result<HoldView, StockError> {
 pub fn log_hold_created(hold: &HoldView) {
     tracing::info!(
         metric = "hold.created",
-        hold_id = hold.id,
-        product_id = hold.product_id,
+        hold_id = hold.id.get(),
+        product_id = hold.product_id.get(),
         quantity = hold.qty,
         "hold created"
     );

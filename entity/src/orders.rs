@@ -15,13 +15,13 @@ use crate::{
     idempotency::{Keyed, check_in_txn, store_in_txn},
     order::{self, OrderStatus},
     transitions::{clear_refund_required, lock_hold, lock_order, order_from_hold},
-    types::{HoldId, ProductId},
+    types::{HoldId, OrderId, ProductId},
 };
 
 /// An order as clients see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrderView {
-    pub id: i64,
+    pub id: OrderId,
     pub hold_id: HoldId,
     pub product_id: ProductId,
     pub quantity: i32,
@@ -56,7 +56,7 @@ pub enum OrderCreated {
     Existing(OrderView),
 }
 
-pub async fn get_order(db: &Db, id: i64) -> Result<OrderView, StockError> {
+pub async fn get_order(db: &Db, id: OrderId) -> Result<OrderView, StockError> {
     let model = db
         .read(|| async { Ok(order::Entity::find_by_id(id).one(db.conn()).await?) })
         .await?
@@ -109,9 +109,9 @@ pub async fn create_order(
 pub(crate) fn log_order_created(order: &OrderView) {
     tracing::info!(
         metric = "order.created",
-        order_id = order.id,
-        hold_id = order.hold_id,
-        product_id = order.product_id,
+        order_id = order.id.get(),
+        hold_id = order.hold_id.get(),
+        product_id = order.product_id.get(),
         quantity = order.quantity,
         "order created"
     );
@@ -158,7 +158,7 @@ pub(crate) async fn order_for_hold(
 pub async fn list_orders(
     db: &Db,
     refund_required: Option<bool>,
-    after: i64,
+    after: OrderId,
     limit: u64,
 ) -> Result<(Vec<OrderView>, bool), StockError> {
     let rows = db
@@ -187,7 +187,7 @@ pub async fn list_orders(
 
 /// An operator refunded the payment of an order marked `refund_required`: the mark goes.
 /// An order with no refund due answers [`StockError::NoRefundDue`].
-pub async fn mark_refunded(db: &Db, id: i64) -> Result<OrderView, StockError> {
+pub async fn mark_refunded(db: &Db, id: OrderId) -> Result<OrderView, StockError> {
     with_retry(None, || {
         db.write(async |txn| {
             let order = lock_order(txn, id).await?;

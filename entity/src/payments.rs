@@ -17,7 +17,7 @@ use crate::{
     order::OrderStatus,
     orders::{OrderView, log_order_created, order_for_hold},
     transitions::{lock_order, mark_refund_required, move_order},
-    types::{HoldId, ProductId},
+    types::{HoldId, OrderId, ProductId},
     webhook_event::{self, WebhookConflict},
 };
 
@@ -49,7 +49,7 @@ impl PaymentStatus {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PaymentEvent {
     pub idempotency_key: String,
-    pub order_id: i64,
+    pub order_id: OrderId,
     pub status: PaymentStatus,
     pub hold_id: Option<HoldId>,
     pub product_id: Option<ProductId>,
@@ -62,10 +62,10 @@ impl PaymentEvent {
     pub fn fingerprint(&self) -> String {
         let canonical = serde_json::json!({
             "idempotency_key": self.idempotency_key,
-            "order_id": self.order_id,
+            "order_id": self.order_id.get(),
             "status": self.status.as_str(),
-            "hold_id": self.hold_id,
-            "product_id": self.product_id,
+            "hold_id": self.hold_id.map(HoldId::get),
+            "product_id": self.product_id.map(ProductId::get),
             "quantity": self.quantity,
         });
         let digest = Sha256::digest(canonical.to_string().as_bytes());
@@ -77,7 +77,7 @@ impl PaymentEvent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PaymentResult {
     pub duplicate: bool,
-    pub order_id: i64,
+    pub order_id: OrderId,
     pub status: PaymentStatus,
     pub order_status: OrderStatus,
     /// Why the event could not have its normal effect (logged as `webhook.conflict`).
@@ -121,7 +121,7 @@ pub async fn apply_payment(db: &Db, event: &PaymentEvent) -> Result<PaymentResul
     tracing::info!(
         metric = "webhook.processed",
         idempotency_key = %event.idempotency_key,
-        order_id = result.order_id,
+        order_id = result.order_id.get(),
         is_duplicate = result.duplicate,
         status = event.status.as_str(),
         order_status = result.order_status.as_str(),
@@ -186,12 +186,12 @@ async fn record_and_apply(
     let mut created = None;
     let order = match lock_order(txn, event.order_id).await {
         Ok(order) => {
-            if event.hold_id.is_some_and(|h| h != order.hold_id) {
+            if let Some(h) = event.hold_id
+                && h != order.hold_id
+            {
                 return Err(StockError::HoldMismatch(format!(
-                    "order {} was made from hold {}, not {}",
-                    order.id,
-                    order.hold_id,
-                    event.hold_id.unwrap_or_default()
+                    "order {} was made from hold {}, not {h}",
+                    order.id, order.hold_id
                 )));
             }
             order
@@ -326,8 +326,8 @@ async fn duplicate_of(
 fn log_refund_required(order: &OrderView, idempotency_key: &str) {
     tracing::warn!(
         metric = "order.refund_required",
-        order_id = order.id,
-        product_id = order.product_id,
+        order_id = order.id.get(),
+        product_id = order.product_id.get(),
         quantity = order.quantity,
         idempotency_key,
         "a payment was taken for units that could not be delivered: refund it"
@@ -345,14 +345,14 @@ fn conflict_reason(err: &StockError) -> &'static str {
 
 fn log_conflict(
     event: &PaymentEvent,
-    order_id: Option<i64>,
+    order_id: Option<OrderId>,
     order_status: Option<OrderStatus>,
     reason: &str,
 ) {
     tracing::warn!(
         metric = "webhook.conflict",
         idempotency_key = %event.idempotency_key,
-        order_id,
+        order_id = order_id.map(OrderId::get),
         order_status = order_status.map(OrderStatus::as_str),
         reason,
         status = event.status.as_str(),
@@ -363,4 +363,35 @@ fn log_conflict(
 
 fn is_unique_violation(e: &sea_orm::DbErr) -> bool {
     matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fingerprints are stored with their keys: what is hashed must not change (ids as plain
+    /// integers), or every stored webhook would answer its retry as a mismatch.
+    #[test]
+    fn fingerprints_hash_ids_as_plain_integers() {
+        let mut event = PaymentEvent {
+            idempotency_key: "evt-1".into(),
+            order_id: OrderId::new(1),
+            status: PaymentStatus::Success,
+            hold_id: Some(HoldId::new(2)),
+            product_id: Some(ProductId::new(3)),
+            quantity: Some(4),
+        };
+        // SHA-256 of {"hold_id":2,"idempotency_key":"evt-1","order_id":1,"product_id":3,
+        // "quantity":4,"status":"success"}.
+        assert_eq!(
+            event.fingerprint(),
+            "a45d583902655fa7927bcf45664420991dc976298912ccad8681ee3b3938c2b1"
+        );
+        event.status = PaymentStatus::Failure;
+        (event.hold_id, event.product_id, event.quantity) = (None, None, None);
+        assert_eq!(
+            event.fingerprint(),
+            "730df8bff1af6df31ebc4a4d4457855e20472dfd5cff807dd4c8f1dc8025e63e"
+        );
+    }
 }

@@ -86,7 +86,7 @@ pub struct ProductChange {
 
 #[derive(Debug, FromQueryResult)]
 struct ProductRow {
-    id: i64,
+    id: ProductId,
     name: String,
     price_cents: i64,
     stock: i32,
@@ -277,11 +277,14 @@ pub async fn create_product(
     })
 }
 
+/// The id of the demo product.
+const DEMO_PRODUCT: ProductId = ProductId::new(1);
+
 /// The demo product of the contract (id 1, "Flash Sale Product", "99.99", stock 100). Adds it
 /// once; returns whether it was added (running it again changes nothing).
 pub async fn seed_demo_product(db: &Db) -> Result<bool, StockError> {
     let txn = db.begin_write().await?;
-    if product::Entity::find_by_id(1)
+    if product::Entity::find_by_id(DEMO_PRODUCT)
         .lock_exclusive()
         .one(&*txn)
         .await?
@@ -291,7 +294,7 @@ pub async fn seed_demo_product(db: &Db) -> Result<bool, StockError> {
         return Ok(false);
     }
     let model = product::ActiveModel {
-        id: Set(1),
+        id: Set(DEMO_PRODUCT),
         name: Set("Flash Sale Product".to_owned()),
         price_cents: Set(9999),
         stock: Set(100),

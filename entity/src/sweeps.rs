@@ -92,8 +92,8 @@ pub(crate) fn log_expired(holds: &[ExpiredHold], by: &'static str) {
     for h in holds {
         tracing::info!(
             metric = "hold.expired",
-            hold_id = h.id,
-            product_id = h.product_id,
+            hold_id = h.id.get(),
+            product_id = h.product_id.get(),
             quantity = h.qty,
             by,
             "hold expired, stock returned"

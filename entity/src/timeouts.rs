@@ -11,13 +11,13 @@ use crate::{
     db::{now, with_retry},
     order::{self, OrderStatus},
     transitions::move_order,
-    types::ProductId,
+    types::{OrderId, ProductId},
 };
 
 /// An order the payment timeout cancelled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TimedOutOrder {
-    pub order_id: i64,
+    pub order_id: OrderId,
     pub product_id: ProductId,
     pub quantity: i32,
 }
@@ -60,8 +60,8 @@ pub async fn cancel_unpaid_batch(
     for o in &cancelled {
         tracing::info!(
             metric = "order.timed_out",
-            order_id = o.order_id,
-            product_id = o.product_id,
+            order_id = o.order_id.get(),
+            product_id = o.product_id.get(),
             quantity = o.quantity,
             "unpaid order cancelled, stock returned"
         );

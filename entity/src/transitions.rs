@@ -150,7 +150,7 @@ async fn lock_products<C: ConnectionTrait>(
             .select_only()
             .column(product::Column::Id)
             .lock_exclusive()
-            .into_tuple::<i64>()
+            .into_tuple::<HoldId>()
             .one(txn)
             .await?
             .ok_or(StockError::ProductNotFound(id))?;
@@ -458,7 +458,7 @@ async fn insert_holds(
                     "RETURNING answered qty {qty} where {want} was inserted"
                 )));
             }
-            ids.push(row.try_get::<i64>("", "id")?);
+            ids.push(row.try_get::<HoldId>("", "id")?);
         }
         return check_all_ids(ids, qtys.len());
     } else {
@@ -503,7 +503,7 @@ async fn insert_holds(
     let mut ids = query
         .order_by_desc(hold::Column::Id)
         .limit(qtys.len() as u64)
-        .into_tuple::<i64>()
+        .into_tuple::<HoldId>()
         .all(txn)
         .await?;
     ids.reverse();

@@ -3,13 +3,47 @@
 use std::fmt;
 
 use rust_decimal::Decimal;
+use sea_orm::DeriveValueType;
 
-/// A product id as stored in the database.
-pub type ProductId = i64;
-/// A hold id as stored in the database.
-pub type HoldId = i64;
-/// An order id as stored in the database.
-pub type OrderId = i64;
+/// Declares an id type: the row id of one table, a column type of its own (SeaORM's
+/// `DeriveValueType`), so a hold's id is never passed where a product's is expected. Made from
+/// and read as the plain integer only at the edges (HTTP, SQL text, logs).
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, DeriveValueType)]
+        pub struct $name(i64);
+
+        impl $name {
+            pub const fn new(id: i64) -> Self {
+                Self(id)
+            }
+
+            pub const fn get(self) -> i64 {
+                self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// A product's id (`products.id`).
+    ProductId
+);
+id_type!(
+    /// A hold's id (`holds.id`).
+    HoldId
+);
+id_type!(
+    /// An order's id (`orders.id`).
+    OrderId
+);
 
 /// A positive number of units (at least 1). The upper bound is a setting, checked by the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -8,6 +8,7 @@ use entity::{
     orders,
     payments::{self, PaymentEvent, PaymentStatus},
     products, sweeps, timeouts,
+    types::{HoldId, OrderId, ProductId},
 };
 use migration::{Migrator, MigratorTrait};
 use proptest::prelude::*;
@@ -48,7 +49,7 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-async fn setup(dir: &std::path::Path) -> (Db, i64) {
+async fn setup(dir: &std::path::Path) -> (Db, ProductId) {
     let db = Db::connect(&DbConfig::new(
         format!("sqlite://{}?mode=rwc", dir.join("p.db").display()),
         2,
@@ -65,7 +66,7 @@ async fn setup(dir: &std::path::Path) -> (Db, i64) {
 
 /// `stock == available + Σ active holds + Σ pending orders`, `0 <= available`, and
 /// `stock + Σ paid == initial`, straight from the tables; and the API's view agrees.
-async fn check(db: &Db, product: i64) {
+async fn check(db: &Db, product: ProductId) {
     let row = db
         .conn()
         .query_one_raw(Statement::from_string(
@@ -107,8 +108,8 @@ async fn check(db: &Db, product: i64) {
 async fn run(ops: Vec<Op>) {
     let dir = tempfile::tempdir().expect("dir");
     let (db, product) = setup(dir.path()).await;
-    let mut holds: Vec<i64> = Vec::new();
-    let mut orders_made: Vec<i64> = Vec::new();
+    let mut holds: Vec<HoldId> = Vec::new();
+    let mut orders_made: Vec<OrderId> = Vec::new();
     let mut keys: std::collections::HashMap<u8, PaymentEvent> = std::collections::HashMap::new();
     for op in ops {
         match op {
@@ -155,7 +156,7 @@ async fn run(ops: Vec<Op>) {
                 let event = if early && !holds.is_empty() {
                     PaymentEvent {
                         idempotency_key: format!("k{key}"),
-                        order_id: 1_000_000,
+                        order_id: OrderId::new(1_000_000),
                         status,
                         hold_id: Some(holds[target % holds.len()]),
                         product_id: None,

@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use entity::{
     Money, orders,
     products::{self, ProductChange, SaleRules},
+    types::{OrderId, ProductId},
 };
 use poem_openapi::{
     ApiResponse, Object, OpenApi, SecurityScheme,
@@ -260,7 +261,8 @@ impl AdminApi {
             sale_ends_at: body.sale_ends_at,
             per_buyer_limit: body.per_buyer_limit,
         };
-        let product = products::update_product(&self.state.db, id.0, &change).await?;
+        let product =
+            products::update_product(&self.state.db, ProductId::new(id.0), &change).await?;
         Ok(ProductUpdated::Ok(Json(product.into())))
     }
 
@@ -285,9 +287,14 @@ impl AdminApi {
     ) -> Result<OrdersListed, Problems<ListOrdersProblems>> {
         self.authorize(&auth)?;
         let (limit, after) = page_bounds(limit.0, after.0)?;
-        let (items, more) =
-            orders::list_orders(&self.state.db, refund_required.0, after, limit).await?;
-        let next = next_after(items.last().map(|o| o.id), more);
+        let (items, more) = orders::list_orders(
+            &self.state.db,
+            refund_required.0,
+            OrderId::new(after),
+            limit,
+        )
+        .await?;
+        let next = next_after(items.last().map(|o| o.id.get()), more);
         Ok(OrdersListed::Ok(Json(OrderPage {
             items: items.into_iter().map(Order::from).collect(),
             next,
@@ -309,7 +316,7 @@ impl AdminApi {
         id: Path<i64>,
     ) -> Result<OrderRefunded, Problems<MarkRefundedProblems>> {
         self.authorize(&auth)?;
-        let order = orders::mark_refunded(&self.state.db, id.0).await?;
+        let order = orders::mark_refunded(&self.state.db, OrderId::new(id.0)).await?;
         Ok(OrderRefunded::Ok(Json(order.into())))
     }
 }

@@ -5,7 +5,7 @@ use entity::{
     HoldStatus, Quantity, StockError,
     holds::{self, HoldRequest, HoldView},
     idempotency::{Keyed, KeyedRequest, StoredResponse},
-    types::BuyerId,
+    types::{BuyerId, HoldId, ProductId},
 };
 use poem::{
     http::StatusCode,
@@ -112,8 +112,8 @@ impl poem_openapi::types::Example for Hold {
 impl From<HoldView> for Hold {
     fn from(h: HoldView) -> Self {
         Self {
-            hold_id: h.id,
-            product_id: h.product_id,
+            hold_id: h.id.get(),
+            product_id: h.product_id.get(),
             qty: h.qty,
             status: h.status.into(),
             expires_at: h.expires_at,
@@ -224,11 +224,12 @@ impl HoldsApi {
                     client_gone: self.state.connections.gone_flag(remote),
                     ..HoldRequest::new(qty)
                 };
+                let product_id = ProductId::new(body.product_id);
                 match &self.state.hold_coalescer {
-                    Some(coalescer) => coalescer.create_hold(body.product_id, request).await,
+                    Some(coalescer) => coalescer.create_hold(product_id, request).await,
                     None => {
                         let (db, ttl) = (&self.state.db, self.state.hold_ttl);
-                        holds::create_hold(db, body.product_id, request, ttl).await
+                        holds::create_hold(db, product_id, request, ttl).await
                     }
                 }
                 .map_err(ApiError::from)
@@ -251,7 +252,7 @@ impl HoldsApi {
         /// The hold's id.
         id: Path<i64>,
     ) -> Result<HoldFound, Problems<GetHoldProblems>> {
-        let hold = holds::get_hold(&self.state.db, id.0).await?;
+        let hold = holds::get_hold(&self.state.db, HoldId::new(id.0)).await?;
         Ok(HoldFound::Ok(Json(hold.into())))
     }
 
@@ -270,7 +271,7 @@ impl HoldsApi {
         /// The hold's id.
         id: Path<i64>,
     ) -> Result<HoldReleased, Problems<ReleaseHoldProblems>> {
-        let hold = holds::release_hold(&self.state.db, id.0).await?;
+        let hold = holds::release_hold(&self.state.db, HoldId::new(id.0)).await?;
         Ok(HoldReleased::Ok(Json(hold.into())))
     }
 }

@@ -5,6 +5,7 @@ use entity::{
     OrderStatus, StockError,
     idempotency::{Keyed, KeyedRequest, StoredResponse},
     orders::{self, OrderCreated, OrderView},
+    types::{HoldId, OrderId},
 };
 use poem::{http::StatusCode, web::Data};
 use poem_openapi::{
@@ -97,9 +98,9 @@ impl poem_openapi::types::Example for Order {
 impl From<OrderView> for Order {
     fn from(o: OrderView) -> Self {
         Self {
-            order_id: o.id,
-            hold_id: o.hold_id,
-            product_id: o.product_id,
+            order_id: o.id.get(),
+            hold_id: o.hold_id.get(),
+            product_id: o.product_id.get(),
             quantity: o.quantity,
             total_price: o.total.to_string(),
             status: o.status.into(),
@@ -181,9 +182,9 @@ impl OrdersApi {
             render: render_order,
         });
         Ok(
-            match orders::create_order(&self.state.db, body.hold_id, keyed).await? {
+            match orders::create_order(&self.state.db, HoldId::new(body.hold_id), keyed).await? {
                 OrderCreated::New(o) => {
-                    let path = crate::locations::order(o.id);
+                    let path = crate::locations::order(o.id.get());
                     OrderPlaced::Created(Json(o.into()), path)
                 }
                 OrderCreated::Existing(o) => OrderPlaced::Existing(Json(o.into())),
@@ -198,7 +199,7 @@ impl OrdersApi {
         /// The order's id.
         id: Path<i64>,
     ) -> Result<OrderFound, Problems<GetOrderProblems>> {
-        let order = orders::get_order(&self.state.db, id.0).await?;
+        let order = orders::get_order(&self.state.db, OrderId::new(id.0)).await?;
         Ok(OrderFound::Ok(Json(order.into())))
     }
 }

@@ -1,6 +1,9 @@
 use std::sync::Arc;
 
-use entity::payments::{self, PaymentEvent, PaymentResult, PaymentStatus};
+use entity::{
+    payments::{self, PaymentEvent, PaymentResult, PaymentStatus},
+    types::{HoldId, OrderId, ProductId},
+};
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi, param::Header};
 use serde::Deserialize;
 
@@ -112,7 +115,7 @@ impl From<PaymentResult> for PaymentProcessed {
         Self {
             processed: true,
             duplicate: r.duplicate,
-            order_id: r.order_id,
+            order_id: r.order_id.get(),
             status: r.status.into(),
             order_status: r.order_status.into(),
         }
@@ -197,10 +200,10 @@ fn validate(w: PaymentWebhook) -> Result<PaymentEvent, ApiError> {
     }
     Ok(PaymentEvent {
         idempotency_key: key,
-        order_id: w.order_id,
+        order_id: OrderId::new(w.order_id),
         status: w.status.into(),
-        hold_id: w.hold_id,
-        product_id: w.product_id,
+        hold_id: w.hold_id.map(HoldId::new),
+        product_id: w.product_id.map(ProductId::new),
         quantity: w.quantity.map(i64::from),
     })
 }

@@ -1,7 +1,10 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use entity::products::{self, ProductView};
+use entity::{
+    products::{self, ProductView},
+    types::ProductId,
+};
 use poem_openapi::{
     ApiResponse, Object, OpenApi,
     param::{Path, Query},
@@ -59,7 +62,7 @@ impl poem_openapi::types::Example for Product {
 impl From<ProductView> for Product {
     fn from(p: ProductView) -> Self {
         Self {
-            id: p.id,
+            id: p.id.get(),
             name: p.name,
             price: p.price.to_string(),
             stock: p.stock,
@@ -133,7 +136,11 @@ impl ProductsApi {
         /// The product's id.
         id: Path<i64>,
     ) -> Result<ProductFound, Problems<GetProductProblems>> {
-        let product = self.state.product_reads.product_view(id.0).await?;
+        let product = self
+            .state
+            .product_reads
+            .product_view(ProductId::new(id.0))
+            .await?;
         Ok(ProductFound::Ok(Json(product.into())))
     }
 
@@ -149,8 +156,9 @@ impl ProductsApi {
         after: Query<Option<i64>>,
     ) -> Result<ProductsListed, Problems<ListProductsProblems>> {
         let (limit, after) = page_bounds(limit.0, after.0)?;
-        let (items, more) = products::list_products(&self.state.db, after, limit).await?;
-        let next = next_after(items.last().map(|p| p.id), more);
+        let (items, more) =
+            products::list_products(&self.state.db, ProductId::new(after), limit).await?;
+        let next = next_after(items.last().map(|p| p.id.get()), more);
         Ok(ProductsListed::Ok(Json(ProductPage {
             items: items.into_iter().map(Product::from).collect(),
             next,

@@ -3,6 +3,7 @@
 
 use std::{sync::Arc, time::Duration};
 
+use entity::types::ProductId;
 use futures_util::stream::BoxStream;
 use poem::web::{RemoteAddr, sse::Event};
 use poem_openapi::{
@@ -50,7 +51,7 @@ impl Example for StockLevel {
 impl From<Level> for StockLevel {
     fn from(l: Level) -> Self {
         Self {
-            id: l.id,
+            id: l.id.get(),
             stock: l.stock,
             available_stock: l.available_stock,
         }
@@ -104,7 +105,11 @@ impl StreamApi {
         })?;
         // The first event: a read that started after the request arrived (shared with
         // concurrent GETs and other new listeners), and 404 before any event.
-        let first = self.state.product_reads.product_view(id.0).await?;
+        let first = self
+            .state
+            .product_reads
+            .product_view(ProductId::new(id.0))
+            .await?;
         let client_gone = self.state.connections.gone_flag(remote);
         let levels = hub.follow(slot, Level::from(&first), client_gone);
         let levels = futures_util::StreamExt::map(levels, StockLevel::from);

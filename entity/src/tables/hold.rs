@@ -2,6 +2,8 @@
 
 use sea_orm::entity::prelude::*;
 
+use crate::types::{HoldId, ProductId};
+
 /// The stored state of a hold. A stored `Active` hold whose `expires_at` has passed is reported
 /// as expired (see [`Model::effective_status`]) until the worker or a reclaim marks it so.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum)]
@@ -43,8 +45,8 @@ impl HoldStatus {
 #[sea_orm(table_name = "holds")]
 pub struct Model {
     #[sea_orm(primary_key)]
-    pub id: i64,
-    pub product_id: i64,
+    pub id: HoldId,
+    pub product_id: ProductId,
     pub qty: i32,
     pub status: HoldStatus,
     pub expires_at: DateTimeUtc,

@@ -2,6 +2,8 @@
 
 use sea_orm::entity::prelude::*;
 
+use crate::types::{HoldId, OrderId, ProductId};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum)]
 #[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
 pub enum OrderStatus {
@@ -50,10 +52,10 @@ impl OrderStatus {
 #[sea_orm(table_name = "orders")]
 pub struct Model {
     #[sea_orm(primary_key)]
-    pub id: i64,
+    pub id: OrderId,
     #[sea_orm(unique)]
-    pub hold_id: i64,
-    pub product_id: i64,
+    pub hold_id: HoldId,
+    pub product_id: ProductId,
     pub quantity: i32,
     pub total_cents: i64,
     pub status: OrderStatus,

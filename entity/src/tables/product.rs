@@ -2,11 +2,13 @@
 
 use sea_orm::entity::prelude::*;
 
+use crate::types::ProductId;
+
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "products")]
 pub struct Model {
     #[sea_orm(primary_key)]
-    pub id: i64,
+    pub id: ProductId,
     pub name: String,
     /// Price in cents (see [`crate::Money`]).
     pub price_cents: i64,

@@ -3,6 +3,7 @@
 use sea_orm::entity::prelude::*;
 
 use super::order::OrderStatus;
+use crate::types::OrderId;
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "webhook_events")]
@@ -14,7 +15,7 @@ pub struct Model {
     /// SHA-256 (hex) of the event's fields in canonical form: same key, other body = mismatch.
     pub fingerprint: String,
     /// The real order the event was applied to.
-    pub order_id: i64,
+    pub order_id: OrderId,
     pub event_status: String,
     /// The order's status right after the event: what a duplicate is answered.
     pub order_status: OrderStatus,
