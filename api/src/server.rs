@@ -11,7 +11,7 @@ use std::{
 use anyhow::Context;
 use entity::{
     Db, DbConfig,
-    coalesce::{HoldCoalescer, ProductReads},
+    coalesce::{HoldCoalescer, KeyLookups, ProductReads},
 };
 use metrics_exporter_prometheus::PrometheusHandle;
 use migration::{Migrator, MigratorTrait};
@@ -52,6 +52,12 @@ pub struct AppState {
     pub connections: Arc<crate::connections::Connections>,
     /// Live stock streams: one check per streamed product per interval.
     pub stock_hub: crate::stream::StockHub,
+    /// Idempotency-key look-ups, batched (see [`crate::idempotency`]).
+    pub key_lookups: KeyLookups,
+    /// Idempotency keys whose requests are running in this process.
+    pub in_flight: crate::idempotency::InFlight,
+    /// `createHold`'s per-client limit; `None` when `HOLD_RATE_LIMIT_PER_SECOND` is 0.
+    pub hold_rate_limit: Option<Arc<crate::rate_limit::HoldRateLimit>>,
 }
 
 impl AppState {
@@ -67,6 +73,15 @@ impl AppState {
                 )
             }),
             product_reads: ProductReads::new(db.clone()),
+            // Key look-ups gather company for as long as hold batches do.
+            key_lookups: KeyLookups::new(
+                db.clone(),
+                Duration::from_micros(config.hold_batch_wait_micros),
+            ),
+            in_flight: crate::idempotency::InFlight::default(),
+            hold_rate_limit: crate::rate_limit::HoldRateLimit::new(
+                config.hold_rate_limit_per_second,
+            ),
             stock_hub: crate::stream::StockHub::new(
                 db.clone(),
                 Duration::from_millis(config.stock_stream_interval_ms),
@@ -188,13 +203,6 @@ pub fn build_app(
     let metrics_ep =
         flash_sale_process::metrics_endpoint(metrics, move || pool_state.db.record_pool_metrics());
     let admin_enabled = state.admin_token.is_some();
-    // Key look-ups gather company for as long as hold batches do.
-    let key_lookups = entity::coalesce::KeyLookups::new(
-        state.db.clone(),
-        Duration::from_micros(config.hold_batch_wait_micros),
-    );
-    let in_flight = crate::idempotency::InFlight::default();
-    let rate_limit = crate::rate_limit::HoldRateLimit::new(config.hold_rate_limit_per_second);
 
     let cors = config
         .cors_allowed_origins
@@ -206,10 +214,8 @@ pub fn build_app(
         .nest("/docs", docs)
         .at("/openapi.json", spec)
         .at("/metrics", metrics_ep)
-        .around(move |ep, req| {
-            crate::idempotency::idempotent(ep, req, key_lookups.clone(), in_flight.clone())
-        })
-        .around(move |ep, req| crate::rate_limit::limit_holds(ep, req, rate_limit.clone()))
+        // (Idempotency keys and the hold rate limit belong to their operations: see their
+        // `transform`.)
         .around(move |ep, req| async move {
             // With no ADMIN_TOKEN the admin routes do not exist at all.
             if !admin_enabled && req.uri().path().starts_with("/api/admin") {
@@ -366,4 +372,88 @@ pub async fn run(config: Config, metrics: Option<PrometheusHandle>) -> anyhow::R
     db.conn().clone().close().await.ok();
     tracing::info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use poem::{Body, http::HeaderMap};
+    use serde_json::Value;
+
+    use super::*;
+
+    /// The production configuration's defaults, admin routes on, over an in-memory SQLite pool
+    /// that these tests never reach.
+    async fn app_parts() -> (Config, Arc<AppState>) {
+        let cli = crate::config::Cli::try_parse_from(["flash-sale-api", "--admin-token", "t"])
+            .expect("defaults parse");
+        let db = Db::connect(&DbConfig::new("sqlite::memory:", 1))
+            .await
+            .expect("in-memory SQLite");
+        let state = Arc::new(AppState::new(&cli.config, db));
+        (cli.config, state)
+    }
+
+    async fn call(
+        app: &impl Endpoint<Output = Response>,
+        req: Request,
+    ) -> (StatusCode, HeaderMap, Value) {
+        let resp = app.call(req).await.expect("answers are never errors");
+        let (status, headers) = (resp.status(), resp.headers().clone());
+        let text = resp.into_body().into_string().await.expect("a body");
+        (
+            status,
+            headers,
+            serde_json::from_str(&text).unwrap_or(Value::Null),
+        )
+    }
+
+    /// Keys are honoured by exactly the operations whose types say so — the handlers that
+    /// document the `Idempotency-Key` header and the problem sets marked `keyed` — at whatever
+    /// path the document gives them: renaming a route cannot turn keys off.
+    #[tokio::test]
+    async fn keys_are_checked_by_exactly_the_keyed_operations_wherever_they_live() {
+        let (config, state) = app_parts().await;
+        let spec: Value =
+            serde_json::from_str(&document(&config, state.clone())).expect("the document");
+        let app = build_app(&config, state, None);
+        let mut documented = Vec::new();
+        for (path, item) in spec["paths"].as_object().into_iter().flatten() {
+            for (method, op) in item.as_object().into_iter().flatten() {
+                let params = op["parameters"].as_array().into_iter().flatten();
+                if params.clone().any(|p| p["name"] == "Idempotency-Key") {
+                    let id = op["operationId"].as_str().unwrap_or_default().to_owned();
+                    documented.push((id, method.to_uppercase(), path.clone()));
+                }
+            }
+        }
+        documented.sort();
+        let ids: Vec<&str> = documented.iter().map(|(id, _, _)| id.as_str()).collect();
+        assert_eq!(ids, ["createHold", "createOrder"]);
+        let mut keyed = crate::routes::keyed_operations();
+        keyed.sort_unstable();
+        assert_eq!(keyed, ids);
+
+        // A key the header's schema allows (1 to 255 characters) but the layer refuses: only the
+        // layer can answer this, before the body is even parsed.
+        for (id, method, path) in &documented {
+            let req = Request::builder()
+                .method(Method::from_bytes(method.as_bytes()).expect("a method"))
+                .uri_str(path)
+                .header("idempotency-key", "tab\there")
+                .content_type("application/json")
+                .body(Body::from_string("{}".into()));
+            let (status, _, body) = call(&app, req).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{id}: {body}");
+            assert_eq!(
+                body["errors"][0]["field"], "Idempotency-Key",
+                "{id}: {body}"
+            );
+            assert_eq!(
+                body["errors"][0]["message"],
+                "must be 1 to 255 printable ASCII characters, bare or in double quotes",
+                "{id}: {body}"
+            );
+        }
+    }
 }
