@@ -19,6 +19,7 @@ use poem::{
     Endpoint, EndpointExt, IntoResponse, PathPattern, Request, Response, Route, Server,
     endpoint::make_sync,
     http::{Method, StatusCode, header},
+    middleware::CatchPanic,
     web::Html,
 };
 use poem_openapi::{
@@ -188,6 +189,16 @@ pub fn build_app(
     state: Arc<AppState>,
     metrics: Option<PrometheusHandle>,
 ) -> impl Endpoint<Output = Response> + use<> {
+    let (routes, templates) = routes(config, state.clone(), metrics);
+    with_middleware(routes, config, state, templates)
+}
+
+/// Every route, and the document's path templates (for metrics labels and error answers).
+pub fn routes(
+    config: &Config,
+    state: Arc<AppState>,
+    metrics: Option<PrometheusHandle>,
+) -> (Route, Arc<crate::observe::RouteTemplates>) {
     let service = openapi_service(state.clone());
     let document = document(config, state.clone());
     let templates = Arc::new(crate::observe::RouteTemplates::from_spec(
@@ -199,23 +210,33 @@ pub fn build_app(
         .replacen(&service.spec(), &document, 1);
     let docs = make_sync(move |_| Html(docs_html.clone()));
     let spec = make_sync(move |_| document.clone().with_content_type(crate::types::JSON));
-    let pool_state = state.clone();
+    let pool_state = state;
     let metrics_ep =
         flash_sale_process::metrics_endpoint(metrics, move || pool_state.db.record_pool_metrics());
-    let admin_enabled = state.admin_token.is_some();
+    let routes = Route::new()
+        .nest("/", service)
+        .nest("/docs", docs)
+        .at("/openapi.json", spec)
+        .at("/metrics", metrics_ep);
+    (routes, templates)
+}
 
+/// The middleware every request goes through, around `routes`: the admin switch, the body
+/// limit, the panic safety net, problem+json for every error, CORS, `Retry-After` on 503s,
+/// the request id and metrics, and the app state. (Idempotency keys and the hold rate limit
+/// belong to their operations: see their `transform`.)
+pub fn with_middleware(
+    routes: Route,
+    config: &Config,
+    state: Arc<AppState>,
+    templates: Arc<crate::observe::RouteTemplates>,
+) -> impl Endpoint<Output = Response> + use<> {
+    let admin_enabled = state.admin_token.is_some();
     let cors = config
         .cors_allowed_origins
         .as_deref()
         .map(crate::cors::CorsPolicy::new);
-
-    Route::new()
-        .nest("/", service)
-        .nest("/docs", docs)
-        .at("/openapi.json", spec)
-        .at("/metrics", metrics_ep)
-        // (Idempotency keys and the hold rate limit belong to their operations: see their
-        // `transform`.)
+    routes
         .around(move |ep, req| async move {
             // With no ADMIN_TOKEN the admin routes do not exist at all.
             if !admin_enabled && req.uri().path().starts_with("/api/admin") {
@@ -223,6 +244,9 @@ pub fn build_app(
             }
             limit_body(ep, req).await
         })
+        // A panic answers 500 instead of dropping the connection. Inside the request's span
+        // (see `observe`), so the log line carries the request id.
+        .with(CatchPanic::new().with_handler(panicked))
         .catch_all_error({
             let templates = templates.clone();
             move |err: poem::Error| {
@@ -235,6 +259,17 @@ pub fn build_app(
         .around(|ep, req| async move { Ok(with_retry_after(ep.call(req).await?)) })
         .around(move |ep, req| crate::observe::observe(ep, req, templates.clone()))
         .data(state)
+}
+
+/// The answer to a request whose handler panicked: 500 `internal`, the message logged.
+fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(a panic without a message)");
+    tracing::error!(panic = message, "handler panicked");
+    problem_response(ProblemCode::Internal, "internal error; it has been logged")
 }
 
 /// Any error raised below this point as a problem+json answer (our own error answers, already
@@ -406,6 +441,39 @@ mod tests {
             headers,
             serde_json::from_str(&text).unwrap_or(Value::Null),
         )
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_problem_json_and_the_next_request_is_served() {
+        let (config, state) = app_parts().await;
+        let (routes, templates) = routes(&config, state.clone(), None);
+        let routes = routes.at(
+            "/test/panic",
+            make_sync(|_| -> &'static str { panic!("deliberate test panic") }),
+        );
+        let app = with_middleware(routes, &config, state, templates);
+
+        let req = Request::builder()
+            .uri_str("/test/panic")
+            .header("x-request-id", "panic-req-1")
+            .finish();
+        let (status, headers, body) = call(&app, req).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok()),
+            Some(crate::error::PROBLEM_JSON)
+        );
+        assert_eq!(
+            headers.get("x-request-id").and_then(|v| v.to_str().ok()),
+            Some("panic-req-1")
+        );
+        assert_eq!(body["code"], "internal", "{body}");
+        assert_eq!(body["status"], 500, "{body}");
+
+        let (status, _, _) = call(&app, Request::builder().uri_str("/healthz").finish()).await;
+        assert_eq!(status, StatusCode::OK, "served after the panic");
     }
 
     /// Keys are honoured by exactly the operations whose types say so — the handlers that
