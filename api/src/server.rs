@@ -453,11 +453,42 @@ mod tests {
         );
         let app = with_middleware(routes, &config, state, templates);
 
+        // The log lines, JSON with the current span, as the binaries write them.
+        #[derive(Clone, Default)]
+        struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                let mut lines = self.0.lock().unwrap_or_else(|p| p.into_inner());
+                lines.extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_current_span(true)
+            .with_writer(move || writer.clone())
+            .finish();
+        // A current-thread runtime: the subscriber covers the whole request.
+        let _logs = tracing::subscriber::set_default(subscriber);
+
         let req = Request::builder()
             .uri_str("/test/panic")
             .header("x-request-id", "panic-req-1")
             .finish();
         let (status, headers, body) = call(&app, req).await;
+        let logged = String::from_utf8_lossy(&lines.0.lock().unwrap_or_else(|p| p.into_inner()))
+            .into_owned();
+        let line = logged
+            .lines()
+            .find(|l| l.contains("handler panicked"))
+            .unwrap_or_else(|| panic!("no panic logged in {logged}"));
+        assert!(line.contains("deliberate test panic"), "{line}");
+        assert!(line.contains("panic-req-1"), "{line}");
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(
             headers
