@@ -4,35 +4,50 @@
 //!
 //! This layer answers what can be answered before the request runs — a finished key is
 //! replayed, another body is a mismatch, a key still running in this process is "in use" — and
-//! otherwise hands the key to the handler ([`KeyedRequest`] in the request's data), which passes
-//! it into the effect's transaction, where the key and its answer are written with the effect.
+//! otherwise lets the request through with its [`KeyCheck`] in the request's data: the key, if
+//! any, for the handler to pass into the effect's transaction, where the key and its answer are
+//! written with the effect.
+//!
+//! The layer is attached to its operations by type, as their `transform` ([`keyed`]), never by
+//! path: renaming a route cannot turn keys off. And a keyed handler takes `Data<&KeyCheck>`,
+//! which only this layer provides, so an operation that lost its layer fails loudly (500)
+//! instead of silently ignoring keys.
 
 use std::{
     collections::HashSet,
     sync::{Arc, Mutex},
 };
 
-use entity::{
-    coalesce::KeyLookups,
-    idempotency::{KeyedRequest, Lookup, StoredResponse},
-};
+use entity::idempotency::{KeyedRequest, Lookup, StoredResponse};
 use poem::{
-    Endpoint, IntoResponse, Request, Response,
-    http::{HeaderValue, Method, StatusCode},
+    Endpoint, EndpointExt, IntoResponse, Request, Response,
+    http::{HeaderValue, StatusCode},
 };
 use sha2::{Digest, Sha256};
 
-use crate::error::{ApiError, ProblemCode};
+use crate::{
+    AppState,
+    error::{ApiError, ProblemCode},
+};
 
 pub const HEADER: &str = "idempotency-key";
 
-/// The operations that honour the header, and the scope their keys live in.
-fn scope(req: &Request) -> Option<&'static str> {
-    match (req.method(), req.uri().path()) {
-        (&Method::POST, "/api/holds") => Some("holds"),
-        (&Method::POST, "/api/orders") => Some("orders"),
-        _ => None,
-    }
+/// The scope of `createHold`'s keys.
+pub const HOLDS: &str = "holds";
+/// The scope of `createOrder`'s keys.
+pub const ORDERS: &str = "orders";
+
+/// What the layer let through: the key the handler must honour, or none when the request
+/// sent none.
+#[derive(Debug, Clone)]
+pub struct KeyCheck(pub Option<KeyedRequest>);
+
+/// The layer, as an operation's `transform`: keys of this operation live in `scope`.
+pub fn keyed<E: Endpoint + 'static>(
+    ep: E,
+    scope: &'static str,
+) -> impl Endpoint<Output = Response> {
+    ep.around(move |ep, req| idempotent(ep, req, scope))
 }
 
 /// 1 to 255 printable ASCII characters, bare or as the draft's quoted string.
@@ -73,20 +88,25 @@ impl Drop for Running {
     }
 }
 
-pub async fn idempotent<E: Endpoint>(
+async fn idempotent<E: Endpoint>(
     ep: Arc<E>,
     mut req: Request,
-    lookups: KeyLookups,
-    in_flight: InFlight,
+    scope: &'static str,
 ) -> poem::Result<Response> {
-    let Some(scope) = scope(&req) else {
-        return ep.call(req).await.map(IntoResponse::into_response);
+    let Some(state) = req.data::<Arc<AppState>>().cloned() else {
+        // `build_app` adds the state to every request: only a wiring mistake gets here.
+        tracing::error!("idempotency layer without the app state");
+        return Ok(
+            ApiError::new(ProblemCode::Internal, "internal error; it has been logged")
+                .into_response(),
+        );
     };
     let Some(raw) = req
         .headers()
         .get(HEADER)
         .map(|v| v.to_str().unwrap_or("\u{0}").to_owned())
     else {
+        req.set_data(KeyCheck(None));
         return ep.call(req).await.map(IntoResponse::into_response);
     };
     let Some(key) = parse_key(&raw).map(str::to_owned) else {
@@ -104,7 +124,7 @@ pub async fn idempotent<E: Endpoint>(
         fingerprint: fingerprint(&body),
     };
     req.set_body(body);
-    match lookups.lookup(keyed.clone()).await {
+    match state.key_lookups.lookup(keyed.clone()).await {
         Ok(Lookup::Replay(stored)) => return Ok(replay(stored, scope)),
         Ok(Lookup::Mismatch) => {
             return Ok(ApiError::from(entity::StockError::IdempotencyKeyMismatch).into_response());
@@ -112,10 +132,10 @@ pub async fn idempotent<E: Endpoint>(
         Ok(Lookup::Absent) => {}
         Err(e) => return Ok(ApiError::from(e).into_response()),
     }
-    let Some(_running) = in_flight.start(scope, &keyed.key) else {
+    let Some(_running) = state.in_flight.start(scope, &keyed.key) else {
         return Ok(ApiError::from(entity::StockError::IdempotencyKeyInUse).into_response());
     };
-    req.set_data(keyed);
+    req.set_data(KeyCheck(Some(keyed)));
     ep.call(req).await.map(IntoResponse::into_response)
 }
 
@@ -161,8 +181,8 @@ fn replay(stored: StoredResponse, scope: &str) -> Response {
         .then(|| serde_json::from_str::<serde_json::Value>(&stored.body).ok())
         .flatten()
         .and_then(|body| match scope {
-            "holds" => body["hold_id"].as_i64().map(crate::locations::hold),
-            "orders" => body["order_id"].as_i64().map(crate::locations::order),
+            HOLDS => body["hold_id"].as_i64().map(crate::locations::hold),
+            ORDERS => body["order_id"].as_i64().map(crate::locations::order),
             _ => None,
         })
         .and_then(|path| HeaderValue::from_str(&path).ok());

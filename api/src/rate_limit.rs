@@ -1,15 +1,19 @@
-//! Per-client rate limit on `POST /api/holds` (`HOLD_RATE_LIMIT_PER_SECOND`, off by default),
-//! with `governor`'s keyed GCRA limiter: over the limit, 429 `rate_limited` with `Retry-After`.
+//! Per-client rate limit on `createHold` (`HOLD_RATE_LIMIT_PER_SECOND`, off by default), with
+//! `governor`'s keyed GCRA limiter: over the limit, 429 `rate_limited` with `Retry-After`. It is
+//! part of the operation's `transform` ([`limited`]), so it follows the operation, not a path.
 
 use std::{net::IpAddr, num::NonZeroU32, sync::Arc, time::Duration};
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter, clock::Clock};
 use poem::{
-    Endpoint, IntoResponse, Request, Response,
-    http::{HeaderValue, Method, header},
+    Endpoint, EndpointExt, IntoResponse, Request, Response,
+    http::{HeaderValue, header},
 };
 
-use crate::error::{ProblemCode, problem_response};
+use crate::{
+    AppState,
+    error::{ProblemCode, problem_response},
+};
 
 pub struct HoldRateLimit {
     limiter: DefaultKeyedRateLimiter<IpAddr>,
@@ -36,14 +40,14 @@ impl HoldRateLimit {
     }
 }
 
-pub async fn limit_holds<E: Endpoint>(
-    ep: Arc<E>,
-    req: Request,
-    limit: Option<Arc<HoldRateLimit>>,
-) -> poem::Result<Response> {
-    if let Some(limit) = limit
-        && req.method() == Method::POST
-        && req.uri().path() == "/api/holds"
+/// The limit, as part of an operation's `transform`; the limiter is the app state's.
+pub fn limited<E: Endpoint + 'static>(ep: E) -> impl Endpoint<Output = Response> {
+    ep.around(limit::<E>)
+}
+
+async fn limit<E: Endpoint>(ep: Arc<E>, req: Request) -> poem::Result<Response> {
+    if let Some(state) = req.data::<Arc<AppState>>()
+        && let Some(limit) = &state.hold_rate_limit
         && let Some(ip) = req.remote_addr().as_socket_addr().map(|a| a.ip())
         && let Err(not_until) = limit.limiter.check_key(&ip)
     {

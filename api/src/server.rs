@@ -11,7 +11,7 @@ use std::{
 use anyhow::Context;
 use entity::{
     Db, DbConfig,
-    coalesce::{HoldCoalescer, ProductReads},
+    coalesce::{HoldCoalescer, KeyLookups, ProductReads},
 };
 use metrics_exporter_prometheus::PrometheusHandle;
 use migration::{Migrator, MigratorTrait};
@@ -19,6 +19,7 @@ use poem::{
     Endpoint, EndpointExt, IntoResponse, PathPattern, Request, Response, Route, Server,
     endpoint::make_sync,
     http::{Method, StatusCode, header},
+    middleware::CatchPanic,
     web::Html,
 };
 use poem_openapi::{
@@ -52,6 +53,12 @@ pub struct AppState {
     pub connections: Arc<crate::connections::Connections>,
     /// Live stock streams: one check per streamed product per interval.
     pub stock_hub: crate::stream::StockHub,
+    /// Idempotency-key look-ups, batched (see [`crate::idempotency`]).
+    pub key_lookups: KeyLookups,
+    /// Idempotency keys whose requests are running in this process.
+    pub in_flight: crate::idempotency::InFlight,
+    /// `createHold`'s per-client limit; `None` when `HOLD_RATE_LIMIT_PER_SECOND` is 0.
+    pub hold_rate_limit: Option<Arc<crate::rate_limit::HoldRateLimit>>,
 }
 
 impl AppState {
@@ -67,6 +74,15 @@ impl AppState {
                 )
             }),
             product_reads: ProductReads::new(db.clone()),
+            // Key look-ups gather company for as long as hold batches do.
+            key_lookups: KeyLookups::new(
+                db.clone(),
+                Duration::from_micros(config.hold_batch_wait_micros),
+            ),
+            in_flight: crate::idempotency::InFlight::default(),
+            hold_rate_limit: crate::rate_limit::HoldRateLimit::new(
+                config.hold_rate_limit_per_second,
+            ),
             stock_hub: crate::stream::StockHub::new(
                 db.clone(),
                 Duration::from_millis(config.stock_stream_interval_ms),
@@ -173,6 +189,16 @@ pub fn build_app(
     state: Arc<AppState>,
     metrics: Option<PrometheusHandle>,
 ) -> impl Endpoint<Output = Response> + use<> {
+    let (routes, templates) = routes(config, state.clone(), metrics);
+    with_middleware(routes, config, state, templates)
+}
+
+/// Every route, and the document's path templates (for metrics labels and error answers).
+pub fn routes(
+    config: &Config,
+    state: Arc<AppState>,
+    metrics: Option<PrometheusHandle>,
+) -> (Route, Arc<crate::observe::RouteTemplates>) {
     let service = openapi_service(state.clone());
     let document = document(config, state.clone());
     let templates = Arc::new(crate::observe::RouteTemplates::from_spec(
@@ -184,32 +210,33 @@ pub fn build_app(
         .replacen(&service.spec(), &document, 1);
     let docs = make_sync(move |_| Html(docs_html.clone()));
     let spec = make_sync(move |_| document.clone().with_content_type(crate::types::JSON));
-    let pool_state = state.clone();
+    let pool_state = state;
     let metrics_ep =
         flash_sale_process::metrics_endpoint(metrics, move || pool_state.db.record_pool_metrics());
-    let admin_enabled = state.admin_token.is_some();
-    // Key look-ups gather company for as long as hold batches do.
-    let key_lookups = entity::coalesce::KeyLookups::new(
-        state.db.clone(),
-        Duration::from_micros(config.hold_batch_wait_micros),
-    );
-    let in_flight = crate::idempotency::InFlight::default();
-    let rate_limit = crate::rate_limit::HoldRateLimit::new(config.hold_rate_limit_per_second);
+    let routes = Route::new()
+        .nest("/", service)
+        .nest("/docs", docs)
+        .at("/openapi.json", spec)
+        .at("/metrics", metrics_ep);
+    (routes, templates)
+}
 
+/// The middleware every request goes through, around `routes`: the admin switch, the body
+/// limit, the panic safety net, problem+json for every error, CORS, `Retry-After` on 503s,
+/// the request id and metrics, and the app state. (Idempotency keys and the hold rate limit
+/// belong to their operations: see their `transform`.)
+pub fn with_middleware(
+    routes: Route,
+    config: &Config,
+    state: Arc<AppState>,
+    templates: Arc<crate::observe::RouteTemplates>,
+) -> impl Endpoint<Output = Response> + use<> {
+    let admin_enabled = state.admin_token.is_some();
     let cors = config
         .cors_allowed_origins
         .as_deref()
         .map(crate::cors::CorsPolicy::new);
-
-    Route::new()
-        .nest("/", service)
-        .nest("/docs", docs)
-        .at("/openapi.json", spec)
-        .at("/metrics", metrics_ep)
-        .around(move |ep, req| {
-            crate::idempotency::idempotent(ep, req, key_lookups.clone(), in_flight.clone())
-        })
-        .around(move |ep, req| crate::rate_limit::limit_holds(ep, req, rate_limit.clone()))
+    routes
         .around(move |ep, req| async move {
             // With no ADMIN_TOKEN the admin routes do not exist at all.
             if !admin_enabled && req.uri().path().starts_with("/api/admin") {
@@ -217,6 +244,9 @@ pub fn build_app(
             }
             limit_body(ep, req).await
         })
+        // A panic answers 500 instead of dropping the connection. Inside the request's span
+        // (see `observe`), so the log line carries the request id.
+        .with(CatchPanic::new().with_handler(panicked))
         .catch_all_error({
             let templates = templates.clone();
             move |err: poem::Error| {
@@ -229,6 +259,17 @@ pub fn build_app(
         .around(|ep, req| async move { Ok(with_retry_after(ep.call(req).await?)) })
         .around(move |ep, req| crate::observe::observe(ep, req, templates.clone()))
         .data(state)
+}
+
+/// The answer to a request whose handler panicked: 500 `internal`, the message logged.
+fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(a panic without a message)");
+    tracing::error!(panic = message, "handler panicked");
+    problem_response(ProblemCode::Internal, "internal error; it has been logged")
 }
 
 /// Any error raised below this point as a problem+json answer (our own error answers, already
@@ -366,4 +407,152 @@ pub async fn run(config: Config, metrics: Option<PrometheusHandle>) -> anyhow::R
     db.conn().clone().close().await.ok();
     tracing::info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use poem::{Body, http::HeaderMap};
+    use serde_json::Value;
+
+    use super::*;
+
+    /// The production configuration's defaults, admin routes on, over an in-memory SQLite pool
+    /// that these tests never reach.
+    async fn app_parts() -> (Config, Arc<AppState>) {
+        let cli = crate::config::Cli::try_parse_from(["flash-sale-api", "--admin-token", "t"])
+            .expect("defaults parse");
+        let db = Db::connect(&DbConfig::new("sqlite::memory:", 1))
+            .await
+            .expect("in-memory SQLite");
+        let state = Arc::new(AppState::new(&cli.config, db));
+        (cli.config, state)
+    }
+
+    async fn call(
+        app: &impl Endpoint<Output = Response>,
+        req: Request,
+    ) -> (StatusCode, HeaderMap, Value) {
+        let resp = app.call(req).await.expect("answers are never errors");
+        let (status, headers) = (resp.status(), resp.headers().clone());
+        let text = resp.into_body().into_string().await.expect("a body");
+        (
+            status,
+            headers,
+            serde_json::from_str(&text).unwrap_or(Value::Null),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_problem_json_and_the_next_request_is_served() {
+        let (config, state) = app_parts().await;
+        let (routes, templates) = routes(&config, state.clone(), None);
+        let routes = routes.at(
+            "/test/panic",
+            make_sync(|_| -> &'static str { panic!("deliberate test panic") }),
+        );
+        let app = with_middleware(routes, &config, state, templates);
+
+        // The log lines, JSON with the current span, as the binaries write them.
+        #[derive(Clone, Default)]
+        struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                let mut lines = self.0.lock().unwrap_or_else(|p| p.into_inner());
+                lines.extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_current_span(true)
+            .with_writer(move || writer.clone())
+            .finish();
+        // A current-thread runtime: the subscriber covers the whole request.
+        let _logs = tracing::subscriber::set_default(subscriber);
+
+        let req = Request::builder()
+            .uri_str("/test/panic")
+            .header("x-request-id", "panic-req-1")
+            .finish();
+        let (status, headers, body) = call(&app, req).await;
+        let logged = String::from_utf8_lossy(&lines.0.lock().unwrap_or_else(|p| p.into_inner()))
+            .into_owned();
+        let line = logged
+            .lines()
+            .find(|l| l.contains("handler panicked"))
+            .unwrap_or_else(|| panic!("no panic logged in {logged}"));
+        assert!(line.contains("deliberate test panic"), "{line}");
+        assert!(line.contains("panic-req-1"), "{line}");
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok()),
+            Some(crate::error::PROBLEM_JSON)
+        );
+        assert_eq!(
+            headers.get("x-request-id").and_then(|v| v.to_str().ok()),
+            Some("panic-req-1")
+        );
+        assert_eq!(body["code"], "internal", "{body}");
+        assert_eq!(body["status"], 500, "{body}");
+
+        let (status, _, _) = call(&app, Request::builder().uri_str("/healthz").finish()).await;
+        assert_eq!(status, StatusCode::OK, "served after the panic");
+    }
+
+    /// Keys are honoured by exactly the operations whose types say so — the handlers that
+    /// document the `Idempotency-Key` header and the problem sets marked `keyed` — at whatever
+    /// path the document gives them: renaming a route cannot turn keys off.
+    #[tokio::test]
+    async fn keys_are_checked_by_exactly_the_keyed_operations_wherever_they_live() {
+        let (config, state) = app_parts().await;
+        let spec: Value =
+            serde_json::from_str(&document(&config, state.clone())).expect("the document");
+        let app = build_app(&config, state, None);
+        let mut documented = Vec::new();
+        for (path, item) in spec["paths"].as_object().into_iter().flatten() {
+            for (method, op) in item.as_object().into_iter().flatten() {
+                let params = op["parameters"].as_array().into_iter().flatten();
+                if params.clone().any(|p| p["name"] == "Idempotency-Key") {
+                    let id = op["operationId"].as_str().unwrap_or_default().to_owned();
+                    documented.push((id, method.to_uppercase(), path.clone()));
+                }
+            }
+        }
+        documented.sort();
+        let ids: Vec<&str> = documented.iter().map(|(id, _, _)| id.as_str()).collect();
+        assert_eq!(ids, ["createHold", "createOrder"]);
+        let mut keyed = crate::routes::keyed_operations();
+        keyed.sort_unstable();
+        assert_eq!(keyed, ids);
+
+        // A key the header's schema allows (1 to 255 characters) but the layer refuses: only the
+        // layer can answer this, before the body is even parsed.
+        for (id, method, path) in &documented {
+            let req = Request::builder()
+                .method(Method::from_bytes(method.as_bytes()).expect("a method"))
+                .uri_str(path)
+                .header("idempotency-key", "tab\there")
+                .content_type("application/json")
+                .body(Body::from_string("{}".into()));
+            let (status, _, body) = call(&app, req).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{id}: {body}");
+            assert_eq!(
+                body["errors"][0]["field"], "Idempotency-Key",
+                "{id}: {body}"
+            );
+            assert_eq!(
+                body["errors"][0]["message"],
+                "must be 1 to 255 printable ASCII characters, bare or in double quotes",
+                "{id}: {body}"
+            );
+        }
+    }
 }

@@ -4,10 +4,11 @@ use chrono::{DateTime, Utc};
 use entity::{
     HoldStatus, Quantity, StockError,
     holds::{self, HoldRequest, HoldView},
-    idempotency::{Keyed, KeyedRequest, StoredResponse},
+    idempotency::{Keyed, StoredResponse},
     types::{BuyerId, HoldId, ProductId},
 };
 use poem::{
+    Endpoint, Response,
     http::StatusCode,
     web::{Data, RemoteAddr},
 };
@@ -21,6 +22,8 @@ use super::{ApiTags, problems};
 use crate::{
     AppState,
     error::{ApiError, Problems},
+    idempotency::{self, KeyCheck},
+    rate_limit,
     types::{Json, JsonBody},
 };
 
@@ -177,6 +180,12 @@ pub struct HoldsApi {
     pub state: Arc<AppState>,
 }
 
+/// `createHold`'s own middleware, attached to the operation rather than to its path: the
+/// per-client rate limit, then idempotency keys.
+fn hold_guards(ep: impl Endpoint + 'static) -> impl Endpoint<Output = Response> {
+    rate_limit::limited(idempotency::keyed(ep, idempotency::HOLDS))
+}
+
 #[OpenApi(tag = "ApiTags::Holds")]
 impl HoldsApi {
     /// Hold stock for a short time
@@ -184,7 +193,12 @@ impl HoldsApi {
     /// The hold reserves `qty` units for `HOLD_TTL_SECONDS` (2 minutes by default). Answers 409
     /// `insufficient_stock`, with `available`, when the product cannot cover `qty`. Never
     /// oversells, however many requests arrive at once.
-    #[oai(path = "/api/holds", method = "post", operation_id = "createHold")]
+    #[oai(
+        path = "/api/holds",
+        method = "post",
+        operation_id = "createHold",
+        transform = "hold_guards"
+    )]
     async fn create_hold(
         &self,
         /// Optional client idempotency key (IETF httpapi draft; 1 to 255 printable ASCII
@@ -196,7 +210,7 @@ impl HoldsApi {
         #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255))]
         _idempotency_key: Header<Option<String>>,
         body: JsonBody<CreateHold>,
-        keyed: Option<Data<&KeyedRequest>>,
+        keys: Data<&KeyCheck>,
         remote: &RemoteAddr,
     ) -> Result<HoldCreated, Problems<CreateHoldProblems>> {
         let max = self.state.max_hold_qty;
@@ -217,8 +231,8 @@ impl HoldsApi {
             (Some(qty), Ok(buyer)) => {
                 let request = HoldRequest {
                     buyer,
-                    keyed: keyed.map(|k| Keyed {
-                        request: k.0.clone(),
+                    keyed: keys.0.0.clone().map(|request| Keyed {
+                        request,
                         render: render_hold,
                     }),
                     client_gone: self.state.connections.gone_flag(remote),

@@ -47,8 +47,23 @@ pub(crate) use problems;
 
 /// Every operation's problems, for the examples of the document.
 pub fn problem_sets() -> Vec<(&'static str, &'static [ProblemCode])> {
-    fn entry<S: ProblemSet>() -> (&'static str, &'static [ProblemCode]) {
-        (S::OPERATION, S::CODES)
+    operations()
+        .into_iter()
+        .map(|(op, codes, _)| (op, codes))
+        .collect()
+}
+
+/// The operations whose problem sets say they take an `Idempotency-Key`.
+pub fn keyed_operations() -> Vec<&'static str> {
+    operations()
+        .into_iter()
+        .filter_map(|(op, _, keyed)| keyed.then_some(op))
+        .collect()
+}
+
+fn operations() -> Vec<(&'static str, &'static [ProblemCode], bool)> {
+    fn entry<S: ProblemSet>() -> (&'static str, &'static [ProblemCode], bool) {
+        (S::OPERATION, S::CODES, S::KEYED)
     }
     vec![
         entry::<products::GetProductProblems>(),

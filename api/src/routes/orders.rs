@@ -3,11 +3,11 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use entity::{
     OrderStatus, StockError,
-    idempotency::{Keyed, KeyedRequest, StoredResponse},
+    idempotency::{Keyed, StoredResponse},
     orders::{self, OrderCreated, OrderView},
     types::{HoldId, OrderId},
 };
-use poem::{http::StatusCode, web::Data};
+use poem::{Endpoint, Response, http::StatusCode, web::Data};
 use poem_openapi::{
     ApiResponse, Enum, Object, OpenApi,
     param::{Header, Path},
@@ -18,6 +18,7 @@ use super::{ApiTags, problems};
 use crate::{
     AppState,
     error::{ApiError, Problems},
+    idempotency::{self, KeyCheck},
     types::{Json, JsonBody},
 };
 
@@ -156,6 +157,11 @@ pub struct OrdersApi {
     pub state: Arc<AppState>,
 }
 
+/// `createOrder`'s own middleware, attached to the operation rather than to its path.
+fn order_guards(ep: impl Endpoint + 'static) -> impl Endpoint<Output = Response> {
+    idempotency::keyed(ep, idempotency::ORDERS)
+}
+
 #[OpenApi(tag = "ApiTags::Orders")]
 impl OrdersApi {
     /// Turn an active hold into a pending order
@@ -163,7 +169,12 @@ impl OrdersApi {
     /// The hold is the order's idempotency key: asking again for the same hold answers 200 with
     /// the same order, however many requests arrive at once. Holds that expired or were released
     /// answer 409 `hold_expired` / `hold_released`.
-    #[oai(path = "/api/orders", method = "post", operation_id = "createOrder")]
+    #[oai(
+        path = "/api/orders",
+        method = "post",
+        operation_id = "createOrder",
+        transform = "order_guards"
+    )]
     async fn create_order(
         &self,
         /// Optional client idempotency key (IETF httpapi draft; 1 to 255 printable ASCII
@@ -175,10 +186,10 @@ impl OrdersApi {
         #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255))]
         _idempotency_key: Header<Option<String>>,
         body: JsonBody<CreateOrder>,
-        keyed: Option<Data<&KeyedRequest>>,
+        keys: Data<&KeyCheck>,
     ) -> Result<OrderPlaced, Problems<CreateOrderProblems>> {
-        let keyed = keyed.map(|k| Keyed {
-            request: k.0.clone(),
+        let keyed = keys.0.0.clone().map(|request| Keyed {
+            request,
             render: render_order,
         });
         Ok(

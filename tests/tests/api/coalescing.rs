@@ -113,7 +113,12 @@ on_both_databases! {
         })
         .await;
         assert_eq!(answers.iter().filter(|r| r.status == 201).count(), 100);
-        assert!(answers.iter().filter(|r| r.status != 201).all(|r| r.code() == "insufficient_stock"));
+        let others: Vec<_> = answers.iter().filter(|r| r.status != 201).collect();
+        assert!(
+            others.iter().all(|r| r.code() == "insufficient_stock"),
+            "{:?}",
+            others.iter().map(|r| (r.status, r.body.to_string())).collect::<Vec<_>>()
+        );
         assert_eq!(app.available(product).await, 0);
         app.assert_stock_conserved().await;
     }
