@@ -8,7 +8,7 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use entity::StockError;
+use entity::DomainError;
 use poem::{IntoResponse, Response, http::StatusCode};
 use poem_openapi::{
     ApiResponse, Enum, Object,
@@ -449,47 +449,49 @@ pub fn classify_poem_error(err: &poem::Error) -> ProblemCode {
     }
 }
 
-impl From<StockError> for ApiError {
-    fn from(err: StockError) -> Self {
+impl From<DomainError> for ApiError {
+    fn from(err: DomainError) -> Self {
         use ProblemCode::*;
         match err {
-            StockError::ProductNotFound(id) => {
+            DomainError::ProductNotFound(id) => {
                 Self::new(ProductNotFound, format!("product {id} does not exist"))
             }
-            StockError::HoldNotFound(id) => {
+            DomainError::HoldNotFound(id) => {
                 Self::new(HoldNotFound, format!("hold {id} does not exist"))
             }
-            StockError::OrderNotFound(id) => {
+            DomainError::OrderNotFound(id) => {
                 Self::new(OrderNotFound, format!("order {id} does not exist"))
             }
-            StockError::HoldExpired(id) => Self::new(HoldExpired, format!("hold {id} has expired")),
-            StockError::HoldReleased(id) => {
+            DomainError::HoldExpired(id) => {
+                Self::new(HoldExpired, format!("hold {id} has expired"))
+            }
+            DomainError::HoldReleased(id) => {
                 Self::new(HoldReleased, format!("hold {id} was released"))
             }
-            StockError::HoldMismatch(detail) => Self::new(HoldMismatch, detail),
-            StockError::IdempotencyKeyMismatch => Self::new(
+            DomainError::HoldMismatch(detail) => Self::new(HoldMismatch, detail),
+            DomainError::IdempotencyKeyMismatch => Self::new(
                 IdempotencyKeyMismatch,
                 "this idempotency key was used with a different body",
             ),
-            StockError::IdempotencyKeyInUse => Self::new(
+            DomainError::IdempotencyKeyInUse => Self::new(
                 IdempotencyKeyInUse,
                 "a request with this Idempotency-Key is still being processed; retry later",
             ),
-            StockError::InsufficientStock { available } => {
+            DomainError::InsufficientStock { available } => {
                 Self::new(InsufficientStock, format!("only {available} available"))
                     .with_available(available)
             }
-            StockError::BuyerLimitExceeded { remaining } => Self::new(
+            DomainError::BuyerLimitExceeded { remaining } => Self::new(
                 BuyerLimitExceeded,
                 format!("this buyer may hold only {remaining} more"),
             )
             .with_remaining(remaining),
-            StockError::BuyerIdRequired => Self::field(
+            DomainError::BuyerIdRequired => Self::field(
                 BuyerIdRequired,
                 "buyer_id",
                 "this product limits units per buyer",
             ),
-            StockError::SaleNotStarted { starts_at } => Self::new(
+            DomainError::SaleNotStarted { starts_at } => Self::new(
                 SaleNotStarted,
                 format!(
                     "the sale starts at {}",
@@ -497,36 +499,36 @@ impl From<StockError> for ApiError {
                 ),
             )
             .with_sale_starts_at(starts_at),
-            StockError::SaleEnded => Self::new(SaleEnded, "the sale has ended"),
-            StockError::NoRefundDue(id) => {
+            DomainError::SaleEnded => Self::new(SaleEnded, "the sale has ended"),
+            DomainError::NoRefundDue(id) => {
                 Self::new(NoRefundDue, format!("order {id} has no refund due"))
             }
-            StockError::InvalidProduct { field, message } => Self::validation(field, message),
-            StockError::HoldNotActive { id, status } => {
+            DomainError::InvalidProduct { field, message } => Self::validation(field, message),
+            DomainError::HoldNotActive { id, status } => {
                 Self::new(HoldNotActive, format!("hold {id} is {}", status.as_str()))
             }
             // The database's doing (the entity layer sorted each failure into these): a 503,
             // never a 500.
-            e @ (StockError::Busy(_)
-            | StockError::Contention { .. }
-            | StockError::Unavailable(_)
-            | StockError::Overloaded
-            | StockError::Abandoned) => {
+            e @ (DomainError::Busy(_)
+            | DomainError::Contention { .. }
+            | DomainError::Unavailable(_)
+            | DomainError::Overloaded
+            | DomainError::Abandoned) => {
                 tracing::warn!(error = %e, "answering 503");
                 let detail = match e {
-                    StockError::Unavailable(_) => {
+                    DomainError::Unavailable(_) => {
                         "the database cannot serve right now; retry shortly"
                     }
-                    StockError::Overloaded => {
+                    DomainError::Overloaded => {
                         "too many requests are waiting for this product; retry shortly"
                     }
                     // Nobody reads this one: the client has gone.
-                    StockError::Abandoned => "the request was abandoned by its client",
+                    DomainError::Abandoned => "the request was abandoned by its client",
                     _ => "the stock is busy; retry shortly",
                 };
                 Self::new(Unavailable, detail)
             }
-            StockError::Invariant(_) | StockError::Db(_) | StockError::Panicked(_) => {
+            DomainError::Invariant(_) | DomainError::Db(_) | DomainError::Panicked(_) => {
                 tracing::error!(error = %err, "internal error");
                 Self::new(Internal, "internal error; it has been logged")
             }
@@ -559,8 +561,8 @@ impl<S> From<ApiError> for Problems<S> {
     }
 }
 
-impl<S> From<StockError> for Problems<S> {
-    fn from(e: StockError) -> Self {
+impl<S> From<DomainError> for Problems<S> {
+    fn from(e: DomainError) -> Self {
         ApiError::from(e).into()
     }
 }
@@ -696,7 +698,7 @@ mod tests {
 
     #[test]
     fn insufficient_stock_carries_available() {
-        let p = ApiError::from(StockError::InsufficientStock { available: 3 }).into_problem();
+        let p = ApiError::from(DomainError::InsufficientStock { available: 3 }).into_problem();
         assert_eq!(
             (p.code, p.available, p.status),
             (ProblemCode::InsufficientStock, Some(3), 409)

@@ -127,13 +127,13 @@ async fn idempotent<E: Endpoint>(
     match state.key_lookups.lookup(keyed.clone()).await {
         Ok(Lookup::Replay(stored)) => return Ok(replay(stored, scope)),
         Ok(Lookup::Mismatch) => {
-            return Ok(ApiError::from(entity::StockError::IdempotencyKeyMismatch).into_response());
+            return Ok(ApiError::from(entity::DomainError::IdempotencyKeyMismatch).into_response());
         }
         Ok(Lookup::Absent) => {}
         Err(e) => return Ok(ApiError::from(e).into_response()),
     }
     let Some(_running) = state.in_flight.start(scope, &keyed.key) else {
-        return Ok(ApiError::from(entity::StockError::IdempotencyKeyInUse).into_response());
+        return Ok(ApiError::from(entity::DomainError::IdempotencyKeyInUse).into_response());
     };
     req.set_data(KeyCheck(Some(keyed)));
     ep.call(req).await.map(IntoResponse::into_response)

@@ -13,7 +13,7 @@ use std::{
 };
 
 use crate::{
-    Db, StockError,
+    Db, DomainError,
     batcher::{BatchError, BatchPolicy, KeyedBatcher},
     db::ANSWER_WITHIN,
     holds::{self, HoldRequest, HoldView},
@@ -22,7 +22,7 @@ use crate::{
     types::ProductId,
 };
 
-type HoldAnswer = Result<HoldView, StockError>;
+type HoldAnswer = Result<HoldView, DomainError>;
 
 /// Hold requests that may wait for one product, per batch the transaction can take: beyond
 /// that a request waits longer than the contract's 5 s anyway, so it is refused at once (503).
@@ -30,11 +30,11 @@ const QUEUED_BATCHES: usize = 16;
 /// Concurrent reads waiting for one product's next query.
 const MAX_QUEUED_READS: usize = 65_536;
 
-impl From<BatchError> for StockError {
+impl From<BatchError> for DomainError {
     fn from(e: BatchError) -> Self {
         match e {
-            BatchError::Overloaded => StockError::Overloaded,
-            BatchError::Panicked(message) => StockError::Panicked(message),
+            BatchError::Overloaded => DomainError::Overloaded,
+            BatchError::Panicked(message) => DomainError::Panicked(message),
         }
     }
 }
@@ -93,10 +93,10 @@ impl HoldCoalescer {
                     reqs.iter()
                         .map(|(_, arrived)| {
                             if late(*arrived) {
-                                Err(StockError::Contention { attempts: 0 })
+                                Err(DomainError::Contention { attempts: 0 })
                             } else {
                                 answers.next().unwrap_or_else(|| {
-                                    Err(StockError::Invariant("a batch answered too few".into()))
+                                    Err(DomainError::Invariant("a batch answered too few".into()))
                                 })
                             }
                         })
@@ -122,7 +122,7 @@ impl HoldCoalescer {
 
 #[derive(Clone)]
 pub struct ProductReads {
-    batcher: Arc<KeyedBatcher<ProductId, Instant, Result<ProductView, StockError>>>,
+    batcher: Arc<KeyedBatcher<ProductId, Instant, Result<ProductView, DomainError>>>,
 }
 
 impl ProductReads {
@@ -163,7 +163,7 @@ impl ProductReads {
         Self { batcher }
     }
 
-    pub async fn product_view(&self, product_id: ProductId) -> Result<ProductView, StockError> {
+    pub async fn product_view(&self, product_id: ProductId) -> Result<ProductView, DomainError> {
         self.batcher
             .call(product_id, Instant::now())
             .await
@@ -181,7 +181,7 @@ impl ProductReads {
 /// half the database's work per keyed hold).
 #[derive(Clone)]
 pub struct KeyLookups {
-    batcher: Arc<KeyedBatcher<&'static str, KeyedRequest, Result<Lookup, StockError>>>,
+    batcher: Arc<KeyedBatcher<&'static str, KeyedRequest, Result<Lookup, DomainError>>>,
 }
 
 impl KeyLookups {
@@ -204,7 +204,7 @@ impl KeyLookups {
         Self { batcher }
     }
 
-    pub async fn lookup(&self, request: KeyedRequest) -> Result<Lookup, StockError> {
+    pub async fn lookup(&self, request: KeyedRequest) -> Result<Lookup, DomainError> {
         self.batcher
             .call(request.scope, request)
             .await

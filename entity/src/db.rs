@@ -32,12 +32,12 @@ use sea_orm::{
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
-use crate::error::StockError;
+use crate::error::DomainError;
 use crate::failure::connection_lost;
 pub use crate::failure::{DbFailure, classify};
 use crate::types::ProductId;
 
-/// Attempts per operation before contention is answered as [`StockError::Contention`]. Lost
+/// Attempts per operation before contention is answered as [`DomainError::Contention`]. Lost
 /// attempts come in two speeds: a lock wait times out after a second, while a Galera
 /// certification conflict fails at once, so the bound that matters is the request's deadline
 /// ([`ANSWER_WITHIN`]).
@@ -305,8 +305,8 @@ impl Db {
     /// (An outcome that must still commit, such as a refusal after a reclaim, is an `Ok`.)
     pub async fn write<T>(
         &self,
-        work: impl AsyncFnOnce(&DatabaseTransaction) -> Result<T, StockError>,
-    ) -> Result<T, StockError> {
+        work: impl AsyncFnOnce(&DatabaseTransaction) -> Result<T, DomainError>,
+    ) -> Result<T, DomainError> {
         self.write_until(Instant::now() + ANSWER_WITHIN, work).await
     }
 
@@ -316,8 +316,8 @@ impl Db {
     pub async fn write_until<T>(
         &self,
         deadline: Instant,
-        work: impl AsyncFnOnce(&DatabaseTransaction) -> Result<T, StockError>,
-    ) -> Result<T, StockError> {
+        work: impl AsyncFnOnce(&DatabaseTransaction) -> Result<T, DomainError>,
+    ) -> Result<T, DomainError> {
         let txn = match tokio::time::timeout_at(deadline.into(), self.begin_write()).await {
             Ok(txn) => txn?,
             Err(_) => return Err(out_of_time()),
@@ -340,16 +340,16 @@ impl Db {
     /// server, or left over from before a restart): harmless for a read, and it spares the
     /// client a 503 that a fresh connection would not have given. Each failure retires one
     /// dead connection at once, so this ends after at most the pool's size of them.
-    pub async fn read<T, F, Fut>(&self, op: F) -> Result<T, StockError>
+    pub async fn read<T, F, Fut>(&self, op: F) -> Result<T, DomainError>
     where
         F: Fn() -> Fut,
-        Fut: Future<Output = Result<T, StockError>>,
+        Fut: Future<Output = Result<T, DomainError>>,
     {
         let mut tries = 0;
         loop {
             tries += 1;
             match op().await {
-                Err(StockError::Unavailable(e))
+                Err(DomainError::Unavailable(e))
                     if connection_lost(&e) && tries <= self.max_connections =>
                 {
                     continue;
@@ -395,10 +395,10 @@ impl Db {
 /// contention, or has used its attempts or its time ([`MAX_ATTEMPTS`], and no attempt starts
 /// less than [`LAST_ATTEMPT`] before the answer is due, [`ANSWER_WITHIN`] from now). Each retry is logged as
 /// `stock.contention` with the attempt number that failed.
-pub async fn with_retry<T, F, Fut>(product_id: Option<ProductId>, op: F) -> Result<T, StockError>
+pub async fn with_retry<T, F, Fut>(product_id: Option<ProductId>, op: F) -> Result<T, DomainError>
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, StockError>>,
+    Fut: Future<Output = Result<T, DomainError>>,
 {
     with_retry_until(Instant::now() + ANSWER_WITHIN, product_id, op).await
 }
@@ -408,16 +408,16 @@ pub async fn with_retry_until<T, F, Fut>(
     deadline: Instant,
     product_id: Option<ProductId>,
     mut op: F,
-) -> Result<T, StockError>
+) -> Result<T, DomainError>
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, StockError>>,
+    Fut: Future<Output = Result<T, DomainError>>,
 {
     let last_start = deadline.checked_sub(LAST_ATTEMPT).unwrap_or(deadline);
     let mut attempt = 1;
     loop {
         match op().await {
-            Err(StockError::Busy(err)) => {
+            Err(DomainError::Busy(err)) => {
                 tracing::warn!(
                     metric = "stock.contention",
                     product_id = product_id.map(ProductId::get),
@@ -431,7 +431,7 @@ where
                 let base = 4u64 << (attempt - 1).min(6);
                 let pause = Duration::from_millis(base + rand::random_range(0..=base));
                 if attempt >= MAX_ATTEMPTS || Instant::now() + pause >= last_start {
-                    return Err(StockError::Contention { attempts: attempt });
+                    return Err(DomainError::Contention { attempts: attempt });
                 }
                 tokio::time::sleep(pause).await;
                 attempt += 1;
@@ -443,8 +443,8 @@ where
 
 /// The request's deadline passed while it waited for the database (a pooled connection, or a
 /// shared read): unavailable, as a pool timeout is.
-pub(crate) fn out_of_time() -> StockError {
-    StockError::Unavailable(Arc::new(DbErr::ConnectionAcquire(
+pub(crate) fn out_of_time() -> DomainError {
+    DomainError::Unavailable(Arc::new(DbErr::ConnectionAcquire(
         sea_orm::error::ConnAcquireErr::Timeout,
     )))
 }

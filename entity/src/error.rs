@@ -1,8 +1,9 @@
-//! What a stock operation can answer besides success.
+//! What a domain operation (products, holds, orders, payment webhooks, idempotency keys) can
+//! answer besides success.
 //!
 //! Database failures are sorted once, here, by what the caller should do about them — retry
-//! ([`StockError::Busy`]), answer "unavailable" ([`StockError::Unavailable`]), or treat as a
-//! fault ([`StockError::Db`]) — and keep the original [`DbErr`] (with its server error number)
+//! ([`DomainError::Busy`]), answer "unavailable" ([`DomainError::Unavailable`]), or treat as a
+//! fault ([`DomainError::Db`]) — and keep the original [`DbErr`] (with its server error number)
 //! behind an `Arc`, so one failure can be handed to every caller of a shared batch or read
 //! without being flattened into a message.
 
@@ -17,7 +18,7 @@ use crate::{
 };
 
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum StockError {
+pub enum DomainError {
     #[error("product {0} not found")]
     ProductNotFound(ProductId),
     #[error("hold {0} not found")]
@@ -73,7 +74,7 @@ pub enum StockError {
     /// Galera certification conflict (1213, also at COMMIT), SQLite busy, or a transaction whose
     /// rows vanished under it (aborted by the cluster). [`crate::db::with_retry`] runs the
     /// operation again; if it escapes (a read, or the last attempt) it is answered like
-    /// [`StockError::Contention`].
+    /// [`DomainError::Contention`].
     #[error("transaction lost to a concurrent one: {0}")]
     Busy(Arc<DbErr>),
     /// Lock waits, deadlocks or SQLite busy errors outlasted the bounded retries.
@@ -99,22 +100,22 @@ pub enum StockError {
     Db(Arc<DbErr>),
 }
 
-impl From<DbErr> for StockError {
+impl From<DbErr> for DomainError {
     fn from(err: DbErr) -> Self {
         let kind = classify(&err);
         let err = Arc::new(err);
         match kind {
-            DbFailure::Busy => StockError::Busy(err),
-            DbFailure::Unavailable => StockError::Unavailable(err),
-            DbFailure::Other => StockError::Db(err),
+            DbFailure::Busy => DomainError::Busy(err),
+            DbFailure::Unavailable => DomainError::Unavailable(err),
+            DbFailure::Other => DomainError::Db(err),
         }
     }
 }
 
-impl StockError {
+impl DomainError {
     /// A transaction found fewer of its own new rows than it wrote: on a Galera node that is
     /// a transaction the cluster aborted under it, so it counts as lost, to be retried.
-    pub(crate) fn rows_lost(what: String) -> StockError {
-        StockError::Busy(Arc::new(DbErr::Custom(what)))
+    pub(crate) fn rows_lost(what: String) -> DomainError {
+        DomainError::Busy(Arc::new(DbErr::Custom(what)))
     }
 }

@@ -1,6 +1,6 @@
 //! Sorting a database error by what to do about it: retry, answer 503, or treat it as a fault.
-//! Kept apart from `db.rs` so that `error.rs` (which turns a `DbErr` into a `StockError`) and
-//! `db.rs` (which answers `StockError`s) do not depend on each other.
+//! Kept apart from `db.rs` so that `error.rs` (which turns a `DbErr` into a `DomainError`) and
+//! `db.rs` (which answers `DomainError`s) do not depend on each other.
 
 use sea_orm::{DbErr, RuntimeErr, sqlx};
 

@@ -10,7 +10,7 @@ use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, Stat
 use std::collections::HashMap;
 
 use crate::{
-    Db, OrderStatus, Quantity, StockError,
+    Db, DomainError, OrderStatus, Quantity,
     db::{ServerTraits, now, with_retry, with_retry_until},
     hold::{self, HoldStatus},
     idempotency::{Keyed, KeyedRequest, StoredResponse, check_in_txn, store_in_txn},
@@ -45,11 +45,11 @@ impl HoldView {
     }
 }
 
-pub async fn get_hold(db: &Db, id: HoldId) -> Result<HoldView, StockError> {
+pub async fn get_hold(db: &Db, id: HoldId) -> Result<HoldView, DomainError> {
     let model = db
         .read(|| async { Ok(hold::Entity::find_by_id(id).one(db.conn()).await?) })
         .await?
-        .ok_or(StockError::HoldNotFound(id))?;
+        .ok_or(DomainError::HoldNotFound(id))?;
     Ok(HoldView::at(&model, now()))
 }
 
@@ -92,12 +92,16 @@ pub async fn create_hold(
     product_id: ProductId,
     request: HoldRequest,
     ttl: chrono::Duration,
-) -> Result<HoldView, StockError> {
+) -> Result<HoldView, DomainError> {
     let deadline = std::time::Instant::now() + crate::db::ANSWER_WITHIN;
     let hold = create_holds_batch(db, product_id, &[request], ttl, deadline)
         .await?
         .pop()
-        .unwrap_or_else(|| Err(StockError::Invariant("a batch of one had no answer".into())))?;
+        .unwrap_or_else(|| {
+            Err(DomainError::Invariant(
+                "a batch of one had no answer".into(),
+            ))
+        })?;
     log_hold_created(&hold);
     Ok(hold)
 }
@@ -114,7 +118,7 @@ pub async fn create_holds_batch(
     requests: &[HoldRequest],
     ttl: chrono::Duration,
     deadline: std::time::Instant,
-) -> Result<Vec<Result<HoldView, StockError>>, StockError> {
+) -> Result<Vec<Result<HoldView, DomainError>>, DomainError> {
     let started = std::time::Instant::now();
     let mut attempt = 0;
     let (answers, reclaimed) = with_retry_until(deadline, Some(product_id), || {
@@ -171,11 +175,11 @@ async fn refusals<C: ConnectionTrait>(
     check_keys: bool,
     product: &product::Model,
     now: DateTime<Utc>,
-) -> Result<Vec<Option<StockError>>, StockError> {
+) -> Result<Vec<Option<DomainError>>, DomainError> {
     // Whoever has gone by now gets nothing.
-    let mut refused: Vec<Option<StockError>> = requests
+    let mut refused: Vec<Option<DomainError>> = requests
         .iter()
-        .map(|r| r.abandoned().then_some(StockError::Abandoned))
+        .map(|r| r.abandoned().then_some(DomainError::Abandoned))
         .collect();
     // Keys before stock: a request whose key is taken takes no stock.
     if check_keys {
@@ -207,10 +211,10 @@ async fn decide<C: ConnectionTrait>(
     txn: &C,
     product: &product::Model,
     requests: &[HoldRequest],
-    refused: Vec<Option<StockError>>,
+    refused: Vec<Option<DomainError>>,
     available: i32,
     now: DateTime<Utc>,
-) -> Result<Vec<Result<i32, StockError>>, StockError> {
+) -> Result<Vec<Result<i32, DomainError>>, DomainError> {
     let buyers: Vec<&str> = requests
         .iter()
         .zip(&refused)
@@ -232,11 +236,11 @@ async fn decide<C: ConnectionTrait>(
 /// Each request's answer: its new hold (the granted ones take `ids` in order) or its refusal.
 fn answer_all(
     requests: &[HoldRequest],
-    decided: Vec<Result<i32, StockError>>,
+    decided: Vec<Result<i32, DomainError>>,
     ids: Vec<HoldId>,
     product_id: ProductId,
     expires_at: DateTime<Utc>,
-) -> Vec<Result<HoldView, StockError>> {
+) -> Vec<Result<HoldView, DomainError>> {
     let mut ids = ids.into_iter();
     decided
         .into_iter()
@@ -260,8 +264,8 @@ async fn store_answers(
     txn: &DatabaseTransaction,
     server: ServerTraits,
     requests: &[HoldRequest],
-    answers: &[Result<HoldView, StockError>],
-) -> Result<(), StockError> {
+    answers: &[Result<HoldView, DomainError>],
+) -> Result<(), DomainError> {
     let stored: Vec<(&KeyedRequest, StoredResponse)> = requests
         .iter()
         .zip(answers)
@@ -278,21 +282,21 @@ async fn store_answers(
 /// request's to use (a twin's, another body's), when its client had gone, or when the answer
 /// only said "not yet" (`sale_not_started`): a retry with the same key after the opening must
 /// run afresh, not be told forever that the sale has not started.
-fn worth_replaying(answer: &Result<HoldView, StockError>) -> bool {
+fn worth_replaying(answer: &Result<HoldView, DomainError>) -> bool {
     !matches!(
         answer,
-        Err(StockError::Abandoned
-            | StockError::IdempotencyKeyInUse
-            | StockError::IdempotencyKeyMismatch
-            | StockError::SaleNotStarted { .. })
+        Err(DomainError::Abandoned
+            | DomainError::IdempotencyKeyInUse
+            | DomainError::IdempotencyKeyMismatch
+            | DomainError::SaleNotStarted { .. })
     )
 }
 
 /// A product's sale window seen at `now`: the refusal for every hold, or none.
-fn sale_window_refusal(product: &product::Model, now: DateTime<Utc>) -> Option<StockError> {
+fn sale_window_refusal(product: &product::Model, now: DateTime<Utc>) -> Option<DomainError> {
     match (product.sale_starts_at, product.sale_ends_at) {
-        (Some(starts_at), _) if now < starts_at => Some(StockError::SaleNotStarted { starts_at }),
-        (_, Some(ends_at)) if now >= ends_at => Some(StockError::SaleEnded),
+        (Some(starts_at), _) if now < starts_at => Some(DomainError::SaleNotStarted { starts_at }),
+        (_, Some(ends_at)) if now >= ends_at => Some(DomainError::SaleEnded),
         _ => None,
     }
 }
@@ -303,7 +307,7 @@ struct Ask<'a> {
     qty: i32,
     buyer: Option<&'a str>,
     /// Refused before granting (client gone, key taken, sale window).
-    refused: Option<StockError>,
+    refused: Option<DomainError>,
 }
 
 /// The granting rule of a batch, in arrival order: each request is judged against what is left
@@ -316,7 +320,7 @@ fn grant<'a>(
     limit: Option<i32>,
     mut used: HashMap<&'a str, i32>,
     asks: impl IntoIterator<Item = Ask<'a>>,
-) -> Vec<Result<i32, StockError>> {
+) -> Vec<Result<i32, DomainError>> {
     asks.into_iter()
         .map(|ask| {
             if let Some(e) = ask.refused {
@@ -324,18 +328,18 @@ fn grant<'a>(
             }
             let buyer_units = match (limit, ask.buyer) {
                 (None, _) => None,
-                (Some(_), None) => return Err(StockError::BuyerIdRequired),
+                (Some(_), None) => return Err(DomainError::BuyerIdRequired),
                 (Some(limit), Some(buyer)) => {
                     let units = used.entry(buyer).or_default();
                     if units.saturating_add(ask.qty) > limit {
                         let remaining = (limit - *units).max(0);
-                        return Err(StockError::BuyerLimitExceeded { remaining });
+                        return Err(DomainError::BuyerLimitExceeded { remaining });
                     }
                     Some(units)
                 }
             };
             if available < ask.qty {
-                return Err(StockError::InsufficientStock { available });
+                return Err(DomainError::InsufficientStock { available });
             }
             available -= ask.qty;
             if let Some(units) = buyer_units {
@@ -354,7 +358,7 @@ async fn units_per_buyer<'a, C: ConnectionTrait>(
     product_id: ProductId,
     buyers: &[&'a str],
     now: DateTime<Utc>,
-) -> Result<HashMap<&'a str, i32>, StockError> {
+) -> Result<HashMap<&'a str, i32>, DomainError> {
     let mut distinct: Vec<&'a str> = buyers.to_vec();
     distinct.sort_unstable();
     distinct.dedup();
@@ -397,7 +401,7 @@ async fn units_per_buyer<'a, C: ConnectionTrait>(
         }
     };
     let json = serde_json::to_string(&distinct)
-        .map_err(|e| StockError::Invariant(format!("buyers as JSON: {e}")))?;
+        .map_err(|e| DomainError::Invariant(format!("buyers as JSON: {e}")))?;
     let values: Vec<sea_orm::Value> = vec![
         json.clone().into(),
         product_id.into(),
@@ -427,7 +431,7 @@ async fn units_per_buyer<'a, C: ConnectionTrait>(
 /// Releases an active hold at the buyer's request: its stock is available again at once.
 /// A hold that is consumed, released or expired (even if not yet swept) is refused; an expired
 /// one found here is swept in the same transaction.
-pub async fn release_hold(db: &Db, id: HoldId) -> Result<HoldView, StockError> {
+pub async fn release_hold(db: &Db, id: HoldId) -> Result<HoldView, DomainError> {
     let (outcome, expired) = with_retry(None, || {
         db.write(async |txn| {
             // Hold row first, then its product: the lock order every path but create_hold keeps.
@@ -446,7 +450,7 @@ pub async fn release_hold(db: &Db, id: HoldId) -> Result<HoldView, StockError> {
                 move_holds(txn, &[HoldRef::from(&hold)], HoldStatus::Expired, now).await?;
                 expired.push(HoldRef::from(&hold));
             }
-            Ok((Err(StockError::HoldNotActive { id, status }), expired))
+            Ok((Err(DomainError::HoldNotActive { id, status }), expired))
         })
     })
     .await?;
@@ -492,7 +496,7 @@ mod grant_tests {
         assert!(matches!(answers[0], Ok(3)));
         assert!(matches!(
             answers[1],
-            Err(StockError::InsufficientStock { available: 2 })
+            Err(DomainError::InsufficientStock { available: 2 })
         ));
         assert!(
             matches!(answers[2], Ok(2)),
@@ -518,20 +522,20 @@ mod grant_tests {
         assert!(matches!(answers[0], Ok(1)));
         assert!(matches!(
             answers[1],
-            Err(StockError::BuyerLimitExceeded { remaining: 1 })
+            Err(DomainError::BuyerLimitExceeded { remaining: 1 })
         ));
         assert!(matches!(answers[2], Ok(1)));
-        assert!(matches!(answers[3], Err(StockError::BuyerIdRequired)));
+        assert!(matches!(answers[3], Err(DomainError::BuyerIdRequired)));
         assert!(matches!(
             answers[4],
-            Err(StockError::BuyerLimitExceeded { remaining: 2 })
+            Err(DomainError::BuyerLimitExceeded { remaining: 2 })
         ));
     }
 
     #[test]
     fn a_refused_request_takes_nothing_and_a_limit_refusal_leaves_stock_for_others() {
         let mut gone = ask(4, None);
-        gone.refused = Some(StockError::Abandoned);
+        gone.refused = Some(DomainError::Abandoned);
         let answers = grant(
             4,
             Some(2),
@@ -543,10 +547,10 @@ mod grant_tests {
                 ask(2, Some("cy")),
             ],
         );
-        assert!(matches!(answers[0], Err(StockError::Abandoned)));
+        assert!(matches!(answers[0], Err(DomainError::Abandoned)));
         assert!(matches!(
             answers[1],
-            Err(StockError::BuyerLimitExceeded { remaining: 2 })
+            Err(DomainError::BuyerLimitExceeded { remaining: 2 })
         ));
         assert!(matches!(answers[2], Ok(2)));
         assert!(matches!(answers[3], Ok(2)));

@@ -7,7 +7,7 @@
 //! answer ([`lookup`], a plain read that takes no product lock) or no trace, and then runs
 //! afresh. Two requests with one key racing in different processes both reach their INSERT;
 //! the unique key makes the second wait for the first and then fail, its transaction is retried
-//! ([`StockError::Busy`]) and finds the key taken ([`check_in_txn`]).
+//! ([`DomainError::Busy`]) and finds the key taken ([`check_in_txn`]).
 
 use std::collections::HashMap;
 
@@ -17,7 +17,7 @@ use sea_orm::{
 };
 
 use crate::{
-    Db, StockError,
+    Db, DomainError,
     db::{ServerTraits, now, with_retry},
     idempotency_key::{self as key, KeyState},
 };
@@ -45,7 +45,7 @@ pub struct KeyedRequest {
 
 /// How the caller's answer to a request is written down, inside the transaction, to be replayed
 /// later; `None` for an answer not worth repeating (a 5xx: the retry should run afresh).
-pub type Render<T> = fn(&Result<T, StockError>) -> Option<StoredResponse>;
+pub type Render<T> = fn(&Result<T, DomainError>) -> Option<StoredResponse>;
 
 /// A keyed request on its way into a transaction, with how to write down its answer.
 #[derive(Debug, Clone)]
@@ -72,7 +72,7 @@ pub async fn lookup_many(
     db: &Db,
     scope: &str,
     requests: &[KeyedRequest],
-) -> Result<Vec<Lookup>, StockError> {
+) -> Result<Vec<Lookup>, DomainError> {
     let keys: Vec<&str> = requests.iter().map(|r| r.key.as_str()).collect();
     let rows = db.read(|| find_keys(db.conn(), scope, &keys)).await?;
     let now = now();
@@ -96,7 +96,7 @@ async fn find_keys<C: ConnectionTrait>(
     conn: &C,
     scope: &str,
     keys: &[&str],
-) -> Result<Vec<key::Model>, StockError> {
+) -> Result<Vec<key::Model>, DomainError> {
     let backend = conn.get_database_backend();
     // The JSON column's type must be the key column's (ascii, binary comparison), or the
     // optimizer compares in another collation and cannot use the unique index.
@@ -113,7 +113,7 @@ async fn find_keys<C: ConnectionTrait>(
         }
     };
     let json = serde_json::to_string(keys)
-        .map_err(|e| StockError::Invariant(format!("keys as JSON: {e}")))?;
+        .map_err(|e| DomainError::Invariant(format!("keys as JSON: {e}")))?;
     Ok(key::Entity::find()
         .from_raw_sql(Statement::from_sql_and_values(
             backend,
@@ -124,14 +124,14 @@ async fn find_keys<C: ConnectionTrait>(
         .await?)
 }
 
-fn judge(row: &key::Model, fingerprint: &str) -> Result<Lookup, StockError> {
+fn judge(row: &key::Model, fingerprint: &str) -> Result<Lookup, DomainError> {
     if row.fingerprint != fingerprint {
         return Ok(Lookup::Mismatch);
     }
     let status = row
         .response_status
         .and_then(|s| u16::try_from(s).ok())
-        .ok_or_else(|| StockError::Invariant(format!("key row {} has no answer", row.id)))?;
+        .ok_or_else(|| DomainError::Invariant(format!("key row {} has no answer", row.id)))?;
     Ok(Lookup::Replay(StoredResponse {
         status,
         content_type: row.response_content_type.clone().unwrap_or_default(),
@@ -140,14 +140,14 @@ fn judge(row: &key::Model, fingerprint: &str) -> Result<Lookup, StockError> {
 }
 
 /// Inside a write transaction, before the effect, for requests of one scope: for each, `Ok(())` if its key is free,
-/// or the error to answer it with — [`StockError::IdempotencyKeyInUse`] when the same request
+/// or the error to answer it with — [`DomainError::IdempotencyKeyInUse`] when the same request
 /// was answered by a twin that got there first (the client's retry gets that answer), and
-/// [`StockError::IdempotencyKeyMismatch`] for another request. Expired rows of these keys are
+/// [`DomainError::IdempotencyKeyMismatch`] for another request. Expired rows of these keys are
 /// deleted here, so their keys can be written again.
 pub(crate) async fn check_in_txn<C: ConnectionTrait>(
     txn: &C,
     requests: &[&KeyedRequest],
-) -> Result<Vec<Result<(), StockError>>, StockError> {
+) -> Result<Vec<Result<(), DomainError>>, DomainError> {
     // One operation's requests: a hold batch, or one order.
     let Some(scope) = requests.first().map(|r| r.scope) else {
         return Ok(Vec::new());
@@ -177,20 +177,20 @@ pub(crate) async fn check_in_txn<C: ConnectionTrait>(
                 taken.insert(&r.key, &r.fingerprint);
                 Ok(())
             }
-            Some(fp) if *fp == r.fingerprint => Err(StockError::IdempotencyKeyInUse),
-            Some(_) => Err(StockError::IdempotencyKeyMismatch),
+            Some(fp) if *fp == r.fingerprint => Err(DomainError::IdempotencyKeyInUse),
+            Some(_) => Err(DomainError::IdempotencyKeyMismatch),
         })
         .collect())
 }
 
 /// Inside the effect's transaction: writes each key with its request's fingerprint and answer,
 /// in one statement. A key written meanwhile by a twin elsewhere fails the unique index: the
-/// transaction is lost ([`StockError::Busy`]) and retried, and then [`check_in_txn`] sees it.
+/// transaction is lost ([`DomainError::Busy`]) and retried, and then [`check_in_txn`] sees it.
 pub(crate) async fn store_in_txn(
     txn: &DatabaseTransaction,
     server: ServerTraits,
     answers: &[(&KeyedRequest, StoredResponse)],
-) -> Result<(), StockError> {
+) -> Result<(), DomainError> {
     if answers.is_empty() {
         return Ok(());
     }
@@ -253,7 +253,7 @@ pub(crate) async fn store_in_txn(
     match result {
         Ok(()) => Ok(()),
         Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
-            Err(StockError::rows_lost(format!(
+            Err(DomainError::rows_lost(format!(
                 "an idempotency key was written by a concurrent request: {e}"
             )))
         }
@@ -262,7 +262,7 @@ pub(crate) async fn store_in_txn(
 }
 
 /// Deletes up to `batch_size` expired keys; returns how many.
-pub async fn purge_expired(db: &Db, batch_size: u64) -> Result<u64, StockError> {
+pub async fn purge_expired(db: &Db, batch_size: u64) -> Result<u64, DomainError> {
     let ids: Vec<i64> = key::Entity::find()
         .select_only()
         .column(key::Column::Id)

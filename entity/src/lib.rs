@@ -30,7 +30,7 @@ pub mod types;
 pub use tables::{hold, idempotency_key, order, product, webhook_event};
 
 pub use db::{Backend, Db, DbConfig};
-pub use error::StockError;
+pub use error::DomainError;
 pub use hold::HoldStatus;
 pub use order::OrderStatus;
 pub use types::{Money, ProductId, Quantity};

@@ -9,7 +9,7 @@ use sea_orm::{
 };
 
 use crate::{
-    Db, Money, StockError,
+    Db, DomainError, Money,
     db::{now, with_retry},
     hold::HoldStatus,
     idempotency::{Keyed, check_in_txn, store_in_txn},
@@ -56,11 +56,11 @@ pub enum OrderCreated {
     Existing(OrderView),
 }
 
-pub async fn get_order(db: &Db, id: OrderId) -> Result<OrderView, StockError> {
+pub async fn get_order(db: &Db, id: OrderId) -> Result<OrderView, DomainError> {
     let model = db
         .read(|| async { Ok(order::Entity::find_by_id(id).one(db.conn()).await?) })
         .await?
-        .ok_or(StockError::OrderNotFound(id))?;
+        .ok_or(DomainError::OrderNotFound(id))?;
     Ok(OrderView::from(&model))
 }
 
@@ -71,7 +71,7 @@ pub async fn create_order(
     db: &Db,
     hold_id: HoldId,
     keyed: Option<Keyed<OrderCreated>>,
-) -> Result<OrderCreated, StockError> {
+) -> Result<OrderCreated, DomainError> {
     let outcome = with_retry(None, || {
         db.write(async |txn| {
             let Some(k) = &keyed else {
@@ -132,7 +132,7 @@ pub(crate) async fn order_for_hold(
     txn: &DatabaseTransaction,
     hold_id: HoldId,
     now: DateTime<Utc>,
-) -> Result<(order::Model, bool), StockError> {
+) -> Result<(order::Model, bool), DomainError> {
     let hold = lock_hold(txn, hold_id).await?;
     match hold.effective_status(now) {
         HoldStatus::Consumed => {
@@ -141,14 +141,14 @@ pub(crate) async fn order_for_hold(
                 .one(txn)
                 .await?
                 .ok_or_else(|| {
-                    StockError::Invariant(format!("hold {hold_id} is consumed but has no order"))
+                    DomainError::Invariant(format!("hold {hold_id} is consumed but has no order"))
                 })?;
             Ok((order, false))
         }
         // An expired hold is left for the sweepers: this transaction may be rolled back (a
         // webhook records nothing when it cannot apply).
-        HoldStatus::Expired => Err(StockError::HoldExpired(hold_id)),
-        HoldStatus::Released => Err(StockError::HoldReleased(hold_id)),
+        HoldStatus::Expired => Err(DomainError::HoldExpired(hold_id)),
+        HoldStatus::Released => Err(DomainError::HoldReleased(hold_id)),
         HoldStatus::Active => order_from_hold(txn, &hold, now).await,
     }
 }
@@ -160,7 +160,7 @@ pub async fn list_orders(
     refund_required: Option<bool>,
     after: OrderId,
     limit: u64,
-) -> Result<(Vec<OrderView>, bool), StockError> {
+) -> Result<(Vec<OrderView>, bool), DomainError> {
     let rows = db
         .read(|| async {
             let mut query = order::Entity::find();
@@ -186,8 +186,8 @@ pub async fn list_orders(
 }
 
 /// An operator refunded the payment of an order marked `refund_required`: the mark goes.
-/// An order with no refund due answers [`StockError::NoRefundDue`].
-pub async fn mark_refunded(db: &Db, id: OrderId) -> Result<OrderView, StockError> {
+/// An order with no refund due answers [`DomainError::NoRefundDue`].
+pub async fn mark_refunded(db: &Db, id: OrderId) -> Result<OrderView, DomainError> {
     with_retry(None, || {
         db.write(async |txn| {
             let order = lock_order(txn, id).await?;

@@ -11,7 +11,7 @@ use sea_orm::{
 use sha2::{Digest, Sha256};
 
 use crate::{
-    Db, StockError,
+    Db, DomainError,
     db::{now, with_retry},
     hold,
     order::OrderStatus,
@@ -91,7 +91,7 @@ pub struct PaymentResult {
 
 /// Applies a payment webhook exactly once per idempotency key (see the README, "Orders and
 /// payments"). Errors record nothing, so the gateway's retry can succeed later.
-pub async fn apply_payment(db: &Db, event: &PaymentEvent) -> Result<PaymentResult, StockError> {
+pub async fn apply_payment(db: &Db, event: &PaymentEvent) -> Result<PaymentResult, DomainError> {
     let fingerprint = event.fingerprint();
     let outcome = with_retry(None, || {
         db.write(async |txn| record_and_apply(txn, event, &fingerprint, now()).await)
@@ -109,10 +109,10 @@ pub async fn apply_payment(db: &Db, event: &PaymentEvent) -> Result<PaymentResul
         }
         Ok(Applied::AlreadyRecorded) => duplicate_of(db, event, &fingerprint).await?,
         Err(err) => {
-            if let StockError::HoldExpired(_) | StockError::HoldReleased(_) = err {
+            if let DomainError::HoldExpired(_) | DomainError::HoldReleased(_) = err {
                 log_conflict(event, None, None, conflict_reason(&err));
             }
-            if !matches!(err, StockError::IdempotencyKeyMismatch) {
+            if !matches!(err, DomainError::IdempotencyKeyMismatch) {
                 metrics::counter!("webhooks_total", "outcome" => "rejected").increment(1);
             }
             return Err(err);
@@ -163,7 +163,7 @@ async fn record_and_apply(
     event: &PaymentEvent,
     fingerprint: &str,
     now: DateTime<Utc>,
-) -> Result<Applied, StockError> {
+) -> Result<Applied, DomainError> {
     // 1. The key first: a concurrent twin blocks here until this transaction ends, then fails
     //    on the unique key and answers as a duplicate.
     let record = webhook_event::ActiveModel {
@@ -189,17 +189,17 @@ async fn record_and_apply(
             if let Some(h) = event.hold_id
                 && h != order.hold_id
             {
-                return Err(StockError::HoldMismatch(format!(
+                return Err(DomainError::HoldMismatch(format!(
                     "order {} was made from hold {}, not {h}",
                     order.id, order.hold_id
                 )));
             }
             order
         }
-        Err(StockError::OrderNotFound(_)) => {
+        Err(DomainError::OrderNotFound(_)) => {
             let hold_id = event
                 .hold_id
-                .ok_or(StockError::OrderNotFound(event.order_id))?;
+                .ok_or(DomainError::OrderNotFound(event.order_id))?;
             check_hold_matches(txn, event, hold_id).await?;
             let (order, new) = order_for_hold(txn, hold_id, now).await?;
             if new {
@@ -230,7 +230,7 @@ async fn record_and_apply(
         (OrderStatus::Cancelled, PaymentStatus::Success) => {
             match move_order(txn, &order, OrderStatus::Paid, now).await {
                 Ok(()) => (OrderStatus::Paid, None),
-                Err(StockError::InsufficientStock { .. }) => {
+                Err(DomainError::InsufficientStock { .. }) => {
                     // Money taken for units that are gone: owed back, and listed for operators.
                     if mark_refund_required(txn, &order, now).await? {
                         refund_owed = Some(OrderView::from(&order));
@@ -270,18 +270,18 @@ async fn check_hold_matches(
     txn: &DatabaseTransaction,
     event: &PaymentEvent,
     hold_id: HoldId,
-) -> Result<(), StockError> {
+) -> Result<(), DomainError> {
     if event.product_id.is_none() && event.quantity.is_none() {
         return Ok(());
     }
     let hold = hold::Entity::find_by_id(hold_id)
         .one(txn)
         .await?
-        .ok_or(StockError::HoldNotFound(hold_id))?;
+        .ok_or(DomainError::HoldNotFound(hold_id))?;
     if let Some(p) = event.product_id
         && p != hold.product_id
     {
-        return Err(StockError::HoldMismatch(format!(
+        return Err(DomainError::HoldMismatch(format!(
             "hold {hold_id} is for product {}, not {p}",
             hold.product_id
         )));
@@ -289,7 +289,7 @@ async fn check_hold_matches(
     if let Some(q) = event.quantity
         && q != i64::from(hold.qty)
     {
-        return Err(StockError::HoldMismatch(format!(
+        return Err(DomainError::HoldMismatch(format!(
             "hold {hold_id} is for {} units, not {q}",
             hold.qty
         )));
@@ -302,15 +302,15 @@ async fn duplicate_of(
     db: &Db,
     event: &PaymentEvent,
     fingerprint: &str,
-) -> Result<PaymentResult, StockError> {
+) -> Result<PaymentResult, DomainError> {
     let stored = webhook_event::Entity::find()
         .filter(webhook_event::Column::IdempotencyKey.eq(event.idempotency_key.as_str()))
         .one(db.conn())
         .await?
-        .ok_or_else(|| StockError::Invariant("recorded webhook vanished".into()))?;
+        .ok_or_else(|| DomainError::Invariant("recorded webhook vanished".into()))?;
     if stored.fingerprint != fingerprint {
         metrics::counter!("webhooks_total", "outcome" => "mismatch").increment(1);
-        return Err(StockError::IdempotencyKeyMismatch);
+        return Err(DomainError::IdempotencyKeyMismatch);
     }
     Ok(PaymentResult {
         duplicate: true,
@@ -335,10 +335,10 @@ fn log_refund_required(order: &OrderView, idempotency_key: &str) {
     metrics::counter!("orders_refund_required_total").increment(1);
 }
 
-fn conflict_reason(err: &StockError) -> &'static str {
+fn conflict_reason(err: &DomainError) -> &'static str {
     match err {
-        StockError::HoldExpired(_) => "hold_expired",
-        StockError::HoldReleased(_) => "hold_released",
+        DomainError::HoldExpired(_) => "hold_expired",
+        DomainError::HoldReleased(_) => "hold_released",
         _ => "conflict",
     }
 }

@@ -10,7 +10,7 @@ use sea_orm::{
 };
 
 use crate::{
-    Db, Money, StockError,
+    Db, DomainError, Money,
     db::{now, with_retry},
     hold::HoldStatus,
     product,
@@ -52,17 +52,17 @@ impl SaleRules {
     }
 
     /// A window must end after it starts, and a limit must allow at least one unit.
-    pub fn check(&self) -> Result<(), StockError> {
+    pub fn check(&self) -> Result<(), DomainError> {
         if let (Some(start), Some(end)) = (self.sale_starts_at, self.sale_ends_at)
             && end <= start
         {
-            return Err(StockError::InvalidProduct {
+            return Err(DomainError::InvalidProduct {
                 field: "sale_ends_at",
                 message: "must be after sale_starts_at".into(),
             });
         }
         if self.per_buyer_limit.is_some_and(|l| l < 1) {
-            return Err(StockError::InvalidProduct {
+            return Err(DomainError::InvalidProduct {
                 field: "per_buyer_limit",
                 message: "must be at least 1".into(),
             });
@@ -98,9 +98,10 @@ struct ProductRow {
 }
 
 impl ProductRow {
-    fn into_view(self) -> Result<ProductView, StockError> {
-        let expired = i32::try_from(self.expired_qty)
-            .map_err(|_| StockError::Invariant(format!("expired quantity {}", self.expired_qty)))?;
+    fn into_view(self) -> Result<ProductView, DomainError> {
+        let expired = i32::try_from(self.expired_qty).map_err(|_| {
+            DomainError::Invariant(format!("expired quantity {}", self.expired_qty))
+        })?;
         Ok(ProductView {
             id: self.id,
             name: self.name,
@@ -135,7 +136,7 @@ fn products_sql(backend: DbBackend, filter: &str) -> String {
 
 /// Reads a product and its available stock in ONE statement, so the counter and the sum of
 /// not-yet-reclaimed expired holds come from the same snapshot.
-pub async fn product_view(db: &Db, id: ProductId) -> Result<ProductView, StockError> {
+pub async fn product_view(db: &Db, id: ProductId) -> Result<ProductView, DomainError> {
     let stmt = Statement::from_sql_and_values(
         db.db_backend(),
         products_sql(db.db_backend(), "WHERE p.id = ?"),
@@ -147,7 +148,7 @@ pub async fn product_view(db: &Db, id: ProductId) -> Result<ProductView, StockEr
             .await?)
     })
     .await?
-    .ok_or(StockError::ProductNotFound(id))?
+    .ok_or(DomainError::ProductNotFound(id))?
     .into_view()
 }
 
@@ -157,7 +158,7 @@ pub async fn list_products(
     db: &Db,
     after: ProductId,
     limit: u64,
-) -> Result<(Vec<ProductView>, bool), StockError> {
+) -> Result<(Vec<ProductView>, bool), DomainError> {
     let stmt = Statement::from_sql_and_values(
         db.db_backend(),
         products_sql(db.db_backend(), "WHERE p.id > ? ORDER BY p.id LIMIT ?"),
@@ -186,13 +187,13 @@ pub async fn list_products(
 
 /// Changes a product under its lock. Stock taken away (`add_stock` < 0) can only come out of
 /// what is available (expired holds are reclaimed first): never out of units held or in pending
-/// orders ([`StockError::InsufficientStock`]). A window end not after its start, counting the
-/// stored end that is not changed, is refused ([`StockError::InvalidProduct`]).
+/// orders ([`DomainError::InsufficientStock`]). A window end not after its start, counting the
+/// stored end that is not changed, is refused ([`DomainError::InvalidProduct`]).
 pub async fn update_product(
     db: &Db,
     id: ProductId,
     change: &ProductChange,
-) -> Result<ProductView, StockError> {
+) -> Result<ProductView, DomainError> {
     let reclaimed = with_retry(Some(id), || {
         db.write(async |txn| {
             let product = lock_product(txn, id).await?;
@@ -214,11 +215,11 @@ pub async fn update_product(
             .await?;
             // In i64: a large `add_stock` must be refused below, not overflow here.
             if i64::from(available) + i64::from(add) < 0 {
-                return Err(StockError::InsufficientStock { available });
+                return Err(DomainError::InsufficientStock { available });
             }
             let (Some(_), Some(_)) = (product.stock.checked_add(add), available.checked_add(add))
             else {
-                return Err(StockError::InvalidProduct {
+                return Err(DomainError::InvalidProduct {
                     field: "add_stock",
                     message: "would take stock past its largest value".into(),
                 });
@@ -249,7 +250,7 @@ pub async fn create_product(
     price: Money,
     stock: i32,
     rules: SaleRules,
-) -> Result<ProductView, StockError> {
+) -> Result<ProductView, DomainError> {
     let rules = rules.stored();
     rules.check()?;
     let model = product::ActiveModel {
@@ -282,7 +283,7 @@ const DEMO_PRODUCT: ProductId = ProductId::new(1);
 
 /// The demo product of the contract (id 1, "Flash Sale Product", "99.99", stock 100). Adds it
 /// once; returns whether it was added (running it again changes nothing).
-pub async fn seed_demo_product(db: &Db) -> Result<bool, StockError> {
+pub async fn seed_demo_product(db: &Db) -> Result<bool, DomainError> {
     let txn = db.begin_write().await?;
     if product::Entity::find_by_id(DEMO_PRODUCT)
         .lock_exclusive()

@@ -10,7 +10,7 @@ use sea_orm::{
 };
 
 use crate::{
-    Db, StockError,
+    Db, DomainError,
     db::{now, with_retry},
     hold::{self, HoldStatus},
     transitions::{HoldRef, move_holds},
@@ -26,7 +26,7 @@ pub type ExpiredHold = HoldRef;
 /// Releases up to `batch_size` expired holds, oldest first, in one transaction, skipping holds
 /// another worker or an API reclaim has locked (`FOR UPDATE SKIP LOCKED`), so each hold is
 /// released exactly once however many sweepers run. Returns the holds this call released.
-pub async fn expire_batch(db: &Db, batch_size: u64) -> Result<Vec<ExpiredHold>, StockError> {
+pub async fn expire_batch(db: &Db, batch_size: u64) -> Result<Vec<ExpiredHold>, DomainError> {
     let released = with_retry(None, || {
         db.write(async |txn| {
             let now = now();
@@ -46,7 +46,7 @@ async fn lock_expired_holds<C: ConnectionTrait>(
     product_id: Option<ProductId>,
     now: DateTime<Utc>,
     limit: u64,
-) -> Result<Vec<ExpiredHold>, StockError> {
+) -> Result<Vec<ExpiredHold>, DomainError> {
     let mut query = hold::Entity::find()
         .select_only()
         .columns([hold::Column::Id, hold::Column::ProductId, hold::Column::Qty])
@@ -72,7 +72,7 @@ pub(crate) async fn reclaim_expired<C: ConnectionTrait>(
     now: DateTime<Utc>,
     mut available: i32,
     need: i64,
-) -> Result<(i32, Vec<ExpiredHold>), StockError> {
+) -> Result<(i32, Vec<ExpiredHold>), DomainError> {
     let mut reclaimed = Vec::new();
     while i64::from(available) < need {
         let chunk = lock_expired_holds(txn, Some(product_id), now, RECLAIM_CHUNK).await?;

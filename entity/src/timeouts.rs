@@ -7,7 +7,7 @@ use sea_orm::{
 };
 
 use crate::{
-    Db, StockError,
+    Db, DomainError,
     db::{now, with_retry},
     order::{self, OrderStatus},
     transitions::move_order,
@@ -29,7 +29,7 @@ pub async fn cancel_unpaid_batch(
     db: &Db,
     timeout: chrono::Duration,
     batch_size: u64,
-) -> Result<Vec<TimedOutOrder>, StockError> {
+) -> Result<Vec<TimedOutOrder>, DomainError> {
     let cancelled = with_retry(None, || {
         db.write(async |txn| {
             let now = now();

@@ -28,7 +28,7 @@ use sea_orm::{
 };
 
 use crate::{
-    Money, StockError,
+    DomainError, Money,
     db::ServerTraits,
     hold::{self, HoldStatus},
     order::{self, OrderStatus},
@@ -40,8 +40,8 @@ use crate::{
 pub(crate) async fn lock_by_id<E: EntityTrait, C: ConnectionTrait>(
     txn: &C,
     id: <E::PrimaryKey as PrimaryKeyTrait>::ValueType,
-    missing: StockError,
-) -> Result<E::Model, StockError> {
+    missing: DomainError,
+) -> Result<E::Model, DomainError> {
     E::find_by_id(id)
         .lock_exclusive()
         .one(txn)
@@ -49,28 +49,28 @@ pub(crate) async fn lock_by_id<E: EntityTrait, C: ConnectionTrait>(
         .ok_or(missing)
 }
 
-/// Locks a product row: [`StockError::ProductNotFound`] if there is none.
+/// Locks a product row: [`DomainError::ProductNotFound`] if there is none.
 pub(crate) async fn lock_product<C: ConnectionTrait>(
     txn: &C,
     id: ProductId,
-) -> Result<product::Model, StockError> {
-    lock_by_id::<product::Entity, _>(txn, id, StockError::ProductNotFound(id)).await
+) -> Result<product::Model, DomainError> {
+    lock_by_id::<product::Entity, _>(txn, id, DomainError::ProductNotFound(id)).await
 }
 
-/// Locks a hold row: [`StockError::HoldNotFound`] if there is none.
+/// Locks a hold row: [`DomainError::HoldNotFound`] if there is none.
 pub(crate) async fn lock_hold<C: ConnectionTrait>(
     txn: &C,
     id: HoldId,
-) -> Result<hold::Model, StockError> {
-    lock_by_id::<hold::Entity, _>(txn, id, StockError::HoldNotFound(id)).await
+) -> Result<hold::Model, DomainError> {
+    lock_by_id::<hold::Entity, _>(txn, id, DomainError::HoldNotFound(id)).await
 }
 
-/// Locks an order row: [`StockError::OrderNotFound`] if there is none.
+/// Locks an order row: [`DomainError::OrderNotFound`] if there is none.
 pub(crate) async fn lock_order<C: ConnectionTrait>(
     txn: &C,
     id: OrderId,
-) -> Result<order::Model, StockError> {
-    lock_by_id::<order::Entity, _>(txn, id, StockError::OrderNotFound(id)).await
+) -> Result<order::Model, DomainError> {
+    lock_by_id::<order::Entity, _>(txn, id, DomainError::OrderNotFound(id)).await
 }
 
 /// The part of a hold a transition needs.
@@ -98,12 +98,12 @@ pub(crate) async fn move_holds<C: ConnectionTrait>(
     holds: &[HoldRef],
     to: HoldStatus,
     now: DateTime<Utc>,
-) -> Result<(), StockError> {
+) -> Result<(), DomainError> {
     if holds.is_empty() {
         return Ok(());
     }
     if !HoldStatus::Active.can_become(to) {
-        return Err(StockError::Invariant(format!(
+        return Err(DomainError::Invariant(format!(
             "a hold cannot become {}",
             to.as_str()
         )));
@@ -124,7 +124,7 @@ pub(crate) async fn move_holds<C: ConnectionTrait>(
         .exec(txn)
         .await?;
     if result.rows_affected != holds.len() as u64 {
-        return Err(StockError::Invariant(format!(
+        return Err(DomainError::Invariant(format!(
             "moved {} of {} locked holds to {}",
             result.rows_affected,
             holds.len(),
@@ -144,7 +144,7 @@ pub(crate) async fn move_holds<C: ConnectionTrait>(
 async fn lock_products<C: ConnectionTrait>(
     txn: &C,
     ids: impl IntoIterator<Item = ProductId>,
-) -> Result<(), StockError> {
+) -> Result<(), DomainError> {
     for id in ids {
         product::Entity::find_by_id(id)
             .select_only()
@@ -153,7 +153,7 @@ async fn lock_products<C: ConnectionTrait>(
             .into_tuple::<HoldId>()
             .one(txn)
             .await?
-            .ok_or(StockError::ProductNotFound(id))?;
+            .ok_or(DomainError::ProductNotFound(id))?;
     }
     Ok(())
 }
@@ -168,7 +168,7 @@ pub(crate) async fn create_holds(
     holds: &[NewHold<'_>],
     now: DateTime<Utc>,
     expires_at: DateTime<Utc>,
-) -> Result<Vec<HoldId>, StockError> {
+) -> Result<Vec<HoldId>, DomainError> {
     if holds.is_empty() {
         return Ok(Vec::new());
     }
@@ -191,14 +191,14 @@ pub(crate) async fn order_from_hold(
     txn: &DatabaseTransaction,
     hold: &hold::Model,
     now: DateTime<Utc>,
-) -> Result<(order::Model, bool), StockError> {
+) -> Result<(order::Model, bool), DomainError> {
     let hold_id = hold.id;
     let product = product::Entity::find_by_id(hold.product_id)
         .one(txn)
         .await?
-        .ok_or(StockError::ProductNotFound(hold.product_id))?;
+        .ok_or(DomainError::ProductNotFound(hold.product_id))?;
     let qty = u32::try_from(hold.qty)
-        .map_err(|_| StockError::Invariant(format!("hold {hold_id} qty {}", hold.qty)))?;
+        .map_err(|_| DomainError::Invariant(format!("hold {hold_id} qty {}", hold.qty)))?;
     let total_cents = Money::from_cents(product.price_cents).times(qty).cents();
     let model = order::ActiveModel {
         hold_id: Set(hold_id),
@@ -219,7 +219,7 @@ pub(crate) async fn order_from_hold(
                 .filter(order::Column::HoldId.eq(hold_id))
                 .one(txn)
                 .await?
-                .ok_or_else(|| StockError::from(e))?;
+                .ok_or_else(|| DomainError::from(e))?;
             return Ok((order, false));
         }
         Err(e) => return Err(e.into()),
@@ -247,22 +247,22 @@ pub(crate) async fn restock<C: ConnectionTrait>(
     txn: &C,
     product_id: ProductId,
     qty: i32,
-) -> Result<(), StockError> {
+) -> Result<(), DomainError> {
     adjust_product(txn, product_id, qty, qty).await
 }
 
 /// Moves a locked order to `to` and applies the change to its product. Cancelled → paid needs
 /// the quantity to be available again now: if it is not, nothing changes and the answer is
-/// [`StockError::InsufficientStock`].
+/// [`DomainError::InsufficientStock`].
 pub(crate) async fn move_order<C: ConnectionTrait>(
     txn: &C,
     order: &order::Model,
     to: OrderStatus,
     now: DateTime<Utc>,
-) -> Result<(), StockError> {
+) -> Result<(), DomainError> {
     let from = order.status;
     if !from.can_become(to) {
-        return Err(StockError::Invariant(format!(
+        return Err(DomainError::Invariant(format!(
             "order {} cannot go from {} to {}",
             order.id,
             from.as_str(),
@@ -277,7 +277,7 @@ pub(crate) async fn move_order<C: ConnectionTrait>(
         (OrderStatus::Pending, OrderStatus::Cancelled) => (q, 0),
         (OrderStatus::Cancelled, OrderStatus::Paid) => {
             if product.available_stock < q {
-                return Err(StockError::InsufficientStock {
+                return Err(DomainError::InsufficientStock {
                     available: product.available_stock,
                 });
             }
@@ -293,7 +293,7 @@ pub(crate) async fn move_order<C: ConnectionTrait>(
         .exec(txn)
         .await?;
     if result.rows_affected != 1 {
-        return Err(StockError::Invariant(format!(
+        return Err(DomainError::Invariant(format!(
             "order {} was not {} any more",
             order.id,
             from.as_str()
@@ -307,9 +307,9 @@ pub(crate) async fn mark_refund_required<C: ConnectionTrait>(
     txn: &C,
     order: &order::Model,
     now: DateTime<Utc>,
-) -> Result<bool, StockError> {
+) -> Result<bool, DomainError> {
     if order.status != OrderStatus::Cancelled {
-        return Err(StockError::Invariant(format!(
+        return Err(DomainError::Invariant(format!(
             "order {} is {}: only a cancelled order can owe a refund",
             order.id,
             order.status.as_str()
@@ -325,14 +325,14 @@ pub(crate) async fn mark_refund_required<C: ConnectionTrait>(
     Ok(result.rows_affected == 1)
 }
 
-/// Clears a locked order's refund mark: [`StockError::NoRefundDue`] if it has none.
+/// Clears a locked order's refund mark: [`DomainError::NoRefundDue`] if it has none.
 pub(crate) async fn clear_refund_required<C: ConnectionTrait>(
     txn: &C,
     order: &order::Model,
     now: DateTime<Utc>,
-) -> Result<(), StockError> {
+) -> Result<(), DomainError> {
     if !order.refund_required {
-        return Err(StockError::NoRefundDue(order.id));
+        return Err(DomainError::NoRefundDue(order.id));
     }
     order::Entity::update_many()
         .col_expr(order::Column::RefundRequired, Expr::value(false))
@@ -350,7 +350,7 @@ async fn adjust_product<C: ConnectionTrait>(
     product_id: ProductId,
     available_delta: i32,
     stock_delta: i32,
-) -> Result<(), StockError> {
+) -> Result<(), DomainError> {
     if available_delta == 0 && stock_delta == 0 {
         return Ok(());
     }
@@ -399,7 +399,7 @@ async fn insert_holds(
     holds: &[NewHold<'_>],
     now: DateTime<Utc>,
     expires_at: DateTime<Utc>,
-) -> Result<Vec<HoldId>, StockError> {
+) -> Result<Vec<HoldId>, DomainError> {
     let backend = txn.get_database_backend();
     let qtys: Vec<i32> = holds.iter().map(|h| h.qty).collect();
     let has_buyers = holds.iter().any(|h| h.buyer.is_some());
@@ -454,7 +454,7 @@ async fn insert_holds(
         for (row, &want) in rows.iter().zip(&qtys) {
             let qty: i32 = row.try_get("", "qty")?;
             if qty != want {
-                return Err(StockError::Invariant(format!(
+                return Err(DomainError::Invariant(format!(
                     "RETURNING answered qty {qty} where {want} was inserted"
                 )));
             }
@@ -512,11 +512,11 @@ async fn insert_holds(
 
 /// Fewer ids than rows inserted means the transaction lost its rows (a Galera abort between
 /// the INSERT and the read): retried as contention, never answered with wrong ids or a 500.
-fn check_all_ids(ids: Vec<HoldId>, inserted: usize) -> Result<Vec<HoldId>, StockError> {
+fn check_all_ids(ids: Vec<HoldId>, inserted: usize) -> Result<Vec<HoldId>, DomainError> {
     if ids.len() == inserted {
         Ok(ids)
     } else {
-        Err(StockError::rows_lost(format!(
+        Err(DomainError::rows_lost(format!(
             "inserted {inserted} holds, found {} ids",
             ids.len()
         )))

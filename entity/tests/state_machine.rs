@@ -3,7 +3,7 @@
 //! expiries and payment timeouts keeps every invariant of the README ("Invariants and how they are kept") after every step.
 
 use entity::{
-    Db, DbConfig, Money, Quantity, StockError,
+    Db, DbConfig, DomainError, Money, Quantity,
     holds::{self, HoldRequest},
     orders,
     payments::{self, PaymentEvent, PaymentStatus},
@@ -122,7 +122,7 @@ async fn run(ops: Vec<Op>) {
                 let qty = Quantity::new(qty, 10).expect("qty");
                 match holds::create_hold(&db, product, HoldRequest::new(qty), ttl).await {
                     Ok(h) => holds.push(h.id),
-                    Err(StockError::InsufficientStock { available }) => {
+                    Err(DomainError::InsufficientStock { available }) => {
                         assert!(available < qty.as_i32())
                     }
                     Err(e) => panic!("hold: {e}"),
@@ -130,7 +130,7 @@ async fn run(ops: Vec<Op>) {
             }
             Op::Release(i) if !holds.is_empty() => {
                 match holds::release_hold(&db, holds[i % holds.len()]).await {
-                    Ok(_) | Err(StockError::HoldNotActive { .. }) => {}
+                    Ok(_) | Err(DomainError::HoldNotActive { .. }) => {}
                     Err(e) => panic!("release: {e}"),
                 }
             }
@@ -138,7 +138,7 @@ async fn run(ops: Vec<Op>) {
                 match orders::create_order(&db, holds[i % holds.len()], None).await {
                     Ok(orders::OrderCreated::New(o)) => orders_made.push(o.id),
                     Ok(orders::OrderCreated::Existing(_))
-                    | Err(StockError::HoldExpired(_) | StockError::HoldReleased(_)) => {}
+                    | Err(DomainError::HoldExpired(_) | DomainError::HoldReleased(_)) => {}
                     Err(e) => panic!("order: {e}"),
                 }
             }
@@ -187,13 +187,13 @@ async fn run(ops: Vec<Op>) {
                             }
                         }
                     }
-                    Err(StockError::IdempotencyKeyMismatch) => {
+                    Err(DomainError::IdempotencyKeyMismatch) => {
                         assert!(keys.get(&key).is_some_and(|prev| prev != &event));
                     }
                     Err(
-                        StockError::HoldExpired(_)
-                        | StockError::HoldReleased(_)
-                        | StockError::OrderNotFound(_),
+                        DomainError::HoldExpired(_)
+                        | DomainError::HoldReleased(_)
+                        | DomainError::OrderNotFound(_),
                     ) => {}
                     Err(e) => panic!("payment: {e}"),
                 }

@@ -3,7 +3,7 @@
 
 use std::{future::Future, time::Instant};
 
-use entity::{Db, StockError, idempotency, sweeps, timeouts};
+use entity::{Db, DomainError, idempotency, sweeps, timeouts};
 use tokio::sync::watch;
 
 /// What one sweep did.
@@ -30,7 +30,7 @@ pub async fn sweep(
     db: &Db,
     settings: SweepSettings,
     stop: &watch::Receiver<bool>,
-) -> Result<SweepReport, StockError> {
+) -> Result<SweepReport, DomainError> {
     let started = Instant::now();
     let mut report = SweepReport::default();
     let result = sweep_into(db, settings, stop, &mut report).await;
@@ -54,7 +54,7 @@ async fn sweep_into(
     settings: SweepSettings,
     stop: &watch::Receiver<bool>,
     report: &mut SweepReport,
-) -> Result<(), StockError> {
+) -> Result<(), DomainError> {
     let size = settings.batch_size;
     let expired = |n| {
         report.batches += 1;
@@ -90,9 +90,9 @@ async fn drain<Fut>(
     size: u64,
     mut record: impl FnMut(u64),
     mut batch: impl FnMut() -> Fut,
-) -> Result<(), StockError>
+) -> Result<(), DomainError>
 where
-    Fut: Future<Output = Result<u64, StockError>>,
+    Fut: Future<Output = Result<u64, DomainError>>,
 {
     while !*stop.borrow() {
         let n = batch().await?;

@@ -2,7 +2,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use entity::{
-    HoldStatus, Quantity, StockError,
+    DomainError, HoldStatus, Quantity,
     holds::{self, HoldRequest, HoldView},
     idempotency::{Keyed, StoredResponse},
     types::{BuyerId, HoldId, ProductId},
@@ -126,7 +126,7 @@ impl From<HoldView> for Hold {
 }
 
 /// How a keyed hold's answer is written down in its batch, to be replayed byte for byte.
-fn render_hold(answer: &Result<HoldView, StockError>) -> Option<StoredResponse> {
+fn render_hold(answer: &Result<HoldView, DomainError>) -> Option<StoredResponse> {
     crate::idempotency::stored(
         answer
             .clone()

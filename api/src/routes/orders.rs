@@ -2,7 +2,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use entity::{
-    OrderStatus, StockError,
+    DomainError, OrderStatus,
     idempotency::{Keyed, StoredResponse},
     orders::{self, OrderCreated, OrderView},
     types::{HoldId, OrderId},
@@ -146,7 +146,7 @@ problems!(CreateOrderProblems = "createOrder", keyed = true: [
 problems!(GetOrderProblems = "getOrder": [MalformedRequest, OrderNotFound, Internal, Unavailable]);
 
 /// How a keyed order's answer is written down in its transaction, to be replayed byte for byte.
-fn render_order(answer: &Result<OrderCreated, StockError>) -> Option<StoredResponse> {
+fn render_order(answer: &Result<OrderCreated, DomainError>) -> Option<StoredResponse> {
     crate::idempotency::stored(answer.clone().map_err(ApiError::from).map(|o| match o {
         OrderCreated::New(o) => (StatusCode::CREATED, Order::from(o)),
         OrderCreated::Existing(o) => (StatusCode::OK, Order::from(o)),
