@@ -451,17 +451,35 @@ async fn limit_of_3_under_fire(app: &TestApp, client: &Client) {
         }
     })
     .await;
-    let mut per_buyer = std::collections::BTreeMap::<String, i64>::new();
+    // 503 `unavailable` is the contract's answer when the product stayed contended past the
+    // retries (with coalescing off, a hundred transactions queue on one row lock): it grants
+    // nothing, and only then may a buyer end with fewer than the limit.
+    let mut per_buyer = std::collections::BTreeMap::<String, (i64, bool)>::new();
     for (buyer, r) in &answers {
-        match r.status {
-            201 => *per_buyer.entry(buyer.clone()).or_default() += 1,
+        let (granted, turned_away) = per_buyer.entry(buyer.clone()).or_default();
+        match (r.status, r.code()) {
+            (201, _) => *granted += 1,
+            (503, "unavailable") => *turned_away = true,
             _ => {
                 assert_eq!(r.code(), "buyer_limit_exceeded", "{}", r.body);
                 assert_eq!(r.body["remaining"], 0);
             }
         }
     }
-    assert_eq!(per_buyer.get("ann"), Some(&3), "ann holds exactly 3 units");
-    assert!(per_buyer.values().all(|n| *n == 3), "{per_buyer:?}");
+    for (buyer, (granted, turned_away)) in &per_buyer {
+        assert!(
+            *granted <= 3,
+            "{buyer} holds {granted} units, over the limit of 3"
+        );
+        assert!(
+            *granted == 3 || *turned_away,
+            "{buyer} holds only {granted}: {per_buyer:?}"
+        );
+    }
+    assert_eq!(
+        per_buyer.get("ann").map(|(g, _)| *g),
+        Some(3),
+        "ann, with 50 tries, holds exactly 3 units: {per_buyer:?}"
+    );
     app.assert_stock_conserved().await;
 }
