@@ -22,14 +22,11 @@ use poem::{
     middleware::CatchPanic,
     web::Html,
 };
-use poem_openapi::{
-    ApiResponse, ExtraHeader, LicenseObject, OpenApi, OpenApiService, ServerObject,
-    payload::PlainText,
-};
+use poem_openapi::{ExtraHeader, LicenseObject, OpenApi, OpenApiService, ServerObject};
 
 use crate::{
     Config,
-    error::{ApiError, ProblemCode, Problems, problem_response},
+    error::{ApiError, ProblemCode, problem_response},
     observe, routes,
 };
 
@@ -102,56 +99,10 @@ impl AppState {
     }
 }
 
-struct HealthApi {
-    state: Arc<AppState>,
-}
-
-#[derive(ApiResponse)]
-enum Alive {
-    /// The process is up.
-    #[oai(status = 200)]
-    Ok(PlainText<&'static str>),
-}
-
-#[derive(ApiResponse)]
-enum Ready {
-    /// The database answers.
-    #[oai(status = 200)]
-    Ready(PlainText<&'static str>),
-}
-
-crate::routes::problems!(ReadyzProblems = "readyz": [Unavailable]);
-
-/// Liveness and readiness, for load balancers and orchestrators.
-#[OpenApi(tag = "crate::routes::ApiTags::Operations")]
-impl HealthApi {
-    /// Liveness: the process is up
-    #[oai(path = "/healthz", method = "get", operation_id = "healthz")]
-    async fn healthz(&self) -> Alive {
-        Alive::Ok(PlainText("ok"))
-    }
-
-    /// Readiness: the database answers
-    ///
-    /// 503 `unavailable` when it does not (within 2 seconds), and while the process drains for
-    /// shutdown.
-    #[oai(path = "/readyz", method = "get", operation_id = "readyz")]
-    async fn readyz(&self) -> Result<Ready, Problems<ReadyzProblems>> {
-        if self.state.draining.load(Ordering::Relaxed) {
-            return Err(ApiError::new(ProblemCode::Unavailable, "shutting down").into());
-        }
-        if self.state.db.is_ready().await {
-            Ok(Ready::Ready(PlainText("ready")))
-        } else {
-            Err(ApiError::new(ProblemCode::Unavailable, "the database cannot be reached").into())
-        }
-    }
-}
-
 /// The generated OpenAPI document's service: every operation, described from the code.
 pub fn openapi_service(state: Arc<AppState>) -> OpenApiService<impl OpenApi, ()> {
     OpenApiService::new(
-        (routes::api(state.clone()), HealthApi { state }),
+        routes::api(state),
         "Flash Sale API",
         env!("CARGO_PKG_VERSION"),
     )

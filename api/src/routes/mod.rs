@@ -2,6 +2,7 @@
 //! parse, call one `entity` operation, map its result.
 
 pub mod admin;
+pub mod health;
 pub mod holds;
 pub mod orders;
 pub mod payments;
@@ -78,7 +79,7 @@ fn operations() -> Vec<(&'static str, &'static [ProblemCode], bool)> {
         entry::<admin::ListOrdersProblems>(),
         entry::<admin::MarkRefundedProblems>(),
         entry::<products::ListProductsProblems>(),
-        entry::<crate::server::ReadyzProblems>(),
+        entry::<health::ReadyzProblems>(),
         entry::<stream::StreamStockProblems>(),
     ]
 }
@@ -93,6 +94,7 @@ pub fn api(
     payments::PaymentsApi,
     admin::AdminApi,
     stream::StreamApi,
+    health::HealthApi,
 ) {
     (
         products::ProductsApi {
@@ -110,6 +112,9 @@ pub fn api(
         admin::AdminApi {
             state: state.clone(),
         },
-        stream::StreamApi { state },
+        stream::StreamApi {
+            state: state.clone(),
+        },
+        health::HealthApi { state },
     )
 }
