@@ -1,8 +1,8 @@
 //! `flash-sale-api`: the HTTP side of the Flash Sale service.
 //!
 //! This crate owns HTTP only: routes and their request/response types ([`routes`]), the one
-//! mapping from domain errors to problem+json answers ([`error`]), configuration ([`config`]) and
-//! the server wiring ([`server`]). Every change to stock goes through `entity`.
+//! mapping from domain errors to problem+json answers ([`error`]), configuration ([`config`]), the state
+//! every handler shares ([`state`]) and the server wiring ([`server`]). Every change to stock goes through `entity`.
 
 pub mod config;
 pub mod connections;
@@ -16,8 +16,10 @@ pub mod rate_limit;
 pub mod routes;
 pub mod server;
 pub mod signature;
+pub mod state;
 pub mod stream;
 pub mod types;
 
 pub use config::Config;
-pub use server::{AppState, build_app, migrate, run};
+pub use server::{build_app, migrate, run};
+pub use state::AppState;

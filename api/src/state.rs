@@ -1,0 +1,79 @@
+//! What every handler and middleware needs, built once at start from the configuration.
+
+use std::{
+    sync::{Arc, atomic::AtomicBool},
+    time::Duration,
+};
+
+use entity::{
+    Db,
+    coalesce::{HoldCoalescer, KeyLookups, ProductReads},
+};
+
+use crate::Config;
+
+/// What every handler needs, built once at start.
+pub struct AppState {
+    pub db: Db,
+    /// Hold requests go through the per-product coalescer unless `HOLD_COALESCING=false`.
+    pub hold_coalescer: Option<HoldCoalescer>,
+    /// Single-flight product reads.
+    pub product_reads: ProductReads,
+    pub hold_ttl: chrono::Duration,
+    pub max_hold_qty: u32,
+    pub admin_token: Option<String>,
+    pub webhook_secret: Option<crate::config::WebhookSecret>,
+    /// Set on SIGTERM/Ctrl-C: `/readyz` answers 503 from then on.
+    pub draining: AtomicBool,
+    /// Which clients are still connected.
+    pub connections: Arc<crate::connections::Connections>,
+    /// Live stock streams: one check per streamed product per interval.
+    pub stock_hub: crate::stream::StockHub,
+    /// Idempotency-key look-ups, batched (see [`crate::idempotency`]).
+    pub key_lookups: KeyLookups,
+    /// Idempotency keys whose requests are running in this process.
+    pub in_flight: crate::idempotency::InFlight,
+    /// `createHold`'s per-client limit; `None` when `HOLD_RATE_LIMIT_PER_SECOND` is 0.
+    pub hold_rate_limit: Option<Arc<crate::rate_limit::HoldRateLimit>>,
+}
+
+impl AppState {
+    pub fn new(config: &Config, db: Db) -> Self {
+        let hold_ttl = chrono::Duration::seconds(i64::from(config.hold_ttl_seconds));
+        Self {
+            hold_coalescer: config.hold_coalescing.then(|| {
+                HoldCoalescer::new(
+                    db.clone(),
+                    hold_ttl,
+                    Duration::from_micros(config.hold_batch_wait_micros),
+                    usize::try_from(config.hold_batch_max).unwrap_or(256),
+                )
+            }),
+            product_reads: ProductReads::new(db.clone()),
+            // Key look-ups gather company for as long as hold batches do.
+            key_lookups: KeyLookups::new(
+                db.clone(),
+                Duration::from_micros(config.hold_batch_wait_micros),
+            ),
+            in_flight: crate::idempotency::InFlight::default(),
+            hold_rate_limit: crate::rate_limit::HoldRateLimit::new(
+                config.hold_rate_limit_per_second,
+            ),
+            stock_hub: crate::stream::StockHub::new(
+                db.clone(),
+                Duration::from_millis(config.stock_stream_interval_ms),
+                usize::try_from(config.stock_stream_max_clients).unwrap_or(usize::MAX),
+            ),
+            db,
+            hold_ttl,
+            max_hold_qty: config.max_hold_qty,
+            admin_token: config
+                .admin_token
+                .as_ref()
+                .map(|t| secrecy::ExposeSecret::expose_secret(t).to_owned()),
+            connections: Arc::default(),
+            webhook_secret: config.webhook_secret.clone(),
+            draining: AtomicBool::new(false),
+        }
+    }
+}
