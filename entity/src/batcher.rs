@@ -85,32 +85,52 @@ where
     /// client went away) is left out of any batch that has not started yet.
     pub async fn call(self: &Arc<Self>, key: K, req: Req) -> Result<Resp, BatchError> {
         let (reply, answer) = oneshot::channel();
-        let mut call = (req, reply);
+        let new_queue = self.enqueue(&key, (req, reply))?;
+        if let Some(rx) = new_queue {
+            // Started only now, so that it finds this first call queued.
+            tokio::spawn(self.clone().drain(key, rx));
+        }
+        // In the caller's span (an HTTP request's id): the end-to-end tests wait for this line
+        // to know a request has taken its place in the queue.
+        tracing::trace!("call queued");
+        // No sender is held while waiting: a call could only be stranded in a queue nobody
+        // reads if one were, and then this would wait forever instead of failing.
+        answer.await.unwrap_or_else(|_| {
+            // The task ended without answering: only a panic outside `run` does that.
+            Err(BatchError::Panicked("the batch task ended".into()))
+        })
+    }
+
+    /// Puts a call in its key's queue, making the queue if the key has none (its receiving end
+    /// is returned, for the caller to start its task). The send happens under the table's lock,
+    /// and a key's task retires only under that lock with its queue empty, so a call never
+    /// lands in a queue whose task has gone. (Sent outside it, a call could pass the task's
+    /// last look at the queue and then sit there unanswered: a hang, found by
+    /// `calls_racing_a_retiring_task_are_all_answered`.)
+    #[allow(clippy::type_complexity)]
+    fn enqueue(
+        &self,
+        key: &K,
+        mut call: Call<Req, Resp>,
+    ) -> Result<Option<mpsc::Receiver<Call<Req, Resp>>>, BatchError> {
+        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            let (sender, new_queue) = self.sender(&key);
-            let sent = sender.try_send(call);
-            if let Some(rx) = new_queue {
-                // Started only now, so that it finds this first call queued.
-                tokio::spawn(self.clone().drain(key.clone(), rx));
-            }
-            match sent {
-                Ok(()) => {
-                    // In the caller's span (an HTTP request's id): the end-to-end tests wait
-                    // for this line to know a request has taken its place in the queue.
-                    tracing::trace!("call queued");
-                    return answer.await.unwrap_or_else(|_| {
-                        // The task ended without answering: only a panic outside `run` does that.
-                        Err(BatchError::Panicked("the batch task ended".into()))
-                    });
+            let (sender, new_queue) = match queues.get(key) {
+                Some(s) if !s.is_closed() => (s.clone(), None),
+                // None yet, or its task died (a panic outside `run`): a new one.
+                _ => {
+                    let (tx, rx) = mpsc::channel(self.policy.max_queued);
+                    queues.insert(key.clone(), tx.clone());
+                    (tx, Some(rx))
                 }
+            };
+            match sender.try_send(call) {
+                Ok(()) => return Ok(new_queue),
                 Err(mpsc::error::TrySendError::Full(_)) => return Err(BatchError::Overloaded),
-                // The key's task ended between our lookup and our send: start another.
+                // Its task died between the check and the send: make another.
                 Err(mpsc::error::TrySendError::Closed(back)) => {
                     call = back;
-                    let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
-                    if queues.get(&key).is_some_and(|s| s.same_channel(&sender)) {
-                        queues.remove(&key);
-                    }
+                    queues.remove(key);
                 }
             }
         }
@@ -119,26 +139,6 @@ where
     /// Keys with a task right now.
     pub fn active_keys(&self) -> usize {
         self.queues.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    /// The key's queue, and its receiving end if it was just made (the caller starts its task).
-    #[allow(clippy::type_complexity)]
-    fn sender(
-        self: &Arc<Self>,
-        key: &K,
-    ) -> (
-        mpsc::Sender<Call<Req, Resp>>,
-        Option<mpsc::Receiver<Call<Req, Resp>>>,
-    ) {
-        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(s) = queues.get(key)
-            && !s.is_closed()
-        {
-            return (s.clone(), None);
-        }
-        let (tx, rx) = mpsc::channel(self.policy.max_queued);
-        queues.insert(key.clone(), tx.clone());
-        (tx, Some(rx))
     }
 
     async fn drain(self: Arc<Self>, key: K, mut rx: mpsc::Receiver<Call<Req, Resp>>) {
@@ -153,27 +153,19 @@ where
                 Ok(call) => call,
                 Err(mpsc::error::TryRecvError::Disconnected) => return,
                 Err(mpsc::error::TryRecvError::Empty) => {
-                    // Retire this key's task, unless a call slipped in meanwhile.
-                    {
-                        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
-                        if !rx.is_empty() {
-                            continue;
-                        }
-                        queues.remove(&key);
-                        // A burst of one-off keys must not leave a large table behind.
-                        if queues.capacity() > 64 && queues.capacity() > 4 * queues.len() {
-                            queues.shrink_to_fit();
-                        }
+                    // Retire this key's task, unless a call slipped in meanwhile. Calls are
+                    // sent under this lock, so under it "empty" stays empty: the queue leaves
+                    // the table and closes with nothing in it.
+                    let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+                    if !rx.is_empty() {
+                        continue;
+                    }
+                    queues.remove(&key);
+                    // A burst of one-off keys must not leave a large table behind.
+                    if queues.capacity() > 64 && queues.capacity() > 4 * queues.len() {
+                        queues.shrink_to_fit();
                     }
                     rx.close();
-                    // A sender cloned before the removal may still have sent: serve it.
-                    let mut late = Vec::new();
-                    while let Ok(call) = rx.try_recv() {
-                        late.push(call);
-                    }
-                    if !late.is_empty() {
-                        self.serve(&key, late).await;
-                    }
                     return;
                 }
             };
@@ -416,5 +408,33 @@ mod tests {
             Err(BatchError::Panicked("boom".into()))
         );
         assert_eq!(b.call(1, 14).await, Ok(14), "the key is served again");
+    }
+
+    /// Calls racing a key's task as it retires (its queue just ran empty): each must be served,
+    /// never left in a queue whose task has gone. Many short-lived keys, many threads, and a
+    /// bound on every call, so a lost call fails the test instead of hanging it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn calls_racing_a_retiring_task_are_all_answered() {
+        let b = KeyedBatcher::new(policy(0), |_k: u32, reqs: Vec<u32>| async move { reqs });
+        let callers: Vec<_> = (0..8u32)
+            .map(|t| {
+                let b = b.clone();
+                tokio::spawn(async move {
+                    for i in 0..20_000u32 {
+                        // Few keys, so calls often meet a task that is retiring.
+                        let key = i % 4;
+                        let answer = tokio::time::timeout(Duration::from_secs(5), b.call(key, t))
+                            .await
+                            .unwrap_or_else(|_| {
+                                panic!("call {i} of caller {t} was never answered")
+                            });
+                        assert_eq!(answer, Ok(t));
+                    }
+                })
+            })
+            .collect();
+        for c in callers {
+            c.await.unwrap();
+        }
     }
 }
