@@ -66,6 +66,29 @@ impl Client {
         self.request(reqwest::Method::GET, path, None).await
     }
 
+    /// The process's `/metrics` page (Prometheus text).
+    pub async fn metrics_text(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.address))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
+    /// A counter or gauge from `/metrics`, summed over its labels (0 when absent).
+    pub async fn metric(&self, name: &str) -> f64 {
+        self.metrics_text()
+            .await
+            .lines()
+            .filter_map(|l| l.strip_prefix(name))
+            .filter(|rest| rest.starts_with([' ', '{']))
+            .filter_map(|rest| rest.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     pub async fn create_product(&self, stock: i64) -> i64 {
         let r = self
             .http

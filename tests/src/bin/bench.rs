@@ -210,19 +210,19 @@ async fn hold_paths(api: &Api, product: i64, rounds: usize, seconds: u64) -> Res
         v["holds_per_s"].as_f64().unwrap_or(0.0)
             / unkeyed["holds_per_s"].as_f64().unwrap_or(0.0).max(1.0)
     };
+    let mut limited = buyers.clone();
+    limited["per_buyer_limit"] = json!(5);
+    limited["buyers"] = json!("distinct");
+    limited["refused_in_last_round"] = runs.last().map_or(Value::Null, |r| r[2]["refused"].clone());
     let result = json!({
         "rounds": runs.len(),
         "seconds_per_run": seconds,
         "unkeyed": unkeyed,
         "keyed": keyed,
-        "limited": {"per_buyer_limit": 5, "buyers": "distinct", "refused_in_last_round": runs.last().map(|r| r[2]["refused"].clone())},
+        "limited": limited,
         "keyed_share_of_unkeyed": share(&keyed),
         "limited_share_of_unlimited": share(&buyers),
     });
-    let mut result = result;
-    for (k, v) in buyers.as_object().into_iter().flatten() {
-        result["limited"][k] = v.clone();
-    }
     println!(
         "Hold paths c=256, {} rounds: keyed {:.0}% of unkeyed (p99 {:.1} ms), distinct buyers on a limited product {:.0}% (p99 {:.1} ms)",
         runs.len(),
@@ -430,19 +430,7 @@ impl Api {
     /// `stock_contention_retries_total` from the API's `/metrics`: transactions retried after a
     /// lock wait timeout or a deadlock (on Galera, a certification conflict: error 1213).
     async fn contention_retries(&self) -> Result<u64> {
-        let text = self
-            .http
-            .get(format!("{}/metrics", self.url))
-            .send()
-            .await?
-            .text()
-            .await?;
-        Ok(text
-            .lines()
-            .filter_map(|l| l.strip_prefix("stock_contention_retries_total"))
-            .filter(|rest| rest.starts_with([' ', '{']))
-            .filter_map(|rest| rest.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64)
+        Ok(self.metric("stock_contention_retries_total").await? as u64)
     }
 
     /// A counter or gauge from the API's `/metrics`, summed over its labels.

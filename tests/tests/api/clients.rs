@@ -158,7 +158,7 @@ on_both_databases! {
         assert!(app.hold_with_key(product, 1, "m-1").await.replayed());
         app.get("/no/such/route").await;
 
-        let text = app.http.get(format!("{}/metrics", app.address)).send().await.expect("metrics").text().await.expect("text");
+        let text = app.metrics_text().await;
         for needle in [
             r#"http_requests_total{method="POST",route="/api/holds",status="413"} 1"#,
             r#"http_requests_total{method="POST",route="/api/holds",status="201"} 2"#,

@@ -54,7 +54,7 @@ on_both_databases! {
         assert!(first < third, "ids follow arrival order");
         assert_eq!(app.available(product).await, 0);
 
-        let metrics = app.http.get(format!("{}/metrics", app.address)).send().await.expect("metrics").text().await.expect("text");
+        let metrics = app.metrics_text().await;
         assert!(metrics.contains("hold_batch_size_count 1\n"), "one transaction served all four:\n{metrics}");
         app.assert_stock_conserved().await;
     }

@@ -51,7 +51,7 @@ on_both_databases! {
         app.webhook(e.clone()).await;
         app.webhook(e).await;
 
-        let text = app.http.get(format!("{}/metrics", app.address)).send().await.expect("metrics").text().await.expect("text");
+        let text = app.metrics_text().await;
         for needle in [
             r#"http_requests_total{method="POST",route="/api/holds",status="201"} 1"#,
             r#"http_requests_total{method="POST",route="/api/holds",status="409"} 1"#,

@@ -346,15 +346,7 @@ on_both_databases! {
 async fn wait_for_pool_in_use(client: &Client, ok: impl Fn(u64) -> bool, within: Duration) {
     let deadline = Instant::now() + within;
     loop {
-        let text = client
-            .http
-            .get(format!("{}/metrics", client.address))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics text");
+        let text = client.metrics_text().await;
         let in_use =
             text.lines()
                 .find_map(|l| l.strip_prefix("db_pool_connections{state=\"in_use\"} "))

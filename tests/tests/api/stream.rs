@@ -48,24 +48,6 @@ fn level(product: i64, stock: i64, available: i64) -> Value {
     json!({"id": product, "stock": stock, "available_stock": available})
 }
 
-/// The value of a counter or gauge in a process's `/metrics` (0 when absent).
-async fn metric(client: &Client, name: &str) -> f64 {
-    let text = client
-        .http
-        .get(format!("{}/metrics", client.address))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    text.lines()
-        .filter_map(|l| l.strip_prefix(name))
-        .filter(|rest| rest.starts_with([' ', '{']))
-        .filter_map(|rest| rest.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Waits until the next event differs from nothing but keep-alives and returns it with how
 /// long it took.
 async fn next_change(reader: &mut Reader, within: Duration) -> (Value, Duration) {
@@ -178,8 +160,8 @@ on_both_databases! {
             assert_eq!(r.body["errors"][0]["field"], "id");
         }
         // A refused stream holds no place: the process still serves (and checks nothing).
-        assert_eq!(metric(&app.client, "stock_stream_clients").await, 0.0);
-        assert_eq!(metric(&app.client, "stock_stream_checks_total").await, 0.0);
+        assert_eq!(app.client.metric("stock_stream_clients").await, 0.0);
+        assert_eq!(app.client.metric("stock_stream_checks_total").await, 0.0);
     }
 
     async fn beyond_max_clients_is_503_with_retry_after_until_a_stream_closes(backend: Backend) {
@@ -192,7 +174,7 @@ on_both_databases! {
         assert_eq!((r.status, r.code()), (503, "unavailable"), "{}", r.body);
         assert_eq!(r.header("retry-after"), Some("1"));
         assert_eq!(r.content_type, "application/problem+json");
-        assert_eq!(metric(&app.client, "stock_stream_rejected_total").await, 1.0);
+        assert_eq!(app.client.metric("stock_stream_rejected_total").await, 1.0);
 
         // A client that goes away gives its place back.
         drop(a);
@@ -272,9 +254,9 @@ on_both_databases! {
         // Checks the hub made over `window` (each is one database read), and on MariaDB the
         // SELECTs the server ran meanwhile.
         let checks_over = async |window: Duration| {
-            let before = (metric(&app.client, "stock_stream_checks_total").await, com_select(status.as_ref()).await);
+            let before = (app.client.metric("stock_stream_checks_total").await, com_select(status.as_ref()).await);
             tokio::time::sleep(window).await;
-            let after = (metric(&app.client, "stock_stream_checks_total").await, com_select(status.as_ref()).await);
+            let after = (app.client.metric("stock_stream_checks_total").await, com_select(status.as_ref()).await);
             let selects = after.1.zip(before.1).map(|(a, b)| a - b);
             if let Some(selects) = selects {
                 // Each check is one SELECT, and idle, the API runs no other.
@@ -292,7 +274,7 @@ on_both_databases! {
             assert_eq!(first["available_stock"], 1000);
             r
         }));
-        assert_eq!(metric(&app.client, "stock_stream_clients").await, 301.0);
+        assert_eq!(app.client.metric("stock_stream_clients").await, 301.0);
         tokio::time::sleep(Duration::from_millis(300)).await;
         let many = checks_over(window).await;
 
@@ -311,12 +293,12 @@ on_both_databases! {
         // When every listener has gone, the product's checks stop.
         drop(readers);
         let deadline = Instant::now() + Duration::from_secs(15);
-        while metric(&app.client, "stock_stream_products").await != 0.0 {
+        while app.client.metric("stock_stream_products").await != 0.0 {
             assert!(Instant::now() < deadline, "checks kept running with no listener");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         assert_eq!(checks_over(Duration::from_millis(500)).await, 0.0);
-        assert_eq!(metric(&app.client, "stock_stream_clients").await, 0.0);
+        assert_eq!(app.client.metric("stock_stream_clients").await, 0.0);
     }
 }
 
