@@ -66,27 +66,24 @@ impl Client {
         self.request(reqwest::Method::GET, path, None).await
     }
 
-    /// The process's `/metrics` page (Prometheus text).
+    /// The process's `/metrics` page (Prometheus text). Anything but a 200 fails the test:
+    /// an error page read as metrics would make every value 0.
     pub async fn metrics_text(&self) -> String {
-        self.http
+        let r = self
+            .http
             .get(format!("{}/metrics", self.address))
             .send()
             .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics text")
+            .expect("metrics");
+        let status = r.status();
+        let text = r.text().await.expect("metrics text");
+        assert_eq!(status, 200, "/metrics answered {status}: {text}");
+        text
     }
 
     /// A counter or gauge from `/metrics`, summed over its labels (0 when absent).
     pub async fn metric(&self, name: &str) -> f64 {
-        self.metrics_text()
-            .await
-            .lines()
-            .filter_map(|l| l.strip_prefix(name))
-            .filter(|rest| rest.starts_with([' ', '{']))
-            .filter_map(|rest| rest.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        metric_in(&self.metrics_text().await, name)
     }
 
     pub async fn create_product(&self, stock: i64) -> i64 {
@@ -261,4 +258,14 @@ pub fn now_unix() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or_default()
+}
+
+/// A counter or gauge in a `/metrics` page, summed over its labels (0 when absent), so that
+/// several values can be read from one rendering.
+pub fn metric_in(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(name))
+        .filter(|rest| rest.starts_with([' ', '{']))
+        .filter_map(|rest| rest.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }

@@ -27,7 +27,7 @@ pub mod wait;
 
 pub use app::{ADMIN_TOKEN, AppOptions, TestApp, spawn_api};
 pub use browser::headless_chromium;
-pub use client::{Client, Response, into_response, now_unix};
+pub use client::{Client, Response, into_response, metric_in, now_unix};
 pub use db::{Backend, Blocker, TestDb};
 pub use ledger::{Ledger, assert_conserved};
 pub use load::{Answer, Load, all_at_once, all_at_once_across};

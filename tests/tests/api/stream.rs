@@ -6,7 +6,7 @@ use std::{
 };
 
 use flash_sale_tests::{
-    AppOptions, Backend, Client, TestApp, binary, on_both_databases,
+    AppOptions, Backend, Client, TestApp, binary, metric_in, on_both_databases,
     servers::ScratchMariaDb,
     sse::{End, Item, Reader, stream_client},
 };
@@ -303,15 +303,29 @@ on_both_databases! {
             assert_eq!(u.expect("every listener gets the change"), level(product, 1000, 996));
         }
 
-        // When every listener has gone, the product's checks stop.
+        // When every listener has gone, the product's checks stop: once a rendering of
+        // `/metrics` shows no streamed product, its checks counter never moves again.
         drop(readers);
         let deadline = Instant::now() + Duration::from_secs(15);
-        while app.client.metric("stock_stream_products").await != 0.0 {
+        let snapshot = async || {
+            let text = app.client.metrics_text().await;
+            let [products, clients, checks] = ["stock_stream_products", "stock_stream_clients", "stock_stream_checks_total"]
+                .map(|name| metric_in(&text, name));
+            assert!(text.contains("\nstock_stream_products "), "no products gauge in:\n{text}");
+            (products, clients, checks)
+        };
+        let (_, clients, checks) = loop {
+            let s = snapshot().await;
+            if s.0 == 0.0 {
+                break s;
+            }
             assert!(Instant::now() < deadline, "checks kept running with no listener");
             tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        assert_eq!(checks_over(Duration::from_millis(500)).await, 0.0);
-        assert_eq!(app.client.metric("stock_stream_clients").await, 0.0);
+        };
+        assert_eq!(clients, 0.0, "no stream is open any more");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let after = snapshot().await;
+        assert_eq!(after, (0.0, 0.0, checks), "(products, clients, checks) 500 ms after the last listener went");
     }
 }
 
