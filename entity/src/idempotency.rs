@@ -198,7 +198,9 @@ pub(crate) async fn store_in_txn(
     let expires_at = now + RETENTION;
     let result = if server.insert_returning {
         // MariaDB: one prepared statement whatever the batch size (client strings are bound,
-        // never inlined), as for the holds themselves.
+        // never inlined), as for the holds themselves. Each text column names its character
+        // set: JSON_TABLE's columns otherwise take the database's default, and a `latin1`
+        // one would turn an answer's emoji into `?`.
         let rows: Vec<serde_json::Value> = answers
             .iter()
             .map(|(r, a)| {
@@ -220,9 +222,11 @@ pub(crate) async fn store_in_txn(
              SELECT j.scope, j.idem_key, j.fingerprint, ?, j.status, j.content_type, \
                j.body, ?, ? \
              FROM JSON_TABLE(?, '$[*]' COLUMNS ( \
-               scope VARCHAR(32) PATH '$[0]', idem_key VARCHAR(255) PATH '$[1]', \
-               fingerprint VARCHAR(64) PATH '$[2]', status INT PATH '$[3]', \
-               content_type VARCHAR(255) PATH '$[4]', body LONGTEXT PATH '$[5]')) AS j",
+               scope VARCHAR(32) CHARACTER SET ascii PATH '$[0]', \
+               idem_key VARCHAR(255) CHARACTER SET ascii PATH '$[1]', \
+               fingerprint VARCHAR(64) CHARACTER SET ascii PATH '$[2]', status INT PATH '$[3]', \
+               content_type VARCHAR(255) CHARACTER SET utf8mb4 PATH '$[4]', \
+               body LONGTEXT CHARACTER SET utf8mb4 PATH '$[5]')) AS j",
             [
                 KeyState::Done.to_value().into(),
                 now.into(),

@@ -13,6 +13,7 @@ mod m20261124_000002_create_orders_and_webhook_events;
 mod m20261124_000003_create_idempotency_keys;
 mod m20261125_000004_exact_idempotency_keys;
 mod m20261125_000005_sales_buyers_refunds;
+mod m20261125_000006_utf8mb4_text;
 
 pub struct Migrator;
 
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000003_create_idempotency_keys::Migration),
             Box::new(m20261125_000004_exact_idempotency_keys::Migration),
             Box::new(m20261125_000005_sales_buyers_refunds::Migration),
+            Box::new(m20261125_000006_utf8mb4_text::Migration),
         ]
     }
 }
