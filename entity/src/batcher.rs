@@ -30,10 +30,10 @@ pub struct BatchPolicy {
     /// Most calls waiting for one key; beyond it a call is refused at once
     /// ([`BatchError::Overloaded`]) instead of the queue growing without bound.
     pub max_queued: usize,
-    /// Batches of one key running at once. Two let the next hold batch wait on the product's
-    /// row lock while the one before it commits: InnoDB releases row locks before the redo log
-    /// is flushed, so the next batch works during the flush instead of after it. Reads that
-    /// must only share a query started after their arrival use one.
+    /// Batches of one key running at once. Every user here runs one: calls that arrive while
+    /// a batch runs make the next, larger batch (for holds, measured faster than a second
+    /// batch waiting on the product's row lock), and reads must only share a query that
+    /// started after their arrival.
     pub max_in_flight: usize,
 }
 
