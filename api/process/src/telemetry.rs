@@ -59,8 +59,15 @@ const BATCH_SIZE_BUCKETS: &[f64] = &[
     0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 500.0, 1000.0, 5000.0,
 ];
 
+/// How often the recorder's upkeep runs. `install_recorder` leaves upkeep to its caller, and
+/// without it every histogram sample recorded since the last `/metrics` scrape stays in memory:
+/// an API nobody scraped grew about 1.5 MiB per 100,000 holds (14 rounds of 8 s under wrk took
+/// it from 79 to 95 MiB).
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Installs the global Prometheus recorder (histograms with fixed buckets, so they aggregate
-/// across replicas) and returns the handle that renders `/metrics`.
+/// across replicas), starts its upkeep on the current Tokio runtime, and returns the handle
+/// that renders `/metrics`.
 pub fn init_metrics() -> Result<PrometheusHandle, TelemetryError> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
@@ -71,6 +78,16 @@ pub fn init_metrics() -> Result<PrometheusHandle, TelemetryError> {
         .install_recorder()
         .map_err(|e| TelemetryError::Init(e.to_string()))?;
     describe_metrics();
+    let runtime = tokio::runtime::Handle::try_current()
+        .map_err(|e| TelemetryError::Init(format!("metrics upkeep needs a Tokio runtime: {e}")))?;
+    let upkept = handle.clone();
+    runtime.spawn(async move {
+        let mut ticks = tokio::time::interval(UPKEEP_EVERY);
+        loop {
+            ticks.tick().await;
+            upkept.run_upkeep();
+        }
+    });
     Ok(handle)
 }
 
