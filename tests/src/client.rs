@@ -86,16 +86,31 @@ impl Client {
         metric_in(&self.metrics_text().await, name)
     }
 
+    /// An operator's call to `/api/admin/*`, with the admin token.
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Response {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.address))
+            .bearer_auth(ADMIN_TOKEN);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        into_response(req.send().await.expect("admin request")).await
+    }
+
     pub async fn create_product(&self, stock: i64) -> i64 {
         let r = self
-            .http
-            .post(format!("{}/api/admin/products", self.address))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&json!({"name": "Test product", "price": "10.50", "stock": stock}))
-            .send()
-            .await
-            .expect("create product");
-        let r = into_response(r).await;
+            .admin(
+                reqwest::Method::POST,
+                "/api/admin/products",
+                Some(json!({"name": "Test product", "price": "10.50", "stock": stock})),
+            )
+            .await;
         assert_eq!(r.status, 201, "create product: {}", r.body);
         r.body["id"].as_i64().expect("product id")
     }

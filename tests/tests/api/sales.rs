@@ -6,22 +6,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use flash_sale_tests::{
-    ADMIN_TOKEN, AppOptions, Client, Response, TestApp, all_at_once, into_response,
-    on_both_databases, until_older_than,
+    AppOptions, Client, Response, TestApp, all_at_once, on_both_databases, until_older_than,
 };
 use reqwest::Method;
 use serde_json::{Value, json};
-
-/// An operator's call to `/api/admin/*`.
-async fn admin(client: &Client, method: Method, path: &str, body: Option<Value>) -> Response {
-    let mut req = reqwest::Client::new()
-        .request(method, format!("{}{path}", client.address))
-        .bearer_auth(ADMIN_TOKEN);
-    if let Some(body) = body {
-        req = req.json(&body);
-    }
-    into_response(req.send().await.expect("admin request")).await
-}
 
 /// A product made with these extra members (`per_buyer_limit`, `sale_starts_at`, ...).
 async fn product_with(client: &Client, stock: i64, extra: Value) -> i64 {
@@ -29,7 +17,9 @@ async fn product_with(client: &Client, stock: i64, extra: Value) -> i64 {
     if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
         b.extend(e.clone());
     }
-    let r = admin(client, Method::POST, "/api/admin/products", Some(body)).await;
+    let r = client
+        .admin(Method::POST, "/api/admin/products", Some(body))
+        .await;
     assert_eq!(r.status, 201, "{}", r.body);
     r.body["id"].as_i64().expect("product id")
 }
@@ -252,8 +242,7 @@ on_both_databases! {
                 if i % 6 == 0 {
                     // 60 changes: +10 or -15 units.
                     let add = if i % 12 == 0 { 10 } else { -15 };
-                    let r = admin(
-                        &c,
+                    let r = c.admin(
                         Method::PATCH,
                         &format!("/api/admin/products/{product}"),
                         Some(json!({"add_stock": add})),
@@ -318,7 +307,7 @@ on_both_databases! {
         assert_eq!(again.status, 200);
         assert_eq!(again.body["duplicate"], true);
 
-        let owed = admin(&app, Method::GET, "/api/admin/orders?refund_required=true", None).await;
+        let owed = app.admin(Method::GET, "/api/admin/orders?refund_required=true", None).await;
         assert_eq!(owed.status, 200, "{}", owed.body);
         let items = owed.body["items"].as_array().cloned().unwrap_or_default();
         assert_eq!(items.len(), 1, "exactly one order owes a refund: {}", owed.body);
@@ -332,21 +321,20 @@ on_both_databases! {
         assert_eq!(app.stock(product).await, (0, 0), "the sold unit stays sold");
 
         let path = format!("/api/admin/orders/{late_order}/refunded");
-        let done = admin(&app, Method::POST, &path, None).await;
+        let done = app.admin(Method::POST, &path, None).await;
         assert_eq!(done.status, 200, "{}", done.body);
         assert_eq!(done.body["refund_required"], false);
-        let twice = admin(&app, Method::POST, &path, None).await;
+        let twice = app.admin(Method::POST, &path, None).await;
         assert_eq!(twice.status, 409);
         assert_eq!(twice.code(), "no_refund_due");
-        let owed = admin(&app, Method::GET, "/api/admin/orders?refund_required=true", None).await;
+        let owed = app.admin(Method::GET, "/api/admin/orders?refund_required=true", None).await;
         assert_eq!(owed.body["items"], json!([]));
         app.assert_stock_conserved().await;
     }
 
     async fn a_sale_window_is_answered_as_it_is_stored(backend: Backend) {
         let app = TestApp::spawn(backend).await;
-        let r = admin(
-            &app,
+        let r = app.admin(
             Method::POST,
             "/api/admin/products",
             Some(json!({"name": "w", "price": "1.00", "stock": 1,
@@ -391,24 +379,24 @@ on_both_databases! {
         let start = "2030-01-02T00:00:00Z";
 
         let cases: Vec<(&str, Response, u16, &str, Option<&str>)> = vec![
-            ("sale ends before it starts", admin(&app, Method::POST, "/api/admin/products", Some(json!({"name": "x", "price": "1.00", "stock": 1, "sale_starts_at": start, "sale_ends_at": "2030-01-01T00:00:00Z"}))).await, 422, "validation_error", Some("sale_ends_at")),
-            ("a limit of 0", admin(&app, Method::POST, "/api/admin/products", Some(json!({"name": "x", "price": "1.00", "stock": 1, "per_buyer_limit": 0}))).await, 422, "validation_error", Some("per_buyer_limit")),
+            ("sale ends before it starts", app.admin(Method::POST, "/api/admin/products", Some(json!({"name": "x", "price": "1.00", "stock": 1, "sale_starts_at": start, "sale_ends_at": "2030-01-01T00:00:00Z"}))).await, 422, "validation_error", Some("sale_ends_at")),
+            ("a limit of 0", app.admin(Method::POST, "/api/admin/products", Some(json!({"name": "x", "price": "1.00", "stock": 1, "per_buyer_limit": 0}))).await, 422, "validation_error", Some("per_buyer_limit")),
             ("an end before the stored start", {
                 // Set a start first (a real change), then try an end before it.
-                let ok = admin(&app, Method::PATCH, &path, Some(json!({"sale_starts_at": "2020-01-01T00:00:00Z"}))).await;
+                let ok = app.admin(Method::PATCH, &path, Some(json!({"sale_starts_at": "2020-01-01T00:00:00Z"}))).await;
                 assert_eq!(ok.status, 200, "{}", ok.body);
-                admin(&app, Method::PATCH, &path, Some(json!({"sale_ends_at": "2019-01-01T00:00:00Z"}))).await
+                app.admin(Method::PATCH, &path, Some(json!({"sale_ends_at": "2019-01-01T00:00:00Z"}))).await
             }, 422, "validation_error", Some("sale_ends_at")),
             ("a buyer_id of 129 characters", hold_for(&app, product, 1, &"b".repeat(129)).await, 422, "validation_error", Some("buyer_id")),
             ("a buyer_id with a control character", hold_for(&app, product, 1, "ann\u{7}").await, 422, "validation_error", Some("buyer_id")),
             ("no buyer_id on a limited product", app.hold(product, 1).await, 422, "buyer_id_required", Some("buyer_id")),
-            ("PATCH of an unknown product", admin(&app, Method::PATCH, "/api/admin/products/999999", Some(json!({"add_stock": 1}))).await, 404, "product_not_found", None),
-            ("add_stock that would take held units", admin(&app, Method::PATCH, &path, Some(json!({"add_stock": -9}))).await, 409, "insufficient_stock", None),
-            ("a non-integer limit", admin(&app, Method::PATCH, &path, Some(json!({"per_buyer_limit": "three"}))).await, 400, "malformed_request", Some("per_buyer_limit")),
-            ("name: null", admin(&app, Method::PATCH, &path, Some(json!({"name": null}))).await, 400, "malformed_request", Some("name")),
-            ("add_stock past the largest stock", admin(&app, Method::PATCH, &path, Some(json!({"add_stock": i32::MAX}))).await, 422, "validation_error", Some("add_stock")),
-            ("add_stock: null", admin(&app, Method::PATCH, &path, Some(json!({"add_stock": null}))).await, 400, "malformed_request", Some("add_stock")),
-            ("a limit of 0 in a PATCH", admin(&app, Method::PATCH, &path, Some(json!({"per_buyer_limit": 0}))).await, 422, "validation_error", Some("per_buyer_limit")),
+            ("PATCH of an unknown product", app.admin(Method::PATCH, "/api/admin/products/999999", Some(json!({"add_stock": 1}))).await, 404, "product_not_found", None),
+            ("add_stock that would take held units", app.admin(Method::PATCH, &path, Some(json!({"add_stock": -9}))).await, 409, "insufficient_stock", None),
+            ("a non-integer limit", app.admin(Method::PATCH, &path, Some(json!({"per_buyer_limit": "three"}))).await, 400, "malformed_request", Some("per_buyer_limit")),
+            ("name: null", app.admin(Method::PATCH, &path, Some(json!({"name": null}))).await, 400, "malformed_request", Some("name")),
+            ("add_stock past the largest stock", app.admin(Method::PATCH, &path, Some(json!({"add_stock": i32::MAX}))).await, 422, "validation_error", Some("add_stock")),
+            ("add_stock: null", app.admin(Method::PATCH, &path, Some(json!({"add_stock": null}))).await, 400, "malformed_request", Some("add_stock")),
+            ("a limit of 0 in a PATCH", app.admin(Method::PATCH, &path, Some(json!({"per_buyer_limit": 0}))).await, 422, "validation_error", Some("per_buyer_limit")),
             ("after=-1", app.get("/api/products?after=-1").await, 422, "validation_error", Some("after")),
             ("limit=0", app.get("/api/products?limit=0").await, 422, "validation_error", Some("limit")),
             ("limit=abc", app.get("/api/products?limit=abc").await, 400, "malformed_request", Some("limit")),
@@ -422,7 +410,7 @@ on_both_databases! {
             }
         }
         assert_eq!(held.body["buyer_id"], "ann");
-        let refused = admin(&app, Method::PATCH, &path, Some(json!({"add_stock": -9}))).await;
+        let refused = app.admin(Method::PATCH, &path, Some(json!({"add_stock": -9}))).await;
         assert_eq!(refused.body["available"], 8);
         let after = app.get(&format!("/api/products/{product}")).await.body;
         assert_eq!(after["stock"], before["stock"]);
