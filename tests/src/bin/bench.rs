@@ -58,7 +58,10 @@ async fn main() -> Result<()> {
     let base = std::env::var("TEST_MYSQL_URL")
         .unwrap_or_else(|_| "mysql://flash:flash@127.0.0.1:3306".into());
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let release = root.join("target/release");
+    // `BENCH_BIN_DIR`: binaries built elsewhere (a build with symbols, for a profiler).
+    let release = std::env::var_os("BENCH_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target/release"));
     let out_dir = root.join("tests/bench-results");
     std::fs::create_dir_all(&out_dir)?;
     let galera_only = match std::env::var("BENCH_ONLY").unwrap_or_default().as_str() {
@@ -159,7 +162,7 @@ async fn holds_only(release: &Path, base: &str, seconds: u64) -> Result<()> {
     let db_url = fresh_database(base, "fs_bench").await?;
     let api = Api::start(release, &db_url, true)?;
     let product = api.create_product(100_000_000).await?;
-    hold_paths(&api, product, rounds, seconds).await?;
+    hold_paths(&api, product, rounds, seconds, mariadb_pid(base).await).await?;
     Ok(())
 }
 
@@ -168,50 +171,110 @@ async fn holds_only(release: &Path, base: &str, seconds: u64) -> Result<()> {
 /// connections, one after the other in each of `rounds` rounds. Each path's share is taken
 /// against the unkeyed holds of the same rounds, so all three ran on the same tables (their
 /// size changes a hold's cost) and through the same spells of the machine's speed.
-async fn hold_paths(api: &Api, product: i64, rounds: usize, seconds: u64) -> Result<Value> {
+///
+/// The three share one machine with their load generator, so two things make the comparison
+/// fair to each path:
+/// - every path's wrk script builds each request in its own Lua `request()` (the unkeyed one
+///   too, sending the same request every time): wrk's per-request cost is then the same on each
+///   path, apart from making the key or buyer id itself;
+/// - the CPU time of the API, of MariaDB and of wrk is read around each run and divided by the
+///   holds granted (`api_us`, `db_us`, `wrk_us` per hold): the service's own price of a key or a
+///   limit (`service_us` = API + MariaDB), whatever the generator costs.
+async fn hold_paths(
+    api: &Api,
+    product: i64,
+    rounds: usize,
+    seconds: u64,
+    db_pid: Option<u32>,
+) -> Result<Value> {
     let limited = api.create_limited_product(100_000_000, 5).await?;
     let url = format!("{}/api/holds", api.url);
-    let mut runs: Vec<[Value; 3]> = Vec::new();
+    let mut runs: Vec<Vec<Value>> = Vec::new();
     for round in 1..=rounds.max(1) {
-        let unkeyed = wrk_holds(&api.url, product, 256, seconds)?;
-        let keyed = wrk_keyed_holds(&api.url, product, 256, seconds)?;
-        let buyers = wrk(&url, 256, seconds, &buyer_holds_script(limited))?;
-        let buyers = json!({
-            "holds_per_s": rate(&buyers, "ok"),
-            "p50_ms": ms(&buyers, "p50_us"),
-            "p99_ms": ms(&buyers, "p99_us"),
-            "refused": buyers["refused"],
-        });
+        let mut run = Vec::new();
+        // Made anew for each run: keys and buyer ids are new in every run, never replays.
+        for path in 0..3 {
+            let script = match path {
+                0 => holds_request_script(product),
+                1 => keyed_holds_script(product),
+                _ => buyer_holds_script(limited),
+            };
+            let before = CpuSnapshot::take(api, db_pid);
+            let v = wrk(&url, 256, seconds, &script)?;
+            let cpu =
+                CpuSnapshot::take(api, db_pid).since(&before, v["ok"].as_f64().unwrap_or(0.0));
+            run.push(json!({
+                "holds_per_s": rate(&v, "ok"),
+                "p50_ms": ms(&v, "p50_us"),
+                "p99_ms": ms(&v, "p99_us"),
+                "refused": v["refused"],
+                "api_us": cpu[0],
+                "db_us": cpu[1],
+                "wrk_us": cpu[2],
+                "service_us": cpu[0] + cpu[1],
+            }));
+        }
         let per_s = |v: &Value| v["holds_per_s"].as_f64().unwrap_or(0.0);
+        let cost = |v: &Value| {
+            let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
+            format!(
+                "API {:.0} + DB {:.0} µs, wrk {:.0}",
+                f("api_us"),
+                f("db_us"),
+                f("wrk_us")
+            )
+        };
         println!(
-            "Hold paths c=256, round {round}: unkeyed {:>8.0}/s  keyed {:>8.0}/s ({:.0}%)  \
-             distinct buyers, limit 5 {:>8.0}/s ({:.0}%)",
-            per_s(&unkeyed),
-            per_s(&keyed),
-            100.0 * per_s(&keyed) / per_s(&unkeyed).max(1.0),
-            per_s(&buyers),
-            100.0 * per_s(&buyers) / per_s(&unkeyed).max(1.0),
+            "Hold paths c=256, round {round}: unkeyed {:>6.0}/s ({})  keyed {:>6.0}/s ({:.0}%; {})  \
+             buyers, limit 5 {:>6.0}/s ({:.0}%; {})",
+            per_s(&run[0]),
+            cost(&run[0]),
+            per_s(&run[1]),
+            100.0 * per_s(&run[1]) / per_s(&run[0]).max(1.0),
+            cost(&run[1]),
+            per_s(&run[2]),
+            100.0 * per_s(&run[2]) / per_s(&run[0]).max(1.0),
+            cost(&run[2]),
         );
-        runs.push([unkeyed, keyed, buyers]);
+        runs.push(run);
     }
-    // Per path: mean holds/s over the rounds, and the worst p50 and p99 of any round.
+    // Per path: the mean of each figure over the rounds, and the worst p50 and p99 of any round.
     let path = |i: usize| {
-        let mean = runs
-            .iter()
-            .map(|r| r[i]["holds_per_s"].as_f64().unwrap_or(0.0))
-            .sum::<f64>()
-            / runs.len() as f64;
+        let mean = |field: &str| {
+            runs.iter()
+                .map(|r| r[i][field].as_f64().unwrap_or(0.0))
+                .sum::<f64>()
+                / runs.len() as f64
+        };
         let worst = |field: &str| {
             runs.iter()
                 .map(|r| r[i][field].as_f64().unwrap_or(0.0))
                 .fold(0.0, f64::max)
         };
-        json!({"connections": 256, "holds_per_s": mean, "p50_ms": worst("p50_ms"), "p99_ms": worst("p99_ms")})
+        json!({
+            "connections": 256,
+            "holds_per_s": mean("holds_per_s"),
+            "p50_ms": worst("p50_ms"),
+            "p99_ms": worst("p99_ms"),
+            "api_us_per_hold": mean("api_us"),
+            "db_us_per_hold": mean("db_us"),
+            "wrk_us_per_hold": mean("wrk_us"),
+            "service_us_per_hold": mean("service_us"),
+        })
     };
     let (unkeyed, keyed, buyers) = (path(0), path(1), path(2));
     let share = |v: &Value| {
         v["holds_per_s"].as_f64().unwrap_or(0.0)
             / unkeyed["holds_per_s"].as_f64().unwrap_or(0.0).max(1.0)
+    };
+    // The service's CPU per unkeyed hold as a share of the path's: what the throughput share
+    // would be if the service had the machine to itself.
+    let cost_share = |v: &Value| {
+        unkeyed["service_us_per_hold"].as_f64().unwrap_or(0.0)
+            / v["service_us_per_hold"]
+                .as_f64()
+                .unwrap_or(0.0)
+                .max(f64::MIN_POSITIVE)
     };
     let mut limited = buyers.clone();
     limited["per_buyer_limit"] = json!(5);
@@ -225,16 +288,71 @@ async fn hold_paths(api: &Api, product: i64, rounds: usize, seconds: u64) -> Res
         "limited": limited,
         "keyed_share_of_unkeyed": share(&keyed),
         "limited_share_of_unlimited": share(&buyers),
+        "keyed_service_cost_share": cost_share(&keyed),
+        "limited_service_cost_share": cost_share(&buyers),
+        "runs": runs,
     });
     println!(
-        "Hold paths c=256, {} rounds: keyed {:.0}% of unkeyed (p99 {:.1} ms), distinct buyers on a limited product {:.0}% (p99 {:.1} ms)",
-        runs.len(),
+        "Hold paths c=256, {} rounds: keyed {:.0}% of unkeyed (p99 {:.1} ms; service CPU per hold {:.0} vs {:.0} µs), \
+         distinct buyers on a limited product {:.0}% (p99 {:.1} ms; {:.0} µs)",
+        result["rounds"],
         100.0 * share(&keyed),
         keyed["p99_ms"].as_f64().unwrap_or(0.0),
+        keyed["service_us_per_hold"].as_f64().unwrap_or(0.0),
+        unkeyed["service_us_per_hold"].as_f64().unwrap_or(0.0),
         100.0 * share(&buyers),
         buyers["p99_ms"].as_f64().unwrap_or(0.0),
+        buyers["service_us_per_hold"].as_f64().unwrap_or(0.0),
     );
     Ok(result)
+}
+
+/// CPU seconds used so far by the API, by MariaDB (when its pid is known) and by the finished
+/// child processes of this benchmark (each wrk run, once it has been waited for).
+struct CpuSnapshot([f64; 3]);
+
+impl CpuSnapshot {
+    fn take(api: &Api, db_pid: Option<u32>) -> Self {
+        Self([
+            api.cpu_seconds(),
+            db_pid.map_or(0.0, |pid| proc_cpu_seconds(&pid.to_string(), [11, 12])),
+            // This process's cutime and cstime: its waited-for children.
+            proc_cpu_seconds("self", [13, 14]),
+        ])
+    }
+
+    /// Microseconds of CPU per hold, each process, since `before`.
+    fn since(&self, before: &Self, holds: f64) -> [f64; 3] {
+        let per_hold = |i: usize| 1e6 * (self.0[i] - before.0[i]) / holds.max(1.0);
+        [per_hold(0), per_hold(1), per_hold(2)]
+    }
+}
+
+/// Two CPU-time fields of `/proc/{pid}/stat`, counted after the command's closing parenthesis
+/// (utime and stime are 11 and 12, cutime and cstime 13 and 14), in seconds.
+fn proc_cpu_seconds(pid: &str, fields: [usize; 2]) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let values: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: f64 = fields
+        .iter()
+        .filter_map(|&i| values.get(i)?.parse::<f64>().ok())
+        .sum();
+    // USER_HZ is 100 on Linux.
+    ticks / 100.0
+}
+
+/// The pid of the MariaDB server behind `base`, from the pidfile it reports: its CPU time is
+/// part of a hold's price.
+async fn mariadb_pid(base: &str) -> Option<u32> {
+    let mut conn = sqlx::MySqlConnection::connect(base).await.ok()?;
+    let (file,): (String,) = sqlx::query_as("SELECT @@pid_file")
+        .fetch_one(&mut conn)
+        .await
+        .ok()?;
+    std::fs::read_to_string(file).ok()?.trim().parse().ok()
 }
 
 async fn single_server(
@@ -265,7 +383,9 @@ async fn single_server(
         if coalescing {
             // Four rounds: on this shared virtual machine one round's shares ranged from 55% to
             // 80% keyed and 63% to 122% limited within a few minutes.
-            results["hold_paths"] = hold_paths(&api, product, HOLD_PATH_ROUNDS, seconds).await?;
+            let db_pid = mariadb_pid(base).await;
+            results["hold_paths"] =
+                hold_paths(&api, product, HOLD_PATH_ROUNDS, seconds, db_pid).await?;
             let rss_before = api.rss_kib();
             let spray = wrk_with(&format!("{}/", api.url), 256, 2, seconds, &spray_script())?;
             // Give retiring tasks a moment, then read the resident size again.
@@ -457,19 +577,7 @@ impl Api {
 
     /// CPU seconds (user + system) the API has used so far.
     fn cpu_seconds(&self) -> f64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // Fields after the command's closing parenthesis; utime and stime are the 12th and 13th.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.split_whitespace().collect())
-            .unwrap_or_default();
-        let ticks: f64 = [11, 12]
-            .iter()
-            .filter_map(|&i| fields.get(i)?.parse::<f64>().ok())
-            .sum();
-        // USER_HZ is 100 on Linux.
-        ticks / 100.0
+        proc_cpu_seconds(&self.child.id().to_string(), [11, 12])
     }
 
     fn peak_rss_kib(&self) -> u64 {
@@ -589,6 +697,16 @@ fn holds_script(product: i64) -> String {
     )
 }
 
+/// The requests of [`holds_script`], each built by a Lua `request()` as the keyed and buyer
+/// scripts build theirs, so that wrk spends alike per request on every path compared.
+fn holds_request_script(product: i64) -> String {
+    format!(
+        "wrk.method = \"POST\"\nwrk.body = '{{\"product_id\":{product},\"qty\":1}}'\n\
+         wrk.headers[\"Content-Type\"] = \"application/json\"\n\
+         function request()\n  return wrk.format()\nend\n{WRK_REPORT}"
+    )
+}
+
 /// Holds like [`holds_script`], each with an `Idempotency-Key` of its own (unique across runs),
 /// as clients that retry safely send them.
 fn keyed_holds_script(product: i64) -> String {
@@ -632,22 +750,6 @@ fn spray_script() -> String {
            return wrk.format(\"POST\", \"/api/holds\", {{[\"Content-Type\"] = \"application/json\"}}, \
              '{{\"product_id\":' .. id .. ',\"qty\":1}}')\nend\n{WRK_REPORT}"
     )
-}
-
-fn wrk_keyed_holds(url: &str, product: i64, connections: usize, seconds: u64) -> Result<Value> {
-    let v = wrk(
-        &format!("{url}/api/holds"),
-        connections,
-        seconds,
-        &keyed_holds_script(product),
-    )?;
-    Ok(json!({
-        "connections": connections,
-        "holds_per_s": rate(&v, "ok"),
-        "p50_ms": ms(&v, "p50_us"),
-        "p99_ms": ms(&v, "p99_us"),
-        "max_ms": ms(&v, "max_us"),
-    }))
 }
 
 fn wrk_holds(url: &str, product: i64, connections: usize, seconds: u64) -> Result<Value> {
