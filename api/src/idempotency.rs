@@ -18,7 +18,10 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use entity::idempotency::{KeyedRequest, Lookup, StoredResponse};
+use entity::{
+    holds::HoldView,
+    idempotency::{KeyedRequest, Lookup, Render, StoredResponse},
+};
 use poem::{
     Endpoint, EndpointExt, IntoResponse, Request, Response,
     http::{HeaderValue, StatusCode},
@@ -32,8 +35,8 @@ use crate::{
 
 pub const HEADER: &str = "idempotency-key";
 
-/// The scope of `createHold`'s keys.
-pub const HOLDS: &str = "holds";
+/// The scope of `createHold`'s keys (a granted hold keeps its key on its row).
+pub const HOLDS: &str = entity::idempotency::HOLDS;
 /// The scope of `createOrder`'s keys.
 pub const ORDERS: &str = "orders";
 
@@ -43,11 +46,14 @@ pub const ORDERS: &str = "orders";
 pub struct KeyCheck(pub Option<KeyedRequest>);
 
 /// The layer, as an operation's `transform`: keys of this operation live in `scope`.
+/// `render_hold` writes a hold as the operation first answered it: a key found on a hold is
+/// replayed through it (`None` for an operation that makes no holds).
 pub fn keyed<E: Endpoint + 'static>(
     ep: E,
     scope: &'static str,
+    render_hold: Option<Render<HoldView>>,
 ) -> impl Endpoint<Output = Response> {
-    ep.around(move |ep, req| idempotent(ep, req, scope))
+    ep.around(move |ep, req| idempotent(ep, req, scope, render_hold))
 }
 
 /// 1 to 255 printable ASCII characters, bare or as the draft's quoted string.
@@ -92,6 +98,7 @@ async fn idempotent<E: Endpoint>(
     ep: Arc<E>,
     mut req: Request,
     scope: &'static str,
+    render_hold: Option<Render<HoldView>>,
 ) -> poem::Result<Response> {
     let Some(state) = req.data::<Arc<AppState>>().cloned() else {
         // `build_app` adds the state to every request: only a wiring mistake gets here.
@@ -126,6 +133,16 @@ async fn idempotent<E: Endpoint>(
     req.set_body(body);
     match state.key_lookups.lookup(keyed.clone()).await {
         Ok(Lookup::Replay(stored)) => return Ok(replay(stored, scope)),
+        Ok(Lookup::Hold(hold)) => {
+            return Ok(match render_hold.and_then(|render| render(&Ok(hold))) {
+                Some(stored) => replay(stored, scope),
+                None => {
+                    tracing::error!(scope, "a key found on a hold, with no way to answer it");
+                    ApiError::new(ProblemCode::Internal, "internal error; it has been logged")
+                        .into_response()
+                }
+            });
+        }
         Ok(Lookup::Mismatch) => {
             return Ok(ApiError::from(entity::DomainError::IdempotencyKeyMismatch).into_response());
         }

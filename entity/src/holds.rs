@@ -33,6 +33,15 @@ pub struct HoldView {
 }
 
 impl HoldView {
+    /// The hold as its request was first answered: `active`, with its expiry (a keyed hold's
+    /// replay is this answer again, whatever became of the hold since).
+    pub fn as_granted(model: &hold::Model) -> Self {
+        Self {
+            status: HoldStatus::Active,
+            ..Self::at(model, model.created_at)
+        }
+    }
+
     fn at(model: &hold::Model, now: DateTime<Utc>) -> Self {
         Self {
             id: model.id,
@@ -148,13 +157,14 @@ pub async fn create_holds_batch(
                     d.as_ref().ok().map(|&qty| NewHold {
                         qty,
                         buyer: r.buyer.as_ref().map(BuyerId::as_str),
+                        key: r.keyed.as_ref().map(|k| &k.request),
                     })
                 })
                 .collect();
             let expires_at = now + ttl;
             let ids = create_holds(txn, db.server(), product_id, &granted, now, expires_at).await?;
             let answers = answer_all(requests, decided, ids, product_id, expires_at);
-            store_answers(txn, db.server(), requests, &answers).await?;
+            let answers = store_refusals(txn, db.server(), requests, answers, check_keys).await?;
             Ok((answers, reclaimed))
         })
     })
@@ -259,23 +269,49 @@ fn answer_all(
         .collect()
 }
 
-/// The answers of a batch's keyed requests, written down with their keys in one statement.
-async fn store_answers(
+/// The refusals of a batch's keyed requests, written down with their keys in one statement
+/// (a granted keyed hold carries its key on its own row, written by the hold `INSERT`). A key
+/// already taken, by a hold or a stored answer that a twin in another process committed before
+/// this batch took the product lock, is answered as taken instead, and nothing is written for
+/// it: the key answers for what its first request did. (On the first attempt keys were not
+/// checked before granting; a granted key that was taken fails the hold `INSERT` instead.)
+async fn store_refusals(
     txn: &DatabaseTransaction,
     server: ServerTraits,
     requests: &[HoldRequest],
-    answers: &[Result<HoldView, DomainError>],
-) -> Result<(), DomainError> {
-    let stored: Vec<(&KeyedRequest, StoredResponse)> = requests
+    mut answers: Vec<Result<HoldView, DomainError>>,
+    keys_checked: bool,
+) -> Result<Vec<Result<HoldView, DomainError>>, DomainError> {
+    let refused: Vec<usize> = answers
         .iter()
-        .zip(answers)
-        .filter(|(_, answer)| worth_replaying(answer))
-        .filter_map(|(r, answer)| {
-            let k = r.keyed.as_ref()?;
-            Some((&k.request, (k.render)(answer)?))
+        .enumerate()
+        .filter(|(i, a)| a.is_err() && worth_replaying(a) && requests[*i].keyed.is_some())
+        .map(|(i, _)| i)
+        .collect();
+    if refused.is_empty() {
+        return Ok(answers);
+    }
+    if !keys_checked {
+        let keyed: Vec<&KeyedRequest> = refused
+            .iter()
+            .filter_map(|&i| requests[i].keyed.as_ref().map(|k| &k.request))
+            .collect();
+        for (&i, check) in refused.iter().zip(check_in_txn(txn, &keyed).await?) {
+            if let Err(taken) = check {
+                answers[i] = Err(taken);
+            }
+        }
+    }
+    let stored: Vec<(&KeyedRequest, StoredResponse)> = refused
+        .iter()
+        .filter(|&&i| worth_replaying(&answers[i]))
+        .filter_map(|&i| {
+            let k = requests[i].keyed.as_ref()?;
+            Some((&k.request, (k.render)(&answers[i])?))
         })
         .collect();
-    store_in_txn(txn, server, &stored).await
+    store_in_txn(txn, server, &stored).await?;
+    Ok(answers)
 }
 
 /// Whether a keyed hold's answer is written down for replay. Not when the key was not this

@@ -8,18 +8,27 @@
 //! afresh. Two requests with one key racing in different processes both reach their INSERT;
 //! the unique key makes the second wait for the first and then fail, its transaction is retried
 //! ([`DomainError::Busy`]) and finds the key taken ([`check_in_txn`]).
+//!
+//! A granted keyed hold keeps its key on its own row (`holds.idem_key`, unique), written by the
+//! batch's hold `INSERT`, and its 201 is replayed from the hold ([`Lookup::Hold`]); every other
+//! answer (a keyed hold's refusal, every order key) is a row of `idempotency_keys`. Keys of the
+//! `holds` scope are looked up in both places with one statement.
 
 use std::collections::HashMap;
 
+use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveEnum, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend,
-    EntityTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr, Statement,
+    EntityTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr, Statement, sea_query::Expr,
 };
 
 use crate::{
     Db, DomainError,
     db::{ServerTraits, now, with_retry},
+    hold,
+    holds::HoldView,
     idempotency_key::{self as key, KeyState},
+    types::HoldId,
 };
 
 /// How long a key is kept.
@@ -61,12 +70,44 @@ pub enum Lookup {
     Absent,
     /// Same key, same request, finished: answer this again.
     Replay(StoredResponse),
+    /// Same key, same request, and it made this hold: answer the hold again, as it was first
+    /// answered (`active`, with its expiry).
+    Hold(HoldView),
     /// Same key, another request.
     Mismatch,
 }
 
+/// The scope whose granted requests keep their keys on their hold rows.
+pub const HOLDS: &str = "holds";
+
+/// Where a key was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// A row of `idempotency_keys` (its id).
+    KeyRow(i64),
+    /// A hold's own key (the hold's id).
+    Hold(HoldId),
+}
+
+/// A stored key, as the look-ups and the in-transaction check need it.
+#[derive(Debug)]
+struct Found {
+    key: String,
+    fingerprint: String,
+    place: Place,
+    created_at: DateTime<Utc>,
+}
+
+impl Found {
+    /// Kept for [`RETENTION`]: older, the key is free again.
+    fn live(&self, now: DateTime<Utc>) -> bool {
+        self.created_at + RETENTION > now
+    }
+}
+
 /// Looks keys of one scope up without locking anything (a replay never waits for the product
-/// lock): one statement for all of them. [`crate::coalesce::KeyLookups`] gathers the keys of
+/// lock): one statement for all of them, and one more per place only when some were found
+/// with the same request (replays). [`crate::coalesce::KeyLookups`] gathers the keys of
 /// concurrent requests into one call.
 pub async fn lookup_many(
     db: &Db,
@@ -75,68 +116,143 @@ pub async fn lookup_many(
 ) -> Result<Vec<Lookup>, DomainError> {
     let keys: Vec<&str> = requests.iter().map(|r| r.key.as_str()).collect();
     let rows = db.read(|| find_keys(db.conn(), scope, &keys)).await?;
-    let now = now();
-    let found: HashMap<&str, &key::Model> = rows
-        .iter()
-        .filter(|r| r.expires_at > now)
-        .map(|r| (r.idem_key.as_str(), r))
-        .collect();
+    let found = live_by_key(&rows, now());
+    let (mut key_ids, mut hold_ids) = (Vec::new(), Vec::new());
+    for r in requests {
+        match found.get(r.key.as_str()) {
+            Some(f) if f.fingerprint == r.fingerprint => match f.place {
+                Place::KeyRow(id) => key_ids.push(id),
+                Place::Hold(id) => hold_ids.push(id),
+            },
+            _ => {}
+        }
+    }
+    let key_rows: HashMap<i64, key::Model> = if key_ids.is_empty() {
+        HashMap::new()
+    } else {
+        let rows = db
+            .read(|| async {
+                Ok(key::Entity::find()
+                    .filter(key::Column::Id.is_in(key_ids.clone()))
+                    .all(db.conn())
+                    .await?)
+            })
+            .await?;
+        rows.into_iter().map(|m| (m.id, m)).collect()
+    };
+    let holds: HashMap<HoldId, hold::Model> = if hold_ids.is_empty() {
+        HashMap::new()
+    } else {
+        let rows = db
+            .read(|| async {
+                Ok(hold::Entity::find()
+                    .filter(hold::Column::Id.is_in(hold_ids.clone()))
+                    .all(db.conn())
+                    .await?)
+            })
+            .await?;
+        rows.into_iter().map(|m| (m.id, m)).collect()
+    };
     requests
         .iter()
         .map(|r| match found.get(r.key.as_str()) {
-            Some(row) => judge(row, &r.fingerprint),
             None => Ok(Lookup::Absent),
+            Some(f) if f.fingerprint != r.fingerprint => Ok(Lookup::Mismatch),
+            Some(f) => match f.place {
+                Place::KeyRow(id) => key_rows
+                    .get(&id)
+                    .ok_or_else(|| DomainError::Invariant(format!("key row {id} vanished")))
+                    .and_then(stored_answer)
+                    .map(Lookup::Replay),
+                Place::Hold(id) => holds
+                    .get(&id)
+                    .map(|h| Lookup::Hold(HoldView::as_granted(h)))
+                    .ok_or_else(|| DomainError::Invariant(format!("hold {id} vanished"))),
+            },
         })
         .collect()
 }
 
-/// The stored rows of these keys, by one statement whatever their number (the keys are bound
-/// as one JSON array), so a prepared statement serves every batch size.
+/// The live stored key of each key, a hold's first: a key that made a hold answers for that
+/// hold.
+fn live_by_key(rows: &[Found], now: DateTime<Utc>) -> HashMap<&str, &Found> {
+    let mut found: HashMap<&str, &Found> = HashMap::new();
+    for row in rows.iter().filter(|r| r.live(now)) {
+        let entry = found.entry(row.key.as_str()).or_insert(row);
+        if matches!(row.place, Place::Hold(_)) {
+            *entry = row;
+        }
+    }
+    found
+}
+
+/// The stored keys among these, by one statement whatever their number (the keys are bound as
+/// one JSON array), so a prepared statement serves every batch size. Keys of the `holds` scope
+/// are looked for on the holds too.
 async fn find_keys<C: ConnectionTrait>(
     conn: &C,
     scope: &str,
     keys: &[&str],
-) -> Result<Vec<key::Model>, DomainError> {
+) -> Result<Vec<Found>, DomainError> {
     let backend = conn.get_database_backend();
-    // The JSON column's type must be the key column's (ascii, binary comparison), or the
-    // optimizer compares in another collation and cannot use the unique index.
-    let sql = match backend {
-        DbBackend::Sqlite => {
-            "SELECT * FROM idempotency_keys \
-             WHERE scope = ? AND idem_key IN (SELECT value FROM json_each(?))"
-        }
+    // The JSON column's type must be the key columns' (ascii, binary comparison), or the
+    // optimizer compares in another collation and cannot use the unique indexes.
+    let json_keys = match backend {
+        DbBackend::Sqlite => "SELECT value FROM json_each(?)",
         _ => {
-            "SELECT * FROM idempotency_keys \
-             WHERE scope = ? AND idem_key IN \
-               (SELECT j.k FROM JSON_TABLE(?, '$[*]' COLUMNS ( \
-                 k VARCHAR(255) CHARACTER SET ascii COLLATE ascii_bin PATH '$')) AS j)"
+            "SELECT j.k FROM JSON_TABLE(?, '$[*]' COLUMNS ( \
+               k VARCHAR(255) CHARACTER SET ascii COLLATE ascii_bin PATH '$')) AS j"
         }
     };
+    let from_key_rows = format!(
+        "SELECT 'k' AS place, idem_key, fingerprint, id, created_at FROM idempotency_keys \
+         WHERE scope = ? AND idem_key IN ({json_keys})"
+    );
     let json = serde_json::to_string(keys)
         .map_err(|e| DomainError::Invariant(format!("keys as JSON: {e}")))?;
-    Ok(key::Entity::find()
-        .from_raw_sql(Statement::from_sql_and_values(
-            backend,
-            sql,
-            [scope.into(), json.into()],
-        ))
-        .all(conn)
-        .await?)
+    let (sql, values): (String, Vec<sea_orm::Value>) = if scope == HOLDS {
+        (
+            format!(
+                "{from_key_rows} UNION ALL \
+                 SELECT 'h' AS place, idem_key, idem_fingerprint AS fingerprint, id, created_at \
+                 FROM holds WHERE idem_key IN ({json_keys})"
+            ),
+            vec![scope.into(), json.clone().into(), json.into()],
+        )
+    } else {
+        (from_key_rows, vec![scope.into(), json.into()])
+    };
+    let rows = conn
+        .query_all_raw(Statement::from_sql_and_values(backend, sql, values))
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let place: String = row.try_get("", "place")?;
+            let id: i64 = row.try_get("", "id")?;
+            Ok(Found {
+                key: row.try_get("", "idem_key")?,
+                fingerprint: row.try_get("", "fingerprint")?,
+                place: if place == "h" {
+                    Place::Hold(HoldId::new(id))
+                } else {
+                    Place::KeyRow(id)
+                },
+                created_at: row.try_get("", "created_at")?,
+            })
+        })
+        .collect()
 }
 
-fn judge(row: &key::Model, fingerprint: &str) -> Result<Lookup, DomainError> {
-    if row.fingerprint != fingerprint {
-        return Ok(Lookup::Mismatch);
-    }
+fn stored_answer(row: &key::Model) -> Result<StoredResponse, DomainError> {
     let status = row
         .response_status
         .and_then(|s| u16::try_from(s).ok())
         .ok_or_else(|| DomainError::Invariant(format!("key row {} has no answer", row.id)))?;
-    Ok(Lookup::Replay(StoredResponse {
+    Ok(StoredResponse {
         status,
         content_type: row.response_content_type.clone().unwrap_or_default(),
         body: row.response_body.clone().unwrap_or_default(),
-    }))
+    })
 }
 
 /// Inside a write transaction, before the effect, for requests of one scope: for each, `Ok(())` if its key is free,
@@ -155,20 +271,38 @@ pub(crate) async fn check_in_txn<C: ConnectionTrait>(
     debug_assert!(requests.iter().all(|r| r.scope == scope));
     let keys: Vec<&str> = requests.iter().map(|r| r.key.as_str()).collect();
     let now = now();
-    let (expired, live): (Vec<_>, Vec<_>) = find_keys(txn, scope, &keys)
-        .await?
-        .into_iter()
-        .partition(|r| r.expires_at <= now);
-    if !expired.is_empty() {
+    let rows = find_keys(txn, scope, &keys).await?;
+    let mut expired_rows = Vec::new();
+    let mut expired_holds = Vec::new();
+    for row in rows.iter().filter(|r| !r.live(now)) {
+        match row.place {
+            Place::KeyRow(id) => expired_rows.push(id),
+            Place::Hold(id) => expired_holds.push(id),
+        }
+    }
+    if !expired_rows.is_empty() {
         key::Entity::delete_many()
-            .filter(key::Column::Id.is_in(expired.iter().map(|r| r.id)))
+            .filter(key::Column::Id.is_in(expired_rows))
             .exec(txn)
             .await?;
     }
+    if !expired_holds.is_empty() {
+        // The hold stays; only its claim on the key ends.
+        hold::Entity::update_many()
+            .col_expr(hold::Column::IdemKey, Expr::value(Option::<String>::None))
+            .col_expr(
+                hold::Column::IdemFingerprint,
+                Expr::value(Option::<String>::None),
+            )
+            .filter(hold::Column::Id.is_in(expired_holds))
+            .exec(txn)
+            .await?;
+    }
+    let live = live_by_key(&rows, now);
     // Earlier holders of each key: a stored row, or a request before this one in the list.
     let mut taken: HashMap<&str, &str> = live
         .iter()
-        .map(|row| (row.idem_key.as_str(), row.fingerprint.as_str()))
+        .map(|(key, row)| (*key, row.fingerprint.as_str()))
         .collect();
     Ok(requests
         .iter()

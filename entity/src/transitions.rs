@@ -22,8 +22,8 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveValue::Set,
-    ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, FromQueryResult,
-    PrimaryKeyTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr, Statement,
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait,
+    FromQueryResult, PrimaryKeyTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr, Statement,
     sea_query::{Expr, ExprTrait, MysqlQueryBuilder, Query},
 };
 
@@ -31,6 +31,7 @@ use crate::{
     DomainError, Money,
     db::ServerTraits,
     hold::{self, HoldStatus},
+    idempotency::KeyedRequest,
     order::{self, OrderStatus},
     product,
     types::{HoldId, OrderId, ProductId},
@@ -375,6 +376,8 @@ async fn adjust_product<C: ConnectionTrait>(
 pub(crate) struct NewHold<'a> {
     pub qty: i32,
     pub buyer: Option<&'a str>,
+    /// The request's `Idempotency-Key` and fingerprint, written on the hold row.
+    pub key: Option<&'a KeyedRequest>,
 }
 
 /// Inserts new active holds (the rows only: [`create_holds`] takes their stock), one per entry of `holds`, and returns their ids in that order.
@@ -402,13 +405,15 @@ async fn insert_holds(
 ) -> Result<Vec<HoldId>, DomainError> {
     let backend = txn.get_database_backend();
     let qtys: Vec<i32> = holds.iter().map(|h| h.qty).collect();
-    let has_buyers = holds.iter().any(|h| h.buyer.is_some());
-    // Buyer ids are the client's strings: bound, never inlined into SQL text.
-    let min_id = if backend == DbBackend::Sqlite || (has_buyers && !server.insert_returning) {
+    let has_strings = holds.iter().any(|h| h.buyer.is_some() || h.key.is_some());
+    // Buyer ids and keys are the client's strings: bound, never inlined into SQL text.
+    let min_id = if backend == DbBackend::Sqlite || (has_strings && !server.insert_returning) {
         let models = holds.iter().map(|h| hold::ActiveModel {
             product_id: Set(product_id),
             qty: Set(h.qty),
             buyer_id: Set(h.buyer.map(str::to_owned)),
+            idem_key: Set(h.key.map(|k| k.key.clone())),
+            idem_fingerprint: Set(h.key.map(|k| k.fingerprint.clone())),
             status: Set(HoldStatus::Active),
             expires_at: Set(expires_at),
             created_at: Set(now),
@@ -417,26 +422,39 @@ async fn insert_holds(
         });
         hold::Entity::insert_many(models)
             .exec_without_returning(txn)
-            .await?;
+            .await
+            .map_err(key_taken)?;
         None
     } else if server.insert_returning {
-        // `[qty]` or `[qty, buyer]`: a missing buyer is NULL (NULL ON EMPTY).
+        // `{"q": qty}`, with `b` (buyer), `k` (key) and `f` (fingerprint) when there are
+        // any: a missing member is NULL (NULL ON EMPTY).
         let rows: Vec<serde_json::Value> = holds
             .iter()
-            .map(|h| match h.buyer {
-                Some(b) => serde_json::json!([h.qty, b]),
-                None => serde_json::json!([h.qty]),
+            .map(|h| {
+                let mut row = serde_json::json!({ "q": h.qty });
+                if let Some(b) = h.buyer {
+                    row["b"] = b.into();
+                }
+                if let Some(k) = h.key {
+                    row["k"] = k.key.as_str().into();
+                    row["f"] = k.fingerprint.as_str().into();
+                }
+                row
             })
             .collect();
         let json = serde_json::Value::Array(rows).to_string();
         let rows = txn
             .query_all_raw(Statement::from_sql_and_values(
                 backend,
-                "INSERT INTO holds \
-                   (product_id, qty, status, expires_at, created_at, updated_at, buyer_id) \
-                 SELECT ?, j.qty, ?, ?, ?, ?, j.buyer \
-                 FROM JSON_TABLE(?, '$[*]' COLUMNS (ord FOR ORDINALITY, qty INT PATH '$[0]', \
-                   buyer VARCHAR(128) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin PATH '$[1]' \
+                "INSERT INTO holds (product_id, qty, status, expires_at, created_at, updated_at, \
+                   buyer_id, idem_key, idem_fingerprint) \
+                 SELECT ?, j.qty, ?, ?, ?, ?, j.buyer, j.idem_key, j.fingerprint \
+                 FROM JSON_TABLE(?, '$[*]' COLUMNS (ord FOR ORDINALITY, qty INT PATH '$.q', \
+                   buyer VARCHAR(128) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin PATH '$.b' \
+                     NULL ON EMPTY, \
+                   idem_key VARCHAR(255) CHARACTER SET ascii COLLATE ascii_bin PATH '$.k' \
+                     NULL ON EMPTY, \
+                   fingerprint VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin PATH '$.f' \
                      NULL ON EMPTY)) AS j \
                  ORDER BY j.ord \
                  RETURNING id, qty",
@@ -449,7 +467,8 @@ async fn insert_holds(
                     json.into(),
                 ],
             ))
-            .await?;
+            .await
+            .map_err(key_taken)?;
         let mut ids = Vec::with_capacity(rows.len());
         for (row, &want) in rows.iter().zip(&qtys) {
             let qty: i32 = row.try_get("", "qty")?;
@@ -508,6 +527,18 @@ async fn insert_holds(
         .await?;
     ids.reverse();
     check_all_ids(ids, qtys.len())
+}
+
+/// A hold's key already on another hold (the unique index): a twin in another process was
+/// granted first. The batch is lost and retried, and then checks its keys before granting.
+fn key_taken(e: DbErr) -> DomainError {
+    if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) {
+        DomainError::rows_lost(format!(
+            "an idempotency key was written by a concurrent request: {e}"
+        ))
+    } else {
+        e.into()
+    }
 }
 
 /// Fewer ids than rows inserted means the transaction lost its rows (a Galera abort between

@@ -14,6 +14,7 @@ mod m20261124_000003_create_idempotency_keys;
 mod m20261125_000004_exact_idempotency_keys;
 mod m20261125_000005_sales_buyers_refunds;
 mod m20261125_000006_utf8mb4_text;
+mod m20261206_000007_hold_keys;
 
 pub struct Migrator;
 
@@ -27,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000004_exact_idempotency_keys::Migration),
             Box::new(m20261125_000005_sales_buyers_refunds::Migration),
             Box::new(m20261125_000006_utf8mb4_text::Migration),
+            Box::new(m20261206_000007_hold_keys::Migration),
         ]
     }
 }

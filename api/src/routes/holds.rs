@@ -183,7 +183,11 @@ pub struct HoldsApi {
 /// `createHold`'s own middleware, attached to the operation rather than to its path: the
 /// per-client rate limit, then idempotency keys.
 fn hold_guards(ep: impl Endpoint + 'static) -> impl Endpoint<Output = Response> {
-    rate_limit::limited(idempotency::keyed(ep, idempotency::HOLDS))
+    rate_limit::limited(idempotency::keyed(
+        ep,
+        idempotency::HOLDS,
+        Some(render_hold),
+    ))
 }
 
 #[OpenApi(tag = "ApiTags::Holds")]

@@ -159,7 +159,7 @@ pub struct OrdersApi {
 
 /// `createOrder`'s own middleware, attached to the operation rather than to its path.
 fn order_guards(ep: impl Endpoint + 'static) -> impl Endpoint<Output = Response> {
-    idempotency::keyed(ep, idempotency::ORDERS)
+    idempotency::keyed(ep, idempotency::ORDERS, None)
 }
 
 #[OpenApi(tag = "ApiTags::Orders")]

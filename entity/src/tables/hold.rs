@@ -54,6 +54,11 @@ pub struct Model {
     pub updated_at: DateTimeUtc,
     /// The buyer a per-buyer limit counts this hold against.
     pub buyer_id: Option<String>,
+    /// The `Idempotency-Key` of the request that made this hold, if it had one (unique): a
+    /// retry is answered from the hold itself (see `crate::idempotency`).
+    pub idem_key: Option<String>,
+    /// SHA-256 (hex) of that request's canonical body.
+    pub idem_fingerprint: Option<String>,
 }
 
 impl Model {
