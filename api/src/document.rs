@@ -84,6 +84,11 @@ const NULLABLE: &[(&str, &[&str])] = &[
 /// What `crate::idempotency::parse_key` accepts: printable ASCII.
 const IDEMPOTENCY_KEY_PATTERN: &str = r"^[\x20-\x7E]+$";
 
+/// What `entity::types::BuyerId::parse` accepts, besides the length: no control character
+/// (Unicode `Cc`). Checked by the handler, not by a poem-openapi `pattern` validator, which
+/// compiles its regex again for every request.
+const BUYER_ID_PATTERN: &str = r"^[^\x00-\x1F\x7F-\x9F]+$";
+
 /// The answer schemas of [`NULLABLE`].
 const ANSWERS: &[&str] = &["Product", "Hold", "Order", "ProductPage", "OrderPage"];
 
@@ -132,6 +137,15 @@ pub fn refine(raw: &str, max_hold_qty: u32) -> String {
         doc.pointer_mut(&["components", "schemas", "CreateHold", "properties", "qty"])
     {
         qty.insert("maximum", Json::from(&Value::from(max_hold_qty)));
+    }
+    if let Some(buyer) = doc.pointer_mut(&[
+        "components",
+        "schemas",
+        "CreateHold",
+        "properties",
+        "buyer_id",
+    ]) {
+        buyer.insert("pattern", Json::Str(BUYER_ID_PATTERN.to_owned()));
     }
     // poem-openapi describes an event stream as an array of its data; a stream is a sequence
     // of events, each `{event, data}` with the data as JSON text (the shape OpenAPI 3.2 gives

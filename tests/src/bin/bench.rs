@@ -27,8 +27,9 @@
 //! `tests/bench-results/results-stream.json`.
 //! `BENCH_ONLY=holds` runs only the three hold paths at 256 connections (unkeyed, keyed, distinct
 //! buyers on a limited product), `BENCH_REPEAT` times (default 3) interleaved, and prints each
-//! path's share of unkeyed holds/s: a quick check while working on the hold path; it writes
-//! nothing.
+//! path's share of unkeyed holds/s and CPU per hold, with the plain-SQL anchor of the same run:
+//! a quick check while working on the hold path; it writes
+//! `tests/bench-results/results-holds.json`.
 //! `BENCH_ONLY=galera` runs only the Galera section (a quick check: it needs neither the shared
 //! MariaDB's database nor the other sections) and writes `tests/bench-results/results-galera.json`
 //! instead, leaving `results.json` and the chart as they were.
@@ -68,7 +69,7 @@ async fn main() -> Result<()> {
         "" => false,
         "galera" => true,
         "stream" => return stream_only(&release, seconds, &out_dir).await,
-        "holds" => return holds_only(&release, &base, seconds).await,
+        "holds" => return holds_only(&release, &base, seconds, &out_dir).await,
         other => bail!(
             "BENCH_ONLY={other}: the sections that run alone are `galera`, `holds` and `stream`"
         ),
@@ -154,7 +155,7 @@ const HOLD_PATH_ROUNDS: usize = 4;
 
 /// `BENCH_ONLY=holds`: unkeyed, keyed and buyer-limited holds at 256 connections, interleaved so
 /// that the machine's drift touches each path alike.
-async fn holds_only(release: &Path, base: &str, seconds: u64) -> Result<()> {
+async fn holds_only(release: &Path, base: &str, seconds: u64, out_dir: &Path) -> Result<()> {
     let rounds: usize = std::env::var("BENCH_REPEAT")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -162,7 +163,25 @@ async fn holds_only(release: &Path, base: &str, seconds: u64) -> Result<()> {
     let db_url = fresh_database(base, "fs_bench").await?;
     let api = Api::start(release, &db_url, true)?;
     let product = api.create_product(100_000_000).await?;
-    hold_paths(&api, product, rounds, seconds, mariadb_pid(base).await).await?;
+    let paths = hold_paths(&api, product, rounds, seconds, mariadb_pid(base).await).await?;
+    let peak_rss_mib = api.peak_rss_kib() as f64 / 1024.0;
+    drop(api);
+    // The plain-SQL anchor of the same run: how fast this machine is right now.
+    let anchor = plain_sql_holds(&db_url, 64, seconds).await?;
+    println!(
+        "Plain SQL   one tx per hold  c=64   {:>8.0} holds/s (this run's anchor); API peak RSS {peak_rss_mib:.1} MiB",
+        anchor["holds_per_s"].as_f64().unwrap_or(0.0)
+    );
+    let path = out_dir.join("results-holds.json");
+    let only = json!({
+        "machine": machine(),
+        "seconds_per_run": seconds,
+        "hold_paths": paths,
+        "plain_sql_anchor": anchor,
+        "api_peak_rss_mib": peak_rss_mib,
+    });
+    std::fs::write(&path, serde_json::to_string_pretty(&only)?)?;
+    println!("wrote {}", path.display());
     Ok(())
 }
 
