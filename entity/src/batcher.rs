@@ -16,7 +16,12 @@ use std::{
 
 use tokio::sync::{mpsc, oneshot};
 
-type Call<Req, Resp> = (Req, oneshot::Sender<Result<Resp, BatchError>>);
+/// A call: its request, where its answer goes, and when it was queued.
+type Call<Req, Resp> = (
+    Req,
+    oneshot::Sender<Result<Resp, BatchError>>,
+    tokio::time::Instant,
+);
 type RunFn<K, Req, Resp> =
     dyn Fn(K, Vec<Req>) -> Pin<Box<dyn Future<Output = Vec<Resp>> + Send>> + Send + Sync;
 
@@ -85,7 +90,7 @@ where
     /// client went away) is left out of any batch that has not started yet.
     pub async fn call(self: &Arc<Self>, key: K, req: Req) -> Result<Resp, BatchError> {
         let (reply, answer) = oneshot::channel();
-        let new_queue = self.enqueue(&key, (req, reply))?;
+        let new_queue = self.enqueue(&key, (req, reply, tokio::time::Instant::now()))?;
         if let Some(rx) = new_queue {
             // Started only now, so that it finds this first call queued.
             tokio::spawn(self.clone().drain(key, rx));
@@ -176,8 +181,12 @@ where
                     Err(_) => break,
                 }
             }
-            if batch.len() < policy.max_batch && !policy.max_wait.is_zero() {
-                let deadline = tokio::time::Instant::now() + policy.max_wait;
+            // `max_wait` counts from the batch's first call's arrival: a call that already
+            // waited that long behind the previous batch starts at once with what is queued.
+            // (Counted from the slot's release instead, every batch under load waited a full
+            // `max_wait` more, with its company long since queued.)
+            let deadline = batch[0].2 + policy.max_wait;
+            if batch.len() < policy.max_batch && deadline > tokio::time::Instant::now() {
                 while batch.len() < policy.max_batch {
                     match tokio::time::timeout_at(deadline, rx.recv()).await {
                         Ok(Some(call)) => batch.push(call),
@@ -197,7 +206,8 @@ where
         // Callers that gave up (client disconnected or timed out) get no share of the batch.
         let (reqs, replies): (Vec<Req>, Vec<_>) = batch
             .into_iter()
-            .filter(|(_, reply)| !reply.is_closed())
+            .filter(|(_, reply, _)| !reply.is_closed())
+            .map(|(req, reply, _)| (req, reply))
             .unzip();
         if reqs.is_empty() {
             return;
@@ -279,6 +289,49 @@ mod tests {
             assert_eq!(c.await.unwrap(), Ok(i as u32 * 10));
         }
         assert!(batches.load(Ordering::SeqCst) < 8, "calls were gathered");
+    }
+
+    /// The wait for company counts from the first call's arrival: a call that queued behind a
+    /// running batch for longer than `max_wait` starts as soon as that batch ends.
+    #[tokio::test(start_paused = true)]
+    async fn a_call_that_waited_behind_a_batch_starts_when_it_ends() {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let held = gate.clone();
+        let b = KeyedBatcher::new(policy(200), move |_k: u8, reqs: Vec<u32>| {
+            let held = held.clone();
+            async move {
+                if reqs.contains(&1) {
+                    // The first batch runs until the test lets it end.
+                    let _ = held.acquire().await;
+                }
+                reqs
+            }
+        });
+        let first = tokio::spawn({
+            let b = b.clone();
+            async move { b.call(1, 1).await }
+        });
+        // The first batch has waited its 200 ms for company and is running.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let second = tokio::spawn({
+            let b = b.clone();
+            async move {
+                let answer = b.call(1, 2).await;
+                (answer, tokio::time::Instant::now())
+            }
+        });
+        // Queued far longer than `max_wait` by the time the first batch ends.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let released = tokio::time::Instant::now();
+        gate.add_permits(1);
+        assert_eq!(first.await.unwrap(), Ok(1));
+        let (answer, at) = second.await.unwrap();
+        assert_eq!(answer, Ok(2));
+        assert!(
+            at - released < Duration::from_millis(100),
+            "the second batch waited {:?} more for company",
+            at - released
+        );
     }
 
     #[tokio::test]

@@ -201,10 +201,15 @@ impl KeyLookups {
         let batcher = KeyedBatcher::new(policy, move |scope, requests: Vec<KeyedRequest>| {
             let db = db.clone();
             async move {
-                match idempotency::lookup_many(&db, scope, &requests).await {
+                let started = Instant::now();
+                let answers = match idempotency::lookup_many(&db, scope, &requests).await {
                     Ok(found) => found.into_iter().map(Ok).collect(),
                     Err(e) => requests.iter().map(|_| Err(e.clone())).collect(),
-                }
+                };
+                metrics::histogram!("idempotency_lookup_batch_size").record(requests.len() as f64);
+                metrics::histogram!("idempotency_lookup_duration_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                answers
             }
         });
         Self { batcher }

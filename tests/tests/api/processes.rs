@@ -252,10 +252,16 @@ async fn hot_queries_use_indexes_on_mariadb() {
          ORDER BY created_at LIMIT 500 FOR UPDATE SKIP LOCKED",
         "SELECT * FROM orders WHERE hold_id = 1",
         "SELECT * FROM webhook_events WHERE idempotency_key = 'k'",
-        // Idempotency-Key look-up (the keys bound as one JSON array)
-        "SELECT * FROM idempotency_keys WHERE scope = 'holds' AND idem_key IN \
-         (SELECT j.k FROM JSON_TABLE('[\"key-1\",\"key-2\"]', '$[*]' COLUMNS ( \
-           k VARCHAR(255) CHARACTER SET ascii COLLATE ascii_bin PATH '$')) AS j)",
+        // Idempotency-Key look-up (the keys bound as one JSON array): stored answers, and the
+        // keys granted holds carry (entity/src/idempotency.rs)
+        "SELECT STRAIGHT_JOIN j.k AS idem_key, \
+           t.id AS row_id, t.fingerprint AS row_fingerprint, t.created_at AS row_created_at, \
+           h.id AS hold_id, h.idem_fingerprint AS hold_fingerprint, h.created_at AS hold_created_at \
+         FROM JSON_TABLE('[\"key-1\",\"key-2\"]', '$[*]' COLUMNS ( \
+           k VARCHAR(255) CHARACTER SET ascii COLLATE ascii_bin PATH '$')) AS j \
+         LEFT JOIN idempotency_keys AS t ON t.scope = 'holds' AND t.idem_key = j.k \
+         LEFT JOIN holds AS h ON h.idem_key = j.k \
+         WHERE t.id IS NOT NULL OR h.id IS NOT NULL",
         // A limited product's batch: its buyers' active holds and pending or paid orders
         &per_buyer,
     ];
