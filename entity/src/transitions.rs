@@ -426,20 +426,14 @@ async fn insert_holds(
             .map_err(key_taken)?;
         None
     } else if server.insert_returning {
-        // `{"q": qty}`, with `b` (buyer), `k` (key) and `f` (fingerprint) when there are
-        // any: a missing member is NULL (NULL ON EMPTY).
+        // `[qty]`, `[qty, buyer]` or `[qty, buyer or null, key, fingerprint]`: what is missing
+        // at the end is NULL (NULL ON EMPTY), and so is a JSON null.
         let rows: Vec<serde_json::Value> = holds
             .iter()
-            .map(|h| {
-                let mut row = serde_json::json!({ "q": h.qty });
-                if let Some(b) = h.buyer {
-                    row["b"] = b.into();
-                }
-                if let Some(k) = h.key {
-                    row["k"] = k.key.as_str().into();
-                    row["f"] = k.fingerprint.as_str().into();
-                }
-                row
+            .map(|h| match (h.buyer, h.key) {
+                (None, None) => serde_json::json!([h.qty]),
+                (Some(b), None) => serde_json::json!([h.qty, b]),
+                (b, Some(k)) => serde_json::json!([h.qty, b, k.key, k.fingerprint]),
             })
             .collect();
         let json = serde_json::Value::Array(rows).to_string();
@@ -449,12 +443,12 @@ async fn insert_holds(
                 "INSERT INTO holds (product_id, qty, status, expires_at, created_at, updated_at, \
                    buyer_id, idem_key, idem_fingerprint) \
                  SELECT ?, j.qty, ?, ?, ?, ?, j.buyer, j.idem_key, j.fingerprint \
-                 FROM JSON_TABLE(?, '$[*]' COLUMNS (ord FOR ORDINALITY, qty INT PATH '$.q', \
-                   buyer VARCHAR(128) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin PATH '$.b' \
+                 FROM JSON_TABLE(?, '$[*]' COLUMNS (ord FOR ORDINALITY, qty INT PATH '$[0]', \
+                   buyer VARCHAR(128) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin PATH '$[1]' \
                      NULL ON EMPTY, \
-                   idem_key VARCHAR(255) CHARACTER SET ascii COLLATE ascii_bin PATH '$.k' \
+                   idem_key VARCHAR(255) CHARACTER SET ascii COLLATE ascii_bin PATH '$[2]' \
                      NULL ON EMPTY, \
-                   fingerprint VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin PATH '$.f' \
+                   fingerprint VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin PATH '$[3]' \
                      NULL ON EMPTY)) AS j \
                  ORDER BY j.ord \
                  RETURNING id, qty",
