@@ -127,32 +127,8 @@ pub async fn lookup_many(
             _ => {}
         }
     }
-    let key_rows: HashMap<i64, key::Model> = if key_ids.is_empty() {
-        HashMap::new()
-    } else {
-        let rows = db
-            .read(|| async {
-                Ok(key::Entity::find()
-                    .filter(key::Column::Id.is_in(key_ids.clone()))
-                    .all(db.conn())
-                    .await?)
-            })
-            .await?;
-        rows.into_iter().map(|m| (m.id, m)).collect()
-    };
-    let holds: HashMap<HoldId, hold::Model> = if hold_ids.is_empty() {
-        HashMap::new()
-    } else {
-        let rows = db
-            .read(|| async {
-                Ok(hold::Entity::find()
-                    .filter(hold::Column::Id.is_in(hold_ids.clone()))
-                    .all(db.conn())
-                    .await?)
-            })
-            .await?;
-        rows.into_iter().map(|m| (m.id, m)).collect()
-    };
+    let key_rows = by_id::<key::Entity, _>(db, key::Column::Id, key_ids, |m| m.id).await?;
+    let holds = by_id::<hold::Entity, _>(db, hold::Column::Id, hold_ids, |m| m.id).await?;
     requests
         .iter()
         .map(|r| match found.get(r.key.as_str()) {
@@ -171,6 +147,31 @@ pub async fn lookup_many(
             },
         })
         .collect()
+}
+
+/// The rows of `E` with these ids (none asked: no statement), by id.
+async fn by_id<E, K>(
+    db: &Db,
+    id: E::Column,
+    ids: Vec<K>,
+    key: fn(&E::Model) -> K,
+) -> Result<HashMap<K, E::Model>, DomainError>
+where
+    E: EntityTrait,
+    K: Into<sea_orm::Value> + Clone + Eq + std::hash::Hash,
+{
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows = db
+        .read(|| async {
+            Ok(E::find()
+                .filter(id.is_in(ids.iter().cloned()))
+                .all(db.conn())
+                .await?)
+        })
+        .await?;
+    Ok(rows.into_iter().map(|m| (key(&m), m)).collect())
 }
 
 /// The live stored key of each key, a hold's first: a key that made a hold answers for that
