@@ -81,8 +81,11 @@ pub struct Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let now = self.inner.clients.fetch_sub(1, Ordering::AcqRel) - 1;
-        metrics::gauge!("stock_stream_clients").set(now as f64);
+        self.inner.clients.fetch_sub(1, Ordering::AcqRel);
+        // Moved by one, never set: listeners leaving at once on several threads would set
+        // their counts in any order, and the gauge could stay at a count already gone (seen:
+        // 21 open streams shown after all 301 had closed).
+        metrics::gauge!("stock_stream_clients").decrement(1.0);
     }
 }
 
@@ -111,8 +114,8 @@ impl StockHub {
                 (n < inner.max_clients).then_some(n + 1)
             });
         match taken {
-            Ok(before) => {
-                metrics::gauge!("stock_stream_clients").set((before + 1) as f64);
+            Ok(_) => {
+                metrics::gauge!("stock_stream_clients").increment(1.0);
                 Some(Slot {
                     inner: inner.clone(),
                 })
