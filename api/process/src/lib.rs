@@ -3,6 +3,7 @@
 //! ([`telemetry`]), the first log line ([`start`]), the listener and its `/metrics`
 //! ([`listener`]), and the signal both drain on ([`shutdown_signal`]).
 
+mod json_lines;
 pub mod listener;
 pub mod settings;
 pub mod telemetry;

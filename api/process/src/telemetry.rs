@@ -1,13 +1,14 @@
 //! JSON log lines (to stdout and to a daily file per binary in `LOG_DIR`) and the Prometheus
 //! recorder, installed once per process.
 
-use std::path::Path;
+use std::{
+    io::{BufWriter, Write},
+    path::Path,
+};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_appender::non_blocking::WorkerGuard;
-use tracing_subscriber::{
-    EnvFilter, fmt, fmt::writer::MakeWriterExt, layer::SubscriberExt, util::SubscriberInitExt,
-};
+use tracing_subscriber::{EnvFilter, fmt, layer::SubscriberExt, util::SubscriberInitExt};
 
 /// Keep these alive for the life of the process: dropping them flushes the log writers.
 pub struct LogGuards(#[allow(dead_code)] Vec<WorkerGuard>);
@@ -32,22 +33,55 @@ pub fn init_logging(
         .filename_prefix(format!("{binary}.log"))
         .build(log_dir)
         .map_err(|e| log_dir_err(&e))?;
-    let (file_writer, file_guard) = tracing_appender::non_blocking(file);
-    let (stdout_writer, stdout_guard) = tracing_appender::non_blocking(std::io::stdout());
+    // One background thread writes every line to both places, through buffers that it flushes
+    // whenever it has written all the lines waiting for it: a request hands its line over once,
+    // and a burst of lines costs a few writes instead of two per line (one channel and one
+    // `write` per line and destination showed as about 5% of the API's CPU per hold). A
+    // buffer only ever holds whole lines, so the daily file that several processes append to
+    // gets whole lines from each.
+    let (writer, guard) = tracing_appender::non_blocking(Both {
+        stdout: BufWriter::with_capacity(LOG_BUFFER, std::io::stdout()),
+        file: BufWriter::with_capacity(LOG_BUFFER, file),
+    });
     // The current span rides along as `"span": {...}`: for HTTP requests it carries the
     // request id into every line logged while serving that request.
     let json = fmt::layer()
         .json()
-        .flatten_event(true)
-        .with_current_span(true)
-        .with_span_list(false)
-        .with_writer(stdout_writer.and(file_writer));
+        .event_format(crate::json_lines::JsonLines)
+        .fmt_fields(crate::json_lines::JsonSpanFields)
+        .with_writer(writer);
     tracing_subscriber::registry()
         .with(filter)
         .with(json)
         .try_init()
         .map_err(|e| TelemetryError::Init(e.to_string()))?;
-    Ok(LogGuards(vec![file_guard, stdout_guard]))
+    Ok(LogGuards(vec![guard]))
+}
+
+/// Bytes of log lines gathered before a write (lines are flushed sooner, whenever the writer
+/// has caught up).
+const LOG_BUFFER: usize = 64 * 1024;
+
+/// Each line to stdout and to the daily file.
+struct Both<A, B> {
+    stdout: A,
+    file: B,
+}
+
+impl<A: Write, B: Write> Write for Both<A, B> {
+    /// The writer thread hands over one whole line at a time.
+    fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
+        // A failing stdout (a closed pipe) must not cost the file its lines.
+        let to_stdout = self.stdout.write_all(line);
+        self.file.write_all(line)?;
+        to_stdout.map(|()| line.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let stdout = self.stdout.flush();
+        self.file.flush()?;
+        stdout
+    }
 }
 
 /// Latency buckets (seconds) for every `*_seconds` histogram: sub-millisecond to 10 s.
