@@ -9,6 +9,7 @@
 use std::{
     collections::HashMap,
     io::Result as IoResult,
+    net::SocketAddr,
     pin::Pin,
     sync::{
         Arc, Mutex,
@@ -26,15 +27,34 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// The open connections, by peer address, each with its "client has gone" flag.
 #[derive(Default)]
 pub struct Connections {
-    open: Mutex<HashMap<String, Arc<AtomicBool>>>,
+    open: Mutex<HashMap<Peer, Arc<AtomicBool>>>,
+}
+
+/// A peer address as a map key. TCP peers (every request, under load) are keyed by their
+/// socket address as it is, not by its text: formatting it showed in profiles of hold requests.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Peer {
+    Socket(SocketAddr),
+    /// A Unix socket or a custom transport, by its text.
+    Other(String),
+}
+
+impl Peer {
+    fn of(addr: &RemoteAddr) -> Self {
+        match addr.as_socket_addr() {
+            Some(socket) => Self::Socket(*socket),
+            None => Self::Other(addr.to_string()),
+        }
+    }
 }
 
 impl Connections {
     /// The flag of the connection a request came on (`None` when it did not come through a
     /// tracked listener, as in in-process tests).
     pub fn gone_flag(&self, remote: &RemoteAddr) -> Option<Arc<AtomicBool>> {
+        let peer = Peer::of(remote);
         let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        open.get(&remote.to_string()).cloned()
+        open.get(&peer).cloned()
     }
 }
 
@@ -61,7 +81,7 @@ impl<A: Acceptor> Acceptor for TrackingAcceptor<A> {
         &mut self,
     ) -> IoResult<(Self::Io, LocalAddr, RemoteAddr, poem::http::uri::Scheme)> {
         let (io, local, remote, scheme) = self.inner.accept().await?;
-        let key = remote.to_string();
+        let key = Peer::of(&remote);
         let gone = Arc::new(AtomicBool::new(false));
         self.connections
             .open
@@ -82,7 +102,7 @@ impl<A: Acceptor> Acceptor for TrackingAcceptor<A> {
 pub struct TrackedIo<T> {
     inner: T,
     gone: Arc<AtomicBool>,
-    key: String,
+    key: Peer,
     connections: Arc<Connections>,
 }
 

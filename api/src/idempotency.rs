@@ -100,13 +100,37 @@ async fn idempotent<E: Endpoint>(
     scope: &'static str,
     render_hold: Option<Render<HoldView>>,
 ) -> poem::Result<Response> {
+    // The inner endpoint is called from one place only: each call site of a future this
+    // large is a slot of its own in this one, and every layer's future is moved whole.
+    let _running = match admit(&mut req, scope, render_hold).await? {
+        Admitted::Run(running) => running,
+        Admitted::Answered(answer) => return Ok(answer),
+    };
+    crate::server::boxed_call(&*ep, req).await
+}
+
+/// What the layer decided before the request runs.
+enum Admitted {
+    /// Run it (holding its key in [`InFlight`] until it ends, when it has one).
+    Run(Option<Running>),
+    /// Answered here: a replay, a mismatch, a key in use or malformed.
+    Answered(Response),
+}
+
+/// Puts the request's [`KeyCheck`] in its data, or answers it.
+async fn admit(
+    req: &mut Request,
+    scope: &'static str,
+    render_hold: Option<Render<HoldView>>,
+) -> poem::Result<Admitted> {
+    let answered = |e: ApiError| Ok(Admitted::Answered(e.into_response()));
     let Some(state) = req.data::<Arc<AppState>>().cloned() else {
         // `build_app` adds the state to every request: only a wiring mistake gets here.
         tracing::error!("idempotency layer without the app state");
-        return Ok(
-            ApiError::new(ProblemCode::Internal, "internal error; it has been logged")
-                .into_response(),
-        );
+        return answered(ApiError::new(
+            ProblemCode::Internal,
+            "internal error; it has been logged",
+        ));
     };
     let Some(raw) = req
         .headers()
@@ -114,15 +138,14 @@ async fn idempotent<E: Endpoint>(
         .map(|v| v.to_str().unwrap_or("\u{0}").to_owned())
     else {
         req.set_data(KeyCheck(None));
-        return ep.call(req).await.map(IntoResponse::into_response);
+        return Ok(Admitted::Run(None));
     };
     let Some(key) = parse_key(&raw).map(str::to_owned) else {
-        return Ok(ApiError::field(
+        return answered(ApiError::field(
             ProblemCode::MalformedRequest,
             "Idempotency-Key",
             "must be 1 to 255 printable ASCII characters, bare or in double quotes",
-        )
-        .into_response());
+        ));
     };
     let body = req.take_body().into_bytes().await?;
     let keyed = KeyedRequest {
@@ -132,28 +155,30 @@ async fn idempotent<E: Endpoint>(
     };
     req.set_body(body);
     match state.key_lookups.lookup(keyed.clone()).await {
-        Ok(Lookup::Replay(stored)) => return Ok(replay(stored, scope)),
+        Ok(Lookup::Replay(stored)) => return Ok(Admitted::Answered(replay(stored, scope))),
         Ok(Lookup::Hold(hold)) => {
-            return Ok(match render_hold.and_then(|render| render(&Ok(hold))) {
-                Some(stored) => replay(stored, scope),
+            return match render_hold.and_then(|render| render(&Ok(hold))) {
+                Some(stored) => Ok(Admitted::Answered(replay(stored, scope))),
                 None => {
                     tracing::error!(scope, "a key found on a hold, with no way to answer it");
-                    ApiError::new(ProblemCode::Internal, "internal error; it has been logged")
-                        .into_response()
+                    answered(ApiError::new(
+                        ProblemCode::Internal,
+                        "internal error; it has been logged",
+                    ))
                 }
-            });
+            };
         }
         Ok(Lookup::Mismatch) => {
-            return Ok(ApiError::from(entity::DomainError::IdempotencyKeyMismatch).into_response());
+            return answered(ApiError::from(entity::DomainError::IdempotencyKeyMismatch));
         }
         Ok(Lookup::Absent) => {}
-        Err(e) => return Ok(ApiError::from(e).into_response()),
+        Err(e) => return answered(ApiError::from(e)),
     }
-    let Some(_running) = state.in_flight.start(scope, &keyed.key) else {
-        return Ok(ApiError::from(entity::DomainError::IdempotencyKeyInUse).into_response());
+    let Some(running) = state.in_flight.start(scope, &keyed.key) else {
+        return answered(ApiError::from(entity::DomainError::IdempotencyKeyInUse));
     };
     req.set_data(KeyCheck(Some(keyed)));
-    ep.call(req).await.map(IntoResponse::into_response)
+    Ok(Admitted::Run(Some(running)))
 }
 
 /// How an answer is written down for replay: exactly the bytes and type the handler sends.
@@ -177,14 +202,22 @@ pub fn stored<T: poem_openapi::types::ToJSON>(
     })
 }
 
-/// SHA-256 of the body, JSON canonicalized (key order and spacing do not matter).
+/// SHA-256 of the body, JSON canonicalized (key order and spacing do not matter): the hash of
+/// the body as compact JSON with its members in order, streamed into the hasher rather than
+/// written out first.
 fn fingerprint(body: &[u8]) -> String {
+    let mut hasher = Sha256::new();
     let canonical = serde_json::from_slice::<serde_json::Value>(body)
-        .map(|v| v.to_string().into_bytes())
-        .unwrap_or_else(|_| body.to_vec());
+        .ok()
+        .filter(|v| serde_json::to_writer(&mut hasher, v).is_ok());
+    if canonical.is_none() {
+        // Not JSON (the handler will refuse it): its bytes as they are.
+        hasher = Sha256::new();
+        hasher.update(body);
+    }
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut hex = String::with_capacity(64);
-    for b in Sha256::digest(&canonical) {
+    for b in hasher.finalize() {
         hex.push(char::from(HEX[usize::from(b >> 4)]));
         hex.push(char::from(HEX[usize::from(b & 0xf)]));
     }
@@ -237,5 +270,21 @@ mod tests {
             fingerprint(b"{ \"b\": 2, \"a\": 1 }")
         );
         assert_ne!(fingerprint(br#"{"a":1}"#), fingerprint(br#"{"a":2}"#));
+    }
+
+    /// Stored keys keep their fingerprints across versions: it is the SHA-256 of the compact,
+    /// ordered JSON (`{"a":1,"b":2}` here), or of the bytes when they are not JSON.
+    #[test]
+    fn fingerprints_are_the_hash_of_the_canonical_body() {
+        assert_eq!(
+            fingerprint(b"{ \"b\": 2, \"a\": 1 }"),
+            "43258cff783fe7036d8a43033f830adfc60ec037382473548ac742b888292777"
+        );
+        let not_json = b"{\"a\":";
+        let hex: String = Sha256::digest(not_json)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(fingerprint(not_json), hex);
     }
 }

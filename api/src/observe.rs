@@ -125,7 +125,7 @@ pub async fn observe<E: Endpoint>(
     let path = req.uri().path().to_owned();
     let span = tracing::info_span!("request", request_id = %request_id, method = %method, path = %req.uri().path());
     let started = Instant::now();
-    let mut resp = match ep.call(req).instrument(span).await {
+    let mut resp = match crate::server::boxed_call(&*ep, req).instrument(span).await {
         Ok(resp) => resp.into_response(),
         Err(err) => err.into_response(),
     };

@@ -6,7 +6,7 @@ use std::{net::IpAddr, num::NonZeroU32, sync::Arc, time::Duration};
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter, clock::Clock};
 use poem::{
-    Endpoint, EndpointExt, IntoResponse, Request, Response,
+    Endpoint, EndpointExt, Request, Response,
     http::{HeaderValue, header},
 };
 
@@ -65,5 +65,5 @@ async fn limit<E: Endpoint>(ep: Arc<E>, req: Request) -> poem::Result<Response> 
         }
         return Ok(resp);
     }
-    ep.call(req).await.map(IntoResponse::into_response)
+    crate::server::boxed_call(&*ep, req).await
 }

@@ -246,7 +246,9 @@ impl HoldsApi {
                     Some(coalescer) => coalescer.create_hold(product_id, request).await,
                     None => {
                         let (db, ttl) = (&self.state.db, self.state.hold_ttl);
-                        holds::create_hold(db, product_id, request, ttl).await
+                        // Boxed: the transaction's future is large, and every request's
+                        // future would otherwise carry (and copy) room for it.
+                        Box::pin(holds::create_hold(db, product_id, request, ttl)).await
                     }
                 }
                 .map_err(ApiError::from)
