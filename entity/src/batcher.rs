@@ -194,6 +194,16 @@ where
                     }
                 }
             }
+            // One batch at a time (every user here): served right in this task. A task spawned
+            // for it would start behind every request task its last batch's answers woke (each
+            // of them tens of µs of HTTP work), and the product's next batch with it: served
+            // here, unkeyed holds measured 4.5% faster and keyed ones 5.8% (three interleaved
+            // rounds of each, wrk at 256 connections).
+            if policy.max_in_flight == 1 {
+                self.serve(&key, batch).await;
+                drop(slot);
+                continue;
+            }
             let (this, key) = (self.clone(), key.clone());
             tokio::spawn(async move {
                 this.serve(&key, batch).await;
@@ -212,9 +222,15 @@ where
         if reqs.is_empty() {
             return;
         }
-        // On a task of its own, so that a panic in `run` is caught and reported to every
-        // caller, and this key's task keeps serving.
-        let answers = tokio::spawn((self.run)(key.clone(), reqs)).await;
+        // A panic in `run` is caught here and reported to every caller, and this key's task
+        // keeps serving. (Caught where it runs rather than on a task of its own, which would
+        // queue the batch behind the runtime's other tasks before it started.)
+        let answers = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe((self
+            .run)(
+            key.clone(),
+            reqs,
+        )))
+        .await;
         match answers {
             Ok(answers) => {
                 debug_assert_eq!(answers.len(), replies.len());
@@ -222,11 +238,8 @@ where
                     let _ = reply.send(Ok(answer));
                 }
             }
-            Err(e) => {
-                let message = match e.try_into_panic() {
-                    Ok(payload) => panic_message(payload.as_ref()),
-                    Err(e) => e.to_string(),
-                };
+            Err(payload) => {
+                let message = panic_message(payload.as_ref());
                 tracing::error!(panic = %message, "a batch panicked");
                 for reply in replies {
                     let _ = reply.send(Err(BatchError::Panicked(message.clone())));
