@@ -100,8 +100,8 @@ async fn idempotent<E: Endpoint>(
     scope: &'static str,
     render_hold: Option<Render<HoldView>>,
 ) -> poem::Result<Response> {
-    // The inner endpoint is called from one place only: each call site of a future this
-    // large is a slot of its own in this one, and every layer's future is moved whole.
+    // The inner endpoint is called from one place, through a box (see `server::boxed_call`):
+    // each call site would be a slot of its own in this future, which is moved whole.
     let _running = match admit(&mut req, scope, render_hold).await? {
         Admitted::Run(running) => running,
         Admitted::Answered(answer) => return Ok(answer),

@@ -225,12 +225,8 @@ where
         // A panic in `run` is caught here and reported to every caller, and this key's task
         // keeps serving. (Caught where it runs rather than on a task of its own, which would
         // queue the batch behind the runtime's other tasks before it started.)
-        let answers = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe((self
-            .run)(
-            key.clone(),
-            reqs,
-        )))
-        .await;
+        let run = std::panic::AssertUnwindSafe((self.run)(key.clone(), reqs));
+        let answers = futures_util::FutureExt::catch_unwind(run).await;
         match answers {
             Ok(answers) => {
                 debug_assert_eq!(answers.len(), replies.len());
