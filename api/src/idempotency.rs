@@ -26,7 +26,6 @@ use poem::{
     Endpoint, EndpointExt, IntoResponse, Request, Response,
     http::{HeaderValue, StatusCode},
 };
-use sha2::{Digest, Sha256};
 
 use crate::{
     AppState,
@@ -202,26 +201,13 @@ pub fn stored<T: poem_openapi::types::ToJSON>(
     })
 }
 
-/// SHA-256 of the body, JSON canonicalized (key order and spacing do not matter): the hash of
-/// the body as compact JSON with its members in order, streamed into the hasher rather than
-/// written out first.
+/// The body's fingerprint: of its canonical JSON (key order and spacing do not matter), or of
+/// its bytes when it is not JSON (the handler will refuse it).
 fn fingerprint(body: &[u8]) -> String {
-    let mut hasher = Sha256::new();
-    let canonical = serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .filter(|v| serde_json::to_writer(&mut hasher, v).is_ok());
-    if canonical.is_none() {
-        // Not JSON (the handler will refuse it): its bytes as they are.
-        hasher = Sha256::new();
-        hasher.update(body);
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(value) => entity::idempotency::fingerprint_json(&value),
+        Err(_) => entity::idempotency::fingerprint_bytes(body),
     }
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut hex = String::with_capacity(64);
-    for b in hasher.finalize() {
-        hex.push(char::from(HEX[usize::from(b >> 4)]));
-        hex.push(char::from(HEX[usize::from(b & 0xf)]));
-    }
-    hex
 }
 
 fn replay(stored: StoredResponse, scope: &str) -> Response {
@@ -252,6 +238,7 @@ fn replay(stored: StoredResponse, scope: &str) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest, Sha256};
 
     #[test]
     fn keys_bare_or_quoted() {

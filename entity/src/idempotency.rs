@@ -16,6 +16,8 @@
 
 use std::collections::HashMap;
 
+use sha2::{Digest, Sha256};
+
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveEnum, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend,
@@ -30,6 +32,36 @@ use crate::{
     idempotency_key::{self as key, KeyState},
     types::HoldId,
 };
+
+/// The fingerprint of a request: SHA-256, in lowercase hex, of `value` as compact JSON with
+/// its members in key order, so the same fields and values give the same fingerprint however
+/// the client spaced and ordered them. Streamed into the hasher, not written out first (it
+/// runs for every keyed request). Stored fingerprints depend on these exact bytes.
+pub fn fingerprint_json(value: &serde_json::Value) -> String {
+    let mut hasher = Sha256::new();
+    match serde_json::to_writer(&mut hasher, value) {
+        Ok(()) => hex(hasher),
+        // Writing into a hasher cannot fail; if it ever did, hash the text instead.
+        Err(_) => fingerprint_bytes(value.to_string().as_bytes()),
+    }
+}
+
+/// SHA-256 of `bytes` in lowercase hex: the fingerprint of a body that is not JSON.
+pub fn fingerprint_bytes(bytes: &[u8]) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(bytes);
+    hex(hasher)
+}
+
+fn hex(hasher: Sha256) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut hex = String::with_capacity(64);
+    for b in hasher.finalize() {
+        hex.push(char::from(HEX[usize::from(b >> 4)]));
+        hex.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    hex
+}
 
 /// How long a key is kept.
 pub const RETENTION: chrono::Duration = chrono::Duration::hours(24);
@@ -451,4 +483,24 @@ pub async fn purge_expired(db: &Db, batch_size: u64) -> Result<u64, DomainError>
         })
     })
     .await
+}
+
+#[cfg(test)]
+mod fingerprint_tests {
+    use super::*;
+
+    /// Stored fingerprints (keys, webhook events) keep matching across versions: the SHA-256
+    /// of the compact JSON with its members in key order.
+    #[test]
+    fn fingerprints_are_the_hash_of_compact_ordered_json() {
+        let reordered = serde_json::json!({"b": 2, "a": 1});
+        assert_eq!(
+            fingerprint_json(&reordered),
+            "43258cff783fe7036d8a43033f830adfc60ec037382473548ac742b888292777"
+        );
+        assert_eq!(
+            fingerprint_json(&reordered),
+            fingerprint_bytes(br#"{"a":1,"b":2}"#)
+        );
+    }
 }

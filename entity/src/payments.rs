@@ -8,7 +8,6 @@ use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, DatabaseTransaction, EntityTrait, QueryFilter, SqlErr,
 };
-use sha2::{Digest, Sha256};
 
 use crate::{
     Db, DomainError,
@@ -68,8 +67,7 @@ impl PaymentEvent {
             "product_id": self.product_id.map(ProductId::get),
             "quantity": self.quantity,
         });
-        let digest = Sha256::digest(canonical.to_string().as_bytes());
-        digest.iter().map(|b| format!("{b:02x}")).collect()
+        crate::idempotency::fingerprint_json(&canonical)
     }
 }
 
