@@ -5,6 +5,7 @@
 
 mod json_lines;
 pub mod listener;
+mod log_writer;
 pub mod settings;
 pub mod telemetry;
 

@@ -7,11 +7,10 @@ use std::{
 };
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::{EnvFilter, fmt, layer::SubscriberExt, util::SubscriberInitExt};
 
 /// Keep these alive for the life of the process: dropping them flushes the log writers.
-pub struct LogGuards(#[allow(dead_code)] Vec<WorkerGuard>);
+pub struct LogGuards(#[allow(dead_code)] crate::log_writer::WriterGuard);
 
 /// Installs the global subscriber: one JSON object per line, event fields at the top level (so
 /// a metric line reads `{"timestamp":…,"metric":"hold.created","hold_id":…}`), written
@@ -33,16 +32,15 @@ pub fn init_logging(
         .filename_prefix(format!("{binary}.log"))
         .build(log_dir)
         .map_err(|e| log_dir_err(&e))?;
-    // One background thread writes every line to both places, through buffers that it flushes
-    // whenever it has written all the lines waiting for it: a request hands its line over once,
-    // and a burst of lines costs a few writes instead of two per line (one channel and one
-    // `write` per line and destination showed as about 5% of the API's CPU per hold). A
-    // buffer only ever holds whole lines, so the daily file that several processes append to
-    // gets whole lines from each.
-    let (writer, guard) = tracing_appender::non_blocking(Both {
+    // One background thread writes every line to both places, through buffers, a timer tick's
+    // lines at a time (`log_writer`). A buffer only ever holds whole lines, so the daily file
+    // that several processes append to gets whole lines from each.
+    let out = Both {
         stdout: BufWriter::with_capacity(LOG_BUFFER, std::io::stdout()),
         file: BufWriter::with_capacity(LOG_BUFFER, file),
-    });
+    };
+    let (writer, guard) = crate::log_writer::spawn(out, crate::log_writer::QUEUE_LINES)
+        .map_err(|e| TelemetryError::Init(format!("log writer thread: {e}")))?;
     // The current span rides along as `"span": {...}`: for HTTP requests it carries the
     // request id into every line logged while serving that request.
     let json = fmt::layer()
@@ -55,11 +53,11 @@ pub fn init_logging(
         .with(json)
         .try_init()
         .map_err(|e| TelemetryError::Init(e.to_string()))?;
-    Ok(LogGuards(vec![guard]))
+    Ok(LogGuards(guard))
 }
 
-/// Bytes of log lines gathered before a write (lines are flushed sooner, whenever the writer
-/// has caught up).
+/// Bytes of log lines gathered before a write (lines are flushed sooner, at every tick of the
+/// writer).
 const LOG_BUFFER: usize = 64 * 1024;
 
 /// Each line to stdout and to the daily file.
@@ -179,6 +177,10 @@ fn describe_metrics() {
         "Duration of one expiry batch transaction"
     );
     describe_histogram!("expiry_batch_size", "Holds released by one expiry batch");
+    describe_counter!(
+        "log_lines_dropped_total",
+        "Log lines dropped because the log writer had too many waiting (it never makes a request wait)"
+    );
     describe_gauge!(
         "db_pool_connections",
         "Database pool connections of this process, by state (idle, in_use)"
