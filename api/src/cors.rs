@@ -71,38 +71,32 @@ impl CorsPolicy {
     }
 }
 
+/// The CORS layer, present only when `CORS_ALLOWED_ORIGINS` is set.
 pub async fn cors<E: Endpoint>(
     ep: Arc<E>,
     mut req: Request,
-    policy: Option<CorsPolicy>,
+    policy: CorsPolicy,
 ) -> poem::Result<Response> {
-    let listed = policy.as_ref().map(|policy| {
-        req.headers()
-            .get(header::ORIGIN)
-            .and_then(|o| o.to_str().ok())
-            .is_some_and(|o| policy.allows(o))
-    });
-    let mut resp = match (listed, &policy) {
-        (Some(true), Some(policy)) => {
-            // A preflight asking for a method or header no operation takes is refused here.
-            // Boxed: a second inline call of the inner endpoint would double every request's
-            // future (each call site is a slot of its own), listed origin or not.
-            match Box::pin(policy.middleware.transform(ep).call(req)).await {
-                Ok(resp) => resp.into_response(),
-                Err(e) => ApiError::from_request_error(e, |_| None).into_response(),
-            }
+    let listed = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+        .map(|o| policy.allows(o));
+    let mut resp = if listed == Some(true) {
+        // A preflight asking for a method or header no operation takes is refused here.
+        // Boxed: a second inline call of the inner endpoint would double every request's
+        // future (each call site is a slot of its own), listed origin or not.
+        match Box::pin(policy.middleware.transform(ep).call(req)).await {
+            Ok(resp) => resp.into_response(),
+            Err(e) => ApiError::from_request_error(e, |_| None).into_response(),
         }
-        _ => {
-            if listed.is_some() {
-                // Any other origin: answered as if it had sent none.
-                req.headers_mut().remove(header::ORIGIN);
-            }
-            crate::server::boxed_call(&*ep, req).await?
+    } else {
+        if listed.is_some() {
+            // Any other origin: answered as if it had sent none.
+            req.headers_mut().remove(header::ORIGIN);
         }
+        crate::server::boxed_call(&*ep, req).await?
     };
-    if policy.is_none() {
-        return Ok(resp);
-    }
     // The answer depends on Origin: caches must keep the CORS and non-CORS answers apart.
     let varies = resp.headers().get_all(header::VARY).iter().any(|v| {
         v.to_str()

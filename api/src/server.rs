@@ -101,8 +101,8 @@ pub fn routes(
 }
 
 /// The middleware every request goes through, around `routes`: the admin switch, the body
-/// limit, the panic safety net, problem+json for every error, CORS, `Retry-After` on 503s,
-/// the request id and metrics, and the app state. (Idempotency keys and the hold rate limit
+/// limit, the panic safety net, problem+json for every error, CORS (when configured), then
+/// the request id, metrics and `Retry-After` on 503s (`observe`), and the app state. (Idempotency keys and the hold rate limit
 /// belong to their operations: see their `transform`.)
 pub fn with_middleware(
     routes: Route,
@@ -111,11 +111,7 @@ pub fn with_middleware(
     templates: Arc<crate::observe::RouteTemplates>,
 ) -> impl Endpoint<Output = Response> + use<> {
     let admin_enabled = state.admin_token.is_some();
-    let cors = config
-        .cors_allowed_origins
-        .as_deref()
-        .map(crate::cors::CorsPolicy::new);
-    routes
+    let inner = routes
         .around(move |ep, req| async move {
             // With no ADMIN_TOKEN the admin routes do not exist at all.
             if !admin_enabled && req.uri().path().starts_with("/api/admin") {
@@ -132,10 +128,20 @@ pub fn with_middleware(
                 let templates = templates.clone();
                 async move { error_response(err, &templates) }
             }
-        })
-        // Outside the error catcher: every answer, errors included, gets its CORS headers.
-        .around(move |ep, req| crate::cors::cors(ep, req, cors.clone()))
-        .around(|ep, req| async move { Ok(with_retry_after(boxed_call(&*ep, req).await?)) })
+        });
+    // Outside the error catcher: every answer, errors included, gets its CORS headers. Only
+    // when CORS is configured: each layer costs every request a boxed future and a move of
+    // the request.
+    let inner = match config.cors_allowed_origins.as_deref() {
+        Some(origins) => {
+            let policy = crate::cors::CorsPolicy::new(origins);
+            inner
+                .around(move |ep, req| crate::cors::cors(ep, req, policy.clone()))
+                .boxed()
+        }
+        None => inner.boxed(),
+    };
+    inner
         .around(move |ep, req| crate::observe::observe(ep, req, templates.clone()))
         .data(state)
 }
@@ -189,7 +195,7 @@ pub async fn boxed_call<E: Endpoint + ?Sized>(ep: &E, req: Request) -> poem::Res
 
 /// Every 503 (contention, database unavailable, draining) tells clients when to come back, so
 /// a crowd retrying in a loop spreads out instead of hammering a node that cannot serve.
-fn with_retry_after(mut resp: Response) -> Response {
+pub fn with_retry_after(mut resp: Response) -> Response {
     if resp.status() == StatusCode::SERVICE_UNAVAILABLE {
         resp.headers_mut()
             .entry(header::RETRY_AFTER)
