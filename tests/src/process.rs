@@ -195,6 +195,25 @@ impl Process {
         self.lines.lock().expect("lines").join("\n")
     }
 
+    /// The last `n` lines worth reading after a failure: warnings, errors and contention
+    /// (routine `INFO` lines such as `hold.created` left out).
+    pub fn notable_tail(&self, n: usize) -> String {
+        let lines = self.lines.lock().expect("lines");
+        let notable: Vec<&String> = lines
+            .iter()
+            .filter(|l| {
+                serde_json::from_str::<Value>(l).map_or(true, |v| {
+                    v["level"] != "INFO" || v["metric"] == "stock.contention"
+                })
+            })
+            .collect();
+        notable[notable.len().saturating_sub(n)..]
+            .iter()
+            .map(|l| l.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// Waits for the process to exit by itself and returns whether it succeeded.
     pub fn wait(&mut self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;

@@ -47,6 +47,21 @@ impl Cluster {
         }
     }
 
+    /// What to read when a test fails: each API's warnings, errors and contention lines, and
+    /// the end of each node's error log (a test that failed once, with requests unanswered for
+    /// 30 s, had kept neither).
+    fn diagnostics(&self) -> String {
+        let apis = [&self.app.server, &self.others[0], &self.others[1]];
+        let mut out = String::new();
+        for (i, api) in apis.iter().enumerate() {
+            out += &format!("\n--- API on node {i} ---\n{}\n", api.notable_tail(40));
+        }
+        for i in 0..3 {
+            out += &format!("\n{}\n", self.nodes.log_tail(i));
+        }
+        out
+    }
+
     /// The books, read on every node directly: the same everywhere, and conserved.
     async fn books(&self) -> Vec<Ledger> {
         books(&self.app, &self.nodes).await
@@ -139,7 +154,11 @@ async fn six_hundred_holds_through_three_nodes_sell_exactly_the_stock() {
         if retry.is_empty() {
             break;
         }
-        assert!(Instant::now() < deadline, "still 503 after 60 s of retries");
+        assert!(
+            Instant::now() < deadline,
+            "still 503 after 60 s of retries\n{}",
+            c.diagnostics()
+        );
         tokio::time::sleep(Duration::from_millis(500)).await; // a client's back-off
         answers = join_all(retry.into_iter().map(|i| {
             let c = c.clients[i % 3].clone();
@@ -153,8 +172,9 @@ async fn six_hundred_holds_through_three_nodes_sell_exactly_the_stock() {
     );
     assert!(
         unexpected.is_empty(),
-        "only 201, 409 insufficient_stock or 503 unavailable: {}",
-        some(&unexpected)
+        "only 201, 409 insufficient_stock or 503 unavailable: {}\n{}",
+        some(&unexpected),
+        c.diagnostics()
     );
     assert_eq!(granted.len(), 300, "exactly the stock is granted");
     assert_eq!(refused, 300);
