@@ -110,6 +110,8 @@ pub fn init_metrics() -> Result<PrometheusHandle, TelemetryError> {
         .install_recorder()
         .map_err(|e| TelemetryError::Init(e.to_string()))?;
     describe_metrics();
+    // Shown at 0 from the start, so an alert on it has a series to watch.
+    metrics::counter!("log_lines_dropped_total").increment(0);
     let runtime = tokio::runtime::Handle::try_current()
         .map_err(|e| TelemetryError::Init(format!("metrics upkeep needs a Tokio runtime: {e}")))?;
     let upkept = handle.clone();

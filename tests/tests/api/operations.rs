@@ -66,6 +66,8 @@ on_both_databases! {
             r#"webhooks_total{outcome="duplicate"} 1"#,
             r#"db_pool_connections{state="idle"}"#,
             "db_pool_max_connections 8",
+            // At 0 from the start, so that an alert has a series to watch.
+            "log_lines_dropped_total 0",
             "# HELP http_requests_total",
         ] {
             assert!(text.contains(needle), "missing {needle} in:\n{text}");
