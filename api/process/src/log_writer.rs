@@ -19,7 +19,7 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel},
     },
-    thread::JoinHandle,
+    thread::Thread,
     time::Duration,
 };
 
@@ -31,6 +31,10 @@ pub const QUEUE_LINES: usize = 128_000;
 const BUSY_TICK: Duration = Duration::from_millis(10);
 /// The same when the last tick found nothing: an idle process wakes ten times a second.
 const IDLE_TICK: Duration = Duration::from_millis(100);
+/// How long a process at its end waits for the last lines to be written (tracing-appender's
+/// default too): a destination that blocks (a stdout pipe nobody reads) must not keep the
+/// process from exiting.
+const FINAL_WAIT: Duration = Duration::from_secs(1);
 
 /// The handle log events write to: each whole line is queued for the writer thread.
 pub struct LineQueue {
@@ -38,10 +42,13 @@ pub struct LineQueue {
     dropped: Arc<AtomicU64>,
 }
 
-/// Stops the writer thread when dropped, after it has written every line queued before.
+/// Stops the writer thread when dropped, after it has written every line queued before (or
+/// after [`FINAL_WAIT`], whichever comes first).
 pub struct WriterGuard {
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    thread: Thread,
+    /// Closed by the writer thread when it has written its last lines.
+    finished: Receiver<()>,
 }
 
 /// Starts the writer thread over `out` (flushed after each tick's lines).
@@ -52,17 +59,22 @@ pub fn spawn<W: Write + Send + 'static>(
     let (lines, queued) = sync_channel(capacity);
     let dropped = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
+    let (finishing, finished) = sync_channel::<()>(0);
     let thread = std::thread::Builder::new()
         .name("log-writer".into())
         .spawn({
             let (dropped, stop) = (dropped.clone(), stop.clone());
-            move || write_lines(queued, out, &dropped, &stop)
+            move || {
+                write_lines(queued, out, &dropped, &stop);
+                drop(finishing);
+            }
         })?;
     Ok((
         LineQueue { lines, dropped },
         WriterGuard {
             stop,
-            thread: Some(thread),
+            thread: thread.thread().clone(),
+            finished,
         },
     ))
 }
@@ -129,10 +141,9 @@ impl<'a> MakeWriter<'a> for LineQueue {
 impl Drop for WriterGuard {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
-        if let Some(thread) = self.thread.take() {
-            thread.thread().unpark();
-            let _ = thread.join();
-        }
+        self.thread.unpark();
+        // Disconnected (the thread finished, or panicked) or timed out: either way, go on.
+        let _ = self.finished.recv_timeout(FINAL_WAIT);
     }
 }
 
@@ -211,5 +222,35 @@ mod tests {
         let written = out.text().lines().count() as u64;
         assert!(dropped >= 1_000 - 11, "only {dropped} dropped");
         assert_eq!(written + dropped, 1_000);
+    }
+
+    /// A destination whose `write` says when it was entered, then blocks until released.
+    struct Blocking {
+        entered: SyncSender<()>,
+        release: Receiver<()>,
+    }
+
+    impl Write for Blocking {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let _ = self.entered.send(());
+            let _ = self.release.recv();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_destination_that_never_takes_its_lines_does_not_keep_the_process_from_ending() {
+        let (entered, writing) = sync_channel(1);
+        let (released, release) = sync_channel::<()>(1);
+        let (queue, guard) = spawn(Blocking { entered, release }, 10).expect("writer thread");
+        let _ = queue.make_writer().write_all(b"a line\n");
+        writing.recv().expect("the writer took the line");
+        // The writer is stuck in the destination: the guard must still let the process end
+        // (a drop that waited for the writer would hang this test).
+        drop(guard);
+        drop(released);
     }
 }
