@@ -36,7 +36,7 @@ pub struct RouteTemplates {
 
 /// The request count and latency of one pattern, method and status.
 struct RouteMetrics {
-    method: Method,
+    method: &'static str,
     status: u16,
     count: Counter,
     latency: Histogram,
@@ -79,6 +79,7 @@ impl RouteTemplates {
         seconds: f64,
     ) {
         let routed = pattern.filter(|p| !p.is_empty());
+        let method = method_label(method);
         let known = |by_pattern: &HashMap<String, Vec<RouteMetrics>>| {
             let m = by_pattern
                 .get(routed?)?
@@ -94,7 +95,7 @@ impl RouteTemplates {
             return;
         }
         let labels = [
-            ("method", method.to_string()),
+            ("method", method.to_owned()),
             ("route", self.label(pattern, path)),
             ("status", status.to_string()),
         ];
@@ -109,7 +110,7 @@ impl RouteTemplates {
                 .entry(p.to_owned())
                 .or_default()
                 .push(RouteMetrics {
-                    method: method.clone(),
+                    method,
                     status,
                     count,
                     latency,
@@ -160,6 +161,23 @@ impl RouteTemplates {
                 .cloned()
                 .unwrap_or_else(|| p.to_owned()),
         }
+    }
+}
+
+/// The `method` label: HTTP's own methods by name, any other token a client makes up as
+/// `other`, so that made-up methods cannot grow the labels (or this process) without bound.
+fn method_label(method: &Method) -> &'static str {
+    match method.as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        "TRACE" => "TRACE",
+        "CONNECT" => "CONNECT",
+        _ => "other",
     }
 }
 
@@ -259,6 +277,14 @@ mod tests {
         let allow = t.allowed("/api/holds/12").unwrap_or_default();
         assert!(allow.contains("GET") && allow.contains("DELETE"), "{allow}");
         assert_eq!(t.allowed("/api/holds"), None);
+    }
+
+    #[test]
+    fn made_up_methods_share_one_label() {
+        assert_eq!(method_label(&Method::POST), "POST");
+        assert_eq!(method_label(&Method::OPTIONS), "OPTIONS");
+        let made_up = Method::from_bytes(b"FROBNICATE").expect("a token");
+        assert_eq!(method_label(&made_up), "other");
     }
 
     #[test]

@@ -46,6 +46,8 @@ on_both_databases! {
         assert_eq!(app.hold(product, 1).await.code(), "insufficient_stock");
         app.get(&format!("/api/holds/{hold}")).await;
         app.get("/no/such/route").await;
+        let made_up = reqwest::Method::from_bytes(b"FROBNICATE").expect("a method token");
+        assert_eq!(app.request(made_up, "/api/holds", None).await.status, 405);
         let order = app.order(hold).await.body["order_id"].as_i64().expect("order");
         let e = json!({"idempotency_key": "m-1", "order_id": order, "status": "success"});
         app.webhook(e.clone()).await;
@@ -57,6 +59,8 @@ on_both_databases! {
             r#"http_requests_total{method="POST",route="/api/holds",status="409"} 1"#,
             r#"http_requests_total{method="GET",route="/api/holds/{id}",status="200"} 1"#,
             r#"http_requests_total{method="GET",route="unmatched",status="404"} 1"#,
+            // A method a client made up is labelled `other`: labels stay bounded.
+            r#"http_requests_total{method="other",route="/api/holds",status="405"} 1"#,
             r#"http_request_duration_seconds_bucket{method="POST",route="/api/holds",status="201",le="0.005"}"#,
             "holds_created_total 1",
             r#"holds_rejected_total{reason="insufficient_stock"} 1"#,
@@ -73,6 +77,7 @@ on_both_databases! {
             assert!(text.contains(needle), "missing {needle} in:\n{text}");
         }
         assert!(!text.contains(&format!("/api/holds/{hold}\"")), "raw paths never become labels");
+        assert!(!text.contains("FROBNICATE"), "made-up methods never become labels");
     }
 
     async fn sigterm_drains_readiness_then_finishes_in_flight_requests(backend: Backend) {
