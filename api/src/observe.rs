@@ -219,7 +219,7 @@ pub async fn observe(
         Err(err) => err.into_response(),
     };
     // Here rather than in a layer of its own: one layer fewer for every request.
-    let mut resp = crate::server::with_retry_after(resp);
+    let mut resp = with_retry_after(resp);
     // Labelled with the route's template (`/api/holds/{id}`), never the raw path: bounded
     // label values.
     templates.record(
@@ -240,6 +240,17 @@ pub async fn observe(
         resp.headers_mut().insert(poem::http::header::ALLOW, v);
     }
     Ok(resp)
+}
+
+/// Every 503 (contention, database unavailable, draining) tells clients when to come back, so
+/// a crowd retrying in a loop spreads out instead of hammering a node that cannot serve.
+fn with_retry_after(mut resp: Response) -> Response {
+    if resp.status() == poem::http::StatusCode::SERVICE_UNAVAILABLE {
+        resp.headers_mut()
+            .entry(poem::http::header::RETRY_AFTER)
+            .or_insert(HeaderValue::from_static("1"));
+    }
+    resp
 }
 
 /// 1 to 128 visible ASCII characters: anything else is replaced, not logged.

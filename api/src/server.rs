@@ -12,7 +12,7 @@ use migration::{Migrator, MigratorTrait};
 use poem::{
     Endpoint, EndpointExt, IntoResponse, PathPattern, Request, Response, Route, Server,
     endpoint::make_sync,
-    http::{Method, StatusCode, header},
+    http::{Method, header},
     middleware::CatchPanic,
     web::Html,
 };
@@ -193,17 +193,6 @@ pub async fn boxed_call<E: Endpoint + ?Sized>(ep: &E, req: Request) -> poem::Res
         .map(IntoResponse::into_response)
 }
 
-/// Every 503 (contention, database unavailable, draining) tells clients when to come back, so
-/// a crowd retrying in a loop spreads out instead of hammering a node that cannot serve.
-pub fn with_retry_after(mut resp: Response) -> Response {
-    if resp.status() == StatusCode::SERVICE_UNAVAILABLE {
-        resp.headers_mut()
-            .entry(header::RETRY_AFTER)
-            .or_insert(header::HeaderValue::from_static("1"));
-    }
-    resp
-}
-
 /// Refuses bodies over [`MAX_BODY_BYTES`] with 413, whether announced by `Content-Length` or
 /// streamed (chunked), before any handler reads them.
 async fn limit_body<E: Endpoint>(ep: Arc<E>, mut req: Request) -> poem::Result<Response> {
@@ -308,7 +297,10 @@ pub async fn run(config: Config, metrics: Option<PrometheusHandle>) -> anyhow::R
 #[cfg(test)]
 mod tests {
     use clap::Parser;
-    use poem::{Body, http::HeaderMap};
+    use poem::{
+        Body,
+        http::{HeaderMap, StatusCode},
+    };
     use serde_json::Value;
 
     use super::*;
