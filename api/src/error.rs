@@ -528,6 +528,12 @@ impl From<DomainError> for ApiError {
                 };
                 Self::new(Unavailable, detail)
             }
+            // Replaced by the idempotency layer with the key's first answer; here only if a
+            // handler let it through.
+            DomainError::AnsweredByKey => {
+                tracing::error!("a replay reached the error mapping");
+                crate::idempotency::answered_by_key()
+            }
             DomainError::Invariant(_) | DomainError::Db(_) | DomainError::Panicked(_) => {
                 tracing::error!(error = %err, "internal error");
                 Self::new(Internal, "internal error; it has been logged")

@@ -24,6 +24,16 @@ type Call<Req, Resp> = (
 );
 type RunFn<K, Req, Resp> =
     dyn Fn(K, Vec<Req>) -> Pin<Box<dyn Future<Output = Vec<Resp>> + Send>> + Send + Sync;
+type PrepareFn<K, Req, Resp> = dyn Fn(K, Vec<Req>) -> Pin<Box<dyn Future<Output = Vec<Stage<Req, Resp>>> + Send>>
+    + Send
+    + Sync;
+
+/// What a batch's preparing step made of one call: run it with the batch, or its answer now.
+#[derive(Debug)]
+pub enum Stage<Req, Resp> {
+    Run(Req),
+    Answered(Resp),
+}
 
 /// How a batcher gathers.
 #[derive(Debug, Clone, Copy)]
@@ -58,6 +68,7 @@ pub enum BatchError {
 /// spray of requests) leave nothing behind.
 pub struct KeyedBatcher<K, Req, Resp> {
     queues: Mutex<HashMap<K, mpsc::Sender<Call<Req, Resp>>>>,
+    prepare: Option<Box<PrepareFn<K, Req, Resp>>>,
     run: Arc<RunFn<K, Req, Resp>>,
     policy: BatchPolicy,
 }
@@ -74,9 +85,40 @@ where
         F: Fn(K, Vec<Req>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Vec<Resp>> + Send + 'static,
     {
+        Self::build(
+            policy,
+            None,
+            Arc::new(move |k, reqs| Box::pin(run(k, reqs))),
+        )
+    }
+
+    /// Like [`KeyedBatcher::new`], with a step before `run`: `prepare` sees the batch first
+    /// and may answer some calls at once (their callers stop waiting there); `run` gets the
+    /// others, as `prepare` passed them on. For holds: keys already answered are replayed
+    /// before the batch waits for the product's lock.
+    pub fn with_prepare<P, PFut, F, Fut>(policy: BatchPolicy, prepare: P, run: F) -> Arc<Self>
+    where
+        P: Fn(K, Vec<Req>) -> PFut + Send + Sync + 'static,
+        PFut: Future<Output = Vec<Stage<Req, Resp>>> + Send + 'static,
+        F: Fn(K, Vec<Req>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Vec<Resp>> + Send + 'static,
+    {
+        Self::build(
+            policy,
+            Some(Box::new(move |k, reqs| Box::pin(prepare(k, reqs)))),
+            Arc::new(move |k, reqs| Box::pin(run(k, reqs))),
+        )
+    }
+
+    fn build(
+        policy: BatchPolicy,
+        prepare: Option<Box<PrepareFn<K, Req, Resp>>>,
+        run: Arc<RunFn<K, Req, Resp>>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             queues: Mutex::new(HashMap::new()),
-            run: Arc::new(move |k, reqs| Box::pin(run(k, reqs))),
+            prepare,
+            run,
             policy: BatchPolicy {
                 max_batch: policy.max_batch.max(1),
                 max_queued: policy.max_queued.max(1),
@@ -222,27 +264,64 @@ where
         if reqs.is_empty() {
             return;
         }
-        // A panic in `run` is caught here and reported to every caller, and this key's task
-        // keeps serving. (Caught where it runs rather than on a task of its own, which would
-        // queue the batch behind the runtime's other tasks before it started.)
-        let run = std::panic::AssertUnwindSafe((self.run)(key.clone(), reqs));
-        let answers = futures_util::FutureExt::catch_unwind(run).await;
-        match answers {
+        let (reqs, replies) = match &self.prepare {
+            None => (reqs, replies),
+            Some(prepare) => {
+                let staged = match caught(prepare(key.clone(), reqs)).await {
+                    Ok(staged) => staged,
+                    Err(panicked) => return panicked.tell(replies),
+                };
+                debug_assert_eq!(staged.len(), replies.len());
+                let (mut reqs, mut to_run) = (Vec::new(), Vec::new());
+                for (stage, reply) in staged.into_iter().zip(replies) {
+                    match stage {
+                        Stage::Run(req) => {
+                            reqs.push(req);
+                            to_run.push(reply);
+                        }
+                        Stage::Answered(answer) => {
+                            let _ = reply.send(Ok(answer));
+                        }
+                    }
+                }
+                if reqs.is_empty() {
+                    return;
+                }
+                (reqs, to_run)
+            }
+        };
+        match caught((self.run)(key.clone(), reqs)).await {
             Ok(answers) => {
                 debug_assert_eq!(answers.len(), replies.len());
                 for (reply, answer) in replies.into_iter().zip(answers) {
                     let _ = reply.send(Ok(answer));
                 }
             }
-            Err(payload) => {
-                let message = panic_message(payload.as_ref());
-                tracing::error!(panic = %message, "a batch panicked");
-                for reply in replies {
-                    let _ = reply.send(Err(BatchError::Panicked(message.clone())));
-                }
-            }
+            Err(panicked) => panicked.tell(replies),
         }
     }
+}
+
+/// A step of a batch that panicked, with the panic's message.
+struct Panicked(String);
+
+impl Panicked {
+    /// Every caller of the batch gets the message, and it is logged.
+    fn tell<Resp>(self, replies: Vec<oneshot::Sender<Result<Resp, BatchError>>>) {
+        tracing::error!(panic = %self.0, "a batch panicked");
+        for reply in replies {
+            let _ = reply.send(Err(BatchError::Panicked(self.0.clone())));
+        }
+    }
+}
+
+/// Runs a step of a batch, catching a panic so that this key's task goes on serving. (Caught
+/// where it runs rather than on a task of its own, which would queue the batch behind the
+/// runtime's other tasks before it started.)
+async fn caught<T>(step: impl Future<Output = T>) -> Result<T, Panicked> {
+    futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(step))
+        .await
+        .map_err(|payload| Panicked(panic_message(payload.as_ref())))
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
@@ -468,6 +547,82 @@ mod tests {
         assert_eq!(
             b.call(1, 13).await,
             Err(BatchError::Panicked("boom".into()))
+        );
+        assert_eq!(b.call(1, 14).await, Ok(14), "the key is served again");
+    }
+
+    /// A batch's preparing step answers some calls at once (here the even ones), while the
+    /// others go on to the batch, which is stuck: the answered callers do not wait for it.
+    #[tokio::test]
+    async fn calls_answered_while_preparing_do_not_wait_for_the_batch() {
+        let ran = Arc::new(Mutex::new(Vec::new()));
+        let (release, released) = tokio::sync::watch::channel(false);
+        let seen = ran.clone();
+        let b = KeyedBatcher::with_prepare(
+            policy(20),
+            |_k: u8, reqs: Vec<u32>| async move {
+                reqs.into_iter()
+                    .map(|r| match r % 2 {
+                        0 => Stage::Answered(r + 1_000),
+                        _ => Stage::Run(r),
+                    })
+                    .collect()
+            },
+            move |_k: u8, reqs: Vec<u32>| {
+                let (seen, mut released) = (seen.clone(), released.clone());
+                async move {
+                    seen.lock().unwrap().extend(reqs.iter().copied());
+                    let _ = released.wait_for(|r| *r).await;
+                    reqs
+                }
+            },
+        );
+        let calls: Vec<_> = (0..6u32)
+            .map(|i| {
+                let b = b.clone();
+                tokio::spawn(async move { b.call(1, i).await })
+            })
+            .collect();
+        until("the batch runs with the odd calls", || {
+            ran.lock().unwrap().len() == 3
+        })
+        .await;
+        let (even, odd): (Vec<_>, Vec<_>) =
+            calls.into_iter().enumerate().partition(|(i, _)| i % 2 == 0);
+        // The batch is stuck, and the even calls have their answers.
+        for (i, call) in even {
+            let answer = tokio::time::timeout(Duration::from_secs(5), call)
+                .await
+                .unwrap_or_else(|_| panic!("call {i} waited for the batch"));
+            assert_eq!(answer.unwrap(), Ok(i as u32 + 1_000));
+        }
+        assert!(odd.iter().all(|(_, call)| !call.is_finished()));
+        release.send(true).unwrap();
+        for (i, call) in odd {
+            assert_eq!(call.await.unwrap(), Ok(i as u32));
+        }
+        assert_eq!(
+            *ran.lock().unwrap(),
+            vec![1, 3, 5],
+            "the batch ran the odd calls"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_panic_while_preparing_reaches_every_caller_and_the_key_keeps_serving() {
+        let b = KeyedBatcher::with_prepare(
+            policy(0),
+            |_k: u8, reqs: Vec<u32>| async move {
+                if reqs.contains(&13) {
+                    panic!("prepared badly");
+                }
+                reqs.into_iter().map(Stage::Run).collect()
+            },
+            |_k: u8, reqs: Vec<u32>| async move { reqs },
+        );
+        assert_eq!(
+            b.call(1, 13).await,
+            Err(BatchError::Panicked("prepared badly".into()))
         );
         assert_eq!(b.call(1, 14).await, Ok(14), "the key is served again");
     }

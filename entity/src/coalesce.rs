@@ -14,7 +14,7 @@ use std::{
 
 use crate::{
     Db, DomainError,
-    batcher::{BatchError, BatchPolicy, KeyedBatcher},
+    batcher::{BatchError, BatchPolicy, KeyedBatcher, Stage},
     db::ANSWER_WITHIN,
     holds::{self, HoldRequest, HoldView},
     idempotency::{self, KeyedRequest, Lookup},
@@ -68,8 +68,16 @@ impl HoldCoalescer {
             // against 5,840-7,700; buyer-limited 4,540-6,120 against 8,420-12,120).
             max_in_flight: 1,
         };
-        let batcher = KeyedBatcher::new(
+        let prepare = {
+            let db = db.clone();
+            move |_product, reqs| {
+                let db = db.clone();
+                async move { answer_finished_keys(&db, reqs).await }
+            }
+        };
+        let batcher = KeyedBatcher::with_prepare(
             policy,
+            prepare,
             move |product_id, reqs: Vec<(HoldRequest, Instant)>| {
                 let db = db.clone();
                 async move {
@@ -124,6 +132,75 @@ impl HoldCoalescer {
         }
         answer
     }
+}
+
+/// A hold batch's first step: the keys its requests brought that nobody has looked up yet are
+/// looked up together, by one statement that takes no lock, and each request's slot is told what
+/// was found. A key that had finished is answered now ([`DomainError::AnsweredByKey`]: its
+/// first answer is replayed), before the batch waits for the product's lock; the others run.
+/// (Looked up here rather than on arrival, a keyed hold waits in one queue, not two.)
+async fn answer_finished_keys(
+    db: &Db,
+    reqs: Vec<(HoldRequest, Instant)>,
+) -> Vec<Stage<(HoldRequest, Instant), HoldAnswer>> {
+    let unchecked: Vec<&KeyedRequest> = reqs
+        .iter()
+        .filter(|(r, _)| r.key_unchecked())
+        .filter_map(|(r, _)| r.keyed.as_ref().map(|k| &k.request))
+        .collect();
+    if unchecked.is_empty() {
+        return reqs.into_iter().map(Stage::Run).collect();
+    }
+    let deadline = reqs.iter().map(|(_, arrived)| due(*arrived)).min();
+    let found = tokio::time::timeout_at(
+        deadline.unwrap_or_else(Instant::now).into(),
+        look_up(db, idempotency::HOLDS, &unchecked),
+    )
+    .await
+    .unwrap_or_else(|_| Err(crate::db::out_of_time()));
+    let mut found = match found {
+        Ok(found) => found.into_iter().map(Ok).collect::<Vec<_>>(),
+        Err(e) => vec![Err(e); unchecked.len()],
+    }
+    .into_iter();
+    reqs.into_iter()
+        .map(|(req, arrived)| {
+            if !req.key_unchecked() {
+                return Stage::Run((req, arrived));
+            }
+            let lookup = match found.next() {
+                Some(Ok(lookup)) => lookup,
+                Some(Err(e)) => return Stage::Answered(Err(e)),
+                None => {
+                    let e = DomainError::Invariant("a key look-up answered too few".into());
+                    return Stage::Answered(Err(e));
+                }
+            };
+            let finished = lookup != Lookup::Absent;
+            if let Some(slot) = &req.key_look_up {
+                let _ = slot.set(lookup);
+            }
+            if finished {
+                Stage::Answered(Err(DomainError::AnsweredByKey))
+            } else {
+                Stage::Run((req, arrived))
+            }
+        })
+        .collect()
+}
+
+/// Looks keys of one scope up ([`idempotency::lookup_many`]), counted in the look-up metrics.
+async fn look_up(
+    db: &Db,
+    scope: &str,
+    requests: &[&KeyedRequest],
+) -> Result<Vec<Lookup>, DomainError> {
+    let started = Instant::now();
+    let found = idempotency::lookup_many(db, scope, requests).await;
+    metrics::histogram!("idempotency_lookup_batch_size").record(requests.len() as f64);
+    metrics::histogram!("idempotency_lookup_duration_seconds")
+        .record(started.elapsed().as_secs_f64());
+    found
 }
 
 #[derive(Clone)]
@@ -201,15 +278,11 @@ impl KeyLookups {
         let batcher = KeyedBatcher::new(policy, move |scope, requests: Vec<KeyedRequest>| {
             let db = db.clone();
             async move {
-                let started = Instant::now();
-                let answers = match idempotency::lookup_many(&db, scope, &requests).await {
+                let refs: Vec<&KeyedRequest> = requests.iter().collect();
+                match look_up(&db, scope, &refs).await {
                     Ok(found) => found.into_iter().map(Ok).collect(),
                     Err(e) => requests.iter().map(|_| Err(e.clone())).collect(),
-                };
-                metrics::histogram!("idempotency_lookup_batch_size").record(requests.len() as f64);
-                metrics::histogram!("idempotency_lookup_duration_seconds")
-                    .record(started.elapsed().as_secs_f64());
-                answers
+                }
             }
         });
         Self { batcher }

@@ -84,6 +84,11 @@ pub enum DomainError {
     /// exhausted, or a Galera node outside the primary component (1047, 1180 at COMMIT).
     #[error("database unavailable: {0}")]
     Unavailable(Arc<DbErr>),
+    /// The request's idempotency key had finished when its hold batch looked it up: nothing
+    /// ran, and what the batch found (in the request's [`crate::idempotency::LookupSlot`]) is
+    /// its answer.
+    #[error("the idempotency key had finished; its first answer is replayed")]
+    AnsweredByKey,
     /// The client went away before its request was served; nothing was done for it.
     #[error("the client went away before its request was served")]
     Abandoned,

@@ -13,7 +13,7 @@ use crate::{
     Db, DomainError, OrderStatus, Quantity,
     db::{ServerTraits, now, with_retry, with_retry_until},
     hold::{self, HoldStatus},
-    idempotency::{Keyed, KeyedRequest, StoredResponse, check_in_txn, store_in_txn},
+    idempotency::{Keyed, KeyedRequest, LookupSlot, StoredResponse, check_in_txn, store_in_txn},
     product,
     sweeps::{log_expired, reclaim_expired},
     transitions::{HoldRef, NewHold, create_holds, lock_hold, lock_product, move_holds},
@@ -71,6 +71,10 @@ pub struct HoldRequest {
     /// Its `Idempotency-Key`, if it came with one: the key and its answer are written in the
     /// batch's transaction.
     pub keyed: Option<Keyed<HoldView>>,
+    /// `None`: the key (if any) was looked up when the request arrived, and found free.
+    /// `Some`: not yet; the coalesced batch looks it up, without the product's lock, and writes
+    /// what it found here. A finished key is then answered [`DomainError::AnsweredByKey`].
+    pub key_look_up: Option<LookupSlot>,
     /// Raised when the client has gone (its connection closed): a request whose client has
     /// gone by the time its batch holds the product lock takes no stock. `None`: always wanted.
     /// (A caller that stops waiting before its batch starts is left out by the batcher.)
@@ -83,8 +87,14 @@ impl HoldRequest {
             qty,
             buyer: None,
             keyed: None,
+            key_look_up: None,
             client_gone: None,
         }
+    }
+
+    /// A key nobody has looked up yet: the batch must check it before granting.
+    pub(crate) fn key_unchecked(&self) -> bool {
+        self.keyed.is_some() && self.key_look_up.as_ref().is_some_and(|s| s.get().is_none())
     }
 
     fn abandoned(&self) -> bool {
@@ -132,11 +142,12 @@ pub async fn create_holds_batch(
     let mut attempt = 0;
     let (answers, reclaimed) = with_retry_until(deadline, Some(product_id), || {
         attempt += 1;
-        // The keys of this batch were free when their requests arrived (the API looked them
-        // up, and no twin runs in this process), so the first attempt only writes them. If a
-        // twin elsewhere wrote one meanwhile, that write fails and the batch runs again: then
-        // the keys are checked first.
-        let check_keys = attempt > 1;
+        // The keys of this batch were free when they were looked up (on their requests'
+        // arrival, or by the coalescer just before this batch; no twin runs in this process),
+        // so the first attempt only writes them. If a twin elsewhere wrote one meanwhile, that
+        // write fails and the batch runs again: then the keys are checked first. A key nobody
+        // looked up is checked from the start.
+        let check_keys = attempt > 1 || requests.iter().any(HoldRequest::key_unchecked);
         db.write_until(deadline, async move |txn| {
             let product = lock_product(txn, product_id).await?;
             let now = now();

@@ -109,6 +109,10 @@ pub enum Lookup {
     Mismatch,
 }
 
+/// Where a hold batch writes what it found of a key that was not looked up when its request
+/// arrived (see [`crate::holds::HoldRequest::key_look_up`]).
+pub type LookupSlot = std::sync::Arc<std::sync::OnceLock<Lookup>>;
+
 /// The scope whose granted requests keep their keys on their hold rows.
 pub const HOLDS: &str = "holds";
 
@@ -139,12 +143,13 @@ impl Found {
 
 /// Looks keys of one scope up without locking anything (a replay never waits for the product
 /// lock): one statement for all of them, and one more per place only when some were found
-/// with the same request (replays). [`crate::coalesce::KeyLookups`] gathers the keys of
+/// with the same request (replays). A hold batch looks up its requests' keys with one call
+/// before it locks the product; [`crate::coalesce::KeyLookups`] gathers the other keys of
 /// concurrent requests into one call.
 pub async fn lookup_many(
     db: &Db,
     scope: &str,
-    requests: &[KeyedRequest],
+    requests: &[&KeyedRequest],
 ) -> Result<Vec<Lookup>, DomainError> {
     let keys: Vec<&str> = requests.iter().map(|r| r.key.as_str()).collect();
     let rows = db.read(|| find_keys(db.conn(), scope, &keys)).await?;

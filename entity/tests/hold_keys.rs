@@ -74,7 +74,7 @@ async fn look_up(db: &Db, key: &str, fingerprint: &str) -> Lookup {
         key: key.into(),
         fingerprint: fingerprint.into(),
     };
-    idempotency::lookup_many(db, idempotency::HOLDS, &[request])
+    idempotency::lookup_many(db, idempotency::HOLDS, &[&request])
         .await
         .expect("look-up")
         .remove(0)

@@ -234,15 +234,16 @@ impl HoldsApi {
             (Some(qty), Ok(buyer)) => {
                 let request = HoldRequest {
                     buyer,
-                    keyed: keys.0.0.clone().map(|request| Keyed {
+                    keyed: keys.request.clone().map(|request| Keyed {
                         request,
                         render: render_hold,
                     }),
+                    key_look_up: keys.look_up.clone(),
                     client_gone: self.state.connections.gone_flag(remote),
                     ..HoldRequest::new(qty)
                 };
                 let product_id = ProductId::new(body.product_id);
-                match &self.state.hold_coalescer {
+                let answer = match &self.state.hold_coalescer {
                     Some(coalescer) => coalescer.create_hold(product_id, request).await,
                     None => {
                         let (db, ttl) = (&self.state.db, self.state.hold_ttl);
@@ -250,8 +251,15 @@ impl HoldsApi {
                         // future would otherwise carry (and copy) room for it.
                         Box::pin(holds::create_hold(db, product_id, request, ttl)).await
                     }
+                };
+                match answer {
+                    // Its key had finished: the idempotency layer answers with what the
+                    // batch found.
+                    Err(DomainError::AnsweredByKey) => {
+                        return Err(idempotency::answered_by_key().into());
+                    }
+                    answer => answer.map_err(ApiError::from),
                 }
-                .map_err(ApiError::from)
             }
         };
         if let Err(e) = &result {

@@ -188,7 +188,7 @@ impl OrdersApi {
         body: JsonBody<CreateOrder>,
         keys: Data<&KeyCheck>,
     ) -> Result<OrderPlaced, Problems<CreateOrderProblems>> {
-        let keyed = keys.0.0.clone().map(|request| Keyed {
+        let keyed = keys.request.clone().map(|request| Keyed {
             request,
             render: render_order,
         });

@@ -35,6 +35,12 @@ on_both_databases! {
 
         let other = hold_with_key(&app.client, "retry-1", &json!({"product_id": product, "qty": 3})).await;
         assert_eq!((other.status, other.code()), (422, "idempotency_key_mismatch"));
+        // So is a body refused before it reaches a batch; with a fresh key it is just refused.
+        let zero = json!({"product_id": product, "qty": 0});
+        let refused_early = hold_with_key(&app.client, "retry-1", &zero).await;
+        assert_eq!((refused_early.status, refused_early.code()), (422, "idempotency_key_mismatch"));
+        let fresh = hold_with_key(&app.client, "fresh-key-bad-body", &zero).await;
+        assert_eq!((fresh.status, fresh.code()), (422, "validation_error"), "{}", fresh.body);
         // Refusals are stored answers too: a retried 409 stays a 409.
         let big = json!({"product_id": product, "qty": 10});
         assert_eq!(hold_with_key(&app.client, "too-big", &big).await.status, 409);

@@ -257,6 +257,43 @@ on_both_databases! {
         app.assert_stock_conserved().await;
     }
 
+    // Replays never wait for the product: with its row locked from outside, a key that made a
+    // hold, a key whose request was refused and a key sent again with another body are all
+    // answered while the lock is still held (a request that waited for it would be answered
+    // only when its 4.5 s ran out), and nothing new is held.
+    async fn replays_are_answered_while_the_product_row_is_locked(backend: Backend) {
+        let app = TestApp::spawn(backend).await;
+        let product = app.create_product(3).await;
+        let granted = app.hold_with_key(product, 2, "locked-granted").await;
+        assert_eq!(granted.status, 201, "{}", granted.body);
+        let refused = app.hold_with_key(product, 2, "locked-refused").await;
+        assert_eq!(refused.code(), "insufficient_stock", "{}", refused.body);
+
+        let blocker = app.block_product(product).await;
+        let replays = async {
+            tokio::join!(
+                app.hold_with_key(product, 2, "locked-granted"),
+                app.hold_with_key(product, 2, "locked-refused"),
+                app.hold_with_key(product, 1, "locked-granted"),
+            )
+        };
+        let (granted_again, refused_again, other_body) =
+            tokio::time::timeout(Duration::from_millis(2_500), replays)
+                .await
+                .expect("replays answered while the product row is still locked");
+        blocker.release().await;
+
+        for (again, first) in [(&granted_again, &granted), (&refused_again, &refused)] {
+            assert!(again.replayed(), "a replay: {} {}", again.status, again.body);
+            assert_eq!((again.status, &again.body), (first.status, &first.body));
+        }
+        assert_eq!(other_body.status, 422, "{}", other_body.body);
+        assert_eq!(other_body.code(), "idempotency_key_mismatch", "{}", other_body.body);
+        assert_eq!(app.count("holds", &format!("product_id = {product}")).await, 1);
+        assert_eq!(app.available(product).await, 1);
+        app.assert_stock_conserved().await;
+    }
+
     // Hold requests whose clients gave up (timed out) while they waited behind a batch stuck on
     // the product's lock take no stock, whether they were still queued or in a batch that was
     // itself waiting for the lock; the ones that stayed get theirs.
