@@ -213,7 +213,7 @@ async fn holds_only(release: &Path, base: &str, seconds: u64, out_dir: &Path) ->
 
 /// The price of an `Idempotency-Key` and of a per-buyer limit: unkeyed holds, keyed holds (a
 /// unique key each) and holds by distinct buyers on a product with a limit of 5, all at 256
-/// connections, one after the other in each of `rounds` rounds. Each path's share is taken
+/// connections, forward and back in each of `rounds` rounds. Each path's share is taken
 /// against the unkeyed holds of the same rounds, so all three ran on the same tables (their
 /// size changes a hold's cost) and through the same spells of the machine's speed.
 ///
@@ -235,30 +235,26 @@ async fn hold_paths(
     let limited = api.create_limited_product(100_000_000, 5).await?;
     let url = format!("{}/api/holds", api.url);
     let mut runs: Vec<Vec<Value>> = Vec::new();
+    // Each round runs the paths forward and back (unkeyed, keyed, limited, limited, keyed,
+    // unkeyed), each for half the round's time per pass: a drift of the machine's speed through
+    // the round, and the tables' growth, then weigh on every path alike. (Run once each in a
+    // fixed order, the later paths always got the later part of the drift and the larger
+    // tables.)
+    let pass = (seconds / 2).max(1);
     for round in 1..=rounds.max(1) {
-        let mut run = Vec::new();
-        // Made anew for each run: keys and buyer ids are new in every run, never replays.
-        for path in 0..3 {
+        let mut paths: [PathRun; 3] = Default::default();
+        for path in [0, 1, 2, 2, 1, 0] {
+            // Made anew for each run: keys and buyer ids are new in every run, never replays.
             let script = match path {
                 0 => holds_request_script(product),
                 1 => keyed_holds_script(product),
                 _ => buyer_holds_script(limited),
             };
             let before = CpuSnapshot::take(api, db_pid);
-            let v = wrk(&url, 256, seconds, &script)?;
-            let cpu =
-                CpuSnapshot::take(api, db_pid).since(&before, v["ok"].as_f64().unwrap_or(0.0));
-            run.push(json!({
-                "holds_per_s": rate(&v, "ok"),
-                "p50_ms": ms(&v, "p50_us"),
-                "p99_ms": ms(&v, "p99_us"),
-                "refused": v["refused"],
-                "api_us": cpu[0],
-                "db_us": cpu[1],
-                "wrk_us": cpu[2],
-                "service_us": cpu[0] + cpu[1],
-            }));
+            let v = wrk(&url, 256, pass, &script)?;
+            paths[path].add(&v, CpuSnapshot::take(api, db_pid).since(&before));
         }
+        let run: Vec<Value> = paths.iter().map(PathRun::figures).collect();
         let per_s = |v: &Value| v["holds_per_s"].as_f64().unwrap_or(0.0);
         let cost = |v: &Value| {
             let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
@@ -327,7 +323,8 @@ async fn hold_paths(
     limited["refused_in_last_round"] = runs.last().map_or(Value::Null, |r| r[2]["refused"].clone());
     let result = json!({
         "rounds": runs.len(),
-        "seconds_per_run": seconds,
+        "seconds_per_path_per_round": seconds,
+        "passes_per_round": "unkeyed, keyed, limited, limited, keyed, unkeyed; each half the seconds",
         "unkeyed": unkeyed,
         "keyed": keyed,
         "limited": limited,
@@ -366,10 +363,49 @@ impl CpuSnapshot {
         ])
     }
 
-    /// Microseconds of CPU per hold, each process, since `before`.
-    fn since(&self, before: &Self, holds: f64) -> [f64; 3] {
-        let per_hold = |i: usize| 1e6 * (self.0[i] - before.0[i]) / holds.max(1.0);
-        [per_hold(0), per_hold(1), per_hold(2)]
+    /// Seconds of CPU of each process since `before`.
+    fn since(&self, before: &Self) -> [f64; 3] {
+        [0, 1, 2].map(|i| self.0[i] - before.0[i])
+    }
+}
+
+/// One hold path's passes in one round, added up.
+#[derive(Default)]
+struct PathRun {
+    ok: f64,
+    duration_s: f64,
+    refused: u64,
+    p50_ms: f64,
+    p99_ms: f64,
+    /// CPU seconds of the API, MariaDB and wrk over the passes.
+    cpu: [f64; 3],
+}
+
+impl PathRun {
+    fn add(&mut self, v: &Value, cpu: [f64; 3]) {
+        self.ok += v["ok"].as_f64().unwrap_or(0.0);
+        self.duration_s += v["duration_us"].as_f64().unwrap_or(0.0) / 1e6;
+        self.refused += v["refused"].as_u64().unwrap_or(0);
+        self.p50_ms = self.p50_ms.max(ms(v, "p50_us"));
+        self.p99_ms = self.p99_ms.max(ms(v, "p99_us"));
+        for (total, pass) in self.cpu.iter_mut().zip(cpu) {
+            *total += pass;
+        }
+    }
+
+    /// Holds per second over all passes, the worse pass's p50 and p99, CPU µs per hold.
+    fn figures(&self) -> Value {
+        let per_hold = |i: usize| 1e6 * self.cpu[i] / self.ok.max(1.0);
+        json!({
+            "holds_per_s": self.ok / self.duration_s.max(f64::MIN_POSITIVE),
+            "p50_ms": self.p50_ms,
+            "p99_ms": self.p99_ms,
+            "refused": self.refused,
+            "api_us": per_hold(0),
+            "db_us": per_hold(1),
+            "wrk_us": per_hold(2),
+            "service_us": per_hold(0) + per_hold(1),
+        })
     }
 }
 
