@@ -481,11 +481,31 @@ mod tests {
         }
     }
 
+    /// A batch that notes the calls it ran, then waits until the test releases it (sends
+    /// `true`); it answers each call with itself.
+    #[allow(clippy::type_complexity)]
+    fn stuck_batch() -> (
+        Arc<Mutex<Vec<u32>>>,
+        tokio::sync::watch::Sender<bool>,
+        impl Fn(u8, Vec<u32>) -> Pin<Box<dyn Future<Output = Vec<u32>> + Send>> + Send + Sync,
+    ) {
+        let ran = Arc::new(Mutex::new(Vec::new()));
+        let (release, released) = tokio::sync::watch::channel(false);
+        let seen = ran.clone();
+        let run = move |_k: u8, reqs: Vec<u32>| -> Pin<Box<dyn Future<Output = Vec<u32>> + Send>> {
+            let (seen, mut released) = (seen.clone(), released.clone());
+            Box::pin(async move {
+                seen.lock().unwrap().extend(reqs.iter().copied());
+                let _ = released.wait_for(|r| *r).await;
+                reqs
+            })
+        };
+        (ran, release, run)
+    }
+
     #[tokio::test]
     async fn callers_that_gave_up_are_left_out_of_the_next_batch() {
-        let served = Arc::new(Mutex::new(Vec::new()));
-        let (release, released) = tokio::sync::watch::channel(false);
-        let seen = served.clone();
+        let (served, release, run) = stuck_batch();
         let b = KeyedBatcher::new(
             BatchPolicy {
                 max_batch: 100,
@@ -493,14 +513,7 @@ mod tests {
                 max_queued: 100,
                 max_in_flight: 1,
             },
-            move |_k: u8, reqs: Vec<u32>| {
-                let (seen, mut released) = (seen.clone(), released.clone());
-                async move {
-                    seen.lock().unwrap().extend(reqs.iter().copied());
-                    let _ = released.wait_for(|r| *r).await;
-                    reqs
-                }
-            },
+            run,
         );
         let first = tokio::spawn({
             let b = b.clone();
@@ -555,9 +568,7 @@ mod tests {
     /// others go on to the batch, which is stuck: the answered callers do not wait for it.
     #[tokio::test]
     async fn calls_answered_while_preparing_do_not_wait_for_the_batch() {
-        let ran = Arc::new(Mutex::new(Vec::new()));
-        let (release, released) = tokio::sync::watch::channel(false);
-        let seen = ran.clone();
+        let (ran, release, run) = stuck_batch();
         let b = KeyedBatcher::with_prepare(
             policy(20),
             |_k: u8, reqs: Vec<u32>| async move {
@@ -568,14 +579,7 @@ mod tests {
                     })
                     .collect()
             },
-            move |_k: u8, reqs: Vec<u32>| {
-                let (seen, mut released) = (seen.clone(), released.clone());
-                async move {
-                    seen.lock().unwrap().extend(reqs.iter().copied());
-                    let _ = released.wait_for(|r| *r).await;
-                    reqs
-                }
-            },
+            run,
         );
         let calls: Vec<_> = (0..6u32)
             .map(|i| {
