@@ -377,6 +377,8 @@ struct PathRun {
     refused: u64,
     p50_ms: f64,
     p99_ms: f64,
+    /// Each pass's p99, in order.
+    p99_ms_passes: Vec<f64>,
     /// CPU seconds of the API, MariaDB and wrk over the passes.
     cpu: [f64; 3],
 }
@@ -388,6 +390,7 @@ impl PathRun {
         self.refused += v["refused"].as_u64().unwrap_or(0);
         self.p50_ms = self.p50_ms.max(ms(v, "p50_us"));
         self.p99_ms = self.p99_ms.max(ms(v, "p99_us"));
+        self.p99_ms_passes.push(ms(v, "p99_us"));
         for (total, pass) in self.cpu.iter_mut().zip(cpu) {
             *total += pass;
         }
@@ -400,6 +403,7 @@ impl PathRun {
             "holds_per_s": self.ok / self.duration_s.max(f64::MIN_POSITIVE),
             "p50_ms": self.p50_ms,
             "p99_ms": self.p99_ms,
+            "p99_ms_passes": self.p99_ms_passes,
             "refused": self.refused,
             "api_us": per_hold(0),
             "db_us": per_hold(1),
