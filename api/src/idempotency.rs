@@ -50,7 +50,7 @@ pub const ORDERS: &str = "orders";
 /// what it found.
 #[derive(Debug, Clone, Default)]
 pub struct KeyCheck {
-    pub request: Option<KeyedRequest>,
+    pub request: Option<Arc<KeyedRequest>>,
     pub look_up: Option<LookupSlot>,
 }
 
@@ -85,19 +85,23 @@ pub fn parse_key(raw: &str) -> Option<&str> {
         .then_some(key)
 }
 
+/// A running request's key, with its scope: shared by [`InFlight`] and [`Running`], so one
+/// copy of the key is made.
+type RunningKey = (&'static str, Arc<str>);
+
 /// Keys whose requests are running in this process.
 #[derive(Clone, Default)]
-pub struct InFlight(Arc<Mutex<HashSet<(&'static str, String)>>>);
+pub struct InFlight(Arc<Mutex<HashSet<RunningKey>>>);
 
 /// Holds a key in [`InFlight`] until the request ends (or its client goes away).
 struct Running {
     set: InFlight,
-    id: (&'static str, String),
+    id: RunningKey,
 }
 
 impl InFlight {
     fn start(&self, scope: &'static str, key: &str) -> Option<Running> {
-        let id = (scope, key.to_owned());
+        let id = (scope, Arc::from(key));
         let mut set = self.0.lock().unwrap_or_else(|p| p.into_inner());
         set.insert(id.clone()).then(|| Running {
             set: self.clone(),
@@ -134,7 +138,7 @@ async fn idempotent<E: Endpoint>(
         Some(found) => found.clone(),
         // Answered before any batch saw it (its body refused, the product's queue full): looked
         // up now, so that a finished key is answered the same whichever way its retry went.
-        None => match state.key_lookups.lookup(keyed).await {
+        None => match state.key_lookups.lookup(Arc::unwrap_or_clone(keyed)).await {
             Ok(found) => found,
             Err(_) => return answer,
         },
@@ -148,7 +152,7 @@ async fn idempotent<E: Endpoint>(
 /// A key whose look-up the layer left to the hold batch: where the batch writes what it found.
 struct Deferred {
     slot: LookupSlot,
-    keyed: KeyedRequest,
+    keyed: Arc<KeyedRequest>,
     state: Arc<AppState>,
 }
 
@@ -200,15 +204,11 @@ async fn admit(
             "internal error; it has been logged",
         ));
     };
-    let Some(raw) = req
-        .headers()
-        .get(HEADER)
-        .map(|v| v.to_str().unwrap_or("\u{0}").to_owned())
-    else {
+    let Some(raw) = req.headers().get(HEADER) else {
         req.set_data(KeyCheck::default());
         return Ok(Admitted::Run(None, None));
     };
-    let Some(key) = parse_key(&raw).map(str::to_owned) else {
+    let Some(key) = raw.to_str().ok().and_then(parse_key).map(str::to_owned) else {
         return answered(ApiError::field(
             ProblemCode::MalformedRequest,
             "Idempotency-Key",
@@ -216,17 +216,17 @@ async fn admit(
         ));
     };
     let body = req.take_body().into_bytes().await?;
-    let keyed = KeyedRequest {
+    let keyed = Arc::new(KeyedRequest {
         scope,
         key,
         fingerprint: fingerprint(&body),
-    };
+    });
     req.set_body(body);
     // A coalesced hold's key is looked up by its batch, before the batch takes the product's
     // lock: one queue to wait in instead of two. Any other key is looked up here.
     let in_batch = scope == HOLDS && state.hold_coalescer.is_some();
     if !in_batch {
-        match state.key_lookups.lookup(keyed.clone()).await {
+        match state.key_lookups.lookup((*keyed).clone()).await {
             Ok(found) => {
                 if let Some(answer) = answer_found(found, scope, render_hold) {
                     return Ok(Admitted::Answered(answer));
@@ -239,7 +239,7 @@ async fn admit(
         // A twin runs in this process. Its key may have finished already (twins retrying a
         // finished key): then this one is replayed too, as if it had been looked up first.
         if in_batch
-            && let Ok(found) = state.key_lookups.lookup(keyed).await
+            && let Ok(found) = state.key_lookups.lookup(Arc::unwrap_or_clone(keyed)).await
             && let Some(answer) = answer_found(found, scope, render_hold)
         {
             return Ok(Admitted::Answered(answer));

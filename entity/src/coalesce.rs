@@ -146,7 +146,7 @@ async fn answer_finished_keys(
     let unchecked: Vec<&KeyedRequest> = reqs
         .iter()
         .filter(|(r, _)| r.key_unchecked())
-        .filter_map(|(r, _)| r.keyed.as_ref().map(|k| &k.request))
+        .filter_map(|(r, _)| r.keyed.as_ref().map(|k| &*k.request))
         .collect();
     if unchecked.is_empty() {
         return reqs.into_iter().map(Stage::Run).collect();

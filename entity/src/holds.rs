@@ -168,7 +168,7 @@ pub async fn create_holds_batch(
                     d.as_ref().ok().map(|&qty| NewHold {
                         qty,
                         buyer: r.buyer.as_ref().map(BuyerId::as_str),
-                        key: r.keyed.as_ref().map(|k| &k.request),
+                        key: r.keyed.as_ref().map(|k| &*k.request),
                     })
                 })
                 .collect();
@@ -207,7 +207,7 @@ async fn refusals<C: ConnectionTrait>(
         let keyed: Vec<(usize, &KeyedRequest)> = requests
             .iter()
             .enumerate()
-            .filter_map(|(i, r)| r.keyed.as_ref().map(|k| (i, &k.request)))
+            .filter_map(|(i, r)| r.keyed.as_ref().map(|k| (i, &*k.request)))
             .collect();
         let keyed_requests: Vec<&KeyedRequest> = keyed.iter().map(|(_, k)| *k).collect();
         let checks = check_in_txn(txn, &keyed_requests).await?;
@@ -305,7 +305,7 @@ async fn store_refusals(
     if !keys_checked {
         let keyed: Vec<&KeyedRequest> = refused
             .iter()
-            .filter_map(|&i| requests[i].keyed.as_ref().map(|k| &k.request))
+            .filter_map(|&i| requests[i].keyed.as_ref().map(|k| &*k.request))
             .collect();
         for (&i, check) in refused.iter().zip(check_in_txn(txn, &keyed).await?) {
             if let Err(taken) = check {
@@ -318,7 +318,7 @@ async fn store_refusals(
         .filter(|&&i| worth_replaying(&answers[i]))
         .filter_map(|&i| {
             let k = requests[i].keyed.as_ref()?;
-            Some((&k.request, (k.render)(&answers[i])?))
+            Some((&*k.request, (k.render)(&answers[i])?))
         })
         .collect();
     store_in_txn(txn, server, &stored).await?;

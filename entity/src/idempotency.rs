@@ -91,7 +91,8 @@ pub type Render<T> = fn(&Result<T, DomainError>) -> Option<StoredResponse>;
 /// A keyed request on its way into a transaction, with how to write down its answer.
 #[derive(Debug, Clone)]
 pub struct Keyed<T> {
-    pub request: KeyedRequest,
+    /// Shared with the API's idempotency layer, which keeps it for after the request.
+    pub request: std::sync::Arc<KeyedRequest>,
     pub render: Render<T>,
 }
 

@@ -77,7 +77,7 @@ pub async fn create_order(
             let Some(k) = &keyed else {
                 return order_for_hold(txn, hold_id, now()).await.map(Ok);
             };
-            if let Some(Err(taken)) = check_in_txn(txn, &[&k.request]).await?.pop() {
+            if let Some(Err(taken)) = check_in_txn(txn, &[&*k.request]).await?.pop() {
                 return Err(taken);
             }
             let result = order_for_hold(txn, hold_id, now()).await;
@@ -88,7 +88,7 @@ pub async fn create_order(
             match (k.render)(&answer) {
                 // A refusal is an answer too: it commits with its key (nothing else changed).
                 Some(stored) => {
-                    store_in_txn(txn, db.server(), &[(&k.request, stored)]).await?;
+                    store_in_txn(txn, db.server(), &[(&*k.request, stored)]).await?;
                     Ok(result)
                 }
                 // Not worth repeating (the database failed): roll back, retry or answer 503.

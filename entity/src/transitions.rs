@@ -428,15 +428,26 @@ async fn insert_holds(
     } else if server.insert_returning {
         // `[qty]`, `[qty, buyer]` or `[qty, buyer or null, key, fingerprint]`: what is missing
         // at the end is NULL (NULL ON EMPTY), and so is a JSON null.
-        let rows: Vec<serde_json::Value> = holds
-            .iter()
-            .map(|h| match (h.buyer, h.key) {
-                (None, None) => serde_json::json!([h.qty]),
-                (Some(b), None) => serde_json::json!([h.qty, b]),
-                (b, Some(k)) => serde_json::json!([h.qty, b, k.key, k.fingerprint]),
-            })
-            .collect();
-        let json = serde_json::Value::Array(rows).to_string();
+        // Each row written straight from a tuple of borrowed values (a tuple is a JSON array):
+        // no value tree, no copy of a key per row.
+        let mut json = Vec::with_capacity(2 + holds.len() * 16);
+        json.push(b'[');
+        for (i, h) in holds.iter().enumerate() {
+            if i > 0 {
+                json.push(b',');
+            }
+            match (h.buyer, h.key) {
+                (None, None) => serde_json::to_writer(&mut json, &(h.qty,)),
+                (Some(b), None) => serde_json::to_writer(&mut json, &(h.qty, b)),
+                (b, Some(k)) => {
+                    serde_json::to_writer(&mut json, &(h.qty, b, &k.key, &k.fingerprint))
+                }
+            }
+            .map_err(|e| DomainError::Invariant(format!("holds as JSON: {e}")))?;
+        }
+        json.push(b']');
+        let json = String::from_utf8(json)
+            .map_err(|e| DomainError::Invariant(format!("holds as JSON: {e}")))?;
         let rows = txn
             .query_all_raw(Statement::from_sql_and_values(
                 backend,

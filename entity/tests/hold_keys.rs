@@ -40,11 +40,11 @@ fn render(answer: &Result<HoldView, DomainError>) -> Option<StoredResponse> {
 fn keyed(key: &str, fingerprint: &str) -> HoldRequest {
     HoldRequest {
         keyed: Some(Keyed {
-            request: KeyedRequest {
+            request: std::sync::Arc::new(KeyedRequest {
                 scope: idempotency::HOLDS,
                 key: key.into(),
                 fingerprint: fingerprint.into(),
-            },
+            }),
             render,
         }),
         ..HoldRequest::new(Quantity::new(1, 10).expect("qty"))
