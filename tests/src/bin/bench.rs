@@ -9,8 +9,9 @@
 //! - the same for a plain SQL client doing one transaction per hold (lock, insert, update,
 //!   commit) straight against the database: the ceiling of that design;
 //! - the price of an `Idempotency-Key` and of a per-buyer limit (`results["hold_paths"]`):
-//!   unkeyed, keyed and distinct-buyer limited holds at 256 connections, interleaved over four
-//!   rounds, each path's share taken against the unkeyed holds of the same rounds;
+//!   unkeyed, keyed and distinct-buyer limited holds at 256 connections, in four rounds that
+//!   each run the paths forward and back, each path's share taken against the unkeyed holds of
+//!   the same rounds;
 //! - GET product reads/s (single-flight);
 //! - a 100,000-hold expiry backlog swept by the worker while holds keep coming;
 //! - a stock-boundary run (oversold must be 0) and the API's peak RSS;
