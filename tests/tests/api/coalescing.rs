@@ -122,4 +122,20 @@ on_both_databases! {
         assert_eq!(app.available(product).await, 0);
         app.assert_stock_conserved().await;
     }
+
+    // Without coalescing a hold's key is looked up as the request arrives (there is no batch to
+    // do it): a retry is still the first answer, and another body still a mismatch.
+    async fn without_coalescing_a_keyed_hold_is_replayed(backend: Backend) {
+        let app = TestApp::spawn_with(backend, options(&[("HOLD_COALESCING", "false")])).await;
+        let product = app.create_product(10).await;
+        let first = app.hold_with_key(product, 2, "uncoalesced-key").await;
+        assert_eq!(first.status, 201, "{}", first.body);
+        let again = app.hold_with_key(product, 2, "uncoalesced-key").await;
+        assert!(again.replayed(), "{}", again.body);
+        assert_eq!((again.status, &again.body), (first.status, &first.body));
+        let other = app.hold_with_key(product, 3, "uncoalesced-key").await;
+        assert_eq!((other.status, other.code()), (422, "idempotency_key_mismatch"));
+        assert_eq!(app.available(product).await, 8, "one hold");
+        app.assert_stock_conserved().await;
+    }
 }
