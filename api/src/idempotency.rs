@@ -138,7 +138,7 @@ async fn idempotent<E: Endpoint>(
         Some(found) => found.clone(),
         // Answered before any batch saw it (its body refused, the product's queue full): looked
         // up now, so that a finished key is answered the same whichever way its retry went.
-        None => match state.key_lookups.lookup(Arc::unwrap_or_clone(keyed)).await {
+        None => match state.key_lookups.lookup(keyed).await {
             Ok(found) => found,
             Err(_) => return answer,
         },
@@ -226,7 +226,7 @@ async fn admit(
     // lock: one queue to wait in instead of two. Any other key is looked up here.
     let in_batch = scope == HOLDS && state.hold_coalescer.is_some();
     if !in_batch {
-        match state.key_lookups.lookup((*keyed).clone()).await {
+        match state.key_lookups.lookup(keyed.clone()).await {
             Ok(found) => {
                 if let Some(answer) = answer_found(found, scope, render_hold) {
                     return Ok(Admitted::Answered(answer));
@@ -239,7 +239,7 @@ async fn admit(
         // A twin runs in this process. Its key may have finished already (twins retrying a
         // finished key): then this one is replayed too, as if it had been looked up first.
         if in_batch
-            && let Ok(found) = state.key_lookups.lookup(Arc::unwrap_or_clone(keyed)).await
+            && let Ok(found) = state.key_lookups.lookup(keyed).await
             && let Some(answer) = answer_found(found, scope, render_hold)
         {
             return Ok(Admitted::Answered(answer));

@@ -264,7 +264,7 @@ impl ProductReads {
 /// half the database's work per keyed hold).
 #[derive(Clone)]
 pub struct KeyLookups {
-    batcher: Arc<KeyedBatcher<&'static str, KeyedRequest, Result<Lookup, DomainError>>>,
+    batcher: Arc<KeyedBatcher<&'static str, Arc<KeyedRequest>, Result<Lookup, DomainError>>>,
 }
 
 impl KeyLookups {
@@ -275,10 +275,10 @@ impl KeyLookups {
             max_queued: MAX_QUEUED_READS,
             max_in_flight: 1,
         };
-        let batcher = KeyedBatcher::new(policy, move |scope, requests: Vec<KeyedRequest>| {
+        let batcher = KeyedBatcher::new(policy, move |scope, requests: Vec<Arc<KeyedRequest>>| {
             let db = db.clone();
             async move {
-                let refs: Vec<&KeyedRequest> = requests.iter().collect();
+                let refs: Vec<&KeyedRequest> = requests.iter().map(|r| &**r).collect();
                 match look_up(&db, scope, &refs).await {
                     Ok(found) => found.into_iter().map(Ok).collect(),
                     Err(e) => requests.iter().map(|_| Err(e.clone())).collect(),
@@ -288,7 +288,9 @@ impl KeyLookups {
         Self { batcher }
     }
 
-    pub async fn lookup(&self, request: KeyedRequest) -> Result<Lookup, DomainError> {
+    /// The request is shared with its caller (it is [`crate::idempotency::Keyed::request`]),
+    /// not copied.
+    pub async fn lookup(&self, request: Arc<KeyedRequest>) -> Result<Lookup, DomainError> {
         self.batcher
             .call(request.scope, request)
             .await
