@@ -75,12 +75,16 @@ pub fn keyed<E: Endpoint + 'static>(
     ep.around(move |ep, req| idempotent(ep, req, scope, render_hold))
 }
 
-/// 1 to 255 printable ASCII characters, bare or as the draft's quoted string.
+/// 1 to 255 printable ASCII characters, bare or as the draft's quoted string. Trailing spaces
+/// are not part of the key: MariaDB and MySQL compare keys with trailing spaces ignored (the
+/// key columns' `ascii_bin` pads), SQLite and this process's in-flight set exactly, so `"k "`
+/// and `k` are made one key everywhere. (A bare value cannot end in a space: HTTP trims it.)
 pub fn parse_key(raw: &str) -> Option<&str> {
     let key = raw
         .strip_prefix('"')
         .and_then(|k| k.strip_suffix('"'))
-        .unwrap_or(raw);
+        .unwrap_or(raw)
+        .trim_end_matches(' ');
     ((1..=255).contains(&key.len()) && key.bytes().all(|b| (0x20..0x7f).contains(&b)))
         .then_some(key)
 }
@@ -326,6 +330,13 @@ mod tests {
         assert_eq!(parse_key("\"\""), None);
         assert_eq!(parse_key(&"k".repeat(256)), None);
         assert_eq!(parse_key("tab\there"), None);
+        assert_eq!(
+            parse_key("\"k-1  \""),
+            Some("k-1"),
+            "trailing spaces dropped"
+        );
+        assert_eq!(parse_key("\"  k\""), Some("  k"), "leading spaces kept");
+        assert_eq!(parse_key("\"   \""), None, "spaces alone are no key");
     }
 
     #[test]

@@ -208,8 +208,8 @@ impl HoldsApi {
         /// characters, bare or in double quotes). A retry with the same key and body replays the
         /// first answer (header `Idempotent-Replayed: true`) with no second effect; the same key
         /// with another body answers 422 `idempotency_key_mismatch`; while the first request
-        /// still runs, 409 `idempotency_key_in_use`. Keys are kept 24 hours, across all API
-        /// processes.
+        /// still runs, 409 `idempotency_key_in_use`. Trailing spaces of a quoted key are not
+        /// part of it. Keys are kept 24 hours, across all API processes.
         #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255))]
         _idempotency_key: Header<Option<String>>,
         body: JsonBody<CreateHold>,

@@ -53,6 +53,21 @@ on_both_databases! {
         assert_eq!((bad.status, bad.code()), (400, "malformed_request"));
     }
 
+    async fn a_quoted_key_with_trailing_spaces_is_the_key_without_them(backend: Backend) {
+        // MariaDB's key columns ignore trailing spaces and SQLite's do not: both must answer
+        // the same.
+        let app = TestApp::spawn(backend).await;
+        let product = app.create_product(10).await;
+        let body = json!({"product_id": product, "qty": 1});
+        let first = hold_with_key(&app.client, "\"spaced-1  \"", &body).await;
+        assert_eq!(first.status, 201, "{}", first.body);
+        let bare = hold_with_key(&app.client, "spaced-1", &body).await;
+        assert_eq!((bare.status, &bare.body), (201, &first.body), "the same key, replayed");
+        assert_eq!(app.available(product).await, 9, "one hold");
+        let blank = hold_with_key(&app.client, "\"   \"", &body).await;
+        assert_eq!((blank.status, blank.code()), (400, "malformed_request"));
+    }
+
     async fn concurrent_retries_with_one_key_make_one_hold(backend: Backend) {
         let app = TestApp::spawn(backend).await;
         let product = app.create_product(50).await;
