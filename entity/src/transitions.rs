@@ -427,26 +427,17 @@ async fn insert_holds(
         None
     } else if server.insert_returning {
         // `[qty]`, `[qty, buyer]` or `[qty, buyer or null, key, fingerprint]`: what is missing
-        // at the end is NULL (NULL ON EMPTY), and so is a JSON null.
-        // Each row written straight from a tuple of borrowed values (a tuple is a JSON array):
-        // no value tree, no copy of a key per row.
-        let mut json = Vec::with_capacity(2 + holds.len() * 16);
-        json.push(b'[');
-        for (i, h) in holds.iter().enumerate() {
-            if i > 0 {
-                json.push(b',');
-            }
-            match (h.buyer, h.key) {
-                (None, None) => serde_json::to_writer(&mut json, &(h.qty,)),
-                (Some(b), None) => serde_json::to_writer(&mut json, &(h.qty, b)),
-                (b, Some(k)) => {
-                    serde_json::to_writer(&mut json, &(h.qty, b, &k.key, &k.fingerprint))
-                }
-            }
-            .map_err(|e| DomainError::Invariant(format!("holds as JSON: {e}")))?;
-        }
-        json.push(b']');
-        let json = String::from_utf8(json)
+        // at the end is NULL (NULL ON EMPTY), and so is a JSON null. Each row is a tuple of
+        // borrowed values (a tuple is a JSON array): no value tree, no copy of a key per row.
+        let rows: Vec<JsonRow<'_>> = holds
+            .iter()
+            .map(|h| match (h.buyer, h.key) {
+                (None, None) => JsonRow::Qty((h.qty,)),
+                (Some(b), None) => JsonRow::Buyer((h.qty, b)),
+                (b, Some(k)) => JsonRow::Keyed((h.qty, b, &k.key, &k.fingerprint)),
+            })
+            .collect();
+        let json = serde_json::to_string(&rows)
             .map_err(|e| DomainError::Invariant(format!("holds as JSON: {e}")))?;
         let rows = txn
             .query_all_raw(Statement::from_sql_and_values(
@@ -534,6 +525,15 @@ async fn insert_holds(
     check_all_ids(ids, qtys.len())
 }
 
+/// One hold as a row of the bound JSON array of [`insert_holds`], as short as it can be.
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum JsonRow<'a> {
+    Qty((i32,)),
+    Buyer((i32, &'a str)),
+    Keyed((i32, Option<&'a str>, &'a str, &'a str)),
+}
+
 /// A hold's key already on another hold (the unique index): a twin in another process was
 /// granted first. The batch is lost and retried, and then checks its keys before granting.
 fn key_taken(e: DbErr) -> DomainError {
@@ -556,5 +556,28 @@ fn check_all_ids(ids: Vec<HoldId>, inserted: usize) -> Result<Vec<HoldId>, Domai
             "inserted {inserted} holds, found {} ids",
             ids.len()
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hold_rows_are_written_as_short_json_arrays() {
+        let key = KeyedRequest {
+            scope: crate::idempotency::HOLDS,
+            key: "k-1".into(),
+            fingerprint: "ab".into(),
+        };
+        let rows = [
+            JsonRow::Qty((1,)),
+            JsonRow::Buyer((2, "b")),
+            JsonRow::Keyed((3, None, &key.key, &key.fingerprint)),
+        ];
+        assert_eq!(
+            serde_json::to_string(&rows).unwrap(),
+            r#"[[1],[2,"b"],[3,null,"k-1","ab"]]"#
+        );
     }
 }
