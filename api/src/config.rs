@@ -1,7 +1,7 @@
 //! The API's settings: one typed struct, read once at start from flags, the environment and
 //! `.env` (see the table in the README, "Configuration").
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, path::PathBuf};
 
 use base64::Engine;
 use clap::{Args, Parser, Subcommand, builder::BoolishValueParser};
@@ -48,15 +48,23 @@ pub struct Config {
     /// The largest `qty` one hold may take.
     #[arg(long, env = "MAX_HOLD_QTY", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_hold_qty: u32,
-    /// `whsec_` + base64; when set every payment webhook must be signed.
+    /// `whsec_` + base64 of at least 24 bytes: every payment webhook must be signed with it.
+    /// Required unless `WEBHOOK_ALLOW_UNSIGNED=true`.
     #[arg(long, env = "WEBHOOK_SECRET", hide_env_values = true, value_parser = parse_webhook_secret)]
     pub webhook_secret: Option<WebhookSecret>,
+    /// `true` accepts unsigned webhooks when no `WEBHOOK_SECRET` is set: for local development
+    /// only (anyone who can reach the API can then pay or cancel any order).
+    #[arg(long, env = "WEBHOOK_ALLOW_UNSIGNED", default_value = "false", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub webhook_allow_unsigned: bool,
     /// Comma-separated origins (or `*`) whose browsers may call the API.
     #[arg(long, env = "CORS_ALLOWED_ORIGINS")]
     pub cors_allowed_origins: Option<String>,
-    /// Bearer token for /api/admin/*; when unset those routes answer 404.
-    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    /// Bearer token for /api/admin/*, at least 24 characters; when unset those routes answer
+    /// 404.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true, value_parser = parse_admin_token)]
     pub admin_token: Option<SecretString>,
+    #[command(flatten)]
+    pub buyers: BuyerArgs,
     #[command(flatten)]
     pub logs: LogArgs,
     /// Serve concurrent hold requests for one product in one transaction (`false`: one
@@ -92,6 +100,77 @@ pub struct Config {
     pub stock_stream_max_clients: u32,
 }
 
+/// How buyers are known (see `crate::buyers`).
+#[derive(Debug, Clone, Args)]
+pub struct BuyerArgs {
+    /// `none`: anonymous buyers, who reach their holds and orders with the `client_secret` they
+    /// were given; `jwt`: a bearer JWT from the shop's identity provider, the buyer its `sub`.
+    #[arg(long, env = "BUYER_AUTH", default_value = "none")]
+    pub buyer_auth: BuyerAuthMode,
+    /// With `jwt`: an HS256 key, at least 32 bytes.
+    #[arg(long, env = "BUYER_JWT_SECRET", hide_env_values = true)]
+    pub buyer_jwt_secret: Option<SecretString>,
+    /// With `jwt`: a JWKS or PEM file of public keys (RS256, ES256, EdDSA), read again when it
+    /// changes.
+    #[arg(long, env = "BUYER_JWT_PUBLIC_KEYS")]
+    pub buyer_jwt_public_keys: Option<PathBuf>,
+    /// With `jwt`: the `iss` a token must carry.
+    #[arg(long, env = "BUYER_JWT_ISSUER")]
+    pub buyer_jwt_issuer: Option<String>,
+    /// With `jwt`: the `aud` a token must carry.
+    #[arg(long, env = "BUYER_JWT_AUDIENCE")]
+    pub buyer_jwt_audience: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BuyerAuthMode {
+    None,
+    Jwt,
+}
+
+impl BuyerArgs {
+    /// The buyers of a serving process: `jwt` with keys that can be used, or `none` with no
+    /// token setting left over (a key set for a mode that is off is a mistake worth stopping
+    /// for: tokens would not be checked).
+    pub fn buyer_auth(&self) -> anyhow::Result<crate::buyers::BuyerAuth> {
+        let settings = crate::jwt::JwtSettings {
+            secret: self.buyer_jwt_secret.as_ref(),
+            public_keys: self.buyer_jwt_public_keys.as_deref(),
+            issuer: self.buyer_jwt_issuer.as_deref(),
+            audience: self.buyer_jwt_audience.as_deref(),
+        };
+        match self.buyer_auth {
+            BuyerAuthMode::Jwt => {
+                let verifier = crate::jwt::JwtVerifier::new(&settings)?;
+                Ok(crate::buyers::BuyerAuth::Jwt(verifier))
+            }
+            BuyerAuthMode::None => {
+                let stray = [
+                    ("BUYER_JWT_SECRET", settings.secret.is_some()),
+                    ("BUYER_JWT_PUBLIC_KEYS", settings.public_keys.is_some()),
+                    ("BUYER_JWT_ISSUER", settings.issuer.is_some()),
+                    ("BUYER_JWT_AUDIENCE", settings.audience.is_some()),
+                ];
+                if let Some((name, _)) = stray.iter().find(|(_, set)| *set) {
+                    anyhow::bail!(
+                        "{name} is set but BUYER_AUTH is none: set BUYER_AUTH=jwt to check \
+                         buyer tokens, or unset {name}"
+                    );
+                }
+                Ok(crate::buyers::BuyerAuth::Anonymous)
+            }
+        }
+    }
+}
+
+/// An admin token: at least 24 characters (empty or shorter stops the API at start).
+fn parse_admin_token(s: &str) -> Result<SecretString, String> {
+    if s.chars().count() < 24 {
+        return Err("must be at least 24 characters (for example `openssl rand -hex 24`)".into());
+    }
+    Ok(SecretString::from(s.to_owned()))
+}
+
 /// The decoded key of a Standard Webhooks secret (`whsec_` + base64).
 #[derive(Clone)]
 pub struct WebhookSecret(pub Vec<u8>);
@@ -109,13 +188,29 @@ fn parse_webhook_secret(s: &str) -> Result<WebhookSecret, String> {
     let key = base64::engine::general_purpose::STANDARD
         .decode(b64)
         .map_err(|e| format!("the part after whsec_ is not base64: {e}"))?;
-    if key.is_empty() {
-        return Err("the key after whsec_ is empty".into());
+    if key.len() < 24 {
+        return Err(
+            "the key after whsec_ must be at least 24 bytes (`echo whsec_$(openssl rand -base64 32)`)"
+                .into(),
+        );
     }
     Ok(WebhookSecret(key))
 }
 
 impl Config {
+    /// The checks a serving process makes at start, beyond each value's own: no unsigned
+    /// webhooks unless asked for. (Buyer token keys are checked by [`BuyerArgs::buyer_auth`].)
+    pub fn check_serving(&self) -> anyhow::Result<()> {
+        if self.webhook_secret.is_none() && !self.webhook_allow_unsigned {
+            anyhow::bail!(
+                "WEBHOOK_SECRET is not set: payment webhooks could not be told from forgeries. \
+                 Set it to the gateway's Standard Webhooks secret (whsec_...), or, for local \
+                 development only, set WEBHOOK_ALLOW_UNSIGNED=true"
+            );
+        }
+        Ok(())
+    }
+
     /// How this process opens its pool.
     pub fn db_config(&self) -> entity::DbConfig {
         self.database.db_config()
@@ -125,7 +220,9 @@ impl Config {
     pub fn redacted(&self) -> String {
         format!(
             "{} BIND_ADDR={} HOLD_TTL_SECONDS={} \
-             MAX_HOLD_QTY={} WEBHOOK_SECRET={} CORS_ALLOWED_ORIGINS={} ADMIN_TOKEN={} {} \
+             MAX_HOLD_QTY={} WEBHOOK_SECRET={} WEBHOOK_ALLOW_UNSIGNED={} CORS_ALLOWED_ORIGINS={} \
+             ADMIN_TOKEN={} BUYER_AUTH={:?} BUYER_JWT_SECRET={} BUYER_JWT_PUBLIC_KEYS={} \
+             BUYER_JWT_ISSUER={} BUYER_JWT_AUDIENCE={} {} \
              AUTO_MIGRATE={} SHUTDOWN_DELAY_SECONDS={} SHUTDOWN_GRACE_SECONDS={} \
              HOLD_COALESCING={} HOLD_BATCH_WAIT_MICROS={} HOLD_BATCH_MAX={} \
              HOLD_RATE_LIMIT_PER_SECOND={} STOCK_STREAM_INTERVAL_MS={} STOCK_STREAM_MAX_CLIENTS={}",
@@ -133,17 +230,21 @@ impl Config {
             self.bind_addr,
             self.hold_ttl_seconds,
             self.max_hold_qty,
-            if self.webhook_secret.is_some() {
-                "***"
-            } else {
-                "(unset)"
-            },
+            masked(self.webhook_secret.is_some()),
+            self.webhook_allow_unsigned,
             self.cors_allowed_origins.as_deref().unwrap_or("(unset)"),
-            if self.admin_token.is_some() {
-                "***"
-            } else {
-                "(unset)"
-            },
+            masked(self.admin_token.is_some()),
+            self.buyers.buyer_auth,
+            masked(self.buyers.buyer_jwt_secret.is_some()),
+            self.buyers
+                .buyer_jwt_public_keys
+                .as_deref()
+                .map_or("(unset)".into(), |p| p.display().to_string()),
+            self.buyers.buyer_jwt_issuer.as_deref().unwrap_or("(unset)"),
+            self.buyers
+                .buyer_jwt_audience
+                .as_deref()
+                .unwrap_or("(unset)"),
             self.logs.redacted(),
             self.auto_migrate,
             self.shutdown_delay_seconds,
@@ -156,6 +257,11 @@ impl Config {
             self.stock_stream_max_clients,
         )
     }
+}
+
+/// A secret setting as the first log line shows it.
+fn masked(set: bool) -> &'static str {
+    if set { "***" } else { "(unset)" }
 }
 
 #[cfg(test)]
@@ -180,7 +286,10 @@ mod tests {
 
     #[test]
     fn webhook_secret_must_be_whsec_base64() {
-        assert!(parse_webhook_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_ok());
+        // 24 bytes of key, and 23.
+        assert!(parse_webhook_secret("whsec_MDEyMzQ1Njc4OWFiY2RlZmdoaWprbG1u").is_ok());
+        assert!(parse_webhook_secret("whsec_MDEyMzQ1Njc4OWFiY2RlZmdoaWprbG0=").is_err());
+        assert!(parse_webhook_secret("whsec_").is_err());
         assert!(parse_webhook_secret("secret").is_err());
         assert!(parse_webhook_secret("whsec_not base64!").is_err());
     }
@@ -192,9 +301,11 @@ mod tests {
             "--database-url",
             "mysql://flash:db-password-42@db:3306/flash_sale",
             "--admin-token",
-            "admin-token-42",
+            "admin-token-42-admin-token-42",
             "--webhook-secret",
-            "whsec_c2VjcmV0LWluLWRlYnVn",
+            "whsec_c2VjcmV0LWluLWRlYnVnLXNlY3JldC1pbi1kZWJ1Zw==",
+            "--buyer-jwt-secret",
+            "jwt-secret-42-jwt-secret-42-jwt-secret-42",
         ])
         .unwrap();
         // The values are there, for the code that needs them...
@@ -206,17 +317,96 @@ mod tests {
                 .contains("db-password-42")
         );
         let token = cli.config.admin_token.as_ref().map(|t| t.expose_secret());
-        assert_eq!(token, Some("admin-token-42"));
+        assert_eq!(token, Some("admin-token-42-admin-token-42"));
         // ...but no `{:?}` of the configuration (as a log line might print it) shows them.
         for printed in [
             format!("{cli:?}"),
             format!("{:?}", cli.config),
             cli.config.redacted(),
         ] {
-            for secret in ["db-password-42", "admin-token-42", "c2VjcmV0LWluLWRlYnVn"] {
+            for secret in [
+                "db-password-42",
+                "admin-token-42",
+                "c2VjcmV0LWluLWRlYnVn",
+                "jwt-secret-42",
+            ] {
                 assert!(!printed.contains(secret), "{secret} in {printed}");
             }
         }
+    }
+
+    #[test]
+    fn admin_tokens_are_long_or_refused() {
+        for short in ["", "t", "twenty-three-characters"] {
+            let err = Cli::try_parse_from(["flash-sale-api", "--admin-token", short]).unwrap_err();
+            assert!(err.to_string().contains("ADMIN_TOKEN"), "{err}");
+        }
+        assert!(
+            Cli::try_parse_from([
+                "flash-sale-api",
+                "--admin-token",
+                "twenty-four-characters!!"
+            ])
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn serving_needs_a_webhook_secret_or_the_explicit_opt_out() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["flash-sale-api"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all).unwrap().config
+        };
+        let err = parse(&[]).check_serving().unwrap_err();
+        assert!(err.to_string().contains("WEBHOOK_SECRET"), "{err}");
+        assert!(
+            parse(&["--webhook-allow-unsigned", "true"])
+                .check_serving()
+                .is_ok()
+        );
+        assert!(
+            parse(&["--webhook-secret", "whsec_MDEyMzQ1Njc4OWFiY2RlZmdoaWprbG1u"])
+                .check_serving()
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn buyer_token_settings_must_fit_the_mode() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["flash-sale-api"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all).unwrap().config.buyers
+        };
+        let no_keys = parse(&["--buyer-auth", "jwt"]).buyer_auth().err().unwrap();
+        assert!(
+            no_keys.to_string().contains("BUYER_JWT_SECRET"),
+            "{no_keys}"
+        );
+        let short = parse(&["--buyer-auth", "jwt", "--buyer-jwt-secret", "short"])
+            .buyer_auth()
+            .err()
+            .unwrap();
+        assert!(short.to_string().contains("BUYER_JWT_SECRET"), "{short}");
+        let stray = parse(&["--buyer-jwt-secret", "x".repeat(40).as_str()])
+            .buyer_auth()
+            .err()
+            .unwrap();
+        assert!(stray.to_string().contains("BUYER_AUTH"), "{stray}");
+        let missing = parse(&[
+            "--buyer-auth",
+            "jwt",
+            "--buyer-jwt-public-keys",
+            "/no/such/file",
+        ])
+        .buyer_auth()
+        .err()
+        .unwrap();
+        assert!(
+            missing.to_string().contains("BUYER_JWT_PUBLIC_KEYS"),
+            "{missing}"
+        );
     }
 
     #[test]

@@ -12,7 +12,11 @@ use serde::{
 };
 use serde_json::Value;
 
-use crate::error::ProblemCode;
+use crate::{
+    buyers::{BUYER_TOKEN_SCHEME, CLIENT_SECRET_SCHEME},
+    config::BuyerAuthMode,
+    error::ProblemCode,
+};
 
 /// The document's overview, shown at the top of Swagger UI.
 pub const DESCRIPTION: &str = "\
@@ -21,6 +25,13 @@ Holds, orders and payments over a limited stock, with zero overselling.
 **Flow**: `POST /api/holds` reserves units for a short time; `POST /api/orders` turns the hold \
 into a pending order; the payment gateway's webhook (`POST /api/payments/webhook`) pays or \
 cancels it. Expired holds and unpaid orders give their units back by themselves.
+
+**Who may do what**: with `BUYER_AUTH=none` (anonymous buyers) a hold's 201 answer carries \
+`client_secret`: keep it, and send it as the header `Client-Secret` to read or release the \
+hold, to make its order and to read that order. With `BUYER_AUTH=jwt` every buyer route takes \
+`Authorization: Bearer <JWT>` and the buyer is the token's `sub`. Either way a hold or order \
+that is not the caller's answers 404, exactly as one that does not exist. Swagger UI's \
+**Authorize** takes the one this server uses.
 
 **Live stock**: `GET /api/products/{id}/stream` is a Server-Sent Events stream (`EventSource`) \
 of `stock` events, sent at once and then on every change, for stock bars that many browsers \
@@ -60,7 +71,10 @@ const HEADER_NAMES: &[&str] = &[
 /// `PATCH` "clear it") and answer members that are `null` when unset. poem-openapi writes
 /// `Option` members as optional but not nullable.
 const NULLABLE: &[(&str, &[&str])] = &[
-    ("PaymentWebhook", &["hold_id", "product_id", "quantity"]),
+    (
+        "PaymentWebhook",
+        &["hold_id", "product_id", "quantity", "amount"],
+    ),
     ("CreateHold", &["buyer_id"]),
     (
         "NewProduct",
@@ -75,7 +89,7 @@ const NULLABLE: &[(&str, &[&str])] = &[
         "Product",
         &["per_buyer_limit", "sale_starts_at", "sale_ends_at"],
     ),
-    ("Hold", &["buyer_id"]),
+    ("Hold", &["buyer_id", "client_secret"]),
     ("Order", &["buyer_id"]),
     ("ProductPage", &["next"]),
     ("OrderPage", &["next"]),
@@ -92,12 +106,21 @@ const BUYER_ID_PATTERN: &str = r"^[^\x00-\x1F\x7F-\x9F]+$";
 /// The answer schemas of [`NULLABLE`].
 const ANSWERS: &[&str] = &["Product", "Hold", "Order", "ProductPage", "OrderPage"];
 
-/// poem-openapi's document, refined (see the module's doc).
-pub fn refine(raw: &str, max_hold_qty: u32) -> String {
+/// poem-openapi's document, refined (see the module's doc), for a server whose buyers are
+/// known by `buyers`.
+pub fn refine(raw: &str, max_hold_qty: u32, buyers: BuyerAuthMode) -> String {
     let Ok(mut doc) = serde_json::from_str::<Json>(raw) else {
         // Not reachable with poem-openapi's output; serve it unrefined rather than nothing.
         return raw.to_owned();
     };
+    // The buyer operations declare both ways a buyer proves who it is; this server uses one.
+    let unused = match buyers {
+        BuyerAuthMode::None => BUYER_TOKEN_SCHEME,
+        BuyerAuthMode::Jwt => CLIENT_SECRET_SCHEME,
+    };
+    if let Some(Json::Obj(schemes)) = doc.pointer_mut(&["components", "securitySchemes"]) {
+        schemes.retain(|(name, _)| name != unused);
+    }
     let problem_sets = crate::routes::problem_sets();
     if let Some(Json::Arr(tags)) = doc.get_mut("tags") {
         tags.sort_by_key(|t| {
@@ -112,7 +135,7 @@ pub fn refine(raw: &str, max_hold_qty: u32) -> String {
         for (_, item) in paths.iter_mut() {
             let Json::Obj(ops) = item else { continue };
             for (_, op) in ops.iter_mut() {
-                refine_operation(op, &problem_sets);
+                refine_operation(op, &problem_sets, unused);
             }
         }
     }
@@ -177,15 +200,40 @@ pub fn refine(raw: &str, max_hold_qty: u32) -> String {
     serde_json::to_string(&doc).unwrap_or_else(|_| raw.to_owned())
 }
 
-fn refine_operation(op: &mut Json, problem_sets: &[(&'static str, &'static [ProblemCode])]) {
+fn refine_operation(
+    op: &mut Json,
+    problem_sets: &[(&'static str, &'static [ProblemCode])],
+    unused_scheme: &str,
+) {
     let id = op
         .get("operationId")
         .and_then(Json::as_str)
         .unwrap_or_default()
         .to_owned();
-    // Public operations say so: without it, a global security requirement would apply.
-    if op.get("security").is_none() {
-        op.insert("security", Json::Arr(Vec::new()));
+    // This server's buyer scheme only; "no credential" (`{}`) left out where a scheme remains.
+    // Public operations say so with `security: []`: without it, a global requirement would
+    // apply.
+    let mut security = match op.get("security") {
+        Some(Json::Arr(requirements)) => requirements.clone(),
+        _ => Vec::new(),
+    };
+    let names = |r: &Json| match r {
+        Json::Obj(schemes) => schemes.iter().map(|(n, _)| n.clone()).collect(),
+        _ => Vec::new(),
+    };
+    let named: Vec<String> = security.iter().flat_map(names).collect();
+    security.retain(|r| {
+        let n = names(r);
+        !n.is_empty() && n.iter().all(|n| n != unused_scheme)
+    });
+    op.insert("security", Json::Arr(security));
+    // A buyer operation answers 401 only to a missing or bad buyer token: never when buyers
+    // are anonymous.
+    if unused_scheme == BUYER_TOKEN_SCHEME
+        && named.iter().any(|n| n == BUYER_TOKEN_SCHEME)
+        && let Some(Json::Obj(responses)) = op.get_mut("responses")
+    {
+        responses.retain(|(status, _)| status != "401");
     }
     if let Some(Json::Arr(params)) = op.get_mut("parameters") {
         for p in params.iter_mut() {

@@ -29,6 +29,7 @@ pub enum ProblemCode {
     UnsupportedMediaType,
     ValidationError,
     HoldMismatch,
+    AmountMismatch,
     ProductNotFound,
     HoldNotFound,
     OrderNotFound,
@@ -60,6 +61,7 @@ impl ProblemCode {
         Self::UnsupportedMediaType,
         Self::ValidationError,
         Self::HoldMismatch,
+        Self::AmountMismatch,
         Self::ProductNotFound,
         Self::HoldNotFound,
         Self::OrderNotFound,
@@ -97,9 +99,11 @@ impl ProblemCode {
             }
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ValidationError | HoldMismatch | IdempotencyKeyMismatch | BuyerIdRequired => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            ValidationError
+            | HoldMismatch
+            | AmountMismatch
+            | IdempotencyKeyMismatch
+            | BuyerIdRequired => StatusCode::UNPROCESSABLE_ENTITY,
             RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -113,6 +117,7 @@ impl ProblemCode {
             UnsupportedMediaType => "unsupported_media_type",
             ValidationError => "validation_error",
             HoldMismatch => "hold_mismatch",
+            AmountMismatch => "amount_mismatch",
             ProductNotFound => "product_not_found",
             HoldNotFound => "hold_not_found",
             OrderNotFound => "order_not_found",
@@ -153,9 +158,15 @@ impl ProblemCode {
             HoldMismatch => {
                 "the webhook's `hold_id`, `product_id` or `quantity` differs from its hold"
             }
+            AmountMismatch => "the webhook's `amount` is not the order's `total_price`",
             ProductNotFound => "no product has this id",
-            HoldNotFound => "no hold has this id",
-            OrderNotFound => "no order has this id (and no `hold_id` was sent to make it)",
+            HoldNotFound => {
+                "no hold has this id, or it is not the caller's (its `Client-Secret` or token)"
+            }
+            OrderNotFound => {
+                "no order has this id (and no `hold_id` was sent to make it), or it is not the \
+                 caller's"
+            }
             NotFound => "the admin routes are off (`ADMIN_TOKEN` is not set)",
             MethodNotAllowed => "the path exists, the method does not",
             InsufficientStock => {
@@ -179,7 +190,9 @@ impl ProblemCode {
             }
             IdempotencyKeyMismatch => "this idempotency key was used with a different body",
             InvalidSignature => "the Standard Webhooks signature is missing, stale or wrong",
-            Unauthorized => "the bearer token is missing or wrong",
+            Unauthorized => {
+                "the bearer token is missing, wrong or expired (answered with `WWW-Authenticate`)"
+            }
             PayloadTooLarge => "the body is over 64 KiB",
             RateLimited => "too many hold requests from this client; wait `Retry-After` seconds",
             Unavailable => "the database cannot serve right now; retry after `Retry-After` seconds",
@@ -195,6 +208,7 @@ impl ProblemCode {
             UnsupportedMediaType => "the body must be sent as application/json",
             ValidationError => "qty: must be between 1 and 10",
             HoldMismatch => "hold 1 is for 2 units, not 3",
+            AmountMismatch => "the order's total is 199.98",
             ProductNotFound => "product 1 does not exist",
             HoldNotFound => "hold 1 does not exist",
             OrderNotFound => "order 1 does not exist",
@@ -469,6 +483,10 @@ impl From<DomainError> for ApiError {
                 Self::new(HoldReleased, format!("hold {id} was released"))
             }
             DomainError::HoldMismatch(detail) => Self::new(HoldMismatch, detail),
+            DomainError::AmountMismatch { total, .. } => Self::new(
+                AmountMismatch,
+                format!("the amount is not the order's total, {total}"),
+            ),
             DomainError::IdempotencyKeyMismatch => Self::new(
                 IdempotencyKeyMismatch,
                 "this idempotency key was used with a different body",

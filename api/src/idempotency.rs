@@ -27,6 +27,7 @@ use std::{
 use entity::{
     holds::HoldView,
     idempotency::{KeyedRequest, Lookup, LookupSlot, Render, StoredResponse},
+    ownership::ClientSecret,
 };
 use poem::{
     Endpoint, EndpointExt, IntoResponse, Request, Response,
@@ -35,6 +36,7 @@ use poem::{
 
 use crate::{
     AppState,
+    buyers::Caller,
     error::{ApiError, ProblemCode},
 };
 
@@ -52,6 +54,9 @@ pub const ORDERS: &str = "orders";
 pub struct KeyCheck {
     pub request: Option<Arc<KeyedRequest>>,
     pub look_up: Option<LookupSlot>,
+    /// An anonymous buyer's keyed hold: its secret, derived from the key (see
+    /// [`ClientSecret::for_key`]), so that the first answer and its replays carry the same.
+    pub hold_secret: Option<ClientSecret>,
 }
 
 /// What a handler answers when its batch found the request's key finished
@@ -134,7 +139,13 @@ async fn idempotent<E: Endpoint>(
         Admitted::Answered(answer) => return Ok(answer),
     };
     let answer = crate::server::boxed_call(&*ep, req).await;
-    let Some(Deferred { slot, keyed, state }) = deferred else {
+    let Some(Deferred {
+        slot,
+        keyed,
+        state,
+        hold_secret,
+    }) = deferred
+    else {
         return answer;
     };
     // The batch looked the key up: a finished one is answered with what it found.
@@ -147,7 +158,7 @@ async fn idempotent<E: Endpoint>(
             Err(_) => return answer,
         },
     };
-    match answer_found(found, scope, render_hold) {
+    match answer_found(found, scope, render_hold, hold_secret) {
         Some(replayed) => Ok(replayed),
         None => answer,
     }
@@ -158,6 +169,7 @@ struct Deferred {
     slot: LookupSlot,
     keyed: Arc<KeyedRequest>,
     state: Arc<AppState>,
+    hold_secret: Option<ClientSecret>,
 }
 
 /// What the layer decided before the request runs.
@@ -175,16 +187,21 @@ fn answer_found(
     found: Lookup,
     scope: &'static str,
     render_hold: Option<Render<HoldView>>,
+    hold_secret: Option<ClientSecret>,
 ) -> Option<Response> {
     match found {
         Lookup::Absent => None,
         Lookup::Replay(stored) => Some(replay(stored, scope)),
-        Lookup::Hold(hold) => Some(match render_hold.and_then(|render| render(&Ok(hold))) {
-            Some(stored) => replay(stored, scope),
-            None => {
-                tracing::error!(scope, "a key found on a hold, with no way to answer it");
-                ApiError::new(ProblemCode::Internal, "internal error; it has been logged")
-                    .into_response()
+        Lookup::Hold(mut hold) => Some({
+            // The secret is not stored: the replay derives it from the key again.
+            hold.client_secret = hold_secret;
+            match render_hold.and_then(|render| render(&Ok(hold))) {
+                Some(stored) => replay(stored, scope),
+                None => {
+                    tracing::error!(scope, "a key found on a hold, with no way to answer it");
+                    ApiError::new(ProblemCode::Internal, "internal error; it has been logged")
+                        .into_response()
+                }
             }
         }),
         Lookup::Mismatch => {
@@ -219,20 +236,31 @@ async fn admit(
             "must be 1 to 255 printable ASCII characters, bare or in double quotes",
         ));
     };
+    let Some(caller) = req.data::<Caller>().cloned() else {
+        // Every keyed operation identifies its buyer first: only a wiring mistake gets here.
+        tracing::error!("idempotency layer without the caller");
+        return answered(ApiError::new(
+            ProblemCode::Internal,
+            "internal error; it has been logged",
+        ));
+    };
     let body = req.take_body().into_bytes().await?;
-    let keyed = Arc::new(KeyedRequest {
+    let keyed = Arc::new(KeyedRequest::new(
         scope,
-        key,
-        fingerprint: fingerprint(&body),
-    });
+        caller.key_owner(),
+        &key,
+        fingerprint(&body),
+    ));
     req.set_body(body);
+    let hold_secret = (scope == HOLDS && matches!(caller, Caller::Anonymous { .. }))
+        .then(|| ClientSecret::for_key(&key));
     // A coalesced hold's key is looked up by its batch, before the batch takes the product's
     // lock: one queue to wait in instead of two. Any other key is looked up here.
     let in_batch = scope == HOLDS && state.hold_coalescer.is_some();
     if !in_batch {
         match state.key_lookups.lookup(keyed.clone()).await {
             Ok(found) => {
-                if let Some(answer) = answer_found(found, scope, render_hold) {
+                if let Some(answer) = answer_found(found, scope, render_hold, hold_secret.clone()) {
                     return Ok(Admitted::Answered(answer));
                 }
             }
@@ -244,7 +272,7 @@ async fn admit(
         // finished key): then this one is replayed too, as if it had been looked up first.
         if in_batch
             && let Ok(found) = state.key_lookups.lookup(keyed).await
-            && let Some(answer) = answer_found(found, scope, render_hold)
+            && let Some(answer) = answer_found(found, scope, render_hold, hold_secret)
         {
             return Ok(Admitted::Answered(answer));
         }
@@ -254,10 +282,12 @@ async fn admit(
         slot: LookupSlot::default(),
         keyed: keyed.clone(),
         state: state.clone(),
+        hold_secret: hold_secret.clone(),
     });
     req.set_data(KeyCheck {
         request: Some(keyed),
         look_up: deferred.as_ref().map(|d| d.slot.clone()),
+        hold_secret,
     });
     Ok(Admitted::Run(Some(running), deferred))
 }

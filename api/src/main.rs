@@ -26,9 +26,6 @@ async fn main() -> anyhow::Result<()> {
         &config.logs.rust_log,
         &config.redacted(),
     )?;
-    if config.webhook_secret.is_none() {
-        tracing::warn!("WEBHOOK_SECRET is not set: unsigned payment webhooks will be accepted");
-    }
     match cli.command {
         Some(Command::Migrate { seed }) => {
             let db = migrate(&config.db_config()).await?;

@@ -16,7 +16,15 @@ use crate::{
 };
 
 pub struct HoldRateLimit {
-    limiter: DefaultKeyedRateLimiter<IpAddr>,
+    limiter: DefaultKeyedRateLimiter<RateKey>,
+}
+
+/// Whose budget a request spends: the token's buyer (`BUYER_AUTH=jwt`), else the client's
+/// address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum RateKey {
+    Buyer(String),
+    Addr(IpAddr),
 }
 
 impl HoldRateLimit {
@@ -40,6 +48,17 @@ impl HoldRateLimit {
     }
 }
 
+/// The budget `req` spends.
+fn rate_key(req: &Request) -> Option<RateKey> {
+    match req.data::<crate::buyers::Caller>().and_then(|c| c.buyer()) {
+        Some(buyer) => Some(RateKey::Buyer(buyer.as_str().to_owned())),
+        None => req
+            .remote_addr()
+            .as_socket_addr()
+            .map(|a| RateKey::Addr(a.ip())),
+    }
+}
+
 /// The limit, as part of an operation's `transform`; the limiter is the app state's.
 pub fn limited<E: Endpoint + 'static>(ep: E) -> impl Endpoint<Output = Response> {
     ep.around(limit::<E>)
@@ -48,15 +67,15 @@ pub fn limited<E: Endpoint + 'static>(ep: E) -> impl Endpoint<Output = Response>
 async fn limit<E: Endpoint>(ep: Arc<E>, req: Request) -> poem::Result<Response> {
     if let Some(state) = req.data::<Arc<AppState>>()
         && let Some(limit) = &state.hold_rate_limit
-        && let Some(ip) = req.remote_addr().as_socket_addr().map(|a| a.ip())
-        && let Err(not_until) = limit.limiter.check_key(&ip)
+        && let Some(key) = rate_key(&req)
+        && let Err(not_until) = limit.limiter.check_key(&key)
     {
         let wait = not_until.wait_time_from(limit.limiter.clock().now());
         let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
         let mut resp = problem_response(
             ProblemCode::RateLimited,
             format!(
-                "too many hold requests from this client; retry in {} s",
+                "too many hold requests from this buyer; retry in {} s",
                 secs.max(1)
             ),
         );

@@ -50,7 +50,7 @@ pub fn openapi_service(state: Arc<AppState>) -> OpenApiService<impl OpenApi, ()>
 /// The OpenAPI document as served (see [`crate::document`]).
 pub fn document(config: &Config, state: Arc<AppState>) -> String {
     let raw = openapi_service(state).spec();
-    crate::document::refine(&raw, config.max_hold_qty)
+    crate::document::refine(&raw, config.max_hold_qty, config.buyers.buyer_auth)
 }
 
 /// The OpenAPI document as JSON, for `flash-sale-api openapi` and the committed copy. The
@@ -58,7 +58,8 @@ pub fn document(config: &Config, state: Arc<AppState>) -> String {
 /// pool stands in for the database.
 pub async fn openapi_json(config: &Config) -> anyhow::Result<String> {
     let db = Db::connect(&DbConfig::new("sqlite::memory:", 1)).await?;
-    Ok(document(config, Arc::new(AppState::new(config, db))))
+    let state = AppState::new(config, db, crate::buyers::BuyerAuth::Anonymous);
+    Ok(document(config, Arc::new(state)))
 }
 
 /// The whole HTTP application: the OpenAPI operations, `/openapi.json`, `/docs`, `/metrics`,
@@ -256,15 +257,31 @@ pub async fn migrate(config: &DbConfig) -> anyhow::Result<Db> {
     }
 }
 
-/// Connects, migrates unless told not to, and serves until Ctrl-C or SIGTERM.
+/// Checks the settings a serving process needs, connects, migrates unless told not to, and
+/// serves until Ctrl-C or SIGTERM.
 pub async fn run(config: Config, metrics: Option<PrometheusHandle>) -> anyhow::Result<()> {
+    config.check_serving()?;
+    let buyer_auth = config.buyers.buyer_auth()?;
+    if let crate::buyers::BuyerAuth::Jwt(verifier) = &buyer_auth {
+        tracing::info!(algorithms = %crate::jwt::describe(verifier), "buyers are known by their tokens");
+        verifier.watch();
+    }
+    let unsigned = config.webhook_secret.is_none();
+    if unsigned {
+        tracing::warn!(
+            "WEBHOOK_ALLOW_UNSIGNED=true and no WEBHOOK_SECRET: unsigned payment webhooks are \
+             accepted, so anyone who can reach this API can pay or cancel any order (local \
+             development only)"
+        );
+    }
+    metrics::gauge!("webhook_unsigned_allowed").set(if unsigned { 1.0 } else { 0.0 });
     let db = Db::connect(&config.db_config())
         .await
         .context("DATABASE_URL: cannot connect")?;
     if config.auto_migrate {
         migrate(&config.db_config()).await?;
     }
-    let state = Arc::new(AppState::new(&config, db.clone()));
+    let state = Arc::new(AppState::new(&config, db.clone(), buyer_auth));
     let app = build_app(&config, state.clone(), metrics);
 
     let (acceptor, addr) = flash_sale_process::bind(config.bind_addr, "BIND_ADDR").await?;
@@ -308,12 +325,17 @@ mod tests {
     /// The production configuration's defaults, admin routes on, over an in-memory SQLite pool
     /// that these tests never reach.
     async fn app_parts() -> (Config, Arc<AppState>) {
-        let cli = crate::config::Cli::try_parse_from(["flash-sale-api", "--admin-token", "t"])
-            .expect("defaults parse");
+        let cli = crate::config::Cli::try_parse_from([
+            "flash-sale-api",
+            "--admin-token",
+            "test-admin-token-of-24-chars",
+        ])
+        .expect("defaults parse");
         let db = Db::connect(&DbConfig::new("sqlite::memory:", 1))
             .await
             .expect("in-memory SQLite");
-        let state = Arc::new(AppState::new(&cli.config, db));
+        let state = AppState::new(&cli.config, db, crate::buyers::BuyerAuth::Anonymous);
+        let state = Arc::new(state);
         (cli.config, state)
     }
 

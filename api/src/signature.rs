@@ -10,6 +10,8 @@ use sha2::Sha256;
 
 /// How far `webhook-timestamp` may be from now, either way.
 pub const TOLERANCE_SECS: i64 = 5 * 60;
+/// Signatures of one header tried at most: a header of thousands must not cost an HMAC each.
+pub const MAX_SIGNATURES: usize = 16;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SignatureError {
@@ -47,7 +49,8 @@ pub fn verify(
         .trim()
         .parse()
         .map_err(|_| SignatureError::BadTimestamp)?;
-    if (now_unix - ts).abs() > TOLERANCE_SECS {
+    // `abs_diff`: any timestamp, `i64::MIN` included, is a refusal, never an overflow.
+    if now_unix.abs_diff(ts) > TOLERANCE_SECS.unsigned_abs() {
         return Err(SignatureError::OutsideTolerance);
     }
     let mut mac =
@@ -59,6 +62,8 @@ pub fn verify(
     mac.update(body);
     let valid = signatures
         .split(' ')
+        .filter(|entry| !entry.is_empty())
+        .take(MAX_SIGNATURES)
         .filter_map(|entry| entry.strip_prefix("v1,"))
         .filter_map(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
         // Every candidate is checked, in constant time each.
@@ -103,6 +108,42 @@ mod tests {
         assert_eq!(
             verify(key, &headers("msg_1", "1800000000", &rotated), b"{}", now),
             Ok(())
+        );
+    }
+
+    #[test]
+    fn any_timestamp_is_a_refusal_never_an_overflow() {
+        let key = b"0123456789abcdef";
+        for ts in [i64::MIN, i64::MAX, -1, 0] {
+            let ts = ts.to_string();
+            let got = verify(key, &headers("msg_1", &ts, "v1,AAAA"), b"{}", 1_800_000_000);
+            assert_eq!(got, Err(SignatureError::OutsideTolerance), "{ts}");
+        }
+        let got = verify(
+            key,
+            &headers("msg_1", "99999999999999999999", "v1,AAAA"),
+            b"{}",
+            1,
+        );
+        assert_eq!(got, Err(SignatureError::BadTimestamp));
+    }
+
+    #[test]
+    fn at_most_sixteen_signatures_are_tried() {
+        let key = b"0123456789abcdef";
+        let now = 1_800_000_000;
+        let good = sign(key, "msg_1", now, b"{}");
+        let ts = now.to_string();
+        let junk = vec!["v1,AAAA"; MAX_SIGNATURES - 1].join(" ");
+        let sixteenth = format!("{junk} {good}");
+        assert_eq!(
+            verify(key, &headers("msg_1", &ts, &sixteenth), b"{}", now),
+            Ok(())
+        );
+        let seventeenth = format!("{junk} v1,AAAA {good}");
+        assert_eq!(
+            verify(key, &headers("msg_1", &ts, &seventeenth), b"{}", now),
+            Err(SignatureError::NoValidSignature)
         );
     }
 

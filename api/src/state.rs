@@ -23,6 +23,8 @@ pub struct AppState {
     pub max_hold_qty: u32,
     pub admin_token: Option<String>,
     pub webhook_secret: Option<crate::config::WebhookSecret>,
+    /// How buyers are known (`BUYER_AUTH`).
+    pub buyer_auth: crate::buyers::BuyerAuth,
     /// Set on SIGTERM/Ctrl-C: `/readyz` answers 503 from then on.
     pub draining: AtomicBool,
     /// Which clients are still connected.
@@ -38,7 +40,7 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(config: &Config, db: Db) -> Self {
+    pub fn new(config: &Config, db: Db, buyer_auth: crate::buyers::BuyerAuth) -> Self {
         let hold_ttl = chrono::Duration::seconds(i64::from(config.hold_ttl_seconds));
         Self {
             hold_coalescer: config.hold_coalescing.then(|| {
@@ -73,6 +75,7 @@ impl AppState {
                 .map(|t| secrecy::ExposeSecret::expose_secret(t).to_owned()),
             connections: Arc::default(),
             webhook_secret: config.webhook_secret.clone(),
+            buyer_auth,
             draining: AtomicBool::new(false),
         }
     }

@@ -151,6 +151,55 @@ impl<'a, T: Type + DeserializeOwned> ApiExtractor<'a> for JsonBody<T> {
     }
 }
 
+/// A JSON request body read but not yet parsed: for a body that must be authenticated (the
+/// webhook's signature is over its exact bytes) before anything reads it. Documented as `T`.
+pub struct UnparsedJson<T> {
+    pub raw: Vec<u8>,
+    _of: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T: DeserializeOwned> UnparsedJson<T> {
+    /// The body, parsed as [`JsonBody`] parses it.
+    pub fn parse(&self) -> Result<T, ApiError> {
+        parse_body(&self.raw).map_err(|e| match e.field {
+            Some(field) => ApiError::field(e.code, &field, e.message),
+            None => ApiError::new(e.code, e.message),
+        })
+    }
+}
+
+impl<'a, T: Type + DeserializeOwned> ApiExtractor<'a> for UnparsedJson<T> {
+    const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::RequestObject];
+    type ParamType = ();
+    type ParamRawType = ();
+
+    fn register(registry: &mut Registry) {
+        T::register(registry);
+    }
+
+    fn request_meta() -> Option<MetaRequest> {
+        <JsonBody<T> as ApiExtractor>::request_meta()
+    }
+
+    async fn from_request(
+        request: &'a Request,
+        body: &mut RequestBody,
+        _param_opts: ExtractParamOptions<Self::ParamType>,
+    ) -> poem::Result<Self> {
+        match request.content_type() {
+            Some(ct) if is_json(ct) => Ok(Self {
+                raw: <Vec<u8> as FromRequest>::from_request(request, body).await?,
+                _of: std::marker::PhantomData,
+            }),
+            Some(ct) => Err(ContentTypeError::NotSupported {
+                content_type: ct.to_owned(),
+            }
+            .into()),
+            None => Err(ContentTypeError::ExpectContentType.into()),
+        }
+    }
+}
+
 /// Parses a body, sorting serde's refusals the contract's way: not JSON, a missing or null
 /// field, or a value of the wrong type is 400 `malformed_request`; a value of the right type
 /// that no field may hold (an unknown `status`, an integer beyond 32 bits) is 422

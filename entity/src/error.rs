@@ -63,6 +63,13 @@ pub enum DomainError {
     /// A webhook's `hold_id`, `product_id` or `quantity` does not match its hold or order.
     #[error("{0}")]
     HoldMismatch(String),
+    /// A webhook's `amount` is not its order's total. `order` (id and status) is none when the
+    /// order would have been made by this webhook, and so was not.
+    #[error("the order's total is {total}")]
+    AmountMismatch {
+        order: Option<(OrderId, crate::OrderStatus)>,
+        total: crate::Money,
+    },
     /// The idempotency key was used before with a different body.
     #[error("idempotency key reused with a different body")]
     IdempotencyKeyMismatch,

@@ -14,6 +14,7 @@ use crate::{
     db::{ServerTraits, now, with_retry, with_retry_until},
     hold::{self, HoldStatus},
     idempotency::{Keyed, KeyedRequest, LookupSlot, StoredResponse, check_in_txn, store_in_txn},
+    ownership::{Access, ClientSecret},
     product,
     sweeps::{log_expired, reclaim_expired},
     transitions::{HoldRef, NewHold, create_holds, lock_hold, lock_product, move_holds},
@@ -30,6 +31,9 @@ pub struct HoldView {
     pub status: HoldStatus,
     pub expires_at: DateTime<Utc>,
     pub buyer_id: Option<String>,
+    /// The secret its anonymous buyer reaches it with: only in the answer that made the hold
+    /// (and that answer's replay), never read back from the database, which keeps its hash.
+    pub client_secret: Option<ClientSecret>,
 }
 
 impl HoldView {
@@ -50,14 +54,23 @@ impl HoldView {
             status: model.effective_status(now),
             expires_at: model.expires_at,
             buyer_id: model.buyer_id.clone(),
+            client_secret: None,
         }
     }
 }
 
-pub async fn get_hold(db: &Db, id: HoldId) -> Result<HoldView, DomainError> {
+/// Whether `access` reaches this hold (see [`crate::ownership`]).
+pub(crate) fn owned(model: &hold::Model, access: Access<'_>) -> bool {
+    access.owns(model.secret_hash.as_deref(), model.buyer_id.as_deref())
+}
+
+/// A hold, for its owner: anyone else is answered [`DomainError::HoldNotFound`], as for a hold
+/// that does not exist.
+pub async fn get_hold(db: &Db, id: HoldId, access: Access<'_>) -> Result<HoldView, DomainError> {
     let model = db
         .read(|| async { Ok(hold::Entity::find_by_id(id).one(db.conn()).await?) })
         .await?
+        .filter(|m| owned(m, access))
         .ok_or(DomainError::HoldNotFound(id))?;
     Ok(HoldView::at(&model, now()))
 }
@@ -66,8 +79,11 @@ pub async fn get_hold(db: &Db, id: HoldId) -> Result<HoldView, DomainError> {
 #[derive(Debug, Clone)]
 pub struct HoldRequest {
     pub qty: Quantity,
-    /// Who the hold is for; required on a product with a per-buyer limit.
+    /// Who the hold is for; required on a product with a per-buyer limit. With
+    /// `BUYER_AUTH=jwt`, the token's buyer, who owns the hold.
     pub buyer: Option<BuyerId>,
+    /// The secret of an anonymous buyer, who owns the hold by it (its hash is stored).
+    pub secret: Option<ClientSecret>,
     /// Its `Idempotency-Key`, if it came with one: the key and its answer are written in the
     /// batch's transaction.
     pub keyed: Option<Keyed<HoldView>>,
@@ -86,6 +102,7 @@ impl HoldRequest {
         Self {
             qty,
             buyer: None,
+            secret: None,
             keyed: None,
             key_look_up: None,
             client_gone: None,
@@ -167,13 +184,14 @@ pub async fn create_holds_batch(
                 .filter_map(|(r, d)| {
                     d.as_ref().ok().map(|&qty| NewHold {
                         qty,
+                        secret_hash: r.secret.as_ref().map(|s| s.hash().as_str()),
                         buyer: r.buyer.as_ref().map(BuyerId::as_str),
                         key: r.keyed.as_ref().map(|k| &*k.request),
                     })
                 })
                 .collect();
             let expires_at = now + ttl;
-            let ids = create_holds(txn, db.server(), product_id, &granted, now, expires_at).await?;
+            let ids = create_holds(txn, db.server(), &product, &granted, now, expires_at).await?;
             let answers = answer_all(requests, decided, ids, product_id, expires_at);
             let answers = store_refusals(txn, db.server(), requests, answers, check_keys).await?;
             Ok((answers, reclaimed))
@@ -275,6 +293,7 @@ fn answer_all(
                 status: HoldStatus::Active,
                 expires_at,
                 buyer_id: r.buyer.as_ref().map(|b| b.as_str().to_owned()),
+                client_secret: r.secret.clone(),
             })
         })
         .collect()
@@ -478,11 +497,18 @@ async fn units_per_buyer<'a, C: ConnectionTrait>(
 /// Releases an active hold at the buyer's request: its stock is available again at once.
 /// A hold that is consumed, released or expired (even if not yet swept) is refused; an expired
 /// one found here is swept in the same transaction.
-pub async fn release_hold(db: &Db, id: HoldId) -> Result<HoldView, DomainError> {
+pub async fn release_hold(
+    db: &Db,
+    id: HoldId,
+    access: Access<'_>,
+) -> Result<HoldView, DomainError> {
     let (outcome, expired) = with_retry(None, || {
         db.write(async |txn| {
             // Hold row first, then its product: the lock order every path but create_hold keeps.
             let hold = lock_hold(txn, id).await?;
+            if !owned(&hold, access) {
+                return Err(DomainError::HoldNotFound(id));
+            }
             let now = now();
             let status = hold.effective_status(now);
             if status == HoldStatus::Active {

@@ -54,13 +54,7 @@ pub fn fingerprint_bytes(bytes: &[u8]) -> String {
 }
 
 fn hex(hasher: Sha256) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut hex = String::with_capacity(64);
-    for b in hasher.finalize() {
-        hex.push(char::from(HEX[usize::from(b >> 4)]));
-        hex.push(char::from(HEX[usize::from(b & 0xf)]));
-    }
-    hex
+    crate::ownership::hex(&hasher.finalize())
 }
 
 /// How long a key is kept.
@@ -79,9 +73,28 @@ pub struct StoredResponse {
 pub struct KeyedRequest {
     /// Which operation the key belongs to (`holds`, `orders`).
     pub scope: &'static str,
+    /// The key as it is stored and compared: see [`KeyedRequest::new`].
     pub key: String,
     /// SHA-256 (hex) of the canonical request body.
     pub fingerprint: String,
+}
+
+impl KeyedRequest {
+    /// A request with the client's `key`, sent by `owner` (the token's buyer; empty for an
+    /// anonymous buyer). Keys are stored as SHA-256 (hex) of the owner and the key: two buyers'
+    /// equal keys are two keys, and the database never holds a key a secret is derived from
+    /// (see [`crate::ownership::ClientSecret::for_key`]).
+    pub fn new(scope: &'static str, owner: &str, key: &str, fingerprint: String) -> Self {
+        let mut hasher = Sha256::new();
+        hasher.update(owner.as_bytes());
+        hasher.update([0]);
+        hasher.update(key.as_bytes());
+        Self {
+            scope,
+            key: crate::ownership::hex(&hasher.finalize()),
+            fingerprint,
+        }
+    }
 }
 
 /// How the caller's answer to a request is written down, inside the transaction, to be replayed
@@ -508,5 +521,26 @@ mod fingerprint_tests {
             fingerprint_json(&reordered),
             fingerprint_bytes(br#"{"a":1,"b":2}"#)
         );
+    }
+}
+
+#[cfg(test)]
+mod key_tests {
+    use super::*;
+
+    /// Stored keys keep matching across versions (migration 8 rewrote the older ones the same
+    /// way): SHA-256 of the owner, a zero byte and the key.
+    #[test]
+    fn keys_are_stored_as_digests_of_owner_and_key() {
+        let anonymous = KeyedRequest::new(HOLDS, "", "k-1", String::new());
+        // printf '\0k-1' | sha256sum
+        assert_eq!(
+            anonymous.key,
+            "87f271b944dd193511c623d5aa5280099d7550f4375d7a8ee7a4cdcf14403469"
+        );
+        let ann = KeyedRequest::new(HOLDS, "ann", "k-1", String::new());
+        let bob = KeyedRequest::new(HOLDS, "bob", "k-1", String::new());
+        assert_ne!(ann.key, bob.key, "two buyers' equal keys are two keys");
+        assert_ne!(ann.key, anonymous.key);
     }
 }

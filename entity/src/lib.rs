@@ -18,6 +18,7 @@ mod failure;
 pub mod holds;
 pub mod idempotency;
 pub mod orders;
+pub mod ownership;
 pub mod payments;
 pub mod products;
 pub mod sweeps;

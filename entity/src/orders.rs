@@ -14,6 +14,7 @@ use crate::{
     hold::HoldStatus,
     idempotency::{Keyed, check_in_txn, store_in_txn},
     order::{self, OrderStatus},
+    ownership::Access,
     transitions::{clear_refund_required, lock_hold, lock_order, order_from_hold},
     types::{HoldId, OrderId, ProductId},
 };
@@ -56,31 +57,36 @@ pub enum OrderCreated {
     Existing(OrderView),
 }
 
-pub async fn get_order(db: &Db, id: OrderId) -> Result<OrderView, DomainError> {
+/// An order, for the owner of its hold: anyone else is answered
+/// [`DomainError::OrderNotFound`], as for an order that does not exist.
+pub async fn get_order(db: &Db, id: OrderId, access: Access<'_>) -> Result<OrderView, DomainError> {
     let model = db
         .read(|| async { Ok(order::Entity::find_by_id(id).one(db.conn()).await?) })
         .await?
+        .filter(|o| access.owns(o.secret_hash.as_deref(), o.buyer_id.as_deref()))
         .ok_or(DomainError::OrderNotFound(id))?;
     Ok(OrderView::from(&model))
 }
 
 /// Turns an active hold into a pending order; for a hold that already became an order, returns
-/// that order (the hold is the order's natural idempotency key). With a client idempotency key,
-/// the key and the answer are written in the order's transaction, refusals included.
+/// that order (the hold is the order's natural idempotency key). Only the hold's owner may
+/// (anyone else: [`DomainError::HoldNotFound`]). With a client idempotency key, the key and the
+/// answer are written in the order's transaction, refusals included.
 pub async fn create_order(
     db: &Db,
     hold_id: HoldId,
+    access: Access<'_>,
     keyed: Option<Keyed<OrderCreated>>,
 ) -> Result<OrderCreated, DomainError> {
     let outcome = with_retry(None, || {
         db.write(async |txn| {
             let Some(k) = &keyed else {
-                return order_for_hold(txn, hold_id, now()).await.map(Ok);
+                return order_for_hold(txn, hold_id, access, now()).await.map(Ok);
             };
             if let Some(Err(taken)) = check_in_txn(txn, &[&*k.request]).await?.pop() {
                 return Err(taken);
             }
-            let result = order_for_hold(txn, hold_id, now()).await;
+            let result = order_for_hold(txn, hold_id, access, now()).await;
             let answer = result
                 .as_ref()
                 .map(|(model, new)| created(model, *new))
@@ -127,13 +133,18 @@ fn created(model: &order::Model, new: bool) -> OrderCreated {
     }
 }
 
-/// Locks the hold and returns its order, creating it from an active hold. `true` if new.
+/// Locks the hold and returns its order, creating it from an active hold. `true` if new. A
+/// hold `access` does not own is answered as missing.
 pub(crate) async fn order_for_hold(
     txn: &DatabaseTransaction,
     hold_id: HoldId,
+    access: Access<'_>,
     now: DateTime<Utc>,
 ) -> Result<(order::Model, bool), DomainError> {
     let hold = lock_hold(txn, hold_id).await?;
+    if !crate::holds::owned(&hold, access) {
+        return Err(DomainError::HoldNotFound(hold_id));
+    }
     match hold.effective_status(now) {
         HoldStatus::Consumed => {
             let order = order::Entity::find()

@@ -10,12 +10,14 @@ use sea_orm::{
 };
 
 use crate::{
-    Db, DomainError,
+    Db, DomainError, Money,
     db::{now, with_retry},
     hold,
     order::OrderStatus,
     orders::{OrderView, log_order_created, order_for_hold},
-    transitions::{lock_order, mark_refund_required, move_order},
+    ownership::Access,
+    sweeps::{ExpiredHold, log_expired, reclaim_expired},
+    transitions::{lock_order, lock_product, mark_refund_required, move_order},
     types::{HoldId, OrderId, ProductId},
     webhook_event::{self, WebhookConflict},
 };
@@ -53,13 +55,15 @@ pub struct PaymentEvent {
     pub hold_id: Option<HoldId>,
     pub product_id: Option<ProductId>,
     pub quantity: Option<i64>,
+    /// What the gateway charged, when it says: it must be the order's total.
+    pub amount: Option<Money>,
 }
 
 impl PaymentEvent {
     /// SHA-256 of the event's fields in a canonical form (sorted keys, no spacing), so the same
     /// fields and values give the same fingerprint however the gateway formats its JSON.
     pub fn fingerprint(&self) -> String {
-        let canonical = serde_json::json!({
+        let mut canonical = serde_json::json!({
             "idempotency_key": self.idempotency_key,
             "order_id": self.order_id.get(),
             "status": self.status.as_str(),
@@ -67,6 +71,10 @@ impl PaymentEvent {
             "product_id": self.product_id.map(ProductId::get),
             "quantity": self.quantity,
         });
+        // Only when sent, so that events stored before `amount` existed keep their fingerprint.
+        if let (Some(amount), Some(fields)) = (self.amount, canonical.as_object_mut()) {
+            fields.insert("amount".into(), amount.to_string().into());
+        }
         crate::idempotency::fingerprint_json(&canonical)
     }
 }
@@ -96,7 +104,8 @@ pub async fn apply_payment(db: &Db, event: &PaymentEvent) -> Result<PaymentResul
     })
     .await;
     let result = match outcome {
-        Ok(Applied::Done(result)) => {
+        Ok(Applied::Done(result, reclaimed)) => {
+            log_expired(&reclaimed, "api");
             if let Some(order) = &result.created {
                 log_order_created(order);
             }
@@ -107,8 +116,17 @@ pub async fn apply_payment(db: &Db, event: &PaymentEvent) -> Result<PaymentResul
         }
         Ok(Applied::AlreadyRecorded) => duplicate_of(db, event, &fingerprint).await?,
         Err(err) => {
-            if let DomainError::HoldExpired(_) | DomainError::HoldReleased(_) = err {
-                log_conflict(event, None, None, conflict_reason(&err));
+            match &err {
+                DomainError::HoldExpired(_) | DomainError::HoldReleased(_) => {
+                    log_conflict(event, None, None, conflict_reason(&err));
+                }
+                DomainError::AmountMismatch { order, .. } => log_conflict(
+                    event,
+                    order.map(|(id, _)| id),
+                    order.map(|(_, status)| status),
+                    "amount_mismatch",
+                ),
+                _ => {}
             }
             if !matches!(err, DomainError::IdempotencyKeyMismatch) {
                 metrics::counter!("webhooks_total", "outcome" => "rejected").increment(1);
@@ -151,7 +169,8 @@ pub async fn apply_payment(db: &Db, event: &PaymentEvent) -> Result<PaymentResul
 }
 
 enum Applied {
-    Done(PaymentResult),
+    /// With the expired holds a late success reclaimed to pay its order.
+    Done(PaymentResult, Vec<ExpiredHold>),
     /// The key was recorded by someone else first (maybe at this very moment).
     AlreadyRecorded,
 }
@@ -199,7 +218,7 @@ async fn record_and_apply(
                 .hold_id
                 .ok_or(DomainError::OrderNotFound(event.order_id))?;
             check_hold_matches(txn, event, hold_id).await?;
-            let (order, new) = order_for_hold(txn, hold_id, now).await?;
+            let (order, new) = order_for_hold(txn, hold_id, Access::Service, now).await?;
             if new {
                 created = Some(OrderView::from(&order));
             }
@@ -209,8 +228,19 @@ async fn record_and_apply(
         Err(e) => return Err(e),
     };
 
-    // 3. The effect, through the order state machine.
+    // 3. What was charged, when the gateway says: the order's total or nothing happens.
+    if let Some(amount) = event.amount
+        && amount.cents() != order.total_cents
+    {
+        return Err(DomainError::AmountMismatch {
+            order: created.is_none().then_some((order.id, order.status)),
+            total: Money::from_cents(order.total_cents),
+        });
+    }
+
+    // 4. The effect, through the order state machine.
     let mut refund_owed = None;
+    let mut reclaimed = Vec::new();
     let (order_status, conflict) = match (order.status, event.status) {
         (OrderStatus::Pending, PaymentStatus::Success) => {
             move_order(txn, &order, OrderStatus::Paid, now).await?;
@@ -220,12 +250,21 @@ async fn record_and_apply(
             move_order(txn, &order, OrderStatus::Cancelled, now).await?;
             (OrderStatus::Cancelled, None)
         }
-        (OrderStatus::Paid, PaymentStatus::Success) => (OrderStatus::Paid, None),
+        // A second payment for a paid order (the same key is a duplicate, answered above):
+        // nothing changes, and people must check whether the buyer was charged twice.
+        (OrderStatus::Paid, PaymentStatus::Success) => {
+            (OrderStatus::Paid, Some(WebhookConflict::AlreadyPaid))
+        }
         (OrderStatus::Paid, PaymentStatus::Failure) => {
             (OrderStatus::Paid, Some(WebhookConflict::FailureAfterPaid))
         }
         (OrderStatus::Cancelled, PaymentStatus::Failure) => (OrderStatus::Cancelled, None),
         (OrderStatus::Cancelled, PaymentStatus::Success) => {
+            // Expired holds count as available, as reads say, even before a sweeper ran.
+            let product = lock_product(txn, order.product_id).await?;
+            let need = i64::from(order.quantity);
+            (_, reclaimed) =
+                reclaim_expired(txn, order.product_id, now, product.available_stock, need).await?;
             match move_order(txn, &order, OrderStatus::Paid, now).await {
                 Ok(()) => (OrderStatus::Paid, None),
                 Err(DomainError::InsufficientStock { .. }) => {
@@ -243,7 +282,7 @@ async fn record_and_apply(
         }
     };
 
-    // 4. The answer, stored with the key for its duplicates.
+    // 5. The answer, stored with the key for its duplicates.
     webhook_event::Entity::update(webhook_event::ActiveModel {
         id: Set(record_id),
         order_id: Set(order.id),
@@ -253,15 +292,18 @@ async fn record_and_apply(
     })
     .exec(txn)
     .await?;
-    Ok(Applied::Done(PaymentResult {
-        duplicate: false,
-        order_id: order.id,
-        status: event.status,
-        order_status,
-        conflict,
-        created,
-        refund_owed,
-    }))
+    Ok(Applied::Done(
+        PaymentResult {
+            duplicate: false,
+            order_id: order.id,
+            status: event.status,
+            order_status,
+            conflict,
+            created,
+            refund_owed,
+        },
+        reclaimed,
+    ))
 }
 
 async fn check_hold_matches(
@@ -378,6 +420,7 @@ mod tests {
             hold_id: Some(HoldId::new(2)),
             product_id: Some(ProductId::new(3)),
             quantity: Some(4),
+            amount: None,
         };
         // SHA-256 of {"hold_id":2,"idempotency_key":"evt-1","order_id":1,"product_id":3,
         // "quantity":4,"status":"success"}.
@@ -388,6 +431,12 @@ mod tests {
         event.status = PaymentStatus::Failure;
         (event.hold_id, event.product_id, event.quantity) = (None, None, None);
         assert_eq!(
+            event.fingerprint(),
+            "730df8bff1af6df31ebc4a4d4457855e20472dfd5cff807dd4c8f1dc8025e63e"
+        );
+        // An amount, when sent, is part of the event.
+        event.amount = Some(Money::from_cents(1250));
+        assert_ne!(
             event.fingerprint(),
             "730df8bff1af6df31ebc4a4d4457855e20472dfd5cff807dd4c8f1dc8025e63e"
         );

@@ -165,7 +165,7 @@ async fn lock_products<C: ConnectionTrait>(
 pub(crate) async fn create_holds(
     txn: &DatabaseTransaction,
     server: ServerTraits,
-    product_id: ProductId,
+    product: &product::Model,
     holds: &[NewHold<'_>],
     now: DateTime<Utc>,
     expires_at: DateTime<Utc>,
@@ -173,7 +173,8 @@ pub(crate) async fn create_holds(
     if holds.is_empty() {
         return Ok(Vec::new());
     }
-    let ids = insert_holds(txn, server, product_id, holds, now, expires_at).await?;
+    let product_id = product.id;
+    let ids = insert_holds(txn, server, product, holds, now, expires_at).await?;
     adjust_product(
         txn,
         product_id,
@@ -194,13 +195,29 @@ pub(crate) async fn order_from_hold(
     now: DateTime<Utc>,
 ) -> Result<(order::Model, bool), DomainError> {
     let hold_id = hold.id;
-    let product = product::Entity::find_by_id(hold.product_id)
-        .one(txn)
-        .await?
-        .ok_or(DomainError::ProductNotFound(hold.product_id))?;
+    let unit_price = match hold.unit_price_cents {
+        Some(cents) => cents,
+        // A hold made before prices were kept on holds: the product's price, as then.
+        None => {
+            product::Entity::find_by_id(hold.product_id)
+                .one(txn)
+                .await?
+                .ok_or(DomainError::ProductNotFound(hold.product_id))?
+                .price_cents
+        }
+    };
     let qty = u32::try_from(hold.qty)
         .map_err(|_| DomainError::Invariant(format!("hold {hold_id} qty {}", hold.qty)))?;
-    let total_cents = Money::from_cents(product.price_cents).times(qty).cents();
+    // Prices are refused when they could not be multiplied by `MAX_HOLD_QTY` (see
+    // `Money::times`): an overflow here is a broken invariant, never a wrong total.
+    let total_cents = Money::from_cents(unit_price)
+        .times(qty)
+        .ok_or_else(|| {
+            DomainError::Invariant(format!(
+                "hold {hold_id}: {unit_price} cents × {qty} overflows"
+            ))
+        })?
+        .cents();
     let model = order::ActiveModel {
         hold_id: Set(hold_id),
         product_id: Set(hold.product_id),
@@ -210,6 +227,7 @@ pub(crate) async fn order_from_hold(
         created_at: Set(now),
         updated_at: Set(now),
         buyer_id: Set(hold.buyer_id.clone()),
+        secret_hash: Set(hold.secret_hash.clone()),
         ..Default::default()
     };
     let id = match order::Entity::insert(model).exec(txn).await {
@@ -237,6 +255,7 @@ pub(crate) async fn order_from_hold(
         updated_at: now,
         buyer_id: hold.buyer_id.clone(),
         refund_required: false,
+        secret_hash: hold.secret_hash.clone(),
     };
     Ok((order, true))
 }
@@ -375,6 +394,8 @@ async fn adjust_product<C: ConnectionTrait>(
 /// A hold about to be created.
 pub(crate) struct NewHold<'a> {
     pub qty: i32,
+    /// Its anonymous owner's secret, as stored (see `crate::ownership`).
+    pub secret_hash: Option<&'a str>,
     pub buyer: Option<&'a str>,
     /// The request's `Idempotency-Key` and fingerprint, written on the hold row.
     pub key: Option<&'a KeyedRequest>,
@@ -398,14 +419,19 @@ pub(crate) struct NewHold<'a> {
 async fn insert_holds(
     txn: &DatabaseTransaction,
     server: ServerTraits,
-    product_id: ProductId,
+    product: &product::Model,
     holds: &[NewHold<'_>],
     now: DateTime<Utc>,
     expires_at: DateTime<Utc>,
 ) -> Result<Vec<HoldId>, DomainError> {
     let backend = txn.get_database_backend();
+    let product_id = product.id;
+    // The price of every hold of the batch: the product's, read under its lock.
+    let unit_price = product.price_cents;
     let qtys: Vec<i32> = holds.iter().map(|h| h.qty).collect();
-    let has_strings = holds.iter().any(|h| h.buyer.is_some() || h.key.is_some());
+    let has_strings = holds
+        .iter()
+        .any(|h| h.buyer.is_some() || h.key.is_some() || h.secret_hash.is_some());
     // Buyer ids and keys are the client's strings: bound, never inlined into SQL text.
     let min_id = if backend == DbBackend::Sqlite || (has_strings && !server.insert_returning) {
         let models = holds.iter().map(|h| hold::ActiveModel {
@@ -414,6 +440,8 @@ async fn insert_holds(
             buyer_id: Set(h.buyer.map(str::to_owned)),
             idem_key: Set(h.key.map(|k| k.key.clone())),
             idem_fingerprint: Set(h.key.map(|k| k.fingerprint.clone())),
+            secret_hash: Set(h.secret_hash.map(str::to_owned)),
+            unit_price_cents: Set(Some(unit_price)),
             status: Set(HoldStatus::Active),
             expires_at: Set(expires_at),
             created_at: Set(now),
@@ -426,15 +454,16 @@ async fn insert_holds(
             .map_err(key_taken)?;
         None
     } else if server.insert_returning {
-        // `[qty]`, `[qty, buyer]` or `[qty, buyer or null, key, fingerprint]`: what is missing
-        // at the end is NULL (NULL ON EMPTY), and so is a JSON null. Each row is a tuple of
-        // borrowed values (a tuple is a JSON array): no value tree, no copy of a key per row.
+        // `[qty, secret hash, buyer, key, fingerprint]`, as short as each row allows: what is
+        // missing at the end is NULL (NULL ON EMPTY), and so is a JSON null. Each row is a
+        // tuple of borrowed values (a tuple is a JSON array): no value tree, no copies.
         let rows: Vec<JsonRow<'_>> = holds
             .iter()
-            .map(|h| match (h.buyer, h.key) {
-                (None, None) => JsonRow::Qty((h.qty,)),
-                (Some(b), None) => JsonRow::Buyer((h.qty, b)),
-                (b, Some(k)) => JsonRow::Keyed((h.qty, b, &k.key, &k.fingerprint)),
+            .map(|h| match (h.secret_hash, h.buyer, h.key) {
+                (None, None, None) => JsonRow::Qty((h.qty,)),
+                (Some(s), None, None) => JsonRow::Secret((h.qty, s)),
+                (s, Some(b), None) => JsonRow::Buyer((h.qty, s, b)),
+                (s, b, Some(k)) => JsonRow::Keyed((h.qty, s, b, &k.key, &k.fingerprint)),
             })
             .collect();
         let json = serde_json::to_string(&rows)
@@ -443,14 +472,17 @@ async fn insert_holds(
             .query_all_raw(Statement::from_sql_and_values(
                 backend,
                 "INSERT INTO holds (product_id, qty, status, expires_at, created_at, updated_at, \
-                   buyer_id, idem_key, idem_fingerprint) \
-                 SELECT ?, j.qty, ?, ?, ?, ?, j.buyer, j.idem_key, j.fingerprint \
+                   unit_price_cents, secret_hash, buyer_id, idem_key, idem_fingerprint) \
+                 SELECT ?, j.qty, ?, ?, ?, ?, ?, j.secret_hash, j.buyer, j.idem_key, \
+                   j.fingerprint \
                  FROM JSON_TABLE(?, '$[*]' COLUMNS (ord FOR ORDINALITY, qty INT PATH '$[0]', \
-                   buyer VARCHAR(128) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin PATH '$[1]' \
+                   secret_hash CHAR(64) CHARACTER SET ascii COLLATE ascii_bin PATH '$[1]' \
                      NULL ON EMPTY, \
-                   idem_key VARCHAR(255) CHARACTER SET ascii COLLATE ascii_bin PATH '$[2]' \
+                   buyer VARCHAR(128) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin PATH '$[2]' \
                      NULL ON EMPTY, \
-                   fingerprint VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin PATH '$[3]' \
+                   idem_key VARCHAR(255) CHARACTER SET ascii COLLATE ascii_bin PATH '$[3]' \
+                     NULL ON EMPTY, \
+                   fingerprint VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin PATH '$[4]' \
                      NULL ON EMPTY)) AS j \
                  ORDER BY j.ord \
                  RETURNING id, qty",
@@ -460,6 +492,7 @@ async fn insert_holds(
                     expires_at.into(),
                     now.into(),
                     now.into(),
+                    unit_price.into(),
                     json.into(),
                 ],
             ))
@@ -485,6 +518,7 @@ async fn insert_holds(
             hold::Column::ExpiresAt,
             hold::Column::CreatedAt,
             hold::Column::UpdatedAt,
+            hold::Column::UnitPriceCents,
         ]);
         let (expires, created) = (expires_at.naive_utc(), now.naive_utc());
         for &qty in &qtys {
@@ -495,6 +529,7 @@ async fn insert_holds(
                 expires.into(),
                 created.into(),
                 created.into(),
+                unit_price.into(),
             ]);
         }
         let result = txn
@@ -530,8 +565,9 @@ async fn insert_holds(
 #[serde(untagged)]
 enum JsonRow<'a> {
     Qty((i32,)),
-    Buyer((i32, &'a str)),
-    Keyed((i32, Option<&'a str>, &'a str, &'a str)),
+    Secret((i32, &'a str)),
+    Buyer((i32, Option<&'a str>, &'a str)),
+    Keyed((i32, Option<&'a str>, Option<&'a str>, &'a str, &'a str)),
 }
 
 /// A hold's key already on another hold (the unique index): a twin in another process was
@@ -572,12 +608,13 @@ mod tests {
         };
         let rows = [
             JsonRow::Qty((1,)),
-            JsonRow::Buyer((2, "b")),
-            JsonRow::Keyed((3, None, &key.key, &key.fingerprint)),
+            JsonRow::Secret((2, "s")),
+            JsonRow::Buyer((3, None, "b")),
+            JsonRow::Keyed((4, Some("s"), None, &key.key, &key.fingerprint)),
         ];
         assert_eq!(
             serde_json::to_string(&rows).unwrap(),
-            r#"[[1],[2,"b"],[3,null,"k-1","ab"]]"#
+            r#"[[1],[2,"s"],[3,null,"b"],[4,"s",null,"k-1","ab"]]"#
         );
     }
 }

@@ -125,8 +125,19 @@ impl Money {
         self.cents
     }
 
-    /// Parses a decimal string such as `"99.99"` or `"5"` exactly (through `rust_decimal`).
+    /// Parses a price: a decimal string such as `"99.99"` or `"5"`, exactly (through
+    /// `rust_decimal`), at most 999,999,999,999.99.
     pub fn parse(s: &str) -> Result<Self, MoneyError> {
+        Self::parse_up_to(s, MAX_CENTS)
+    }
+
+    /// Parses an amount that may be a total of many units (a webhook's `amount`): any number
+    /// of cents that fits.
+    pub fn parse_amount(s: &str) -> Result<Self, MoneyError> {
+        Self::parse_up_to(s, i64::MAX)
+    }
+
+    fn parse_up_to(s: &str, max_cents: i64) -> Result<Self, MoneyError> {
         let d: Decimal = s.trim().parse().map_err(|_| MoneyError::NotDecimal)?;
         if d.is_sign_negative() && !d.is_zero() {
             return Err(MoneyError::Negative);
@@ -138,17 +149,18 @@ impl Money {
             .trunc()
             .try_into()
             .map_err(|_| MoneyError::TooLarge)?;
-        if cents > MAX_CENTS {
+        if cents > max_cents {
             return Err(MoneyError::TooLarge);
         }
         Ok(Self { cents })
     }
 
-    /// The price of `qty` units, exact.
-    pub fn times(self, qty: u32) -> Self {
-        Self {
-            cents: self.cents.saturating_mul(i64::from(qty)),
-        }
+    /// The price of `qty` units, exact; `None` when it would not fit (never a saturated,
+    /// wrong total).
+    pub fn times(self, qty: u32) -> Option<Self> {
+        self.cents
+            .checked_mul(i64::from(qty))
+            .map(|cents| Self { cents })
     }
 
     pub fn to_decimal(self) -> Decimal {
@@ -172,8 +184,29 @@ mod tests {
         assert_eq!(Money::parse("99.99").unwrap().to_string(), "99.99");
         assert_eq!(Money::parse("5").unwrap().to_string(), "5.00");
         assert_eq!(Money::parse("0.1").unwrap().cents(), 10);
-        assert_eq!(Money::parse("1.50").unwrap().times(3).to_string(), "4.50");
+        assert_eq!(
+            Money::parse("1.50")
+                .unwrap()
+                .times(3)
+                .map(|m| m.to_string()),
+            Some("4.50".into())
+        );
         assert_eq!(Money::parse("0.10000").unwrap().cents(), 10);
+    }
+
+    #[test]
+    fn totals_that_would_not_fit_are_refused_not_saturated() {
+        let largest = Money::parse("999999999999.99").unwrap();
+        assert_eq!(
+            largest.times(1_000).map(Money::cents),
+            Some(99_999_999_999_999_000)
+        );
+        assert_eq!(largest.times(1_000_000), None);
+        assert_eq!(Money::from_cents(i64::MAX).times(2), None);
+        assert_eq!(
+            Money::from_cents(i64::MAX).times(1),
+            Some(Money::from_cents(i64::MAX))
+        );
     }
 
     #[test]

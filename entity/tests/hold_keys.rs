@@ -92,7 +92,7 @@ on_both_databases! {
         assert_eq!(look_up(&db, "k-1", "fp-a").await, Lookup::Hold(first.clone()));
         assert_eq!(look_up(&db, "k-1", "fp-b").await, Lookup::Mismatch);
         // Released since: the replay is still the first answer.
-        holds::release_hold(&db, first.id).await.expect("released");
+        holds::release_hold(&db, first.id, entity::ownership::Access::Service).await.expect("released");
         assert_eq!(look_up(&db, "k-1", "fp-a").await, Lookup::Hold(first));
     }
 

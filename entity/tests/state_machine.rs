@@ -6,6 +6,7 @@ use entity::{
     Db, DbConfig, DomainError, Money, Quantity,
     holds::{self, HoldRequest},
     orders,
+    ownership::Access,
     payments::{self, PaymentEvent, PaymentStatus},
     products, sweeps, timeouts,
     types::{HoldId, OrderId, ProductId},
@@ -129,13 +130,14 @@ async fn run(ops: Vec<Op>) {
                 }
             }
             Op::Release(i) if !holds.is_empty() => {
-                match holds::release_hold(&db, holds[i % holds.len()]).await {
+                match holds::release_hold(&db, holds[i % holds.len()], Access::Service).await {
                     Ok(_) | Err(DomainError::HoldNotActive { .. }) => {}
                     Err(e) => panic!("release: {e}"),
                 }
             }
             Op::Order(i) if !holds.is_empty() => {
-                match orders::create_order(&db, holds[i % holds.len()], None).await {
+                match orders::create_order(&db, holds[i % holds.len()], Access::Service, None).await
+                {
                     Ok(orders::OrderCreated::New(o)) => orders_made.push(o.id),
                     Ok(orders::OrderCreated::Existing(_))
                     | Err(DomainError::HoldExpired(_) | DomainError::HoldReleased(_)) => {}
@@ -161,6 +163,7 @@ async fn run(ops: Vec<Op>) {
                         hold_id: Some(holds[target % holds.len()]),
                         product_id: None,
                         quantity: None,
+                        amount: None,
                     }
                 } else if !orders_made.is_empty() {
                     PaymentEvent {
@@ -170,6 +173,7 @@ async fn run(ops: Vec<Op>) {
                         hold_id: None,
                         product_id: None,
                         quantity: None,
+                        amount: None,
                     }
                 } else {
                     continue;

@@ -15,6 +15,7 @@ mod m20261125_000004_exact_idempotency_keys;
 mod m20261125_000005_sales_buyers_refunds;
 mod m20261125_000006_utf8mb4_text;
 mod m20261206_000007_hold_keys;
+mod m20261207_000008_owners_and_prices;
 
 pub struct Migrator;
 
@@ -29,6 +30,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000005_sales_buyers_refunds::Migration),
             Box::new(m20261125_000006_utf8mb4_text::Migration),
             Box::new(m20261206_000007_hold_keys::Migration),
+            Box::new(m20261207_000008_owners_and_prices::Migration),
         ]
     }
 }

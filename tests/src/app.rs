@@ -5,7 +5,10 @@
 use crate::{Backend, Blocker, Client, Process, TestDb};
 
 /// The admin token every test API gets unless [`AppOptions::admin_token`] says otherwise.
-pub const ADMIN_TOKEN: &str = "test-admin-token";
+pub const ADMIN_TOKEN: &str = "test-admin-token-of-32-characters";
+/// The gateway's Standard Webhooks secret every test API gets unless its options say otherwise
+/// (a test's own, published nowhere else).
+pub const WEBHOOK_SECRET: &str = "whsec_dGVzdC13ZWJob29rLXNlY3JldC1vZi0zMi1ieXRlcw==";
 
 /// Settings for a test API process, on top of the defaults below.
 #[derive(Clone, Default)]
@@ -46,7 +49,8 @@ impl TestApp {
 
     fn start(db: TestDb, options: AppOptions) -> Self {
         let server = spawn_api(&db.url, &db, &options);
-        let client = Client::new(&server);
+        let mut client = Client::new(&server);
+        client.webhook_secret = webhook_secret(&options);
         Self { db, server, client }
     }
 
@@ -125,8 +129,25 @@ pub fn spawn_api(url: &str, db: &TestDb, options: &AppOptions) -> Process {
         Some(Some(t)) => env.push(("ADMIN_TOKEN", t.clone())),
         Some(None) => {}
     }
+    if !options
+        .extra_env
+        .iter()
+        .any(|(k, _)| k.starts_with("WEBHOOK_"))
+    {
+        env.push(("WEBHOOK_SECRET", WEBHOOK_SECRET.into()));
+    }
     env.extend(options.extra_env.iter().cloned());
     Process::start("flash-sale-api", &[], &env, true)
+}
+
+/// The webhook secret an API started with `options` has.
+fn webhook_secret(options: &AppOptions) -> Option<String> {
+    let set = |name: &str| options.extra_env.iter().find(|(k, _)| *k == name);
+    match set("WEBHOOK_SECRET") {
+        Some((_, secret)) => Some(secret.clone()),
+        None if set("WEBHOOK_ALLOW_UNSIGNED").is_some() => None,
+        None => Some(WEBHOOK_SECRET.into()),
+    }
 }
 
 fn worker_env(url: &str, db: &TestDb) -> Vec<(&'static str, String)> {

@@ -1,19 +1,88 @@
 //! Talking to an API process over HTTP: a [`Client`] with one short helper per operation, and
 //! the [`Response`] every helper returns.
+//!
+//! A client is one buyer, as a frontend is: it keeps the `client_secret` of each hold it was
+//! given (its wallet) and sends it as `Client-Secret` with every later request about that hold
+//! or its order, or sends its buyer token (`BUYER_AUTH=jwt`). [`Client::stranger`] is another
+//! buyer on the same API, who was given nothing. Webhooks are signed as the gateway signs them.
 
-use std::time::Duration;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use serde_json::{Value, json};
 
 use crate::{ADMIN_TOKEN, Process};
 
-/// An HTTP client for one API process; cheap to clone into concurrent tasks.
+/// An HTTP client for one API process; cheap to clone into concurrent tasks (clones share the
+/// wallet: they are the same buyer).
 #[derive(Clone)]
 pub struct Client {
     pub address: String,
     pub http: reqwest::Client,
+    /// The gateway's Standard Webhooks secret, when the API has one: [`Client::webhook`] signs.
+    pub webhook_secret: Option<String>,
+    /// `BUYER_AUTH=jwt`: this buyer's token, sent with every buyer request.
+    pub token: Option<String>,
+    wallet: Arc<Mutex<Wallet>>,
 }
 
+/// The secrets a buyer was given, by hold, and the orders made from those holds.
+#[derive(Default)]
+struct Wallet {
+    holds: HashMap<i64, String>,
+    orders: HashMap<i64, i64>,
+}
+
+impl Wallet {
+    /// The secret that reaches `path` (`/api/holds/{id}...`, `/api/orders/{id}`), or the
+    /// `POST /api/orders` of `body`'s hold.
+    fn secret_for(
+        &self,
+        method: &reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Option<String> {
+        let id_after = |prefix: &str| {
+            path.strip_prefix(prefix)?
+                .split(['/', '?'])
+                .next()?
+                .parse::<i64>()
+                .ok()
+        };
+        if let Some(hold) = id_after("/api/holds/") {
+            return self.holds.get(&hold).cloned();
+        }
+        if let Some(order) = id_after("/api/orders/") {
+            return self.holds.get(self.orders.get(&order)?).cloned();
+        }
+        if *method == reqwest::Method::POST && path == "/api/orders" {
+            return self.holds.get(&body?["hold_id"].as_i64()?).cloned();
+        }
+        None
+    }
+
+    /// Keeps what an answer gave: a hold's secret, an order's hold.
+    fn keep(&mut self, path: &str, r: &Response) {
+        if !(200..300).contains(&r.status) {
+            return;
+        }
+        if path == "/api/holds"
+            && let (Some(hold), Some(secret)) =
+                (r.body["hold_id"].as_i64(), r.body["client_secret"].as_str())
+        {
+            self.holds.insert(hold, secret.to_owned());
+        }
+        if let (Some(order), Some(hold)) = (r.body["order_id"].as_i64(), r.body["hold_id"].as_i64())
+        {
+            self.orders.insert(order, hold);
+        }
+    }
+}
+
+#[derive(Debug)]
 pub struct Response {
     pub status: u16,
     pub content_type: String,
@@ -46,7 +115,85 @@ impl Client {
                 .timeout(Duration::from_secs(30))
                 .build()
                 .expect("http client"),
+            webhook_secret: Some(crate::WEBHOOK_SECRET.into()),
+            token: None,
+            wallet: Arc::default(),
         }
+    }
+
+    /// The same buyer (wallet, token, webhook secret), talking to another API process.
+    pub fn on(&self, server: &Process) -> Self {
+        Self {
+            address: format!("http://{}", server.addr.clone().expect("server addr")),
+            ..self.clone()
+        }
+    }
+
+    /// Another buyer of the same API: no secret in its wallet, no token.
+    pub fn stranger(&self) -> Self {
+        Self {
+            token: None,
+            wallet: Arc::default(),
+            ..self.clone()
+        }
+    }
+
+    /// The buyer with this token (`BUYER_AUTH=jwt`), with a wallet of its own.
+    pub fn with_token(&self, token: &str) -> Self {
+        Self {
+            token: Some(token.to_owned()),
+            wallet: Arc::default(),
+            ..self.clone()
+        }
+    }
+
+    /// The secret this buyer was given for a hold, if it was.
+    pub fn secret_of(&self, hold_id: i64) -> Option<String> {
+        let wallet = self.wallet.lock().unwrap_or_else(|p| p.into_inner());
+        wallet.holds.get(&hold_id).cloned()
+    }
+
+    /// A request of this buyer: its token, and the secret of the hold or order it is about.
+    pub fn buyer_request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> reqwest::RequestBuilder {
+        let secret = {
+            let wallet = self.wallet.lock().unwrap_or_else(|p| p.into_inner());
+            wallet.secret_for(&method, path, body)
+        };
+        let mut req = self.http.request(method, format!("{}{path}", self.address));
+        if let Some(secret) = secret {
+            req = req.header("client-secret", secret);
+        }
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        req
+    }
+
+    /// Sends a request built by [`Client::buyer_request`] and keeps what its answer gave.
+    pub async fn send(&self, path: &str, req: reqwest::RequestBuilder) -> Response {
+        self.try_send(path, req).await.expect("request failed")
+    }
+
+    /// [`Client::send`] for a test that expects some requests to get no answer.
+    pub async fn try_send(
+        &self,
+        path: &str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<Response, reqwest::Error> {
+        let r = into_response(req.send().await?).await;
+        self.wallet
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keep(path, &r);
+        Ok(r)
     }
 
     pub async fn request(
@@ -55,11 +202,8 @@ impl Client {
         path: &str,
         body: Option<Value>,
     ) -> Response {
-        let mut req = self.http.request(method, format!("{}{path}", self.address));
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        into_response(req.send().await.expect("request failed")).await
+        let req = self.buyer_request(method, path, body.as_ref());
+        self.send(path, req).await
     }
 
     pub async fn get(&self, path: &str) -> Response {
@@ -142,15 +286,10 @@ impl Client {
 
     /// A JSON `POST` to `path` carrying `Idempotency-Key: key`.
     pub async fn post_with_key(&self, path: &str, key: &str, body: &Value) -> Response {
-        let r = self
-            .http
-            .post(format!("{}{path}", self.address))
-            .header("idempotency-key", key)
-            .json(body)
-            .send()
-            .await
-            .expect("request failed");
-        into_response(r).await
+        let req = self
+            .buyer_request(reqwest::Method::POST, path, Some(body))
+            .header("idempotency-key", key);
+        self.send(path, req).await
     }
 
     pub async fn release(&self, hold_id: i64) -> Response {
@@ -171,30 +310,32 @@ impl Client {
         .await
     }
 
+    /// A payment webhook as the gateway sends it: signed with the API's secret (unsigned when
+    /// the API runs without one, `WEBHOOK_ALLOW_UNSIGNED=true`).
     pub async fn webhook(&self, body: Value) -> Response {
-        self.request(reqwest::Method::POST, "/api/payments/webhook", Some(body))
-            .await
+        match &self.webhook_secret {
+            Some(secret) => self.signed_webhook(secret, &body, 0).await,
+            None => self.raw_webhook(&body.to_string(), &[]).await,
+        }
     }
 
     /// A webhook signed the way a gateway using the Standard Webhooks library signs it,
     /// `age_secs` seconds ago.
     pub async fn signed_webhook(&self, secret: &str, body: &Value, age_secs: i64) -> Response {
         let raw = body.to_string();
-        let ts = now_unix() - age_secs;
-        let id = format!("msg_{:x}", rand::random::<u64>());
-        let signature = standardwebhooks::Webhook::new(secret)
-            .expect("secret")
-            .sign(&id, ts, raw.as_bytes())
-            .expect("sign");
-        self.raw_webhook(
-            &raw,
-            &[
-                ("webhook-id", id),
-                ("webhook-timestamp", ts.to_string()),
-                ("webhook-signature", signature),
-            ],
-        )
-        .await
+        self.raw_webhook(&raw, &signature_headers(secret, &raw, age_secs))
+            .await
+    }
+
+    /// These exact bytes as a webhook, signed with the API's secret (a body that is not JSON,
+    /// or JSON laid out by hand).
+    pub async fn signed_raw_webhook(&self, raw: &str) -> Response {
+        let secret = self
+            .webhook_secret
+            .as_deref()
+            .expect("the API has a webhook secret");
+        self.raw_webhook(raw, &signature_headers(secret, raw, 0))
+            .await
     }
 
     /// A webhook with the given raw body and headers, exactly as given.
@@ -247,6 +388,22 @@ impl Client {
             }
         }
     }
+}
+
+/// The Standard Webhooks headers of `raw` signed with `secret`, `age_secs` seconds ago, made by
+/// the reference library as a gateway makes them.
+pub fn signature_headers(secret: &str, raw: &str, age_secs: i64) -> Vec<(&'static str, String)> {
+    let ts = now_unix() - age_secs;
+    let id = format!("msg_{:x}", rand::random::<u64>());
+    let signature = standardwebhooks::Webhook::new(secret)
+        .expect("secret")
+        .sign(&id, ts, raw.as_bytes())
+        .expect("sign");
+    vec![
+        ("webhook-id", id),
+        ("webhook-timestamp", ts.to_string()),
+        ("webhook-signature", signature),
+    ]
 }
 
 pub async fn into_response(r: reqwest::Response) -> Response {

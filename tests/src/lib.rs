@@ -22,12 +22,14 @@ pub mod process;
 pub mod servers;
 /// Reading Server-Sent Events (the stock stream).
 pub mod sse;
+/// Buyer tokens and key pairs (`BUYER_AUTH=jwt`).
+pub mod tokens;
 /// [`eventually`]: waiting for a condition with a deadline instead of sleeping.
 pub mod wait;
 
-pub use app::{ADMIN_TOKEN, AppOptions, TestApp, spawn_api};
+pub use app::{ADMIN_TOKEN, AppOptions, TestApp, WEBHOOK_SECRET, spawn_api};
 pub use browser::headless_chromium;
-pub use client::{Client, Response, into_response, metric_in, now_unix};
+pub use client::{Client, Response, into_response, metric_in, now_unix, signature_headers};
 pub use db::{Backend, Blocker, TestDb};
 pub use ledger::{Ledger, assert_conserved};
 pub use load::{Answer, Load, all_at_once, all_at_once_across};

@@ -11,7 +11,7 @@ use std::{
 
 use serde_json::json;
 
-use crate::{Client, eventually, into_response};
+use crate::{Client, eventually};
 
 /// One answer seen by a [`Load`].
 #[derive(Debug, Clone)]
@@ -47,16 +47,14 @@ impl Load {
                 tasks.push(tokio::spawn(async move {
                     while !stop.load(Ordering::Relaxed) {
                         let sent = Instant::now();
-                        let url = format!("{}/api/holds", c.address);
-                        let (status, code, hold_id) =
-                            match c.http.post(url).json(&body).send().await {
-                                Ok(r) => {
-                                    let r = into_response(r).await;
-                                    let id = r.body["hold_id"].as_i64().filter(|_| r.status == 201);
-                                    (r.status, r.code().to_owned(), id)
-                                }
-                                Err(e) => (0, format!("no answer: {e}"), None),
-                            };
+                        let req = c.buyer_request(reqwest::Method::POST, "/api/holds", Some(&body));
+                        let (status, code, hold_id) = match c.try_send("/api/holds", req).await {
+                            Ok(r) => {
+                                let id = r.body["hold_id"].as_i64().filter(|_| r.status == 201);
+                                (r.status, r.code().to_owned(), id)
+                            }
+                            Err(e) => (0, format!("no answer: {e}"), None),
+                        };
                         let took = sent.elapsed();
                         answers.lock().expect("answers").push(Answer {
                             client,

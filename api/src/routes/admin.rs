@@ -217,7 +217,7 @@ impl AdminApi {
     ) -> Result<ProductCreated, Problems<CreateProductProblems>> {
         self.authorize(&auth)?;
         let name = checked_name(&body.name)?;
-        let price = checked_price(&body.price)?;
+        let price = checked_price(&body.price, self.state.max_hold_qty)?;
         within("stock", i64::from(body.stock), 0, i64::from(i32::MAX))?;
         let rules = SaleRules {
             sale_starts_at: body.sale_starts_at,
@@ -255,7 +255,11 @@ impl AdminApi {
                 .map(checked_name)
                 .transpose()?
                 .map(str::to_owned),
-            price: body.price.as_deref().map(checked_price).transpose()?,
+            price: body
+                .price
+                .as_deref()
+                .map(|p| checked_price(p, self.state.max_hold_qty))
+                .transpose()?,
             add_stock: body.add_stock,
             sale_starts_at: body.sale_starts_at,
             sale_ends_at: body.sale_ends_at,
@@ -334,14 +338,23 @@ fn checked_name(name: &str) -> Result<&str, ApiError> {
     Ok(trimmed)
 }
 
-fn checked_price(price: &str) -> Result<Money, ApiError> {
+/// A price as sent, refused when the largest hold (`MAX_HOLD_QTY` units) could not be totalled
+/// exactly: a total is never stored to overflow later.
+fn checked_price(price: &str, max_hold_qty: u32) -> Result<Money, ApiError> {
     if !is_price(price) {
         return Err(ApiError::validation(
             "price",
             format!("must be a decimal string matching {PRICE_PATTERN}, like \"99.99\""),
         ));
     }
-    Money::parse(price).map_err(|e| ApiError::validation("price", e.to_string()))
+    let money = Money::parse(price).map_err(|e| ApiError::validation("price", e.to_string()))?;
+    if money.times(max_hold_qty).is_none() {
+        return Err(ApiError::validation(
+            "price",
+            format!("is too large: {max_hold_qty} units (MAX_HOLD_QTY) would not total exactly"),
+        ));
+    }
+    Ok(money)
 }
 
 impl AdminApi {

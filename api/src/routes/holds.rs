@@ -5,6 +5,7 @@ use entity::{
     DomainError, HoldStatus, Quantity,
     holds::{self, HoldRequest, HoldView},
     idempotency::{Keyed, StoredResponse},
+    ownership::ClientSecret,
     types::{BuyerId, HoldId, ProductId},
 };
 use poem::{
@@ -21,6 +22,7 @@ use serde::Deserialize;
 use super::{ApiTags, problems};
 use crate::{
     AppState,
+    buyers::{self, Caller, Owner, Purchaser, identified},
     error::{ApiError, Problems},
     idempotency::{self, KeyCheck},
     rate_limit,
@@ -37,7 +39,8 @@ pub struct CreateHold {
     pub qty: i32,
     /// Who the hold is for: 1 to 128 characters, no control characters, compared exactly
     /// (the frontend's user or session id). Required on a product with a `per_buyer_limit`.
-    /// `null` is the same as leaving it out.
+    /// `null` is the same as leaving it out. With `BUYER_AUTH=jwt` the buyer is the token's
+    /// `sub`: leave this out, or send the same.
     // No `pattern` validator: poem-openapi compiles its regex again for every request. The
     // handler refuses control characters (`BuyerId::parse`), and the document states the
     // pattern (`document::BUYER_ID_PATTERN`).
@@ -96,6 +99,10 @@ pub struct Hold {
     pub expires_at: DateTime<Utc>,
     /// The buyer the hold is for; null when none was named.
     pub buyer_id: Option<String>,
+    /// With `BUYER_AUTH=none`: what reaches this hold and its order from now on, sent as the
+    /// header `Client-Secret`. Only in the answer that made the hold (and its idempotent
+    /// replay): keep it. Null in every other answer, and with `BUYER_AUTH=jwt`.
+    pub client_secret: Option<String>,
 }
 
 impl poem_openapi::types::Example for Hold {
@@ -107,6 +114,7 @@ impl poem_openapi::types::Example for Hold {
             status: HoldState::Active,
             expires_at: DateTime::from_timestamp(1_796_139_000, 0).unwrap_or_default(),
             buyer_id: Some("user-42".into()),
+            client_secret: Some("q3pC1l2m0W8yq6b9cV4xZg".into()),
         }
     }
 }
@@ -120,6 +128,7 @@ impl From<HoldView> for Hold {
             status: h.status.into(),
             expires_at: h.expires_at,
             buyer_id: h.buyer_id,
+            client_secret: h.client_secret.map(|s| s.expose().to_owned()),
         }
     }
 }
@@ -166,27 +175,48 @@ pub enum HoldReleased {
 }
 
 problems!(CreateHoldProblems = "createHold", keyed = true: [
-    MalformedRequest, ProductNotFound, InsufficientStock, BuyerLimitExceeded, SaleNotStarted,
-    SaleEnded, IdempotencyKeyInUse, PayloadTooLarge, UnsupportedMediaType, ValidationError,
-    BuyerIdRequired, IdempotencyKeyMismatch, RateLimited, Internal, Unavailable,
+    MalformedRequest, Unauthorized, ProductNotFound, InsufficientStock, BuyerLimitExceeded,
+    SaleNotStarted, SaleEnded, IdempotencyKeyInUse, PayloadTooLarge, UnsupportedMediaType,
+    ValidationError, BuyerIdRequired, IdempotencyKeyMismatch, RateLimited, Internal, Unavailable,
 ]);
-problems!(GetHoldProblems = "getHold": [MalformedRequest, HoldNotFound, Internal, Unavailable]);
+problems!(GetHoldProblems = "getHold": [
+    MalformedRequest, Unauthorized, HoldNotFound, Internal, Unavailable,
+]);
 problems!(ReleaseHoldProblems = "releaseHold": [
-    MalformedRequest, HoldNotFound, HoldNotActive, Internal, Unavailable,
+    MalformedRequest, Unauthorized, HoldNotFound, HoldNotActive, Internal, Unavailable,
 ]);
 
 pub struct HoldsApi {
     pub state: Arc<AppState>,
 }
 
-/// `createHold`'s own middleware, attached to the operation rather than to its path: the
-/// per-client rate limit, then idempotency keys.
+/// `createHold`'s own middleware, attached to the operation rather than to its path: who the
+/// buyer is, the per-client rate limit, then idempotency keys.
 fn hold_guards(ep: impl Endpoint + 'static) -> impl Endpoint<Output = Response> {
-    rate_limit::limited(idempotency::keyed(
+    buyers::identified(rate_limit::limited(idempotency::keyed(
         ep,
         idempotency::HOLDS,
         Some(render_hold),
-    ))
+    )))
+}
+
+/// The buyer a hold is for: with a token, its `sub` (a body `buyer_id` must say the same);
+/// anonymous, the body's, if any.
+fn buyer_of(caller: &Caller, named: Option<&str>) -> Result<Option<BuyerId>, ApiError> {
+    match (caller.buyer(), named) {
+        (Some(buyer), Some(named)) if named != buyer.as_str() => Err(ApiError::validation(
+            "buyer_id",
+            "must be left out or be the token's buyer (`sub`)",
+        )),
+        (Some(buyer), _) => Ok(Some(buyer.clone())),
+        (None, None) => Ok(None),
+        (None, Some(named)) => BuyerId::parse(named).map(Some).ok_or_else(|| {
+            ApiError::validation(
+                "buyer_id",
+                "must be 1 to 128 characters, none of them a control character",
+            )
+        }),
+    }
 }
 
 #[OpenApi(tag = "ApiTags::Holds")]
@@ -204,12 +234,14 @@ impl HoldsApi {
     )]
     async fn create_hold(
         &self,
+        purchaser: Purchaser,
         /// Optional client idempotency key (IETF httpapi draft; 1 to 255 printable ASCII
         /// characters, bare or in double quotes). A retry with the same key and body replays the
         /// first answer (header `Idempotent-Replayed: true`) with no second effect; the same key
         /// with another body answers 422 `idempotency_key_mismatch`; while the first request
         /// still runs, 409 `idempotency_key_in_use`. Trailing spaces of a quoted key are not
-        /// part of it. Keys are kept 24 hours, across all API processes.
+        /// part of it. Keys are kept 24 hours, across all API processes; with
+        /// `BUYER_AUTH=jwt` each buyer's keys are its own.
         #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255))]
         _idempotency_key: Header<Option<String>>,
         body: JsonBody<CreateHold>,
@@ -217,14 +249,8 @@ impl HoldsApi {
         remote: &RemoteAddr,
     ) -> Result<HoldCreated, Problems<CreateHoldProblems>> {
         let max = self.state.max_hold_qty;
-        let buyer = match body.buyer_id.as_deref().map(BuyerId::parse) {
-            None => Ok(None),
-            Some(Some(buyer)) => Ok(Some(buyer)),
-            Some(None) => Err(ApiError::validation(
-                "buyer_id",
-                "must be 1 to 128 characters, none of them a control character",
-            )),
-        };
+        let caller = purchaser.0;
+        let buyer = buyer_of(&caller, body.buyer_id.as_deref());
         let result = match (Quantity::new(i64::from(body.qty), max), buyer) {
             (None, _) => Err(ApiError::validation(
                 "qty",
@@ -232,8 +258,16 @@ impl HoldsApi {
             )),
             (_, Err(e)) => Err(e),
             (Some(qty), Ok(buyer)) => {
+                // An anonymous buyer owns the hold by its secret: derived from the key of a
+                // keyed request (so a replay answers it again), random otherwise.
+                let secret = matches!(caller, Caller::Anonymous { .. }).then(|| {
+                    keys.hold_secret
+                        .clone()
+                        .unwrap_or_else(ClientSecret::random)
+                });
                 let request = HoldRequest {
                     buyer,
+                    secret,
                     keyed: keys.request.clone().map(|request| Keyed {
                         request,
                         render: render_hold,
@@ -272,14 +306,21 @@ impl HoldsApi {
 
     /// Get a hold
     ///
-    /// `status` tells whether it still reserves stock.
-    #[oai(path = "/api/holds/:id", method = "get", operation_id = "getHold")]
+    /// `status` tells whether it still reserves stock. Only for the hold's owner: anyone else
+    /// is answered 404, as for a hold that does not exist.
+    #[oai(
+        path = "/api/holds/:id",
+        method = "get",
+        operation_id = "getHold",
+        transform = "identified"
+    )]
     async fn get_hold(
         &self,
+        owner: Owner,
         /// The hold's id.
         id: Path<i64>,
     ) -> Result<HoldFound, Problems<GetHoldProblems>> {
-        let hold = holds::get_hold(&self.state.db, HoldId::new(id.0)).await?;
+        let hold = holds::get_hold(&self.state.db, HoldId::new(id.0), owner.0.access()).await?;
         Ok(HoldFound::Ok(Json(hold.into())))
     }
 
@@ -291,14 +332,17 @@ impl HoldsApi {
     #[oai(
         path = "/api/holds/:id",
         method = "delete",
-        operation_id = "releaseHold"
+        operation_id = "releaseHold",
+        transform = "identified"
     )]
     async fn release_hold(
         &self,
+        owner: Owner,
         /// The hold's id.
         id: Path<i64>,
     ) -> Result<HoldReleased, Problems<ReleaseHoldProblems>> {
-        let hold = holds::release_hold(&self.state.db, HoldId::new(id.0)).await?;
+        let access = owner.0.access();
+        let hold = holds::release_hold(&self.state.db, HoldId::new(id.0), access).await?;
         Ok(HoldReleased::Ok(Json(hold.into())))
     }
 }

@@ -17,6 +17,7 @@ use serde::Deserialize;
 use super::{ApiTags, problems};
 use crate::{
     AppState,
+    buyers::{self, Owner, identified},
     error::{ApiError, Problems},
     idempotency::{self, KeyCheck},
     types::{Json, JsonBody},
@@ -140,10 +141,12 @@ pub enum OrderFound {
 }
 
 problems!(CreateOrderProblems = "createOrder", keyed = true: [
-    MalformedRequest, HoldNotFound, HoldExpired, HoldReleased, IdempotencyKeyInUse,
+    MalformedRequest, Unauthorized, HoldNotFound, HoldExpired, HoldReleased, IdempotencyKeyInUse,
     PayloadTooLarge, UnsupportedMediaType, IdempotencyKeyMismatch, Internal, Unavailable,
 ]);
-problems!(GetOrderProblems = "getOrder": [MalformedRequest, OrderNotFound, Internal, Unavailable]);
+problems!(GetOrderProblems = "getOrder": [
+    MalformedRequest, Unauthorized, OrderNotFound, Internal, Unavailable,
+]);
 
 /// How a keyed order's answer is written down in its transaction, to be replayed byte for byte.
 fn render_order(answer: &Result<OrderCreated, DomainError>) -> Option<StoredResponse> {
@@ -157,9 +160,10 @@ pub struct OrdersApi {
     pub state: Arc<AppState>,
 }
 
-/// `createOrder`'s own middleware, attached to the operation rather than to its path.
+/// `createOrder`'s own middleware, attached to the operation rather than to its path: who the
+/// buyer is, then idempotency keys.
 fn order_guards(ep: impl Endpoint + 'static) -> impl Endpoint<Output = Response> {
-    idempotency::keyed(ep, idempotency::ORDERS, None)
+    buyers::identified(idempotency::keyed(ep, idempotency::ORDERS, None))
 }
 
 #[OpenApi(tag = "ApiTags::Orders")]
@@ -168,7 +172,9 @@ impl OrdersApi {
     ///
     /// The hold is the order's idempotency key: asking again for the same hold answers 200 with
     /// the same order, however many requests arrive at once. Holds that expired or were released
-    /// answer 409 `hold_expired` / `hold_released`.
+    /// answer 409 `hold_expired` / `hold_released`. Only the hold's owner may: for anyone else
+    /// the hold does not exist (404). The total is the price when the hold was made × its
+    /// quantity.
     #[oai(
         path = "/api/orders",
         method = "post",
@@ -177,6 +183,7 @@ impl OrdersApi {
     )]
     async fn create_order(
         &self,
+        owner: Owner,
         /// Optional client idempotency key (IETF httpapi draft; 1 to 255 printable ASCII
         /// characters, bare or in double quotes). A retry with the same key and body replays the
         /// first answer (header `Idempotent-Replayed: true`) with no second effect; the same key
@@ -192,8 +199,9 @@ impl OrdersApi {
             request,
             render: render_order,
         });
+        let (db, hold) = (&self.state.db, HoldId::new(body.hold_id));
         Ok(
-            match orders::create_order(&self.state.db, HoldId::new(body.hold_id), keyed).await? {
+            match orders::create_order(db, hold, owner.0.access(), keyed).await? {
                 OrderCreated::New(o) => {
                     let path = crate::locations::order(o.id.get());
                     OrderPlaced::Created(Json(o.into()), path)
@@ -204,13 +212,22 @@ impl OrdersApi {
     }
 
     /// Get an order and its current status
-    #[oai(path = "/api/orders/:id", method = "get", operation_id = "getOrder")]
+    ///
+    /// Only for the owner of the hold it was made from: anyone else is answered 404, as for an
+    /// order that does not exist.
+    #[oai(
+        path = "/api/orders/:id",
+        method = "get",
+        operation_id = "getOrder",
+        transform = "identified"
+    )]
     async fn get_order(
         &self,
+        owner: Owner,
         /// The order's id.
         id: Path<i64>,
     ) -> Result<OrderFound, Problems<GetOrderProblems>> {
-        let order = orders::get_order(&self.state.db, OrderId::new(id.0)).await?;
+        let order = orders::get_order(&self.state.db, OrderId::new(id.0), owner.0.access()).await?;
         Ok(OrderFound::Ok(Json(order.into())))
     }
 }

@@ -1,6 +1,7 @@
 use std::sync::Arc;
 
 use entity::{
+    Money,
     payments::{self, PaymentEvent, PaymentResult, PaymentStatus},
     types::{HoldId, OrderId, ProductId},
 };
@@ -12,7 +13,7 @@ use crate::{
     AppState,
     error::{ApiError, ProblemCode, Problems},
     signature::{self, SignedHeaders},
-    types::{Json, JsonBody, within},
+    types::{Json, UnparsedJson, within},
 };
 
 /// The outcome a payment event reports: `success` (the order is paid) or `failure` (the
@@ -65,6 +66,14 @@ pub struct PaymentWebhook {
     /// When sent, must match the hold's quantity.
     #[oai(skip_serializing_if_is_none, validator(minimum(value = "1")))]
     pub quantity: Option<i32>,
+    /// What the gateway charged, a decimal string (`"199.98"`). When sent, it must be the
+    /// order's `total_price`: otherwise 422 `amount_mismatch` and nothing is recorded.
+    #[oai(
+        skip_serializing_if_is_none,
+        validator(pattern = r"^[0-9]{1,16}(\.[0-9]{1,2})?$")
+    )]
+    #[serde(default)]
+    pub amount: Option<String>,
 }
 
 impl poem_openapi::types::Example for PaymentWebhook {
@@ -78,6 +87,7 @@ impl poem_openapi::types::Example for PaymentWebhook {
             hold_id: Some(1),
             product_id: None,
             quantity: None,
+            amount: Some("199.98".into()),
         }
     }
 }
@@ -133,8 +143,8 @@ pub enum WebhookAnswer {
 
 problems!(WebhookProblems = "paymentWebhook": [
     MalformedRequest, InvalidSignature, OrderNotFound, HoldNotFound, HoldExpired, HoldReleased,
-    PayloadTooLarge, UnsupportedMediaType, ValidationError, HoldMismatch, IdempotencyKeyMismatch,
-    Internal, Unavailable,
+    PayloadTooLarge, UnsupportedMediaType, ValidationError, HoldMismatch, AmountMismatch,
+    IdempotencyKeyMismatch, Internal, Unavailable,
 ]);
 
 pub struct PaymentsApi {
@@ -148,9 +158,11 @@ impl PaymentsApi {
     /// `success` pays a pending order, `failure` cancels it (its units are available again).
     /// The same `idempotency_key` with the same body answers the first result again with
     /// `duplicate: true` and no second effect; with another body, 422
-    /// `idempotency_key_mismatch`. A 404 or 409 records nothing, so a retry can succeed later.
-    /// With `WEBHOOK_SECRET` set, the Standard Webhooks headers are required (401
-    /// `invalid_signature` otherwise).
+    /// `idempotency_key_mismatch`. A 404, 409 or 422 records nothing, so a retry can succeed
+    /// later. The Standard Webhooks headers are required (401 `invalid_signature` otherwise),
+    /// checked on the body's exact bytes before it is read, unless the server runs with
+    /// `WEBHOOK_ALLOW_UNSIGNED=true` (local development). A `success` with a new key for an
+    /// order already paid changes nothing and is logged for people to check (`already_paid`).
     #[oai(
         path = "/api/payments/webhook",
         method = "post",
@@ -164,10 +176,10 @@ impl PaymentsApi {
         /// Unix seconds when the gateway signed the message.
         #[oai(name = "webhook-timestamp")]
         webhook_timestamp: Header<Option<String>>,
-        /// Space-separated `v1,<base64 HMAC-SHA256>` signatures.
+        /// Space-separated `v1,<base64 HMAC-SHA256>` signatures (at most 16 are tried).
         #[oai(name = "webhook-signature")]
         webhook_signature: Header<Option<String>>,
-        body: JsonBody<PaymentWebhook>,
+        body: UnparsedJson<PaymentWebhook>,
     ) -> Result<WebhookAnswer, Problems<WebhookProblems>> {
         if let Some(secret) = &self.state.webhook_secret {
             let headers = SignedHeaders {
@@ -181,10 +193,20 @@ impl PaymentsApi {
                 return Err(ApiError::new(ProblemCode::InvalidSignature, e.to_string()).into());
             }
         }
-        let event = validate(body.value)?;
+        // Read only once it is known to come from the gateway.
+        let event = validate(body.parse()?)?;
         let result = payments::apply_payment(&self.state.db, &event).await?;
         Ok(WebhookAnswer::Ok(Json(result.into())))
     }
+}
+
+/// What the document's pattern for `amount` says: 1 to 16 digits, then optionally a point and
+/// one or two digits.
+fn is_amount(s: &str) -> bool {
+    let (whole, cents) = s.split_once('.').unwrap_or((s, "0"));
+    let digits =
+        |p: &str, max: usize| (1..=max).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit());
+    digits(whole, 16) && digits(cents, 2)
 }
 
 fn validate(w: PaymentWebhook) -> Result<PaymentEvent, ApiError> {
@@ -198,6 +220,20 @@ fn validate(w: PaymentWebhook) -> Result<PaymentEvent, ApiError> {
     if let Some(q) = w.quantity {
         within("quantity", i64::from(q), 1, i64::from(i32::MAX))?;
     }
+    let amount = match w.amount.as_deref() {
+        None => None,
+        Some(text) => Some(
+            is_amount(text)
+                .then(|| Money::parse_amount(text).ok())
+                .flatten()
+                .ok_or_else(|| {
+                    ApiError::validation(
+                        "amount",
+                        "must be a decimal string with at most two places, like \"199.98\"",
+                    )
+                })?,
+        ),
+    };
     Ok(PaymentEvent {
         idempotency_key: key,
         order_id: OrderId::new(w.order_id),
@@ -205,5 +241,6 @@ fn validate(w: PaymentWebhook) -> Result<PaymentEvent, ApiError> {
         hold_id: w.hold_id.map(HoldId::new),
         product_id: w.product_id.map(ProductId::new),
         quantity: w.quantity.map(i64::from),
+        amount,
     })
 }

@@ -59,6 +59,12 @@ pub struct Model {
     pub idem_key: Option<String>,
     /// SHA-256 (hex) of that request's canonical body.
     pub idem_fingerprint: Option<String>,
+    /// SHA-256 (hex) of the `client_secret` its anonymous buyer was given (see
+    /// `crate::ownership`); none with `BUYER_AUTH=jwt`, where `buyer_id` is the owner.
+    pub secret_hash: Option<String>,
+    /// The product's price when the hold was made: what its order is charged per unit. None
+    /// on holds made before prices were kept (their orders take the product's price).
+    pub unit_price_cents: Option<i64>,
 }
 
 impl Model {

@@ -35,6 +35,9 @@ pub enum WebhookConflict {
     /// A success for a cancelled order whose units are gone: its payment is owed back.
     #[sea_orm(string_value = "success_after_cancelled_no_stock")]
     SuccessAfterCancelledNoStock,
+    /// A success with a new key for an order already paid: maybe a second charge.
+    #[sea_orm(string_value = "already_paid")]
+    AlreadyPaid,
 }
 
 impl WebhookConflict {
@@ -42,6 +45,7 @@ impl WebhookConflict {
         match self {
             Self::FailureAfterPaid => "failure_after_paid",
             Self::SuccessAfterCancelledNoStock => "success_after_cancelled_no_stock",
+            Self::AlreadyPaid => "already_paid",
         }
     }
 }

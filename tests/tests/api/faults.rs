@@ -61,7 +61,7 @@ async fn kill_9_of_the_api_under_hold_load_loses_no_acknowledged_hold() {
     );
 
     let restarted = app.spawn_another_api(&AppOptions::default());
-    let client = Client::new(&restarted);
+    let client = app.client.on(&restarted);
     assert_acknowledged_holds_survive(&client, &acknowledged).await;
     app.assert_stock_conserved().await;
     let active = app.hold_count(product, "active").await;
@@ -234,8 +234,8 @@ async fn three_apis_and_two_workers_under_a_randomized_mix_keep_every_invariant(
     ];
     let clients = [
         app.client.clone(),
-        Client::new(&others[0]),
-        Client::new(&others[1]),
+        app.client.on(&others[0]),
+        app.client.on(&others[1]),
     ];
     let timeout = [("PAYMENT_TIMEOUT_SECONDS", "3".to_string())];
     let _workers = [app.spawn_worker(&timeout), app.spawn_worker(&timeout)];

@@ -36,8 +36,8 @@ impl Cluster {
         ];
         let clients = [
             app.client.clone(),
-            Client::new(&others[0]),
-            Client::new(&others[1]),
+            app.client.on(&others[0]),
+            app.client.on(&others[1]),
         ];
         Self {
             app,
@@ -732,7 +732,7 @@ async fn three_apis_migrating_one_empty_database_at_once_through_three_nodes() {
     );
     let product = app.create_product(3).await;
     let clients: Vec<Client> = std::iter::once(app.client.clone())
-        .chain(apis.iter().map(Client::new))
+        .chain(apis.iter().map(|api| app.client.on(api)))
         .collect();
     for (i, client) in clients.iter().enumerate() {
         let r = client.hold(product, 1).await;

@@ -74,9 +74,14 @@ on_both_databases! {
         assert_eq!(p.body["available_stock"], 7);
         assert_eq!(p.body["price"], "10.50");
 
+        let secret = r.body["client_secret"].as_str().expect("an anonymous buyer's secret");
+        assert!(secret.len() >= 22, "128 random bits: {secret}");
         let h = app.get(&format!("/api/holds/{id}")).await;
         assert_eq!(h.status, 200);
-        assert_eq!(h.body, r.body);
+        // The same hold, and the secret only where it was made.
+        let mut made = r.body.clone();
+        made["client_secret"] = serde_json::Value::Null;
+        assert_eq!(h.body, made);
     }
 
     async fn a_released_hold_cannot_be_released_twice(backend: Backend) {

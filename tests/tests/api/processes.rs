@@ -45,6 +45,7 @@ on_both_databases! {
                 ("BIND_ADDR", "127.0.0.1:0".into()),
                 ("AUTO_MIGRATE", "false".into()),
                 ("LOG_DIR", db.dir().join("logs").display().to_string()),
+                ("WEBHOOK_SECRET", flash_sale_tests::WEBHOOK_SECRET.into()),
             ],
             true,
         );
@@ -59,7 +60,7 @@ on_both_databases! {
         let app = TestApp::spawn(backend).await;
         let product = app.create_product(100).await;
         let second = app.spawn_another_api(&AppOptions::default());
-        let clients = [app.client.clone(), Client::new(&second)];
+        let clients = [app.client.clone(), app.client.on(&second)];
 
         let answers = all_at_once_across(&clients, 240, move |c, _| async move { c.hold(product, 1).await }).await;
         assert_eq!(answers.iter().filter(|r| r.status == 201).count(), 100);

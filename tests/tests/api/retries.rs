@@ -163,7 +163,7 @@ on_both_databases! {
         assert!(in_flight >= 1, "some requests were in flight at the kill: {errors:?}");
 
         let restarted = app.spawn_another_api(&AppOptions::default());
-        let client = Client::new(&restarted);
+        let client = app.client.on(&restarted);
         let mut rounds = Vec::new();
         for _ in 0..2 {
             rounds.push(

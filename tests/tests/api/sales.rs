@@ -159,7 +159,7 @@ on_both_databases! {
     async fn two_api_processes_together_still_respect_the_buyer_limit(backend: Backend) {
         let app = TestApp::spawn(backend).await;
         let other = app.spawn_another_api(&AppOptions::default());
-        let clients = [app.client.clone(), Client::new(&other)];
+        let clients = [app.client.clone(), app.client.on(&other)];
         let product = product_with(&app, 1000, json!({"per_buyer_limit": 3})).await;
         let answers = all_at_once(60, move |i| {
             let c = clients[i % 2].clone();

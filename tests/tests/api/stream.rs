@@ -93,7 +93,7 @@ on_both_databases! {
         let app = TestApp::spawn(backend).await;
         let product = app.create_product(10).await;
         let other = app.spawn_another_api(&AppOptions::default());
-        let writer = Client::new(&other);
+        let writer = app.client.on(&other);
         let http = stream_client();
 
         let r = open(&http, &app.client, product).await;
