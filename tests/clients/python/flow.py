@@ -1,12 +1,14 @@
-"""A buyer's whole flow through the client openapi-python-client generates from the live
-/openapi.json (package ``flash_sale_client``), against a live API (API_URL, ADMIN_TOKEN).
-Checked with ``mypy --strict``, then run."""
+"""An anonymous buyer's whole flow (``BUYER_AUTH=none``) through the client openapi-python-client
+generates from the live /openapi.json (package ``flash_sale_client``), against a live API
+(API_URL, ADMIN_TOKEN): the hold, its order and their reads take the hold's ``client_secret``
+(an ``AuthenticatedClient`` sending it as ``Client-Secret``; the generated functions accept no
+other). Checked with ``mypy --strict``, then run."""
 
 import os
 from typing import assert_never
 
 from flash_sale_client.api.admin import create_product
-from flash_sale_client.api.holds import create_hold
+from flash_sale_client.api.holds import create_hold, get_hold
 from flash_sale_client.api.orders import create_order, get_order
 from flash_sale_client.api.payments import payment_webhook
 from flash_sale_client.api.products import get_product
@@ -62,6 +64,7 @@ def explain(problem: Problem) -> str:
             | ProblemCode.PAYLOAD_TOO_LARGE
             | ProblemCode.METHOD_NOT_ALLOWED
             | ProblemCode.HOLD_MISMATCH
+            | ProblemCode.AMOUNT_MISMATCH
             | ProblemCode.IDEMPOTENCY_KEY_MISMATCH
             | ProblemCode.INVALID_SIGNATURE
             | ProblemCode.UNAUTHORIZED
@@ -117,7 +120,30 @@ def main() -> None:
         case other:
             raise SystemExit(f"unexpected {other}: {explain(problem)}")
 
-    order = create_order.sync(client=api, body=CreateOrder(hold_id=hold.hold_id))
+    # The hold is this buyer's by its secret, given once, in the 201 (and its replay).
+    secret = hold.client_secret
+    if not isinstance(secret, str):
+        raise SystemExit("no client_secret in an anonymous buyer's hold")
+    assert replay.parsed is not None and not isinstance(replay.parsed, Problem)
+    assert replay.parsed.client_secret == secret
+
+    def holding(secret: str) -> AuthenticatedClient:
+        return AuthenticatedClient(
+            base_url=base_url,
+            token=secret,
+            prefix="",
+            auth_header_name="Client-Secret",
+            raise_on_unexpected_status=True,
+        )
+
+    mine = holding(secret)
+    read_back = get_hold.sync(client=mine, id=hold.hold_id)
+    assert not isinstance(read_back, Problem) and read_back is not None
+    assert read_back.status == HoldState.ACTIVE and read_back.client_secret is None
+    guessed = get_hold.sync_detailed(client=holding("not-the-secret"), id=hold.hold_id)
+    assert guessed.status_code == 404, guessed.status_code
+
+    order = create_order.sync(client=mine, body=CreateOrder(hold_id=hold.hold_id))
     if isinstance(order, Problem) or order is None:
         raise SystemExit(f"order refused: {order if order is None else explain(order)}")
     assert order.status == OrderState.PENDING
@@ -132,7 +158,7 @@ def main() -> None:
         raise SystemExit(f"webhook refused: {paid if paid is None else explain(paid)}")
     assert paid.order_status == OrderState.PAID and not paid.duplicate
 
-    after = get_order.sync(client=api, id=order.order_id)
+    after = get_order.sync(client=mine, id=order.order_id)
     assert not isinstance(after, Problem) and after is not None and after.status == OrderState.PAID
     stock = get_product.sync(client=api, id=product.id)
     assert not isinstance(stock, Problem) and stock is not None

@@ -1,7 +1,8 @@
-// A buyer's whole flow through the generated client, against a live API (API_URL,
-// ADMIN_TOKEN): an operator adds a product, a buyer reads it, holds, orders, the gateway pays
-// by webhook, and a hold beyond the stock is refused with a 409 whose `code` is branched on.
-import { adminApi, explain, publicApi } from "./api.js";
+// An anonymous buyer's whole flow (`BUYER_AUTH=none`) through the generated client, against a
+// live API (API_URL, ADMIN_TOKEN): an operator adds a product, a buyer reads it, holds, reaches
+// the hold with its `client_secret`, orders, the gateway pays by webhook, and a hold beyond the
+// stock is refused with a 409 whose `code` is branched on; another secret reaches nothing.
+import { adminApi, explain, holdApi, publicApi } from "./api.js";
 
 const baseUrl = process.env["API_URL"] ?? "http://127.0.0.1:8000";
 const token = process.env["ADMIN_TOKEN"] ?? "";
@@ -56,7 +57,18 @@ async function main(): Promise<void> {
       throw new Error(`unexpected ${problem.code}: ${explain(problem)}`);
   }
 
-  const order = await api.POST("/api/orders", { body: { hold_id: hold.data.hold_id } });
+  // The hold is the buyer's by its secret, given once, in the 201.
+  const secret = hold.data.client_secret;
+  if (secret === null) throw new Error("no client_secret in an anonymous buyer's hold");
+  check(replay.data?.client_secret === secret, "the replay carries the same secret");
+  const mine = holdApi(baseUrl, secret);
+  const held = await mine.GET("/api/holds/{id}", { params: { path: { id: hold.data.hold_id } } });
+  check(held.data?.status === "active" && held.data.client_secret === null, "hold read back, no secret");
+  const stranger = holdApi(baseUrl, "not-the-secret");
+  const guessed = await stranger.GET("/api/holds/{id}", { params: { path: { id: hold.data.hold_id } } });
+  check(guessed.response.status === 404 && guessed.error?.code === "hold_not_found", "a stranger gets 404");
+
+  const order = await mine.POST("/api/orders", { body: { hold_id: hold.data.hold_id } });
   if (order.error !== undefined) throw new Error(`order refused: ${explain(order.error)}`);
   check(order.response.status === 201 && order.data.status === "pending", "order pending");
 
@@ -66,7 +78,7 @@ async function main(): Promise<void> {
   if (paid.error !== undefined) throw new Error(`webhook refused: ${explain(paid.error)}`);
   check(paid.data.order_status === "paid" && !paid.data.duplicate, "paid");
 
-  const after = await api.GET("/api/orders/{id}", { params: { path: { id: order.data.order_id } } });
+  const after = await mine.GET("/api/orders/{id}", { params: { path: { id: order.data.order_id } } });
   check(after.data?.status === "paid", "order reads paid");
   const stock = await api.GET("/api/products/{id}", { params: { path: { id: product.id } } });
   check(stock.data?.stock === 1 && stock.data.available_stock === 1, "stock 1, available 1");
