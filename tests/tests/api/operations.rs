@@ -454,17 +454,7 @@ fn check_document(doc: &serde_json::Value) {
 #[tokio::test]
 async fn swagger_ui_renders_the_operations_in_a_browser_without_network() {
     let app = TestApp::spawn(Backend::Sqlite).await;
-    let profile = tempfile::tempdir().expect("profile dir");
-    let out = flash_sale_tests::headless_chromium(profile.path())
-        .args([
-            "--virtual-time-budget=20000",
-            "--dump-dom",
-            &format!("{}/docs", app.address),
-        ])
-        .output()
-        .await
-        .expect("run chromium");
-    let dom = String::from_utf8_lossy(&out.stdout);
+    let dom = swagger_ui_dom(&app).await;
     assert!(
         dom.contains("opblock"),
         "no operations rendered:\n{}",
@@ -482,4 +472,47 @@ async fn swagger_ui_renders_the_operations_in_a_browser_without_network() {
     for path in ["/api/holds", "/api/products/{id}", "/api/payments/webhook"] {
         assert!(dom.contains(path), "path {path} not rendered");
     }
+}
+
+/// Swagger UI's **Authorize** knows each credential, for the server's buyer mode: a lock on
+/// exactly the operations that take one (anonymous buyers: the four hold and order routes with
+/// `Client-Secret`, the four admin routes; buyer tokens: the five buyer routes, the four admin
+/// routes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swagger_ui_offers_each_credential_on_the_operations_that_take_it() {
+    for (options, locks, scheme) in [
+        (flash_sale_tests::AppOptions::default(), 8, "ClientSecret"),
+        (flash_sale_tests::tokens::jwt_options(), 9, "BuyerToken"),
+    ] {
+        let app = TestApp::spawn_with(Backend::Sqlite, options).await;
+        let dom = swagger_ui_dom(&app).await;
+        assert!(dom.contains("btn authorize"), "no Authorize button");
+        assert_eq!(
+            dom.matches("class=\"authorization__btn\"").count(),
+            locks,
+            "{scheme}"
+        );
+        let doc = app.get("/openapi.json").await.body;
+        let schemes = doc["components"]["securitySchemes"]
+            .as_object()
+            .expect("schemes");
+        let mut names: Vec<&str> = schemes.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["AdminToken", scheme]);
+    }
+}
+
+/// `/docs` as headless Chromium renders it, cut off from every other host.
+async fn swagger_ui_dom(app: &TestApp) -> String {
+    let profile = tempfile::tempdir().expect("profile dir");
+    let out = flash_sale_tests::headless_chromium(profile.path())
+        .args([
+            "--virtual-time-budget=20000",
+            "--dump-dom",
+            &format!("{}/docs", app.address),
+        ])
+        .output()
+        .await
+        .expect("run chromium");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
