@@ -8,12 +8,15 @@
 //!   coalescing on and off (the load comes from `wrk`);
 //! - the same for a plain SQL client doing one transaction per hold (lock, insert, update,
 //!   commit) straight against the database: the ceiling of that design;
-//! - the price of an `Idempotency-Key` and of a per-buyer limit (`results["hold_paths"]`):
-//!   unkeyed, keyed and distinct-buyer limited holds at 256 connections, in four rounds that
-//!   each run the paths forward and back, each path's share taken against the unkeyed holds of
-//!   the same rounds; a path's p50 and p99 are those of all its answers in the run (wrk's
-//!   latency counts of its passes, pooled), its worst pass's p99 beside them;
-//! - GET product reads/s (single-flight);
+//! - the price of an `Idempotency-Key`, of a per-buyer limit and of buyer tokens
+//!   (`results["hold_paths"]`): unkeyed (anonymous), keyed, distinct-buyer limited and
+//!   token-authenticated (`BUYER_AUTH=jwt`, a second API on the same database) holds at 256
+//!   connections, in four rounds that each run the paths forward and back, each path's share
+//!   taken against the unkeyed holds of the same rounds; a path's p50 and p99 are those of all
+//!   its answers in the run (wrk's latency counts of its passes, pooled), its worst pass's p99
+//!   beside them;
+//! - GET product reads/s (single-flight), and GET hold reads/s by its buyer (`Client-Secret`)
+//!   as a share of them;
 //! - a 100,000-hold expiry backlog swept by the worker while holds keep coming;
 //! - a stock-boundary run (oversold must be 0) and the API's peak RSS;
 //! - Galera (`results["galera"]`): a three-node MariaDB Galera cluster of the run's own
@@ -29,8 +32,8 @@
 //!
 //! `BENCH_ONLY=stream` runs only the stock stream section (on a MariaDB of its own) and writes
 //! `tests/bench-results/results-stream.json`.
-//! `BENCH_ONLY=holds` runs only the three hold paths at 256 connections (unkeyed, keyed, distinct
-//! buyers on a limited product), `BENCH_REPEAT` times (default 3) interleaved, and prints each
+//! `BENCH_ONLY=holds` runs only the four hold paths at 256 connections (unkeyed, keyed, distinct
+//! buyers on a limited product, tokens), `BENCH_REPEAT` times (default 3) interleaved, and prints each
 //! path's share of unkeyed holds/s and CPU per hold, with the plain-SQL anchor of the same run:
 //! a quick check while working on the hold path; it writes
 //! `tests/bench-results/results-holds.json`.
@@ -60,7 +63,13 @@ const SALE_SERVER: &[&str] = &[
     "--innodb-buffer-pool-size=1G",
     "--max-connections=1000",
 ];
-const ADMIN: &str = "bench-admin";
+const ADMIN: &str = "bench-admin-token-of-32-characters";
+/// A gateway secret, without which the API does not start (the benchmark sends no webhook).
+const WEBHOOK_SECRET: &str = "whsec_YmVuY2gtd2ViaG9vay1zZWNyZXQtb2YtMzItYnl0ZXM=";
+/// The HS256 key of the API that knows its buyers by tokens (`BUYER_AUTH=jwt`).
+const JWT_SECRET: &str = "bench-buyer-tokens-hs256-key-of-40-bytes";
+/// Buyers of the token path: a token each, sent in turn.
+const TOKEN_BUYERS: usize = 256;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
@@ -190,10 +199,12 @@ async fn holds_only(release: &Path, base: &str, seconds: u64, out_dir: &Path) ->
         .unwrap_or(3);
     let db_url = fresh_database(base, "fs_bench").await?;
     let api = Api::start(release, &db_url, true)?;
+    let jwt_api = Api::start_tokens(release, &db_url)?;
     let product = api.create_product(100_000_000).await?;
-    let paths = hold_paths(&api, product, rounds, seconds, mariadb_pid(base).await).await?;
+    let db_pid = mariadb_pid(base).await;
+    let paths = hold_paths(&api, &jwt_api, product, rounds, seconds, db_pid).await?;
     let peak_rss_mib = api.peak_rss_kib() as f64 / 1024.0;
-    drop(api);
+    drop((api, jwt_api));
     // The plain-SQL anchor of the same run: how fast this machine is right now.
     let anchor = plain_sql_holds(&db_url, 64, seconds).await?;
     println!(
@@ -213,10 +224,12 @@ async fn holds_only(release: &Path, base: &str, seconds: u64, out_dir: &Path) ->
     Ok(())
 }
 
-/// The price of an `Idempotency-Key` and of a per-buyer limit: unkeyed holds, keyed holds (a
-/// unique key each) and holds by distinct buyers on a product with a limit of 5, all at 256
-/// connections, forward and back in each of `rounds` rounds. Each path's share is taken
-/// against the unkeyed holds of the same rounds, so all three ran on the same tables (their
+/// The price of an `Idempotency-Key`, of a per-buyer limit and of buyer tokens: unkeyed holds
+/// (anonymous buyers, each hold given a `client_secret`), keyed holds (a unique key each),
+/// holds by distinct buyers on a product with a limit of 5, and holds by signed-in buyers
+/// through `jwt_api` (`BUYER_AUTH=jwt`, the same database; a token per buyer, 256 buyers in
+/// turn), all at 256 connections, forward and back in each of `rounds` rounds. Each path's share
+/// is taken against the unkeyed holds of the same rounds, so all ran on the same tables (their
 /// size changes a hold's cost) and through the same spells of the machine's speed.
 ///
 /// The three share one machine with their load generator, so two things make the comparison
@@ -229,6 +242,7 @@ async fn holds_only(release: &Path, base: &str, seconds: u64, out_dir: &Path) ->
 ///   limit (`service_us` = API + MariaDB), whatever the generator costs.
 async fn hold_paths(
     api: &Api,
+    jwt_api: &Api,
     product: i64,
     rounds: usize,
     seconds: u64,
@@ -236,6 +250,7 @@ async fn hold_paths(
 ) -> Result<Value> {
     let limited = api.create_limited_product(100_000_000, 5).await?;
     let url = format!("{}/api/holds", api.url);
+    let jwt_url = format!("{}/api/holds", jwt_api.url);
     let mut runs: Vec<Vec<Value>> = Vec::new();
     // Each round runs the paths forward and back (unkeyed, keyed, limited, limited, keyed,
     // unkeyed), each for half the round's time per pass: a drift of the machine's speed through
@@ -244,18 +259,19 @@ async fn hold_paths(
     // tables.)
     let pass = (seconds / 2).max(1);
     // Each path's answers over the whole run: its p50 and p99 are theirs.
-    let mut pooled: [Latencies; 3] = Default::default();
+    let mut pooled: [Latencies; 4] = Default::default();
     for round in 1..=rounds.max(1) {
-        let mut paths: [PathRun; 3] = Default::default();
-        for path in [0, 1, 2, 2, 1, 0] {
+        let mut paths: [PathRun; 4] = Default::default();
+        for path in [0, 1, 2, 3, 3, 2, 1, 0] {
             // Made anew for each run: keys and buyer ids are new in every run, never replays.
-            let script = match path {
-                0 => holds_request_script(product),
-                1 => keyed_holds_script(product),
-                _ => buyer_holds_script(limited),
+            let (script, api, url) = match path {
+                0 => (holds_request_script(product), api, &url),
+                1 => (keyed_holds_script(product), api, &url),
+                2 => (buyer_holds_script(limited), api, &url),
+                _ => (token_holds_script(product), jwt_api, &jwt_url),
             };
             let before = CpuSnapshot::take(api, db_pid);
-            let v = wrk(&url, 256, pass, &script)?;
+            let v = wrk(url, 256, pass, &script)?;
             paths[path].add(&v, CpuSnapshot::take(api, db_pid).since(&before));
         }
         for (all, path) in pooled.iter_mut().zip(&paths) {
@@ -274,7 +290,7 @@ async fn hold_paths(
         };
         println!(
             "Hold paths c=256, round {round}: unkeyed {:>6.0}/s ({})  keyed {:>6.0}/s ({:.0}%; {})  \
-             buyers, limit 5 {:>6.0}/s ({:.0}%; {})",
+             buyers, limit 5 {:>6.0}/s ({:.0}%; {})  tokens {:>6.0}/s ({:.0}%; {})",
             per_s(&run[0]),
             cost(&run[0]),
             per_s(&run[1]),
@@ -283,6 +299,9 @@ async fn hold_paths(
             per_s(&run[2]),
             100.0 * per_s(&run[2]) / per_s(&run[0]).max(1.0),
             cost(&run[2]),
+            per_s(&run[3]),
+            100.0 * per_s(&run[3]) / per_s(&run[0]).max(1.0),
+            cost(&run[3]),
         );
         runs.push(run);
     }
@@ -312,7 +331,7 @@ async fn hold_paths(
             "service_us_per_hold": mean("service_us"),
         })
     };
-    let (unkeyed, keyed, buyers) = (path(0), path(1), path(2));
+    let (unkeyed, keyed, buyers, tokens) = (path(0), path(1), path(2), path(3));
     let share = |v: &Value| {
         v["holds_per_s"].as_f64().unwrap_or(0.0)
             / unkeyed["holds_per_s"].as_f64().unwrap_or(0.0).max(1.0)
@@ -337,7 +356,10 @@ async fn hold_paths(
         "unkeyed": unkeyed,
         "keyed": keyed,
         "limited": limited,
+        "tokens": tokens,
         "keyed_share_of_unkeyed": share(&keyed),
+        "tokens_share_of_anonymous": share(&tokens),
+        "tokens_service_cost_share": cost_share(&tokens),
         "limited_share_of_unlimited": share(&buyers),
         "keyed_service_cost_share": cost_share(&keyed),
         "limited_service_cost_share": cost_share(&buyers),
@@ -346,7 +368,8 @@ async fn hold_paths(
     println!(
         "Hold paths c=256, {} rounds: unkeyed p99 {:.1} ms (worst pass {:.1}); keyed {:.0}% of unkeyed \
          (p99 {:.1} ms, worst pass {:.1}; service CPU per hold {:.0} vs {:.0} µs), \
-         distinct buyers on a limited product {:.0}% (p99 {:.1} ms; {:.0} µs)",
+         distinct buyers on a limited product {:.0}% (p99 {:.1} ms; {:.0} µs), \
+         signed-in buyers (tokens) {:.0}% (p99 {:.1} ms; {:.0} µs)",
         result["rounds"],
         unkeyed["p99_ms"].as_f64().unwrap_or(0.0),
         unkeyed["p99_ms_worst_pass"].as_f64().unwrap_or(0.0),
@@ -358,6 +381,9 @@ async fn hold_paths(
         100.0 * share(&buyers),
         buyers["p99_ms"].as_f64().unwrap_or(0.0),
         buyers["service_us_per_hold"].as_f64().unwrap_or(0.0),
+        100.0 * share(&tokens),
+        tokens["p99_ms"].as_f64().unwrap_or(0.0),
+        tokens["service_us_per_hold"].as_f64().unwrap_or(0.0),
     );
     Ok(result)
 }
@@ -521,8 +547,11 @@ async fn single_server(
             // Four rounds: on this shared virtual machine one round's shares ranged from 55% to
             // 80% keyed and 63% to 122% limited within a few minutes.
             let db_pid = mariadb_pid(base).await;
+            let jwt_api = Api::start_tokens(release, &db_url)?;
             results["hold_paths"] =
-                hold_paths(&api, product, HOLD_PATH_ROUNDS, seconds, db_pid).await?;
+                hold_paths(&api, &jwt_api, product, HOLD_PATH_ROUNDS, seconds, db_pid).await?;
+            peak_rss_kib = peak_rss_kib.max(jwt_api.peak_rss_kib());
+            drop(jwt_api);
             let rss_before = api.rss_kib();
             let spray = wrk_with(&format!("{}/", api.url), 256, 2, seconds, &spray_script())?;
             // Give retiring tasks a moment, then read the resident size again.
@@ -549,6 +578,30 @@ async fn single_server(
                 reads["p99_ms"].as_f64().unwrap_or(0.0)
             );
             results["get_product"] = reads;
+            // A hold read by its buyer (its secret checked) against the product read just
+            // before, in the same run: both one process, one product's row or one hold's.
+            let (hold, secret) = api.create_hold(product).await?;
+            let v = wrk(
+                &format!("{}/api/holds/{hold}", api.url),
+                256,
+                seconds,
+                &hold_reads_script(&secret),
+            )?;
+            let hold_reads = json!({
+                "connections": 256,
+                "per_s": rate(&v, "ok"),
+                "p50_ms": ms(&v, "p50_us"),
+                "p99_ms": ms(&v, "p99_us"),
+                "share_of_product_reads": rate(&v, "ok") / results["get_product"]["per_s"].as_f64().unwrap_or(0.0).max(1.0),
+            });
+            println!(
+                "GET hold c=256 (secret)     {:>8.0} reads/s  p50 {:>6.1} ms  p99 {:>6.1} ms ({:.0}% of product reads)",
+                hold_reads["per_s"].as_f64().unwrap_or(0.0),
+                hold_reads["p50_ms"].as_f64().unwrap_or(0.0),
+                hold_reads["p99_ms"].as_f64().unwrap_or(0.0),
+                100.0 * hold_reads["share_of_product_reads"].as_f64().unwrap_or(0.0)
+            );
+            results["get_hold"] = hold_reads;
             let backlog = backlog_sweep(release, &api, &db_url, seconds).await?;
             println!(
                 "Backlog: {} expired holds swept in {:.1} s ({} batches); holds meanwhile: p99 {:.1} ms, max {:.1} ms",
@@ -615,6 +668,20 @@ impl Api {
         Self::start_with(release, db_url, coalescing, &[])
     }
 
+    /// An API on `db_url` (already migrated) whose buyers are known by HS256 tokens.
+    fn start_tokens(release: &Path, db_url: &str) -> Result<Self> {
+        Self::start_with(
+            release,
+            db_url,
+            true,
+            &[
+                ("AUTO_MIGRATE", "false"),
+                ("BUYER_AUTH", "jwt"),
+                ("BUYER_JWT_SECRET", JWT_SECRET),
+            ],
+        )
+    }
+
     /// [`start`](Self::start) with more environment variables (`AUTO_MIGRATE`).
     fn start_with(
         release: &Path,
@@ -633,6 +700,7 @@ impl Api {
             .env("HOLD_TTL_SECONDS", "3600")
             .env("MAX_HOLD_QTY", "10")
             .env("ADMIN_TOKEN", ADMIN)
+            .env("WEBHOOK_SECRET", WEBHOOK_SECRET)
             .env("LOG_DIR", &log_dir)
             .env("RUST_LOG", "info")
             .envs(extra_env.iter().copied())
@@ -674,6 +742,21 @@ impl Api {
             .json()
             .await?;
         r["id"].as_i64().context("limited product id")
+    }
+
+    /// A hold of one unit: its id and the secret its buyer was given.
+    async fn create_hold(&self, product: i64) -> Result<(i64, String)> {
+        let r: Value = self
+            .http
+            .post(format!("{}/api/holds", self.url))
+            .json(&json!({"product_id": product, "qty": 1}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let id = r["hold_id"].as_i64().context("hold id")?;
+        let secret = r["client_secret"].as_str().context("client_secret")?;
+        Ok((id, secret.to_owned()))
     }
 
     async fn create_product(&self, stock: i64) -> Result<i64> {
@@ -884,6 +967,34 @@ fn buyer_holds_script(product: i64) -> String {
            return wrk.format(\"POST\", nil, {{[\"Content-Type\"] = \"application/json\"}}, \
              '{{\"product_id\":{product},\"qty\":1,\"buyer_id\":\"b-{run}-' .. tid .. '-' .. n .. '\"}}')\nend\n{WRK_REPORT}"
     )
+}
+
+/// Holds by [`TOKEN_BUYERS`] signed-in buyers (`BUYER_AUTH=jwt`), each request with the next
+/// buyer's token, as a crowd of logged-in users sends them.
+fn token_holds_script(product: i64) -> String {
+    let tokens: Vec<String> = (0..TOKEN_BUYERS)
+        .map(|i| {
+            let claims = flash_sale_tests::tokens::claims(&format!("bench-buyer-{i}"));
+            format!(
+                "\"{}\"",
+                flash_sale_tests::tokens::sign_hs256(JWT_SECRET.as_bytes(), &claims)
+            )
+        })
+        .collect();
+    format!(
+        "wrk.method = \"POST\"\nwrk.body = '{{\"product_id\":{product},\"qty\":1}}'\n\
+         wrk.headers[\"Content-Type\"] = \"application/json\"\n\
+         local tokens = {{{}}}\nlocal n = 0\n\
+         function request()\n  n = n + 1\n  \
+           wrk.headers[\"Authorization\"] = \"Bearer \" .. tokens[(n + tid * 17) % #tokens + 1]\n  \
+           return wrk.format()\nend\n{WRK_REPORT}",
+        tokens.join(",")
+    )
+}
+
+/// Reads of one hold by its buyer, with the hold's `Client-Secret`.
+fn hold_reads_script(secret: &str) -> String {
+    format!("wrk.headers[\"Client-Secret\"] = \"{secret}\"\n{WRK_REPORT}")
 }
 
 /// Holds and reads for product ids that do not exist, each id new: the abuse the per-product
@@ -1412,7 +1523,11 @@ fn summarize(results: &mut Value) {
         "keyed_share_of_unkeyed": results["hold_paths"]["keyed_share_of_unkeyed"],
         "limited_product_holds_per_s_at_256": results["hold_paths"]["limited"]["holds_per_s"],
         "limited_share_of_unlimited": results["hold_paths"]["limited_share_of_unlimited"],
+        "tokens_share_of_anonymous": results["hold_paths"]["tokens_share_of_anonymous"],
+        "tokens_p99_ms_at_256": results["hold_paths"]["tokens"]["p99_ms"],
         "get_product_per_s": results["get_product"]["per_s"],
+        "get_hold_per_s": results["get_hold"]["per_s"],
+        "get_hold_share_of_product_reads": results["get_hold"]["share_of_product_reads"],
         "unknown_id_spray_rss_mib": [results["unknown_id_spray"]["rss_before_mib"], results["unknown_id_spray"]["rss_after_mib"]],
         "oversold": results["stock_boundary"]["oversold"],
         "api_peak_rss_mib": results["api_peak_rss_mib"],
