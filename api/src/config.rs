@@ -90,6 +90,8 @@ pub struct Config {
     /// Open stock streams this process serves at most; beyond it 503 `unavailable`.
     #[arg(long, env = "STOCK_STREAM_MAX_CLIENTS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub stock_stream_max_clients: u32,
+    #[command(flatten)]
+    pub listener: crate::listener::ListenerArgs,
 }
 
 /// The decoded key of a Standard Webhooks secret (`whsec_` + base64).
@@ -128,7 +130,7 @@ impl Config {
              MAX_HOLD_QTY={} WEBHOOK_SECRET={} CORS_ALLOWED_ORIGINS={} ADMIN_TOKEN={} {} \
              AUTO_MIGRATE={} SHUTDOWN_DELAY_SECONDS={} SHUTDOWN_GRACE_SECONDS={} \
              HOLD_COALESCING={} HOLD_BATCH_WAIT_MICROS={} HOLD_BATCH_MAX={} \
-             HOLD_RATE_LIMIT_PER_SECOND={} STOCK_STREAM_INTERVAL_MS={} STOCK_STREAM_MAX_CLIENTS={}",
+             HOLD_RATE_LIMIT_PER_SECOND={} STOCK_STREAM_INTERVAL_MS={} STOCK_STREAM_MAX_CLIENTS={} {}",
             self.database.redacted(),
             self.bind_addr,
             self.hold_ttl_seconds,
@@ -154,6 +156,7 @@ impl Config {
             self.hold_rate_limit_per_second,
             self.stock_stream_interval_ms,
             self.stock_stream_max_clients,
+            self.listener.redacted(),
         )
     }
 }
@@ -176,6 +179,7 @@ mod tests {
         assert!(c.auto_migrate);
         assert_eq!(c.stock_stream_interval_ms, 250);
         assert_eq!(c.stock_stream_max_clients, 10_000);
+        assert!(c.listener.trusted_proxies.is_none());
     }
 
     #[test]

@@ -4,12 +4,14 @@
 //! mapping from domain errors to problem+json answers ([`error`]), configuration ([`config`]), the state
 //! every handler shares ([`state`]) and the server wiring ([`server`]). Every change to stock goes through `entity`.
 
+pub mod client_addr;
 pub mod config;
 pub mod connections;
 pub mod cors;
 pub mod document;
 pub mod error;
 pub mod idempotency;
+pub mod listener;
 pub mod locations;
 pub mod observe;
 pub mod rate_limit;

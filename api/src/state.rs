@@ -27,6 +27,8 @@ pub struct AppState {
     pub draining: AtomicBool,
     /// Which clients are still connected.
     pub connections: Arc<crate::connections::Connections>,
+    /// Whose `X-Forwarded-For` is believed (`TRUSTED_PROXIES`).
+    pub trusted_proxies: crate::client_addr::TrustedProxies,
     /// Live stock streams: one check per streamed product per interval.
     pub stock_hub: crate::stream::StockHub,
     /// Idempotency-key look-ups, batched (see [`crate::idempotency`]).
@@ -72,6 +74,7 @@ impl AppState {
                 .as_ref()
                 .map(|t| secrecy::ExposeSecret::expose_secret(t).to_owned()),
             connections: Arc::default(),
+            trusted_proxies: config.listener.trusted_proxies.clone().unwrap_or_default(),
             webhook_secret: config.webhook_secret.clone(),
             draining: AtomicBool::new(false),
         }
