@@ -179,7 +179,13 @@ mod tests {
         assert!(c.auto_migrate);
         assert_eq!(c.stock_stream_interval_ms, 250);
         assert_eq!(c.stock_stream_max_clients, 10_000);
-        assert!(c.listener.trusted_proxies.is_none());
+        let l = &c.listener;
+        assert_eq!(
+            (l.http_header_timeout_seconds, l.http_idle_timeout_seconds),
+            (10, 60)
+        );
+        assert_eq!(l.http_max_connections, 25_000);
+        assert!(l.trusted_proxies.is_none());
     }
 
     #[test]

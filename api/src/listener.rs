@@ -1,12 +1,26 @@
-//! The listener's settings, flattened into [`crate::Config`]. Who a client is, for the limits
-//! kept per client, is in [`crate::client_addr`].
+//! The listener's settings, flattened into [`crate::Config`]. What they guard against is in
+//! [`crate::connections`] (deadlines and the connection limit) and [`crate::client_addr`] (who
+//! a client is).
+
+use std::time::Duration;
 
 use clap::Args;
 
-use crate::client_addr::TrustedProxies;
+use crate::{client_addr::TrustedProxies, connections::Limits};
 
 #[derive(Debug, Clone, Args)]
 pub struct ListenerArgs {
+    /// Seconds a request's head and body may take to arrive, from its first byte; then the
+    /// connection is closed.
+    #[arg(long, env = "HTTP_HEADER_TIMEOUT_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub http_header_timeout_seconds: u32,
+    /// Seconds a connection with no request in flight may stay silent before it is closed.
+    #[arg(long, env = "HTTP_IDLE_TIMEOUT_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=86_400))]
+    pub http_idle_timeout_seconds: u32,
+    /// Open client connections this process serves at most; beyond it new ones are closed at
+    /// once.
+    #[arg(long, env = "HTTP_MAX_CONNECTIONS", default_value_t = 25_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub http_max_connections: u32,
     /// Comma-separated addresses or CIDR networks of the reverse proxies in front of the API:
     /// only from them is `X-Forwarded-For` believed.
     #[arg(long, env = "TRUSTED_PROXIES")]
@@ -14,10 +28,22 @@ pub struct ListenerArgs {
 }
 
 impl ListenerArgs {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            header_timeout: Duration::from_secs(u64::from(self.http_header_timeout_seconds)),
+            idle_timeout: Duration::from_secs(u64::from(self.http_idle_timeout_seconds)),
+            max_connections: usize::try_from(self.http_max_connections).unwrap_or(usize::MAX),
+        }
+    }
+
     /// The settings as printed at start-up.
     pub fn redacted(&self) -> String {
         format!(
-            "TRUSTED_PROXIES={}",
+            "HTTP_HEADER_TIMEOUT_SECONDS={} HTTP_IDLE_TIMEOUT_SECONDS={} HTTP_MAX_CONNECTIONS={} \
+             TRUSTED_PROXIES={}",
+            self.http_header_timeout_seconds,
+            self.http_idle_timeout_seconds,
+            self.http_max_connections,
             self.trusted_proxies
                 .as_ref()
                 .map_or_else(|| "(unset)".to_owned(), ToString::to_string),

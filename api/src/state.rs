@@ -25,7 +25,7 @@ pub struct AppState {
     pub webhook_secret: Option<crate::config::WebhookSecret>,
     /// Set on SIGTERM/Ctrl-C: `/readyz` answers 503 from then on.
     pub draining: AtomicBool,
-    /// Which clients are still connected.
+    /// The open connections: which clients are still connected, and the listener's limits.
     pub connections: Arc<crate::connections::Connections>,
     /// Whose `X-Forwarded-For` is believed (`TRUSTED_PROXIES`).
     pub trusted_proxies: crate::client_addr::TrustedProxies,
@@ -73,7 +73,9 @@ impl AppState {
                 .admin_token
                 .as_ref()
                 .map(|t| secrecy::ExposeSecret::expose_secret(t).to_owned()),
-            connections: Arc::default(),
+            connections: Arc::new(crate::connections::Connections::new(
+                config.listener.limits(),
+            )),
             trusted_proxies: config.listener.trusted_proxies.clone().unwrap_or_default(),
             webhook_secret: config.webhook_secret.clone(),
             draining: AtomicBool::new(false),

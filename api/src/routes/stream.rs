@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 
 use entity::types::ProductId;
 use futures_util::stream::BoxStream;
-use poem::web::{RemoteAddr, sse::Event};
+use poem::{Request, web::sse::Event};
 use poem_openapi::{
     ApiResponse, Object, OpenApi,
     param::Path,
@@ -93,7 +93,7 @@ impl StreamApi {
         &self,
         /// The product's id.
         id: Path<i64>,
-        remote: &RemoteAddr,
+        req: &Request,
     ) -> Result<StockStream, Problems<StreamStockProblems>> {
         let hub = &self.state.stock_hub;
         // Taken before the first read, so a full process refuses without touching the database.
@@ -110,7 +110,7 @@ impl StreamApi {
             .product_reads
             .product_view(ProductId::new(id.0))
             .await?;
-        let client_gone = self.state.connections.gone_flag(remote);
+        let client_gone = crate::connections::client_gone(req);
         let levels = hub.follow(slot, Level::from(&first), client_gone);
         let levels = futures_util::StreamExt::map(levels, StockLevel::from);
         Ok(StockStream::Ok(

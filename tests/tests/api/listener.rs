@@ -1,10 +1,25 @@
-//! The listener against bots: `X-Forwarded-For` is believed only from trusted proxies. All
-//! through the real binary.
+//! The listener against bots: slow and idle connections are closed on time, and
+//! `X-Forwarded-For` is believed only from trusted proxies. All through the real binary, over
+//! real sockets.
 
-use std::{process::Command, time::Instant};
+use std::{
+    process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
-use flash_sale_tests::{AppOptions, Client, TestApp, binary, into_response, on_both_databases};
+use flash_sale_tests::{
+    AppOptions, Backend, Client, TestApp, binary, into_response, on_both_databases,
+    sse::{End, Reader, stream_client},
+};
 use serde_json::json;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
 
 fn with_env(env: &[(&'static str, &str)]) -> AppOptions {
     AppOptions {
@@ -13,7 +28,281 @@ fn with_env(env: &[(&'static str, &str)]) -> AppOptions {
     }
 }
 
+/// The API's `host:port`.
+fn addr_of(app: &TestApp) -> String {
+    app.server.addr.clone().expect("the API's address")
+}
+
+/// A client that opens a new connection for every request: with short idle timeouts a pooled
+/// connection may be closed by the server just as it is reused.
+fn unpooled(address: &str) -> Client {
+    Client {
+        address: address.to_owned(),
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("http client"),
+    }
+}
+
+/// Sends `GET path` on a raw HTTP/1.1 connection and reads the whole answer; its status.
+async fn get_on(stream: &mut TcpStream, path: &str) -> u16 {
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
+        .await
+        .expect("send the request");
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut read_more = async |buf: &mut Vec<u8>| {
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut chunk))
+            .await
+            .expect("the answer within 10 s")
+            .expect("read the answer");
+        assert!(n > 0, "the connection closed before the answer: {buf:?}");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let end = loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end;
+        }
+        read_more(&mut buf).await;
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {head}"));
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no Content-Length: {head}"));
+    while buf.len() < end + 4 + length {
+        read_more(&mut buf).await;
+    }
+    status
+}
+
+/// How long until the server closes `stream` (reads end or fail), reading and dropping whatever
+/// it sends; fails the test if that takes longer than `within`.
+async fn closed_within(stream: &mut TcpStream, within: Duration) -> Duration {
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    let closing = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    match tokio::time::timeout(within, closing).await {
+        Ok(()) => started.elapsed(),
+        Err(_) => panic!("the server kept the connection open for {within:?}"),
+    }
+}
+
+/// The `q`-quantile of `latencies` (sorted here).
+fn quantile(latencies: &mut [Duration], q: f64) -> Duration {
+    latencies.sort();
+    let i = ((latencies.len() as f64 - 1.0) * q).round() as usize;
+    latencies[i]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slowloris_connections_are_closed_at_the_header_timeout_while_others_are_served() {
+    let app = TestApp::spawn_with(
+        Backend::Sqlite,
+        with_env(&[("HTTP_HEADER_TIMEOUT_SECONDS", "2")]),
+    )
+    .await;
+    let addr = addr_of(&app);
+
+    // A well-behaved client asks in a loop, four requests at a time on connections of its own,
+    // for as long as the bots are at it.
+    let stop = Arc::new(AtomicBool::new(false));
+    let normal: Vec<_> = (0..4)
+        .map(|_| {
+            let (client, stop) = (app.client.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let sent = Instant::now();
+                    let r = client.get("/healthz").await;
+                    latencies.push(sent.elapsed());
+                    assert_eq!(r.status, 200, "{}", r.body);
+                }
+                latencies
+            })
+        })
+        .collect();
+
+    // 500 bots: a request head begun, then one more byte of a header every 500 ms, never done.
+    let bots: Vec<_> = (0..500)
+        .map(|_| {
+            let addr = addr.clone();
+            tokio::spawn(async move {
+                let mut stream = TcpStream::connect(&addr).await.expect("connect");
+                let started = Instant::now();
+                stream
+                    .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow")
+                    .await
+                    .expect("send the start");
+                let (mut read, mut write) = stream.into_split();
+                let trickle = async move {
+                    loop {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        if write.write_all(b"w").await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                };
+                let closed = async move {
+                    let mut buf = [0u8; 1024];
+                    loop {
+                        match read.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        }
+                    }
+                };
+                // The timeout, and three seconds of slack for a busy machine.
+                let within = Duration::from_secs(2 + 3);
+                tokio::select! {
+                    () = closed => {}
+                    () = trickle => {}
+                    () = tokio::time::sleep(within) => {
+                        panic!("a slow request head was still open after {within:?}");
+                    }
+                }
+                started.elapsed()
+            })
+        })
+        .collect();
+    let mut closed_after = Vec::new();
+    for bot in bots {
+        closed_after.push(bot.await.expect("bot"));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut latencies = Vec::new();
+    for task in normal {
+        latencies.extend(task.await.expect("the well-behaved client"));
+    }
+
+    let earliest = closed_after.iter().min().copied().unwrap_or_default();
+    assert!(
+        earliest >= Duration::from_millis(1900),
+        "a bot was cut before the 2 s header timeout: after {earliest:?}"
+    );
+    assert!(
+        latencies.len() >= 20,
+        "only {} requests served",
+        latencies.len()
+    );
+    let p99 = quantile(&mut latencies, 0.99);
+    assert!(
+        p99 < Duration::from_secs(1),
+        "p99 {p99:?} over {} requests",
+        latencies.len()
+    );
+    let metrics = unpooled(&app.address);
+    let closed = metrics
+        .metric("http_connections_closed_total{reason=\"header_timeout\"}")
+        .await;
+    assert_eq!(closed, 500.0, "closed for their header timeout");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_body_trickled_in_is_cut_at_the_header_timeout_too() {
+    let app = TestApp::spawn_with(
+        Backend::Sqlite,
+        with_env(&[("HTTP_HEADER_TIMEOUT_SECONDS", "1")]),
+    )
+    .await;
+    let product = app.create_product(5).await;
+    let mut stream = TcpStream::connect(addr_of(&app)).await.expect("connect");
+    let body = json!({"product_id": product, "qty": 1}).to_string();
+    let head = format!(
+        "POST /api/holds HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len() + 200
+    );
+    let started = Instant::now();
+    stream.write_all(head.as_bytes()).await.expect("head");
+    // The body, a byte every 200 ms: the head is whole, the request never arrives.
+    let (mut read, mut write) = stream.into_split();
+    let trickle = async move {
+        for byte in body.bytes().chain(std::iter::repeat(b' ')) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if write.write_all(&[byte]).await.is_err() {
+                break;
+            }
+        }
+        std::future::pending::<()>().await;
+    };
+    let closed = async move {
+        let mut buf = [0u8; 1024];
+        if let Ok(n @ 1..) = read.read(&mut buf).await {
+            panic!("answered: {}", String::from_utf8_lossy(&buf[..n]));
+        }
+    };
+    tokio::select! {
+        () = closed => {}
+        () = trickle => {}
+        () = tokio::time::sleep(Duration::from_secs(1 + 3)) => panic!("still open after 4 s"),
+    }
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(900), "cut after {took:?}");
+    assert_eq!(app.available(product).await, 5, "no hold was made");
+}
+
 on_both_databases! {
+    async fn idle_connections_are_closed_and_open_streams_are_not(backend: Backend) {
+        let app = TestApp::spawn_with(backend, with_env(&[
+            ("HTTP_IDLE_TIMEOUT_SECONDS", "1"),
+            ("HTTP_HEADER_TIMEOUT_SECONDS", "1"),
+        ]))
+        .await;
+        let fresh = unpooled(&app.address);
+        let product = fresh.create_product(5).await;
+        let http = stream_client();
+        let r = http
+            .get(format!("{}/api/products/{product}/stream", app.address))
+            .send()
+            .await
+            .expect("open the stream");
+        assert_eq!(r.status(), 200);
+        let mut stream = Reader::new(r);
+        stream.next_event("stock", Duration::from_secs(5)).await.expect("the first event");
+
+        // A keep-alive connection that made one request and then says nothing.
+        let mut idle = TcpStream::connect(addr_of(&app)).await.expect("connect");
+        assert_eq!(get_on(&mut idle, "/healthz").await, 200);
+        let after = closed_within(&mut idle, Duration::from_secs(1 + 3)).await;
+        assert!(after >= Duration::from_millis(900), "closed after {after:?}");
+
+        // The stream has written nothing since its first event (its keep-alive comments come
+        // every 10 s), and it has been open longer than both timeouts: it is still open...
+        match stream.next(Duration::from_secs(3)).await {
+            Err(End::TimedOut) => {}
+            other => panic!("the stream should be open and quiet, got {other:?}"),
+        }
+        // ...and still delivers.
+        assert_eq!(fresh.hold(product, 2).await.status, 201);
+        let level = stream.next_event("stock", Duration::from_secs(3)).await.expect("a change");
+        assert_eq!(level["available_stock"], 3);
+        let idle_closed = fresh
+            .metric("http_connections_closed_total{reason=\"idle_timeout\"}")
+            .await;
+        assert!(idle_closed >= 1.0, "{idle_closed}");
+    }
+
     async fn forwarded_for_counts_only_from_trusted_proxies(backend: Backend) {
         let limit = ("HOLD_RATE_LIMIT_PER_SECOND", "5");
         let app = TestApp::spawn_with(backend, with_env(&[limit])).await;
@@ -60,6 +349,7 @@ on_both_databases! {
             holds(&behind_proxy, |i| format!("192.0.2.{i}, 203.0.113.7")).await;
         assert!(served <= allowed, "{served} holds served, {allowed} allowed");
     }
+
 }
 
 #[test]
@@ -69,11 +359,34 @@ fn listener_settings_are_listed_and_checked_at_start() {
         .output()
         .expect("--help");
     let text = String::from_utf8_lossy(&help.stdout);
-    assert!(
-        text.contains("env: TRUSTED_PROXIES"),
-        "--help lacks TRUSTED_PROXIES:\n{text}"
-    );
+    for (var, default) in [
+        ("HTTP_HEADER_TIMEOUT_SECONDS", Some("10")),
+        ("HTTP_IDLE_TIMEOUT_SECONDS", Some("60")),
+        ("HTTP_MAX_CONNECTIONS", Some("25000")),
+        ("TRUSTED_PROXIES", None),
+    ] {
+        let line = text
+            .lines()
+            .position(|l| l.contains(&format!("env: {var}")))
+            .unwrap_or_else(|| panic!("--help lacks {var}:\n{text}"));
+        if let Some(default) = default {
+            let around = text
+                .lines()
+                .skip(line.saturating_sub(3))
+                .take(5)
+                .collect::<Vec<_>>()
+                .join("\n");
+            assert!(
+                around.contains(&format!("default: {default}")),
+                "{var} default:\n{around}"
+            );
+        }
+    }
     for (var, bad) in [
+        ("HTTP_HEADER_TIMEOUT_SECONDS", "0"),
+        ("HTTP_HEADER_TIMEOUT_SECONDS", "ten"),
+        ("HTTP_IDLE_TIMEOUT_SECONDS", "-1"),
+        ("HTTP_MAX_CONNECTIONS", "0"),
         ("TRUSTED_PROXIES", "10.0.0.0/8, proxy.internal"),
         ("TRUSTED_PROXIES", "10.0.0.0/33"),
     ] {
