@@ -184,8 +184,8 @@ mod tests {
             (l.http_header_timeout_seconds, l.http_idle_timeout_seconds),
             (10, 60)
         );
-        assert_eq!(l.http_max_connections, 25_000);
-        assert!(l.trusted_proxies.is_none());
+        assert_eq!((l.http_max_connections, l.http2_max_streams), (25_000, 100));
+        assert_eq!((l.metrics_addr, l.trusted_proxies.is_none()), (None, true));
     }
 
     #[test]

@@ -1,10 +1,11 @@
-//! The listener's settings, flattened into [`crate::Config`]. What they guard against is in
-//! [`crate::connections`] (deadlines and the connection limit) and [`crate::client_addr`] (who
-//! a client is).
+//! The listener's settings (flattened into [`crate::Config`]) and the `/metrics` listener of
+//! `METRICS_ADDR`. What they guard against is in [`crate::connections`] (deadlines and the
+//! connection limit) and [`crate::client_addr`] (who a client is).
 
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
 
 use clap::Args;
+use poem::{Endpoint, Route, Server};
 
 use crate::{client_addr::TrustedProxies, connections::Limits};
 
@@ -21,6 +22,12 @@ pub struct ListenerArgs {
     /// once.
     #[arg(long, env = "HTTP_MAX_CONNECTIONS", default_value_t = 25_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     pub http_max_connections: u32,
+    /// Concurrent streams on one HTTP/2 connection (more are refused with `REFUSED_STREAM`).
+    #[arg(long, env = "HTTP2_MAX_STREAMS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub http2_max_streams: u32,
+    /// When set, `/metrics` is served on this address alone, not on `BIND_ADDR`.
+    #[arg(long, env = "METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
     /// Comma-separated addresses or CIDR networks of the reverse proxies in front of the API:
     /// only from them is `X-Forwarded-For` believed.
     #[arg(long, env = "TRUSTED_PROXIES")]
@@ -40,13 +47,32 @@ impl ListenerArgs {
     pub fn redacted(&self) -> String {
         format!(
             "HTTP_HEADER_TIMEOUT_SECONDS={} HTTP_IDLE_TIMEOUT_SECONDS={} HTTP_MAX_CONNECTIONS={} \
-             TRUSTED_PROXIES={}",
+             HTTP2_MAX_STREAMS={} METRICS_ADDR={} TRUSTED_PROXIES={}",
             self.http_header_timeout_seconds,
             self.http_idle_timeout_seconds,
             self.http_max_connections,
+            self.http2_max_streams,
+            self.metrics_addr
+                .map_or_else(|| "(unset)".to_owned(), |a| a.to_string()),
             self.trusted_proxies
                 .as_ref()
                 .map_or_else(|| "(unset)".to_owned(), ToString::to_string),
         )
     }
+}
+
+/// Binds `METRICS_ADDR` and serves `metrics` there as `/metrics`, alone, until the returned
+/// task is aborted. Logs `metrics listening` with the bound address.
+pub async fn serve_metrics(
+    addr: SocketAddr,
+    metrics: impl Endpoint + 'static,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let (acceptor, bound) = flash_sale_process::bind(addr, "METRICS_ADDR").await?;
+    tracing::info!(addr = %bound, "metrics listening");
+    let app = Route::new().at("/metrics", metrics);
+    Ok(tokio::spawn(async move {
+        if let Err(error) = Server::new_with_acceptor(acceptor).run(app).await {
+            tracing::error!(%error, "the metrics listener stopped");
+        }
+    }))
 }

@@ -89,15 +89,24 @@ pub fn routes(
         .replacen(&service.spec(), &document, 1);
     let docs = make_sync(move |_| Html(docs_html.clone()));
     let spec = make_sync(move |_| document.clone().with_content_type(crate::types::JSON));
-    let pool_state = state;
-    let metrics_ep =
-        flash_sale_process::metrics_endpoint(metrics, move || pool_state.db.record_pool_metrics());
     let routes = Route::new()
         .nest("/", service)
         .nest("/docs", docs)
-        .at("/openapi.json", spec)
-        .at("/metrics", metrics_ep);
+        .at("/openapi.json", spec);
+    // With METRICS_ADDR, /metrics is served on that listener alone (see `run`).
+    let routes = match config.listener.metrics_addr {
+        Some(_) => routes,
+        None => routes.at("/metrics", metrics_endpoint(metrics, state)),
+    };
     (routes, templates)
+}
+
+/// `/metrics`, the database pool's gauges refreshed on each rendering.
+fn metrics_endpoint(
+    metrics: Option<PrometheusHandle>,
+    state: Arc<AppState>,
+) -> impl Endpoint<Output = Response> {
+    flash_sale_process::metrics_endpoint(metrics, move || state.db.record_pool_metrics())
 }
 
 /// The middleware every request goes through, around `routes`: the admin switch, the body
@@ -310,6 +319,13 @@ pub async fn run(config: Config, metrics: Option<PrometheusHandle>) -> anyhow::R
         migrate(&config.db_config()).await?;
     }
     let state = Arc::new(AppState::new(&config, db.clone()));
+    let metrics_listener = match config.listener.metrics_addr {
+        Some(addr) => {
+            let endpoint = metrics_endpoint(metrics.clone(), state.clone());
+            Some(crate::listener::serve_metrics(addr, endpoint).await?)
+        }
+        None => None,
+    };
     let app = build_app(&config, state.clone(), metrics);
 
     let (acceptor, addr) = flash_sale_process::bind(config.bind_addr, "BIND_ADDR").await?;
@@ -331,9 +347,13 @@ pub async fn run(config: Config, metrics: Option<PrometheusHandle>) -> anyhow::R
     };
     let grace = Duration::from_secs(u64::from(config.shutdown_grace_seconds));
     Server::new_with_acceptor(acceptor)
+        .http2_max_concurrent_streams(config.listener.http2_max_streams)
         .run_with_graceful_shutdown(app, drain, Some(grace))
         .await
         .context("serving")?;
+    if let Some(task) = metrics_listener {
+        task.abort();
+    }
     db.conn().clone().close().await.ok();
     tracing::info!("stopped");
     Ok(())

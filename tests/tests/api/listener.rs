@@ -1,6 +1,7 @@
-//! The listener against bots: slow and idle connections are closed on time, and
-//! `X-Forwarded-For` is believed only from trusted proxies. All through the real binary, over
-//! real sockets.
+//! The listener against bots: slow and idle connections are closed on time, connections and
+//! HTTP/2 streams are capped, `X-Forwarded-For` is believed only from trusted proxies, and
+//! `/metrics` can live on a listener of its own. All through the real binary, over real
+//! sockets.
 
 use std::{
     process::Command,
@@ -12,7 +13,7 @@ use std::{
 };
 
 use flash_sale_tests::{
-    AppOptions, Backend, Client, TestApp, binary, into_response, on_both_databases,
+    AppOptions, Backend, Client, TestApp, binary, eventually, into_response, on_both_databases,
     sse::{End, Reader, stream_client},
 };
 use serde_json::json;
@@ -44,6 +45,18 @@ fn unpooled(address: &str) -> Client {
             .build()
             .expect("http client"),
     }
+}
+
+/// The client of the `/metrics` listener of `METRICS_ADDR`, found by its log line.
+async fn metrics_listener(app: &TestApp) -> Client {
+    let line = app
+        .server
+        .line_eventually("the metrics listener", |v| {
+            v["message"] == "metrics listening"
+        })
+        .await;
+    let addr = line["addr"].as_str().expect("its address");
+    unpooled(&format!("http://{addr}"))
 }
 
 /// Sends `GET path` on a raw HTTP/1.1 connection and reads the whole answer; its status.
@@ -352,6 +365,198 @@ on_both_databases! {
 
 }
 
+/// An HTTP/2 frame: its type, flags, stream and payload.
+struct Frame {
+    kind: u8,
+    flags: u8,
+    stream: u32,
+    payload: Vec<u8>,
+}
+
+const DATA: u8 = 0x0;
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
+const REFUSED_STREAM: u32 = 0x7;
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).expect("a small frame");
+    let mut f = len.to_be_bytes()[1..].to_vec();
+    f.extend([kind, flags]);
+    f.extend(stream.to_be_bytes());
+    f.extend(payload);
+    f
+}
+
+/// An HPACK "literal header field without indexing" whose name is entry `index` of the static
+/// table (RFC 7541, 6.2.2), with a short value.
+fn literal(index: u8, value: &str) -> Vec<u8> {
+    assert!(index < 16 && value.len() < 127);
+    let mut field = vec![index, value.len() as u8];
+    field.extend(value.as_bytes());
+    field
+}
+
+async fn read_frame(stream: &mut TcpStream) -> Frame {
+    let mut head = [0u8; 9];
+    stream.read_exact(&mut head).await.expect("a frame header");
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let mut payload = vec![0u8; len];
+    stream
+        .read_exact(&mut payload)
+        .await
+        .expect("a frame payload");
+    Frame {
+        kind: head[3],
+        flags: head[4],
+        stream: u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff,
+        payload,
+    }
+}
+
+/// Plain-text HTTP/2 with prior knowledge, in raw frames: 300 streams opened at once on one
+/// connection, 100 (`HTTP2_MAX_STREAMS`' default) answered and the rest refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_http2_connection_gets_100_concurrent_streams() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let product = app.create_product(5).await;
+    let mut conn = TcpStream::connect(addr_of(&app)).await.expect("connect");
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(SETTINGS, 0, 0, &[]));
+    let path = format!("/api/products/{product}/stream");
+    let block: Vec<u8> = [
+        literal(2, "GET"),  // :method
+        literal(6, "http"), // :scheme
+        literal(4, &path),  // :path
+        literal(1, "test"), // :authority
+    ]
+    .concat();
+    for i in 0..300 {
+        // END_STREAM | END_HEADERS: a GET without a body.
+        out.extend(frame(HEADERS, 0x1 | 0x4, 1 + 2 * i, &block));
+    }
+    conn.write_all(&out).await.expect("send the streams");
+
+    let mut advertised = None;
+    let mut answered = std::collections::BTreeSet::new();
+    let mut refused = std::collections::BTreeSet::new();
+    let reading = async {
+        while answered.len() + refused.len() < 300 {
+            let f = read_frame(&mut conn).await;
+            match f.kind {
+                SETTINGS if f.flags & 0x1 == 0 => {
+                    for setting in f.payload.chunks_exact(6) {
+                        let id = u16::from_be_bytes([setting[0], setting[1]]);
+                        if id == SETTINGS_MAX_CONCURRENT_STREAMS {
+                            advertised = Some(u32::from_be_bytes([
+                                setting[2], setting[3], setting[4], setting[5],
+                            ]));
+                        }
+                    }
+                }
+                HEADERS => {
+                    answered.insert(f.stream);
+                }
+                RST_STREAM => {
+                    let code = u32::from_be_bytes([
+                        f.payload[0],
+                        f.payload[1],
+                        f.payload[2],
+                        f.payload[3],
+                    ]);
+                    assert_eq!(code, REFUSED_STREAM, "stream {} reset", f.stream);
+                    refused.insert(f.stream);
+                }
+                DATA => {}
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), reading)
+        .await
+        .unwrap_or_else(|_| panic!("not every stream was answered or refused within 30 s"));
+    assert_eq!(advertised, Some(100), "SETTINGS_MAX_CONCURRENT_STREAMS");
+    assert_eq!((answered.len(), refused.len()), (100, 200));
+    assert!(answered.is_disjoint(&refused));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn beyond_max_connections_new_ones_are_closed_and_open_ones_served() {
+    let app = TestApp::spawn_with(
+        Backend::Sqlite,
+        with_env(&[
+            ("HTTP_MAX_CONNECTIONS", "50"),
+            ("METRICS_ADDR", "127.0.0.1:0"),
+        ]),
+    )
+    .await;
+    let metrics = metrics_listener(&app).await;
+    let addr = addr_of(&app);
+    let open_gauge = async |want: f64| {
+        eventually(
+            &format!("{want} open connections"),
+            Duration::from_secs(10),
+            || async { (metrics.metric("http_connections_open").await == want).then_some(()) },
+        )
+        .await
+    };
+    let connect = async || TcpStream::connect(&addr).await.expect("connect");
+
+    let mut kept = Vec::new();
+    for _ in 0..50 {
+        kept.push(connect().await);
+    }
+    open_gauge(50.0).await;
+    for _ in 50..60 {
+        let mut refused = connect().await;
+        closed_within(&mut refused, Duration::from_secs(2)).await;
+    }
+    let over = metrics
+        .metric("http_connections_closed_total{reason=\"over_capacity\"}")
+        .await;
+    assert_eq!(over, 10.0);
+
+    // The 50 are served, all at once.
+    let statuses = futures::future::join_all(kept.iter_mut().map(|s| get_on(s, "/healthz"))).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+
+    // Five leave: five new ones are served, and the next is closed again.
+    kept.truncate(45);
+    open_gauge(45.0).await;
+    for _ in 0..5 {
+        let mut s = connect().await;
+        assert_eq!(get_on(&mut s, "/healthz").await, 200);
+        kept.push(s);
+    }
+    let mut refused = connect().await;
+    closed_within(&mut refused, Duration::from_secs(2)).await;
+    assert_eq!(get_on(&mut kept[0], "/healthz").await, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_addr_serves_metrics_there_and_not_on_bind_addr() {
+    let app = TestApp::spawn_with(
+        Backend::Sqlite,
+        with_env(&[("METRICS_ADDR", "127.0.0.1:0")]),
+    )
+    .await;
+    let metrics = metrics_listener(&app).await;
+    assert_eq!(app.get("/healthz").await.status, 200);
+    let text = metrics.metrics_text().await;
+    assert!(text.contains("http_connections_open"), "{text}");
+    assert!(text.contains("http_requests_total"), "{text}");
+
+    let on_api = app.get("/metrics").await;
+    assert_eq!(
+        (on_api.status, on_api.code()),
+        (404, "not_found"),
+        "{}",
+        on_api.body
+    );
+    assert_eq!(on_api.content_type, "application/problem+json");
+}
+
 #[test]
 fn listener_settings_are_listed_and_checked_at_start() {
     let help = Command::new(binary("flash-sale-api"))
@@ -363,6 +568,8 @@ fn listener_settings_are_listed_and_checked_at_start() {
         ("HTTP_HEADER_TIMEOUT_SECONDS", Some("10")),
         ("HTTP_IDLE_TIMEOUT_SECONDS", Some("60")),
         ("HTTP_MAX_CONNECTIONS", Some("25000")),
+        ("HTTP2_MAX_STREAMS", Some("100")),
+        ("METRICS_ADDR", None),
         ("TRUSTED_PROXIES", None),
     ] {
         let line = text
@@ -387,6 +594,8 @@ fn listener_settings_are_listed_and_checked_at_start() {
         ("HTTP_HEADER_TIMEOUT_SECONDS", "ten"),
         ("HTTP_IDLE_TIMEOUT_SECONDS", "-1"),
         ("HTTP_MAX_CONNECTIONS", "0"),
+        ("HTTP2_MAX_STREAMS", "many"),
+        ("METRICS_ADDR", "nowhere"),
         ("TRUSTED_PROXIES", "10.0.0.0/8, proxy.internal"),
         ("TRUSTED_PROXIES", "10.0.0.0/33"),
     ] {
