@@ -185,6 +185,7 @@ mod tests {
             (10, 60)
         );
         assert_eq!((l.http_max_connections, l.http2_max_streams), (25_000, 100));
+        assert_eq!(l.stream_max_per_client, 8);
         assert_eq!((l.metrics_addr, l.trusted_proxies.is_none()), (None, true));
     }
 

@@ -25,6 +25,10 @@ pub struct ListenerArgs {
     /// Concurrent streams on one HTTP/2 connection (more are refused with `REFUSED_STREAM`).
     #[arg(long, env = "HTTP2_MAX_STREAMS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub http2_max_streams: u32,
+    /// Open event streams (`GET /api/products/{id}/stream`) per client; beyond it 429
+    /// `rate_limited`.
+    #[arg(long, env = "STREAM_MAX_PER_CLIENT", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub stream_max_per_client: u32,
     /// When set, `/metrics` is served on this address alone, not on `BIND_ADDR`.
     #[arg(long, env = "METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
@@ -47,11 +51,12 @@ impl ListenerArgs {
     pub fn redacted(&self) -> String {
         format!(
             "HTTP_HEADER_TIMEOUT_SECONDS={} HTTP_IDLE_TIMEOUT_SECONDS={} HTTP_MAX_CONNECTIONS={} \
-             HTTP2_MAX_STREAMS={} METRICS_ADDR={} TRUSTED_PROXIES={}",
+             HTTP2_MAX_STREAMS={} STREAM_MAX_PER_CLIENT={} METRICS_ADDR={} TRUSTED_PROXIES={}",
             self.http_header_timeout_seconds,
             self.http_idle_timeout_seconds,
             self.http_max_connections,
             self.http2_max_streams,
+            self.stream_max_per_client,
             self.metrics_addr
                 .map_or_else(|| "(unset)".to_owned(), |a| a.to_string()),
             self.trusted_proxies

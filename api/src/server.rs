@@ -111,7 +111,7 @@ fn metrics_endpoint(
 
 /// The middleware every request goes through, around `routes`: the admin switch, the body
 /// limit, the panic safety net, problem+json for every error, CORS (when configured), then
-/// the request id, metrics and `Retry-After` on 503s (`observe`), and outermost the
+/// the request id, metrics and `Retry-After` on 429s and 503s (`observe`), and outermost the
 /// request's arrival on its connection (its body read first: see [`crate::connections`]) and
 /// the app state. (Idempotency keys and the hold rate limit belong to their operations: see
 /// their `transform`.)

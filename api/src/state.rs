@@ -29,6 +29,8 @@ pub struct AppState {
     pub connections: Arc<crate::connections::Connections>,
     /// Whose `X-Forwarded-For` is believed (`TRUSTED_PROXIES`).
     pub trusted_proxies: crate::client_addr::TrustedProxies,
+    /// Open event streams per client (`STREAM_MAX_PER_CLIENT`).
+    pub client_streams: Arc<crate::stream::ClientStreams>,
     /// Live stock streams: one check per streamed product per interval.
     pub stock_hub: crate::stream::StockHub,
     /// Idempotency-key look-ups, batched (see [`crate::idempotency`]).
@@ -77,6 +79,9 @@ impl AppState {
                 config.listener.limits(),
             )),
             trusted_proxies: config.listener.trusted_proxies.clone().unwrap_or_default(),
+            client_streams: crate::stream::ClientStreams::new(
+                config.listener.stream_max_per_client,
+            ),
             webhook_secret: config.webhook_secret.clone(),
             draining: AtomicBool::new(false),
         }

@@ -1,7 +1,7 @@
 //! The listener against bots: slow and idle connections are closed on time, connections and
-//! HTTP/2 streams are capped, `X-Forwarded-For` is believed only from trusted proxies, and
-//! `/metrics` can live on a listener of its own. All through the real binary, over real
-//! sockets.
+//! HTTP/2 streams are capped, `X-Forwarded-For` is believed only from trusted proxies, event
+//! streams are capped per client, and `/metrics` can live on a listener of its own. All through
+//! the real binary, over real sockets.
 
 use std::{
     process::Command,
@@ -363,6 +363,49 @@ on_both_databases! {
         assert!(served <= allowed, "{served} holds served, {allowed} allowed");
     }
 
+    async fn a_client_may_hold_only_so_many_streams_open(backend: Backend) {
+        let app = TestApp::spawn_with(backend, with_env(&[
+            ("STREAM_MAX_PER_CLIENT", "2"),
+            ("TRUSTED_PROXIES", "127.0.0.1"),
+        ]))
+        .await;
+        let product = app.create_product(5).await;
+        let url = format!("{}/api/products/{product}/stream", app.address);
+        let http = stream_client();
+        let open = async |forwarded: Option<&str>| {
+            let mut req = http.get(&url);
+            if let Some(f) = forwarded {
+                req = req.header("x-forwarded-for", f);
+            }
+            req.send().await.expect("open a stream")
+        };
+        let first = open(None).await;
+        let second = open(None).await;
+        assert_eq!((first.status().as_u16(), second.status().as_u16()), (200, 200));
+
+        let third = open(None).await;
+        // Checked before the body is read: a stream served would never end.
+        assert_eq!(third.status(), 429, "a third stream of one client");
+        let third = into_response(third).await;
+        assert_eq!(third.code(), "rate_limited", "{}", third.body);
+        assert_eq!(third.content_type, "application/problem+json");
+        let retry_after = third.header("retry-after").and_then(|v| v.parse::<u64>().ok());
+        assert!(retry_after.is_some_and(|s| s >= 1), "{:?}", third.headers);
+
+        // Another client, behind the trusted proxy, has places of its own.
+        let other = open(Some("198.51.100.20")).await;
+        assert_eq!(other.status(), 200);
+        let mut other = Reader::new(other);
+        other.next_event("stock", Duration::from_secs(5)).await.expect("its first event");
+
+        // Closing a stream gives its place back.
+        drop(first);
+        let _again = eventually("a place after a stream closed", Duration::from_secs(10), || async {
+            let r = open(None).await;
+            (r.status() == 200).then_some(r)
+        })
+        .await;
+    }
 }
 
 /// An HTTP/2 frame: its type, flags, stream and payload.
@@ -419,7 +462,11 @@ async fn read_frame(stream: &mut TcpStream) -> Frame {
 /// connection, 100 (`HTTP2_MAX_STREAMS`' default) answered and the rest refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_http2_connection_gets_100_concurrent_streams() {
-    let app = TestApp::spawn(Backend::Sqlite).await;
+    let app = TestApp::spawn_with(
+        Backend::Sqlite,
+        with_env(&[("STREAM_MAX_PER_CLIENT", "1000")]),
+    )
+    .await;
     let product = app.create_product(5).await;
     let mut conn = TcpStream::connect(addr_of(&app)).await.expect("connect");
     let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
@@ -569,6 +616,7 @@ fn listener_settings_are_listed_and_checked_at_start() {
         ("HTTP_IDLE_TIMEOUT_SECONDS", Some("60")),
         ("HTTP_MAX_CONNECTIONS", Some("25000")),
         ("HTTP2_MAX_STREAMS", Some("100")),
+        ("STREAM_MAX_PER_CLIENT", Some("8")),
         ("METRICS_ADDR", None),
         ("TRUSTED_PROXIES", None),
     ] {
@@ -595,6 +643,7 @@ fn listener_settings_are_listed_and_checked_at_start() {
         ("HTTP_IDLE_TIMEOUT_SECONDS", "-1"),
         ("HTTP_MAX_CONNECTIONS", "0"),
         ("HTTP2_MAX_STREAMS", "many"),
+        ("STREAM_MAX_PER_CLIENT", "0"),
         ("METRICS_ADDR", "nowhere"),
         ("TRUSTED_PROXIES", "10.0.0.0/8, proxy.internal"),
         ("TRUSTED_PROXIES", "10.0.0.0/33"),
