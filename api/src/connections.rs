@@ -22,7 +22,8 @@
 //! - otherwise the connection is idle, and is closed `HTTP_IDLE_TIMEOUT_SECONDS` after its last
 //!   read or write.
 //!
-//! A read that finds its deadline passed fails with `TimedOut`, and hyper drops the connection.
+//! A read (or a write that has to wait) that finds its deadline passed fails with `TimedOut`,
+//! and hyper drops the connection.
 //! The timer is re-armed lazily: it fires at the deadline known when it was set, or sooner, and a
 //! fire that finds the deadline moved just sets it again. Nothing per request touches it.
 //!
