@@ -70,16 +70,6 @@ pub struct Limits {
     pub max_connections: usize,
 }
 
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            header_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
-            max_connections: 25_000,
-        }
-    }
-}
-
 /// The open connections, by peer address.
 pub struct Connections {
     open: Mutex<HashMap<Peer, Arc<Conn>>>,
@@ -104,7 +94,10 @@ impl ConnMetrics {
             "Client connections closed by the server: `header_timeout` (a request did not arrive \
              in time), `idle_timeout`, `over_capacity` (refused at HTTP_MAX_CONNECTIONS)"
         );
-        let closed = |reason: &'static str| metrics::counter!("http_connections_closed_total", "reason" => reason);
+        let closed = |reason: &'static str| {
+            let labels = [("reason", reason)];
+            metrics::counter!("http_connections_closed_total", &labels)
+        };
         Self {
             open: metrics::gauge!("http_connections_open"),
             header_timeout: closed("header_timeout"),
@@ -115,7 +108,7 @@ impl ConnMetrics {
 }
 
 /// What a connection's stream and the requests on it share.
-pub struct Conn {
+struct Conn {
     /// Raised when the client has closed its side (see the module's doc).
     gone: Arc<AtomicBool>,
     /// Requests that have arrived and whose answers are not sent yet.

@@ -321,7 +321,8 @@ on_both_databases! {
         let limit = ("HOLD_RATE_LIMIT_PER_SECOND", "5");
         let app = TestApp::spawn_with(backend, with_env(&[limit])).await;
         let product = app.create_product(1000).await;
-        let behind_proxy = app.spawn_another_api(&with_env(&[limit, ("TRUSTED_PROXIES", "127.0.0.1")]));
+        let proxied = with_env(&[limit, ("TRUSTED_PROXIES", "127.0.0.1")]);
+        let behind_proxy = app.spawn_another_api(&proxied);
         let behind_proxy = Client::new(&behind_proxy);
 
         // 20 holds at once, each claiming another address; the limiter allows a burst of 5,
