@@ -106,6 +106,16 @@ async fn identify<E: Endpoint>(ep: Arc<E>, mut req: Request) -> poem::Result<Res
     crate::server::boxed_call(&*ep, req).await
 }
 
+/// The buyer a public route's request is signed in as: with `BUYER_AUTH=jwt` and a valid
+/// token, its `sub`; otherwise none (a public route needs no token, and a bad one only makes the
+/// request anonymous).
+pub fn signed_in(state: &AppState, req: &Request) -> Option<BuyerId> {
+    match &state.buyer_auth {
+        BuyerAuth::Jwt(verifier) => verifier.verify(bearer(req)?).ok(),
+        BuyerAuth::Anonymous => None,
+    }
+}
+
 /// The token of `Authorization: Bearer <token>` (the scheme in any case, RFC 9110).
 fn bearer(req: &Request) -> Option<&str> {
     let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;

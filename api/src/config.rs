@@ -98,6 +98,8 @@ pub struct Config {
     /// Open stock streams this process serves at most; beyond it 503 `unavailable`.
     #[arg(long, env = "STOCK_STREAM_MAX_CLIENTS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub stock_stream_max_clients: u32,
+    #[command(flatten)]
+    pub listener: crate::listener::ListenerArgs,
 }
 
 /// How buyers are known (see `crate::buyers`).
@@ -225,7 +227,7 @@ impl Config {
              BUYER_JWT_ISSUER={} BUYER_JWT_AUDIENCE={} {} \
              AUTO_MIGRATE={} SHUTDOWN_DELAY_SECONDS={} SHUTDOWN_GRACE_SECONDS={} \
              HOLD_COALESCING={} HOLD_BATCH_WAIT_MICROS={} HOLD_BATCH_MAX={} \
-             HOLD_RATE_LIMIT_PER_SECOND={} STOCK_STREAM_INTERVAL_MS={} STOCK_STREAM_MAX_CLIENTS={}",
+             HOLD_RATE_LIMIT_PER_SECOND={} STOCK_STREAM_INTERVAL_MS={} STOCK_STREAM_MAX_CLIENTS={} {}",
             self.database.redacted(),
             self.bind_addr,
             self.hold_ttl_seconds,
@@ -255,6 +257,7 @@ impl Config {
             self.hold_rate_limit_per_second,
             self.stock_stream_interval_ms,
             self.stock_stream_max_clients,
+            self.listener.redacted(),
         )
     }
 }
@@ -282,6 +285,14 @@ mod tests {
         assert!(c.auto_migrate);
         assert_eq!(c.stock_stream_interval_ms, 250);
         assert_eq!(c.stock_stream_max_clients, 10_000);
+        let l = &c.listener;
+        assert_eq!(
+            (l.http_header_timeout_seconds, l.http_idle_timeout_seconds),
+            (10, 60)
+        );
+        assert_eq!((l.http_max_connections, l.http2_max_streams), (25_000, 100));
+        assert_eq!(l.stream_max_per_client, 8);
+        assert_eq!((l.metrics_addr, l.trusted_proxies.is_none()), (None, true));
     }
 
     #[test]

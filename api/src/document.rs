@@ -291,7 +291,8 @@ fn refine_operation(
             .iter()
             .filter(|c| c.status().as_str() == status)
             .map(|c| {
-                let value = serde_json::to_value(ProblemJsonValue(c.example())).unwrap_or_default();
+                let value =
+                    serde_json::to_value(ProblemJsonValue(c.example_in(&id))).unwrap_or_default();
                 let example = Json::Obj(vec![
                     ("summary".into(), Json::Str(c.as_str().to_owned())),
                     ("value".into(), Json::from(&value)),

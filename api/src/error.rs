@@ -194,9 +194,23 @@ impl ProblemCode {
                 "the bearer token is missing, wrong or expired (answered with `WWW-Authenticate`)"
             }
             PayloadTooLarge => "the body is over 64 KiB",
-            RateLimited => "too many hold requests from this client; wait `Retry-After` seconds",
+            RateLimited => {
+                "this client is over one of its limits (hold requests per second, open event \
+                 streams); wait `Retry-After` seconds"
+            }
             Unavailable => "the database cannot serve right now; retry after `Retry-After` seconds",
             Internal => "a fault of this service, logged with the request id",
+        }
+    }
+
+    /// A problem as `operation` answers with this code, for its document's examples: the
+    /// code's [`example`](Self::example), unless the operation words it its own way.
+    pub fn example_in(self, operation: &str) -> Problem {
+        match (self, operation) {
+            (Self::RateLimited, "streamStock") => {
+                ApiError::new(self, crate::routes::stream::TOO_MANY_STREAMS).into_problem()
+            }
+            _ => self.example(),
         }
     }
 

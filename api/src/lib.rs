@@ -5,6 +5,7 @@
 //! every handler shares ([`state`]) and the server wiring ([`server`]). Every change to stock goes through `entity`.
 
 pub mod buyers;
+pub mod client_addr;
 pub mod config;
 pub mod connections;
 pub mod cors;
@@ -12,6 +13,7 @@ pub mod document;
 pub mod error;
 pub mod idempotency;
 pub mod jwt;
+pub mod listener;
 pub mod locations;
 pub mod observe;
 pub mod rate_limit;

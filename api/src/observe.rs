@@ -1,7 +1,7 @@
 //! Per-request observability: a request id (taken from `X-Request-Id` when the client sends a
 //! sane one, generated otherwise, returned in the response) carried by a tracing span into every
 //! log line of the request, Prometheus request count and latency by route template, and
-//! `Retry-After` on every 503.
+//! `Retry-After` on every 429 and 503.
 
 use std::{
     collections::HashMap,
@@ -242,10 +242,14 @@ pub async fn observe(
     Ok(resp)
 }
 
-/// Every 503 (contention, database unavailable, draining) tells clients when to come back, so
-/// a crowd retrying in a loop spreads out instead of hammering a node that cannot serve.
+/// Every 503 (contention, database unavailable, draining) and 429 (a client over one of its
+/// limits) tells clients when to come back, so a crowd retrying in a loop spreads out instead
+/// of hammering a node that cannot serve. An answer that says it already is left alone.
 fn with_retry_after(mut resp: Response) -> Response {
-    if resp.status() == poem::http::StatusCode::SERVICE_UNAVAILABLE {
+    if matches!(
+        resp.status(),
+        poem::http::StatusCode::SERVICE_UNAVAILABLE | poem::http::StatusCode::TOO_MANY_REQUESTS
+    ) {
         resp.headers_mut()
             .entry(poem::http::header::RETRY_AFTER)
             .or_insert(HeaderValue::from_static("1"));

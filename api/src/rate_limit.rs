@@ -1,8 +1,9 @@
 //! Per-client rate limit on `createHold` (`HOLD_RATE_LIMIT_PER_SECOND`, off by default), with
 //! `governor`'s keyed GCRA limiter: over the limit, 429 `rate_limited` with `Retry-After`. It is
 //! part of the operation's `transform` ([`limited`]), so it follows the operation, not a path.
+//! Clients are told apart by their [`ClientKey`].
 
-use std::{net::IpAddr, num::NonZeroU32, sync::Arc, time::Duration};
+use std::{num::NonZeroU32, sync::Arc, time::Duration};
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter, clock::Clock};
 use poem::{
@@ -12,23 +13,16 @@ use poem::{
 
 use crate::{
     AppState,
+    client_addr::ClientKey,
     error::{ProblemCode, problem_response},
 };
 
 pub struct HoldRateLimit {
-    limiter: DefaultKeyedRateLimiter<RateKey>,
-}
-
-/// Whose budget a request spends: the token's buyer (`BUYER_AUTH=jwt`), else the client's
-/// address.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum RateKey {
-    Buyer(String),
-    Addr(IpAddr),
+    limiter: DefaultKeyedRateLimiter<ClientKey>,
 }
 
 impl HoldRateLimit {
-    /// `per_second` holds per client address, with a burst of the same size; `None` when 0.
+    /// `per_second` holds per client, with a burst of the same size; `None` when 0.
     pub fn new(per_second: u32) -> Option<Arc<Self>> {
         let rate = NonZeroU32::new(per_second)?;
         let limiter = Arc::new(Self {
@@ -48,17 +42,6 @@ impl HoldRateLimit {
     }
 }
 
-/// The budget `req` spends.
-fn rate_key(req: &Request) -> Option<RateKey> {
-    match req.data::<crate::buyers::Caller>().and_then(|c| c.buyer()) {
-        Some(buyer) => Some(RateKey::Buyer(buyer.as_str().to_owned())),
-        None => req
-            .remote_addr()
-            .as_socket_addr()
-            .map(|a| RateKey::Addr(a.ip())),
-    }
-}
-
 /// The limit, as part of an operation's `transform`; the limiter is the app state's.
 pub fn limited<E: Endpoint + 'static>(ep: E) -> impl Endpoint<Output = Response> {
     ep.around(limit::<E>)
@@ -67,8 +50,8 @@ pub fn limited<E: Endpoint + 'static>(ep: E) -> impl Endpoint<Output = Response>
 async fn limit<E: Endpoint>(ep: Arc<E>, req: Request) -> poem::Result<Response> {
     if let Some(state) = req.data::<Arc<AppState>>()
         && let Some(limit) = &state.hold_rate_limit
-        && let Some(key) = rate_key(&req)
-        && let Err(not_until) = limit.limiter.check_key(&key)
+        && let Some(client) = ClientKey::of(&req, &state.trusted_proxies)
+        && let Err(not_until) = limit.limiter.check_key(&client)
     {
         let wait = not_until.wait_time_from(limit.limiter.clock().now());
         let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);

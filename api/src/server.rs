@@ -90,21 +90,32 @@ pub fn routes(
         .replacen(&service.spec(), &document, 1);
     let docs = make_sync(move |_| Html(docs_html.clone()));
     let spec = make_sync(move |_| document.clone().with_content_type(crate::types::JSON));
-    let pool_state = state;
-    let metrics_ep =
-        flash_sale_process::metrics_endpoint(metrics, move || pool_state.db.record_pool_metrics());
     let routes = Route::new()
         .nest("/", service)
         .nest("/docs", docs)
-        .at("/openapi.json", spec)
-        .at("/metrics", metrics_ep);
+        .at("/openapi.json", spec);
+    // With METRICS_ADDR, /metrics is served on that listener alone (see `run`).
+    let routes = match config.listener.metrics_addr {
+        Some(_) => routes,
+        None => routes.at("/metrics", metrics_endpoint(metrics, state)),
+    };
     (routes, templates)
+}
+
+/// `/metrics`, the database pool's gauges refreshed on each rendering.
+fn metrics_endpoint(
+    metrics: Option<PrometheusHandle>,
+    state: Arc<AppState>,
+) -> impl Endpoint<Output = Response> {
+    flash_sale_process::metrics_endpoint(metrics, move || state.db.record_pool_metrics())
 }
 
 /// The middleware every request goes through, around `routes`: the admin switch, the body
 /// limit, the panic safety net, problem+json for every error, CORS (when configured), then
-/// the request id, metrics and `Retry-After` on 503s (`observe`), and the app state. (Idempotency keys and the hold rate limit
-/// belong to their operations: see their `transform`.)
+/// the request id, metrics and `Retry-After` on 429s and 503s (`observe`), and outermost the
+/// request's arrival on its connection (its body read first: see [`crate::connections`]) and
+/// the app state. (Idempotency keys and the hold rate limit belong to their operations: see
+/// their `transform`.)
 pub fn with_middleware(
     routes: Route,
     config: &Config,
@@ -142,8 +153,20 @@ pub fn with_middleware(
         }
         None => inner.boxed(),
     };
+    let connections = state.connections.clone();
     inner
-        .around(move |ep, req| crate::observe::observe(ep, req, templates.clone()))
+        .around(move |ep, mut req| {
+            let (templates, connections) = (templates.clone(), connections.clone());
+            async move {
+                read_body(&mut req).await;
+                let in_flight = connections.arrived(&mut req);
+                let resp = crate::observe::observe(ep, req, templates).await?;
+                Ok(match in_flight {
+                    Some(in_flight) => in_flight.until_sent(resp),
+                    None => resp,
+                })
+            }
+        })
         .data(state)
 }
 
@@ -194,9 +217,45 @@ pub async fn boxed_call<E: Endpoint + ?Sized>(ep: &E, req: Request) -> poem::Res
         .map(IntoResponse::into_response)
 }
 
+/// Why a request's body was not read (see [`read_body`]), for [`limit_body`] to answer.
+#[derive(Clone)]
+enum BodyRefused {
+    TooLarge,
+    Unreadable(String),
+}
+
+fn announced_length(req: &Request) -> Option<u64> {
+    req.headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+/// Only the operations that take a body read one (and document a 413).
+fn takes_body(req: &Request) -> bool {
+    matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH)
+}
+
+/// Reads the body of a request that takes one, up to [`MAX_BODY_BYTES`], before the request
+/// counts as arrived: it must come within the connection's header deadline like the head, or a
+/// client could trickle its body instead. What cannot be read is left for [`limit_body`] to
+/// answer, inside the layers that make every answer problem+json (and give it CORS headers).
+async fn read_body(req: &mut Request) {
+    // A body announced too large is refused unread.
+    if !takes_body(req) || announced_length(req).is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return;
+    }
+    // Boxed: the read's future is large, and only a request with a body needs it.
+    match Box::pin(req.take_body().into_bytes_limit(MAX_BODY_BYTES)).await {
+        Ok(bytes) => req.set_body(bytes),
+        Err(poem::error::ReadBodyError::PayloadTooLarge) => req.set_data(BodyRefused::TooLarge),
+        Err(e) => req.set_data(BodyRefused::Unreadable(e.to_string())),
+    }
+}
+
 /// Refuses bodies over [`MAX_BODY_BYTES`] with 413, whether announced by `Content-Length` or
-/// streamed (chunked), before any handler reads them.
-async fn limit_body<E: Endpoint>(ep: Arc<E>, mut req: Request) -> poem::Result<Response> {
+/// streamed (chunked), and bodies that could not be read with 400, before any handler runs.
+async fn limit_body<E: Endpoint>(ep: Arc<E>, req: Request) -> poem::Result<Response> {
     let too_large = || {
         let mut resp = problem_response(
             ProblemCode::PayloadTooLarge,
@@ -210,23 +269,18 @@ async fn limit_body<E: Endpoint>(ep: Arc<E>, mut req: Request) -> poem::Result<R
         );
         resp
     };
-    let announced = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    // Only the operations that take a body read one (and document a 413).
-    let takes_body = matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH);
-    if takes_body && announced.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+    if takes_body(&req) && announced_length(&req).is_some_and(|n| n > MAX_BODY_BYTES as u64) {
         return Ok(too_large());
     }
-    if takes_body && announced.is_none() {
-        // Boxed: the read's future is large, and only a body of unannounced length needs it.
-        match Box::pin(req.take_body().into_bytes_limit(MAX_BODY_BYTES)).await {
-            Ok(bytes) => req.set_body(bytes),
-            Err(poem::error::ReadBodyError::PayloadTooLarge) => return Ok(too_large()),
-            Err(e) => return Err(e.into()),
+    match req.data::<BodyRefused>() {
+        Some(BodyRefused::TooLarge) => return Ok(too_large()),
+        Some(BodyRefused::Unreadable(why)) => {
+            return Err(poem::Error::from_string(
+                why.clone(),
+                poem::http::StatusCode::BAD_REQUEST,
+            ));
         }
+        None => {}
     }
     // Boxed, and called from one place: see `boxed_call`.
     boxed_call(&*ep, req).await
@@ -282,6 +336,13 @@ pub async fn run(config: Config, metrics: Option<PrometheusHandle>) -> anyhow::R
         migrate(&config.db_config()).await?;
     }
     let state = Arc::new(AppState::new(&config, db.clone(), buyer_auth));
+    let metrics_listener = match config.listener.metrics_addr {
+        Some(addr) => {
+            let endpoint = metrics_endpoint(metrics.clone(), state.clone());
+            Some(crate::listener::serve_metrics(addr, endpoint).await?)
+        }
+        None => None,
+    };
     let app = build_app(&config, state.clone(), metrics);
 
     let (acceptor, addr) = flash_sale_process::bind(config.bind_addr, "BIND_ADDR").await?;
@@ -303,9 +364,13 @@ pub async fn run(config: Config, metrics: Option<PrometheusHandle>) -> anyhow::R
     };
     let grace = Duration::from_secs(u64::from(config.shutdown_grace_seconds));
     Server::new_with_acceptor(acceptor)
+        .http2_max_concurrent_streams(config.listener.http2_max_streams)
         .run_with_graceful_shutdown(app, drain, Some(grace))
         .await
         .context("serving")?;
+    if let Some(task) = metrics_listener {
+        task.abort();
+    }
     db.conn().clone().close().await.ok();
     tracing::info!("stopped");
     Ok(())

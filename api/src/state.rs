@@ -27,8 +27,12 @@ pub struct AppState {
     pub buyer_auth: crate::buyers::BuyerAuth,
     /// Set on SIGTERM/Ctrl-C: `/readyz` answers 503 from then on.
     pub draining: AtomicBool,
-    /// Which clients are still connected.
+    /// The open connections: which clients are still connected, and the listener's limits.
     pub connections: Arc<crate::connections::Connections>,
+    /// Whose `X-Forwarded-For` is believed (`TRUSTED_PROXIES`).
+    pub trusted_proxies: crate::client_addr::TrustedProxies,
+    /// Open event streams per client (`STREAM_MAX_PER_CLIENT`).
+    pub client_streams: Arc<crate::stream::ClientStreams>,
     /// Live stock streams: one check per streamed product per interval.
     pub stock_hub: crate::stream::StockHub,
     /// Idempotency-key look-ups, batched (see [`crate::idempotency`]).
@@ -73,7 +77,13 @@ impl AppState {
                 .admin_token
                 .as_ref()
                 .map(|t| secrecy::ExposeSecret::expose_secret(t).to_owned()),
-            connections: Arc::default(),
+            connections: Arc::new(crate::connections::Connections::new(
+                config.listener.limits(),
+            )),
+            trusted_proxies: config.listener.trusted_proxies.clone().unwrap_or_default(),
+            client_streams: crate::stream::ClientStreams::new(
+                config.listener.stream_max_per_client,
+            ),
             webhook_secret: config.webhook_secret.clone(),
             buyer_auth,
             draining: AtomicBool::new(false),

@@ -6,6 +6,9 @@
 //! many listeners. Listeners forward a value only when it differs from the last one they sent.
 //! The task ends at the first tick that finds no listener, and every stream ends when the hub
 //! is closed (on SIGTERM), so graceful shutdown never waits on open streams.
+//!
+//! Each client may hold `STREAM_MAX_PER_CLIENT` streams open ([`ClientStreams`]), so that one
+//! client cannot take the process's `STOCK_STREAM_MAX_CLIENTS` places.
 
 use std::{
     collections::HashMap,
@@ -19,6 +22,8 @@ use std::{
 use entity::{Db, products::ProductView, types::ProductId};
 use futures_util::{Stream, stream};
 use tokio::{sync::watch, time::MissedTickBehavior};
+
+use crate::client_addr::ClientKey;
 
 /// A check slower than this is abandoned (and counted as failed); the next tick tries again.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -302,6 +307,59 @@ impl Follower {
             {
                 self.last = s.level;
                 return Some((s.level, self));
+            }
+        }
+    }
+}
+
+/// Open event streams per client (see the module's doc).
+pub struct ClientStreams {
+    max: u32,
+    open: Mutex<HashMap<ClientKey, u32>>,
+}
+
+/// A client's place under `STREAM_MAX_PER_CLIENT`, given back when it is dropped.
+pub struct ClientSlot {
+    streams: Arc<ClientStreams>,
+    key: ClientKey,
+}
+
+impl ClientStreams {
+    pub fn new(max_per_client: u32) -> Arc<Self> {
+        metrics::describe_counter!(
+            "stream_client_limited_total",
+            "Event streams refused because their client had STREAM_MAX_PER_CLIENT open"
+        );
+        Arc::new(Self {
+            max: max_per_client,
+            open: Mutex::default(),
+        })
+    }
+
+    /// A place for one more stream of `key`'s, or `None` when it has as many as it may.
+    pub fn reserve(self: &Arc<Self>, key: ClientKey) -> Option<ClientSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let count = open.entry(key.clone()).or_insert(0);
+        if *count >= self.max {
+            metrics::counter!("stream_client_limited_total").increment(1);
+            return None;
+        }
+        *count += 1;
+        Some(ClientSlot {
+            streams: self.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = self.streams.open.lock().unwrap_or_else(|p| p.into_inner());
+        // A client with no stream left is forgotten, so the table holds open streams only.
+        if let Some(count) = open.get_mut(&self.key) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.key);
             }
         }
     }

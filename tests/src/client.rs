@@ -121,6 +121,18 @@ impl Client {
         }
     }
 
+    /// A client of `address` (`http://host:port`) through `http`, for a test that needs its own
+    /// connection settings.
+    pub fn with_http(address: &str, http: reqwest::Client) -> Self {
+        Self {
+            address: address.to_owned(),
+            http,
+            webhook_secret: Some(crate::WEBHOOK_SECRET.into()),
+            token: None,
+            wallet: Arc::default(),
+        }
+    }
+
     /// The same buyer (wallet, token, webhook secret), talking to another API process.
     pub fn on(&self, server: &Process) -> Self {
         Self {

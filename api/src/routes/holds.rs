@@ -8,11 +8,7 @@ use entity::{
     ownership::ClientSecret,
     types::{BuyerId, HoldId, ProductId},
 };
-use poem::{
-    Endpoint, Response,
-    http::StatusCode,
-    web::{Data, RemoteAddr},
-};
+use poem::{Endpoint, Request, Response, http::StatusCode, web::Data};
 use poem_openapi::{
     ApiResponse, Enum, Object, OpenApi,
     param::{Header, Path},
@@ -246,7 +242,7 @@ impl HoldsApi {
         _idempotency_key: Header<Option<String>>,
         body: JsonBody<CreateHold>,
         keys: Data<&KeyCheck>,
-        remote: &RemoteAddr,
+        req: &Request,
     ) -> Result<HoldCreated, Problems<CreateHoldProblems>> {
         let max = self.state.max_hold_qty;
         let caller = purchaser.0;
@@ -273,7 +269,7 @@ impl HoldsApi {
                         render: render_hold,
                     }),
                     key_look_up: keys.look_up.clone(),
-                    client_gone: self.state.connections.gone_flag(remote),
+                    client_gone: crate::connections::client_gone(req),
                     ..HoldRequest::new(qty)
                 };
                 let product_id = ProductId::new(body.product_id);

@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 
 use entity::types::ProductId;
 use futures_util::stream::BoxStream;
-use poem::web::{RemoteAddr, sse::Event};
+use poem::{Request, web::sse::Event};
 use poem_openapi::{
     ApiResponse, Object, OpenApi,
     param::Path,
@@ -16,6 +16,7 @@ use poem_openapi::{
 use super::{ApiTags, problems};
 use crate::{
     AppState,
+    client_addr::ClientKey,
     error::{ApiError, ProblemCode, Problems},
     stream::Level,
 };
@@ -23,6 +24,10 @@ use crate::{
 /// Comment lines this often keep idle streams open through proxies (the contract: at least
 /// every 15 s).
 pub const KEEP_ALIVE: Duration = Duration::from_secs(10);
+
+/// The answer's `detail` to a client over `STREAM_MAX_PER_CLIENT`.
+pub const TOO_MANY_STREAMS: &str =
+    "this client has as many open event streams as it may; close one first";
 
 /// The data of one `stock` event.
 #[derive(Debug, Object)]
@@ -69,7 +74,9 @@ pub enum StockStream {
     Ok(EventStream<BoxStream<'static, StockLevel>>),
 }
 
-problems!(StreamStockProblems = "streamStock": [MalformedRequest, ProductNotFound, Internal, Unavailable]);
+problems!(StreamStockProblems = "streamStock": [
+    MalformedRequest, ProductNotFound, RateLimited, Internal, Unavailable,
+]);
 
 pub struct StreamApi {
     pub state: Arc<AppState>,
@@ -82,8 +89,10 @@ impl StreamApi {
     /// For a stock bar that thousands of browsers watch: `new EventSource(url)` and listen for
     /// `stock` events. Each API process reads a streamed product's stock once per
     /// `STOCK_STREAM_INTERVAL_MS`, however many listeners it has, and sends only changes. An
-    /// unknown product answers 404 `product_not_found` before any event; a process already
-    /// serving `STOCK_STREAM_MAX_CLIENTS` streams answers 503 `unavailable` with `Retry-After`.
+    /// unknown product answers 404 `product_not_found` before any event; a client that already
+    /// has `STREAM_MAX_PER_CLIENT` streams open (8 by default) is answered 429 `rate_limited`
+    /// with `Retry-After`, and a process already serving `STOCK_STREAM_MAX_CLIENTS` streams
+    /// answers 503 `unavailable` with `Retry-After`.
     #[oai(
         path = "/api/products/:id/stream",
         method = "get",
@@ -93,9 +102,25 @@ impl StreamApi {
         &self,
         /// The product's id.
         id: Path<i64>,
-        remote: &RemoteAddr,
+        req: &Request,
     ) -> Result<StockStream, Problems<StreamStockProblems>> {
-        let hub = &self.state.stock_hub;
+        let state = &self.state;
+        // The client's own count first: a client at its limit takes no place of the process's. A
+        // signed-in buyer counts as itself, wherever it connects from.
+        let client = match crate::buyers::signed_in(state, req) {
+            Some(buyer) => Some(ClientKey::Buyer(buyer)),
+            None => ClientKey::of(req, &state.trusted_proxies),
+        };
+        let client_slot = match client {
+            Some(key) => Some(
+                state
+                    .client_streams
+                    .reserve(key)
+                    .ok_or_else(|| ApiError::new(ProblemCode::RateLimited, TOO_MANY_STREAMS))?,
+            ),
+            None => None,
+        };
+        let hub = &state.stock_hub;
         // Taken before the first read, so a full process refuses without touching the database.
         let slot = hub.reserve().ok_or_else(|| {
             ApiError::new(
@@ -110,9 +135,13 @@ impl StreamApi {
             .product_reads
             .product_view(ProductId::new(id.0))
             .await?;
-        let client_gone = self.state.connections.gone_flag(remote);
+        let client_gone = crate::connections::client_gone(req);
         let levels = hub.follow(slot, Level::from(&first), client_gone);
-        let levels = futures_util::StreamExt::map(levels, StockLevel::from);
+        // The client's place goes with its stream.
+        let levels = futures_util::StreamExt::map(levels, move |level| {
+            let _held = &client_slot;
+            StockLevel::from(level)
+        });
         Ok(StockStream::Ok(
             EventStream::new(Box::pin(levels) as BoxStream<'static, StockLevel>)
                 .keep_alive(KEEP_ALIVE)

@@ -1665,7 +1665,12 @@ async fn stock_streams(release: &Path, seconds: u64) -> Result<Value> {
         release,
         &db_url,
         true,
-        &[("STOCK_STREAM_INTERVAL_MS", "250"), ("RUST_LOG", "warn")],
+        // Every listener is this one client: its own limit must not be the one measured.
+        &[
+            ("STOCK_STREAM_INTERVAL_MS", "250"),
+            ("STREAM_MAX_PER_CLIENT", "10000"),
+            ("RUST_LOG", "warn"),
+        ],
     )?;
     let product = api.create_product(1_000_000).await?;
     let mut status = sqlx::MySqlConnection::connect(&mariadb.base_url()).await?;

@@ -422,7 +422,7 @@ fn check_document(doc: &serde_json::Value) {
     // Each operation lists only what it can answer.
     let list = |id: &str| statuses[id].join(",");
     assert_eq!(list("getProduct"), "200,400,404,500,503");
-    assert_eq!(list("streamStock"), "200,400,404,500,503");
+    assert_eq!(list("streamStock"), "200,400,404,429,500,503");
     assert_eq!(list("getHold"), "200,400,404,500,503");
     assert_eq!(list("releaseHold"), "200,400,404,409,500,503");
     assert_eq!(list("getOrder"), "200,400,404,500,503");
