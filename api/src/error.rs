@@ -330,24 +330,35 @@ impl poem::error::ResponseError for BodyError {
     }
 }
 
-/// An error answer: a problem whose status follows from its code.
+/// An error answer: a problem whose status follows from its code; `replayed` when it is the
+/// stored outcome of an earlier request with the same `Idempotency-Key` (then it says so in
+/// `Idempotent-Replayed: true`).
 #[derive(Debug, Clone)]
-pub struct ApiError(Box<Problem>);
+pub struct ApiError(Box<Problem>, bool);
 
 impl ApiError {
     pub fn new(code: ProblemCode, detail: impl Into<String>) -> Self {
         let status = code.status();
-        Self(Box::new(Problem {
-            kind: format!("urn:flash-sale:problem:{}", code.as_str()),
-            title: status.canonical_reason().unwrap_or("Error").to_owned(),
-            status: i32::from(status.as_u16()),
-            detail: detail.into(),
-            code,
-            available: None,
-            remaining: None,
-            sale_starts_at: None,
-            errors: None,
-        }))
+        Self(
+            Box::new(Problem {
+                kind: format!("urn:flash-sale:problem:{}", code.as_str()),
+                title: status.canonical_reason().unwrap_or("Error").to_owned(),
+                status: i32::from(status.as_u16()),
+                detail: detail.into(),
+                code,
+                available: None,
+                remaining: None,
+                sale_starts_at: None,
+                errors: None,
+            }),
+            false,
+        )
+    }
+
+    /// This answer, as the replay of an earlier request's.
+    pub fn replayed(mut self) -> Self {
+        self.1 = true;
+        self
     }
 
     /// A problem with one field or parameter to blame.
@@ -447,10 +458,42 @@ impl From<ApiError> for Problem {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        Response::builder()
+        let mut resp = Response::builder()
             .status(status)
             .content_type(PROBLEM_JSON)
-            .body(self.0.to_json_string())
+            .body(self.0.to_json_string());
+        if self.1 {
+            resp.headers_mut().insert(
+                crate::idempotency::REPLAYED,
+                poem::http::HeaderValue::from_static("true"),
+            );
+        }
+        resp
+    }
+}
+
+/// What the batching machinery could not serve: busy or late is a 503, a panic a 500.
+impl From<entity::coalesce::Unserved> for ApiError {
+    fn from(e: entity::coalesce::Unserved) -> Self {
+        use entity::coalesce::Unserved;
+        match e {
+            Unserved::Failed(e) => e.into(),
+            Unserved::Overloaded => {
+                tracing::warn!("answering 503: too many requests wait for one product");
+                Self::new(
+                    ProblemCode::Unavailable,
+                    "too many requests are waiting for this product; retry shortly",
+                )
+            }
+            Unserved::Late => {
+                tracing::warn!("answering 503: a request waited too long for its batch");
+                Self::new(ProblemCode::Unavailable, "the stock is busy; retry shortly")
+            }
+            Unserved::Panicked(message) => {
+                tracing::error!(panic = %message, "internal error");
+                Self::new(ProblemCode::Internal, "internal error; it has been logged")
+            }
+        }
     }
 }
 
@@ -543,30 +586,17 @@ impl From<DomainError> for ApiError {
             // never a 500.
             e @ (DomainError::Busy(_)
             | DomainError::Contention { .. }
-            | DomainError::Unavailable(_)
-            | DomainError::Overloaded
-            | DomainError::Abandoned) => {
+            | DomainError::Unavailable(_)) => {
                 tracing::warn!(error = %e, "answering 503");
                 let detail = match e {
                     DomainError::Unavailable(_) => {
                         "the database cannot serve right now; retry shortly"
                     }
-                    DomainError::Overloaded => {
-                        "too many requests are waiting for this product; retry shortly"
-                    }
-                    // Nobody reads this one: the client has gone.
-                    DomainError::Abandoned => "the request was abandoned by its client",
                     _ => "the stock is busy; retry shortly",
                 };
                 Self::new(Unavailable, detail)
             }
-            // Replaced by the idempotency layer with the key's first answer; here only if a
-            // handler let it through.
-            DomainError::AnsweredByKey => {
-                tracing::error!("a replay reached the error mapping");
-                crate::idempotency::answered_by_key()
-            }
-            DomainError::Invariant(_) | DomainError::Db(_) | DomainError::Panicked(_) => {
+            DomainError::Invariant(_) | DomainError::Db(_) => {
                 tracing::error!(error = %err, "internal error");
                 Self::new(Internal, "internal error; it has been logged")
             }
@@ -596,6 +626,12 @@ pub struct Problems<S>(pub ApiError, PhantomData<fn() -> S>);
 impl<S> From<ApiError> for Problems<S> {
     fn from(e: ApiError) -> Self {
         Self(e, PhantomData)
+    }
+}
+
+impl<S> From<entity::coalesce::Unserved> for Problems<S> {
+    fn from(e: entity::coalesce::Unserved) -> Self {
+        ApiError::from(e).into()
     }
 }
 

@@ -1,23 +1,14 @@
-//! `Idempotency-Key` on `POST /api/holds` and `POST /api/orders` (IETF httpapi draft): the
-//! HTTP side of `entity::idempotency`. A retry with the same key and body gets the stored
-//! status and body again (with `Idempotent-Replayed: true`), never a second effect.
+//! `Idempotency-Key` on `POST /api/holds` and `POST /api/orders` (IETF httpapi draft), at the
+//! HTTP edge. A retry with the same key and body gets the first outcome again (with
+//! `Idempotent-Replayed: true`), never a second effect.
 //!
-//! This layer answers what can be answered before the request runs — a finished key is
-//! replayed, another body is a mismatch, a key still running in this process is "in use" — and
-//! otherwise lets the request through with its [`KeyCheck`] in the request's data: the key, if
-//! any, for the handler to pass into the effect's transaction, where the key and its answer are
-//! written with the effect.
-//!
-//! A coalesced hold's key is not looked up here: its product's batch looks up the keys of all
-//! its requests with one statement before it takes the product's lock, so a keyed hold waits in
-//! one queue instead of two (measured: a third less of the API's own work on top of an unkeyed
-//! hold). A finished key is then answered here, after the handler, from what the batch found;
-//! a request answered before any batch saw it (its body refused) has its key looked up then.
-//!
-//! The layer is attached to its operations by type, as their `transform` ([`keyed`]), never by
-//! path: renaming a route cannot turn keys off. And a keyed handler takes `Data<&KeyCheck>`,
-//! which only this layer provides, so an operation that lost its layer fails loudly (500)
-//! instead of silently ignoring keys.
+//! This module owns what is HTTP about keys: the header ([`IdempotencyKey`], a parameter of the
+//! keyed operations, so a malformed key is refused before anything else), the claim a request
+//! makes with it ([`Claim`]: the key scoped to its owner, the body's fingerprint, the in-flight
+//! guard), what is answered before a request runs ([`Early`]), and the replayed marker on the
+//! answers. What a key is stored as, and how it is looked up, is `entity::idempotency`'s: an
+//! order's key is looked up here before the order runs, a hold's by its batch (one queue to
+//! wait in, not two), and both outcomes come back typed, for the handler to render.
 
 use std::{
     collections::HashSet,
@@ -25,60 +16,32 @@ use std::{
 };
 
 use entity::{
-    holds::HoldView,
-    idempotency::{KeyedRequest, Lookup, LookupSlot, Render, StoredResponse},
+    idempotency::{KeyClaim, Lookup, Replay},
     ownership::ClientSecret,
+    views::HoldView,
 };
-use poem::{
-    Endpoint, EndpointExt, IntoResponse, Request, Response,
-    http::{HeaderValue, StatusCode},
+use poem::{Request, RequestBody};
+use poem_openapi::{
+    ApiExtractor, ApiExtractorType, ExtractParamOptions,
+    registry::{MetaParamIn, MetaSchemaRef, Registry},
+    types::Type,
 };
 
 use crate::{
     AppState,
     buyers::Caller,
-    error::{ApiError, ProblemCode},
+    error::{ApiError, BodyError, ProblemCode},
 };
 
-pub const HEADER: &str = "idempotency-key";
+/// The header that marks a replayed answer.
+pub const REPLAYED: &str = "idempotent-replayed";
 
 /// The scope of `createHold`'s keys (a granted hold keeps its key on its row).
 pub const HOLDS: &str = entity::idempotency::HOLDS;
 /// The scope of `createOrder`'s keys.
 pub const ORDERS: &str = "orders";
 
-/// What the layer let through: the key the handler must honour (none when the request sent
-/// none), and, when the layer left the key's look-up to the hold batch, where the batch writes
-/// what it found.
-#[derive(Debug, Clone, Default)]
-pub struct KeyCheck {
-    pub request: Option<Arc<KeyedRequest>>,
-    pub look_up: Option<LookupSlot>,
-    /// An anonymous buyer's keyed hold: its secret, derived from the key (see
-    /// [`ClientSecret::for_key`]), so that the first answer and its replays carry the same.
-    pub hold_secret: Option<ClientSecret>,
-}
-
-/// What a handler answers when its batch found the request's key finished
-/// ([`entity::DomainError::AnsweredByKey`]): this layer then answers with what was found
-/// instead. Seen by a client only if the layer were missing, as a 500.
-pub fn answered_by_key() -> ApiError {
-    ApiError::new(
-        ProblemCode::Internal,
-        "internal error: a replay was not answered by the idempotency layer",
-    )
-}
-
-/// The layer, as an operation's `transform`: keys of this operation live in `scope`.
-/// `render_hold` writes a hold as the operation first answered it: a key found on a hold is
-/// replayed through it (`None` for an operation that makes no holds).
-pub fn keyed<E: Endpoint + 'static>(
-    ep: E,
-    scope: &'static str,
-    render_hold: Option<Render<HoldView>>,
-) -> impl Endpoint<Output = Response> {
-    ep.around(move |ep, req| idempotent(ep, req, scope, render_hold))
-}
+const MALFORMED: &str = "must be 1 to 255 printable ASCII characters, bare or in double quotes";
 
 /// 1 to 255 printable ASCII characters, bare or as the draft's quoted string. Trailing spaces
 /// are not part of the key: MariaDB and MySQL compare keys with trailing spaces ignored (the
@@ -94,8 +57,158 @@ pub fn parse_key(raw: &str) -> Option<&str> {
         .then_some(key)
 }
 
-/// A running request's key, with its scope: shared by [`InFlight`] and [`Running`], so one
-/// copy of the key is made.
+/// The `Idempotency-Key` header of a keyed operation, parsed ([`parse_key`]); a header that
+/// is not a key is 400 `malformed_request` naming it.
+pub struct IdempotencyKey(pub Option<String>);
+
+impl<'a> ApiExtractor<'a> for IdempotencyKey {
+    const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::Parameter];
+    const PARAM_IS_REQUIRED: bool = false;
+    type ParamType = String;
+    type ParamRawType = String;
+
+    fn register(registry: &mut Registry) {
+        <String as Type>::register(registry);
+    }
+
+    fn param_in() -> Option<MetaParamIn> {
+        Some(MetaParamIn::Header)
+    }
+
+    fn param_schema_ref() -> Option<MetaSchemaRef> {
+        Some(<String as Type>::schema_ref())
+    }
+
+    fn param_raw_type(&self) -> Option<&Self::ParamRawType> {
+        self.0.as_ref()
+    }
+
+    async fn from_request(
+        request: &'a Request,
+        _body: &mut RequestBody,
+        param_opts: ExtractParamOptions<Self::ParamType>,
+    ) -> poem::Result<Self> {
+        let Some(raw) = request.headers().get(param_opts.name) else {
+            return Ok(Self(None));
+        };
+        match raw.to_str().ok().and_then(parse_key) {
+            Some(key) => Ok(Self(Some(key.to_owned()))),
+            None => Err(BodyError {
+                code: ProblemCode::MalformedRequest,
+                field: Some(param_opts.name.to_owned()),
+                message: MALFORMED.to_owned(),
+            }
+            .into()),
+        }
+    }
+}
+
+/// What a keyed request is answered before it runs.
+pub enum Early {
+    /// Its key had finished with the same request: the first outcome, again.
+    Replay(Replay),
+    /// Its key belongs to another request (422), or a twin still runs (409).
+    Refused(ApiError),
+}
+
+/// A request's claim on its key, held until the request ends: while it is held, a twin in this
+/// process is told the key is in use.
+pub struct Claim {
+    key: Arc<KeyClaim>,
+    /// An anonymous buyer's keyed hold: its secret, derived from the key (see
+    /// [`ClientSecret::for_key`]), so that the first answer and its replays carry the same.
+    hold_secret: Option<ClientSecret>,
+    _running: Running,
+}
+
+impl Claim {
+    /// The key as stored, for the operation to write its outcome under.
+    pub fn key(&self) -> &Arc<KeyClaim> {
+        &self.key
+    }
+
+    /// The secret of the hold this keyed request makes, for an anonymous buyer.
+    pub fn hold_secret(&self) -> Option<&ClientSecret> {
+        self.hold_secret.as_ref()
+    }
+
+    /// A request refused before any operation saw its key (its body out of range): a used key
+    /// still answers as used (its replay, or 422 for another body); a free one gets `refusal`.
+    pub async fn refused_early(&self, state: &AppState, refusal: ApiError) -> Early {
+        match state.key_lookups.lookup(self.key.clone()).await {
+            Ok(Lookup::Absent) | Err(_) => Early::Refused(refusal),
+            Ok(found) => {
+                found_early(found, self.hold_secret.as_ref()).unwrap_or(Early::Refused(refusal))
+            }
+        }
+    }
+}
+
+impl IdempotencyKey {
+    /// The claim a request with this key makes, or none without one. `body` is the request's,
+    /// fingerprinted as canonical JSON (key order and spacing do not matter). An order's key is
+    /// looked up now; a hold's by its batch. Answered [`Early`] when the key had finished, is
+    /// another request's, or is held by a twin running in this process.
+    pub async fn claim(
+        &self,
+        state: &AppState,
+        scope: &'static str,
+        caller: &Caller,
+        body: &[u8],
+    ) -> Result<Option<Claim>, Early> {
+        let Some(key) = &self.0 else {
+            return Ok(None);
+        };
+        let claim = Arc::new(KeyClaim::new(
+            scope,
+            caller.key_owner(),
+            key,
+            fingerprint(body),
+        ));
+        let hold_secret =
+            (scope == HOLDS && caller.buyer().is_none()).then(|| ClientSecret::for_key(key));
+        let look_up = async || match state.key_lookups.lookup(claim.clone()).await {
+            Ok(found) => Ok(found_early(found, hold_secret.as_ref())),
+            Err(e) => Err(Early::Refused(ApiError::from(e))),
+        };
+        if scope != HOLDS
+            && let Some(early) = look_up().await?
+        {
+            return Err(early);
+        }
+        let Some(running) = state.in_flight.start(scope, &claim.key) else {
+            // A twin runs in this process. Its key may have finished already (twins retrying a
+            // finished key): then this one is answered again too.
+            let early = look_up().await?;
+            return Err(early.unwrap_or_else(|| {
+                Early::Refused(ApiError::from(entity::DomainError::IdempotencyKeyInUse))
+            }));
+        };
+        Ok(Some(Claim {
+            key: claim,
+            hold_secret,
+            _running: running,
+        }))
+    }
+}
+
+/// What a found key answers before its request runs; `None` for a free key. A replayed hold
+/// carries the secret its key derives (`hold_secret`), which is not stored.
+fn found_early(found: Lookup, hold_secret: Option<&ClientSecret>) -> Option<Early> {
+    match found {
+        Lookup::Absent => None,
+        Lookup::Finished(Replay::Hold(hold)) => Some(Early::Replay(Replay::Hold(HoldView {
+            client_secret: hold_secret.cloned(),
+            ..hold
+        }))),
+        Lookup::Finished(replay) => Some(Early::Replay(replay)),
+        Lookup::Mismatch => Some(Early::Refused(ApiError::from(
+            entity::DomainError::IdempotencyKeyMismatch,
+        ))),
+    }
+}
+
+/// A running request's key, with its scope.
 type RunningKey = (&'static str, Arc<str>);
 
 /// Keys whose requests are running in this process.
@@ -126,225 +239,13 @@ impl Drop for Running {
     }
 }
 
-async fn idempotent<E: Endpoint>(
-    ep: Arc<E>,
-    mut req: Request,
-    scope: &'static str,
-    render_hold: Option<Render<HoldView>>,
-) -> poem::Result<Response> {
-    // The inner endpoint is called from one place, through a box (see `server::boxed_call`):
-    // each call site would be a slot of its own in this future, which is moved whole.
-    let (_running, deferred) = match admit(&mut req, scope, render_hold).await? {
-        Admitted::Run(running, deferred) => (running, deferred),
-        Admitted::Answered(answer) => return Ok(answer),
-    };
-    let answer = crate::server::boxed_call(&*ep, req).await;
-    let Some(Deferred {
-        slot,
-        keyed,
-        state,
-        hold_secret,
-    }) = deferred
-    else {
-        return answer;
-    };
-    // The batch looked the key up: a finished one is answered with what it found.
-    let found = match slot.get() {
-        Some(found) => found.clone(),
-        // Answered before any batch saw it (its body refused, the product's queue full): looked
-        // up now, so that a finished key is answered the same whichever way its retry went.
-        None => match state.key_lookups.lookup(keyed).await {
-            Ok(found) => found,
-            Err(_) => return answer,
-        },
-    };
-    match answer_found(found, scope, render_hold, hold_secret) {
-        Some(replayed) => Ok(replayed),
-        None => answer,
-    }
-}
-
-/// A key whose look-up the layer left to the hold batch: where the batch writes what it found.
-struct Deferred {
-    slot: LookupSlot,
-    keyed: Arc<KeyedRequest>,
-    state: Arc<AppState>,
-    hold_secret: Option<ClientSecret>,
-}
-
-/// What the layer decided before the request runs.
-enum Admitted {
-    /// Run it (holding its key in [`InFlight`] until it ends, when it has one), and what the
-    /// layer needs to answer it afterwards when the key's look-up was left to the batch.
-    Run(Option<Running>, Option<Deferred>),
-    /// Answered here: a replay, a mismatch, a key in use or malformed.
-    Answered(Response),
-}
-
-/// The answer to a request whose key was found: its first answer again (a replay), or a
-/// mismatch; `None` for a key that is free.
-fn answer_found(
-    found: Lookup,
-    scope: &'static str,
-    render_hold: Option<Render<HoldView>>,
-    hold_secret: Option<ClientSecret>,
-) -> Option<Response> {
-    match found {
-        Lookup::Absent => None,
-        Lookup::Replay(stored) => Some(replay(stored, scope)),
-        Lookup::Hold(mut hold) => Some({
-            // The secret is not stored: the replay derives it from the key again.
-            hold.client_secret = hold_secret;
-            match render_hold.and_then(|render| render(&Ok(hold))) {
-                Some(stored) => replay(stored, scope),
-                None => {
-                    tracing::error!(scope, "a key found on a hold, with no way to answer it");
-                    ApiError::new(ProblemCode::Internal, "internal error; it has been logged")
-                        .into_response()
-                }
-            }
-        }),
-        Lookup::Mismatch => {
-            Some(ApiError::from(entity::DomainError::IdempotencyKeyMismatch).into_response())
-        }
-    }
-}
-
-/// Puts the request's [`KeyCheck`] in its data, or answers it.
-async fn admit(
-    req: &mut Request,
-    scope: &'static str,
-    render_hold: Option<Render<HoldView>>,
-) -> poem::Result<Admitted> {
-    let answered = |e: ApiError| Ok(Admitted::Answered(e.into_response()));
-    let Some(state) = req.data::<Arc<AppState>>().cloned() else {
-        // `build_app` adds the state to every request: only a wiring mistake gets here.
-        tracing::error!("idempotency layer without the app state");
-        return answered(ApiError::new(
-            ProblemCode::Internal,
-            "internal error; it has been logged",
-        ));
-    };
-    let Some(raw) = req.headers().get(HEADER) else {
-        req.set_data(KeyCheck::default());
-        return Ok(Admitted::Run(None, None));
-    };
-    let Some(key) = raw.to_str().ok().and_then(parse_key).map(str::to_owned) else {
-        return answered(ApiError::field(
-            ProblemCode::MalformedRequest,
-            "Idempotency-Key",
-            "must be 1 to 255 printable ASCII characters, bare or in double quotes",
-        ));
-    };
-    let Some(caller) = req.data::<Caller>().cloned() else {
-        // Every keyed operation identifies its buyer first: only a wiring mistake gets here.
-        tracing::error!("idempotency layer without the caller");
-        return answered(ApiError::new(
-            ProblemCode::Internal,
-            "internal error; it has been logged",
-        ));
-    };
-    let body = req.take_body().into_bytes().await?;
-    let keyed = Arc::new(KeyedRequest::new(
-        scope,
-        caller.key_owner(),
-        &key,
-        fingerprint(&body),
-    ));
-    req.set_body(body);
-    let hold_secret = (scope == HOLDS && matches!(caller, Caller::Anonymous { .. }))
-        .then(|| ClientSecret::for_key(&key));
-    // A coalesced hold's key is looked up by its batch, before the batch takes the product's
-    // lock: one queue to wait in instead of two. Any other key is looked up here.
-    let in_batch = scope == HOLDS && state.hold_coalescer.is_some();
-    if !in_batch {
-        match state.key_lookups.lookup(keyed.clone()).await {
-            Ok(found) => {
-                if let Some(answer) = answer_found(found, scope, render_hold, hold_secret.clone()) {
-                    return Ok(Admitted::Answered(answer));
-                }
-            }
-            Err(e) => return answered(ApiError::from(e)),
-        }
-    }
-    let Some(running) = state.in_flight.start(scope, &keyed.key) else {
-        // A twin runs in this process. Its key may have finished already (twins retrying a
-        // finished key): then this one is replayed too, as if it had been looked up first.
-        if in_batch
-            && let Ok(found) = state.key_lookups.lookup(keyed).await
-            && let Some(answer) = answer_found(found, scope, render_hold, hold_secret)
-        {
-            return Ok(Admitted::Answered(answer));
-        }
-        return answered(ApiError::from(entity::DomainError::IdempotencyKeyInUse));
-    };
-    let deferred = in_batch.then(|| Deferred {
-        slot: LookupSlot::default(),
-        keyed: keyed.clone(),
-        state: state.clone(),
-        hold_secret: hold_secret.clone(),
-    });
-    req.set_data(KeyCheck {
-        request: Some(keyed),
-        look_up: deferred.as_ref().map(|d| d.slot.clone()),
-        hold_secret,
-    });
-    Ok(Admitted::Run(Some(running), deferred))
-}
-
-/// How an answer is written down for replay: exactly the bytes and type the handler sends.
-/// A 5xx is not written down: nothing happened that a retry must not repeat.
-pub fn stored<T: poem_openapi::types::ToJSON>(
-    answer: Result<(StatusCode, T), ApiError>,
-) -> Option<StoredResponse> {
-    let (status, content_type, body) = match answer {
-        Ok((status, value)) => (status, crate::types::JSON, value.to_json_string()),
-        Err(e) => {
-            let status = e.status();
-            let problem = e.into_problem();
-            use poem_openapi::types::ToJSON;
-            (status, crate::error::PROBLEM_JSON, problem.to_json_string())
-        }
-    };
-    (!status.is_server_error()).then(|| StoredResponse {
-        status: status.as_u16(),
-        content_type: content_type.to_owned(),
-        body,
-    })
-}
-
 /// The body's fingerprint: of its canonical JSON (key order and spacing do not matter), or of
-/// its bytes when it is not JSON (the handler will refuse it).
+/// its bytes when it is not JSON (the operation refuses it).
 fn fingerprint(body: &[u8]) -> String {
     match serde_json::from_slice::<serde_json::Value>(body) {
         Ok(value) => entity::idempotency::fingerprint_json(&value),
         Err(_) => entity::idempotency::fingerprint_bytes(body),
     }
-}
-
-fn replay(stored: StoredResponse, scope: &str) -> Response {
-    let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
-    // A replayed 201 says where the resource is, as the first answer did.
-    let location = (status == StatusCode::CREATED)
-        .then(|| serde_json::from_str::<serde_json::Value>(&stored.body).ok())
-        .flatten()
-        .and_then(|body| match scope {
-            HOLDS => body["hold_id"].as_i64().map(crate::locations::hold),
-            ORDERS => body["order_id"].as_i64().map(crate::locations::order),
-            _ => None,
-        })
-        .and_then(|path| HeaderValue::from_str(&path).ok());
-    let mut resp = Response::builder()
-        .status(status)
-        .content_type(stored.content_type)
-        .body(stored.body);
-    resp.headers_mut()
-        .insert("idempotent-replayed", HeaderValue::from_static("true"));
-    if let Some(location) = location {
-        resp.headers_mut()
-            .insert(poem::http::header::LOCATION, location);
-    }
-    resp
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::{
 
 use entity::{
     Db,
-    coalesce::{HoldCoalescer, KeyLookups, ProductReads},
+    coalesce::{HoldDesk, KeyLookups, ProductReads},
 };
 
 use crate::Config;
@@ -15,8 +15,8 @@ use crate::Config;
 /// What every handler needs, built once at start.
 pub struct AppState {
     pub db: Db,
-    /// Hold requests go through the per-product coalescer unless `HOLD_COALESCING=false`.
-    pub hold_coalescer: Option<HoldCoalescer>,
+    /// Where hold requests are served: coalesced per product unless `HOLD_COALESCING=false`.
+    pub holds: HoldDesk,
     /// Single-flight product reads.
     pub product_reads: ProductReads,
     pub hold_ttl: chrono::Duration,
@@ -47,14 +47,16 @@ impl AppState {
     pub fn new(config: &Config, db: Db, buyer_auth: crate::buyers::BuyerAuth) -> Self {
         let hold_ttl = chrono::Duration::seconds(i64::from(config.hold_ttl_seconds));
         Self {
-            hold_coalescer: config.hold_coalescing.then(|| {
-                HoldCoalescer::new(
+            holds: if config.hold_coalescing {
+                HoldDesk::coalesced(
                     db.clone(),
                     hold_ttl,
                     Duration::from_micros(config.hold_batch_wait_micros),
                     usize::try_from(config.hold_batch_max).unwrap_or(256),
                 )
-            }),
+            } else {
+                HoldDesk::one_by_one(db.clone(), hold_ttl)
+            },
             product_reads: ProductReads::new(db.clone()),
             // Key look-ups gather company for as long as hold batches do.
             key_lookups: KeyLookups::new(

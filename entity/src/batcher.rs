@@ -24,20 +24,12 @@ type Call<Req, Resp> = (
 );
 type RunFn<K, Req, Resp> =
     dyn Fn(K, Vec<Req>) -> Pin<Box<dyn Future<Output = Vec<Resp>> + Send>> + Send + Sync;
-type PrepareFn<K, Req, Resp> = dyn Fn(K, Vec<Req>) -> Pin<Box<dyn Future<Output = Vec<Stage<Req, Resp>>> + Send>>
-    + Send
-    + Sync;
-
-/// What a batch's preparing step made of one call: run it with the batch, or its answer now.
-#[derive(Debug)]
-pub enum Stage<Req, Resp> {
-    Run(Req),
-    Answered(Resp),
-}
 
 /// How a batcher gathers.
 #[derive(Debug, Clone, Copy)]
 pub struct BatchPolicy {
+    /// The batcher's name in its metric (`batch_calls_waiting{batcher}`).
+    pub name: &'static str,
     /// Most calls in one batch.
     pub max_batch: usize,
     /// After the first call of a batch, how long to wait for more (zero: take what is queued).
@@ -45,11 +37,6 @@ pub struct BatchPolicy {
     /// Most calls waiting for one key; beyond it a call is refused at once
     /// ([`BatchError::Overloaded`]) instead of the queue growing without bound.
     pub max_queued: usize,
-    /// Batches of one key running at once. Every user here runs one: calls that arrive while
-    /// a batch runs make the next, larger batch (for holds, measured faster than a second
-    /// batch waiting on the product's row lock), and reads must only share a query that
-    /// started after their arrival.
-    pub max_in_flight: usize,
 }
 
 /// Why a call got no answer from its batch.
@@ -65,12 +52,25 @@ pub enum BatchError {
 
 /// One task per key with calls queued or in flight: it starts with the key's first call and
 /// ends as soon as its queue is empty, so keys that come once (an unknown product id in a
-/// spray of requests) leave nothing behind.
+/// spray of requests) leave nothing behind. A key runs one batch at a time: calls that arrive
+/// while it runs make the next, larger batch (for holds, faster than a second batch waiting on
+/// the product's row lock), and a read shares only a query that started after its arrival.
 pub struct KeyedBatcher<K, Req, Resp> {
     queues: Mutex<HashMap<K, mpsc::Sender<Call<Req, Resp>>>>,
-    prepare: Option<Box<PrepareFn<K, Req, Resp>>>,
-    run: Arc<RunFn<K, Req, Resp>>,
+    run: Box<RunFn<K, Req, Resp>>,
     policy: BatchPolicy,
+    /// Calls queued or in a running batch, not yet answered: a test knows from it that its
+    /// request has taken its place, an operator how deep the queues are.
+    waiting: metrics::Gauge,
+}
+
+/// One call counted in [`KeyedBatcher::waiting`] until it is answered or its caller leaves.
+struct Waiting(metrics::Gauge);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
 }
 
 impl<K, Req, Resp> KeyedBatcher<K, Req, Resp>
@@ -85,44 +85,13 @@ where
         F: Fn(K, Vec<Req>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Vec<Resp>> + Send + 'static,
     {
-        Self::build(
-            policy,
-            None,
-            Arc::new(move |k, reqs| Box::pin(run(k, reqs))),
-        )
-    }
-
-    /// Like [`KeyedBatcher::new`], with a step before `run`: `prepare` sees the batch first
-    /// and may answer some calls at once (their callers stop waiting there); `run` gets the
-    /// others, as `prepare` passed them on. For holds: keys already answered are replayed
-    /// before the batch waits for the product's lock.
-    pub fn with_prepare<P, PFut, F, Fut>(policy: BatchPolicy, prepare: P, run: F) -> Arc<Self>
-    where
-        P: Fn(K, Vec<Req>) -> PFut + Send + Sync + 'static,
-        PFut: Future<Output = Vec<Stage<Req, Resp>>> + Send + 'static,
-        F: Fn(K, Vec<Req>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Vec<Resp>> + Send + 'static,
-    {
-        Self::build(
-            policy,
-            Some(Box::new(move |k, reqs| Box::pin(prepare(k, reqs)))),
-            Arc::new(move |k, reqs| Box::pin(run(k, reqs))),
-        )
-    }
-
-    fn build(
-        policy: BatchPolicy,
-        prepare: Option<Box<PrepareFn<K, Req, Resp>>>,
-        run: Arc<RunFn<K, Req, Resp>>,
-    ) -> Arc<Self> {
         Arc::new(Self {
             queues: Mutex::new(HashMap::new()),
-            prepare,
-            run,
+            run: Box::new(move |k, reqs| Box::pin(run(k, reqs))),
+            waiting: metrics::gauge!("batch_calls_waiting", "batcher" => policy.name),
             policy: BatchPolicy {
                 max_batch: policy.max_batch.max(1),
                 max_queued: policy.max_queued.max(1),
-                max_in_flight: policy.max_in_flight.max(1),
                 ..policy
             },
         })
@@ -133,13 +102,12 @@ where
     pub async fn call(self: &Arc<Self>, key: K, req: Req) -> Result<Resp, BatchError> {
         let (reply, answer) = oneshot::channel();
         let new_queue = self.enqueue(&key, (req, reply, tokio::time::Instant::now()))?;
+        self.waiting.increment(1.0);
+        let _waiting = Waiting(self.waiting.clone());
         if let Some(rx) = new_queue {
             // Started only now, so that it finds this first call queued.
             tokio::spawn(self.clone().drain(key, rx));
         }
-        // In the caller's span (an HTTP request's id): the end-to-end tests wait for this line
-        // to know a request has taken its place in the queue.
-        tracing::trace!("call queued");
         // No sender is held while waiting: a call could only be stranded in a queue nobody
         // reads if one were, and then this would wait forever instead of failing.
         answer.await.unwrap_or_else(|_| {
@@ -190,12 +158,8 @@ where
 
     async fn drain(self: Arc<Self>, key: K, mut rx: mpsc::Receiver<Call<Req, Resp>>) {
         let policy = self.policy;
-        let slots = Arc::new(tokio::sync::Semaphore::new(policy.max_in_flight));
         loop {
-            // A slot first, then the batch: what queues while the slots are busy joins it.
-            let Ok(slot) = slots.clone().acquire_owned().await else {
-                return;
-            };
+            // What queues while a batch runs joins the next one.
             let first = match rx.try_recv() {
                 Ok(call) => call,
                 Err(mpsc::error::TryRecvError::Disconnected) => return,
@@ -236,21 +200,9 @@ where
                     }
                 }
             }
-            // One batch at a time (every user here): served right in this task. A task spawned
-            // for it would start behind every request task its last batch's answers woke (each
-            // of them tens of µs of HTTP work), and the product's next batch with it: served
-            // here, unkeyed holds measured 4.5% faster and keyed ones 5.8% (three interleaved
-            // rounds of each, wrk at 256 connections).
-            if policy.max_in_flight == 1 {
-                self.serve(&key, batch).await;
-                drop(slot);
-                continue;
-            }
-            let (this, key) = (self.clone(), key.clone());
-            tokio::spawn(async move {
-                this.serve(&key, batch).await;
-                drop(slot);
-            });
+            // Served right in this task: a task spawned for it would start behind every request
+            // task its last batch's answers woke, and the key's next batch with it.
+            self.serve(&key, batch).await;
         }
     }
 
@@ -264,32 +216,6 @@ where
         if reqs.is_empty() {
             return;
         }
-        let (reqs, replies) = match &self.prepare {
-            None => (reqs, replies),
-            Some(prepare) => {
-                let staged = match caught(prepare(key.clone(), reqs)).await {
-                    Ok(staged) => staged,
-                    Err(panicked) => return panicked.tell(replies),
-                };
-                debug_assert_eq!(staged.len(), replies.len());
-                let (mut reqs, mut to_run) = (Vec::new(), Vec::new());
-                for (stage, reply) in staged.into_iter().zip(replies) {
-                    match stage {
-                        Stage::Run(req) => {
-                            reqs.push(req);
-                            to_run.push(reply);
-                        }
-                        Stage::Answered(answer) => {
-                            let _ = reply.send(Ok(answer));
-                        }
-                    }
-                }
-                if reqs.is_empty() {
-                    return;
-                }
-                (reqs, to_run)
-            }
-        };
         match caught((self.run)(key.clone(), reqs)).await {
             Ok(answers) => {
                 debug_assert_eq!(answers.len(), replies.len());
@@ -352,10 +278,10 @@ mod tests {
 
     fn policy(max_wait_ms: u64) -> BatchPolicy {
         BatchPolicy {
+            name: "test",
             max_batch: 8,
             max_wait: Duration::from_millis(max_wait_ms),
             max_queued: 64,
-            max_in_flight: 1,
         }
     }
 
@@ -444,10 +370,10 @@ mod tests {
         let seen = started.clone();
         let b = KeyedBatcher::new(
             BatchPolicy {
+                name: "test",
                 max_batch: 1,
                 max_wait: Duration::ZERO,
                 max_queued: 2,
-                max_in_flight: 1,
             },
             move |_k: u8, reqs: Vec<u32>| {
                 seen.fetch_add(1, Ordering::SeqCst);
@@ -508,10 +434,10 @@ mod tests {
         let (served, release, run) = stuck_batch();
         let b = KeyedBatcher::new(
             BatchPolicy {
+                name: "test",
                 max_batch: 100,
                 max_wait: Duration::ZERO,
                 max_queued: 100,
-                max_in_flight: 1,
             },
             run,
         );
@@ -560,73 +486,6 @@ mod tests {
         assert_eq!(
             b.call(1, 13).await,
             Err(BatchError::Panicked("boom".into()))
-        );
-        assert_eq!(b.call(1, 14).await, Ok(14), "the key is served again");
-    }
-
-    /// A batch's preparing step answers some calls at once (here the even ones), while the
-    /// others go on to the batch, which is stuck: the answered callers do not wait for it.
-    #[tokio::test]
-    async fn calls_answered_while_preparing_do_not_wait_for_the_batch() {
-        let (ran, release, run) = stuck_batch();
-        let b = KeyedBatcher::with_prepare(
-            policy(20),
-            |_k: u8, reqs: Vec<u32>| async move {
-                reqs.into_iter()
-                    .map(|r| match r % 2 {
-                        0 => Stage::Answered(r + 1_000),
-                        _ => Stage::Run(r),
-                    })
-                    .collect()
-            },
-            run,
-        );
-        let calls: Vec<_> = (0..6u32)
-            .map(|i| {
-                let b = b.clone();
-                tokio::spawn(async move { b.call(1, i).await })
-            })
-            .collect();
-        until("the batch runs with the odd calls", || {
-            ran.lock().unwrap().len() == 3
-        })
-        .await;
-        let (even, odd): (Vec<_>, Vec<_>) =
-            calls.into_iter().enumerate().partition(|(i, _)| i % 2 == 0);
-        // The batch is stuck, and the even calls have their answers.
-        for (i, call) in even {
-            let answer = tokio::time::timeout(Duration::from_secs(5), call)
-                .await
-                .unwrap_or_else(|_| panic!("call {i} waited for the batch"));
-            assert_eq!(answer.unwrap(), Ok(i as u32 + 1_000));
-        }
-        assert!(odd.iter().all(|(_, call)| !call.is_finished()));
-        release.send(true).unwrap();
-        for (i, call) in odd {
-            assert_eq!(call.await.unwrap(), Ok(i as u32));
-        }
-        assert_eq!(
-            *ran.lock().unwrap(),
-            vec![1, 3, 5],
-            "the batch ran the odd calls"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_panic_while_preparing_reaches_every_caller_and_the_key_keeps_serving() {
-        let b = KeyedBatcher::with_prepare(
-            policy(0),
-            |_k: u8, reqs: Vec<u32>| async move {
-                if reqs.contains(&13) {
-                    panic!("prepared badly");
-                }
-                reqs.into_iter().map(Stage::Run).collect()
-            },
-            |_k: u8, reqs: Vec<u32>| async move { reqs },
-        );
-        assert_eq!(
-            b.call(1, 13).await,
-            Err(BatchError::Panicked("prepared badly".into()))
         );
         assert_eq!(b.call(1, 14).await, Ok(14), "the key is served again");
     }

@@ -1,28 +1,60 @@
 //! In-process coalescing in front of the stock operations, for the hot-product case.
 //!
-//! - [`HoldCoalescer`]: concurrent hold requests for one product are served by one transaction
-//!   ([`holds::create_holds_batch`]), so the product row lock does a batch's work per
-//!   acquisition. Several API processes stay correct: their batches serialize on the same lock.
+//! - [`HoldDesk`]: where hold requests are served. With coalescing, concurrent requests for one
+//!   product are served by one batch ([`holds::serve_holds`]), so the product row lock does a
+//!   batch's work per acquisition; several API processes stay correct, their batches
+//!   serializing on the same lock. Without, each request is a batch of its own.
 //! - [`ProductReads`]: concurrent reads of one product share one query (single-flight), taken
 //!   only by requests that arrived before the query started, so no answer is older than its
 //!   request. There is no time-based cache.
+//! - [`KeyLookups`]: concurrent look-ups of idempotency keys share one query per scope.
+//!
+//! A call that the batching machinery could not serve says why ([`Unserved`]); what the
+//! operation itself decided is its outcome.
 
 use std::{
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use crate::{
     Db, DomainError,
-    batcher::{BatchError, BatchPolicy, KeyedBatcher, Stage},
+    batcher::{BatchError, BatchPolicy, KeyedBatcher},
     db::ANSWER_WITHIN,
-    holds::{self, HoldRequest, HoldView},
-    idempotency::{self, KeyedRequest, Lookup},
+    holds::{self, HoldOutcome, HoldRequest},
+    idempotency::{self, KeyClaim, Lookup},
     products::{self, ProductView},
     types::ProductId,
 };
 
-type HoldAnswer = Result<HoldView, DomainError>;
+/// Why a call got no outcome from its operation.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Unserved {
+    /// Too many calls already wait for this product (or scope) in this process.
+    #[error("too many requests are waiting for this product")]
+    Overloaded,
+    /// The call waited behind slower batches until too little of its time was left to start.
+    #[error("the request waited too long to be served")]
+    Late,
+    /// A bug: the batch panicked (the message is logged; the process goes on).
+    #[error("the batch panicked: {0}")]
+    Panicked(String),
+    /// The operation failed as a whole (the database: busy, unavailable, a fault).
+    #[error(transparent)]
+    Failed(#[from] DomainError),
+}
+
+impl From<BatchError> for Unserved {
+    fn from(e: BatchError) -> Self {
+        match e {
+            BatchError::Overloaded => Self::Overloaded,
+            BatchError::Panicked(message) => Self::Panicked(message),
+        }
+    }
+}
 
 /// Hold requests that may wait for one product, per batch the transaction can take: beyond
 /// that a request waits longer than the contract's 5 s anyway, so it is refused at once (503).
@@ -30,16 +62,7 @@ const QUEUED_BATCHES: usize = 16;
 /// Concurrent reads waiting for one product's next query.
 const MAX_QUEUED_READS: usize = 65_536;
 
-impl From<BatchError> for DomainError {
-    fn from(e: BatchError) -> Self {
-        match e {
-            BatchError::Overloaded => DomainError::Overloaded,
-            BatchError::Panicked(message) => DomainError::Panicked(message),
-        }
-    }
-}
-
-/// A request left with less time than this is answered "busy" rather than started.
+/// A request left with less time than this is answered "late" rather than started.
 const TOO_LATE: Duration = Duration::from_millis(200);
 
 /// When a request that arrived at `arrived` must be answered by.
@@ -47,160 +70,133 @@ fn due(arrived: Instant) -> Instant {
     arrived + ANSWER_WITHIN
 }
 
+/// A hold request on its way into a batch: when it arrived, and the flag that rises when its
+/// client goes away (`None`: always wanted).
+type Call = (HoldRequest, Instant, Option<Arc<AtomicBool>>);
+
+/// Where hold requests are served: coalesced per product, or each on its own.
 #[derive(Clone)]
-pub struct HoldCoalescer {
-    batcher: Arc<KeyedBatcher<ProductId, (HoldRequest, Instant), HoldAnswer>>,
+pub enum HoldDesk {
+    Coalesced(Arc<KeyedBatcher<ProductId, Call, Result<HoldOutcome, Unserved>>>),
+    OneByOne { db: Db, ttl: chrono::Duration },
 }
 
-impl HoldCoalescer {
-    /// `max_wait`: how long a batch's first request waits for company; `max_batch`: most
-    /// requests per transaction.
-    pub fn new(db: Db, ttl: chrono::Duration, max_wait: Duration, max_batch: usize) -> Self {
+impl HoldDesk {
+    /// Each request in a transaction of its own.
+    pub fn one_by_one(db: Db, ttl: chrono::Duration) -> Self {
+        Self::OneByOne { db, ttl }
+    }
+
+    /// Concurrent requests for one product in one batch: `max_wait` is how long a batch's
+    /// first request waits for company, `max_batch` the most requests per transaction.
+    pub fn coalesced(db: Db, ttl: chrono::Duration, max_wait: Duration, max_batch: usize) -> Self {
         let policy = BatchPolicy {
+            name: "holds",
             max_batch: max_batch.max(1),
             max_wait,
             max_queued: max_batch.max(1) * QUEUED_BATCHES,
-            // One batch per product at a time: what arrives meanwhile waits in the queue and
-            // makes the next batch, instead of a second transaction holding a connection while
-            // it waits for the row lock. Measured with wrk at 256 connections (three interleaved
-            // rounds): with two in flight the batches were half the size and every path slower
-            // (unkeyed holds 6,750-9,560/s against 11,580-15,740/s with one; keyed 4,410-5,400
-            // against 5,840-7,700; buyer-limited 4,540-6,120 against 8,420-12,120).
-            max_in_flight: 1,
         };
-        let prepare = {
-            let db = db.clone();
-            move |_product, reqs| {
-                let db = db.clone();
-                async move { answer_finished_keys(&db, reqs).await }
-            }
-        };
-        let batcher = KeyedBatcher::with_prepare(
+        Self::Coalesced(KeyedBatcher::new(
             policy,
-            prepare,
-            move |product_id, reqs: Vec<(HoldRequest, Instant)>| {
+            move |product_id, calls: Vec<Call>| {
                 let db = db.clone();
-                async move {
-                    // Requests that waited behind a slow batch until too little of their time is
-                    // left are answered now; the batch runs for the others, by the earliest's due.
-                    let now = Instant::now();
-                    let late = |arrived: Instant| due(arrived) < now + TOO_LATE;
-                    let (live, arrivals): (Vec<HoldRequest>, Vec<Instant>) = reqs
-                        .iter()
-                        .filter(|(_, arrived)| !late(*arrived))
-                        .cloned()
-                        .unzip();
-                    let mut answers = match arrivals.into_iter().map(due).min() {
-                        None => Vec::new(),
-                        Some(deadline) => {
-                            match holds::create_holds_batch(&db, product_id, &live, ttl, deadline)
-                                .await
-                            {
-                                Ok(answers) => answers,
-                                // The whole batch failed (contention outlasted its retries,
-                                // database gone): every request in it gets that answer.
-                                Err(e) => live.iter().map(|_| Err(e.clone())).collect(),
-                            }
-                        }
-                    }
-                    .into_iter();
-                    reqs.iter()
-                        .map(|(_, arrived)| {
-                            if late(*arrived) {
-                                Err(DomainError::Contention { attempts: 0 })
-                            } else {
-                                answers.next().unwrap_or_else(|| {
-                                    Err(DomainError::Invariant("a batch answered too few".into()))
-                                })
-                            }
-                        })
-                        .collect()
-                }
+                async move { serve_batch(&db, product_id, calls, ttl).await }
             },
-        );
-        Self { batcher }
+        ))
     }
 
-    pub async fn create_hold(&self, product_id: ProductId, request: HoldRequest) -> HoldAnswer {
-        let answer = self
-            .batcher
-            .call(product_id, (request, Instant::now()))
-            .await
-            .unwrap_or_else(|e| Err(e.into()));
-        if let Ok(hold) = &answer {
+    /// Serves one request for a hold on `product_id`. `gone` rises when its client goes away:
+    /// a request whose client has gone by the time its batch holds the product's lock takes
+    /// nothing ([`HoldOutcome::Withdrawn`]).
+    pub async fn serve(
+        &self,
+        product_id: ProductId,
+        request: HoldRequest,
+        gone: Option<Arc<AtomicBool>>,
+    ) -> Result<HoldOutcome, Unserved> {
+        let outcome = match self {
+            Self::Coalesced(batcher) => batcher
+                .call(product_id, (request, Instant::now(), gone))
+                .await
+                .unwrap_or_else(|e| Err(e.into())),
+            Self::OneByOne { db, ttl } => {
+                let withdrawn = move |_| gone.as_ref().is_some_and(|g| g.load(Ordering::Relaxed));
+                // Boxed: the transaction's future is large, and every request's future would
+                // otherwise carry (and copy) room for it.
+                let deadline = Instant::now() + ANSWER_WITHIN;
+                let requests = [request];
+                let batch =
+                    holds::serve_holds(db, product_id, &requests, *ttl, deadline, &withdrawn);
+                Box::pin(batch)
+                    .await
+                    .map_err(Unserved::Failed)
+                    .and_then(|mut outcomes| {
+                        outcomes.pop().ok_or_else(|| {
+                            Unserved::Failed(DomainError::Invariant(
+                                "a batch of one had no outcome".into(),
+                            ))
+                        })
+                    })
+            }
+        };
+        if let Ok(HoldOutcome::Granted(hold)) = &outcome {
             holds::log_hold_created(hold);
         }
-        answer
+        outcome
     }
 }
 
-/// A hold batch's first step: the keys its requests brought that nobody has looked up yet are
-/// looked up together, by one statement that takes no lock, and each request's slot is told what
-/// was found. A key that had finished is answered now ([`DomainError::AnsweredByKey`]: its
-/// first answer is replayed), before the batch waits for the product's lock; the others run.
-/// (Looked up here rather than on arrival, a keyed hold waits in one queue, not two.)
-async fn answer_finished_keys(
+/// One product's batch: requests that waited behind slower batches until too little of their
+/// time is left are answered [`Unserved::Late`]; the batch runs for the others, by the earliest
+/// one's due.
+async fn serve_batch(
     db: &Db,
-    reqs: Vec<(HoldRequest, Instant)>,
-) -> Vec<Stage<(HoldRequest, Instant), HoldAnswer>> {
-    let unchecked: Vec<&KeyedRequest> = reqs
+    product_id: ProductId,
+    calls: Vec<Call>,
+    ttl: chrono::Duration,
+) -> Vec<Result<HoldOutcome, Unserved>> {
+    let now = Instant::now();
+    let late = |arrived: Instant| due(arrived) < now + TOO_LATE;
+    let live: Vec<&Call> = calls
         .iter()
-        .filter(|(r, _)| r.key_unchecked())
-        .filter_map(|(r, _)| r.keyed.as_ref().map(|k| &*k.request))
+        .filter(|(_, arrived, _)| !late(*arrived))
         .collect();
-    if unchecked.is_empty() {
-        return reqs.into_iter().map(Stage::Run).collect();
-    }
-    let deadline = reqs.iter().map(|(_, arrived)| due(*arrived)).min();
-    let found = tokio::time::timeout_at(
-        deadline.unwrap_or_else(Instant::now).into(),
-        look_up(db, idempotency::HOLDS, &unchecked),
-    )
-    .await
-    .unwrap_or_else(|_| Err(crate::db::out_of_time()));
-    let mut found = match found {
-        Ok(found) => found.into_iter().map(Ok).collect::<Vec<_>>(),
-        Err(e) => vec![Err(e); unchecked.len()],
+    let mut outcomes = match live.iter().map(|(_, arrived, _)| due(*arrived)).min() {
+        None => Vec::new(),
+        Some(deadline) => {
+            let requests: Vec<HoldRequest> = live.iter().map(|(r, _, _)| r.clone()).collect();
+            let withdrawn = |i: usize| {
+                live[i]
+                    .2
+                    .as_ref()
+                    .is_some_and(|g| g.load(Ordering::Relaxed))
+            };
+            match holds::serve_holds(db, product_id, &requests, ttl, deadline, &withdrawn).await {
+                Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+                // The whole batch failed (contention outlasted its retries, database gone):
+                // every request in it gets that answer.
+                Err(e) => live
+                    .iter()
+                    .map(|_| Err(Unserved::Failed(e.clone())))
+                    .collect(),
+            }
+        }
     }
     .into_iter();
-    reqs.into_iter()
-        .map(|(req, arrived)| {
-            if !req.key_unchecked() {
-                return Stage::Run((req, arrived));
-            }
-            let lookup = match found.next() {
-                Some(Ok(lookup)) => lookup,
-                Some(Err(e)) => return Stage::Answered(Err(e)),
-                None => {
-                    let e = DomainError::Invariant("a key look-up answered too few".into());
-                    return Stage::Answered(Err(e));
-                }
-            };
-            let finished = lookup != Lookup::Absent;
-            if let Some(slot) = &req.key_look_up {
-                let _ = slot.set(lookup);
-            }
-            if finished {
-                Stage::Answered(Err(DomainError::AnsweredByKey))
+    calls
+        .iter()
+        .map(|(_, arrived, _)| {
+            if late(*arrived) {
+                Err(Unserved::Late)
             } else {
-                Stage::Run((req, arrived))
+                outcomes.next().unwrap_or_else(|| {
+                    Err(Unserved::Failed(DomainError::Invariant(
+                        "a batch answered too few".into(),
+                    )))
+                })
             }
         })
         .collect()
-}
-
-/// Looks keys of one scope up ([`idempotency::lookup_many`]), counted in the look-up metrics.
-async fn look_up(
-    db: &Db,
-    scope: &str,
-    requests: &[&KeyedRequest],
-) -> Result<Vec<Lookup>, DomainError> {
-    let started = Instant::now();
-    let found = idempotency::lookup_many(db, scope, requests).await;
-    metrics::histogram!("idempotency_lookup_batch_size").record(requests.len() as f64);
-    metrics::histogram!("idempotency_lookup_duration_seconds")
-        .record(started.elapsed().as_secs_f64());
-    found
 }
 
 #[derive(Clone)]
@@ -211,10 +207,10 @@ pub struct ProductReads {
 impl ProductReads {
     pub fn new(db: Db) -> Self {
         let policy = BatchPolicy {
+            name: "product_reads",
             max_batch: MAX_QUEUED_READS,
             max_wait: Duration::ZERO,
             max_queued: MAX_QUEUED_READS,
-            max_in_flight: 1,
         };
         let batcher = KeyedBatcher::new(policy, move |product_id, waiters: Vec<Instant>| {
             let db = db.clone();
@@ -234,23 +230,17 @@ impl ProductReads {
                 )
                 .await
                 .unwrap_or_else(|_| Err(crate::db::out_of_time()));
-                waiters
-                    .iter()
-                    .map(|_| match &read {
-                        Ok(view) => Ok(view.clone()),
-                        Err(e) => Err(e.clone()),
-                    })
-                    .collect()
+                waiters.iter().map(|_| read.clone()).collect()
             }
         });
         Self { batcher }
     }
 
-    pub async fn product_view(&self, product_id: ProductId) -> Result<ProductView, DomainError> {
-        self.batcher
-            .call(product_id, Instant::now())
-            .await
-            .unwrap_or_else(|e| Err(e.into()))
+    pub async fn product_view(&self, product_id: ProductId) -> Result<ProductView, Unserved> {
+        match self.batcher.call(product_id, Instant::now()).await {
+            Ok(read) => read.map_err(Unserved::Failed),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
@@ -259,41 +249,39 @@ impl ProductReads {
 /// always seen by it).
 ///
 /// A look-up's first request waits up to `max_wait` for company, as a hold batch's does: the
-/// query's fixed cost is many times a key's, and it returns in about 0.1 ms, so without the
-/// wait thousands of keyed requests a second would each pay for a query of their own (measured:
-/// half the database's work per keyed hold).
+/// query's fixed cost is many times a key's, so without the wait thousands of keyed requests a
+/// second would each pay for a query of their own.
 #[derive(Clone)]
 pub struct KeyLookups {
-    batcher: Arc<KeyedBatcher<&'static str, Arc<KeyedRequest>, Result<Lookup, DomainError>>>,
+    batcher: Arc<KeyedBatcher<&'static str, Arc<KeyClaim>, Result<Lookup, DomainError>>>,
 }
 
 impl KeyLookups {
     pub fn new(db: Db, max_wait: Duration) -> Self {
         let policy = BatchPolicy {
+            name: "key_lookups",
             max_batch: 1_000,
             max_wait,
             max_queued: MAX_QUEUED_READS,
-            max_in_flight: 1,
         };
-        let batcher = KeyedBatcher::new(policy, move |scope, requests: Vec<Arc<KeyedRequest>>| {
+        let batcher = KeyedBatcher::new(policy, move |scope, claims: Vec<Arc<KeyClaim>>| {
             let db = db.clone();
             async move {
-                let refs: Vec<&KeyedRequest> = requests.iter().map(|r| &**r).collect();
-                match look_up(&db, scope, &refs).await {
+                let refs: Vec<&KeyClaim> = claims.iter().map(|r| &**r).collect();
+                match idempotency::lookup_counted(&db, scope, &refs).await {
                     Ok(found) => found.into_iter().map(Ok).collect(),
-                    Err(e) => requests.iter().map(|_| Err(e.clone())).collect(),
+                    Err(e) => claims.iter().map(|_| Err(e.clone())).collect(),
                 }
             }
         });
         Self { batcher }
     }
 
-    /// The request is shared with its caller (it is [`crate::idempotency::Keyed::request`]),
-    /// not copied.
-    pub async fn lookup(&self, request: Arc<KeyedRequest>) -> Result<Lookup, DomainError> {
-        self.batcher
-            .call(request.scope, request)
-            .await
-            .unwrap_or_else(|e| Err(e.into()))
+    /// What is known of the key of `claim` (shared with its caller, not copied).
+    pub async fn lookup(&self, claim: Arc<KeyClaim>) -> Result<Lookup, Unserved> {
+        match self.batcher.call(claim.scope, claim).await {
+            Ok(found) => found.map_err(Unserved::Failed),
+            Err(e) => Err(e.into()),
+        }
     }
 }

@@ -91,20 +91,6 @@ pub enum DomainError {
     /// exhausted, or a Galera node outside the primary component (1047, 1180 at COMMIT).
     #[error("database unavailable: {0}")]
     Unavailable(Arc<DbErr>),
-    /// The request's idempotency key had finished when its hold batch looked it up: nothing
-    /// ran, and what the batch found (in the request's [`crate::idempotency::LookupSlot`]) is
-    /// its answer.
-    #[error("the idempotency key had finished; its first answer is replayed")]
-    AnsweredByKey,
-    /// The client went away before its request was served; nothing was done for it.
-    #[error("the client went away before its request was served")]
-    Abandoned,
-    /// Too many requests already wait for this product in this process.
-    #[error("too many requests are waiting for this product")]
-    Overloaded,
-    /// A bug: the operation panicked (the message is logged; the process goes on).
-    #[error("panicked: {0}")]
-    Panicked(String),
     /// A stored row broke an invariant this crate keeps; never caused by a client.
     #[error("invariant broken: {0}")]
     Invariant(String),

@@ -1,63 +1,29 @@
-//! Holds: putting them on stock (one request, or a coalesced batch of them in one
-//! transaction: [`create_holds_batch`] and its steps, the granting rule [`grant`] and the
-//! per-buyer count it needs), reading one, and releasing one at the buyer's request. Each public
-//! function is one short write transaction (retried on contention) or one read; the row changes
-//! themselves — creating holds, moving them, the counters — are made by `transitions.rs`.
+//! Holds: putting them on stock ([`serve_holds`]: a batch of requests for one product, their
+//! keys looked up first, the rest granted in one transaction by the rule of `crate::grant`),
+//! reading one, and releasing one at the buyer's request. Each public function is one short
+//! write transaction (retried on contention) or one read; the row changes themselves —
+//! creating holds, moving them, the counters — are made by `transitions.rs`.
+
+use std::{collections::HashMap, sync::Arc};
 
 use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, Statement};
 
-use std::collections::HashMap;
-
 use crate::{
     Db, DomainError, OrderStatus, Quantity,
-    db::{ServerTraits, now, with_retry, with_retry_until},
+    db::{ANSWER_WITHIN, ServerTraits, now, out_of_time, with_retry, with_retry_until},
+    grant::{Ask, Decision, grant},
     hold::{self, HoldStatus},
-    idempotency::{Keyed, KeyedRequest, LookupSlot, StoredResponse, check_in_txn, store_in_txn},
+    idempotency::{
+        self, KeyClaim, Lookup, Replay, StoredOutcome, StoredRefusal, check_in_txn, store_in_txn,
+    },
     ownership::{Access, ClientSecret},
     product,
     sweeps::{log_expired, reclaim_expired},
     transitions::{HoldRef, NewHold, create_holds, lock_hold, lock_product, move_holds},
     types::{BuyerId, HoldId, ProductId},
+    views::HoldView,
 };
-
-/// A hold as clients see it; `status` is the effective one (an active hold past its time is
-/// `Expired`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HoldView {
-    pub id: HoldId,
-    pub product_id: ProductId,
-    pub qty: i32,
-    pub status: HoldStatus,
-    pub expires_at: DateTime<Utc>,
-    pub buyer_id: Option<String>,
-    /// The secret its anonymous buyer reaches it with: only in the answer that made the hold
-    /// (and that answer's replay), never read back from the database, which keeps its hash.
-    pub client_secret: Option<ClientSecret>,
-}
-
-impl HoldView {
-    /// The hold as its request was first answered: `active`, with its expiry (a keyed hold's
-    /// replay is this answer again, whatever became of the hold since).
-    pub fn as_granted(model: &hold::Model) -> Self {
-        Self {
-            status: HoldStatus::Active,
-            ..Self::at(model, model.created_at)
-        }
-    }
-
-    fn at(model: &hold::Model, now: DateTime<Utc>) -> Self {
-        Self {
-            id: model.id,
-            product_id: model.product_id,
-            qty: model.qty,
-            status: model.effective_status(now),
-            expires_at: model.expires_at,
-            buyer_id: model.buyer_id.clone(),
-            client_secret: None,
-        }
-    }
-}
 
 /// Whether `access` reaches this hold (see [`crate::ownership`]).
 pub(crate) fn owned(model: &hold::Model, access: Access<'_>) -> bool {
@@ -75,7 +41,7 @@ pub async fn get_hold(db: &Db, id: HoldId, access: Access<'_>) -> Result<HoldVie
     Ok(HoldView::at(&model, now()))
 }
 
-/// One request for a hold, as it enters a batch.
+/// One request for a hold.
 #[derive(Debug, Clone)]
 pub struct HoldRequest {
     pub qty: Quantity,
@@ -84,17 +50,9 @@ pub struct HoldRequest {
     pub buyer: Option<BuyerId>,
     /// The secret of an anonymous buyer, who owns the hold by it (its hash is stored).
     pub secret: Option<ClientSecret>,
-    /// Its `Idempotency-Key`, if it came with one: the key and its answer are written in the
-    /// batch's transaction.
-    pub keyed: Option<Keyed<HoldView>>,
-    /// `None`: the key (if any) was looked up when the request arrived, and found free.
-    /// `Some`: not yet; the coalesced batch looks it up, without the product's lock, and writes
-    /// what it found here. A finished key is then answered [`DomainError::AnsweredByKey`].
-    pub key_look_up: Option<LookupSlot>,
-    /// Raised when the client has gone (its connection closed): a request whose client has
-    /// gone by the time its batch holds the product lock takes no stock. `None`: always wanted.
-    /// (A caller that stops waiting before its batch starts is left out by the batcher.)
-    pub client_gone: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// Its `Idempotency-Key`, if it came with one: looked up before the batch (a finished key
+    /// is answered again) and written with the outcome in the batch's transaction.
+    pub key: Option<Arc<KeyClaim>>,
 }
 
 impl HoldRequest {
@@ -103,98 +61,150 @@ impl HoldRequest {
             qty,
             buyer: None,
             secret: None,
-            keyed: None,
-            key_look_up: None,
-            client_gone: None,
+            key: None,
         }
-    }
-
-    /// A key nobody has looked up yet: the batch must check it before granting.
-    pub(crate) fn key_unchecked(&self) -> bool {
-        self.keyed.is_some() && self.key_look_up.as_ref().is_some_and(|s| s.get().is_none())
-    }
-
-    fn abandoned(&self) -> bool {
-        self.client_gone
-            .as_ref()
-            .is_some_and(|g| g.load(std::sync::atomic::Ordering::Relaxed))
     }
 }
 
-/// Puts a hold on `qty` units of a product for `ttl`: a batch of one (see
-/// [`create_holds_batch`]), so both paths share every rule.
+/// What became of one hold request.
+#[derive(Debug, Clone)]
+pub enum HoldOutcome {
+    /// The stock is held.
+    Granted(HoldView),
+    /// Refused, for a reason of the product, the buyer or the key: a refusal, never a failure
+    /// (when the database fails, the whole batch does).
+    Refused(DomainError),
+    /// Its key had finished: the first request's outcome, answered again.
+    Replayed(Replay),
+    /// Its caller withdrew (its client went away) before the batch held the product's lock:
+    /// nothing was done for it.
+    Withdrawn,
+}
+
+/// Puts a hold on `qty` units of a product for `ttl`: a batch of one (see [`serve_holds`]),
+/// so both paths share every rule.
 pub async fn create_hold(
     db: &Db,
     product_id: ProductId,
     request: HoldRequest,
     ttl: chrono::Duration,
-) -> Result<HoldView, DomainError> {
-    let deadline = std::time::Instant::now() + crate::db::ANSWER_WITHIN;
-    let hold = create_holds_batch(db, product_id, &[request], ttl, deadline)
+) -> Result<HoldOutcome, DomainError> {
+    let deadline = std::time::Instant::now() + ANSWER_WITHIN;
+    serve_holds(db, product_id, &[request], ttl, deadline, &|_| false)
         .await?
         .pop()
-        .unwrap_or_else(|| {
-            Err(DomainError::Invariant(
-                "a batch of one had no answer".into(),
-            ))
-        })?;
-    log_hold_created(&hold);
-    Ok(hold)
+        .ok_or_else(|| DomainError::Invariant("a batch of one had no outcome".into()))
 }
 
-/// Serves several hold requests for one product in ONE transaction, in these steps: lock the
-/// product row; refuse the requests that cannot be served (client gone, key taken, sale
-/// window); reclaim expired holds if the rest need more than is available; grant in arrival
-/// order while stock lasts ([`grant`]); create every granted hold with one statement and update
-/// the counter once; answer each request, writing the keyed requests' keys and answers with one
-/// statement; commit. The whole batch is answered by `deadline` (the earliest of its requests').
-pub async fn create_holds_batch(
+/// Serves hold requests for one product together, by `deadline` (the earliest of theirs):
+/// 1. the requests' keys are looked up with one statement that takes no lock: a finished key's
+///    request is answered again ([`HoldOutcome::Replayed`]), another request's key refused;
+/// 2. the others in ONE transaction ([`hold_transaction`]), where `withdrawn(i)`, asked once
+///    the product is locked, says whether request `i`'s caller has gone (it then takes nothing).
+///
+/// Answers each request, in order.
+pub async fn serve_holds(
     db: &Db,
     product_id: ProductId,
     requests: &[HoldRequest],
     ttl: chrono::Duration,
     deadline: std::time::Instant,
-) -> Result<Vec<Result<HoldView, DomainError>>, DomainError> {
+    withdrawn: &(dyn Fn(usize) -> bool + Sync),
+) -> Result<Vec<HoldOutcome>, DomainError> {
+    let mut outcomes: Vec<Option<HoldOutcome>> = vec![None; requests.len()];
+    let keyed: Vec<(usize, &KeyClaim)> = requests
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| r.key.as_deref().map(|k| (i, k)))
+        .collect();
+    if !keyed.is_empty() {
+        let claims: Vec<&KeyClaim> = keyed.iter().map(|(_, k)| *k).collect();
+        let found = tokio::time::timeout_at(
+            deadline.into(),
+            idempotency::lookup_counted(db, idempotency::HOLDS, &claims),
+        )
+        .await
+        .unwrap_or_else(|_| Err(out_of_time()))?;
+        for ((i, _), lookup) in keyed.iter().zip(found) {
+            outcomes[*i] = match lookup {
+                Lookup::Absent => None,
+                Lookup::Finished(replay) => Some(HoldOutcome::Replayed(replay)),
+                Lookup::Mismatch => Some(HoldOutcome::Refused(DomainError::IdempotencyKeyMismatch)),
+            };
+        }
+    }
+    let to_run: Vec<usize> = (0..requests.len())
+        .filter(|&i| outcomes[i].is_none())
+        .collect();
+    if !to_run.is_empty() {
+        let run: Vec<&HoldRequest> = to_run.iter().map(|&i| &requests[i]).collect();
+        let gone = |j: usize| withdrawn(to_run[j]);
+        let ran = hold_transaction(db, product_id, &run, ttl, deadline, &gone).await?;
+        for (&i, outcome) in to_run.iter().zip(ran) {
+            outcomes[i] = Some(outcome);
+        }
+    }
+    outcomes
+        .into_iter()
+        .map(|o| o.ok_or_else(|| DomainError::Invariant("a hold request had no outcome".into())))
+        .collect()
+}
+
+/// Serves hold requests for one product in ONE transaction, in these steps: lock the product
+/// row; set aside the requests that cannot be served (caller withdrawn, key taken, sale
+/// window); reclaim expired holds if the rest need more than is available; grant in arrival
+/// order while stock lasts ([`grant`]); create every granted hold with one statement and update
+/// the counter once; write the keyed refusals' keys and outcomes with one statement; commit.
+async fn hold_transaction(
+    db: &Db,
+    product_id: ProductId,
+    requests: &[&HoldRequest],
+    ttl: chrono::Duration,
+    deadline: std::time::Instant,
+    withdrawn: &(dyn Fn(usize) -> bool + Sync),
+) -> Result<Vec<HoldOutcome>, DomainError> {
     let started = std::time::Instant::now();
     let mut attempt = 0;
-    let (answers, reclaimed) = with_retry_until(deadline, Some(product_id), || {
+    let (outcomes, reclaimed) = with_retry_until(deadline, Some(product_id), || {
         attempt += 1;
-        // The keys of this batch were free when they were looked up (on their requests'
-        // arrival, or by the coalescer just before this batch; no twin runs in this process),
-        // so the first attempt only writes them. If a twin elsewhere wrote one meanwhile, that
-        // write fails and the batch runs again: then the keys are checked first. A key nobody
-        // looked up is checked from the start.
-        let check_keys = attempt > 1 || requests.iter().any(HoldRequest::key_unchecked);
+        // The keys of this batch were free when the batch looked them up just before (no twin
+        // runs in this process), so the first attempt only writes them. If a twin elsewhere
+        // wrote one meanwhile, that write fails and the batch runs again: then the keys are
+        // checked first.
+        let check_keys = attempt > 1;
         db.write_until(deadline, async move |txn| {
             let product = lock_product(txn, product_id).await?;
             let now = now();
-            let refused = refusals(txn, requests, check_keys, &product, now).await?;
-            let wanted: i64 = requests
-                .iter()
-                .zip(&refused)
-                .filter(|(_, r)| r.is_none())
-                .map(|(q, _)| i64::from(q.qty.get()))
-                .sum();
+            let asks = asks(txn, requests, withdrawn, check_keys, &product, now).await?;
+            let wanted: i64 = asks.iter().filter_map(Ask::wanted).sum();
             let (available, reclaimed) =
                 reclaim_expired(txn, product_id, now, product.available_stock, wanted).await?;
-            let decided = decide(txn, &product, requests, refused, available, now).await?;
+            let buyers = buyers(&asks);
+            let used = match product.per_buyer_limit {
+                Some(_) if !buyers.is_empty() => {
+                    units_per_buyer(txn, product.id, &buyers, now).await?
+                }
+                _ => HashMap::new(),
+            };
+            let decided = grant(available, product.per_buyer_limit, used, asks);
             let granted: Vec<NewHold> = requests
                 .iter()
                 .zip(&decided)
-                .filter_map(|(r, d)| {
-                    d.as_ref().ok().map(|&qty| NewHold {
-                        qty,
+                .filter_map(|(r, d)| match d {
+                    Decision::Grant(qty) => Some(NewHold {
+                        qty: *qty,
                         secret_hash: r.secret.as_ref().map(|s| s.hash().as_str()),
                         buyer: r.buyer.as_ref().map(BuyerId::as_str),
-                        key: r.keyed.as_ref().map(|k| &*k.request),
-                    })
+                        key: r.key.as_deref(),
+                    }),
+                    _ => None,
                 })
                 .collect();
             let expires_at = now + ttl;
             let ids = create_holds(txn, db.server(), &product, &granted, now, expires_at).await?;
-            let answers = answer_all(requests, decided, ids, product_id, expires_at);
-            let answers = store_refusals(txn, db.server(), requests, answers, check_keys).await?;
-            Ok((answers, reclaimed))
+            let outcomes = outcomes(requests, decided, ids, product_id, expires_at);
+            let outcomes = store_refusals(txn, db.server(), requests, outcomes, check_keys).await?;
+            Ok((outcomes, reclaimed))
         })
     })
     .await?;
@@ -202,90 +212,75 @@ pub async fn create_holds_batch(
     // `hold.created` is logged by each caller, in its own request's span.
     metrics::histogram!("hold_batch_size").record(requests.len() as f64);
     metrics::histogram!("hold_batch_duration_seconds").record(started.elapsed().as_secs_f64());
-    Ok(answers)
+    Ok(outcomes)
 }
 
-/// The requests of a batch refused before granting, in order (`None`: not refused): a client
-/// that has gone, a key already taken (checked only when `check_keys`), the sale window. Run
-/// under the product lock, so the batch really starts here.
-async fn refusals<C: ConnectionTrait>(
+/// Each request of a batch as the granting rule takes it, in order: set aside when its caller
+/// withdrew, its key is taken (checked only when `check_keys`), or the sale window is shut.
+/// Run under the product lock, so the batch really starts here.
+async fn asks<'a, C: ConnectionTrait>(
     txn: &C,
-    requests: &[HoldRequest],
+    requests: &[&'a HoldRequest],
+    withdrawn: &(dyn Fn(usize) -> bool + Sync),
     check_keys: bool,
     product: &product::Model,
     now: DateTime<Utc>,
-) -> Result<Vec<Option<DomainError>>, DomainError> {
-    // Whoever has gone by now gets nothing.
-    let mut refused: Vec<Option<DomainError>> = requests
+) -> Result<Vec<Ask<'a>>, DomainError> {
+    let mut asks: Vec<Ask<'a>> = requests
         .iter()
-        .map(|r| r.abandoned().then_some(DomainError::Abandoned))
+        .enumerate()
+        .map(|(i, r)| Ask {
+            qty: r.qty.as_i32(),
+            buyer: r.buyer.as_ref().map(BuyerId::as_str),
+            withdrawn: withdrawn(i),
+            refused: None,
+        })
         .collect();
     // Keys before stock: a request whose key is taken takes no stock.
     if check_keys {
-        let keyed: Vec<(usize, &KeyedRequest)> = requests
+        let keyed: Vec<(usize, &KeyClaim)> = requests
             .iter()
             .enumerate()
-            .filter_map(|(i, r)| r.keyed.as_ref().map(|k| (i, &*k.request)))
+            .filter_map(|(i, r)| r.key.as_deref().map(|k| (i, k)))
             .collect();
-        let keyed_requests: Vec<&KeyedRequest> = keyed.iter().map(|(_, k)| *k).collect();
-        let checks = check_in_txn(txn, &keyed_requests).await?;
-        for ((i, _), check) in keyed.iter().zip(checks) {
-            if refused[*i].is_none() {
-                refused[*i] = check.err();
-            }
+        let claims: Vec<&KeyClaim> = keyed.iter().map(|(_, k)| *k).collect();
+        for ((i, _), check) in keyed.iter().zip(check_in_txn(txn, &claims).await?) {
+            asks[*i].refused = check.err();
         }
     }
     // The sale window, as this transaction's clock sees it under the lock: nobody is served a
     // moment early, whichever process or batch they came through.
-    let window = sale_window_refusal(product, now);
-    for refusal in refused.iter_mut().filter(|r| r.is_none()) {
-        *refusal = window.clone();
+    if let Some(shut) = crate::window::refusal(product, now) {
+        for ask in asks.iter_mut().filter(|a| a.refused.is_none()) {
+            ask.refused = Some(shut.clone());
+        }
     }
-    Ok(refused)
+    Ok(asks)
 }
 
-/// The granting rule ([`grant`]) applied to a batch, with the units its buyers already have
-/// read under the product lock when the product has a per-buyer limit.
-async fn decide<C: ConnectionTrait>(
-    txn: &C,
-    product: &product::Model,
-    requests: &[HoldRequest],
-    refused: Vec<Option<DomainError>>,
-    available: i32,
-    now: DateTime<Utc>,
-) -> Result<Vec<Result<i32, DomainError>>, DomainError> {
-    let buyers: Vec<&str> = requests
-        .iter()
-        .zip(&refused)
-        .filter(|(_, r)| r.is_none())
-        .filter_map(|(q, _)| q.buyer.as_ref().map(BuyerId::as_str))
-        .collect();
-    let used = match product.per_buyer_limit {
-        Some(_) if !buyers.is_empty() => units_per_buyer(txn, product.id, &buyers, now).await?,
-        _ => HashMap::new(),
-    };
-    let asks = requests.iter().zip(refused).map(|(r, refused)| Ask {
-        qty: r.qty.as_i32(),
-        buyer: r.buyer.as_ref().map(BuyerId::as_str),
-        refused,
-    });
-    Ok(grant(available, product.per_buyer_limit, used, asks))
+/// The buyers of the asks that may be granted.
+fn buyers<'a>(asks: &[Ask<'a>]) -> Vec<&'a str> {
+    asks.iter()
+        .filter(|a| a.wanted().is_some())
+        .filter_map(|a| a.buyer)
+        .collect()
 }
 
-/// Each request's answer: its new hold (the granted ones take `ids` in order) or its refusal.
-fn answer_all(
-    requests: &[HoldRequest],
-    decided: Vec<Result<i32, DomainError>>,
+/// Each request's outcome: its new hold (the granted ones take `ids` in order), its refusal,
+/// or nothing for a caller that withdrew.
+fn outcomes(
+    requests: &[&HoldRequest],
+    decided: Vec<Decision>,
     ids: Vec<HoldId>,
     product_id: ProductId,
     expires_at: DateTime<Utc>,
-) -> Vec<Result<HoldView, DomainError>> {
+) -> Vec<HoldOutcome> {
     let mut ids = ids.into_iter();
     decided
         .into_iter()
         .zip(requests)
-        .map(|(a, r)| {
-            a.map(|qty| HoldView {
+        .map(|(decision, r)| match decision {
+            Decision::Grant(qty) => HoldOutcome::Granted(HoldView {
                 // Never short: `create_holds` checked it has an id per granted hold.
                 id: ids.next().unwrap_or(HoldId::new(0)),
                 product_id,
@@ -294,126 +289,58 @@ fn answer_all(
                 expires_at,
                 buyer_id: r.buyer.as_ref().map(|b| b.as_str().to_owned()),
                 client_secret: r.secret.clone(),
-            })
+            }),
+            Decision::Refuse(refusal) => HoldOutcome::Refused(refusal),
+            Decision::Skip => HoldOutcome::Withdrawn,
         })
         .collect()
 }
 
 /// The refusals of a batch's keyed requests, written down with their keys in one statement
 /// (a granted keyed hold carries its key on its own row, written by the hold `INSERT`). A key
-/// already taken, by a hold or a stored answer that a twin in another process committed before
+/// already taken, by a hold or a stored outcome that a twin in another process committed before
 /// this batch took the product lock, is answered as taken instead, and nothing is written for
 /// it: the key answers for what its first request did. (On the first attempt keys were not
 /// checked before granting; a granted key that was taken fails the hold `INSERT` instead.)
 async fn store_refusals(
     txn: &DatabaseTransaction,
     server: ServerTraits,
-    requests: &[HoldRequest],
-    mut answers: Vec<Result<HoldView, DomainError>>,
+    requests: &[&HoldRequest],
+    mut outcomes: Vec<HoldOutcome>,
     keys_checked: bool,
-) -> Result<Vec<Result<HoldView, DomainError>>, DomainError> {
-    let refused: Vec<usize> = answers
-        .iter()
-        .enumerate()
-        .filter(|(i, a)| a.is_err() && worth_replaying(a) && requests[*i].keyed.is_some())
-        .map(|(i, _)| i)
+) -> Result<Vec<HoldOutcome>, DomainError> {
+    let kept = |o: &HoldOutcome| match o {
+        HoldOutcome::Refused(refusal) => StoredRefusal::of(refusal),
+        _ => None,
+    };
+    let refused: Vec<usize> = (0..requests.len())
+        .filter(|&i| requests[i].key.is_some() && kept(&outcomes[i]).is_some())
         .collect();
     if refused.is_empty() {
-        return Ok(answers);
+        return Ok(outcomes);
     }
     if !keys_checked {
-        let keyed: Vec<&KeyedRequest> = refused
+        let claims: Vec<&KeyClaim> = refused
             .iter()
-            .filter_map(|&i| requests[i].keyed.as_ref().map(|k| &*k.request))
+            .filter_map(|&i| requests[i].key.as_deref())
             .collect();
-        for (&i, check) in refused.iter().zip(check_in_txn(txn, &keyed).await?) {
+        for (&i, check) in refused.iter().zip(check_in_txn(txn, &claims).await?) {
             if let Err(taken) = check {
-                answers[i] = Err(taken);
+                outcomes[i] = HoldOutcome::Refused(taken);
             }
         }
     }
-    let stored: Vec<(&KeyedRequest, StoredResponse)> = refused
+    let stored: Vec<(&KeyClaim, StoredOutcome)> = refused
         .iter()
-        .filter(|&&i| worth_replaying(&answers[i]))
         .filter_map(|&i| {
-            let k = requests[i].keyed.as_ref()?;
-            Some((&*k.request, (k.render)(&answers[i])?))
+            Some((
+                requests[i].key.as_deref()?,
+                StoredOutcome::Refused(kept(&outcomes[i])?),
+            ))
         })
         .collect();
     store_in_txn(txn, server, &stored).await?;
-    Ok(answers)
-}
-
-/// Whether a keyed hold's answer is written down for replay. Not when the key was not this
-/// request's to use (a twin's, another body's), when its client had gone, or when the answer
-/// only said "not yet" (`sale_not_started`): a retry with the same key after the opening must
-/// run afresh, not be told forever that the sale has not started.
-fn worth_replaying(answer: &Result<HoldView, DomainError>) -> bool {
-    !matches!(
-        answer,
-        Err(DomainError::Abandoned
-            | DomainError::IdempotencyKeyInUse
-            | DomainError::IdempotencyKeyMismatch
-            | DomainError::SaleNotStarted { .. })
-    )
-}
-
-/// A product's sale window seen at `now`: the refusal for every hold, or none.
-fn sale_window_refusal(product: &product::Model, now: DateTime<Utc>) -> Option<DomainError> {
-    match (product.sale_starts_at, product.sale_ends_at) {
-        (Some(starts_at), _) if now < starts_at => Some(DomainError::SaleNotStarted { starts_at }),
-        (_, Some(ends_at)) if now >= ends_at => Some(DomainError::SaleEnded),
-        _ => None,
-    }
-}
-
-/// One request of a batch, as the granting rule sees it.
-#[derive(Debug)]
-struct Ask<'a> {
-    qty: i32,
-    buyer: Option<&'a str>,
-    /// Refused before granting (client gone, key taken, sale window).
-    refused: Option<DomainError>,
-}
-
-/// The granting rule of a batch, in arrival order: each request is judged against what is left
-/// after the ones before it. With a per-buyer limit a request must name its buyer, and the
-/// buyer's units (`used`: active holds and pending or paid orders before this batch, then the
-/// grants of this batch as they are made) plus `qty` may not exceed the limit. Answers the
-/// quantity granted or the refusal, one per request.
-fn grant<'a>(
-    mut available: i32,
-    limit: Option<i32>,
-    mut used: HashMap<&'a str, i32>,
-    asks: impl IntoIterator<Item = Ask<'a>>,
-) -> Vec<Result<i32, DomainError>> {
-    asks.into_iter()
-        .map(|ask| {
-            if let Some(e) = ask.refused {
-                return Err(e);
-            }
-            let buyer_units = match (limit, ask.buyer) {
-                (None, _) => None,
-                (Some(_), None) => return Err(DomainError::BuyerIdRequired),
-                (Some(limit), Some(buyer)) => {
-                    let units = used.entry(buyer).or_default();
-                    if units.saturating_add(ask.qty) > limit {
-                        let remaining = (limit - *units).max(0);
-                        return Err(DomainError::BuyerLimitExceeded { remaining });
-                    }
-                    Some(units)
-                }
-            };
-            if available < ask.qty {
-                return Err(DomainError::InsufficientStock { available });
-            }
-            available -= ask.qty;
-            if let Some(units) = buyer_units {
-                *units += ask.qty;
-            }
-            Ok(ask.qty)
-        })
-        .collect()
+    Ok(outcomes)
 }
 
 /// The units each of these buyers has on a product now: active holds not yet past their time,
@@ -547,85 +474,4 @@ pub fn log_hold_created(hold: &HoldView) {
 }
 
 #[cfg(test)]
-mod grant_tests {
-    use super::*;
-
-    fn ask(qty: i32, buyer: Option<&str>) -> Ask<'_> {
-        Ask {
-            qty,
-            buyer,
-            refused: None,
-        }
-    }
-
-    #[test]
-    fn grants_in_arrival_order_while_stock_lasts() {
-        let answers = grant(
-            5,
-            None,
-            HashMap::new(),
-            [ask(3, None), ask(3, None), ask(2, None)],
-        );
-        assert!(matches!(answers[0], Ok(3)));
-        assert!(matches!(
-            answers[1],
-            Err(DomainError::InsufficientStock { available: 2 })
-        ));
-        assert!(
-            matches!(answers[2], Ok(2)),
-            "a later, smaller request still fits"
-        );
-    }
-
-    #[test]
-    fn counts_each_buyer_against_the_limit_within_the_batch_and_before_it() {
-        let used = HashMap::from([("ann", 1)]);
-        let answers = grant(
-            100,
-            Some(3),
-            used,
-            [
-                ask(1, Some("ann")),
-                ask(2, Some("ann")),
-                ask(1, Some("bob")),
-                ask(1, None),
-                ask(3, Some("bob")),
-            ],
-        );
-        assert!(matches!(answers[0], Ok(1)));
-        assert!(matches!(
-            answers[1],
-            Err(DomainError::BuyerLimitExceeded { remaining: 1 })
-        ));
-        assert!(matches!(answers[2], Ok(1)));
-        assert!(matches!(answers[3], Err(DomainError::BuyerIdRequired)));
-        assert!(matches!(
-            answers[4],
-            Err(DomainError::BuyerLimitExceeded { remaining: 2 })
-        ));
-    }
-
-    #[test]
-    fn a_refused_request_takes_nothing_and_a_limit_refusal_leaves_stock_for_others() {
-        let mut gone = ask(4, None);
-        gone.refused = Some(DomainError::Abandoned);
-        let answers = grant(
-            4,
-            Some(2),
-            HashMap::new(),
-            [
-                gone,
-                ask(3, Some("ann")),
-                ask(2, Some("bob")),
-                ask(2, Some("cy")),
-            ],
-        );
-        assert!(matches!(answers[0], Err(DomainError::Abandoned)));
-        assert!(matches!(
-            answers[1],
-            Err(DomainError::BuyerLimitExceeded { remaining: 2 })
-        ));
-        assert!(matches!(answers[2], Ok(2)));
-        assert!(matches!(answers[3], Ok(2)));
-    }
-}
+mod key_races;

@@ -1,18 +1,20 @@
 //! Client idempotency keys (IETF httpapi Idempotency-Key draft), stored in the database so they
 //! hold across API processes, for 24 hours.
 //!
-//! A key, its request's fingerprint and its answer are written in the SAME transaction as the
-//! request's effect (the hold batch, the order), by [`store_in_txn`]. So there is never a
-//! "claimed but unanswered" row: after a crash at any moment a retry finds either the finished
-//! answer ([`lookup`], a plain read that takes no product lock) or no trace, and then runs
-//! afresh. Two requests with one key racing in different processes both reach their INSERT;
-//! the unique key makes the second wait for the first and then fail, its transaction is retried
-//! ([`DomainError::Busy`]) and finds the key taken ([`check_in_txn`]).
+//! A key ([`KeyClaim`]), its request's fingerprint and its outcome are written in the SAME
+//! transaction as the request's effect (the hold batch, the order), by [`store_in_txn`]. So
+//! there is never a "claimed but unanswered" row: after a crash at any moment a retry finds
+//! either the finished outcome ([`lookup_many`], a plain read that takes no product lock) or no
+//! trace, and then runs afresh. Two requests with one key racing in different processes both
+//! reach their INSERT; the unique key makes the second wait for the first and then fail, its
+//! transaction is retried ([`DomainError::Busy`]) and finds the key taken ([`check_in_txn`]).
 //!
-//! A granted keyed hold keeps its key on its own row (`holds.idem_key`, unique), written by the
-//! batch's hold `INSERT`, and its 201 is replayed from the hold ([`Lookup::Hold`]); every other
-//! answer (a keyed hold's refusal, every order key) is a row of `idempotency_keys`. Keys of the
-//! `holds` scope are looked up in both places with one statement.
+//! What is kept is a typed outcome ([`StoredOutcome`]), never HTTP bytes: the API renders it,
+//! the first time and on every replay. A granted keyed hold keeps its key on its own row
+//! (`holds.idem_key`, unique), written by the batch's one hold `INSERT`, and is replayed from
+//! the hold; every other outcome (a keyed hold's refusal, every order key) is a row of
+//! `idempotency_keys`. Keys of the `holds` scope are looked up in both places with one
+//! statement.
 
 use std::collections::HashMap;
 
@@ -24,13 +26,15 @@ use sea_orm::{
     EntityTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr, Statement, sea_query::Expr,
 };
 
+use serde::{Deserialize, Serialize};
+
 use crate::{
     Db, DomainError,
     db::{ServerTraits, now, with_retry},
     hold,
-    holds::HoldView,
     idempotency_key::{self as key, KeyState},
-    types::HoldId,
+    types::{HoldId, ProductId},
+    views::{HoldView, OrderCreated},
 };
 
 /// The fingerprint of a request: SHA-256, in lowercase hex, of `value` as compact JSON with
@@ -60,26 +64,18 @@ fn hex(hasher: Sha256) -> String {
 /// How long a key is kept.
 pub const RETENTION: chrono::Duration = chrono::Duration::hours(24);
 
-/// The stored answer of a finished request.
+/// A request that came with an `Idempotency-Key`: the key as stored, and what the request was.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredResponse {
-    pub status: u16,
-    pub content_type: String,
-    pub body: String,
-}
-
-/// A request that came with an `Idempotency-Key`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyedRequest {
+pub struct KeyClaim {
     /// Which operation the key belongs to (`holds`, `orders`).
     pub scope: &'static str,
-    /// The key as it is stored and compared: see [`KeyedRequest::new`].
+    /// The key as it is stored and compared: see [`KeyClaim::new`].
     pub key: String,
     /// SHA-256 (hex) of the canonical request body.
     pub fingerprint: String,
 }
 
-impl KeyedRequest {
+impl KeyClaim {
     /// A request with the client's `key`, sent by `owner` (the token's buyer; empty for an
     /// anonymous buyer). Keys are stored as SHA-256 (hex) of the owner and the key: two buyers'
     /// equal keys are two keys, and the database never holds a key a secret is derived from
@@ -97,35 +93,93 @@ impl KeyedRequest {
     }
 }
 
-/// How the caller's answer to a request is written down, inside the transaction, to be replayed
-/// later; `None` for an answer not worth repeating (a 5xx: the retry should run afresh).
-pub type Render<T> = fn(&Result<T, DomainError>) -> Option<StoredResponse>;
+/// What a finished keyed request's outcome is kept as, in `idempotency_keys` (a granted hold
+/// is kept as the hold itself). Stored as JSON: these names are the stored form.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoredOutcome {
+    /// The request was refused.
+    Refused(StoredRefusal),
+    /// An order request: the order as it was answered, made or found.
+    Order(OrderCreated),
+}
 
-/// A keyed request on its way into a transaction, with how to write down its answer.
+/// A refusal worth answering again to a retry (see [`StoredRefusal::of`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "code", rename_all = "snake_case")]
+pub enum StoredRefusal {
+    InsufficientStock { available: i32 },
+    BuyerLimitExceeded { remaining: i32 },
+    BuyerIdRequired,
+    SaleEnded,
+    ProductNotFound { product_id: ProductId },
+    HoldNotFound { hold_id: HoldId },
+    HoldExpired { hold_id: HoldId },
+    HoldReleased { hold_id: HoldId },
+}
+
+impl StoredRefusal {
+    /// The refusals a key keeps. Not kept: a failure of the database (its retry must run
+    /// afresh), a key that was not this request's (in use, another body), a client that had
+    /// gone, and "not yet" (`sale_not_started`: a retry after the opening runs afresh).
+    pub fn of(refusal: &DomainError) -> Option<Self> {
+        Some(match *refusal {
+            DomainError::InsufficientStock { available } => Self::InsufficientStock { available },
+            DomainError::BuyerLimitExceeded { remaining } => Self::BuyerLimitExceeded { remaining },
+            DomainError::BuyerIdRequired => Self::BuyerIdRequired,
+            DomainError::SaleEnded => Self::SaleEnded,
+            DomainError::ProductNotFound(product_id) => Self::ProductNotFound { product_id },
+            DomainError::HoldNotFound(hold_id) => Self::HoldNotFound { hold_id },
+            DomainError::HoldExpired(hold_id) => Self::HoldExpired { hold_id },
+            DomainError::HoldReleased(hold_id) => Self::HoldReleased { hold_id },
+            _ => return None,
+        })
+    }
+
+    pub fn into_error(self) -> DomainError {
+        match self {
+            Self::InsufficientStock { available } => DomainError::InsufficientStock { available },
+            Self::BuyerLimitExceeded { remaining } => DomainError::BuyerLimitExceeded { remaining },
+            Self::BuyerIdRequired => DomainError::BuyerIdRequired,
+            Self::SaleEnded => DomainError::SaleEnded,
+            Self::ProductNotFound { product_id } => DomainError::ProductNotFound(product_id),
+            Self::HoldNotFound { hold_id } => DomainError::HoldNotFound(hold_id),
+            Self::HoldExpired { hold_id } => DomainError::HoldExpired(hold_id),
+            Self::HoldReleased { hold_id } => DomainError::HoldReleased(hold_id),
+        }
+    }
+}
+
+/// What a retry with a finished key is answered: its first request's outcome, as it was.
 #[derive(Debug, Clone)]
-pub struct Keyed<T> {
-    /// Shared with the API's idempotency layer, which keeps it for after the request.
-    pub request: std::sync::Arc<KeyedRequest>,
-    pub render: Render<T>,
+pub enum Replay {
+    /// A granted hold (`active`, with its expiry), rebuilt from the hold's row.
+    Hold(HoldView),
+    /// An order, as first answered: made by that request, or found made.
+    Order(OrderCreated),
+    /// A refusal.
+    Refused(DomainError),
+}
+
+impl From<StoredOutcome> for Replay {
+    fn from(outcome: StoredOutcome) -> Self {
+        match outcome {
+            StoredOutcome::Refused(refusal) => Self::Refused(refusal.into_error()),
+            StoredOutcome::Order(order) => Self::Order(order),
+        }
+    }
 }
 
 /// What is known of a key before its request runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Lookup {
     /// Never used (or expired): run the request.
     Absent,
     /// Same key, same request, finished: answer this again.
-    Replay(StoredResponse),
-    /// Same key, same request, and it made this hold: answer the hold again, as it was first
-    /// answered (`active`, with its expiry).
-    Hold(HoldView),
+    Finished(Replay),
     /// Same key, another request.
     Mismatch,
 }
-
-/// Where a hold batch writes what it found of a key that was not looked up when its request
-/// arrived (see [`crate::holds::HoldRequest::key_look_up`]).
-pub type LookupSlot = std::sync::Arc<std::sync::OnceLock<Lookup>>;
 
 /// The scope whose granted requests keep their keys on their hold rows.
 pub const HOLDS: &str = "holds";
@@ -163,7 +217,7 @@ impl Found {
 pub async fn lookup_many(
     db: &Db,
     scope: &str,
-    requests: &[&KeyedRequest],
+    requests: &[&KeyClaim],
 ) -> Result<Vec<Lookup>, DomainError> {
     let keys: Vec<&str> = requests.iter().map(|r| r.key.as_str()).collect();
     let rows = db.read(|| find_keys(db.conn(), scope, &keys)).await?;
@@ -189,15 +243,29 @@ pub async fn lookup_many(
                 Place::KeyRow(id) => key_rows
                     .get(&id)
                     .ok_or_else(|| DomainError::Invariant(format!("key row {id} vanished")))
-                    .and_then(stored_answer)
-                    .map(Lookup::Replay),
+                    .and_then(stored_outcome)
+                    .map(|outcome| Lookup::Finished(outcome.into())),
                 Place::Hold(id) => holds
                     .get(&id)
-                    .map(|h| Lookup::Hold(HoldView::as_granted(h)))
+                    .map(|h| Lookup::Finished(Replay::Hold(HoldView::as_granted(h))))
                     .ok_or_else(|| DomainError::Invariant(format!("hold {id} vanished"))),
             },
         })
         .collect()
+}
+
+/// [`lookup_many`], counted in the look-up metrics.
+pub(crate) async fn lookup_counted(
+    db: &Db,
+    scope: &str,
+    claims: &[&KeyClaim],
+) -> Result<Vec<Lookup>, DomainError> {
+    let started = std::time::Instant::now();
+    let found = lookup_many(db, scope, claims).await;
+    metrics::histogram!("idempotency_lookup_batch_size").record(claims.len() as f64);
+    metrics::histogram!("idempotency_lookup_duration_seconds")
+        .record(started.elapsed().as_secs_f64());
+    found
 }
 
 /// The rows of `E` with these ids (none asked: no statement), by id.
@@ -321,16 +389,13 @@ async fn find_keys<C: ConnectionTrait>(
     Ok(found)
 }
 
-fn stored_answer(row: &key::Model) -> Result<StoredResponse, DomainError> {
-    let status = row
-        .response_status
-        .and_then(|s| u16::try_from(s).ok())
-        .ok_or_else(|| DomainError::Invariant(format!("key row {} has no answer", row.id)))?;
-    Ok(StoredResponse {
-        status,
-        content_type: row.response_content_type.clone().unwrap_or_default(),
-        body: row.response_body.clone().unwrap_or_default(),
-    })
+fn stored_outcome(row: &key::Model) -> Result<StoredOutcome, DomainError> {
+    let text = row
+        .outcome
+        .as_deref()
+        .ok_or_else(|| DomainError::Invariant(format!("key row {} has no outcome", row.id)))?;
+    serde_json::from_str(text)
+        .map_err(|e| DomainError::Invariant(format!("key row {}: {e}", row.id)))
 }
 
 /// Inside a write transaction, before the effect, for requests of one scope: for each, `Ok(())` if its key is free,
@@ -340,7 +405,7 @@ fn stored_answer(row: &key::Model) -> Result<StoredResponse, DomainError> {
 /// deleted here, so their keys can be written again.
 pub(crate) async fn check_in_txn<C: ConnectionTrait>(
     txn: &C,
-    requests: &[&KeyedRequest],
+    requests: &[&KeyClaim],
 ) -> Result<Vec<Result<(), DomainError>>, DomainError> {
     // One operation's requests: a hold batch, or one order.
     let Some(scope) = requests.first().map(|r| r.scope) else {
@@ -395,17 +460,23 @@ pub(crate) async fn check_in_txn<C: ConnectionTrait>(
         .collect())
 }
 
-/// Inside the effect's transaction: writes each key with its request's fingerprint and answer,
+/// Inside the effect's transaction: writes each key with its request's fingerprint and outcome,
 /// in one statement. A key written meanwhile by a twin elsewhere fails the unique index: the
 /// transaction is lost ([`DomainError::Busy`]) and retried, and then [`check_in_txn`] sees it.
 pub(crate) async fn store_in_txn(
     txn: &DatabaseTransaction,
     server: ServerTraits,
-    answers: &[(&KeyedRequest, StoredResponse)],
+    outcomes: &[(&KeyClaim, StoredOutcome)],
 ) -> Result<(), DomainError> {
-    if answers.is_empty() {
+    if outcomes.is_empty() {
         return Ok(());
     }
+    // Each outcome as JSON text (a string inside the bound array, read back as text).
+    let texts = outcomes
+        .iter()
+        .map(|(_, outcome)| serde_json::to_string(outcome))
+        .collect::<Result<Vec<String>, _>>()
+        .map_err(|e| DomainError::Invariant(format!("an outcome as JSON: {e}")))?;
     let now = now();
     let expires_at = now + RETENTION;
     let result = if server.insert_returning {
@@ -413,32 +484,22 @@ pub(crate) async fn store_in_txn(
         // never inlined), as for the holds themselves. Each text column names its character
         // set: JSON_TABLE's columns otherwise take the database's default, and a `latin1`
         // one would turn an answer's emoji into `?`.
-        let rows: Vec<serde_json::Value> = answers
+        let rows: Vec<serde_json::Value> = outcomes
             .iter()
-            .map(|(r, a)| {
-                serde_json::json!([
-                    r.scope,
-                    r.key,
-                    r.fingerprint,
-                    a.status,
-                    a.content_type,
-                    a.body
-                ])
-            })
+            .zip(&texts)
+            .map(|((r, _), text)| serde_json::json!([r.scope, r.key, r.fingerprint, text]))
             .collect();
         let json = serde_json::Value::Array(rows).to_string();
         txn.execute_raw(Statement::from_sql_and_values(
             DbBackend::MySql,
-            "INSERT INTO idempotency_keys (scope, idem_key, fingerprint, state, response_status, \
-               response_content_type, response_body, created_at, expires_at) \
-             SELECT j.scope, j.idem_key, j.fingerprint, ?, j.status, j.content_type, \
-               j.body, ?, ? \
+            "INSERT INTO idempotency_keys (scope, idem_key, fingerprint, state, outcome, \
+               created_at, expires_at) \
+             SELECT j.scope, j.idem_key, j.fingerprint, ?, j.outcome, ?, ? \
              FROM JSON_TABLE(?, '$[*]' COLUMNS ( \
                scope VARCHAR(32) CHARACTER SET ascii PATH '$[0]', \
                idem_key VARCHAR(255) CHARACTER SET ascii PATH '$[1]', \
-               fingerprint VARCHAR(64) CHARACTER SET ascii PATH '$[2]', status INT PATH '$[3]', \
-               content_type VARCHAR(255) CHARACTER SET utf8mb4 PATH '$[4]', \
-               body LONGTEXT CHARACTER SET utf8mb4 PATH '$[5]')) AS j",
+               fingerprint VARCHAR(64) CHARACTER SET ascii PATH '$[2]', \
+               outcome LONGTEXT CHARACTER SET utf8mb4 PATH '$[3]')) AS j",
             [
                 KeyState::Done.to_value().into(),
                 now.into(),
@@ -449,18 +510,19 @@ pub(crate) async fn store_in_txn(
         .await
         .map(|_| ())
     } else {
-        let models = answers.iter().map(|(r, a)| key::ActiveModel {
-            scope: Set(r.scope.to_owned()),
-            idem_key: Set(r.key.clone()),
-            fingerprint: Set(r.fingerprint.clone()),
-            state: Set(KeyState::Done),
-            response_status: Set(Some(i32::from(a.status))),
-            response_content_type: Set(Some(a.content_type.clone())),
-            response_body: Set(Some(a.body.clone())),
-            created_at: Set(now),
-            expires_at: Set(expires_at),
-            ..Default::default()
-        });
+        let models = outcomes
+            .iter()
+            .zip(texts)
+            .map(|((r, _), text)| key::ActiveModel {
+                scope: Set(r.scope.to_owned()),
+                idem_key: Set(r.key.clone()),
+                fingerprint: Set(r.fingerprint.clone()),
+                state: Set(KeyState::Done),
+                outcome: Set(Some(text)),
+                created_at: Set(now),
+                expires_at: Set(expires_at),
+                ..Default::default()
+            });
         key::Entity::insert_many(models)
             .exec_without_returning(txn)
             .await
@@ -532,14 +594,14 @@ mod key_tests {
     /// way): SHA-256 of the owner, a zero byte and the key.
     #[test]
     fn keys_are_stored_as_digests_of_owner_and_key() {
-        let anonymous = KeyedRequest::new(HOLDS, "", "k-1", String::new());
+        let anonymous = KeyClaim::new(HOLDS, "", "k-1", String::new());
         // printf '\0k-1' | sha256sum
         assert_eq!(
             anonymous.key,
             "87f271b944dd193511c623d5aa5280099d7550f4375d7a8ee7a4cdcf14403469"
         );
-        let ann = KeyedRequest::new(HOLDS, "ann", "k-1", String::new());
-        let bob = KeyedRequest::new(HOLDS, "bob", "k-1", String::new());
+        let ann = KeyClaim::new(HOLDS, "ann", "k-1", String::new());
+        let bob = KeyClaim::new(HOLDS, "bob", "k-1", String::new());
         assert_ne!(ann.key, bob.key, "two buyers' equal keys are two keys");
         assert_ne!(ann.key, anonymous.key);
     }

@@ -15,6 +15,7 @@ pub mod coalesce;
 pub mod db;
 pub mod error;
 mod failure;
+mod grant;
 pub mod holds;
 pub mod idempotency;
 pub mod orders;
@@ -26,6 +27,8 @@ pub mod tables;
 pub mod timeouts;
 pub mod transitions;
 pub mod types;
+pub mod views;
+mod window;
 
 // The tables keep their short paths (`entity::hold`, ...).
 pub use tables::{hold, idempotency_key, order, product, webhook_event};

@@ -9,53 +9,16 @@ use sea_orm::{
 };
 
 use crate::{
-    Db, DomainError, Money,
+    Db, DomainError,
     db::{now, with_retry},
     hold::HoldStatus,
-    idempotency::{Keyed, check_in_txn, store_in_txn},
-    order::{self, OrderStatus},
+    idempotency::{KeyClaim, StoredOutcome, StoredRefusal, check_in_txn, store_in_txn},
+    order,
     ownership::Access,
     transitions::{clear_refund_required, lock_hold, lock_order, order_from_hold},
-    types::{HoldId, OrderId, ProductId},
+    types::{HoldId, OrderId},
+    views::{OrderCreated, OrderView},
 };
-
-/// An order as clients see it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OrderView {
-    pub id: OrderId,
-    pub hold_id: HoldId,
-    pub product_id: ProductId,
-    pub quantity: i32,
-    pub total: Money,
-    pub status: OrderStatus,
-    pub created_at: DateTime<Utc>,
-    pub buyer_id: Option<String>,
-    /// Paid for, but its units could not be delivered: the payment is owed back.
-    pub refund_required: bool,
-}
-
-impl From<&order::Model> for OrderView {
-    fn from(o: &order::Model) -> Self {
-        Self {
-            id: o.id,
-            hold_id: o.hold_id,
-            product_id: o.product_id,
-            quantity: o.quantity,
-            total: Money::from_cents(o.total_cents),
-            status: o.status,
-            created_at: o.created_at,
-            buyer_id: o.buyer_id.clone(),
-            refund_required: o.refund_required,
-        }
-    }
-}
-
-/// Whether `create_order` made the order or found the one the hold had already become.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum OrderCreated {
-    New(OrderView),
-    Existing(OrderView),
-}
 
 /// An order, for the owner of its hold: anyone else is answered
 /// [`DomainError::OrderNotFound`], as for an order that does not exist.
@@ -76,28 +39,28 @@ pub async fn create_order(
     db: &Db,
     hold_id: HoldId,
     access: Access<'_>,
-    keyed: Option<Keyed<OrderCreated>>,
+    key: Option<&KeyClaim>,
 ) -> Result<OrderCreated, DomainError> {
     let outcome = with_retry(None, || {
         db.write(async |txn| {
-            let Some(k) = &keyed else {
+            let Some(key) = key else {
                 return order_for_hold(txn, hold_id, access, now()).await.map(Ok);
             };
-            if let Some(Err(taken)) = check_in_txn(txn, &[&*k.request]).await?.pop() {
+            if let Some(Err(taken)) = check_in_txn(txn, &[key]).await?.pop() {
                 return Err(taken);
             }
             let result = order_for_hold(txn, hold_id, access, now()).await;
-            let answer = result
-                .as_ref()
-                .map(|(model, new)| created(model, *new))
-                .map_err(Clone::clone);
-            match (k.render)(&answer) {
-                // A refusal is an answer too: it commits with its key (nothing else changed).
-                Some(stored) => {
-                    store_in_txn(txn, db.server(), &[(&*k.request, stored)]).await?;
+            let kept = match &result {
+                Ok((model, new)) => Some(StoredOutcome::Order(created(model, *new))),
+                Err(refusal) => StoredRefusal::of(refusal).map(StoredOutcome::Refused),
+            };
+            match kept {
+                // A refusal is an outcome too: it commits with its key (nothing else changed).
+                Some(outcome) => {
+                    store_in_txn(txn, db.server(), &[(key, outcome)]).await?;
                     Ok(result)
                 }
-                // Not worth repeating (the database failed): roll back, retry or answer 503.
+                // A failure of the database: roll back, retry or answer 503.
                 None => result.map(Ok),
             }
         })

@@ -14,11 +14,12 @@ use crate::{
     db::{now, with_retry},
     hold,
     order::OrderStatus,
-    orders::{OrderView, log_order_created, order_for_hold},
+    orders::{log_order_created, order_for_hold},
     ownership::Access,
     sweeps::{ExpiredHold, log_expired, reclaim_expired},
     transitions::{lock_order, lock_product, mark_refund_required, move_order},
     types::{HoldId, OrderId, ProductId},
+    views::OrderView,
     webhook_event::{self, WebhookConflict},
 };
 

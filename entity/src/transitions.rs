@@ -31,7 +31,7 @@ use crate::{
     DomainError, Money,
     db::ServerTraits,
     hold::{self, HoldStatus},
-    idempotency::KeyedRequest,
+    idempotency::KeyClaim,
     order::{self, OrderStatus},
     product,
     types::{HoldId, OrderId, ProductId},
@@ -398,7 +398,7 @@ pub(crate) struct NewHold<'a> {
     pub secret_hash: Option<&'a str>,
     pub buyer: Option<&'a str>,
     /// The request's `Idempotency-Key` and fingerprint, written on the hold row.
-    pub key: Option<&'a KeyedRequest>,
+    pub key: Option<&'a KeyClaim>,
 }
 
 /// Inserts new active holds (the rows only: [`create_holds`] takes their stock), one per entry of `holds`, and returns their ids in that order.
@@ -601,7 +601,7 @@ mod tests {
 
     #[test]
     fn hold_rows_are_written_as_short_json_arrays() {
-        let key = KeyedRequest {
+        let key = KeyClaim {
             scope: crate::idempotency::HOLDS,
             key: "k-1".into(),
             fingerprint: "ab".into(),

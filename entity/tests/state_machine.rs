@@ -4,12 +4,13 @@
 
 use entity::{
     Db, DbConfig, DomainError, Money, Quantity,
-    holds::{self, HoldRequest},
+    holds::{self, HoldOutcome, HoldRequest},
     orders,
     ownership::Access,
     payments::{self, PaymentEvent, PaymentStatus},
     products, sweeps, timeouts,
     types::{HoldId, OrderId, ProductId},
+    views::OrderCreated,
 };
 use migration::{Migrator, MigratorTrait};
 use proptest::prelude::*;
@@ -122,11 +123,11 @@ async fn run(ops: Vec<Op>) {
                 };
                 let qty = Quantity::new(qty, 10).expect("qty");
                 match holds::create_hold(&db, product, HoldRequest::new(qty), ttl).await {
-                    Ok(h) => holds.push(h.id),
-                    Err(DomainError::InsufficientStock { available }) => {
+                    Ok(HoldOutcome::Granted(h)) => holds.push(h.id),
+                    Ok(HoldOutcome::Refused(DomainError::InsufficientStock { available })) => {
                         assert!(available < qty.as_i32())
                     }
-                    Err(e) => panic!("hold: {e}"),
+                    other => panic!("hold: {other:?}"),
                 }
             }
             Op::Release(i) if !holds.is_empty() => {
@@ -138,8 +139,8 @@ async fn run(ops: Vec<Op>) {
             Op::Order(i) if !holds.is_empty() => {
                 match orders::create_order(&db, holds[i % holds.len()], Access::Service, None).await
                 {
-                    Ok(orders::OrderCreated::New(o)) => orders_made.push(o.id),
-                    Ok(orders::OrderCreated::Existing(_))
+                    Ok(OrderCreated::New(o)) => orders_made.push(o.id),
+                    Ok(OrderCreated::Existing(_))
                     | Err(DomainError::HoldExpired(_) | DomainError::HoldReleased(_)) => {}
                     Err(e) => panic!("order: {e}"),
                 }

@@ -242,6 +242,18 @@ impl Client {
         metric_in(&self.metrics_text().await, name)
     }
 
+    /// Waits until `n` calls wait in the API's `batcher` (`holds`, `product_reads`,
+    /// `key_lookups`), by its `batch_calls_waiting` gauge: from then on they are queued, ahead
+    /// of any request sent after.
+    pub async fn until_waiting(&self, batcher: &str, n: usize) {
+        let gauge = format!("batch_calls_waiting{{batcher=\"{batcher}\"}}");
+        crate::eventually(&format!("{n} calls waiting in {batcher}"), Duration::from_secs(10), || {
+            let gauge = gauge.clone();
+            async move { (metric_in(&self.metrics_text().await, &gauge) >= n as f64).then_some(()) }
+        })
+        .await;
+    }
+
     /// An operator's call to `/api/admin/*`, with the admin token.
     pub async fn admin(
         &self,

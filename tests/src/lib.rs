@@ -33,5 +33,5 @@ pub use client::{Client, Response, into_response, metric_in, now_unix, signature
 pub use db::{Backend, Blocker, TestDb};
 pub use ledger::{Ledger, assert_conserved};
 pub use load::{Answer, Load, all_at_once, all_at_once_across};
-pub use process::{Process, TRACE_QUEUED, binary, kill9};
+pub use process::{Process, binary, kill9};
 pub use wait::{eventually, until_older_than};

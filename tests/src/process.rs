@@ -18,10 +18,6 @@ use crate::wait::POLL;
 /// non-blocking writer thread, then a pipe); this is far past that.
 pub const QUIET: Duration = Duration::from_millis(300);
 
-/// The log filter (an `extra_env` entry) under which an API logs each call entering a batcher's
-/// queue, for [`Process::request_queued`].
-pub const TRACE_QUEUED: (&str, &str) = ("RUST_LOG", "info,entity::batcher=trace");
-
 /// Where cargo put the binaries: next to this test executable's `deps/` folder.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
@@ -168,16 +164,6 @@ impl Process {
             );
             tokio::time::sleep(POLL).await;
         }
-    }
-
-    /// Waits until the request with `X-Request-Id: request_id` has taken its place in its
-    /// batcher's queue: from then on it is in flight, ahead of any request sent after. The
-    /// process must log [`TRACE_QUEUED`].
-    pub async fn request_queued(&self, request_id: &str) {
-        self.line_eventually(&format!("request {request_id} queued"), |v| {
-            v["message"] == "call queued" && v["span"]["request_id"] == request_id
-        })
-        .await;
     }
 
     /// The JSON log lines with `"metric": name`, so far.

@@ -2,25 +2,24 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use entity::{
-    DomainError, HoldStatus, Quantity,
-    holds::{self, HoldRequest, HoldView},
-    idempotency::{Keyed, StoredResponse},
+    HoldStatus, Quantity,
+    coalesce::Unserved,
+    holds::{self, HoldOutcome, HoldRequest},
+    idempotency::Replay,
     ownership::ClientSecret,
     types::{BuyerId, HoldId, ProductId},
+    views::HoldView,
 };
-use poem::{Endpoint, Request, Response, http::StatusCode, web::Data};
-use poem_openapi::{
-    ApiResponse, Enum, Object, OpenApi,
-    param::{Header, Path},
-};
+use poem::{Endpoint, Request, Response};
+use poem_openapi::{ApiResponse, Enum, Object, OpenApi, param::Path};
 use serde::Deserialize;
 
 use super::{ApiTags, problems};
 use crate::{
     AppState,
     buyers::{self, Caller, Owner, Purchaser, identified},
-    error::{ApiError, Problems},
-    idempotency::{self, KeyCheck},
+    error::{ApiError, ProblemCode, Problems},
+    idempotency::{self, Claim, Early, IdempotencyKey},
     rate_limit,
     types::{Json, JsonBody},
 };
@@ -129,22 +128,7 @@ impl From<HoldView> for Hold {
     }
 }
 
-/// How a keyed hold's answer is written down in its batch, to be replayed byte for byte.
-fn render_hold(answer: &Result<HoldView, DomainError>) -> Option<StoredResponse> {
-    crate::idempotency::stored(
-        answer
-            .clone()
-            .map(|h| (StatusCode::CREATED, Hold::from(h)))
-            .map_err(ApiError::from),
-    )
-}
-
 #[derive(ApiResponse)]
-#[oai(header(
-    name = "Idempotent-Replayed",
-    ty = "Option<bool>",
-    description = "`true` when this is the stored answer to an earlier request with the same `Idempotency-Key` and body."
-))]
 pub enum HoldCreated {
     /// The stock is reserved until `expires_at`.
     #[oai(status = 201)]
@@ -153,7 +137,20 @@ pub enum HoldCreated {
         /// The new hold's path.
         #[oai(header = "Location")]
         String,
+        /// `true` when this is the stored answer to an earlier request with the same
+        /// `Idempotency-Key` and body.
+        #[oai(header = "Idempotent-Replayed")]
+        Option<bool>,
     ),
+}
+
+impl HoldCreated {
+    /// The answer for a granted hold, replayed or not.
+    fn of(hold: HoldView, replayed: bool) -> Self {
+        let hold = Hold::from(hold);
+        let path = crate::locations::hold(hold.hold_id);
+        Self::Created(Json(hold), path, replayed.then_some(true))
+    }
 }
 
 #[derive(ApiResponse)]
@@ -187,13 +184,98 @@ pub struct HoldsApi {
 }
 
 /// `createHold`'s own middleware, attached to the operation rather than to its path: who the
-/// buyer is, the per-client rate limit, then idempotency keys.
+/// buyer is, then the per-client rate limit.
 fn hold_guards(ep: impl Endpoint + 'static) -> impl Endpoint<Output = Response> {
-    buyers::identified(rate_limit::limited(idempotency::keyed(
-        ep,
-        idempotency::HOLDS,
-        Some(render_hold),
-    )))
+    buyers::identified(rate_limit::limited(ep))
+}
+
+type HoldAnswer = Result<HoldCreated, Problems<CreateHoldProblems>>;
+
+/// The hold request a body asks for, or why it cannot be served. An anonymous buyer owns the
+/// hold by its secret: derived from the key of a keyed request (so a replay answers it again),
+/// random otherwise.
+fn hold_request(
+    caller: &Caller,
+    body: &CreateHold,
+    claim: Option<&Claim>,
+    max_qty: u32,
+) -> Result<HoldRequest, ApiError> {
+    let qty = Quantity::new(i64::from(body.qty), max_qty)
+        .ok_or_else(|| ApiError::validation("qty", format!("must be between 1 and {max_qty}")))?;
+    let secret = match caller {
+        Caller::Anonymous { .. } => Some(
+            claim
+                .and_then(Claim::hold_secret)
+                .cloned()
+                .unwrap_or_else(ClientSecret::random),
+        ),
+        Caller::Buyer(_) => None,
+    };
+    Ok(HoldRequest {
+        buyer: buyer_of(caller, body.buyer_id.as_deref())?,
+        secret,
+        key: claim.map(|c| c.key().clone()),
+        ..HoldRequest::new(qty)
+    })
+}
+
+/// The answer to a hold request's outcome. A replayed hold carries the secret its key derives.
+fn hold_answer(
+    outcome: Result<HoldOutcome, Unserved>,
+    secret: Option<&ClientSecret>,
+) -> HoldAnswer {
+    match outcome {
+        Ok(HoldOutcome::Granted(hold)) => Ok(HoldCreated::of(hold, false)),
+        Ok(HoldOutcome::Replayed(replay)) => replayed_hold(replay, secret),
+        Ok(HoldOutcome::Refused(refusal)) => Err(refused(ApiError::from(refusal))),
+        // Nobody reads this one: the client has gone.
+        Ok(HoldOutcome::Withdrawn) => Err(refused(ApiError::new(
+            ProblemCode::Unavailable,
+            "the request was abandoned by its client",
+        ))),
+        Err(unserved) => Err(refused(ApiError::from(unserved))),
+    }
+}
+
+/// A finished key's first outcome, again.
+fn replayed_hold(replay: Replay, secret: Option<&ClientSecret>) -> HoldAnswer {
+    match replay {
+        Replay::Hold(hold) => Ok(HoldCreated::of(
+            HoldView {
+                client_secret: secret.cloned().or(hold.client_secret.clone()),
+                ..hold
+            },
+            true,
+        )),
+        Replay::Refused(refusal) => Err(ApiError::from(refusal).replayed().into()),
+        Replay::Order(_) => Err(ApiError::new(
+            ProblemCode::Internal,
+            "internal error: an order's outcome found under a hold's key",
+        )
+        .into()),
+    }
+}
+
+/// What a keyed hold request is answered before it runs.
+fn early_hold(early: Early) -> HoldAnswer {
+    match early {
+        Early::Replay(replay) => replayed_hold(replay, None),
+        Early::Refused(refusal) => Err(refused(refusal)),
+    }
+}
+
+/// A request refused before any batch saw its key: a used key still answers as used.
+async fn refused_early(state: &AppState, claim: Option<&Claim>, refusal: ApiError) -> HoldAnswer {
+    match claim {
+        Some(claim) => early_hold(claim.refused_early(state, refusal).await),
+        None => Err(refused(refusal)),
+    }
+}
+
+/// A refusal, counted by its code.
+fn refused<S>(e: ApiError) -> Problems<S> {
+    metrics::counter!("holds_rejected_total", "reason" => e.code().as_str()).increment(1);
+    e.into()
 }
 
 /// The buyer a hold is for: with a token, its `sub` (a body `buyer_id` must say the same);
@@ -232,72 +314,32 @@ impl HoldsApi {
         &self,
         purchaser: Purchaser,
         /// Optional client idempotency key (IETF httpapi draft; 1 to 255 printable ASCII
-        /// characters, bare or in double quotes). A retry with the same key and body replays the
-        /// first answer (header `Idempotent-Replayed: true`) with no second effect; the same key
-        /// with another body answers 422 `idempotency_key_mismatch`; while the first request
-        /// still runs, 409 `idempotency_key_in_use`. Trailing spaces of a quoted key are not
-        /// part of it. Keys are kept 24 hours, across all API processes; with
-        /// `BUYER_AUTH=jwt` each buyer's keys are its own.
+        /// characters, bare or in double quotes; trailing spaces inside the quotes are not part
+        /// of it). The same key and body within 24 hours replays the first answer
+        /// (`Idempotent-Replayed: true`); another body is 422 `idempotency_key_mismatch`; a key
+        /// still running 409 `idempotency_key_in_use`. With `BUYER_AUTH=jwt`, per buyer.
         #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255))]
-        _idempotency_key: Header<Option<String>>,
+        key: IdempotencyKey,
         body: JsonBody<CreateHold>,
-        keys: Data<&KeyCheck>,
         req: &Request,
-    ) -> Result<HoldCreated, Problems<CreateHoldProblems>> {
-        let max = self.state.max_hold_qty;
+    ) -> HoldAnswer {
+        let state = &self.state;
         let caller = purchaser.0;
-        let buyer = buyer_of(&caller, body.buyer_id.as_deref());
-        let result = match (Quantity::new(i64::from(body.qty), max), buyer) {
-            (None, _) => Err(ApiError::validation(
-                "qty",
-                format!("must be between 1 and {max}"),
-            )),
-            (_, Err(e)) => Err(e),
-            (Some(qty), Ok(buyer)) => {
-                // An anonymous buyer owns the hold by its secret: derived from the key of a
-                // keyed request (so a replay answers it again), random otherwise.
-                let secret = matches!(caller, Caller::Anonymous { .. }).then(|| {
-                    keys.hold_secret
-                        .clone()
-                        .unwrap_or_else(ClientSecret::random)
-                });
-                let request = HoldRequest {
-                    buyer,
-                    secret,
-                    keyed: keys.request.clone().map(|request| Keyed {
-                        request,
-                        render: render_hold,
-                    }),
-                    key_look_up: keys.look_up.clone(),
-                    client_gone: crate::connections::client_gone(req),
-                    ..HoldRequest::new(qty)
-                };
-                let product_id = ProductId::new(body.product_id);
-                let answer = match &self.state.hold_coalescer {
-                    Some(coalescer) => coalescer.create_hold(product_id, request).await,
-                    None => {
-                        let (db, ttl) = (&self.state.db, self.state.hold_ttl);
-                        // Boxed: the transaction's future is large, and every request's
-                        // future would otherwise carry (and copy) room for it.
-                        Box::pin(holds::create_hold(db, product_id, request, ttl)).await
-                    }
-                };
-                match answer {
-                    // Its key had finished: the idempotency layer answers with what the
-                    // batch found.
-                    Err(DomainError::AnsweredByKey) => {
-                        return Err(idempotency::answered_by_key().into());
-                    }
-                    answer => answer.map_err(ApiError::from),
-                }
-            }
+        let claim = match key
+            .claim(state, idempotency::HOLDS, &caller, &body.raw)
+            .await
+        {
+            Ok(claim) => claim,
+            Err(early) => return early_hold(early),
         };
-        if let Err(e) = &result {
-            metrics::counter!("holds_rejected_total", "reason" => e.code().as_str()).increment(1);
-        }
-        let hold = Hold::from(result?);
-        let path = crate::locations::hold(hold.hold_id);
-        Ok(HoldCreated::Created(Json(hold), path))
+        let secret = claim.as_ref().and_then(Claim::hold_secret);
+        let request = match hold_request(&caller, &body, claim.as_ref(), state.max_hold_qty) {
+            Ok(request) => request,
+            Err(refusal) => return refused_early(state, claim.as_ref(), refusal).await,
+        };
+        let product = ProductId::new(body.product_id);
+        let gone = crate::connections::client_gone(req);
+        hold_answer(state.holds.serve(product, request, gone).await, secret)
     }
 
     /// Get a hold

@@ -2,24 +2,22 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use entity::{
-    DomainError, OrderStatus,
-    idempotency::{Keyed, StoredResponse},
-    orders::{self, OrderCreated, OrderView},
+    OrderStatus,
+    idempotency::Replay,
+    orders,
     types::{HoldId, OrderId},
+    views::{OrderCreated, OrderView},
 };
-use poem::{Endpoint, Response, http::StatusCode, web::Data};
-use poem_openapi::{
-    ApiResponse, Enum, Object, OpenApi,
-    param::{Header, Path},
-};
+use poem::{Endpoint, Response};
+use poem_openapi::{ApiResponse, Enum, Object, OpenApi, param::Path};
 use serde::Deserialize;
 
 use super::{ApiTags, problems};
 use crate::{
     AppState,
     buyers::{self, Owner, identified},
-    error::{ApiError, Problems},
-    idempotency::{self, KeyCheck},
+    error::{ApiError, ProblemCode, Problems},
+    idempotency::{self, Early, IdempotencyKey},
     types::{Json, JsonBody},
 };
 
@@ -114,11 +112,6 @@ impl From<OrderView> for Order {
 }
 
 #[derive(ApiResponse)]
-#[oai(header(
-    name = "Idempotent-Replayed",
-    ty = "Option<bool>",
-    description = "`true` when this is the stored answer to an earlier request with the same `Idempotency-Key` and body."
-))]
 pub enum OrderPlaced {
     /// The hold became this pending order.
     #[oai(status = 201)]
@@ -127,10 +120,50 @@ pub enum OrderPlaced {
         /// The new order's path.
         #[oai(header = "Location")]
         String,
+        /// `true` when this is the stored answer to an earlier request with the same
+        /// `Idempotency-Key` and body.
+        #[oai(header = "Idempotent-Replayed")]
+        Option<bool>,
     ),
     /// The hold had already become this order (a retry); its current status.
     #[oai(status = 200)]
-    Existing(Json<Order>),
+    Existing(
+        Json<Order>,
+        /// `true` when this is the stored answer to an earlier request with the same
+        /// `Idempotency-Key` and body.
+        #[oai(header = "Idempotent-Replayed")]
+        Option<bool>,
+    ),
+}
+
+impl OrderPlaced {
+    /// The answer for an order made or found, replayed or not.
+    fn of(created: OrderCreated, replayed: bool) -> Self {
+        let replayed = replayed.then_some(true);
+        match created {
+            OrderCreated::New(o) => {
+                let path = crate::locations::order(o.id.get());
+                Self::Created(Json(o.into()), path, replayed)
+            }
+            OrderCreated::Existing(o) => Self::Existing(Json(o.into()), replayed),
+        }
+    }
+}
+
+type OrderAnswer = Result<OrderPlaced, Problems<CreateOrderProblems>>;
+
+/// What a keyed order request is answered before it runs.
+fn early_order(early: Early) -> OrderAnswer {
+    match early {
+        Early::Replay(Replay::Order(created)) => Ok(OrderPlaced::of(created, true)),
+        Early::Replay(Replay::Refused(refusal)) => Err(ApiError::from(refusal).replayed().into()),
+        Early::Replay(Replay::Hold(_)) => Err(ApiError::new(
+            ProblemCode::Internal,
+            "internal error: a hold found under an order's key",
+        )
+        .into()),
+        Early::Refused(refusal) => Err(refusal.into()),
+    }
 }
 
 #[derive(ApiResponse)]
@@ -148,22 +181,14 @@ problems!(GetOrderProblems = "getOrder": [
     MalformedRequest, Unauthorized, OrderNotFound, Internal, Unavailable,
 ]);
 
-/// How a keyed order's answer is written down in its transaction, to be replayed byte for byte.
-fn render_order(answer: &Result<OrderCreated, DomainError>) -> Option<StoredResponse> {
-    crate::idempotency::stored(answer.clone().map_err(ApiError::from).map(|o| match o {
-        OrderCreated::New(o) => (StatusCode::CREATED, Order::from(o)),
-        OrderCreated::Existing(o) => (StatusCode::OK, Order::from(o)),
-    }))
-}
-
 pub struct OrdersApi {
     pub state: Arc<AppState>,
 }
 
 /// `createOrder`'s own middleware, attached to the operation rather than to its path: who the
-/// buyer is, then idempotency keys.
+/// buyer is.
 fn order_guards(ep: impl Endpoint + 'static) -> impl Endpoint<Output = Response> {
-    buyers::identified(idempotency::keyed(ep, idempotency::ORDERS, None))
+    buyers::identified(ep)
 }
 
 #[OpenApi(tag = "ApiTags::Orders")]
@@ -191,24 +216,21 @@ impl OrdersApi {
         /// still runs, 409 `idempotency_key_in_use`. Trailing spaces of a quoted key are not
         /// part of it. Keys are kept 24 hours, across all API processes.
         #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255))]
-        _idempotency_key: Header<Option<String>>,
+        key: IdempotencyKey,
         body: JsonBody<CreateOrder>,
-        keys: Data<&KeyCheck>,
-    ) -> Result<OrderPlaced, Problems<CreateOrderProblems>> {
-        let keyed = keys.request.clone().map(|request| Keyed {
-            request,
-            render: render_order,
-        });
-        let (db, hold) = (&self.state.db, HoldId::new(body.hold_id));
-        Ok(
-            match orders::create_order(db, hold, owner.0.access(), keyed).await? {
-                OrderCreated::New(o) => {
-                    let path = crate::locations::order(o.id.get());
-                    OrderPlaced::Created(Json(o.into()), path)
-                }
-                OrderCreated::Existing(o) => OrderPlaced::Existing(Json(o.into())),
-            },
-        )
+    ) -> OrderAnswer {
+        let state = &self.state;
+        let claim = match key
+            .claim(state, idempotency::ORDERS, &owner.0, &body.raw)
+            .await
+        {
+            Ok(claim) => claim,
+            Err(early) => return early_order(early),
+        };
+        let (hold, access) = (HoldId::new(body.hold_id), owner.0.access());
+        let key = claim.as_ref().map(|c| &**c.key());
+        let created = orders::create_order(&state.db, hold, access, key).await?;
+        Ok(OrderPlaced::of(created, false))
     }
 
     /// Get an order and its current status

@@ -1,4 +1,5 @@
-//! The `idempotency_keys` table: one row per client `Idempotency-Key`, with the stored answer.
+//! The `idempotency_keys` table: one row per client `Idempotency-Key`, with its request's
+//! outcome (a granted hold's key is on the hold instead).
 
 use sea_orm::entity::prelude::*;
 
@@ -13,9 +14,8 @@ pub struct Model {
     /// SHA-256 (hex) of the request: another body with the same key is a mismatch.
     pub fingerprint: String,
     pub state: KeyState,
-    pub response_status: Option<i32>,
-    pub response_content_type: Option<String>,
-    pub response_body: Option<String>,
+    /// The outcome, as JSON of `crate::idempotency::StoredOutcome`.
+    pub outcome: Option<String>,
     pub created_at: DateTimeUtc,
     pub expires_at: DateTimeUtc,
 }

@@ -4,8 +4,20 @@ use sea_orm::entity::prelude::*;
 
 use crate::types::{HoldId, OrderId, ProductId};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    EnumIter,
+    DeriveActiveEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 #[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
+#[serde(rename_all = "lowercase")]
 pub enum OrderStatus {
     /// Waiting for payment; its quantity is out of `available_stock` but still in `stock`.
     #[sea_orm(string_value = "pending")]

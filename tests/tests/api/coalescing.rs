@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use flash_sale_tests::{AppOptions, TRACE_QUEUED, TestApp, into_response, on_both_databases};
+use flash_sale_tests::{AppOptions, TestApp, into_response, on_both_databases};
 use serde_json::json;
 
 fn options(env: &[(&'static str, &str)]) -> AppOptions {
@@ -22,7 +22,7 @@ on_both_databases! {
     async fn one_batch_grants_in_arrival_order_while_stock_lasts(backend: Backend) {
         // A one-second gathering window puts all four requests in one batch; each is sent once
         // the one before it is queued, so the arrival order is the order below.
-        let app = TestApp::spawn_with(backend, options(&[("HOLD_BATCH_WAIT_MICROS", "1000000"), TRACE_QUEUED])).await;
+        let app = TestApp::spawn_with(backend, options(&[("HOLD_BATCH_WAIT_MICROS", "1000000")])).await;
         let product = app.create_product(5).await;
         let mut tasks = Vec::new();
         for (i, qty) in [3, 3, 2, 1].into_iter().enumerate() {
@@ -39,7 +39,7 @@ on_both_databases! {
                     .expect("hold");
                 into_response(r).await
             }));
-            app.server.request_queued(&format!("arrival-{i}")).await;
+            app.until_waiting("holds", i + 1).await;
         }
         let mut answers = Vec::new();
         for t in tasks {

@@ -2,9 +2,7 @@
 
 use std::time::Duration;
 
-use flash_sale_tests::{
-    AppOptions, Client, TRACE_QUEUED, TestApp, into_response, on_both_databases,
-};
+use flash_sale_tests::{AppOptions, Client, TestApp, into_response, on_both_databases};
 use serde_json::{Value, json};
 
 async fn hold_with_key(c: &Client, key: &str, body: &Value) -> flash_sale_tests::Response {
@@ -174,14 +172,7 @@ on_both_databases! {
 /// claiming its key (it answers 503, as it should when the database cannot be written).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_retry_while_the_first_request_runs_is_told_the_key_is_in_use() {
-    let app = TestApp::spawn_with(
-        flash_sale_tests::Backend::MariaDb,
-        AppOptions {
-            extra_env: vec![(TRACE_QUEUED.0, TRACE_QUEUED.1.into())],
-            ..Default::default()
-        },
-    )
-    .await;
+    let app = TestApp::spawn(flash_sale_tests::Backend::MariaDb).await;
     let product = app.create_product(5).await;
     let blocker = app.block_product(product).await;
     let body = json!({"product_id": product, "qty": 1});
@@ -200,7 +191,7 @@ async fn a_retry_while_the_first_request_runs_is_told_the_key_is_in_use() {
         into_response(r).await
     });
     // Queued for its batch, which waits on the blocked product: the key is claimed and busy.
-    app.server.request_queued("first-with-slow").await;
+    app.until_waiting("holds", 1).await;
     let second = hold_with_key(&app.client, "slow", &body).await;
     assert_eq!(
         (second.status, second.code()),

@@ -4,8 +4,7 @@
 use std::{path::PathBuf, process::Command, time::Duration};
 
 use flash_sale_tests::{
-    AppOptions, Backend, TRACE_QUEUED, TestApp, binary, eventually, into_response,
-    on_both_databases,
+    AppOptions, Backend, TestApp, binary, eventually, into_response, on_both_databases,
 };
 use serde_json::json;
 
@@ -85,7 +84,6 @@ on_both_databases! {
             extra_env: vec![
                 ("SHUTDOWN_DELAY_SECONDS", "1".into()),
                 ("SHUTDOWN_GRACE_SECONDS", "10".into()),
-                (TRACE_QUEUED.0, TRACE_QUEUED.1.into()),
             ],
             ..Default::default()
         })
@@ -105,7 +103,7 @@ on_both_databases! {
                 .expect("hold");
             into_response(r).await
         });
-        app.server.request_queued("in-flight-at-sigterm").await;
+        app.until_waiting("holds", 1).await;
 
         let kill = Command::new("kill").args(["-TERM", &app.server.pid().to_string()]).status();
         assert!(kill.expect("kill").success());

@@ -134,7 +134,7 @@ on_both_databases! {
             .collect();
         assert_eq!(stored, expected);
         for secret in [&secret, &first.body["client_secret"].as_str().expect("secret").to_owned()] {
-            for (table, column) in [("holds", "secret_hash"), ("orders", "secret_hash"), ("holds", "idem_key"), ("idempotency_keys", "response_body")] {
+            for (table, column) in [("holds", "secret_hash"), ("orders", "secret_hash"), ("holds", "idem_key"), ("idempotency_keys", "outcome")] {
                 let found = app.count(table, &format!("{column} LIKE '%{secret}%'")).await;
                 assert_eq!(found, 0, "{table}.{column} holds a secret");
             }

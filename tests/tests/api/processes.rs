@@ -185,9 +185,9 @@ async fn hot_queries_use_indexes_on_mariadb() {
     // Enough stored keys that a scan would cost more than the index (with a handful of rows
     // the optimizer rightly reads the whole table).
     db.execute_unprepared(
-        "INSERT INTO idempotency_keys (scope, idem_key, fingerprint, state, response_status, \
-           response_content_type, response_body, created_at, expires_at) \
-         SELECT 'orders', CONCAT('old-', seq), 'f', 'done', 200, 'application/json', '{}', \
+        "INSERT INTO idempotency_keys (scope, idem_key, fingerprint, state, outcome, \
+           created_at, expires_at) \
+         SELECT 'orders', CONCAT('old-', seq), 'f', 'done', '{}', \
            NOW(6), NOW(6) + INTERVAL 1 DAY FROM seq_1_to_5000",
     )
     .await

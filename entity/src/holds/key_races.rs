@@ -1,17 +1,16 @@
 //! Keyed holds keep their `Idempotency-Key` on the hold row: the races the HTTP suites cannot
 //! force, driven straight through the hold batch on MariaDB and SQLite. A twin in another
-//! process is a batch whose key look-up missed the first request's commit.
+//! process is a batch whose key look-up missed the first request's commit: its transaction
+//! ([`hold_transaction`]) runs without the look-up before it.
 
-use entity::{
-    Db, DbConfig, DomainError, Money, Quantity,
-    holds::{self, HoldRequest, HoldView},
-    idempotency::{self, Keyed, KeyedRequest, Lookup, StoredResponse},
-    products,
-    types::ProductId,
-};
+use std::sync::Arc;
+
 use flash_sale_tests::{Backend, TestDb, on_both_databases};
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectionTrait, Statement};
+
+use super::*;
+use crate::{DbConfig, Money, idempotency::KeyClaim, products};
 
 const TTL: chrono::Duration = chrono::Duration::minutes(2);
 
@@ -28,31 +27,39 @@ async fn setup(backend: Backend, stock: i32) -> (TestDb, Db, ProductId) {
     (test_db, db, product.id)
 }
 
-/// Any answer, written down as its debug form: enough to see what was stored.
-fn render(answer: &Result<HoldView, DomainError>) -> Option<StoredResponse> {
-    Some(StoredResponse {
-        status: if answer.is_ok() { 201 } else { 409 },
-        content_type: "text/plain".into(),
-        body: format!("{answer:?}"),
-    })
-}
-
 fn keyed(key: &str, fingerprint: &str) -> HoldRequest {
     HoldRequest {
-        keyed: Some(Keyed {
-            request: std::sync::Arc::new(KeyedRequest {
-                scope: idempotency::HOLDS,
-                key: key.into(),
-                fingerprint: fingerprint.into(),
-            }),
-            render,
-        }),
+        key: Some(Arc::new(KeyClaim {
+            scope: idempotency::HOLDS,
+            key: key.into(),
+            fingerprint: fingerprint.into(),
+        })),
         ..HoldRequest::new(Quantity::new(1, 10).expect("qty"))
     }
 }
 
-async fn hold(db: &Db, product: ProductId, request: HoldRequest) -> Result<HoldView, DomainError> {
-    holds::create_hold(db, product, request, TTL).await
+/// A request served as the API serves it: its key looked up, then the batch.
+async fn hold(db: &Db, product: ProductId, request: HoldRequest) -> HoldOutcome {
+    create_hold(db, product, request, TTL)
+        .await
+        .expect("served")
+}
+
+/// A twin in another process: its key was looked up before the first request committed, so
+/// its batch goes straight to the transaction.
+async fn twin(db: &Db, product: ProductId, request: HoldRequest) -> HoldOutcome {
+    let deadline = std::time::Instant::now() + ANSWER_WITHIN;
+    hold_transaction(db, product, &[&request], TTL, deadline, &|_| false)
+        .await
+        .expect("served")
+        .remove(0)
+}
+
+fn granted(outcome: HoldOutcome) -> HoldView {
+    match outcome {
+        HoldOutcome::Granted(hold) => hold,
+        other => panic!("not granted: {other:?}"),
+    }
 }
 
 async fn count(db: &Db, sql: &str) -> i64 {
@@ -69,7 +76,7 @@ async fn count(db: &Db, sql: &str) -> i64 {
 }
 
 async fn look_up(db: &Db, key: &str, fingerprint: &str) -> Lookup {
-    let request = KeyedRequest {
+    let request = KeyClaim {
         scope: idempotency::HOLDS,
         key: key.into(),
         fingerprint: fingerprint.into(),
@@ -83,17 +90,19 @@ async fn look_up(db: &Db, key: &str, fingerprint: &str) -> Lookup {
 on_both_databases! {
     async fn a_granted_key_lives_on_its_hold_and_replays_the_first_answer(backend: Backend) {
         let (_t, db, product) = setup(backend, 5).await;
-        let first = hold(&db, product, keyed("k-1", "fp-a")).await.expect("granted");
+        let first = granted(hold(&db, product, keyed("k-1", "fp-a")).await);
         assert_eq!(count(&db, "SELECT COUNT(*) FROM idempotency_keys").await, 0, "no key row");
         assert_eq!(
             count(&db, "SELECT COUNT(*) FROM holds WHERE idem_key = 'k-1'").await,
             1
         );
-        assert_eq!(look_up(&db, "k-1", "fp-a").await, Lookup::Hold(first.clone()));
-        assert_eq!(look_up(&db, "k-1", "fp-b").await, Lookup::Mismatch);
+        assert!(matches!(look_up(&db, "k-1", "fp-a").await, Lookup::Finished(Replay::Hold(h)) if h == first));
+        assert!(matches!(look_up(&db, "k-1", "fp-b").await, Lookup::Mismatch));
+        // The same request again is answered from the hold, as the API serves it.
+        assert!(matches!(hold(&db, product, keyed("k-1", "fp-a")).await, HoldOutcome::Replayed(Replay::Hold(h)) if h == first));
         // Released since: the replay is still the first answer.
-        holds::release_hold(&db, first.id, entity::ownership::Access::Service).await.expect("released");
-        assert_eq!(look_up(&db, "k-1", "fp-a").await, Lookup::Hold(first));
+        release_hold(&db, first.id, Access::Service).await.expect("released");
+        assert!(matches!(look_up(&db, "k-1", "fp-a").await, Lookup::Finished(Replay::Hold(h)) if h == first));
     }
 
     async fn a_twin_that_missed_the_first_commit_and_would_be_refused_is_told_the_key_is_taken(backend: Backend) {
@@ -101,25 +110,28 @@ on_both_databases! {
         // when it looked, would be refused for stock, and must not store that refusal as the
         // key's answer.
         let (_t, db, product) = setup(backend, 1).await;
-        hold(&db, product, keyed("k-2", "fp-a")).await.expect("granted");
-        let twin = hold(&db, product, keyed("k-2", "fp-a")).await;
-        assert!(matches!(twin, Err(DomainError::IdempotencyKeyInUse)), "{twin:?}");
-        let other_body = hold(&db, product, keyed("k-2", "fp-b")).await;
-        assert!(matches!(other_body, Err(DomainError::IdempotencyKeyMismatch)), "{other_body:?}");
+        granted(hold(&db, product, keyed("k-2", "fp-a")).await);
+        let same = twin(&db, product, keyed("k-2", "fp-a")).await;
+        assert!(matches!(same, HoldOutcome::Refused(DomainError::IdempotencyKeyInUse)), "{same:?}");
+        let other_body = twin(&db, product, keyed("k-2", "fp-b")).await;
+        assert!(matches!(other_body, HoldOutcome::Refused(DomainError::IdempotencyKeyMismatch)), "{other_body:?}");
         assert_eq!(count(&db, "SELECT COUNT(*) FROM idempotency_keys").await, 0);
         assert_eq!(count(&db, "SELECT COUNT(*) FROM holds").await, 1);
         // A refusal with a fresh key is stored, and replayed.
         let refused = hold(&db, product, keyed("k-3", "fp-a")).await;
-        assert!(matches!(refused, Err(DomainError::InsufficientStock { available: 0 })));
-        assert!(matches!(look_up(&db, "k-3", "fp-a").await, Lookup::Replay(r) if r.status == 409));
+        assert!(matches!(refused, HoldOutcome::Refused(DomainError::InsufficientStock { available: 0 })));
+        assert!(matches!(
+            look_up(&db, "k-3", "fp-a").await,
+            Lookup::Finished(Replay::Refused(DomainError::InsufficientStock { available: 0 }))
+        ));
     }
 
     async fn a_twin_that_missed_the_first_commit_and_would_be_granted_makes_no_second_hold(backend: Backend) {
         let (_t, db, product) = setup(backend, 5).await;
-        hold(&db, product, keyed("k-4", "fp-a")).await.expect("granted");
+        granted(hold(&db, product, keyed("k-4", "fp-a")).await);
         // Its INSERT meets the unique key; the retried batch checks keys first.
-        let twin = hold(&db, product, keyed("k-4", "fp-a")).await;
-        assert!(matches!(twin, Err(DomainError::IdempotencyKeyInUse)), "{twin:?}");
+        let same = twin(&db, product, keyed("k-4", "fp-a")).await;
+        assert!(matches!(same, HoldOutcome::Refused(DomainError::IdempotencyKeyInUse)), "{same:?}");
         assert_eq!(count(&db, "SELECT COUNT(*) FROM holds").await, 1);
         assert_eq!(
             count(&db, "SELECT available_stock FROM products").await,
@@ -130,7 +142,7 @@ on_both_databases! {
 
     async fn a_key_on_a_hold_older_than_a_day_is_free_again(backend: Backend) {
         let (_t, db, product) = setup(backend, 5).await;
-        let old = hold(&db, product, keyed("k-5", "fp-a")).await.expect("granted");
+        let old = granted(hold(&db, product, keyed("k-5", "fp-a")).await);
         let day_ago = (chrono::Utc::now() - chrono::Duration::hours(25))
             .format("%Y-%m-%d %H:%M:%S%.6f")
             .to_string();
@@ -141,10 +153,10 @@ on_both_databases! {
             ))
             .await
             .expect("age the hold");
-        assert_eq!(look_up(&db, "k-5", "fp-b").await, Lookup::Absent);
-        let new = hold(&db, product, keyed("k-5", "fp-b")).await.expect("runs afresh");
+        assert!(matches!(look_up(&db, "k-5", "fp-b").await, Lookup::Absent));
+        let new = granted(hold(&db, product, keyed("k-5", "fp-b")).await);
         assert_ne!(new.id, old.id);
-        assert_eq!(look_up(&db, "k-5", "fp-b").await, Lookup::Hold(new));
+        assert!(matches!(look_up(&db, "k-5", "fp-b").await, Lookup::Finished(Replay::Hold(h)) if h == new));
         assert_eq!(
             count(&db, "SELECT COUNT(*) FROM holds WHERE idem_key IS NULL").await,
             1,
