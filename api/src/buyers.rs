@@ -103,7 +103,7 @@ async fn identify<E: Endpoint>(ep: Arc<E>, mut req: Request) -> poem::Result<Res
         },
     };
     req.set_data(caller);
-    crate::server::boxed_call(&*ep, req).await
+    crate::middleware::boxed_call(&*ep, req).await
 }
 
 /// The buyer a public route's request is signed in as: with `BUYER_AUTH=jwt` and a valid

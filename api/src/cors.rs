@@ -95,7 +95,7 @@ pub async fn cors<E: Endpoint>(
             // Any other origin: answered as if it had sent none.
             req.headers_mut().remove(header::ORIGIN);
         }
-        crate::server::boxed_call(&*ep, req).await?
+        crate::middleware::boxed_call(&*ep, req).await?
     };
     // The answer depends on Origin: caches must keep the CORS and non-CORS answers apart.
     let varies = resp.headers().get_all(header::VARY).iter().any(|v| {

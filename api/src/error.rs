@@ -20,195 +20,154 @@ use poem_openapi::{
 /// The media type of every error answer.
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
-/// What went wrong, as a stable machine-readable code: branch on this. Each code always comes
-/// with the same HTTP status. New codes may be added; none is renamed or removed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Enum)]
-#[oai(rename_all = "snake_case")]
-pub enum ProblemCode {
-    MalformedRequest,
-    UnsupportedMediaType,
-    ValidationError,
-    HoldMismatch,
-    AmountMismatch,
-    ProductNotFound,
-    HoldNotFound,
-    OrderNotFound,
-    NotFound,
-    MethodNotAllowed,
-    InsufficientStock,
-    BuyerLimitExceeded,
-    BuyerIdRequired,
-    SaleNotStarted,
-    SaleEnded,
-    NoRefundDue,
-    HoldExpired,
-    HoldReleased,
-    HoldNotActive,
-    IdempotencyKeyInUse,
-    IdempotencyKeyMismatch,
-    InvalidSignature,
-    Unauthorized,
-    PayloadTooLarge,
-    RateLimited,
-    Unavailable,
-    Internal,
+/// The header that marks a replayed answer (see `crate::idempotency`).
+pub const REPLAYED: &str = "idempotent-replayed";
+
+/// The answer's `detail` to a client over `STREAM_MAX_PER_CLIENT`.
+pub const TOO_MANY_STREAMS: &str =
+    "this client has as many open event streams as it may; close one first";
+
+/// Declares every problem code once, with its status, what it means (for the document's
+/// response descriptions) and an example `detail`: the enum and its tables come from this one
+/// list, so they cannot drift apart.
+macro_rules! problem_codes {
+    ($($variant:ident = ($code:literal, $status:ident, $meaning:expr, $example:expr $(,)?)),* $(,)?) => {
+        /// What went wrong, as a stable machine-readable code: branch on this. Each code always
+        /// comes with the same HTTP status. New codes may be added; none is renamed or removed.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Enum)]
+        #[oai(rename_all = "snake_case")]
+        pub enum ProblemCode {
+            $($variant),*
+        }
+
+        impl ProblemCode {
+            /// Every code, in the order of the contract's table.
+            pub const ALL: &[ProblemCode] = &[$(Self::$variant),*];
+
+            pub fn status(self) -> StatusCode {
+                match self {
+                    $(Self::$variant => StatusCode::$status),*
+                }
+            }
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $code),*
+                }
+            }
+
+            /// When this code is answered, for the document's response descriptions.
+            pub fn meaning(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $meaning),*
+                }
+            }
+
+            /// The `detail` of this code's example.
+            fn example_detail(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $example),*
+                }
+            }
+        }
+    };
+}
+
+problem_codes! {
+    MalformedRequest = ("malformed_request", BAD_REQUEST,
+        "the body is not JSON, a required field is missing or null, or a field or \
+         parameter has the wrong type; `errors` names it",
+        "qty: missing field"),
+    UnsupportedMediaType = ("unsupported_media_type", UNSUPPORTED_MEDIA_TYPE,
+        "a body sent without `Content-Type: application/json`",
+        "the body must be sent as application/json"),
+    ValidationError = ("validation_error", UNPROCESSABLE_ENTITY,
+        "a well-typed value out of its range (see the schema's limits); `errors` names it",
+        "qty: must be between 1 and 10"),
+    HoldMismatch = ("hold_mismatch", UNPROCESSABLE_ENTITY,
+        "the webhook's `hold_id`, `product_id` or `quantity` differs from its hold",
+        "hold 1 is for 2 units, not 3"),
+    AmountMismatch = ("amount_mismatch", UNPROCESSABLE_ENTITY,
+        "the webhook's `amount` is not the order's `total_price`",
+        "the order's total is 199.98"),
+    ProductNotFound = ("product_not_found", NOT_FOUND,
+        "no product has this id",
+        "product 1 does not exist"),
+    HoldNotFound = ("hold_not_found", NOT_FOUND,
+        "no hold has this id, or it is not the caller's (its `Client-Secret` or token)",
+        "hold 1 does not exist"),
+    OrderNotFound = ("order_not_found", NOT_FOUND,
+        "no order has this id (and no `hold_id` was sent to make it), or it is not the \
+         caller's",
+        "order 1 does not exist"),
+    NotFound = ("not_found", NOT_FOUND,
+        "the admin routes are off (`ADMIN_TOKEN` is not set)",
+        "no such route"),
+    MethodNotAllowed = ("method_not_allowed", METHOD_NOT_ALLOWED,
+        "the path exists, the method does not",
+        "method not allowed"),
+    InsufficientStock = ("insufficient_stock", CONFLICT,
+        "the product cannot cover `qty` now; `available` says how many can",
+        "only 3 available"),
+    BuyerLimitExceeded = ("buyer_limit_exceeded", CONFLICT,
+        "the hold would take its buyer over the product's `per_buyer_limit`; \
+         `remaining` says how many more units this buyer may hold",
+        "this buyer may hold only 1 more"),
+    BuyerIdRequired = ("buyer_id_required", UNPROCESSABLE_ENTITY,
+        "the product has a `per_buyer_limit`: the hold must name `buyer_id`",
+        "buyer_id: this product limits units per buyer"),
+    SaleNotStarted = ("sale_not_started", CONFLICT,
+        "the product's sale has not started; `sale_starts_at` says when it does",
+        "the sale starts at 2026-12-01T15:30:00Z"),
+    SaleEnded = ("sale_ended", CONFLICT,
+        "the product's sale has ended",
+        "the sale has ended"),
+    NoRefundDue = ("no_refund_due", CONFLICT,
+        "the order has no refund due",
+        "order 1 has no refund due"),
+    HoldExpired = ("hold_expired", CONFLICT,
+        "the hold's time ran out",
+        "hold 1 has expired"),
+    HoldReleased = ("hold_released", CONFLICT,
+        "the hold was released",
+        "hold 1 was released"),
+    HoldNotActive = ("hold_not_active", CONFLICT,
+        "the hold is consumed, expired or already released",
+        "hold 1 is released"),
+    IdempotencyKeyInUse = ("idempotency_key_in_use", CONFLICT,
+        "a request with this `Idempotency-Key` is still running; retry shortly",
+        "a request with this Idempotency-Key is still being processed; retry later"),
+    IdempotencyKeyMismatch = ("idempotency_key_mismatch", UNPROCESSABLE_ENTITY,
+        "this idempotency key was used with a different body",
+        "this idempotency key was used with a different body"),
+    InvalidSignature = ("invalid_signature", UNAUTHORIZED,
+        "the Standard Webhooks signature is missing, stale or wrong",
+        "no valid signature"),
+    Unauthorized = ("unauthorized", UNAUTHORIZED,
+        "the bearer token is missing, wrong or expired (answered with `WWW-Authenticate`)",
+        "invalid admin token"),
+    PayloadTooLarge = ("payload_too_large", PAYLOAD_TOO_LARGE,
+        "the body is over 64 KiB",
+        "request bodies are limited to 65536 bytes"),
+    RateLimited = ("rate_limited", TOO_MANY_REQUESTS,
+        "this client is over one of its limits (hold requests per second, open event \
+         streams); wait `Retry-After` seconds",
+        "too many hold requests from this client; retry in 1 s"),
+    Unavailable = ("unavailable", SERVICE_UNAVAILABLE,
+        "the database cannot serve right now; retry after `Retry-After` seconds",
+        "the database cannot serve right now; retry shortly"),
+    Internal = ("internal", INTERNAL_SERVER_ERROR,
+        "a fault of this service, logged with the request id",
+        "internal error; it has been logged"),
 }
 
 impl ProblemCode {
-    /// Every code, in the order of the contract's table.
-    pub const ALL: &[ProblemCode] = &[
-        Self::MalformedRequest,
-        Self::UnsupportedMediaType,
-        Self::ValidationError,
-        Self::HoldMismatch,
-        Self::AmountMismatch,
-        Self::ProductNotFound,
-        Self::HoldNotFound,
-        Self::OrderNotFound,
-        Self::NotFound,
-        Self::MethodNotAllowed,
-        Self::InsufficientStock,
-        Self::BuyerLimitExceeded,
-        Self::BuyerIdRequired,
-        Self::SaleNotStarted,
-        Self::SaleEnded,
-        Self::NoRefundDue,
-        Self::HoldExpired,
-        Self::HoldReleased,
-        Self::HoldNotActive,
-        Self::IdempotencyKeyInUse,
-        Self::IdempotencyKeyMismatch,
-        Self::InvalidSignature,
-        Self::Unauthorized,
-        Self::PayloadTooLarge,
-        Self::RateLimited,
-        Self::Unavailable,
-        Self::Internal,
-    ];
-
-    pub fn status(self) -> StatusCode {
-        use ProblemCode::*;
-        match self {
-            MalformedRequest => StatusCode::BAD_REQUEST,
-            Unauthorized | InvalidSignature => StatusCode::UNAUTHORIZED,
-            ProductNotFound | HoldNotFound | OrderNotFound | NotFound => StatusCode::NOT_FOUND,
-            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            InsufficientStock | BuyerLimitExceeded | SaleNotStarted | SaleEnded | NoRefundDue
-            | HoldExpired | HoldReleased | HoldNotActive | IdempotencyKeyInUse => {
-                StatusCode::CONFLICT
-            }
-            PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ValidationError
-            | HoldMismatch
-            | AmountMismatch
-            | IdempotencyKeyMismatch
-            | BuyerIdRequired => StatusCode::UNPROCESSABLE_ENTITY,
-            RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            Internal => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        use ProblemCode::*;
-        match self {
-            MalformedRequest => "malformed_request",
-            UnsupportedMediaType => "unsupported_media_type",
-            ValidationError => "validation_error",
-            HoldMismatch => "hold_mismatch",
-            AmountMismatch => "amount_mismatch",
-            ProductNotFound => "product_not_found",
-            HoldNotFound => "hold_not_found",
-            OrderNotFound => "order_not_found",
-            NotFound => "not_found",
-            MethodNotAllowed => "method_not_allowed",
-            InsufficientStock => "insufficient_stock",
-            BuyerLimitExceeded => "buyer_limit_exceeded",
-            BuyerIdRequired => "buyer_id_required",
-            SaleNotStarted => "sale_not_started",
-            SaleEnded => "sale_ended",
-            NoRefundDue => "no_refund_due",
-            HoldExpired => "hold_expired",
-            HoldReleased => "hold_released",
-            HoldNotActive => "hold_not_active",
-            IdempotencyKeyInUse => "idempotency_key_in_use",
-            IdempotencyKeyMismatch => "idempotency_key_mismatch",
-            InvalidSignature => "invalid_signature",
-            Unauthorized => "unauthorized",
-            PayloadTooLarge => "payload_too_large",
-            RateLimited => "rate_limited",
-            Unavailable => "unavailable",
-            Internal => "internal",
-        }
-    }
-
-    /// When this code is answered, for the document's response descriptions.
-    pub fn meaning(self) -> &'static str {
-        use ProblemCode::*;
-        match self {
-            MalformedRequest => {
-                "the body is not JSON, a required field is missing or null, or a field or \
-                 parameter has the wrong type; `errors` names it"
-            }
-            UnsupportedMediaType => "a body sent without `Content-Type: application/json`",
-            ValidationError => {
-                "a well-typed value out of its range (see the schema's limits); `errors` names it"
-            }
-            HoldMismatch => {
-                "the webhook's `hold_id`, `product_id` or `quantity` differs from its hold"
-            }
-            AmountMismatch => "the webhook's `amount` is not the order's `total_price`",
-            ProductNotFound => "no product has this id",
-            HoldNotFound => {
-                "no hold has this id, or it is not the caller's (its `Client-Secret` or token)"
-            }
-            OrderNotFound => {
-                "no order has this id (and no `hold_id` was sent to make it), or it is not the \
-                 caller's"
-            }
-            NotFound => "the admin routes are off (`ADMIN_TOKEN` is not set)",
-            MethodNotAllowed => "the path exists, the method does not",
-            InsufficientStock => {
-                "the product cannot cover `qty` now; `available` says how many can"
-            }
-            BuyerLimitExceeded => {
-                "the hold would take its buyer over the product's `per_buyer_limit`; \
-                 `remaining` says how many more units this buyer may hold"
-            }
-            BuyerIdRequired => "the product has a `per_buyer_limit`: the hold must name `buyer_id`",
-            SaleNotStarted => {
-                "the product's sale has not started; `sale_starts_at` says when it does"
-            }
-            SaleEnded => "the product's sale has ended",
-            NoRefundDue => "the order has no refund due",
-            HoldExpired => "the hold's time ran out",
-            HoldReleased => "the hold was released",
-            HoldNotActive => "the hold is consumed, expired or already released",
-            IdempotencyKeyInUse => {
-                "a request with this `Idempotency-Key` is still running; retry shortly"
-            }
-            IdempotencyKeyMismatch => "this idempotency key was used with a different body",
-            InvalidSignature => "the Standard Webhooks signature is missing, stale or wrong",
-            Unauthorized => {
-                "the bearer token is missing, wrong or expired (answered with `WWW-Authenticate`)"
-            }
-            PayloadTooLarge => "the body is over 64 KiB",
-            RateLimited => {
-                "this client is over one of its limits (hold requests per second, open event \
-                 streams); wait `Retry-After` seconds"
-            }
-            Unavailable => "the database cannot serve right now; retry after `Retry-After` seconds",
-            Internal => "a fault of this service, logged with the request id",
-        }
-    }
-
     /// A problem as `operation` answers with this code, for its document's examples: the
     /// code's [`example`](Self::example), unless the operation words it its own way.
     pub fn example_in(self, operation: &str) -> Problem {
         match (self, operation) {
             (Self::RateLimited, "streamStock") => {
-                ApiError::new(self, crate::routes::stream::TOO_MANY_STREAMS).into_problem()
+                ApiError::new(self, TOO_MANY_STREAMS).into_problem()
             }
             _ => self.example(),
         }
@@ -217,37 +176,7 @@ impl ProblemCode {
     /// A problem as this code is answered, for the document's examples.
     pub fn example(self) -> Problem {
         use ProblemCode::*;
-        let detail = match self {
-            MalformedRequest => "qty: missing field",
-            UnsupportedMediaType => "the body must be sent as application/json",
-            ValidationError => "qty: must be between 1 and 10",
-            HoldMismatch => "hold 1 is for 2 units, not 3",
-            AmountMismatch => "the order's total is 199.98",
-            ProductNotFound => "product 1 does not exist",
-            HoldNotFound => "hold 1 does not exist",
-            OrderNotFound => "order 1 does not exist",
-            NotFound => "no such route",
-            MethodNotAllowed => "method not allowed",
-            InsufficientStock => "only 3 available",
-            BuyerLimitExceeded => "this buyer may hold only 1 more",
-            BuyerIdRequired => "buyer_id: this product limits units per buyer",
-            SaleNotStarted => "the sale starts at 2026-12-01T15:30:00Z",
-            SaleEnded => "the sale has ended",
-            NoRefundDue => "order 1 has no refund due",
-            HoldExpired => "hold 1 has expired",
-            HoldReleased => "hold 1 was released",
-            HoldNotActive => "hold 1 is released",
-            IdempotencyKeyInUse => {
-                "a request with this Idempotency-Key is still being processed; retry later"
-            }
-            IdempotencyKeyMismatch => "this idempotency key was used with a different body",
-            InvalidSignature => "no valid signature",
-            Unauthorized => "invalid admin token",
-            PayloadTooLarge => "request bodies are limited to 65536 bytes",
-            RateLimited => "too many hold requests from this client; retry in 1 s",
-            Unavailable => "the database cannot serve right now; retry shortly",
-            Internal => "internal error; it has been logged",
-        };
+        let detail = self.example_detail();
         let error = ApiError::new(self, detail);
         match self {
             MalformedRequest => ApiError::field(self, "qty", "missing field"),
@@ -463,10 +392,8 @@ impl IntoResponse for ApiError {
             .content_type(PROBLEM_JSON)
             .body(self.0.to_json_string());
         if self.1 {
-            resp.headers_mut().insert(
-                crate::idempotency::REPLAYED,
-                poem::http::HeaderValue::from_static("true"),
-            );
+            resp.headers_mut()
+                .insert(REPLAYED, poem::http::HeaderValue::from_static("true"));
         }
         resp
     }

@@ -33,9 +33,6 @@ use crate::{
     error::{ApiError, BodyError, ProblemCode},
 };
 
-/// The header that marks a replayed answer.
-pub const REPLAYED: &str = "idempotent-replayed";
-
 /// The scope of `createHold`'s keys (a granted hold keeps its key on its row).
 pub const HOLDS: &str = entity::idempotency::HOLDS;
 /// The scope of `createOrder`'s keys.

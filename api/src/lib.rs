@@ -15,6 +15,7 @@ pub mod idempotency;
 pub mod jwt;
 pub mod listener;
 pub mod locations;
+pub mod middleware;
 pub mod observe;
 pub mod rate_limit;
 pub mod routes;

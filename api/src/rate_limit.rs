@@ -67,5 +67,5 @@ async fn limit<E: Endpoint>(ep: Arc<E>, req: Request) -> poem::Result<Response> 
         }
         return Ok(resp);
     }
-    crate::server::boxed_call(&*ep, req).await
+    crate::middleware::boxed_call(&*ep, req).await
 }

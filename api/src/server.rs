@@ -206,17 +206,6 @@ pub fn error_response(err: poem::Error, templates: &crate::observe::RouteTemplat
     resp
 }
 
-/// Calls the next endpoint through a box. Each middleware's future holds the future of the
-/// endpoint it calls, so unboxed their sizes add up layer by layer (15.7 KiB for a request's
-/// whole future here, with the request held at several levels; 3 KiB with these boxes), and a
-/// future is copied whole whenever it moves (in `perf`, `memmove` went from 8.6% to 7.4% of
-/// the API's samples per hold with the boxes). A box per layer costs an allocation instead.
-pub async fn boxed_call<E: Endpoint + ?Sized>(ep: &E, req: Request) -> poem::Result<Response> {
-    Box::pin(ep.call(req))
-        .await
-        .map(IntoResponse::into_response)
-}
-
 /// Why a request's body was not read (see [`read_body`]), for [`limit_body`] to answer.
 #[derive(Clone)]
 enum BodyRefused {
@@ -283,7 +272,7 @@ async fn limit_body<E: Endpoint>(ep: Arc<E>, req: Request) -> poem::Result<Respo
         None => {}
     }
     // Boxed, and called from one place: see `boxed_call`.
-    boxed_call(&*ep, req).await
+    crate::middleware::boxed_call(&*ep, req).await
 }
 
 /// Runs pending migrations over a dedicated single connection. Several API processes may start

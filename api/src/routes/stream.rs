@@ -25,10 +25,6 @@ use crate::{
 /// every 15 s).
 pub const KEEP_ALIVE: Duration = Duration::from_secs(10);
 
-/// The answer's `detail` to a client over `STREAM_MAX_PER_CLIENT`.
-pub const TOO_MANY_STREAMS: &str =
-    "this client has as many open event streams as it may; close one first";
-
 /// The data of one `stock` event.
 #[derive(Debug, Object)]
 #[oai(example)]
@@ -112,12 +108,9 @@ impl StreamApi {
             None => ClientKey::of(req, &state.trusted_proxies),
         };
         let client_slot = match client {
-            Some(key) => Some(
-                state
-                    .client_streams
-                    .reserve(key)
-                    .ok_or_else(|| ApiError::new(ProblemCode::RateLimited, TOO_MANY_STREAMS))?,
-            ),
+            Some(key) => Some(state.client_streams.reserve(key).ok_or_else(|| {
+                ApiError::new(ProblemCode::RateLimited, crate::error::TOO_MANY_STREAMS)
+            })?),
             None => None,
         };
         let hub = &state.stock_hub;

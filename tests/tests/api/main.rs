@@ -10,6 +10,7 @@ mod galera;
 mod holds;
 mod hostile;
 mod ids;
+mod layout;
 mod listener;
 mod mixed;
 mod money;
