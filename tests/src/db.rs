@@ -35,18 +35,6 @@ pub enum Backend {
 /// `clippy -D warnings`) says so.
 #[macro_export]
 macro_rules! on_both_databases {
-    // The former form, scenarios written inside the invocation: gone once no suite uses it.
-    ($(async fn $name:ident($backend:ident: Backend) $body:block)*) => {$(
-        mod $name {
-            #[allow(unused_imports)]
-            use super::*;
-            async fn scenario($backend: $crate::Backend) $body
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn mariadb() { scenario($crate::Backend::MariaDb).await }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn sqlite() { scenario($crate::Backend::Sqlite).await }
-        }
-    )*};
     ($($scenario:ident),+ $(,)?) => {$(
         mod $scenario {
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
