@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use flash_sale_tests::{
-    AppOptions, Backend, Client, Response, TestApp, all_at_once, on_both_databases,
+    AppOptions, Backend, Client, Response, TestApp, all_at_once, eventually, on_both_databases,
     until_older_than,
 };
 use reqwest::Method;
@@ -141,17 +141,16 @@ async fn holds_at_or_after_the_end_of_a_sale_are_refused_and_earlier_holds_still
     let hold = app.hold(product, 2).await;
     assert_eq!(hold.status, 201, "{}", hold.body);
 
-    // Wait for the end by asking, not by sleeping a guess.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let refused = loop {
+    // Wait for the end by asking, not by sleeping a guess: holds are granted until it.
+    let refused = eventually("the end of the sale", Duration::from_secs(10), || async {
         let r = app.hold(product, 1).await;
         if r.status == 409 {
-            break r;
+            return Some(r);
         }
         assert_eq!(r.status, 201, "{}", r.body);
-        assert!(std::time::Instant::now() < deadline, "the sale never ended");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        None
+    })
+    .await;
     assert_eq!(refused.code(), "sale_ended");
     assert!(Utc::now() >= ends);
 
@@ -231,19 +230,19 @@ async fn released_and_expired_holds_and_cancelled_orders_give_the_buyer_allowanc
     );
 
     // Expired: the hold no longer counts, even before the worker runs.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let b = loop {
-        let r = hold_for(&app, product, 3, "ann").await;
-        if r.status == 201 {
-            break r;
-        }
-        assert_eq!(r.code(), "buyer_limit_exceeded");
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the hold never expired"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let b = eventually(
+        "ann's allowance back when her hold expired",
+        Duration::from_secs(10),
+        || async {
+            let r = hold_for(&app, product, 3, "ann").await;
+            if r.status == 201 {
+                return Some(r);
+            }
+            assert_eq!(r.code(), "buyer_limit_exceeded");
+            None
+        },
+    )
+    .await;
     // Consumed into an order: the order counts while pending...
     let order = app.order(b.body["hold_id"].as_i64().unwrap_or(0)).await;
     assert_eq!(order.status, 201, "{}", order.body);

@@ -6,7 +6,7 @@ use std::{
 };
 
 use flash_sale_tests::{
-    AppOptions, Backend, Client, TestApp, binary, metric_in, on_both_databases,
+    AppOptions, Backend, Client, TestApp, binary, eventually, metric_in, on_both_databases,
     servers::ScratchMariaDb,
     sse::{End, Item, Reader, stream_client},
 };
@@ -78,6 +78,18 @@ async fn com_select(conn: Option<&sea_orm::DatabaseConnection>) -> Option<f64> {
         .await
         .expect("Com_select")?;
     row.try_get::<String>("", "Value").ok()?.parse().ok()
+}
+
+/// Waits for the stream hub's next check (`stock_stream_checks_total` moves on): the product's
+/// task is running, and whatever listeners joined before it are served by its ticks alone.
+async fn until_the_hub_checks(client: &Client) {
+    let before = client.metric("stock_stream_checks_total").await;
+    eventually(
+        "a check by the stream hub",
+        Duration::from_secs(5),
+        || async { (client.metric("stock_stream_checks_total").await > before).then_some(()) },
+    )
+    .await;
 }
 
 fn kill_term(pid: u32) {
@@ -225,19 +237,19 @@ async fn beyond_max_clients_is_503_with_retry_after_until_a_stream_closes(backen
 
     // A client that goes away gives its place back.
     drop(a);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let r = open(&http, &app.client, product).await;
-        if r.status() == 200 {
-            break;
-        }
-        assert_eq!(r.status(), 503);
-        assert!(
-            Instant::now() < deadline,
-            "the closed stream's place never came back"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(
+        "the closed stream's place back",
+        Duration::from_secs(15),
+        || async {
+            let r = open(&http, &app.client, product).await;
+            if r.status() == 200 {
+                return Some(());
+            }
+            assert_eq!(r.status(), 503);
+            None
+        },
+    )
+    .await;
 }
 
 async fn sigterm_ends_open_streams_cleanly_and_at_once(backend: Backend) {
@@ -349,7 +361,7 @@ async fn checks_per_second_do_not_grow_with_listeners(backend: Backend) {
     };
 
     let mut readers = vec![follow(&http, &app.client, product).await.0];
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    until_the_hub_checks(&app.client).await;
     let one = checks_over(window).await;
 
     let opened =
@@ -359,7 +371,7 @@ async fn checks_per_second_do_not_grow_with_listeners(backend: Backend) {
         r
     }));
     assert_eq!(app.client.metric("stock_stream_clients").await, 301.0);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    until_the_hub_checks(&app.client).await;
     let many = checks_over(window).await;
 
     // One check per interval (100 ms), however many listeners: about 20 in 2 s either way.
@@ -391,7 +403,6 @@ async fn checks_per_second_do_not_grow_with_listeners(backend: Backend) {
     // When every listener has gone, the product's checks stop: once a rendering of
     // `/metrics` shows no streamed product, its checks counter never moves again.
     drop(readers);
-    let deadline = Instant::now() + Duration::from_secs(15);
     let snapshot = async || {
         let text = app.client.metrics_text().await;
         let [products, clients, checks] = [
@@ -406,17 +417,15 @@ async fn checks_per_second_do_not_grow_with_listeners(backend: Backend) {
         );
         (products, clients, checks)
     };
-    let (_, clients, checks) = loop {
-        let s = snapshot().await;
-        if s.0 == 0.0 {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "checks kept running with no listener"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let (_, clients, checks) = eventually(
+        "no streamed product once every listener went",
+        Duration::from_secs(15),
+        || async {
+            let s = snapshot().await;
+            (s.0 == 0.0).then_some(s)
+        },
+    )
+    .await;
     assert_eq!(clients, 0.0, "no stream is open any more");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = snapshot().await;
