@@ -318,6 +318,8 @@ async fn three_apis_and_two_workers_under_a_randomized_mix_keep_every_invariant(
             answers.iter().map(|r| &r.body).collect::<Vec<_>>()
         );
         app.assert_stock_conserved().await;
+        // A random pause between rounds, so that holds expire and orders time out at random
+        // points of the mix: part of the load, not a wait for anything.
         tokio::time::sleep(Duration::from_millis(rng.random_range(100..600))).await;
     }
     // Holds expire (2 s) and unpaid orders time out (3 s): the workers sweep them all.

@@ -157,7 +157,8 @@ async fn six_hundred_holds_through_three_nodes_sell_exactly_the_stock() {
             "still 503 after 60 s of retries\n{}",
             c.diagnostics()
         );
-        tokio::time::sleep(Duration::from_millis(500)).await; // a client's back-off
+        // A client's back-off before it retries its 503s: the scenario's client, not a wait.
+        tokio::time::sleep(Duration::from_millis(500)).await;
         answers = join_all(retry.into_iter().map(|i| {
             let c = c.clients[i % 3].clone();
             async move { (i, c.hold(product, 1).await) }

@@ -168,6 +168,7 @@ async fn slowloris_connections_are_closed_at_the_header_timeout_while_others_are
                 let (mut read, mut write) = stream.into_split();
                 let trickle = async move {
                     loop {
+                        // The bot's pace: the attack itself, not a wait for anything.
                         tokio::time::sleep(Duration::from_millis(500)).await;
                         if write.write_all(b"w").await.is_err() {
                             std::future::pending::<()>().await;
@@ -183,7 +184,8 @@ async fn slowloris_connections_are_closed_at_the_header_timeout_while_others_are
                         }
                     }
                 };
-                // The timeout, and three seconds of slack for a busy machine.
+                // The bound the test asserts: the timeout, and three seconds of slack for a busy
+                // machine.
                 let within = Duration::from_secs(2 + 3);
                 tokio::select! {
                     () = closed => {}
@@ -246,7 +248,8 @@ async fn a_body_trickled_in_is_cut_at_the_header_timeout_too() {
     );
     let started = Instant::now();
     stream.write_all(head.as_bytes()).await.expect("head");
-    // The body, a byte every 200 ms: the head is whole, the request never arrives.
+    // The body, a byte every 200 ms (a slow client's pace, not a wait): the head is whole, the
+    // request never arrives.
     let (mut read, mut write) = stream.into_split();
     let trickle = async move {
         for byte in body.bytes().chain(std::iter::repeat(b' ')) {
@@ -263,6 +266,7 @@ async fn a_body_trickled_in_is_cut_at_the_header_timeout_too() {
             panic!("answered: {}", String::from_utf8_lossy(&buf[..n]));
         }
     };
+    // The bound the test asserts: the 1 s timeout, and three seconds of slack.
     tokio::select! {
         () = closed => {}
         () = trickle => {}

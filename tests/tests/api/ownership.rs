@@ -221,6 +221,7 @@ fn start_with(env: &[(&str, &str)]) -> Option<(bool, String)> {
             let _ = child.wait();
             return None;
         }
+        // Polling for the exit (std's `Child` has no wait with a timeout), not a guessed time.
         std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -97,6 +97,7 @@ async fn kill_9_mid_burst_of_keyed_holds_then_every_key_has_one_hold_and_one_ans
             let (sent, acknowledged, finished) =
                 (sent.clone(), acknowledged.clone(), finished.clone());
             tokio::spawn(async move {
+                // The burst's pace: this request's turn in it, not a wait for anything.
                 tokio::time::sleep(Duration::from_micros(500 * i as u64)).await;
                 let at = Instant::now();
                 sent.fetch_add(1, Ordering::SeqCst);
@@ -145,6 +146,8 @@ async fn kill_9_mid_burst_of_keyed_holds_then_every_key_has_one_hold_and_one_ans
         if (a >= 20 && s - f >= 10) || f == KEYS || Instant::now() > deadline {
             break;
         }
+        // Polling the burst's own counters, finer than `eventually` does: at two requests a
+        // millisecond the moment to kill lasts only milliseconds.
         tokio::time::sleep(Duration::from_micros(500)).await;
     }
     kill9(app.server.pid());
@@ -417,6 +420,7 @@ async fn holds_whose_clients_gave_up_before_their_batch_take_no_stock(backend: B
     let port = port_of(&app.address);
     let release_by = started + Duration::from_millis(800);
     while close_wait_sockets(port) > 0 && Instant::now() < release_by {
+        // Polling /proc/net/tcp; the deadline is not a failure but the latest the lock may go.
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let left_open = close_wait_sockets(port);
@@ -465,6 +469,8 @@ async fn wait_for_pool_in_use(client: &Client, ok: impl Fn(u64) -> bool, within:
             Instant::now() < deadline,
             "pool in_use stayed at {in_use} for {within:?}"
         );
+        // Polling `/metrics`, finer than `eventually` does: the moment the first batch takes
+        // its connection starts a test's 800 ms in which the lock must go.
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }

@@ -96,6 +96,8 @@ async fn a_sale_opening_in_two_seconds_serves_no_one_early_and_sells_out_at_the_
                     opens.timestamp_micros()
                 );
                 early += 1;
+                // A buyer's pause before asking again: part of the crowd, not a wait for the
+                // opening (the answers say when it came).
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }

@@ -346,6 +346,7 @@ async fn checks_per_second_do_not_grow_with_listeners(backend: Backend) {
     };
     let checks_over = async |window: Duration| {
         let before = reading().await;
+        // The time the checks are counted over: a measurement, not a wait for a condition.
         tokio::time::sleep(window).await;
         let after = reading().await;
         let checks = after.0 - before.0;
@@ -427,6 +428,7 @@ async fn checks_per_second_do_not_grow_with_listeners(backend: Backend) {
     )
     .await;
     assert_eq!(clients, 0.0, "no stream is open any more");
+    // Nothing may happen now: the test watches for 500 ms that nothing does.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = snapshot().await;
     assert_eq!(
