@@ -15,20 +15,39 @@ pub enum Backend {
     Sqlite,
 }
 
-/// Declares each scenario once and runs it as two tests, `<name>::mariadb` and `<name>::sqlite`.
+/// Runs each named scenario as two tests, `<name>::mariadb` and `<name>::sqlite`.
+///
+/// A scenario is an ordinary `async fn name(backend: Backend)` beside the invocation, so that
+/// rustfmt formats it; the macro adds a module of the same name (modules and functions do not
+/// share a namespace) with one test per database:
+///
+/// ```ignore
+/// on_both_databases!(a_hold_lowers_available_stock);
+///
+/// /// What the scenario shows.
+/// async fn a_hold_lowers_available_stock(backend: Backend) {
+///     let app = TestApp::spawn(backend).await;
+///     // ...
+/// }
+/// ```
+///
+/// A scenario left out of the list is a function never used: the warning (an error under
+/// `clippy -D warnings`) says so.
 #[macro_export]
 macro_rules! on_both_databases {
-    ($(async fn $name:ident($backend:ident: Backend) $body:block)*) => {$(
-        mod $name {
-            #[allow(unused_imports)]
-            use super::*;
-            async fn scenario($backend: $crate::Backend) $body
+    ($($scenario:ident),+ $(,)?) => {$(
+        mod $scenario {
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn mariadb() { scenario($crate::Backend::MariaDb).await }
+            async fn mariadb() {
+                super::$scenario($crate::Backend::MariaDb).await
+            }
+
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn sqlite() { scenario($crate::Backend::Sqlite).await }
+            async fn sqlite() {
+                super::$scenario($crate::Backend::Sqlite).await
+            }
         }
-    )*};
+    )+};
 }
 
 /// A database that exists for one test: a MariaDB schema dropped afterwards, or a SQLite file

@@ -2,6 +2,7 @@
 //! instead of sleeping for a time it guessed would be enough.
 
 use std::{
+    fmt::Display,
     future::Future,
     time::{Duration, Instant},
 };
@@ -10,8 +11,9 @@ use std::{
 pub const POLL: Duration = Duration::from_millis(20);
 
 /// Checks `check` every [`POLL`] until it returns `Some`, and returns that value; fails the test,
-/// naming `what`, if `within` passes first.
-pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+/// naming `what`, if `within` passes first. `what` is written only then: a
+/// [`std::fmt::from_fn`] can show what a process logged until the failure.
+pub async fn eventually<T, F, Fut>(what: impl Display, within: Duration, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,

@@ -87,80 +87,123 @@ async fn look_up(db: &Db, key: &str, fingerprint: &str) -> Lookup {
         .remove(0)
 }
 
-on_both_databases! {
-    async fn a_granted_key_lives_on_its_hold_and_replays_the_first_answer(backend: Backend) {
-        let (_t, db, product) = setup(backend, 5).await;
-        let first = granted(hold(&db, product, keyed("k-1", "fp-a")).await);
-        assert_eq!(count(&db, "SELECT COUNT(*) FROM idempotency_keys").await, 0, "no key row");
-        assert_eq!(
-            count(&db, "SELECT COUNT(*) FROM holds WHERE idem_key = 'k-1'").await,
-            1
-        );
-        assert!(matches!(look_up(&db, "k-1", "fp-a").await, Lookup::Finished(Replay::Hold(h)) if h == first));
-        assert!(matches!(look_up(&db, "k-1", "fp-b").await, Lookup::Mismatch));
-        // The same request again is answered from the hold, as the API serves it.
-        assert!(matches!(hold(&db, product, keyed("k-1", "fp-a")).await, HoldOutcome::Replayed(Replay::Hold(h)) if h == first));
-        // Released since: the replay is still the first answer.
-        release_hold(&db, first.id, Access::Service).await.expect("released");
-        assert!(matches!(look_up(&db, "k-1", "fp-a").await, Lookup::Finished(Replay::Hold(h)) if h == first));
-    }
+on_both_databases!(
+    a_granted_key_lives_on_its_hold_and_replays_the_first_answer,
+    a_twin_that_missed_the_first_commit_and_would_be_refused_is_told_the_key_is_taken,
+    a_twin_that_missed_the_first_commit_and_would_be_granted_makes_no_second_hold,
+    a_key_on_a_hold_older_than_a_day_is_free_again,
+);
 
-    async fn a_twin_that_missed_the_first_commit_and_would_be_refused_is_told_the_key_is_taken(backend: Backend) {
-        // Stock 1: the first request takes it; its twin's batch, which did not see the key
-        // when it looked, would be refused for stock, and must not store that refusal as the
-        // key's answer.
-        let (_t, db, product) = setup(backend, 1).await;
-        granted(hold(&db, product, keyed("k-2", "fp-a")).await);
-        let same = twin(&db, product, keyed("k-2", "fp-a")).await;
-        assert!(matches!(same, HoldOutcome::Refused(DomainError::IdempotencyKeyInUse)), "{same:?}");
-        let other_body = twin(&db, product, keyed("k-2", "fp-b")).await;
-        assert!(matches!(other_body, HoldOutcome::Refused(DomainError::IdempotencyKeyMismatch)), "{other_body:?}");
-        assert_eq!(count(&db, "SELECT COUNT(*) FROM idempotency_keys").await, 0);
-        assert_eq!(count(&db, "SELECT COUNT(*) FROM holds").await, 1);
-        // A refusal with a fresh key is stored, and replayed.
-        let refused = hold(&db, product, keyed("k-3", "fp-a")).await;
-        assert!(matches!(refused, HoldOutcome::Refused(DomainError::InsufficientStock { available: 0 })));
-        assert!(matches!(
-            look_up(&db, "k-3", "fp-a").await,
-            Lookup::Finished(Replay::Refused(DomainError::InsufficientStock { available: 0 }))
-        ));
-    }
+async fn a_granted_key_lives_on_its_hold_and_replays_the_first_answer(backend: Backend) {
+    let (_t, db, product) = setup(backend, 5).await;
+    let first = granted(hold(&db, product, keyed("k-1", "fp-a")).await);
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM idempotency_keys").await,
+        0,
+        "no key row"
+    );
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM holds WHERE idem_key = 'k-1'").await,
+        1
+    );
+    assert!(
+        matches!(look_up(&db, "k-1", "fp-a").await, Lookup::Finished(Replay::Hold(h)) if h == first)
+    );
+    assert!(matches!(
+        look_up(&db, "k-1", "fp-b").await,
+        Lookup::Mismatch
+    ));
+    // The same request again is answered from the hold, as the API serves it.
+    assert!(
+        matches!(hold(&db, product, keyed("k-1", "fp-a")).await, HoldOutcome::Replayed(Replay::Hold(h)) if h == first)
+    );
+    // Released since: the replay is still the first answer.
+    release_hold(&db, first.id, Access::Service)
+        .await
+        .expect("released");
+    assert!(
+        matches!(look_up(&db, "k-1", "fp-a").await, Lookup::Finished(Replay::Hold(h)) if h == first)
+    );
+}
 
-    async fn a_twin_that_missed_the_first_commit_and_would_be_granted_makes_no_second_hold(backend: Backend) {
-        let (_t, db, product) = setup(backend, 5).await;
-        granted(hold(&db, product, keyed("k-4", "fp-a")).await);
-        // Its INSERT meets the unique key; the retried batch checks keys first.
-        let same = twin(&db, product, keyed("k-4", "fp-a")).await;
-        assert!(matches!(same, HoldOutcome::Refused(DomainError::IdempotencyKeyInUse)), "{same:?}");
-        assert_eq!(count(&db, "SELECT COUNT(*) FROM holds").await, 1);
-        assert_eq!(
-            count(&db, "SELECT available_stock FROM products").await,
-            4,
-            "one unit held, once"
-        );
-    }
+async fn a_twin_that_missed_the_first_commit_and_would_be_refused_is_told_the_key_is_taken(
+    backend: Backend,
+) {
+    // Stock 1: the first request takes it; its twin's batch, which did not see the key
+    // when it looked, would be refused for stock, and must not store that refusal as the
+    // key's answer.
+    let (_t, db, product) = setup(backend, 1).await;
+    granted(hold(&db, product, keyed("k-2", "fp-a")).await);
+    let same = twin(&db, product, keyed("k-2", "fp-a")).await;
+    assert!(
+        matches!(same, HoldOutcome::Refused(DomainError::IdempotencyKeyInUse)),
+        "{same:?}"
+    );
+    let other_body = twin(&db, product, keyed("k-2", "fp-b")).await;
+    assert!(
+        matches!(
+            other_body,
+            HoldOutcome::Refused(DomainError::IdempotencyKeyMismatch)
+        ),
+        "{other_body:?}"
+    );
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM idempotency_keys").await, 0);
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM holds").await, 1);
+    // A refusal with a fresh key is stored, and replayed.
+    let refused = hold(&db, product, keyed("k-3", "fp-a")).await;
+    assert!(matches!(
+        refused,
+        HoldOutcome::Refused(DomainError::InsufficientStock { available: 0 })
+    ));
+    assert!(matches!(
+        look_up(&db, "k-3", "fp-a").await,
+        Lookup::Finished(Replay::Refused(DomainError::InsufficientStock {
+            available: 0
+        }))
+    ));
+}
 
-    async fn a_key_on_a_hold_older_than_a_day_is_free_again(backend: Backend) {
-        let (_t, db, product) = setup(backend, 5).await;
-        let old = granted(hold(&db, product, keyed("k-5", "fp-a")).await);
-        let day_ago = (chrono::Utc::now() - chrono::Duration::hours(25))
-            .format("%Y-%m-%d %H:%M:%S%.6f")
-            .to_string();
-        db.conn()
-            .execute_unprepared(&format!(
-                "UPDATE holds SET created_at = '{day_ago}' WHERE id = {}",
-                old.id.get()
-            ))
-            .await
-            .expect("age the hold");
-        assert!(matches!(look_up(&db, "k-5", "fp-b").await, Lookup::Absent));
-        let new = granted(hold(&db, product, keyed("k-5", "fp-b")).await);
-        assert_ne!(new.id, old.id);
-        assert!(matches!(look_up(&db, "k-5", "fp-b").await, Lookup::Finished(Replay::Hold(h)) if h == new));
-        assert_eq!(
-            count(&db, "SELECT COUNT(*) FROM holds WHERE idem_key IS NULL").await,
-            1,
-            "the old hold gave its key up"
-        );
-    }
+async fn a_twin_that_missed_the_first_commit_and_would_be_granted_makes_no_second_hold(
+    backend: Backend,
+) {
+    let (_t, db, product) = setup(backend, 5).await;
+    granted(hold(&db, product, keyed("k-4", "fp-a")).await);
+    // Its INSERT meets the unique key; the retried batch checks keys first.
+    let same = twin(&db, product, keyed("k-4", "fp-a")).await;
+    assert!(
+        matches!(same, HoldOutcome::Refused(DomainError::IdempotencyKeyInUse)),
+        "{same:?}"
+    );
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM holds").await, 1);
+    assert_eq!(
+        count(&db, "SELECT available_stock FROM products").await,
+        4,
+        "one unit held, once"
+    );
+}
+
+async fn a_key_on_a_hold_older_than_a_day_is_free_again(backend: Backend) {
+    let (_t, db, product) = setup(backend, 5).await;
+    let old = granted(hold(&db, product, keyed("k-5", "fp-a")).await);
+    let day_ago = (chrono::Utc::now() - chrono::Duration::hours(25))
+        .format("%Y-%m-%d %H:%M:%S%.6f")
+        .to_string();
+    db.conn()
+        .execute_unprepared(&format!(
+            "UPDATE holds SET created_at = '{day_ago}' WHERE id = {}",
+            old.id.get()
+        ))
+        .await
+        .expect("age the hold");
+    assert!(matches!(look_up(&db, "k-5", "fp-b").await, Lookup::Absent));
+    let new = granted(hold(&db, product, keyed("k-5", "fp-b")).await);
+    assert_ne!(new.id, old.id);
+    assert!(
+        matches!(look_up(&db, "k-5", "fp-b").await, Lookup::Finished(Replay::Hold(h)) if h == new)
+    );
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM holds WHERE idem_key IS NULL").await,
+        1,
+        "the old hold gave its key up"
+    );
 }

@@ -1,6 +1,6 @@
 //! Every bad input of the contract's error table gets its 4xx problem+json and changes nothing.
 
-use flash_sale_tests::{ADMIN_TOKEN, AppOptions, TestApp, on_both_databases};
+use flash_sale_tests::{ADMIN_TOKEN, AppOptions, Backend, TestApp, on_both_databases};
 use reqwest::Method;
 
 struct Case {
@@ -274,61 +274,90 @@ fn cases(product: i64) -> Vec<Case> {
     ]
 }
 
-on_both_databases! {
-    async fn every_bad_input_gets_its_4xx_problem_and_changes_nothing(backend: Backend) {
-        let app = TestApp::spawn(backend).await;
-        let product = app.create_product(10).await;
-        let before = app.get(&format!("/api/products/{product}")).await.body;
+on_both_databases!(
+    every_bad_input_gets_its_4xx_problem_and_changes_nothing,
+    admin_routes_do_not_exist_without_admin_token
+);
 
-        for c in cases(product) {
-            let mut req = app.http.request(c.method.clone(), format!("{}{}", app.address, c.path));
-            if let Some(ct) = c.content_type {
-                req = req.header("content-type", ct);
-            }
-            if let Some(token) = c.auth {
-                req = req.bearer_auth(token);
-            }
-            if let Some(body) = c.body.clone() {
-                req = req.body(body);
-            }
-            let r = flash_sale_tests::into_response(req.send().await.expect("request")).await;
-            assert_eq!(r.status, c.status, "{}: {}", c.name, r.body);
-            assert_eq!(r.code(), c.code, "{}: {}", c.name, r.body);
-            assert_eq!(r.content_type, "application/problem+json", "{}", c.name);
-            for field in ["type", "title", "detail"] {
-                assert!(r.body[field].is_string(), "{}: no {field} in {}", c.name, r.body);
-            }
-            assert_eq!(r.body["status"], c.status, "{}", c.name);
+async fn every_bad_input_gets_its_4xx_problem_and_changes_nothing(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let product = app.create_product(10).await;
+    let before = app.get(&format!("/api/products/{product}")).await.body;
+
+    for c in cases(product) {
+        let mut req = app
+            .http
+            .request(c.method.clone(), format!("{}{}", app.address, c.path));
+        if let Some(ct) = c.content_type {
+            req = req.header("content-type", ct);
         }
-
-        // A 405 says which methods the resource has (RFC 9110).
-        let put = app.http.put(format!("{}/api/holds/1", app.address)).send().await.expect("put");
-        assert_eq!(put.status(), 405);
-        let allow = put.headers().get("allow").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-        assert!(allow.contains("GET") && allow.contains("DELETE"), "Allow: {allow}");
-
-        assert_eq!(app.get(&format!("/api/products/{product}")).await.body, before);
-        assert_eq!(app.hold_count(product, "active").await, 0);
-        let products = app.get("/api/products/2").await;
-        assert_eq!(products.status, 404, "no admin case created a product");
+        if let Some(token) = c.auth {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = c.body.clone() {
+            req = req.body(body);
+        }
+        let r = flash_sale_tests::into_response(req.send().await.expect("request")).await;
+        assert_eq!(r.status, c.status, "{}: {}", c.name, r.body);
+        assert_eq!(r.code(), c.code, "{}: {}", c.name, r.body);
+        assert_eq!(r.content_type, "application/problem+json", "{}", c.name);
+        for field in ["type", "title", "detail"] {
+            assert!(
+                r.body[field].is_string(),
+                "{}: no {field} in {}",
+                c.name,
+                r.body
+            );
+        }
+        assert_eq!(r.body["status"], c.status, "{}", c.name);
     }
 
-    async fn admin_routes_do_not_exist_without_admin_token(backend: Backend) {
-        let app = TestApp::spawn_with(backend, AppOptions {
+    // A 405 says which methods the resource has (RFC 9110).
+    let put = app
+        .http
+        .put(format!("{}/api/holds/1", app.address))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(put.status(), 405);
+    let allow = put
+        .headers()
+        .get("allow")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    assert!(
+        allow.contains("GET") && allow.contains("DELETE"),
+        "Allow: {allow}"
+    );
+
+    assert_eq!(
+        app.get(&format!("/api/products/{product}")).await.body,
+        before
+    );
+    assert_eq!(app.hold_count(product, "active").await, 0);
+    let products = app.get("/api/products/2").await;
+    assert_eq!(products.status, 404, "no admin case created a product");
+}
+
+async fn admin_routes_do_not_exist_without_admin_token(backend: Backend) {
+    let app = TestApp::spawn_with(
+        backend,
+        AppOptions {
             admin_token: Some(None),
             ..Default::default()
-        })
-        .await;
-        let r = app
-            .http
-            .post(format!("{}/api/admin/products", app.address))
-            .bearer_auth("anything")
-            .json(&serde_json::json!({"name": "x", "price": "1.00", "stock": 1}))
-            .send()
-            .await
-            .expect("request");
-        let r = flash_sale_tests::into_response(r).await;
-        assert_eq!(r.status, 404);
-        assert_eq!(r.code(), "not_found");
-    }
+        },
+    )
+    .await;
+    let r = app
+        .http
+        .post(format!("{}/api/admin/products", app.address))
+        .bearer_auth("anything")
+        .json(&serde_json::json!({"name": "x", "price": "1.00", "stock": 1}))
+        .send()
+        .await
+        .expect("request");
+    let r = flash_sale_tests::into_response(r).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.code(), "not_found");
 }

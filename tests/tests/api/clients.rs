@@ -3,7 +3,7 @@
 //! routing, and a document whose examples work on a fresh database.
 
 use flash_sale_tests::{
-    ADMIN_TOKEN, AppOptions, TestApp, binary, into_response, on_both_databases,
+    ADMIN_TOKEN, AppOptions, Backend, TestApp, binary, into_response, on_both_databases,
 };
 use serde_json::{Value, json};
 
@@ -18,173 +18,334 @@ fn assert_blames(r: &flash_sale_tests::Response, status: u16, code: &str, field:
     assert!(errors[0]["message"].is_string(), "{}", r.body);
 }
 
-on_both_databases! {
-    async fn refusals_name_the_field_or_parameter_to_blame(backend: Backend) {
-        let app = TestApp::spawn(backend).await;
-        let product = app.create_product(3).await;
-        let post = |body: &str| {
-            let app = &app;
-            let body = body.to_owned();
-            async move {
-                let r = app.http.post(format!("{}/api/holds", app.address))
-                    .header("content-type", "application/json").body(body).send().await.expect("post");
-                into_response(r).await
-            }
-        };
+on_both_databases!(
+    refusals_name_the_field_or_parameter_to_blame,
+    created_resources_say_where_they_are_and_replays_say_so,
+    cors_answers_unlisted_origins_as_if_they_sent_none,
+    metrics_label_answers_given_before_routing_with_their_route,
+    an_order_made_by_a_webhook_writes_order_created
+);
 
-        let r = post(&format!(r#"{{"product_id":{product}}}"#)).await;
-        assert_blames(&r, 400, "malformed_request", "qty");
-        assert_eq!(r.body["errors"][0]["message"], "missing field", "not \"found null\": {}", r.body);
-        let r = post(&format!(r#"{{"product_id":{product},"qty":null}}"#)).await;
-        assert_blames(&r, 400, "malformed_request", "qty");
-        assert_eq!(r.body["errors"][0]["message"], "must not be null");
-        assert_blames(&post(&format!(r#"{{"product_id":{product},"qty":"2"}}"#)).await, 400, "malformed_request", "qty");
-        assert_blames(&post(r#"{"product_id":"1","qty":1}"#).await, 400, "malformed_request", "product_id");
-        assert_blames(&post(&format!(r#"{{"product_id":{product},"qty":11}}"#)).await, 422, "validation_error", "qty");
-        assert_blames(&post(&format!(r#"{{"product_id":{product},"qty":0}}"#)).await, 422, "validation_error", "qty");
-        assert_blames(&post(&format!(r#"{{"product_id":{product},"qty":9223372036854775807}}"#)).await, 422, "validation_error", "qty");
-
-        // Path parameters by their own name, never poem-openapi's `param0`.
-        for path in ["/api/products/abc", "/api/holds/1.5", "/api/orders/99999999999999999999"] {
-            let r = app.get(path).await;
-            assert_blames(&r, 400, "malformed_request", "id");
-            assert!(!r.body.to_string().contains("param0"), "{}", r.body);
+async fn refusals_name_the_field_or_parameter_to_blame(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let product = app.create_product(3).await;
+    let post = |body: &str| {
+        let app = &app;
+        let body = body.to_owned();
+        async move {
+            let r = app
+                .http
+                .post(format!("{}/api/holds", app.address))
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .expect("post");
+            into_response(r).await
         }
-        // Headers too.
-        let r = app.post_with_key("/api/holds", &"k".repeat(256), &json!({"product_id": product, "qty": 1})).await;
-        assert_blames(&r, 400, "malformed_request", "Idempotency-Key");
-        // Webhook fields, and admin fields.
-        let r = app.webhook(json!({"idempotency_key": "f1", "order_id": 1, "status": "refunded"})).await;
-        assert_blames(&r, 422, "validation_error", "status");
-        let r = app.webhook(json!({"idempotency_key": "f2", "status": "success"})).await;
-        assert_blames(&r, 400, "malformed_request", "order_id");
-        let r = into_response(app.http.post(format!("{}/api/admin/products", app.address)).bearer_auth(ADMIN_TOKEN)
-            .json(&json!({"name": "x", "price": "1.001", "stock": 1})).send().await.expect("admin")).await;
-        assert_blames(&r, 422, "validation_error", "price");
+    };
 
-        // A refusal for want of stock says how many are available, as a number.
-        assert_eq!(app.hold(product, 2).await.status, 201);
-        let r = app.hold(product, 2).await;
-        assert_eq!((r.status, r.code()), (409, "insufficient_stock"), "{}", r.body);
-        assert_eq!(r.body["available"], 1, "{}", r.body);
-        assert!(r.body.get("errors").is_none(), "{}", r.body);
+    let r = post(&format!(r#"{{"product_id":{product}}}"#)).await;
+    assert_blames(&r, 400, "malformed_request", "qty");
+    assert_eq!(
+        r.body["errors"][0]["message"], "missing field",
+        "not \"found null\": {}",
+        r.body
+    );
+    let r = post(&format!(r#"{{"product_id":{product},"qty":null}}"#)).await;
+    assert_blames(&r, 400, "malformed_request", "qty");
+    assert_eq!(r.body["errors"][0]["message"], "must not be null");
+    assert_blames(
+        &post(&format!(r#"{{"product_id":{product},"qty":"2"}}"#)).await,
+        400,
+        "malformed_request",
+        "qty",
+    );
+    assert_blames(
+        &post(r#"{"product_id":"1","qty":1}"#).await,
+        400,
+        "malformed_request",
+        "product_id",
+    );
+    assert_blames(
+        &post(&format!(r#"{{"product_id":{product},"qty":11}}"#)).await,
+        422,
+        "validation_error",
+        "qty",
+    );
+    assert_blames(
+        &post(&format!(r#"{{"product_id":{product},"qty":0}}"#)).await,
+        422,
+        "validation_error",
+        "qty",
+    );
+    assert_blames(
+        &post(&format!(
+            r#"{{"product_id":{product},"qty":9223372036854775807}}"#
+        ))
+        .await,
+        422,
+        "validation_error",
+        "qty",
+    );
+
+    // Path parameters by their own name, never poem-openapi's `param0`.
+    for path in [
+        "/api/products/abc",
+        "/api/holds/1.5",
+        "/api/orders/99999999999999999999",
+    ] {
+        let r = app.get(path).await;
+        assert_blames(&r, 400, "malformed_request", "id");
+        assert!(!r.body.to_string().contains("param0"), "{}", r.body);
     }
+    // Headers too.
+    let r = app
+        .post_with_key(
+            "/api/holds",
+            &"k".repeat(256),
+            &json!({"product_id": product, "qty": 1}),
+        )
+        .await;
+    assert_blames(&r, 400, "malformed_request", "Idempotency-Key");
+    // Webhook fields, and admin fields.
+    let r = app
+        .webhook(json!({"idempotency_key": "f1", "order_id": 1, "status": "refunded"}))
+        .await;
+    assert_blames(&r, 422, "validation_error", "status");
+    let r = app
+        .webhook(json!({"idempotency_key": "f2", "status": "success"}))
+        .await;
+    assert_blames(&r, 400, "malformed_request", "order_id");
+    let r = into_response(
+        app.http
+            .post(format!("{}/api/admin/products", app.address))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({"name": "x", "price": "1.001", "stock": 1}))
+            .send()
+            .await
+            .expect("admin"),
+    )
+    .await;
+    assert_blames(&r, 422, "validation_error", "price");
 
-    async fn created_resources_say_where_they_are_and_replays_say_so(backend: Backend) {
-        let app = TestApp::spawn(backend).await;
-        let r = into_response(app.http.post(format!("{}/api/admin/products", app.address)).bearer_auth(ADMIN_TOKEN)
-            .json(&json!({"name": "P", "price": "2.50", "stock": 5})).send().await.expect("admin")).await;
-        assert_eq!(r.status, 201, "{}", r.body);
-        let product = r.body["id"].as_i64().expect("id");
-        assert_eq!(r.header("location"), Some(format!("/api/products/{product}").as_str()));
-        assert_eq!(app.get(r.header("location").unwrap_or_default()).await.status, 200);
+    // A refusal for want of stock says how many are available, as a number.
+    assert_eq!(app.hold(product, 2).await.status, 201);
+    let r = app.hold(product, 2).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (409, "insufficient_stock"),
+        "{}",
+        r.body
+    );
+    assert_eq!(r.body["available"], 1, "{}", r.body);
+    assert!(r.body.get("errors").is_none(), "{}", r.body);
+}
 
-        let first = app.hold_with_key(product, 1, "loc-1").await;
-        assert_eq!(first.status, 201, "{}", first.body);
-        let hold = first.body["hold_id"].as_i64().expect("hold_id");
-        assert_eq!(first.header("location"), Some(format!("/api/holds/{hold}").as_str()));
-        assert!(!first.replayed());
-        let again = app.hold_with_key(product, 1, "loc-1").await;
-        assert_eq!((again.status, again.replayed()), (201, true), "{}", again.body);
-        assert_eq!(again.header("location"), first.header("location"), "a replayed 201 says where too");
-        assert_eq!(again.content_type, "application/json");
+async fn created_resources_say_where_they_are_and_replays_say_so(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let r = into_response(
+        app.http
+            .post(format!("{}/api/admin/products", app.address))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({"name": "P", "price": "2.50", "stock": 5}))
+            .send()
+            .await
+            .expect("admin"),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let product = r.body["id"].as_i64().expect("id");
+    assert_eq!(
+        r.header("location"),
+        Some(format!("/api/products/{product}").as_str())
+    );
+    assert_eq!(
+        app.get(r.header("location").unwrap_or_default())
+            .await
+            .status,
+        200
+    );
 
-        let order = app.order(hold).await;
-        assert_eq!(order.status, 201, "{}", order.body);
-        let id = order.body["order_id"].as_i64().expect("order_id");
-        assert_eq!(order.header("location"), Some(format!("/api/orders/{id}").as_str()));
-        assert_eq!(order.content_type, "application/json", "no charset parameter, as documented");
-        let existing = app.order(hold).await;
-        assert_eq!((existing.status, existing.header("location")), (200, None));
-        assert!(existing.header("x-request-id").is_some());
-    }
+    let first = app.hold_with_key(product, 1, "loc-1").await;
+    assert_eq!(first.status, 201, "{}", first.body);
+    let hold = first.body["hold_id"].as_i64().expect("hold_id");
+    assert_eq!(
+        first.header("location"),
+        Some(format!("/api/holds/{hold}").as_str())
+    );
+    assert!(!first.replayed());
+    let again = app.hold_with_key(product, 1, "loc-1").await;
+    assert_eq!(
+        (again.status, again.replayed()),
+        (201, true),
+        "{}",
+        again.body
+    );
+    assert_eq!(
+        again.header("location"),
+        first.header("location"),
+        "a replayed 201 says where too"
+    );
+    assert_eq!(again.content_type, "application/json");
 
-    async fn cors_answers_unlisted_origins_as_if_they_sent_none(backend: Backend) {
-        let listed = "http://localhost:5173";
-        let app = TestApp::spawn_with(backend, AppOptions {
-            extra_env: vec![("CORS_ALLOWED_ORIGINS", format!("{listed}, http://127.0.0.1:3000"))],
+    let order = app.order(hold).await;
+    assert_eq!(order.status, 201, "{}", order.body);
+    let id = order.body["order_id"].as_i64().expect("order_id");
+    assert_eq!(
+        order.header("location"),
+        Some(format!("/api/orders/{id}").as_str())
+    );
+    assert_eq!(
+        order.content_type, "application/json",
+        "no charset parameter, as documented"
+    );
+    let existing = app.order(hold).await;
+    assert_eq!((existing.status, existing.header("location")), (200, None));
+    assert!(existing.header("x-request-id").is_some());
+}
+
+async fn cors_answers_unlisted_origins_as_if_they_sent_none(backend: Backend) {
+    let listed = "http://localhost:5173";
+    let app = TestApp::spawn_with(
+        backend,
+        AppOptions {
+            extra_env: vec![(
+                "CORS_ALLOWED_ORIGINS",
+                format!("{listed}, http://127.0.0.1:3000"),
+            )],
             ..Default::default()
-        }).await;
-        let product = app.create_product(5).await;
-        let hold = |origin: Option<&str>| {
-            let mut req = app.http.post(format!("{}/api/holds", app.address))
-                .json(&json!({"product_id": product, "qty": 1}));
-            if let Some(o) = origin {
-                req = req.header("origin", o);
-            }
-            async move { req.send().await.expect("hold") }
-        };
-
-        let r = hold(Some("http://evil.example")).await;
-        assert_eq!(r.status(), 201, "an unlisted origin is served, never refused");
-        assert!(r.headers().get("access-control-allow-origin").is_none());
-        assert!(r.headers().get("access-control-expose-headers").is_none());
-        let r = hold(None).await;
-        assert_eq!(r.status(), 201);
-        assert!(r.headers().get("access-control-allow-origin").is_none());
-
-        let r = hold(Some(listed)).await;
-        assert_eq!(r.status(), 201);
-        assert_eq!(r.headers()["access-control-allow-origin"], listed);
-        let exposed = r.headers()["access-control-expose-headers"].to_str().expect("ascii").to_ascii_lowercase();
-        for h in ["x-request-id", "location", "idempotent-replayed", "retry-after"] {
-            assert!(exposed.contains(h), "{h} not exposed: {exposed}");
+        },
+    )
+    .await;
+    let product = app.create_product(5).await;
+    let hold = |origin: Option<&str>| {
+        let mut req = app
+            .http
+            .post(format!("{}/api/holds", app.address))
+            .json(&json!({"product_id": product, "qty": 1}));
+        if let Some(o) = origin {
+            req = req.header("origin", o);
         }
+        async move { req.send().await.expect("hold") }
+    };
 
-        // Preflights: a listed origin gets its answer; another is answered as without Origin.
-        let preflight = |origin: &str| app.http.request(reqwest::Method::OPTIONS, format!("{}/api/holds", app.address))
+    let r = hold(Some("http://evil.example")).await;
+    assert_eq!(
+        r.status(),
+        201,
+        "an unlisted origin is served, never refused"
+    );
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+    assert!(r.headers().get("access-control-expose-headers").is_none());
+    let r = hold(None).await;
+    assert_eq!(r.status(), 201);
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+
+    let r = hold(Some(listed)).await;
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["access-control-allow-origin"], listed);
+    let exposed = r.headers()["access-control-expose-headers"]
+        .to_str()
+        .expect("ascii")
+        .to_ascii_lowercase();
+    for h in [
+        "x-request-id",
+        "location",
+        "idempotent-replayed",
+        "retry-after",
+    ] {
+        assert!(exposed.contains(h), "{h} not exposed: {exposed}");
+    }
+
+    // Preflights: a listed origin gets its answer; another is answered as without Origin.
+    let preflight = |origin: &str| {
+        app.http
+            .request(
+                reqwest::Method::OPTIONS,
+                format!("{}/api/holds", app.address),
+            )
             .header("origin", origin)
             .header("access-control-request-method", "POST")
-            .header("access-control-request-headers", "content-type, idempotency-key")
-            .send();
-        let ok = preflight(listed).await.expect("preflight");
-        assert!(ok.status().is_success(), "{}", ok.status());
-        assert_eq!(ok.headers()["access-control-allow-origin"], listed);
-        let other = preflight("http://evil.example").await.expect("preflight");
-        let bare = app.http.request(reqwest::Method::OPTIONS, format!("{}/api/holds", app.address)).send().await.expect("options");
-        assert_eq!(other.status(), bare.status(), "as if no Origin had been sent");
-        assert_ne!(other.status(), 400);
-        assert!(other.headers().get("access-control-allow-origin").is_none());
-    }
+            .header(
+                "access-control-request-headers",
+                "content-type, idempotency-key",
+            )
+            .send()
+    };
+    let ok = preflight(listed).await.expect("preflight");
+    assert!(ok.status().is_success(), "{}", ok.status());
+    assert_eq!(ok.headers()["access-control-allow-origin"], listed);
+    let other = preflight("http://evil.example").await.expect("preflight");
+    let bare = app
+        .http
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/api/holds", app.address),
+        )
+        .send()
+        .await
+        .expect("options");
+    assert_eq!(
+        other.status(),
+        bare.status(),
+        "as if no Origin had been sent"
+    );
+    assert_ne!(other.status(), 400);
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+}
 
-    async fn metrics_label_answers_given_before_routing_with_their_route(backend: Backend) {
-        let app = TestApp::spawn(backend).await;
-        let product = app.create_product(5).await;
-        let big = format!(r#"{{"product_id":{product},"qty":1,"pad":"{}"}}"#, "x".repeat(70_000));
-        let r = app.http.post(format!("{}/api/holds", app.address)).header("content-type", "application/json")
-            .body(big).send().await.expect("413");
-        assert_eq!(r.status(), 413);
-        assert_eq!(app.hold_with_key(product, 1, "m-1").await.status, 201);
-        assert!(app.hold_with_key(product, 1, "m-1").await.replayed());
-        app.get("/no/such/route").await;
+async fn metrics_label_answers_given_before_routing_with_their_route(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let product = app.create_product(5).await;
+    let big = format!(
+        r#"{{"product_id":{product},"qty":1,"pad":"{}"}}"#,
+        "x".repeat(70_000)
+    );
+    let r = app
+        .http
+        .post(format!("{}/api/holds", app.address))
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .expect("413");
+    assert_eq!(r.status(), 413);
+    assert_eq!(app.hold_with_key(product, 1, "m-1").await.status, 201);
+    assert!(app.hold_with_key(product, 1, "m-1").await.replayed());
+    app.get("/no/such/route").await;
 
-        let text = app.metrics_text().await;
-        for needle in [
-            r#"http_requests_total{method="POST",route="/api/holds",status="413"} 1"#,
-            r#"http_requests_total{method="POST",route="/api/holds",status="201"} 2"#,
-            r#"http_requests_total{method="GET",route="unmatched",status="404"} 1"#,
-        ] {
-            assert!(text.contains(needle), "missing {needle} in:\n{text}");
-        }
-        assert!(!text.contains(r#"route="unmatched",status="413""#), "{text}");
+    let text = app.metrics_text().await;
+    for needle in [
+        r#"http_requests_total{method="POST",route="/api/holds",status="413"} 1"#,
+        r#"http_requests_total{method="POST",route="/api/holds",status="201"} 2"#,
+        r#"http_requests_total{method="GET",route="unmatched",status="404"} 1"#,
+    ] {
+        assert!(text.contains(needle), "missing {needle} in:\n{text}");
     }
+    assert!(
+        !text.contains(r#"route="unmatched",status="413""#),
+        "{text}"
+    );
+}
 
-    async fn an_order_made_by_a_webhook_writes_order_created(backend: Backend) {
-        let app = TestApp::spawn(backend).await;
-        let product = app.create_product(5).await;
-        let hold = app.hold(product, 2).await.body["hold_id"].as_i64().expect("hold");
-        let r = app.webhook(json!({"idempotency_key": "early-1", "order_id": 987_654, "status": "success", "hold_id": hold})).await;
-        assert_eq!(r.status, 200, "{}", r.body);
-        let order = r.body["order_id"].as_i64().expect("order");
-        let created = app.server.metric_exactly("order.created", 1).await;
-        assert_eq!(created[0]["order_id"], order);
-        assert_eq!(created[0]["hold_id"], hold);
-        assert_eq!(created[0]["product_id"], product);
-        assert_eq!(created[0]["quantity"], 2);
-        // A duplicate of that webhook makes no second order and no second line.
-        app.webhook(json!({"idempotency_key": "early-1", "order_id": 987_654, "status": "success", "hold_id": hold})).await;
-        app.server.metric_exactly("order.created", 1).await;
-    }
+async fn an_order_made_by_a_webhook_writes_order_created(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let product = app.create_product(5).await;
+    let hold = app.hold(product, 2).await.body["hold_id"]
+        .as_i64()
+        .expect("hold");
+    let r = app.webhook(json!({"idempotency_key": "early-1", "order_id": 987_654, "status": "success", "hold_id": hold})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let order = r.body["order_id"].as_i64().expect("order");
+    let created = app.server.metric_exactly("order.created", 1).await;
+    assert_eq!(created[0]["order_id"], order);
+    assert_eq!(created[0]["hold_id"], hold);
+    assert_eq!(created[0]["product_id"], product);
+    assert_eq!(created[0]["quantity"], 2);
+    // A duplicate of that webhook makes no second order and no second line.
+    app.webhook(json!({"idempotency_key": "early-1", "order_id": 987_654, "status": "success", "hold_id": hold})).await;
+    app.server.metric_exactly("order.created", 1).await;
 }
 
 /// The document's own examples, executed in a buyer's order on a fresh database with the demo

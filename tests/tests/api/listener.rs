@@ -168,6 +168,7 @@ async fn slowloris_connections_are_closed_at_the_header_timeout_while_others_are
                 let (mut read, mut write) = stream.into_split();
                 let trickle = async move {
                     loop {
+                        // The bot's pace: the attack itself, not a wait for anything.
                         tokio::time::sleep(Duration::from_millis(500)).await;
                         if write.write_all(b"w").await.is_err() {
                             std::future::pending::<()>().await;
@@ -183,7 +184,8 @@ async fn slowloris_connections_are_closed_at_the_header_timeout_while_others_are
                         }
                     }
                 };
-                // The timeout, and three seconds of slack for a busy machine.
+                // The bound the test asserts: the timeout, and three seconds of slack for a busy
+                // machine.
                 let within = Duration::from_secs(2 + 3);
                 tokio::select! {
                     () = closed => {}
@@ -246,7 +248,8 @@ async fn a_body_trickled_in_is_cut_at_the_header_timeout_too() {
     );
     let started = Instant::now();
     stream.write_all(head.as_bytes()).await.expect("head");
-    // The body, a byte every 200 ms: the head is whole, the request never arrives.
+    // The body, a byte every 200 ms (a slow client's pace, not a wait): the head is whole, the
+    // request never arrives.
     let (mut read, mut write) = stream.into_split();
     let trickle = async move {
         for byte in body.bytes().chain(std::iter::repeat(b' ')) {
@@ -263,6 +266,7 @@ async fn a_body_trickled_in_is_cut_at_the_header_timeout_too() {
             panic!("answered: {}", String::from_utf8_lossy(&buf[..n]));
         }
     };
+    // The bound the test asserts: the 1 s timeout, and three seconds of slack.
     tokio::select! {
         () = closed => {}
         () = trickle => {}
@@ -273,139 +277,175 @@ async fn a_body_trickled_in_is_cut_at_the_header_timeout_too() {
     assert_eq!(app.available(product).await, 5, "no hold was made");
 }
 
-on_both_databases! {
-    async fn idle_connections_are_closed_and_open_streams_are_not(backend: Backend) {
-        let app = TestApp::spawn_with(backend, with_env(&[
+on_both_databases!(
+    idle_connections_are_closed_and_open_streams_are_not,
+    forwarded_for_counts_only_from_trusted_proxies,
+    a_client_may_hold_only_so_many_streams_open
+);
+
+async fn idle_connections_are_closed_and_open_streams_are_not(backend: Backend) {
+    let app = TestApp::spawn_with(
+        backend,
+        with_env(&[
             ("HTTP_IDLE_TIMEOUT_SECONDS", "1"),
             ("HTTP_HEADER_TIMEOUT_SECONDS", "1"),
-        ]))
+        ]),
+    )
+    .await;
+    let fresh = unpooled(&app.address);
+    let product = fresh.create_product(5).await;
+    let http = stream_client();
+    let r = http
+        .get(format!("{}/api/products/{product}/stream", app.address))
+        .send()
+        .await
+        .expect("open the stream");
+    assert_eq!(r.status(), 200);
+    let mut stream = Reader::new(r);
+    stream
+        .next_event("stock", Duration::from_secs(5))
+        .await
+        .expect("the first event");
+
+    // A keep-alive connection that made one request and then says nothing.
+    let mut idle = TcpStream::connect(addr_of(&app)).await.expect("connect");
+    assert_eq!(get_on(&mut idle, "/healthz").await, 200);
+    let after = closed_within(&mut idle, Duration::from_secs(1 + 3)).await;
+    // Counted from when this side had read the answer, a moment after the server wrote it.
+    assert!(
+        after >= Duration::from_millis(500),
+        "closed after {after:?}"
+    );
+
+    // The stream has written nothing since its first event (its keep-alive comments come
+    // every 10 s), and it has been open longer than both timeouts: it is still open...
+    match stream.next(Duration::from_secs(3)).await {
+        Err(End::TimedOut) => {}
+        other => panic!("the stream should be open and quiet, got {other:?}"),
+    }
+    // ...and still delivers.
+    assert_eq!(fresh.hold(product, 2).await.status, 201);
+    let level = stream
+        .next_event("stock", Duration::from_secs(3))
+        .await
+        .expect("a change");
+    assert_eq!(level["available_stock"], 3);
+    let idle_closed = fresh
+        .metric("http_connections_closed_total{reason=\"idle_timeout\"}")
         .await;
-        let fresh = unpooled(&app.address);
-        let product = fresh.create_product(5).await;
-        let http = stream_client();
-        let r = http
-            .get(format!("{}/api/products/{product}/stream", app.address))
-            .send()
-            .await
-            .expect("open the stream");
-        assert_eq!(r.status(), 200);
-        let mut stream = Reader::new(r);
-        stream.next_event("stock", Duration::from_secs(5)).await.expect("the first event");
+    assert!(idle_closed >= 1.0, "{idle_closed}");
+}
 
-        // A keep-alive connection that made one request and then says nothing.
-        let mut idle = TcpStream::connect(addr_of(&app)).await.expect("connect");
-        assert_eq!(get_on(&mut idle, "/healthz").await, 200);
-        let after = closed_within(&mut idle, Duration::from_secs(1 + 3)).await;
-        // Counted from when this side had read the answer, a moment after the server wrote it.
-        assert!(after >= Duration::from_millis(500), "closed after {after:?}");
+async fn forwarded_for_counts_only_from_trusted_proxies(backend: Backend) {
+    let limit = ("HOLD_RATE_LIMIT_PER_SECOND", "5");
+    let app = TestApp::spawn_with(backend, with_env(&[limit])).await;
+    let product = app.create_product(1000).await;
+    let proxied = with_env(&[limit, ("TRUSTED_PROXIES", "127.0.0.1")]);
+    let behind_proxy = app.spawn_another_api(&proxied);
+    let behind_proxy = Client::new(&behind_proxy);
 
-        // The stream has written nothing since its first event (its keep-alive comments come
-        // every 10 s), and it has been open longer than both timeouts: it is still open...
-        match stream.next(Duration::from_secs(3)).await {
-            Err(End::TimedOut) => {}
-            other => panic!("the stream should be open and quiet, got {other:?}"),
-        }
-        // ...and still delivers.
-        assert_eq!(fresh.hold(product, 2).await.status, 201);
-        let level = stream.next_event("stock", Duration::from_secs(3)).await.expect("a change");
-        assert_eq!(level["available_stock"], 3);
-        let idle_closed = fresh
-            .metric("http_connections_closed_total{reason=\"idle_timeout\"}")
+    // 20 holds at once, each claiming another address; the limiter allows a burst of 5,
+    // and 5 more per second the burst takes.
+    let holds = async |client: &Client, forwarded: fn(usize) -> String| {
+        let started = Instant::now();
+        let answers = client
+            .all_at_once(20, move |c, i| async move {
+                let r = c
+                    .http
+                    .post(format!("{}/api/holds", c.address))
+                    .header("x-forwarded-for", forwarded(i))
+                    .json(&json!({"product_id": product, "qty": 1}))
+                    .send()
+                    .await
+                    .expect("hold");
+                into_response(r).await
+            })
             .await;
-        assert!(idle_closed >= 1.0, "{idle_closed}");
-    }
+        let allowed = 5 + (started.elapsed().as_millis() / 200) as usize;
+        let served = answers.iter().filter(|r| r.status != 429).count();
+        for r in answers.iter().filter(|r| r.status == 429) {
+            assert_eq!(r.code(), "rate_limited", "{}", r.body);
+        }
+        (served, allowed)
+    };
 
-    async fn forwarded_for_counts_only_from_trusted_proxies(backend: Backend) {
-        let limit = ("HOLD_RATE_LIMIT_PER_SECOND", "5");
-        let app = TestApp::spawn_with(backend, with_env(&[limit])).await;
-        let product = app.create_product(1000).await;
-        let proxied = with_env(&[limit, ("TRUSTED_PROXIES", "127.0.0.1")]);
-        let behind_proxy = app.spawn_another_api(&proxied);
-        let behind_proxy = Client::new(&behind_proxy);
+    // Not from a trusted proxy: the header is the client's own claim, ignored.
+    let (served, allowed) = holds(&app.client, |i| format!("198.51.100.{i}")).await;
+    assert!(
+        served <= allowed,
+        "{served} holds served, {allowed} allowed"
+    );
 
-        // 20 holds at once, each claiming another address; the limiter allows a burst of 5,
-        // and 5 more per second the burst takes.
-        let holds = async |client: &Client, forwarded: fn(usize) -> String| {
-            let started = Instant::now();
-            let answers = client
-                .all_at_once(20, move |c, i| async move {
-                    let r = c
-                        .http
-                        .post(format!("{}/api/holds", c.address))
-                        .header("x-forwarded-for", forwarded(i))
-                        .json(&json!({"product_id": product, "qty": 1}))
-                        .send()
-                        .await
-                        .expect("hold");
-                    into_response(r).await
-                })
-                .await;
-            let allowed = 5 + (started.elapsed().as_millis() / 200) as usize;
-            let served = answers.iter().filter(|r| r.status != 429).count();
-            for r in answers.iter().filter(|r| r.status == 429) {
-                assert_eq!(r.code(), "rate_limited", "{}", r.body);
-            }
-            (served, allowed)
-        };
+    // From a trusted proxy: each forwarded address is a client of its own.
+    let (served, _) = holds(&behind_proxy, |i| format!("198.51.100.{}", 100 + i)).await;
+    assert_eq!(served, 20, "every client within its own limit");
 
-        // Not from a trusted proxy: the header is the client's own claim, ignored.
-        let (served, allowed) = holds(&app.client, |i| format!("198.51.100.{i}")).await;
-        assert!(served <= allowed, "{served} holds served, {allowed} allowed");
+    // A made-up entry left of the proxy's own is the client's claim: the client is the
+    // rightmost address the proxy did not vouch for itself.
+    let (served, allowed) = holds(&behind_proxy, |i| format!("192.0.2.{i}, 203.0.113.7")).await;
+    assert!(
+        served <= allowed,
+        "{served} holds served, {allowed} allowed"
+    );
+}
 
-        // From a trusted proxy: each forwarded address is a client of its own.
-        let (served, _) = holds(&behind_proxy, |i| format!("198.51.100.{}", 100 + i)).await;
-        assert_eq!(served, 20, "every client within its own limit");
-
-        // A made-up entry left of the proxy's own is the client's claim: the client is the
-        // rightmost address the proxy did not vouch for itself.
-        let (served, allowed) =
-            holds(&behind_proxy, |i| format!("192.0.2.{i}, 203.0.113.7")).await;
-        assert!(served <= allowed, "{served} holds served, {allowed} allowed");
-    }
-
-    async fn a_client_may_hold_only_so_many_streams_open(backend: Backend) {
-        let app = TestApp::spawn_with(backend, with_env(&[
+async fn a_client_may_hold_only_so_many_streams_open(backend: Backend) {
+    let app = TestApp::spawn_with(
+        backend,
+        with_env(&[
             ("STREAM_MAX_PER_CLIENT", "2"),
             ("TRUSTED_PROXIES", "127.0.0.1"),
-        ]))
-        .await;
-        let product = app.create_product(5).await;
-        let url = format!("{}/api/products/{product}/stream", app.address);
-        let http = stream_client();
-        let open = async |forwarded: Option<&str>| {
-            let mut req = http.get(&url);
-            if let Some(f) = forwarded {
-                req = req.header("x-forwarded-for", f);
-            }
-            req.send().await.expect("open a stream")
-        };
-        let first = open(None).await;
-        let second = open(None).await;
-        assert_eq!((first.status().as_u16(), second.status().as_u16()), (200, 200));
+        ]),
+    )
+    .await;
+    let product = app.create_product(5).await;
+    let url = format!("{}/api/products/{product}/stream", app.address);
+    let http = stream_client();
+    let open = async |forwarded: Option<&str>| {
+        let mut req = http.get(&url);
+        if let Some(f) = forwarded {
+            req = req.header("x-forwarded-for", f);
+        }
+        req.send().await.expect("open a stream")
+    };
+    let first = open(None).await;
+    let second = open(None).await;
+    assert_eq!(
+        (first.status().as_u16(), second.status().as_u16()),
+        (200, 200)
+    );
 
-        let third = open(None).await;
-        // Checked before the body is read: a stream served would never end.
-        assert_eq!(third.status(), 429, "a third stream of one client");
-        let third = into_response(third).await;
-        assert_eq!(third.code(), "rate_limited", "{}", third.body);
-        assert_eq!(third.content_type, "application/problem+json");
-        let retry_after = third.header("retry-after").and_then(|v| v.parse::<u64>().ok());
-        assert!(retry_after.is_some_and(|s| s >= 1), "{:?}", third.headers);
+    let third = open(None).await;
+    // Checked before the body is read: a stream served would never end.
+    assert_eq!(third.status(), 429, "a third stream of one client");
+    let third = into_response(third).await;
+    assert_eq!(third.code(), "rate_limited", "{}", third.body);
+    assert_eq!(third.content_type, "application/problem+json");
+    let retry_after = third
+        .header("retry-after")
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(retry_after.is_some_and(|s| s >= 1), "{:?}", third.headers);
 
-        // Another client, behind the trusted proxy, has places of its own.
-        let other = open(Some("198.51.100.20")).await;
-        assert_eq!(other.status(), 200);
-        let mut other = Reader::new(other);
-        other.next_event("stock", Duration::from_secs(5)).await.expect("its first event");
+    // Another client, behind the trusted proxy, has places of its own.
+    let other = open(Some("198.51.100.20")).await;
+    assert_eq!(other.status(), 200);
+    let mut other = Reader::new(other);
+    other
+        .next_event("stock", Duration::from_secs(5))
+        .await
+        .expect("its first event");
 
-        // Closing a stream gives its place back.
-        drop(first);
-        let _again = eventually("a place after a stream closed", Duration::from_secs(10), || async {
+    // Closing a stream gives its place back.
+    drop(first);
+    let _again = eventually(
+        "a place after a stream closed",
+        Duration::from_secs(10),
+        || async {
             let r = open(None).await;
             (r.status() == 200).then_some(r)
-        })
-        .await;
-    }
+        },
+    )
+    .await;
 }
 
 /// With buyer tokens, each signed-in buyer has its own streams wherever it connects from (many

@@ -8,122 +8,177 @@ use flash_sale_tests::{
 };
 use serde_json::json;
 
-on_both_databases! {
-    async fn every_request_has_an_id_that_reaches_its_log_lines(backend: Backend) {
-        let app = TestApp::spawn(backend).await;
-        let product = app.create_product(5).await;
-        let r = app
-            .http
-            .post(format!("{}/api/holds", app.address))
-            .header("x-request-id", "checkout-42")
-            .json(&json!({"product_id": product, "qty": 1}))
-            .send()
-            .await
-            .expect("hold");
-        assert_eq!(r.status(), 201);
-        assert_eq!(r.headers()["x-request-id"], "checkout-42", "the client's id comes back");
-        let created = app.server.metric_eventually("hold.created", 1).await;
-        assert_eq!(created[0]["span"]["request_id"], "checkout-42", "{}", created[0]);
+on_both_databases!(
+    every_request_has_an_id_that_reaches_its_log_lines,
+    metrics_count_requests_by_route_template_holds_webhooks_and_the_pool,
+    sigterm_drains_readiness_then_finishes_in_flight_requests
+);
 
-        let r = app.http.get(format!("{}/api/products/{product}", app.address)).send().await.expect("get");
-        let generated = r.headers()["x-request-id"].to_str().expect("ascii").to_owned();
-        assert_eq!(generated.len(), 36, "a UUID when the client sends none: {generated}");
-        let junk = app
-            .http
-            .get(format!("{}/healthz", app.address))
-            .header("x-request-id", "has spaces in it")
-            .send()
-            .await
-            .expect("healthz");
-        assert_ne!(junk.headers()["x-request-id"], "has spaces in it");
+async fn every_request_has_an_id_that_reaches_its_log_lines(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let product = app.create_product(5).await;
+    let r = app
+        .http
+        .post(format!("{}/api/holds", app.address))
+        .header("x-request-id", "checkout-42")
+        .json(&json!({"product_id": product, "qty": 1}))
+        .send()
+        .await
+        .expect("hold");
+    assert_eq!(r.status(), 201);
+    assert_eq!(
+        r.headers()["x-request-id"],
+        "checkout-42",
+        "the client's id comes back"
+    );
+    let created = app.server.metric_eventually("hold.created", 1).await;
+    assert_eq!(
+        created[0]["span"]["request_id"], "checkout-42",
+        "{}",
+        created[0]
+    );
+
+    let r = app
+        .http
+        .get(format!("{}/api/products/{product}", app.address))
+        .send()
+        .await
+        .expect("get");
+    let generated = r.headers()["x-request-id"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert_eq!(
+        generated.len(),
+        36,
+        "a UUID when the client sends none: {generated}"
+    );
+    let junk = app
+        .http
+        .get(format!("{}/healthz", app.address))
+        .header("x-request-id", "has spaces in it")
+        .send()
+        .await
+        .expect("healthz");
+    assert_ne!(junk.headers()["x-request-id"], "has spaces in it");
+}
+
+async fn metrics_count_requests_by_route_template_holds_webhooks_and_the_pool(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let product = app.create_product(1).await;
+    let hold = app.hold(product, 1).await.body["hold_id"]
+        .as_i64()
+        .expect("hold");
+    assert_eq!(app.hold(product, 1).await.code(), "insufficient_stock");
+    app.get(&format!("/api/holds/{hold}")).await;
+    app.get("/no/such/route").await;
+    let made_up = reqwest::Method::from_bytes(b"FROBNICATE").expect("a method token");
+    assert_eq!(app.request(made_up, "/api/holds", None).await.status, 405);
+    let order = app.order(hold).await.body["order_id"]
+        .as_i64()
+        .expect("order");
+    let e = json!({"idempotency_key": "m-1", "order_id": order, "status": "success"});
+    app.webhook(e.clone()).await;
+    app.webhook(e).await;
+
+    let text = app.metrics_text().await;
+    for needle in [
+        r#"http_requests_total{method="POST",route="/api/holds",status="201"} 1"#,
+        r#"http_requests_total{method="POST",route="/api/holds",status="409"} 1"#,
+        r#"http_requests_total{method="GET",route="/api/holds/{id}",status="200"} 1"#,
+        r#"http_requests_total{method="GET",route="unmatched",status="404"} 1"#,
+        // A method a client made up is labelled `other`: labels stay bounded.
+        r#"http_requests_total{method="other",route="/api/holds",status="405"} 1"#,
+        r#"http_request_duration_seconds_bucket{method="POST",route="/api/holds",status="201",le="0.005"}"#,
+        "holds_created_total 1",
+        r#"holds_rejected_total{reason="insufficient_stock"} 1"#,
+        r#"order_status_changes_total{status="pending"} 1"#,
+        r#"order_status_changes_total{status="paid"} 1"#,
+        r#"webhooks_total{outcome="processed"} 1"#,
+        r#"webhooks_total{outcome="duplicate"} 1"#,
+        r#"db_pool_connections{state="idle"}"#,
+        "db_pool_max_connections 8",
+        // At 0 from the start, so that an alert has a series to watch.
+        "log_lines_dropped_total 0",
+        "# HELP http_requests_total",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in:\n{text}");
     }
+    assert!(
+        !text.contains(&format!("/api/holds/{hold}\"")),
+        "raw paths never become labels"
+    );
+    assert!(
+        !text.contains("FROBNICATE"),
+        "made-up methods never become labels"
+    );
+}
 
-    async fn metrics_count_requests_by_route_template_holds_webhooks_and_the_pool(backend: Backend) {
-        let app = TestApp::spawn(backend).await;
-        let product = app.create_product(1).await;
-        let hold = app.hold(product, 1).await.body["hold_id"].as_i64().expect("hold");
-        assert_eq!(app.hold(product, 1).await.code(), "insufficient_stock");
-        app.get(&format!("/api/holds/{hold}")).await;
-        app.get("/no/such/route").await;
-        let made_up = reqwest::Method::from_bytes(b"FROBNICATE").expect("a method token");
-        assert_eq!(app.request(made_up, "/api/holds", None).await.status, 405);
-        let order = app.order(hold).await.body["order_id"].as_i64().expect("order");
-        let e = json!({"idempotency_key": "m-1", "order_id": order, "status": "success"});
-        app.webhook(e.clone()).await;
-        app.webhook(e).await;
-
-        let text = app.metrics_text().await;
-        for needle in [
-            r#"http_requests_total{method="POST",route="/api/holds",status="201"} 1"#,
-            r#"http_requests_total{method="POST",route="/api/holds",status="409"} 1"#,
-            r#"http_requests_total{method="GET",route="/api/holds/{id}",status="200"} 1"#,
-            r#"http_requests_total{method="GET",route="unmatched",status="404"} 1"#,
-            // A method a client made up is labelled `other`: labels stay bounded.
-            r#"http_requests_total{method="other",route="/api/holds",status="405"} 1"#,
-            r#"http_request_duration_seconds_bucket{method="POST",route="/api/holds",status="201",le="0.005"}"#,
-            "holds_created_total 1",
-            r#"holds_rejected_total{reason="insufficient_stock"} 1"#,
-            r#"order_status_changes_total{status="pending"} 1"#,
-            r#"order_status_changes_total{status="paid"} 1"#,
-            r#"webhooks_total{outcome="processed"} 1"#,
-            r#"webhooks_total{outcome="duplicate"} 1"#,
-            r#"db_pool_connections{state="idle"}"#,
-            "db_pool_max_connections 8",
-            // At 0 from the start, so that an alert has a series to watch.
-            "log_lines_dropped_total 0",
-            "# HELP http_requests_total",
-        ] {
-            assert!(text.contains(needle), "missing {needle} in:\n{text}");
-        }
-        assert!(!text.contains(&format!("/api/holds/{hold}\"")), "raw paths never become labels");
-        assert!(!text.contains("FROBNICATE"), "made-up methods never become labels");
-    }
-
-    async fn sigterm_drains_readiness_then_finishes_in_flight_requests(backend: Backend) {
-        let app = TestApp::spawn_with(backend, AppOptions {
+async fn sigterm_drains_readiness_then_finishes_in_flight_requests(backend: Backend) {
+    let app = TestApp::spawn_with(
+        backend,
+        AppOptions {
             extra_env: vec![
                 ("SHUTDOWN_DELAY_SECONDS", "1".into()),
                 ("SHUTDOWN_GRACE_SECONDS", "10".into()),
             ],
             ..Default::default()
-        })
-        .await;
-        let product = app.create_product(5).await;
-        // Hold the product (or the SQLite write lock) so the next hold stays in flight.
-        let blocker = app.block_product(product).await;
-        let client = app.client.clone();
-        let in_flight = tokio::spawn(async move {
-            let r = client
-                .http
-                .post(format!("{}/api/holds", client.address))
-                .header("x-request-id", "in-flight-at-sigterm")
-                .json(&json!({"product_id": product, "qty": 1}))
-                .send()
-                .await
-                .expect("hold");
-            into_response(r).await
-        });
-        app.until_waiting("holds", 1).await;
+        },
+    )
+    .await;
+    let product = app.create_product(5).await;
+    // Hold the product (or the SQLite write lock) so the next hold stays in flight.
+    let blocker = app.block_product(product).await;
+    let client = app.client.clone();
+    let in_flight = tokio::spawn(async move {
+        let r = client
+            .http
+            .post(format!("{}/api/holds", client.address))
+            .header("x-request-id", "in-flight-at-sigterm")
+            .json(&json!({"product_id": product, "qty": 1}))
+            .send()
+            .await
+            .expect("hold");
+        into_response(r).await
+    });
+    app.until_waiting("holds", 1).await;
 
-        let kill = Command::new("kill").args(["-TERM", &app.server.pid().to_string()]).status();
-        assert!(kill.expect("kill").success());
-        // For the 1 s drain delay the listener still answers: /readyz turns 503 at the signal.
-        let client = &app.client;
-        let ready = eventually("/readyz answers 503 while draining", Duration::from_secs(1), || async move {
+    let kill = Command::new("kill")
+        .args(["-TERM", &app.server.pid().to_string()])
+        .status();
+    assert!(kill.expect("kill").success());
+    // For the 1 s drain delay the listener still answers: /readyz turns 503 at the signal.
+    let client = &app.client;
+    let ready = eventually(
+        "/readyz answers 503 while draining",
+        Duration::from_secs(1),
+        || async move {
             let ready = client.get("/readyz").await;
             (ready.status == 503).then_some(ready)
-        })
-        .await;
-        assert_eq!(ready.code(), "unavailable", "draining: {}", ready.body);
-        blocker.release().await;
+        },
+    )
+    .await;
+    assert_eq!(ready.code(), "unavailable", "draining: {}", ready.body);
+    blocker.release().await;
 
-        let r = in_flight.await.expect("task");
-        assert_eq!(r.status, 201, "the in-flight request finished: {}", r.body);
-        let mut server = app.server;
-        assert!(server.wait(Duration::from_secs(15)), "clean exit:\n{}", server.output());
-        assert!(server.output().contains("\"message\":\"stopped\""));
-        assert!(app.client.http.get(format!("{}/healthz", app.client.address)).send().await.is_err(), "listener closed");
-    }
+    let r = in_flight.await.expect("task");
+    assert_eq!(r.status, 201, "the in-flight request finished: {}", r.body);
+    let mut server = app.server;
+    assert!(
+        server.wait(Duration::from_secs(15)),
+        "clean exit:\n{}",
+        server.output()
+    );
+    assert!(server.output().contains("\"message\":\"stopped\""));
+    assert!(
+        app.client
+            .http
+            .get(format!("{}/healthz", app.client.address))
+            .send()
+            .await
+            .is_err(),
+        "listener closed"
+    );
 }
 
 #[test]

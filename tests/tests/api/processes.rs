@@ -9,106 +9,148 @@ use flash_sale_tests::{
 };
 use sea_orm::{ConnectionTrait, Statement};
 
-on_both_databases! {
-    async fn migrate_seed_adds_the_demo_product_once(backend: Backend) {
-        let db = TestDb::new(backend).await;
-        let env = [
-            ("DATABASE_URL", db.url.clone()),
-            ("LOG_DIR", db.dir().join("logs").display().to_string()),
-        ];
-        for _ in 0..2 {
-            let mut p = Process::start("flash-sale-api", &["migrate", "--seed"], &env, false);
-            assert!(p.wait(Duration::from_secs(60)), "{}", p.output());
-        }
-        let conn = db.connect().await;
-        let rows = conn
-            .query_all_raw(Statement::from_string(
-                conn.get_database_backend(),
-                "SELECT id, name, price_cents, stock, available_stock FROM products",
-            ))
-            .await
-            .expect("products");
-        assert_eq!(rows.len(), 1);
-        let row = &rows[0];
-        assert_eq!(row.try_get::<i64>("", "id").ok(), Some(1));
-        assert_eq!(row.try_get::<String>("", "name").ok().as_deref(), Some("Flash Sale Product"));
-        assert_eq!(row.try_get::<i64>("", "price_cents").ok(), Some(9999));
-        assert_eq!(row.try_get::<i32>("", "stock").ok(), Some(100));
-        conn.close().await.ok();
+on_both_databases!(
+    migrate_seed_adds_the_demo_product_once,
+    two_api_processes_on_one_database_never_oversell,
+    health_readiness_and_documents_are_served
+);
 
-        // The API over that database, not migrating again, serves the demo product.
-        let api = Process::start(
-            "flash-sale-api",
-            &[],
-            &[
-                ("DATABASE_URL", db.url.clone()),
-                ("BIND_ADDR", "127.0.0.1:0".into()),
-                ("AUTO_MIGRATE", "false".into()),
-                ("LOG_DIR", db.dir().join("logs").display().to_string()),
-                ("WEBHOOK_SECRET", flash_sale_tests::WEBHOOK_SECRET.into()),
-            ],
-            true,
-        );
-        let client = Client::new(&api);
-        let p = client.get("/api/products/1").await;
-        assert_eq!(p.status, 200);
-        assert_eq!(p.body["price"], "99.99");
-        assert_eq!(p.body["available_stock"], 100);
+async fn migrate_seed_adds_the_demo_product_once(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let env = [
+        ("DATABASE_URL", db.url.clone()),
+        ("LOG_DIR", db.dir().join("logs").display().to_string()),
+    ];
+    for _ in 0..2 {
+        let mut p = Process::start("flash-sale-api", &["migrate", "--seed"], &env, false);
+        assert!(p.wait(Duration::from_secs(60)), "{}", p.output());
     }
+    let conn = db.connect().await;
+    let rows = conn
+        .query_all_raw(Statement::from_string(
+            conn.get_database_backend(),
+            "SELECT id, name, price_cents, stock, available_stock FROM products",
+        ))
+        .await
+        .expect("products");
+    assert_eq!(rows.len(), 1);
+    let row = &rows[0];
+    assert_eq!(row.try_get::<i64>("", "id").ok(), Some(1));
+    assert_eq!(
+        row.try_get::<String>("", "name").ok().as_deref(),
+        Some("Flash Sale Product")
+    );
+    assert_eq!(row.try_get::<i64>("", "price_cents").ok(), Some(9999));
+    assert_eq!(row.try_get::<i32>("", "stock").ok(), Some(100));
+    conn.close().await.ok();
 
-    async fn two_api_processes_on_one_database_never_oversell(backend: Backend) {
-        let app = TestApp::spawn(backend).await;
-        let product = app.create_product(100).await;
-        let second = app.spawn_another_api(&AppOptions::default());
-        let clients = [app.client.clone(), app.client.on(&second)];
+    // The API over that database, not migrating again, serves the demo product.
+    let api = Process::start(
+        "flash-sale-api",
+        &[],
+        &[
+            ("DATABASE_URL", db.url.clone()),
+            ("BIND_ADDR", "127.0.0.1:0".into()),
+            ("AUTO_MIGRATE", "false".into()),
+            ("LOG_DIR", db.dir().join("logs").display().to_string()),
+            ("WEBHOOK_SECRET", flash_sale_tests::WEBHOOK_SECRET.into()),
+        ],
+        true,
+    );
+    let client = Client::new(&api);
+    let p = client.get("/api/products/1").await;
+    assert_eq!(p.status, 200);
+    assert_eq!(p.body["price"], "99.99");
+    assert_eq!(p.body["available_stock"], 100);
+}
 
-        let answers = all_at_once_across(&clients, 240, move |c, _| async move { c.hold(product, 1).await }).await;
-        assert_eq!(answers.iter().filter(|r| r.status == 201).count(), 100);
-        assert!(answers
+async fn two_api_processes_on_one_database_never_oversell(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let product = app.create_product(100).await;
+    let second = app.spawn_another_api(&AppOptions::default());
+    let clients = [app.client.clone(), app.client.on(&second)];
+
+    let answers = all_at_once_across(&clients, 240, move |c, _| async move {
+        c.hold(product, 1).await
+    })
+    .await;
+    assert_eq!(answers.iter().filter(|r| r.status == 201).count(), 100);
+    assert!(
+        answers
             .iter()
             .filter(|r| r.status != 201)
-            .all(|r| r.status == 409 && r.code() == "insufficient_stock"));
-        assert_eq!(app.available(product).await, 0);
-        app.assert_stock_conserved().await;
+            .all(|r| r.status == 409 && r.code() == "insufficient_stock")
+    );
+    assert_eq!(app.available(product).await, 0);
+    app.assert_stock_conserved().await;
+}
+
+async fn health_readiness_and_documents_are_served(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    assert_eq!(app.get("/healthz").await.status, 200);
+    assert_eq!(app.get("/readyz").await.status, 200);
+    let spec = app.get("/openapi.json").await;
+    assert_eq!(spec.status, 200);
+    for path in [
+        "/api/products/{id}",
+        "/api/holds",
+        "/api/holds/{id}",
+        "/api/admin/products",
+    ] {
+        assert!(
+            spec.body["paths"][path].is_object(),
+            "{path} missing from the document"
+        );
     }
+    let docs = app
+        .http
+        .get(format!("{}/docs", app.address))
+        .send()
+        .await
+        .expect("docs");
+    assert_eq!(docs.status(), 200);
+    let html = docs.text().await.unwrap_or_default();
+    assert!(
+        html.contains("swagger-ui"),
+        "the Swagger UI bundle is inlined"
+    );
+    assert!(
+        !html.contains("<script src"),
+        "no script loaded from elsewhere"
+    );
+    assert!(
+        !html.contains("<link"),
+        "no stylesheet or font loaded from elsewhere"
+    );
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .expect("metrics");
+    assert_eq!(metrics.status(), 200);
 
-    async fn health_readiness_and_documents_are_served(backend: Backend) {
-        let app = TestApp::spawn(backend).await;
-        assert_eq!(app.get("/healthz").await.status, 200);
-        assert_eq!(app.get("/readyz").await.status, 200);
-        let spec = app.get("/openapi.json").await;
-        assert_eq!(spec.status, 200);
-        for path in ["/api/products/{id}", "/api/holds", "/api/holds/{id}", "/api/admin/products"] {
-            assert!(spec.body["paths"][path].is_object(), "{path} missing from the document");
-        }
-        let docs = app.http.get(format!("{}/docs", app.address)).send().await.expect("docs");
-        assert_eq!(docs.status(), 200);
-        let html = docs.text().await.unwrap_or_default();
-        assert!(html.contains("swagger-ui"), "the Swagger UI bundle is inlined");
-        assert!(!html.contains("<script src"), "no script loaded from elsewhere");
-        assert!(!html.contains("<link"), "no stylesheet or font loaded from elsewhere");
-        let metrics = app.http.get(format!("{}/metrics", app.address)).send().await.expect("metrics");
-        assert_eq!(metrics.status(), 200);
-
-        // The same JSON lines go to a daily file named after the binary and the UTC day.
-        let product = app.create_product(1).await;
-        assert_eq!(app.hold(product, 1).await.status, 201);
-        let file = app
-            .db
-            .dir()
-            .join("logs")
-            .join(format!("flash-sale-api.log.{}", chrono::Utc::now().format("%Y-%m-%d")));
-        // The file has a writer of its own: its line may come a moment after stdout's.
-        let file = &file;
-        let line = eventually("hold.created in the log file", Duration::from_secs(10), || async move {
+    // The same JSON lines go to a daily file named after the binary and the UTC day.
+    let product = app.create_product(1).await;
+    assert_eq!(app.hold(product, 1).await.status, 201);
+    let file = app.db.dir().join("logs").join(format!(
+        "flash-sale-api.log.{}",
+        chrono::Utc::now().format("%Y-%m-%d")
+    ));
+    // The file has a writer of its own: its line may come a moment after stdout's.
+    let file = &file;
+    let line = eventually(
+        "hold.created in the log file",
+        Duration::from_secs(10),
+        || async move {
             let text = std::fs::read_to_string(file).unwrap_or_default();
             text.lines()
                 .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
                 .find(|v| v["metric"] == "hold.created")
-        })
-        .await;
-        assert!(line["timestamp"].is_string() && line["hold_id"].is_number());
-    }
+        },
+    )
+    .await;
+    assert!(line["timestamp"].is_string() && line["hold_id"].is_number());
 }
 
 #[test]

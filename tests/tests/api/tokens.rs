@@ -12,112 +12,198 @@ use flash_sale_tests::{
 use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
 
-on_both_databases! {
-    async fn another_buyers_holds_and_orders_do_not_exist(backend: Backend) {
-        let app = TestApp::spawn_with(backend, jwt_options()).await;
-        let product = app.create_product(20).await;
-        let ann = app.with_token(&buyer_token("ann"));
-        let bob = app.with_token(&buyer_token("bob"));
-        let held = ann.hold(product, 2).await;
-        assert_eq!(held.status, 201, "{}", held.body);
-        assert_eq!(held.body["buyer_id"], "ann", "the buyer is the token's sub");
-        assert_eq!(held.body["client_secret"], Value::Null, "no secret with tokens");
-        let hold = held.body["hold_id"].as_i64().expect("hold");
-        let spare = ann.hold(product, 1).await.body["hold_id"].as_i64().expect("hold");
-        let order = ann.order(hold).await.body["order_id"].as_i64().expect("order");
+on_both_databases!(
+    another_buyers_holds_and_orders_do_not_exist,
+    per_buyer_limits_count_the_token_not_the_body,
+    idempotency_keys_and_rate_limits_are_each_buyers_own
+);
 
-        // Bob, 20 times at once, every route: an unknown id's answer each time.
-        let answers = bob
-            .all_at_once(20, move |c, i| async move {
-                match i % 4 {
-                    0 => c.get(&format!("/api/holds/{spare}")).await,
-                    1 => c.release(spare).await,
-                    2 => c.order(spare).await,
-                    _ => c.get(&format!("/api/orders/{order}")).await,
-                }
-            })
-            .await;
-        for r in &answers {
-            assert_eq!(r.status, 404, "{}", r.body);
-            assert!(["hold_not_found", "order_not_found"].contains(&r.code()), "{}", r.body);
-        }
-        // No token, or a bad one: 401 with a challenge, and nothing happens.
-        for c in [app.stranger(), app.with_token("not.a.token"), app.with_token("")] {
-            for r in [c.get(&format!("/api/holds/{spare}")).await, c.release(spare).await, c.hold(product, 1).await] {
-                assert_eq!((r.status, r.code()), (401, "unauthorized"), "{}", r.body);
-                assert!(r.header("www-authenticate").is_some_and(|h| h.starts_with("Bearer")));
+async fn another_buyers_holds_and_orders_do_not_exist(backend: Backend) {
+    let app = TestApp::spawn_with(backend, jwt_options()).await;
+    let product = app.create_product(20).await;
+    let ann = app.with_token(&buyer_token("ann"));
+    let bob = app.with_token(&buyer_token("bob"));
+    let held = ann.hold(product, 2).await;
+    assert_eq!(held.status, 201, "{}", held.body);
+    assert_eq!(held.body["buyer_id"], "ann", "the buyer is the token's sub");
+    assert_eq!(
+        held.body["client_secret"],
+        Value::Null,
+        "no secret with tokens"
+    );
+    let hold = held.body["hold_id"].as_i64().expect("hold");
+    let spare = ann.hold(product, 1).await.body["hold_id"]
+        .as_i64()
+        .expect("hold");
+    let order = ann.order(hold).await.body["order_id"]
+        .as_i64()
+        .expect("order");
+
+    // Bob, 20 times at once, every route: an unknown id's answer each time.
+    let answers = bob
+        .all_at_once(20, move |c, i| async move {
+            match i % 4 {
+                0 => c.get(&format!("/api/holds/{spare}")).await,
+                1 => c.release(spare).await,
+                2 => c.order(spare).await,
+                _ => c.get(&format!("/api/orders/{order}")).await,
             }
-        }
-        assert_eq!(app.available(product).await, 17, "nothing released, nothing held");
-        assert_eq!(ann.get(&format!("/api/holds/{spare}")).await.body["status"], "active");
-        assert_eq!(ann.get(&format!("/api/orders/{order}")).await.body["buyer_id"], "ann");
-        assert_eq!(ann.release(spare).await.status, 200);
-        app.assert_stock_conserved().await;
-    }
-
-    async fn per_buyer_limits_count_the_token_not_the_body(backend: Backend) {
-        let app = TestApp::spawn_with(backend, jwt_options()).await;
-        let product = app.create_product(100).await;
-        let limited = app
-            .admin(reqwest::Method::PATCH, &format!("/api/admin/products/{product}"), Some(json!({"per_buyer_limit": 2})))
-            .await;
-        assert_eq!(limited.status, 200, "{}", limited.body);
-        let ann = app.with_token(&buyer_token("ann"));
-        // Naming someone else in the body is refused, not believed.
-        let body = json!({"product_id": product, "qty": 1, "buyer_id": "someone-else"});
-        let r = ann.request(reqwest::Method::POST, "/api/holds", Some(body)).await;
-        assert_eq!((r.status, r.code()), (422, "validation_error"), "{}", r.body);
-        assert_eq!(r.body["errors"][0]["field"], "buyer_id");
-        // Ten at once, each naming a different buyer or none: the token's buyer gets 2 units.
-        let answers = ann
-            .all_at_once(10, move |c, i| async move {
-                let body = if i % 2 == 0 {
-                    json!({"product_id": product, "qty": 1})
-                } else {
-                    json!({"product_id": product, "qty": 1, "buyer_id": "ann"})
-                };
-                c.request(reqwest::Method::POST, "/api/holds", Some(body)).await
-            })
-            .await;
-        let granted = answers.iter().filter(|r| r.status == 201).count();
-        assert_eq!(granted, 2, "{:?}", answers.iter().map(|r| r.body.clone()).collect::<Vec<_>>());
-        assert!(answers.iter().filter(|r| r.status != 201).all(|r| r.code() == "buyer_limit_exceeded"));
-        // Another buyer has a limit of its own.
-        assert_eq!(app.with_token(&buyer_token("bob")).hold(product, 2).await.status, 201);
-        assert_eq!(app.available(product).await, 96);
-    }
-
-    async fn idempotency_keys_and_rate_limits_are_each_buyers_own(backend: Backend) {
-        let mut options = jwt_options();
-        options.extra_env.push(("HOLD_RATE_LIMIT_PER_SECOND", "2".into()));
-        let app = TestApp::spawn_with(backend, options).await;
-        let product = app.create_product(100).await;
-        let ann = app.with_token(&buyer_token("ann"));
-        let bob = app.with_token(&buyer_token("bob"));
-        let body = json!({"product_id": product, "qty": 1});
-        // One key, two buyers, at the same moment: two holds.
-        let [a, b]: [flash_sale_tests::Response; 2] = flash_sale_tests::all_at_once(2, |i| {
-            let (c, body) = (if i == 0 { ann.clone() } else { bob.clone() }, body.clone());
-            async move { c.post_with_key("/api/holds", "shared-key", &body).await }
         })
-        .await
-        .try_into()
-        .expect("two answers");
-        assert_eq!((a.status, b.status), (201, 201), "{} {}", a.body, b.body);
-        assert_ne!(a.body["hold_id"], b.body["hold_id"]);
-        assert_eq!((&a.body["buyer_id"], &b.body["buyer_id"]), (&json!("ann"), &json!("bob")));
-        // Ann's retry is Ann's answer.
-        let again = ann.post_with_key("/api/holds", "shared-key", &body).await;
-        assert!(again.replayed());
-        assert_eq!(again.body, a.body);
-
-        // Ann hammers: her budget runs out; Bob, from the same address, keeps his.
-        let hammer = ann.all_at_once(10, move |c, _| async move { c.hold(product, 1).await.status }).await;
-        assert!(hammer.contains(&429), "{hammer:?}");
-        assert!(hammer.iter().filter(|s| **s == 201).count() <= 2, "{hammer:?}");
-        let bobs = bob.all_at_once(2, move |c, _| async move { c.hold(product, 1).await.status }).await;
-        assert!(bobs.contains(&201), "another buyer is not limited by Ann: {bobs:?}");
+        .await;
+    for r in &answers {
+        assert_eq!(r.status, 404, "{}", r.body);
+        assert!(
+            ["hold_not_found", "order_not_found"].contains(&r.code()),
+            "{}",
+            r.body
+        );
     }
+    // No token, or a bad one: 401 with a challenge, and nothing happens.
+    for c in [
+        app.stranger(),
+        app.with_token("not.a.token"),
+        app.with_token(""),
+    ] {
+        for r in [
+            c.get(&format!("/api/holds/{spare}")).await,
+            c.release(spare).await,
+            c.hold(product, 1).await,
+        ] {
+            assert_eq!((r.status, r.code()), (401, "unauthorized"), "{}", r.body);
+            assert!(
+                r.header("www-authenticate")
+                    .is_some_and(|h| h.starts_with("Bearer"))
+            );
+        }
+    }
+    assert_eq!(
+        app.available(product).await,
+        17,
+        "nothing released, nothing held"
+    );
+    assert_eq!(
+        ann.get(&format!("/api/holds/{spare}")).await.body["status"],
+        "active"
+    );
+    assert_eq!(
+        ann.get(&format!("/api/orders/{order}")).await.body["buyer_id"],
+        "ann"
+    );
+    assert_eq!(ann.release(spare).await.status, 200);
+    app.assert_stock_conserved().await;
+}
+
+async fn per_buyer_limits_count_the_token_not_the_body(backend: Backend) {
+    let app = TestApp::spawn_with(backend, jwt_options()).await;
+    let product = app.create_product(100).await;
+    let limited = app
+        .admin(
+            reqwest::Method::PATCH,
+            &format!("/api/admin/products/{product}"),
+            Some(json!({"per_buyer_limit": 2})),
+        )
+        .await;
+    assert_eq!(limited.status, 200, "{}", limited.body);
+    let ann = app.with_token(&buyer_token("ann"));
+    // Naming someone else in the body is refused, not believed.
+    let body = json!({"product_id": product, "qty": 1, "buyer_id": "someone-else"});
+    let r = ann
+        .request(reqwest::Method::POST, "/api/holds", Some(body))
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (422, "validation_error"),
+        "{}",
+        r.body
+    );
+    assert_eq!(r.body["errors"][0]["field"], "buyer_id");
+    // Ten at once, each naming a different buyer or none: the token's buyer gets 2 units.
+    let answers = ann
+        .all_at_once(10, move |c, i| async move {
+            let body = if i % 2 == 0 {
+                json!({"product_id": product, "qty": 1})
+            } else {
+                json!({"product_id": product, "qty": 1, "buyer_id": "ann"})
+            };
+            c.request(reqwest::Method::POST, "/api/holds", Some(body))
+                .await
+        })
+        .await;
+    let granted = answers.iter().filter(|r| r.status == 201).count();
+    assert_eq!(
+        granted,
+        2,
+        "{:?}",
+        answers.iter().map(|r| r.body.clone()).collect::<Vec<_>>()
+    );
+    assert!(
+        answers
+            .iter()
+            .filter(|r| r.status != 201)
+            .all(|r| r.code() == "buyer_limit_exceeded")
+    );
+    // Another buyer has a limit of its own.
+    assert_eq!(
+        app.with_token(&buyer_token("bob"))
+            .hold(product, 2)
+            .await
+            .status,
+        201
+    );
+    assert_eq!(app.available(product).await, 96);
+}
+
+async fn idempotency_keys_and_rate_limits_are_each_buyers_own(backend: Backend) {
+    let mut options = jwt_options();
+    options
+        .extra_env
+        .push(("HOLD_RATE_LIMIT_PER_SECOND", "2".into()));
+    let app = TestApp::spawn_with(backend, options).await;
+    let product = app.create_product(100).await;
+    let ann = app.with_token(&buyer_token("ann"));
+    let bob = app.with_token(&buyer_token("bob"));
+    let body = json!({"product_id": product, "qty": 1});
+    // One key, two buyers, at the same moment: two holds.
+    let [a, b]: [flash_sale_tests::Response; 2] = flash_sale_tests::all_at_once(2, |i| {
+        let (c, body) = (if i == 0 { ann.clone() } else { bob.clone() }, body.clone());
+        async move { c.post_with_key("/api/holds", "shared-key", &body).await }
+    })
+    .await
+    .try_into()
+    .expect("two answers");
+    assert_eq!((a.status, b.status), (201, 201), "{} {}", a.body, b.body);
+    assert_ne!(a.body["hold_id"], b.body["hold_id"]);
+    assert_eq!(
+        (&a.body["buyer_id"], &b.body["buyer_id"]),
+        (&json!("ann"), &json!("bob"))
+    );
+    // Ann's retry is Ann's answer.
+    let again = ann.post_with_key("/api/holds", "shared-key", &body).await;
+    assert!(again.replayed());
+    assert_eq!(again.body, a.body);
+
+    // Ann hammers: her budget runs out; Bob, from the same address, keeps his.
+    let hammer = ann
+        .all_at_once(
+            10,
+            move |c, _| async move { c.hold(product, 1).await.status },
+        )
+        .await;
+    assert!(hammer.contains(&429), "{hammer:?}");
+    assert!(
+        hammer.iter().filter(|s| **s == 201).count() <= 2,
+        "{hammer:?}"
+    );
+    let bobs = bob
+        .all_at_once(
+            2,
+            move |c, _| async move { c.hold(product, 1).await.status },
+        )
+        .await;
+    assert!(
+        bobs.contains(&201),
+        "another buyer is not limited by Ann: {bobs:?}"
+    );
 }
 
 /// An API that takes HS256 tokens and RS256 tokens of `rsa`'s public key, with an issuer and an
