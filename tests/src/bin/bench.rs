@@ -97,8 +97,8 @@ async fn main() -> Result<()> {
     // a server to use instead: nothing else's queries share its CPU or its disk, its CPU time
     // is this run's alone, and it is set up for a sale as the README recommends. (On the
     // shared server, with Debian's 96 MiB of redo log, one run of the hold paths took the
-    // checkpoint age to 79.7 of its 80.8 MB limit, where InnoDB must flush pages before any
-    // more writes.)
+    // checkpoint age close to its limit, where InnoDB must flush pages before any more
+    // writes.)
     let own_server = match (galera_only, std::env::var("TEST_MYSQL_URL")) {
         (false, Err(_)) => Some(ScratchMariaDb::start(SALE_SERVER).await),
         _ => None,
@@ -544,8 +544,8 @@ async fn single_server(
             push(&mut results["http_holds"], r);
         }
         if coalescing {
-            // Four rounds: on this shared virtual machine one round's shares ranged from 55% to
-            // 80% keyed and 63% to 122% limited within a few minutes.
+            // Four rounds: on this shared virtual machine one round's shares of the keyed and
+            // limited paths ranged widely within a few minutes.
             let db_pid = mariadb_pid(base).await;
             let jwt_api = Api::start_tokens(release, &db_url)?;
             results["hold_paths"] =
