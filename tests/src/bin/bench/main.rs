@@ -41,10 +41,14 @@
 //! single server nor the other sections) and writes `tests/bench-results/results-galera.json`
 //! instead, leaving `results.json` and the chart as they were.
 
+mod api;
+mod database;
+mod sampling;
+
 use std::{
     io::Write,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -53,6 +57,10 @@ use anyhow::{Context, Result, anyhow, bail};
 use flash_sale_tests::servers::{GaleraCluster, ScratchMariaDb};
 use sea_orm::sqlx::{self, Connection, Executor, mysql::MySqlPoolOptions};
 use serde_json::{Value, json};
+
+use api::{Api, JWT_SECRET};
+use database::fresh_database;
+use sampling::{CpuSnapshot, Latencies, machine, mariadb_pid};
 
 const CONNECTIONS: [usize; 3] = [16, 64, 256];
 /// The MariaDB settings of the run's own server, beyond the test servers' (see the README's
@@ -63,11 +71,6 @@ const SALE_SERVER: &[&str] = &[
     "--innodb-buffer-pool-size=1G",
     "--max-connections=1000",
 ];
-const ADMIN: &str = "bench-admin-token-of-32-characters";
-/// A gateway secret, without which the API does not start (the benchmark sends no webhook).
-const WEBHOOK_SECRET: &str = "whsec_YmVuY2gtd2ViaG9vay1zZWNyZXQtb2YtMzItYnl0ZXM=";
-/// The HS256 key of the API that knows its buyers by tokens (`BUYER_AUTH=jwt`).
-const JWT_SECRET: &str = "bench-buyer-tokens-hs256-key-of-40-bytes";
 /// Buyers of the token path: a token each, sent in turn.
 const TOKEN_BUYERS: usize = 256;
 
@@ -270,9 +273,9 @@ async fn hold_paths(
                 2 => (buyer_holds_script(limited), api, &url),
                 _ => (token_holds_script(product), jwt_api, &jwt_url),
             };
-            let before = CpuSnapshot::take(api, db_pid);
+            let before = CpuSnapshot::take(api.pid(), db_pid);
             let v = wrk(url, 256, pass, &script)?;
-            paths[path].add(&v, CpuSnapshot::take(api, db_pid).since(&before));
+            paths[path].add(&v, CpuSnapshot::take(api.pid(), db_pid).since(&before));
         }
         for (all, path) in pooled.iter_mut().zip(&paths) {
             all.merge(&path.latencies);
@@ -388,26 +391,6 @@ async fn hold_paths(
     Ok(result)
 }
 
-/// CPU seconds used so far by the API, by MariaDB (when its pid is known) and by the finished
-/// child processes of this benchmark (each wrk run, once it has been waited for).
-struct CpuSnapshot([f64; 3]);
-
-impl CpuSnapshot {
-    fn take(api: &Api, db_pid: Option<u32>) -> Self {
-        Self([
-            api.cpu_seconds(),
-            db_pid.map_or(0.0, |pid| proc_cpu_seconds(&pid.to_string(), [11, 12])),
-            // This process's cutime and cstime: its waited-for children.
-            proc_cpu_seconds("self", [13, 14]),
-        ])
-    }
-
-    /// Seconds of CPU of each process since `before`.
-    fn since(&self, before: &Self) -> [f64; 3] {
-        [0, 1, 2].map(|i| self.0[i] - before.0[i])
-    }
-}
-
 /// One hold path's passes in one round, added up.
 #[derive(Default)]
 struct PathRun {
@@ -454,68 +437,6 @@ impl PathRun {
             "service_us": per_hold(0) + per_hold(1),
         })
     }
-}
-
-/// Latencies of many wrk runs, pooled: how many answers took each number of microseconds.
-#[derive(Default, Clone)]
-struct Latencies(std::collections::BTreeMap<u64, u64>);
-
-impl Latencies {
-    /// Adds a wrk report's latencies (its `latency_us`: `[µs, count]` pairs).
-    fn add(&mut self, report: &Value) {
-        for pair in report["latency_us"].as_array().into_iter().flatten() {
-            if let (Some(us), Some(n)) = (pair[0].as_u64(), pair[1].as_u64()) {
-                *self.0.entry(us).or_default() += n;
-            }
-        }
-    }
-
-    fn merge(&mut self, other: &Self) {
-        for (&us, &n) in &other.0 {
-            *self.0.entry(us).or_default() += n;
-        }
-    }
-
-    /// The `p`th percentile in ms, ranked as wrk ranks it (`stats_percentile`).
-    fn percentile_ms(&self, p: f64) -> f64 {
-        let total: u64 = self.0.values().sum();
-        let rank = ((p / 100.0) * total as f64 + 0.5).round() as u64;
-        let mut seen = 0;
-        for (&us, &n) in &self.0 {
-            seen += n;
-            if seen >= rank {
-                return us as f64 / 1000.0;
-            }
-        }
-        0.0
-    }
-}
-
-/// Two CPU-time fields of `/proc/{pid}/stat`, counted after the command's closing parenthesis
-/// (utime and stime are 11 and 12, cutime and cstime 13 and 14), in seconds.
-fn proc_cpu_seconds(pid: &str, fields: [usize; 2]) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let values: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks: f64 = fields
-        .iter()
-        .filter_map(|&i| values.get(i)?.parse::<f64>().ok())
-        .sum();
-    // USER_HZ is 100 on Linux.
-    ticks / 100.0
-}
-
-/// The pid of the MariaDB server behind `base`, from the pidfile it reports: its CPU time is
-/// part of a hold's price.
-async fn mariadb_pid(base: &str) -> Option<u32> {
-    let mut conn = sqlx::MySqlConnection::connect(base).await.ok()?;
-    let (file,): (String,) = sqlx::query_as("SELECT @@pid_file")
-        .fetch_one(&mut conn)
-        .await
-        .ok()?;
-    std::fs::read_to_string(file).ok()?.trim().parse().ok()
 }
 
 async fn single_server(
@@ -640,190 +561,6 @@ async fn single_server(
 fn push(list: &mut Value, item: Value) {
     if let Some(a) = list.as_array_mut() {
         a.push(item);
-    }
-}
-
-/// Drops and recreates a database, migrates it through the API binary, returns its URL.
-async fn fresh_database(base: &str, name: &str) -> Result<String> {
-    let mut conn = sqlx::MySqlConnection::connect(base)
-        .await
-        .context("MariaDB")?;
-    conn.execute(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS `{name}`"
-    )))
-    .await?;
-    conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE `{name}`")))
-        .await?;
-    Ok(format!("{base}/{name}"))
-}
-
-struct Api {
-    child: Child,
-    url: String,
-    http: reqwest::Client,
-}
-
-impl Api {
-    fn start(release: &Path, db_url: &str, coalescing: bool) -> Result<Self> {
-        Self::start_with(release, db_url, coalescing, &[])
-    }
-
-    /// An API on `db_url` (already migrated) whose buyers are known by HS256 tokens.
-    fn start_tokens(release: &Path, db_url: &str) -> Result<Self> {
-        Self::start_with(
-            release,
-            db_url,
-            true,
-            &[
-                ("AUTO_MIGRATE", "false"),
-                ("BUYER_AUTH", "jwt"),
-                ("BUYER_JWT_SECRET", JWT_SECRET),
-            ],
-        )
-    }
-
-    /// [`start`](Self::start) with more environment variables (`AUTO_MIGRATE`).
-    fn start_with(
-        release: &Path,
-        db_url: &str,
-        coalescing: bool,
-        extra_env: &[(&str, &str)],
-    ) -> Result<Self> {
-        let log_dir = std::env::temp_dir().join("flash-sale-bench-logs");
-        // A free port chosen here, so the API's stdout need not be read (parsing every log
-        // line would cost the load generator CPU).
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-        let child = Command::new(release.join("flash-sale-api"))
-            .env("DATABASE_URL", db_url)
-            .env("BIND_ADDR", addr.to_string())
-            .env("HOLD_COALESCING", coalescing.to_string())
-            .env("HOLD_TTL_SECONDS", "3600")
-            .env("MAX_HOLD_QTY", "10")
-            .env("ADMIN_TOKEN", ADMIN)
-            .env("WEBHOOK_SECRET", WEBHOOK_SECRET)
-            .env("LOG_DIR", &log_dir)
-            .env("RUST_LOG", "info")
-            .envs(extra_env.iter().copied())
-            .stdout(Stdio::null())
-            .spawn()
-            .context("start target/release/flash-sale-api (run tests/bench.sh)")?;
-        let mut api = Self {
-            child,
-            url: format!("http://{addr}"),
-            http: reqwest::Client::new(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(addr).is_err() {
-            if let Some(status) = api.child.try_wait()? {
-                bail!(
-                    "the API exited before listening ({status}); its log is in {}",
-                    log_dir.display()
-                );
-            }
-            if Instant::now() > deadline {
-                bail!("the API did not start listening on {addr}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(api)
-    }
-
-    async fn create_limited_product(&self, stock: i64, per_buyer_limit: i64) -> Result<i64> {
-        let r: Value = self
-            .http
-            .post(format!("{}/api/admin/products", self.url))
-            .bearer_auth(ADMIN)
-            .json(
-                &json!({"name": "Limited product", "price": "9.99", "stock": stock,
-                "per_buyer_limit": per_buyer_limit}),
-            )
-            .send()
-            .await?
-            .json()
-            .await?;
-        r["id"].as_i64().context("limited product id")
-    }
-
-    /// A hold of one unit: its id and the secret its buyer was given.
-    async fn create_hold(&self, product: i64) -> Result<(i64, String)> {
-        let r: Value = self
-            .http
-            .post(format!("{}/api/holds", self.url))
-            .json(&json!({"product_id": product, "qty": 1}))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let id = r["hold_id"].as_i64().context("hold id")?;
-        let secret = r["client_secret"].as_str().context("client_secret")?;
-        Ok((id, secret.to_owned()))
-    }
-
-    async fn create_product(&self, stock: i64) -> Result<i64> {
-        let r: Value = self
-            .http
-            .post(format!("{}/api/admin/products", self.url))
-            .bearer_auth(ADMIN)
-            .json(&json!({"name": "Hot product", "price": "9.99", "stock": stock}))
-            .send()
-            .await?
-            .json()
-            .await?;
-        r["id"].as_i64().context("product id")
-    }
-
-    /// `stock_contention_retries_total` from the API's `/metrics`: transactions retried after a
-    /// lock wait timeout or a deadlock (on Galera, a certification conflict: error 1213).
-    async fn contention_retries(&self) -> Result<u64> {
-        Ok(self.metric("stock_contention_retries_total").await? as u64)
-    }
-
-    /// A counter or gauge from the API's `/metrics`, summed over its labels.
-    async fn metric(&self, name: &str) -> Result<f64> {
-        let text = self
-            .http
-            .get(format!("{}/metrics", self.url))
-            .send()
-            .await?
-            .text()
-            .await?;
-        Ok(text
-            .lines()
-            .filter_map(|l| l.strip_prefix(name))
-            .filter(|rest| rest.starts_with([' ', '{']))
-            .filter_map(|rest| rest.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum())
-    }
-
-    /// CPU seconds (user + system) the API has used so far.
-    fn cpu_seconds(&self) -> f64 {
-        proc_cpu_seconds(&self.child.id().to_string(), [11, 12])
-    }
-
-    fn peak_rss_kib(&self) -> u64 {
-        self.status_kib("VmHWM:")
-    }
-
-    fn rss_kib(&self) -> u64 {
-        self.status_kib("VmRSS:")
-    }
-
-    fn status_kib(&self, field: &str) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with(field))
-                    .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
-            })
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for Api {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -1552,18 +1289,6 @@ fn stream_step(results: &Value, listeners: usize, field: &str) -> Value {
         .find(|s| s["listeners"] == listeners)
         .map(|s| s[field].clone())
         .unwrap_or(Value::Null)
-}
-
-fn machine() -> Value {
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    let version = Command::new("mariadb")
-        .args(["--version"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
-    json!({"cpus": cpus, "database": version, "note": "load generator, API and database on one machine"})
 }
 
 /// Holds/s by connections for the three designs, as an SVG line chart.
