@@ -41,12 +41,13 @@
 //! single server nor the other sections) and writes `tests/bench-results/results-galera.json`
 //! instead, leaving `results.json` and the chart as they were.
 
+mod anchor;
 mod api;
 mod database;
 mod sampling;
+mod wrk;
 
 use std::{
-    io::Write,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::Arc,
@@ -55,12 +56,17 @@ use std::{
 
 use anyhow::{Context, Result, anyhow, bail};
 use flash_sale_tests::servers::{GaleraCluster, ScratchMariaDb};
-use sea_orm::sqlx::{self, Connection, Executor, mysql::MySqlPoolOptions};
+use sea_orm::sqlx::{self, Connection, Executor};
 use serde_json::{Value, json};
 
-use api::{Api, JWT_SECRET};
+use anchor::plain_sql_holds;
+use api::Api;
 use database::fresh_database;
 use sampling::{CpuSnapshot, Latencies, machine, mariadb_pid};
+use wrk::{
+    buyer_holds_script, hold_reads_script, holds_request_script, holds_script, keyed_holds_script,
+    ms, rate, spray_script, token_holds_script, wrk, wrk_holds, wrk_reads, wrk_with,
+};
 
 const CONNECTIONS: [usize; 3] = [16, 64, 256];
 /// The MariaDB settings of the run's own server, beyond the test servers' (see the README's
@@ -71,9 +77,6 @@ const SALE_SERVER: &[&str] = &[
     "--innodb-buffer-pool-size=1G",
     "--max-connections=1000",
 ];
-/// Buyers of the token path: a token each, sent in turn.
-const TOKEN_BUYERS: usize = 256;
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let seconds: u64 = std::env::var("BENCH_SECONDS")
@@ -562,303 +565,6 @@ fn push(list: &mut Value, item: Value) {
     if let Some(a) = list.as_array_mut() {
         a.push(item);
     }
-}
-
-const WRK_REPORT: &str = r#"
-local threads = {}
-function setup(thread) table.insert(threads, thread); thread:set("tid", #threads) end
-function init(args) ok = 0; refused = 0; unavailable = 0; server_error = 0; other = 0 end
-function response(status, headers, body)
-  if status == 200 or status == 201 then ok = ok + 1
-  elseif status == 409 then refused = refused + 1
-  elseif status == 503 then unavailable = unavailable + 1
-  elseif status >= 500 then server_error = server_error + 1
-  else other = other + 1 end
-end
-function done(summary, latency, requests)
-  local o, r, u, s, x = 0, 0, 0, 0, 0
-  for _, t in ipairs(threads) do
-    o = o + t:get("ok"); r = r + t:get("refused"); u = u + t:get("unavailable")
-    s = s + t:get("server_error"); x = x + t:get("other")
-  end
-  local e = summary.errors
-  -- Every latency seen (µs) with its count, so that passes can be pooled exactly.
-  local hist = {}
-  for i = 1, #latency do
-    local v, c = latency(i)
-    hist[i] = string.format("[%d,%d]", v, c)
-  end
-  io.write(string.format('WRK_JSON {"requests":%d,"duration_us":%d,"ok":%d,"refused":%d,"unavailable":%d,"server_error":%d,"other":%d,"socket_errors":%d,"p50_us":%d,"p99_us":%d,"max_us":%d,"latency_us":[%s]}\n',
-    summary.requests, summary.duration, o, r, u, s, x, e.connect + e.read + e.write + e.timeout,
-    latency:percentile(50), latency:percentile(99), latency.max, table.concat(hist, ",")))
-end
-"#;
-
-/// Runs wrk with a script and returns its JSON report. Fails on any answer other than 2xx or
-/// 409 (the Galera section, which expects 503s, counts them with [`wrk_with`] instead).
-fn wrk(url: &str, connections: usize, seconds: u64, script: &str) -> Result<Value> {
-    let v = wrk_with(url, connections, 2, seconds, script)?;
-    let unexpected = ["unavailable", "server_error", "other"]
-        .iter()
-        .map(|f| v[f].as_u64().unwrap_or(0))
-        .sum::<u64>();
-    if unexpected > 0 {
-        let mut shown = v.clone();
-        if let Some(fields) = shown.as_object_mut() {
-            fields.remove("latency_us");
-        }
-        bail!("unexpected statuses during the run: {shown}");
-    }
-    Ok(v)
-}
-
-/// Runs wrk (`threads` threads) with a script and returns its JSON report, whatever the statuses.
-fn wrk_with(
-    url: &str,
-    connections: usize,
-    threads: usize,
-    seconds: u64,
-    script: &str,
-) -> Result<Value> {
-    // One file per run: the Galera section runs three wrk at once.
-    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let path =
-        std::env::temp_dir().join(format!("flash-sale-bench-{}-{run}.lua", std::process::id()));
-    std::fs::File::create(&path)?.write_all(script.as_bytes())?;
-    let out = Command::new("wrk")
-        .args([
-            &format!("-t{threads}"),
-            &format!("-c{connections}"),
-            &format!("-d{seconds}s"),
-            "--timeout",
-            "10s",
-            "-s",
-        ])
-        .arg(&path)
-        .arg(url)
-        .output()
-        .context("run wrk (apt-get install wrk)")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .find_map(|l| l.strip_prefix("WRK_JSON "))
-        .with_context(|| format!("no report from wrk:\n{text}"))?;
-    let v: Value = serde_json::from_str(line)?;
-    let _ = std::fs::remove_file(&path);
-    Ok(v)
-}
-
-fn rate(v: &Value, field: &str) -> f64 {
-    v[field].as_f64().unwrap_or(0.0) / (v["duration_us"].as_f64().unwrap_or(1.0) / 1e6)
-}
-
-fn ms(v: &Value, field: &str) -> f64 {
-    v[field].as_f64().unwrap_or(0.0) / 1000.0
-}
-
-fn holds_script(product: i64) -> String {
-    format!(
-        "wrk.method = \"POST\"\nwrk.body = '{{\"product_id\":{product},\"qty\":1}}'\n\
-         wrk.headers[\"Content-Type\"] = \"application/json\"\n{WRK_REPORT}"
-    )
-}
-
-/// The requests of [`holds_script`], each built by a Lua `request()` as the keyed and buyer
-/// scripts build theirs, so that wrk spends alike per request on every path compared.
-fn holds_request_script(product: i64) -> String {
-    format!(
-        "wrk.method = \"POST\"\nwrk.body = '{{\"product_id\":{product},\"qty\":1}}'\n\
-         wrk.headers[\"Content-Type\"] = \"application/json\"\n\
-         function request()\n  return wrk.format()\nend\n{WRK_REPORT}"
-    )
-}
-
-/// Holds like [`holds_script`], each with an `Idempotency-Key` of its own (unique across runs),
-/// as clients that retry safely send them.
-fn keyed_holds_script(product: i64) -> String {
-    let run = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    format!(
-        "wrk.method = \"POST\"\nwrk.body = '{{\"product_id\":{product},\"qty\":1}}'\n\
-         wrk.headers[\"Content-Type\"] = \"application/json\"\n\
-         local n = 0\n\
-         function request()\n  n = n + 1\n  \
-           wrk.headers[\"Idempotency-Key\"] = \"bench-{run}-\" .. tid .. \"-\" .. n\n  \
-           return wrk.format()\nend\n{WRK_REPORT}"
-    )
-}
-
-/// Holds on a limited product, each by a buyer of its own, as a crowd of distinct users sends
-/// them.
-fn buyer_holds_script(product: i64) -> String {
-    let run = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    format!(
-        "local n = 0\n\
-         function request()\n  n = n + 1\n  \
-           return wrk.format(\"POST\", nil, {{[\"Content-Type\"] = \"application/json\"}}, \
-             '{{\"product_id\":{product},\"qty\":1,\"buyer_id\":\"b-{run}-' .. tid .. '-' .. n .. '\"}}')\nend\n{WRK_REPORT}"
-    )
-}
-
-/// Holds by [`TOKEN_BUYERS`] signed-in buyers (`BUYER_AUTH=jwt`), each request with the next
-/// buyer's token, as a crowd of logged-in users sends them.
-fn token_holds_script(product: i64) -> String {
-    let tokens: Vec<String> = (0..TOKEN_BUYERS)
-        .map(|i| {
-            let claims = flash_sale_tests::tokens::claims(&format!("bench-buyer-{i}"));
-            format!(
-                "\"{}\"",
-                flash_sale_tests::tokens::sign_hs256(JWT_SECRET.as_bytes(), &claims)
-            )
-        })
-        .collect();
-    format!(
-        "wrk.method = \"POST\"\nwrk.body = '{{\"product_id\":{product},\"qty\":1}}'\n\
-         wrk.headers[\"Content-Type\"] = \"application/json\"\n\
-         local tokens = {{{}}}\nlocal n = 0\n\
-         function request()\n  n = n + 1\n  \
-           wrk.headers[\"Authorization\"] = \"Bearer \" .. tokens[(n + tid * 17) % #tokens + 1]\n  \
-           return wrk.format()\nend\n{WRK_REPORT}",
-        tokens.join(",")
-    )
-}
-
-/// Reads of one hold by its buyer, with the hold's `Client-Secret`.
-fn hold_reads_script(secret: &str) -> String {
-    format!("wrk.headers[\"Client-Secret\"] = \"{secret}\"\n{WRK_REPORT}")
-}
-
-/// Holds and reads for product ids that do not exist, each id new: the abuse the per-product
-/// queues must not grow with.
-fn spray_script() -> String {
-    format!(
-        "local n = 0\n\
-         function request()\n  n = n + 1\n  local id = 1000000000 + tid * 100000000 + n\n  \
-           if n % 2 == 0 then\n    \
-             return wrk.format(\"GET\", \"/api/products/\" .. id)\n  end\n  \
-           return wrk.format(\"POST\", \"/api/holds\", {{[\"Content-Type\"] = \"application/json\"}}, \
-             '{{\"product_id\":' .. id .. ',\"qty\":1}}')\nend\n{WRK_REPORT}"
-    )
-}
-
-fn wrk_holds(url: &str, product: i64, connections: usize, seconds: u64) -> Result<Value> {
-    let v = wrk(
-        &format!("{url}/api/holds"),
-        connections,
-        seconds,
-        &holds_script(product),
-    )?;
-    Ok(json!({
-        "holds_per_s": rate(&v, "ok"),
-        "p50_ms": ms(&v, "p50_us"),
-        "p99_ms": ms(&v, "p99_us"),
-        "max_ms": ms(&v, "max_us"),
-        "socket_errors": v["socket_errors"],
-    }))
-}
-
-fn wrk_reads(url: &str, product: i64, connections: usize, seconds: u64) -> Result<Value> {
-    let v = wrk(
-        &format!("{url}/api/products/{product}"),
-        connections,
-        seconds,
-        WRK_REPORT,
-    )?;
-    Ok(json!({
-        "connections": connections,
-        "per_s": rate(&v, "ok"),
-        "p50_ms": ms(&v, "p50_us"),
-        "p99_ms": ms(&v, "p99_us"),
-    }))
-}
-
-/// The one-transaction-per-hold design with no HTTP in the way: `connections` clients, each
-/// locking the product row, inserting a hold, updating the counter and committing, in a loop.
-async fn plain_sql_holds(db_url: &str, connections: usize, seconds: u64) -> Result<Value> {
-    let pool = MySqlPoolOptions::new()
-        .max_connections(connections as u32)
-        .acquire_timeout(Duration::from_secs(120))
-        .after_connect(|conn, _| {
-            Box::pin(async move {
-                conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
-                    .await?;
-                Ok(())
-            })
-        })
-        .connect(db_url)
-        .await?;
-    let product: i64 = sqlx::query_scalar(
-        "INSERT INTO products (name, price_cents, stock, available_stock, created_at) \
-         VALUES ('Plain SQL product', 999, 100000000, 100000000, NOW(6)) RETURNING id",
-    )
-    .fetch_one(&pool)
-    .await?;
-    // Open every connection before the clock starts.
-    let warm: Vec<_> = futures::future::join_all((0..connections).map(|_| pool.acquire()))
-        .await
-        .into_iter()
-        .collect::<Result<_, _>>()?;
-    drop(warm);
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..connections)
-        .map(|_| {
-            let pool = pool.clone();
-            tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                while Instant::now() < deadline {
-                    let t = Instant::now();
-                    let mut tx = pool.begin().await?;
-                    let available: i32 = sqlx::query_scalar(
-                        "SELECT available_stock FROM products WHERE id = ? FOR UPDATE",
-                    )
-                    .bind(product)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                    if available >= 1 {
-                        sqlx::query(
-                            "INSERT INTO holds (product_id, qty, status, expires_at, created_at, updated_at) \
-                             VALUES (?, 1, 'active', NOW(6) + INTERVAL 1 HOUR, NOW(6), NOW(6))",
-                        )
-                        .bind(product)
-                        .execute(&mut *tx)
-                        .await?;
-                        sqlx::query("UPDATE products SET available_stock = available_stock - 1 WHERE id = ?")
-                            .bind(product)
-                            .execute(&mut *tx)
-                            .await?;
-                    }
-                    tx.commit().await?;
-                    latencies.push(t.elapsed());
-                }
-                Ok::<_, sqlx::Error>(latencies)
-            })
-        })
-        .collect();
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await??);
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    pool.close().await;
-    all.sort_unstable();
-    let pct = |p: f64| {
-        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
-            .map(|d| d.as_secs_f64() * 1000.0)
-            .unwrap_or(0.0)
-    };
-    Ok(json!({
-        "connections": connections,
-        "holds_per_s": all.len() as f64 / elapsed,
-        "p50_ms": pct(0.50),
-        "p99_ms": pct(0.99),
-    }))
 }
 
 /// 100,000 expired holds on the hot product, swept by one worker run in batches of 500 while
