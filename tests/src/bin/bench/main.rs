@@ -3,43 +3,26 @@
 //! `TEST_MYSQL_URL` names.
 //!
 //! Run it with `tests/bench.sh` (builds release binaries, makes MariaDB and wrk ready). It
-//! prints a table and writes `tests/bench-results/results.json` and `results.svg`:
-//! - holds/s and p50/p99 through HTTP on one hot product at 16, 64 and 256 connections, with
-//!   coalescing on and off (the load comes from `wrk`);
-//! - the same for a plain SQL client doing one transaction per hold (lock, insert, update,
-//!   commit) straight against the database: the ceiling of that design;
-//! - the price of an `Idempotency-Key`, of a per-buyer limit and of buyer tokens
-//!   (`results["hold_paths"]`): unkeyed (anonymous), keyed, distinct-buyer limited and
-//!   token-authenticated (`BUYER_AUTH=jwt`, a second API on the same database) holds at 256
-//!   connections, in four rounds that each run the paths forward and back, each path's share
-//!   taken against the unkeyed holds of the same rounds; a path's p50 and p99 are those of all
-//!   its answers in the run (wrk's latency counts of its passes, pooled), its worst pass's p99
-//!   beside them;
-//! - GET product reads/s (single-flight), and GET hold reads/s by its buyer (`Client-Secret`)
-//!   as a share of them;
-//! - a 100,000-hold expiry backlog swept by the worker while holds keep coming;
-//! - a stock-boundary run (oversold must be 0) and the API's peak RSS;
-//! - Galera (`results["galera"]`): a three-node MariaDB Galera cluster of the run's own
-//!   (`flash_sale_tests::servers::GaleraCluster`, on loopback), hot-product holds at 256
-//!   connections through one API on node 0 alone, then through three APIs, one per node, each
-//!   driven by its own `wrk` on the same product (total holds/s, the worst of the three p99s,
-//!   and the non-2xx answers: 409, 503, other 5xx); then the books read on every node directly:
-//!   equal on all three, and conserved (stock = available + active holds + pending orders).
+//! prints a table and writes `tests/bench-results/results.json` and `results.svg`.
+//! `BENCH_SECONDS` (default 8) is the length of each measured point; `BENCH_BIN_DIR` names
+//! binaries built elsewhere. `BENCH_ONLY` runs one section alone, into a file of its own:
+//! `holds` (the hold paths, `BENCH_REPEAT` rounds, default 3, with the plain-SQL anchor of the
+//! same run) into `results-holds.json`; `galera` into `results-galera.json`; `stream` into
+//! `results-stream.json`. These leave `results.json` and the chart as they were.
 //!
-//! - live stock streams (`results["stock_stream"]`): up to 5,000 listeners on one product through
-//!   one API process: its RSS, and the database queries per second, which must not grow with
-//!   listeners (see [`stock_streams`]).
-//!
-//! `BENCH_ONLY=stream` runs only the stock stream section (on a MariaDB of its own) and writes
-//! `tests/bench-results/results-stream.json`.
-//! `BENCH_ONLY=holds` runs only the four hold paths at 256 connections (unkeyed, keyed, distinct
-//! buyers on a limited product, tokens), `BENCH_REPEAT` times (default 3) interleaved, and prints each
-//! path's share of unkeyed holds/s and CPU per hold, with the plain-SQL anchor of the same run:
-//! a quick check while working on the hold path; it writes
-//! `tests/bench-results/results-holds.json`.
-//! `BENCH_ONLY=galera` runs only the Galera section (a quick check: it needs neither the
-//! single server nor the other sections) and writes `tests/bench-results/results-galera.json`
-//! instead, leaving `results.json` and the chart as they were.
+//! Where each part lives:
+//! - [`single`]: the single-server sections in their order: HTTP holds with coalescing on and
+//!   off, reads, the expiry backlog, the stock boundary, peak RSS;
+//! - [`paths`]: the hold paths (unkeyed, keyed, distinct buyers on a limited product, tokens),
+//!   their shares of unkeyed holds and CPU per hold; `BENCH_ONLY=holds`;
+//! - [`anchor`]: the plain-SQL anchor, one transaction per hold straight against the database;
+//! - [`galera`]: three Galera nodes on loopback, one API then three, and their books;
+//! - [`stream`]: live stock streams, up to 5,000 listeners on one API; `BENCH_ONLY=stream`;
+//! - [`wrk`]: the load generator, its Lua request scripts and its JSON report;
+//! - [`api`]: the API process under test;
+//! - [`sampling`]: CPU time and RSS from `/proc`, pooled latencies, the machine's description;
+//! - [`database`]: fresh databases for the sections;
+//! - [`report`]: the summary in `results.json` and the chart.
 
 mod anchor;
 mod api;
