@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 pub(crate) struct CpuSnapshot([f64; 3]);
 
 impl CpuSnapshot {
-    /// `api_pid`: the API's process ([`Api::pid`](crate::api::Api::pid)).
+    /// `api_pid`: the API's process id.
     pub(crate) fn take(api_pid: u32, db_pid: Option<u32>) -> Self {
         Self([
             proc_cpu_seconds(&api_pid.to_string(), [11, 12]),
