@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use entity::{ownership::Access, types::BuyerId};
+use entity::{rules::ownership::Access, types::BuyerId};
 use poem::{
     Endpoint, EndpointExt, IntoResponse, Request, RequestBody, Response,
     http::{HeaderValue, header},

@@ -400,9 +400,9 @@ impl IntoResponse for ApiError {
 }
 
 /// What the batching machinery could not serve: busy or late is a 503, a panic a 500.
-impl From<entity::coalesce::Unserved> for ApiError {
-    fn from(e: entity::coalesce::Unserved) -> Self {
-        use entity::coalesce::Unserved;
+impl From<entity::batching::coalesce::Unserved> for ApiError {
+    fn from(e: entity::batching::coalesce::Unserved) -> Self {
+        use entity::batching::coalesce::Unserved;
         match e {
             Unserved::Failed(e) => e.into(),
             Unserved::Overloaded => {
@@ -556,8 +556,8 @@ impl<S> From<ApiError> for Problems<S> {
     }
 }
 
-impl<S> From<entity::coalesce::Unserved> for Problems<S> {
-    fn from(e: entity::coalesce::Unserved) -> Self {
+impl<S> From<entity::batching::coalesce::Unserved> for Problems<S> {
+    fn from(e: entity::batching::coalesce::Unserved) -> Self {
         ApiError::from(e).into()
     }
 }

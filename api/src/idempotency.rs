@@ -6,7 +6,7 @@
 //! keyed operations, so a malformed key is refused before anything else), the claim a request
 //! makes with it ([`Claim`]: the key scoped to its owner, the body's fingerprint, the in-flight
 //! guard), what is answered before a request runs ([`Early`]), and the replayed marker on the
-//! answers. What a key is stored as, and how it is looked up, is `entity::idempotency`'s: an
+//! answers. What a key is stored as, and how it is looked up, is `entity::operations::idempotency`'s: an
 //! order's key is looked up here before the order runs, a hold's by its batch (one queue to
 //! wait in, not two), and both outcomes come back typed, for the handler to render.
 
@@ -16,8 +16,9 @@ use std::{
 };
 
 use entity::{
-    idempotency::{KeyClaim, Lookup, Replay},
-    ownership::ClientSecret,
+    operations::idempotency::{Lookup, Replay},
+    rules::keys::KeyClaim,
+    rules::ownership::ClientSecret,
     views::HoldView,
 };
 use poem::{Request, RequestBody};
@@ -34,7 +35,7 @@ use crate::{
 };
 
 /// The scope of `createHold`'s keys (a granted hold keeps its key on its row).
-pub const HOLDS: &str = entity::idempotency::HOLDS;
+pub const HOLDS: &str = entity::operations::idempotency::HOLDS;
 /// The scope of `createOrder`'s keys.
 pub const ORDERS: &str = "orders";
 
@@ -240,8 +241,8 @@ impl Drop for Running {
 /// its bytes when it is not JSON (the operation refuses it).
 fn fingerprint(body: &[u8]) -> String {
     match serde_json::from_slice::<serde_json::Value>(body) {
-        Ok(value) => entity::idempotency::fingerprint_json(&value),
-        Err(_) => entity::idempotency::fingerprint_bytes(body),
+        Ok(value) => entity::rules::keys::fingerprint_json(&value),
+        Err(_) => entity::rules::keys::fingerprint_bytes(body),
     }
 }
 

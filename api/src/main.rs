@@ -31,7 +31,7 @@ async fn main() -> anyhow::Result<()> {
             let db = migrate(&config.db_config()).await?;
             tracing::info!("migrations applied");
             if seed {
-                let added = entity::products::seed_demo_product(&db)
+                let added = entity::operations::products::seed_demo_product(&db)
                     .await
                     .context("seeding the demo product")?;
                 tracing::info!(added, "demo product (id 1) seeded");

@@ -7,7 +7,7 @@ use std::{
 
 use entity::{
     Db,
-    coalesce::{HoldDesk, KeyLookups, ProductReads},
+    batching::coalesce::{HoldDesk, KeyLookups, ProductReads},
 };
 
 use crate::Config;

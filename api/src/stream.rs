@@ -1,7 +1,7 @@
 //! Live stock for `GET /api/products/{id}/stream` (Server-Sent Events).
 //!
 //! One [`StockHub`] per API process. Each product that has at least one listener gets one task
-//! that reads its stock every `STOCK_STREAM_INTERVAL_MS` through `entity::products::product_view`
+//! that reads its stock every `STOCK_STREAM_INTERVAL_MS` through `entity::operations::products::product_view`
 //! and publishes the result on a `watch` channel: one query per product per interval, however
 //! many listeners. Listeners forward a value only when it differs from the last one they sent.
 //! The task ends at the first tick that finds no listener, and every stream ends when the hub
@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use entity::{Db, products::ProductView, types::ProductId};
+use entity::{Db, operations::products::ProductView, types::ProductId};
 use futures_util::{Stream, stream};
 use tokio::{sync::watch, time::MissedTickBehavior};
 
@@ -220,11 +220,13 @@ async fn run(inner: Arc<Inner>, id: ProductId, product: Arc<Product>) {
         let joined = product.joined.swap(false, Ordering::SeqCst);
         let read_started = Instant::now();
         metrics::counter!("stock_stream_checks_total").increment(1);
-        let read =
-            tokio::time::timeout(CHECK_TIMEOUT, entity::products::product_view(&inner.db, id))
-                .await
-                .map_err(|_| "timed out".to_owned())
-                .and_then(|r| r.map_err(|e| e.to_string()));
+        let read = tokio::time::timeout(
+            CHECK_TIMEOUT,
+            entity::operations::products::product_view(&inner.db, id),
+        )
+        .await
+        .map_err(|_| "timed out".to_owned())
+        .and_then(|r| r.map_err(|e| e.to_string()));
         match read {
             Ok(view) => {
                 if failing {

@@ -1,34 +1,38 @@
-//! The Flash Sale data layer: the tables (SeaORM entities) and the transactional stock
-//! operations that both `flash-sale-api` and `flash-sale-worker` call.
+//! The Flash Sale data layer, which both `flash-sale-api` and `flash-sale-worker` call: the only
+//! place that changes stock or moves a hold or an order between states. Its rooms, lowest first;
+//! each uses only the rooms before it (checked by `tests/tests/api/layout.rs`; see
+//! `entity/README.md` for why they are apart):
 //!
-//! This crate is the only place that changes stock or moves a hold between states, and within
-//! it [`transitions`] is the one module that writes holds, orders and their counters. Every
-//! operation runs in one write transaction that locks what it changes (`SELECT ... FOR UPDATE`
-//! on MySQL/MariaDB, `BEGIN IMMEDIATE` on SQLite) and is retried a bounded number of times on
-//! lock waits, deadlocks and SQLite busy errors.
+//! - [`types`]: ids, quantities, money. [`tables`]: what a row is (SeaORM entities) and the
+//!   states' enums.
+//! - [`error`]: what an operation can answer besides success, and how a database failure is
+//!   sorted (retry, unavailable, fault).
+//! - [`sql`]: every hand-written statement, one file per backend.
+//! - [`db`]: connecting, the one way to open a write transaction, retries, single reads.
+//! - [`rules`]: the domain's rules — the state machines and their counters ([`rules::transitions`],
+//!   the one writer of holds, orders and stock), granting ([`rules::grant`], with the per-buyer
+//!   limit), the sale window, who owns what ([`rules::ownership`]), whose a key is
+//!   ([`rules::keys`]).
+//! - [`views`]: what clients are answered (a hold, an order, a product), as typed values.
+//! - [`operations`]: the transactions callers run — products, holds, orders, payments, sweeps,
+//!   payment timeouts, idempotency keys — each one short write transaction (retried on
+//!   contention) or one read.
+//! - [`batching`]: serving concurrent calls together (a hold batch per product, single-flight
+//!   reads, key look-ups).
 //!
-//! Lock order, to keep deadlocks out by design: hold rows before the product row, except in
-//! [`holds::create_hold`], which locks the product first and then only *skips* locked holds.
+//! Lock order, to keep deadlocks out by design: hold rows before the product row, except in a
+//! hold batch ([`operations::holds::serve_holds`]), which locks the product first and then only
+//! *skips* locked holds.
 
-pub mod batcher;
-pub mod coalesce;
+pub mod batching;
 pub mod db;
 pub mod error;
-mod failure;
-mod grant;
-pub mod holds;
-pub mod idempotency;
-pub mod orders;
-pub mod ownership;
-pub mod payments;
-pub mod products;
-pub mod sweeps;
+pub mod operations;
+pub mod rules;
+pub(crate) mod sql;
 pub mod tables;
-pub mod timeouts;
-pub mod transitions;
 pub mod types;
 pub mod views;
-mod window;
 
 // The tables keep their short paths (`entity::hold`, ...).
 pub use tables::{hold, idempotency_key, order, product, webhook_event};

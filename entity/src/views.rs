@@ -8,7 +8,7 @@ use crate::{
     Money,
     hold::{self, HoldStatus},
     order::{self, OrderStatus},
-    ownership::ClientSecret,
+    rules::ownership::ClientSecret,
     types::{HoldId, OrderId, ProductId},
 };
 

@@ -4,11 +4,13 @@
 
 use entity::{
     Db, DbConfig, DomainError, Money, Quantity,
-    holds::{self, HoldOutcome, HoldRequest},
-    orders,
-    ownership::Access,
-    payments::{self, PaymentEvent, PaymentStatus},
-    products, sweeps, timeouts,
+    operations::holds::{self, HoldOutcome, HoldRequest},
+    operations::orders,
+    operations::payments::{self, PaymentEvent, PaymentStatus},
+    operations::products,
+    operations::sweeps,
+    operations::timeouts,
+    rules::ownership::Access,
     types::{HoldId, OrderId, ProductId},
     views::OrderCreated,
 };

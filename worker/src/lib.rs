@@ -1,9 +1,9 @@
 //! `flash-sale-worker`: the expiry daemon.
 //!
 //! On every tick of `EXPIRY_SCHEDULE` (tokio-cron-scheduler) it releases expired holds in
-//! batches of `EXPIRY_BATCH_SIZE`, through `entity::sweeps` (whose reclaim the API runs too), then
-//! cancels orders left unpaid past `PAYMENT_TIMEOUT_SECONDS` (`entity::orders`), purges client
-//! idempotency keys older than 24 hours (`entity::idempotency`), and writes one
+//! batches of `EXPIRY_BATCH_SIZE`, through `entity::operations::sweeps` (whose reclaim the API runs too), then
+//! cancels orders left unpaid past `PAYMENT_TIMEOUT_SECONDS` (`entity::operations::orders`), purges client
+//! idempotency keys older than 24 hours (`entity::operations::idempotency`), and writes one
 //! `expiry.batch` line per run. Any number of workers may run against one database:
 //! each batch locks its holds or orders with `FOR UPDATE SKIP LOCKED` (SQLite: one writer at a time), so
 //! every hold is released exactly once. Overlapping ticks inside one process are skipped.

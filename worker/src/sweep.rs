@@ -3,7 +3,7 @@
 
 use std::{future::Future, time::Instant};
 
-use entity::{Db, DomainError, idempotency, sweeps, timeouts};
+use entity::{Db, DomainError, operations::idempotency, operations::sweeps, operations::timeouts};
 use tokio::sync::watch;
 
 /// What one sweep did.

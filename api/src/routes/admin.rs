@@ -2,8 +2,9 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use entity::{
-    Money, orders,
-    products::{self, ProductChange, SaleRules},
+    Money,
+    operations::orders,
+    operations::products::{self, ProductChange, SaleRules},
     types::{OrderId, ProductId},
 };
 use poem_openapi::{

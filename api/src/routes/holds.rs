@@ -3,10 +3,10 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use entity::{
     HoldStatus, Quantity,
-    coalesce::Unserved,
-    holds::{self, HoldOutcome, HoldRequest},
-    idempotency::Replay,
-    ownership::ClientSecret,
+    batching::coalesce::Unserved,
+    operations::holds::{self, HoldOutcome, HoldRequest},
+    operations::idempotency::Replay,
+    rules::ownership::ClientSecret,
     types::{BuyerId, HoldId, ProductId},
     views::HoldView,
 };

@@ -3,8 +3,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use entity::{
     OrderStatus,
-    idempotency::Replay,
-    orders,
+    operations::idempotency::Replay,
+    operations::orders,
     types::{HoldId, OrderId},
     views::{OrderCreated, OrderView},
 };

@@ -2,7 +2,7 @@ use std::sync::Arc;
 
 use entity::{
     Money,
-    payments::{self, PaymentEvent, PaymentResult, PaymentStatus},
+    operations::payments::{self, PaymentEvent, PaymentResult, PaymentStatus},
     types::{HoldId, OrderId, ProductId},
 };
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi, param::Header};

@@ -2,7 +2,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use entity::{
-    products::{self, ProductView},
+    operations::products::{self, ProductView},
     types::ProductId,
 };
 use poem_openapi::{

@@ -55,12 +55,12 @@ pub struct Model {
     /// The buyer a per-buyer limit counts this hold against.
     pub buyer_id: Option<String>,
     /// The `Idempotency-Key` of the request that made this hold, if it had one (unique): a
-    /// retry is answered from the hold itself (see `crate::idempotency`).
+    /// retry is answered from the hold itself (see `crate::operations::idempotency`).
     pub idem_key: Option<String>,
     /// SHA-256 (hex) of that request's canonical body.
     pub idem_fingerprint: Option<String>,
     /// SHA-256 (hex) of the `client_secret` its anonymous buyer was given (see
-    /// `crate::ownership`); none with `BUYER_AUTH=jwt`, where `buyer_id` is the owner.
+    /// `crate::rules::ownership`); none with `BUYER_AUTH=jwt`, where `buyer_id` is the owner.
     pub secret_hash: Option<String>,
     /// The product's price when the hold was made: what its order is charged per unit. None
     /// on holds made before prices were kept (their orders take the product's price).

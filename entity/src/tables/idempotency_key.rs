@@ -14,7 +14,7 @@ pub struct Model {
     /// SHA-256 (hex) of the request: another body with the same key is a mismatch.
     pub fingerprint: String,
     pub state: KeyState,
-    /// The outcome, as JSON of `crate::idempotency::StoredOutcome`.
+    /// The outcome, as JSON of `crate::operations::idempotency::StoredOutcome`.
     pub outcome: Option<String>,
     pub created_at: DateTimeUtc,
     pub expires_at: DateTimeUtc,

@@ -77,7 +77,7 @@ pub struct Model {
     pub buyer_id: Option<String>,
     /// Paid for, but its units could not be delivered: the payment is owed back.
     pub refund_required: bool,
-    /// The hold's owner secret hash (see `crate::ownership`): the order answers the caller
+    /// The hold's owner secret hash (see `crate::rules::ownership`): the order answers the caller
     /// who could reach its hold.
     pub secret_hash: Option<String>,
 }

@@ -150,6 +150,94 @@ fn no_module_of_api_or_entity_imports_one_that_imports_it_back() {
     }
 }
 
+/// `entity`'s rooms, lowest first (see `entity/README.md`): a room may use the rooms before it,
+/// never one after it. The names `entity/src/lib.rs` re-exports count as their rooms'.
+const ENTITY_ROOMS: &[&[&str]] = &[
+    &["types", "Money", "ProductId", "Quantity"],
+    &[
+        "tables",
+        "hold",
+        "order",
+        "product",
+        "idempotency_key",
+        "webhook_event",
+        "HoldStatus",
+        "OrderStatus",
+    ],
+    &["error", "DomainError"],
+    &["sql"],
+    &["db", "Db", "DbConfig", "Backend"],
+    &["rules"],
+    &["views"],
+    &["operations"],
+    &["batching"],
+];
+
+/// The rooms a room reaches that are not below it: `(from, to)` pairs.
+fn upward_uses(src: &Path, rooms: &[&[&str]]) -> Vec<(String, String)> {
+    let rank = |name: &str| rooms.iter().position(|names| names.contains(&name));
+    let mut found = Vec::new();
+    for (module, path) in modules(src) {
+        let Some(from) = module.first() else { continue };
+        let Some(from_rank) = rank(from) else {
+            found.push((from.clone(), "(a room not in the list)".to_owned()));
+            continue;
+        };
+        for target in crate_paths(&code(&path)) {
+            let Some(to) = target.first() else { continue };
+            match rank(to) {
+                Some(r) if r <= from_rank => {}
+                _ => found.push((from.clone(), to.clone())),
+            }
+        }
+    }
+    found.sort();
+    found.dedup();
+    found
+}
+
+#[test]
+fn entity_rooms_only_use_the_rooms_below_them() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../entity/src");
+    let found = upward_uses(&src, ENTITY_ROOMS);
+    assert!(
+        found.is_empty(),
+        "entity rooms using rooms above them: {found:?}"
+    );
+}
+
+/// The rooms check itself sees a use of a higher room, through a re-exported name too.
+#[test]
+fn an_upward_use_is_found() {
+    let dir = tempfile::tempdir().expect("dir");
+    let write = |name: &str, text: &str| {
+        std::fs::write(dir.path().join(name), text).expect("write");
+    };
+    write(
+        "lib.rs",
+        "pub mod low;
+pub mod high;
+pub use high::Top;
+",
+    );
+    write(
+        "low.rs",
+        "use crate::{Top, low};
+",
+    );
+    write(
+        "high.rs",
+        "use crate::low::X;
+",
+    );
+    let rooms: &[&[&str]] = &[&["low"], &["high", "Top"]];
+    // `lib.rs` is the root, not a room: its re-export is not a use.
+    assert_eq!(
+        upward_uses(dir.path(), rooms),
+        vec![("low".to_owned(), "Top".to_owned())]
+    );
+}
+
 /// The check itself finds a circle, through a `use` group as well as a plain path.
 #[test]
 fn a_circle_is_found() {

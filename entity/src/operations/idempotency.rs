@@ -18,8 +18,6 @@
 
 use std::collections::HashMap;
 
-use sha2::{Digest, Sha256};
-
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveEnum, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend,
@@ -33,65 +31,13 @@ use crate::{
     db::{ServerTraits, now, with_retry},
     hold,
     idempotency_key::{self as key, KeyState},
+    rules::keys::KeyClaim,
     types::{HoldId, ProductId},
     views::{HoldView, OrderCreated},
 };
 
-/// The fingerprint of a request: SHA-256, in lowercase hex, of `value` as compact JSON with
-/// its members in key order, so the same fields and values give the same fingerprint however
-/// the client spaced and ordered them. Streamed into the hasher, not written out first (it
-/// runs for every keyed request). Stored fingerprints depend on these exact bytes.
-pub fn fingerprint_json(value: &serde_json::Value) -> String {
-    let mut hasher = Sha256::new();
-    match serde_json::to_writer(&mut hasher, value) {
-        Ok(()) => hex(hasher),
-        // Writing into a hasher cannot fail; if it ever did, hash the text instead.
-        Err(_) => fingerprint_bytes(value.to_string().as_bytes()),
-    }
-}
-
-/// SHA-256 of `bytes` in lowercase hex: the fingerprint of a body that is not JSON.
-pub fn fingerprint_bytes(bytes: &[u8]) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(bytes);
-    hex(hasher)
-}
-
-fn hex(hasher: Sha256) -> String {
-    crate::ownership::hex(&hasher.finalize())
-}
-
 /// How long a key is kept.
 pub const RETENTION: chrono::Duration = chrono::Duration::hours(24);
-
-/// A request that came with an `Idempotency-Key`: the key as stored, and what the request was.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyClaim {
-    /// Which operation the key belongs to (`holds`, `orders`).
-    pub scope: &'static str,
-    /// The key as it is stored and compared: see [`KeyClaim::new`].
-    pub key: String,
-    /// SHA-256 (hex) of the canonical request body.
-    pub fingerprint: String,
-}
-
-impl KeyClaim {
-    /// A request with the client's `key`, sent by `owner` (the token's buyer; empty for an
-    /// anonymous buyer). Keys are stored as SHA-256 (hex) of the owner and the key: two buyers'
-    /// equal keys are two keys, and the database never holds a key a secret is derived from
-    /// (see [`crate::ownership::ClientSecret::for_key`]).
-    pub fn new(scope: &'static str, owner: &str, key: &str, fingerprint: String) -> Self {
-        let mut hasher = Sha256::new();
-        hasher.update(owner.as_bytes());
-        hasher.update([0]);
-        hasher.update(key.as_bytes());
-        Self {
-            scope,
-            key: crate::ownership::hex(&hasher.finalize()),
-            fingerprint,
-        }
-    }
-}
 
 /// What a finished keyed request's outcome is kept as, in `idempotency_keys` (a granted hold
 /// is kept as the hold itself). Stored as JSON: these names are the stored form.
@@ -212,7 +158,7 @@ impl Found {
 /// Looks keys of one scope up without locking anything (a replay never waits for the product
 /// lock): one statement for all of them, and one more per place only when some were found
 /// with the same request (replays). A hold batch looks up its requests' keys with one call
-/// before it locks the product; [`crate::coalesce::KeyLookups`] gathers the other keys of
+/// before it locks the product; [`crate::batching::coalesce::KeyLookups`] gathers the other keys of
 /// concurrent requests into one call.
 pub async fn lookup_many(
     db: &Db,
@@ -306,39 +252,6 @@ fn live_by_key(rows: &[Found], now: DateTime<Utc>) -> HashMap<&str, &Found> {
     found
 }
 
-// The key look-ups: each binds the keys as one JSON array, so one prepared statement serves
-// every number of keys, and runs from those keys into the unique indexes (on MySQL/MariaDB as
-// a fixed join order: the optimizer otherwise plans a semi-join for every execution). The JSON
-// column's type is the key columns' (ascii, binary comparison), or the indexes could not be
-// used. One row per key found, with what each place holds for it: for `holds`, one bound list
-// probed into both places costs MariaDB about a quarter less per key than a `UNION` of one
-// look-up per place (measured, 70 keys a statement). A key repeated in the array gives its row
-// twice, which the callers take as once. Binds: the keys, then the scope.
-const MYSQL_KEYS: &str = "SELECT STRAIGHT_JOIN j.k AS idem_key, \
-       t.id AS row_id, t.fingerprint AS row_fingerprint, t.created_at AS row_created_at \
-     FROM JSON_TABLE(?, '$[*]' COLUMNS ( \
-       k VARCHAR(255) CHARACTER SET ascii COLLATE ascii_bin PATH '$')) AS j \
-     JOIN idempotency_keys AS t ON t.scope = ? AND t.idem_key = j.k";
-const MYSQL_HOLD_KEYS: &str = "SELECT STRAIGHT_JOIN j.k AS idem_key, \
-       t.id AS row_id, t.fingerprint AS row_fingerprint, t.created_at AS row_created_at, \
-       h.id AS hold_id, h.idem_fingerprint AS hold_fingerprint, h.created_at AS hold_created_at \
-     FROM JSON_TABLE(?, '$[*]' COLUMNS ( \
-       k VARCHAR(255) CHARACTER SET ascii COLLATE ascii_bin PATH '$')) AS j \
-     LEFT JOIN idempotency_keys AS t ON t.scope = ? AND t.idem_key = j.k \
-     LEFT JOIN holds AS h ON h.idem_key = j.k \
-     WHERE t.id IS NOT NULL OR h.id IS NOT NULL";
-const SQLITE_KEYS: &str = "SELECT j.value AS idem_key, \
-       t.id AS row_id, t.fingerprint AS row_fingerprint, t.created_at AS row_created_at \
-     FROM json_each(?) AS j \
-     JOIN idempotency_keys AS t ON t.scope = ? AND t.idem_key = j.value";
-const SQLITE_HOLD_KEYS: &str = "SELECT j.value AS idem_key, \
-       t.id AS row_id, t.fingerprint AS row_fingerprint, t.created_at AS row_created_at, \
-       h.id AS hold_id, h.idem_fingerprint AS hold_fingerprint, h.created_at AS hold_created_at \
-     FROM json_each(?) AS j \
-     LEFT JOIN idempotency_keys AS t ON t.scope = ? AND t.idem_key = j.value \
-     LEFT JOIN holds AS h ON h.idem_key = j.value \
-     WHERE t.id IS NOT NULL OR h.id IS NOT NULL";
-
 /// The stored keys among these, by one statement whatever their number (the keys are bound as
 /// one JSON array), so a prepared statement serves every batch size. Keys of the `holds` scope
 /// are looked for on the holds too.
@@ -351,11 +264,11 @@ async fn find_keys<C: ConnectionTrait>(
     let json = serde_json::to_string(keys)
         .map_err(|e| DomainError::Invariant(format!("keys as JSON: {e}")))?;
     let holds_too = scope == HOLDS;
-    let sql = match (backend, holds_too) {
-        (DbBackend::Sqlite, false) => SQLITE_KEYS,
-        (DbBackend::Sqlite, true) => SQLITE_HOLD_KEYS,
-        (_, false) => MYSQL_KEYS,
-        (_, true) => MYSQL_HOLD_KEYS,
+    let statements = crate::sql::of(backend);
+    let sql = if holds_too {
+        statements.hold_keys
+    } else {
+        statements.keys
     };
     let rows = conn
         .query_all_raw(Statement::from_sql_and_values(
@@ -480,10 +393,7 @@ pub(crate) async fn store_in_txn(
     let now = now();
     let expires_at = now + RETENTION;
     let result = if server.insert_returning {
-        // MariaDB: one prepared statement whatever the batch size (client strings are bound,
-        // never inlined), as for the holds themselves. Each text column names its character
-        // set: JSON_TABLE's columns otherwise take the database's default, and a `latin1`
-        // one would turn an answer's emoji into `?`.
+        // MariaDB: one prepared statement whatever the batch size.
         let rows: Vec<serde_json::Value> = outcomes
             .iter()
             .zip(&texts)
@@ -492,14 +402,7 @@ pub(crate) async fn store_in_txn(
         let json = serde_json::Value::Array(rows).to_string();
         txn.execute_raw(Statement::from_sql_and_values(
             DbBackend::MySql,
-            "INSERT INTO idempotency_keys (scope, idem_key, fingerprint, state, outcome, \
-               created_at, expires_at) \
-             SELECT j.scope, j.idem_key, j.fingerprint, ?, j.outcome, ?, ? \
-             FROM JSON_TABLE(?, '$[*]' COLUMNS ( \
-               scope VARCHAR(32) CHARACTER SET ascii PATH '$[0]', \
-               idem_key VARCHAR(255) CHARACTER SET ascii PATH '$[1]', \
-               fingerprint VARCHAR(64) CHARACTER SET ascii PATH '$[2]', \
-               outcome LONGTEXT CHARACTER SET utf8mb4 PATH '$[3]')) AS j",
+            crate::sql::mysql::INSERT_KEYS,
             [
                 KeyState::Done.to_value().into(),
                 now.into(),
@@ -564,45 +467,4 @@ pub async fn purge_expired(db: &Db, batch_size: u64) -> Result<u64, DomainError>
         })
     })
     .await
-}
-
-#[cfg(test)]
-mod fingerprint_tests {
-    use super::*;
-
-    /// Stored fingerprints (keys, webhook events) keep matching across versions: the SHA-256
-    /// of the compact JSON with its members in key order.
-    #[test]
-    fn fingerprints_are_the_hash_of_compact_ordered_json() {
-        let reordered = serde_json::json!({"b": 2, "a": 1});
-        assert_eq!(
-            fingerprint_json(&reordered),
-            "43258cff783fe7036d8a43033f830adfc60ec037382473548ac742b888292777"
-        );
-        assert_eq!(
-            fingerprint_json(&reordered),
-            fingerprint_bytes(br#"{"a":1,"b":2}"#)
-        );
-    }
-}
-
-#[cfg(test)]
-mod key_tests {
-    use super::*;
-
-    /// Stored keys keep matching across versions (migration 8 rewrote the older ones the same
-    /// way): SHA-256 of the owner, a zero byte and the key.
-    #[test]
-    fn keys_are_stored_as_digests_of_owner_and_key() {
-        let anonymous = KeyClaim::new(HOLDS, "", "k-1", String::new());
-        // printf '\0k-1' | sha256sum
-        assert_eq!(
-            anonymous.key,
-            "87f271b944dd193511c623d5aa5280099d7550f4375d7a8ee7a4cdcf14403469"
-        );
-        let ann = KeyClaim::new(HOLDS, "ann", "k-1", String::new());
-        let bob = KeyClaim::new(HOLDS, "bob", "k-1", String::new());
-        assert_ne!(ann.key, bob.key, "two buyers' equal keys are two keys");
-        assert_ne!(ann.key, anonymous.key);
-    }
 }

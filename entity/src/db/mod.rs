@@ -32,9 +32,7 @@ use sea_orm::{
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
-use crate::error::DomainError;
-use crate::failure::connection_lost;
-pub use crate::failure::{DbFailure, classify};
+use crate::error::{DomainError, failure::connection_lost};
 use crate::types::ProductId;
 
 /// Attempts per operation before contention is answered as [`DomainError::Contention`]. Lost

@@ -13,11 +13,11 @@ use crate::{
     Db, DomainError, Money,
     db::{now, with_retry},
     hold,
+    operations::orders::{log_order_created, order_for_hold},
+    operations::sweeps::{ExpiredHold, log_expired, reclaim_expired},
     order::OrderStatus,
-    orders::{log_order_created, order_for_hold},
-    ownership::Access,
-    sweeps::{ExpiredHold, log_expired, reclaim_expired},
-    transitions::{lock_order, lock_product, mark_refund_required, move_order},
+    rules::ownership::Access,
+    rules::transitions::{lock_order, lock_product, mark_refund_required, move_order},
     types::{HoldId, OrderId, ProductId},
     views::OrderView,
     webhook_event::{self, WebhookConflict},
@@ -76,7 +76,7 @@ impl PaymentEvent {
         if let (Some(amount), Some(fields)) = (self.amount, canonical.as_object_mut()) {
             fields.insert("amount".into(), amount.to_string().into());
         }
-        crate::idempotency::fingerprint_json(&canonical)
+        crate::rules::keys::fingerprint_json(&canonical)
     }
 }
 

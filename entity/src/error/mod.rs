@@ -7,12 +7,14 @@
 //! behind an `Arc`, so one failure can be handed to every caller of a shared batch or read
 //! without being flattened into a message.
 
+pub(crate) mod failure;
+
 use std::sync::Arc;
 
 use sea_orm::DbErr;
 
 use crate::{
-    failure::{DbFailure, classify},
+    error::failure::{DbFailure, classify},
     hold::HoldStatus,
     types::{HoldId, OrderId, ProductId},
 };

@@ -1,6 +1,6 @@
 //! Sorting a database error by what to do about it: retry, answer 503, or treat it as a fault.
-//! Kept apart from `db.rs` so that `error.rs` (which turns a `DbErr` into a `DomainError`) and
-//! `db.rs` (which answers `DomainError`s) do not depend on each other.
+//! Part of the errors' room, below `crate::db`: a `DbErr` becomes a `DomainError` here, and
+//! `db` (which retries and answers by these sorts) only looks down at it.
 
 use sea_orm::{DbErr, RuntimeErr, sqlx};
 

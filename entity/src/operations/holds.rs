@@ -1,5 +1,5 @@
 //! Holds: putting them on stock ([`serve_holds`]: a batch of requests for one product, their
-//! keys looked up first, the rest granted in one transaction by the rule of `crate::grant`),
+//! keys looked up first, the rest granted in one transaction by the rule of `crate::rules::grant`),
 //! reading one, and releasing one at the buyer's request. Each public function is one short
 //! write transaction (retried on contention) or one read; the row changes themselves —
 //! creating holds, moving them, the counters — are made by `transitions.rs`.
@@ -7,25 +7,26 @@
 use std::{collections::HashMap, sync::Arc};
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, Statement};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, EntityTrait, Statement};
 
 use crate::{
     Db, DomainError, OrderStatus, Quantity,
     db::{ANSWER_WITHIN, ServerTraits, now, out_of_time, with_retry, with_retry_until},
-    grant::{Ask, Decision, grant},
     hold::{self, HoldStatus},
-    idempotency::{
-        self, KeyClaim, Lookup, Replay, StoredOutcome, StoredRefusal, check_in_txn, store_in_txn,
+    operations::idempotency::{
+        self, Lookup, Replay, StoredOutcome, StoredRefusal, check_in_txn, store_in_txn,
     },
-    ownership::{Access, ClientSecret},
+    operations::sweeps::{log_expired, reclaim_expired},
     product,
-    sweeps::{log_expired, reclaim_expired},
-    transitions::{HoldRef, NewHold, create_holds, lock_hold, lock_product, move_holds},
+    rules::grant::{Ask, Decision, grant},
+    rules::keys::KeyClaim,
+    rules::ownership::{Access, ClientSecret},
+    rules::transitions::{HoldRef, NewHold, create_holds, lock_hold, lock_product, move_holds},
     types::{BuyerId, HoldId, ProductId},
     views::HoldView,
 };
 
-/// Whether `access` reaches this hold (see [`crate::ownership`]).
+/// Whether `access` reaches this hold (see [`crate::rules::ownership`]).
 pub(crate) fn owned(model: &hold::Model, access: Access<'_>) -> bool {
     access.owns(model.secret_hash.as_deref(), model.buyer_id.as_deref())
 }
@@ -250,7 +251,7 @@ async fn asks<'a, C: ConnectionTrait>(
     }
     // The sale window, as this transaction's clock sees it under the lock: nobody is served a
     // moment early, whichever process or batch they came through.
-    if let Some(shut) = crate::window::refusal(product, now) {
+    if let Some(shut) = crate::rules::window::refusal(product, now) {
         for ask in asks.iter_mut().filter(|a| a.refused.is_none()) {
             ask.refused = Some(shut.clone());
         }
@@ -356,43 +357,7 @@ async fn units_per_buyer<'a, C: ConnectionTrait>(
     distinct.sort_unstable();
     distinct.dedup();
     let backend = txn.get_database_backend();
-    // The buyers go in as ONE bound JSON array, so one prepared statement serves every batch
-    // (an `IN (?, ?, ...)` list would be a new statement, prepared under the lock, for each
-    // number of buyers). The JSON column has the buyer column's exact collation, or the index
-    // on (product_id, buyer_id, status) could not be used. The rows are summed here: a
-    // `GROUP BY` made MariaDB build and sort a temporary table for every batch (measured: its
-    // CPU per hold on a limited product went from 49 to 38 µs without it).
-    //
-    // The join order and the index are fixed: from the batch's buyers to their rows. Left to
-    // itself the optimizer chose by the tables' statistics, and with many active holds or orders
-    // on the product it read all of them for every batch (the product's prefix of the buyer
-    // index, or every unexpired hold through the status index).
-    let sql = match backend {
-        DbBackend::Sqlite => {
-            "SELECT h.buyer_id, h.qty AS units FROM json_each(?) AS j \
-               CROSS JOIN holds AS h INDEXED BY idx_holds_product_buyer \
-               WHERE h.product_id = ? AND h.buyer_id = j.value AND h.status = ? \
-                 AND h.expires_at > ? \
-             UNION ALL \
-             SELECT o.buyer_id, o.quantity AS units FROM json_each(?) AS j \
-               CROSS JOIN orders AS o INDEXED BY idx_orders_product_buyer \
-               WHERE o.product_id = ? AND o.buyer_id = j.value AND o.status IN (?, ?)"
-        }
-        _ => {
-            "SELECT STRAIGHT_JOIN h.buyer_id, h.qty AS units \
-               FROM JSON_TABLE(?, '$[*]' COLUMNS ( \
-                 b VARCHAR(128) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin PATH '$')) AS j \
-               JOIN holds AS h FORCE INDEX (idx_holds_product_buyer) \
-                 ON h.product_id = ? AND h.buyer_id = j.b AND h.status = ? \
-                   AND h.expires_at > ? \
-             UNION ALL \
-             SELECT STRAIGHT_JOIN o.buyer_id, o.quantity AS units \
-               FROM JSON_TABLE(?, '$[*]' COLUMNS ( \
-                 b VARCHAR(128) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin PATH '$')) AS j \
-               JOIN orders AS o FORCE INDEX (idx_orders_product_buyer) \
-                 ON o.product_id = ? AND o.buyer_id = j.b AND o.status IN (?, ?)"
-        }
-    };
+    let sql = crate::sql::of(backend).units_per_buyer;
     let json = serde_json::to_string(&distinct)
         .map_err(|e| DomainError::Invariant(format!("buyers as JSON: {e}")))?;
     let values: Vec<sea_orm::Value> = vec![

@@ -22,11 +22,12 @@ use std::{
 
 use crate::{
     Db, DomainError,
-    batcher::{BatchError, BatchPolicy, KeyedBatcher},
+    batching::batcher::{BatchError, BatchPolicy, KeyedBatcher},
     db::ANSWER_WITHIN,
-    holds::{self, HoldOutcome, HoldRequest},
-    idempotency::{self, KeyClaim, Lookup},
-    products::{self, ProductView},
+    operations::holds::{self, HoldOutcome, HoldRequest},
+    operations::idempotency::{self, Lookup},
+    operations::products::{self, ProductView},
+    rules::keys::KeyClaim,
     types::ProductId,
 };
 

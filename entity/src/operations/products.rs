@@ -6,16 +6,16 @@
 use chrono::{DateTime, SubsecRound, Utc};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    DbBackend, EntityTrait, FromQueryResult, QuerySelect, SqlErr, Statement,
+    EntityTrait, FromQueryResult, QuerySelect, SqlErr, Statement,
 };
 
 use crate::{
     Db, DomainError, Money,
     db::{now, with_retry},
     hold::HoldStatus,
+    operations::sweeps::{log_expired, reclaim_expired},
     product,
-    sweeps::{log_expired, reclaim_expired},
-    transitions::{lock_product, restock},
+    rules::transitions::{lock_product, restock},
     types::ProductId,
 };
 
@@ -117,29 +117,12 @@ impl ProductRow {
     }
 }
 
-/// The products query of [`product_view`] and [`list_products`]: each product with the sum of
-/// its expired-but-unswept holds, from one snapshot. `filter` follows `FROM products p`.
-fn products_sql(backend: DbBackend, filter: &str) -> String {
-    let cast = match backend {
-        DbBackend::Sqlite => "INTEGER",
-        _ => "SIGNED",
-    };
-    format!(
-        "SELECT p.id, p.name, p.price_cents, p.stock, p.available_stock, \
-           p.sale_starts_at, p.sale_ends_at, p.per_buyer_limit, \
-           CAST(COALESCE((SELECT SUM(h.qty) FROM holds h \
-             WHERE h.product_id = p.id AND h.status = ? AND h.expires_at <= ?), 0) AS {cast}) \
-           AS expired_qty \
-         FROM products p {filter}"
-    )
-}
-
 /// Reads a product and its available stock in ONE statement, so the counter and the sum of
 /// not-yet-reclaimed expired holds come from the same snapshot.
 pub async fn product_view(db: &Db, id: ProductId) -> Result<ProductView, DomainError> {
     let stmt = Statement::from_sql_and_values(
         db.db_backend(),
-        products_sql(db.db_backend(), "WHERE p.id = ?"),
+        crate::sql::of(db.db_backend()).product_by_id,
         [HoldStatus::Active.as_str().into(), now().into(), id.into()],
     );
     db.read(|| async {
@@ -161,7 +144,7 @@ pub async fn list_products(
 ) -> Result<(Vec<ProductView>, bool), DomainError> {
     let stmt = Statement::from_sql_and_values(
         db.db_backend(),
-        products_sql(db.db_backend(), "WHERE p.id > ? ORDER BY p.id LIMIT ?"),
+        crate::sql::of(db.db_backend()).products_after,
         [
             HoldStatus::Active.as_str().into(),
             now().into(),

@@ -1,8 +1,8 @@
 //! Gathers concurrent calls for the same key into batches handled by one task per key.
 //!
 //! Used twice: hold requests for one product become one locking transaction
-//! ([`crate::coalesce::HoldCoalescer`]), and concurrent reads of one product share one query
-//! ([`crate::coalesce::ProductReads`]). A batch is taken only from calls that arrived before it
+//! ([`crate::batching::coalesce::HoldCoalescer`]), and concurrent reads of one product share one query
+//! ([`crate::batching::coalesce::ProductReads`]). A batch is taken only from calls that arrived before it
 //! started, so a read answered from a batch always began after its request did.
 
 use std::{

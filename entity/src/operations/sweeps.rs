@@ -13,7 +13,7 @@ use crate::{
     Db, DomainError,
     db::{now, with_retry},
     hold::{self, HoldStatus},
-    transitions::{HoldRef, move_holds},
+    rules::transitions::{HoldRef, move_holds},
     types::ProductId,
 };
 

@@ -31,9 +31,10 @@ use crate::{
     DomainError, Money,
     db::ServerTraits,
     hold::{self, HoldStatus},
-    idempotency::KeyClaim,
     order::{self, OrderStatus},
     product,
+    rules::keys::KeyClaim,
+    sql::{self, mysql::HoldRow},
     types::{HoldId, OrderId, ProductId},
 };
 
@@ -394,7 +395,7 @@ async fn adjust_product<C: ConnectionTrait>(
 /// A hold about to be created.
 pub(crate) struct NewHold<'a> {
     pub qty: i32,
-    /// Its anonymous owner's secret, as stored (see `crate::ownership`).
+    /// Its anonymous owner's secret, as stored (see `crate::rules::ownership`).
     pub secret_hash: Option<&'a str>,
     pub buyer: Option<&'a str>,
     /// The request's `Idempotency-Key` and fingerprint, written on the hold row.
@@ -454,16 +455,13 @@ async fn insert_holds(
             .map_err(key_taken)?;
         None
     } else if server.insert_returning {
-        // `[qty, secret hash, buyer, key, fingerprint]`, as short as each row allows: what is
-        // missing at the end is NULL (NULL ON EMPTY), and so is a JSON null. Each row is a
-        // tuple of borrowed values (a tuple is a JSON array): no value tree, no copies.
-        let rows: Vec<JsonRow<'_>> = holds
+        let rows: Vec<HoldRow<'_>> = holds
             .iter()
             .map(|h| match (h.secret_hash, h.buyer, h.key) {
-                (None, None, None) => JsonRow::Qty((h.qty,)),
-                (Some(s), None, None) => JsonRow::Secret((h.qty, s)),
-                (s, Some(b), None) => JsonRow::Buyer((h.qty, s, b)),
-                (s, b, Some(k)) => JsonRow::Keyed((h.qty, s, b, &k.key, &k.fingerprint)),
+                (None, None, None) => HoldRow::Qty((h.qty,)),
+                (Some(s), None, None) => HoldRow::Secret((h.qty, s)),
+                (s, Some(b), None) => HoldRow::Buyer((h.qty, s, b)),
+                (s, b, Some(k)) => HoldRow::Keyed((h.qty, s, b, &k.key, &k.fingerprint)),
             })
             .collect();
         let json = serde_json::to_string(&rows)
@@ -471,21 +469,7 @@ async fn insert_holds(
         let rows = txn
             .query_all_raw(Statement::from_sql_and_values(
                 backend,
-                "INSERT INTO holds (product_id, qty, status, expires_at, created_at, updated_at, \
-                   unit_price_cents, secret_hash, buyer_id, idem_key, idem_fingerprint) \
-                 SELECT ?, j.qty, ?, ?, ?, ?, ?, j.secret_hash, j.buyer, j.idem_key, \
-                   j.fingerprint \
-                 FROM JSON_TABLE(?, '$[*]' COLUMNS (ord FOR ORDINALITY, qty INT PATH '$[0]', \
-                   secret_hash CHAR(64) CHARACTER SET ascii COLLATE ascii_bin PATH '$[1]' \
-                     NULL ON EMPTY, \
-                   buyer VARCHAR(128) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin PATH '$[2]' \
-                     NULL ON EMPTY, \
-                   idem_key VARCHAR(255) CHARACTER SET ascii COLLATE ascii_bin PATH '$[3]' \
-                     NULL ON EMPTY, \
-                   fingerprint VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin PATH '$[4]' \
-                     NULL ON EMPTY)) AS j \
-                 ORDER BY j.ord \
-                 RETURNING id, qty",
+                sql::mysql::INSERT_HOLDS_RETURNING,
                 [
                     product_id.into(),
                     HoldStatus::Active.as_str().into(),
@@ -560,16 +544,6 @@ async fn insert_holds(
     check_all_ids(ids, qtys.len())
 }
 
-/// One hold as a row of the bound JSON array of [`insert_holds`], as short as it can be.
-#[derive(serde::Serialize)]
-#[serde(untagged)]
-enum JsonRow<'a> {
-    Qty((i32,)),
-    Secret((i32, &'a str)),
-    Buyer((i32, Option<&'a str>, &'a str)),
-    Keyed((i32, Option<&'a str>, Option<&'a str>, &'a str, &'a str)),
-}
-
 /// A hold's key already on another hold (the unique index): a twin in another process was
 /// granted first. The batch is lost and retried, and then checks its keys before granting.
 fn key_taken(e: DbErr) -> DomainError {
@@ -592,29 +566,5 @@ fn check_all_ids(ids: Vec<HoldId>, inserted: usize) -> Result<Vec<HoldId>, Domai
             "inserted {inserted} holds, found {} ids",
             ids.len()
         )))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hold_rows_are_written_as_short_json_arrays() {
-        let key = KeyClaim {
-            scope: crate::idempotency::HOLDS,
-            key: "k-1".into(),
-            fingerprint: "ab".into(),
-        };
-        let rows = [
-            JsonRow::Qty((1,)),
-            JsonRow::Secret((2, "s")),
-            JsonRow::Buyer((3, None, "b")),
-            JsonRow::Keyed((4, Some("s"), None, &key.key, &key.fingerprint)),
-        ];
-        assert_eq!(
-            serde_json::to_string(&rows).unwrap(),
-            r#"[[1],[2,"s"],[3,null,"b"],[4,"s",null,"k-1","ab"]]"#
-        );
     }
 }

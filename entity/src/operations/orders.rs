@@ -12,10 +12,11 @@ use crate::{
     Db, DomainError,
     db::{now, with_retry},
     hold::HoldStatus,
-    idempotency::{KeyClaim, StoredOutcome, StoredRefusal, check_in_txn, store_in_txn},
+    operations::idempotency::{StoredOutcome, StoredRefusal, check_in_txn, store_in_txn},
     order,
-    ownership::Access,
-    transitions::{clear_refund_required, lock_hold, lock_order, order_from_hold},
+    rules::keys::KeyClaim,
+    rules::ownership::Access,
+    rules::transitions::{clear_refund_required, lock_hold, lock_order, order_from_hold},
     types::{HoldId, OrderId},
     views::{OrderCreated, OrderView},
 };
@@ -105,7 +106,7 @@ pub(crate) async fn order_for_hold(
     now: DateTime<Utc>,
 ) -> Result<(order::Model, bool), DomainError> {
     let hold = lock_hold(txn, hold_id).await?;
-    if !crate::holds::owned(&hold, access) {
+    if !crate::operations::holds::owned(&hold, access) {
         return Err(DomainError::HoldNotFound(hold_id));
     }
     match hold.effective_status(now) {

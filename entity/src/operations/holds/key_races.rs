@@ -10,7 +10,7 @@ use migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectionTrait, Statement};
 
 use super::*;
-use crate::{DbConfig, Money, idempotency::KeyClaim, products};
+use crate::{DbConfig, Money, operations::products, rules::keys::KeyClaim};
 
 const TTL: chrono::Duration = chrono::Duration::minutes(2);
 

@@ -10,7 +10,7 @@ use crate::{
     Db, DomainError,
     db::{now, with_retry},
     order::{self, OrderStatus},
-    transitions::move_order,
+    rules::transitions::move_order,
     types::{OrderId, ProductId},
 };
 

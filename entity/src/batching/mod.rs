@@ -1,0 +1,5 @@
+//! Serving concurrent calls together: the generic per-key batcher, and what it serves — hold
+//! requests per product, product reads, idempotency-key look-ups.
+
+pub mod batcher;
+pub mod coalesce;
