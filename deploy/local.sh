@@ -13,7 +13,7 @@
 #                   cancel any order, which is why this is for a laptop only and why the API
 #                   listens on 127.0.0.1. To require signatures as a real gateway sends them:
 #                     WEBHOOK_SECRET="whsec_$(openssl rand -base64 32)" deploy/local.sh
-#                   (README, "Configuring a payment gateway", signs a webhook by hand).
+#                   (docs/payment-gateway.md signs a webhook by hand).
 #
 # For a frontend dev server on another port, its origin must be allowed (CORS): the usual dev
 # servers' are by default; set CORS_ALLOWED_ORIGINS to change that, e.g.
@@ -75,9 +75,9 @@ payment webhooks: UNSIGNED ones are accepted (WEBHOOK_ALLOW_UNSIGNED=true), beca
   is not set. For a laptop only: anyone who can reach the API can pay or cancel any order with
   them, so it listens on 127.0.0.1 alone. To require signed webhooks, as in production:
     WEBHOOK_SECRET="whsec_\$(openssl rand -base64 32)" deploy/local.sh
-  and sign as the README shows ("Configuring a payment gateway").
+  and sign as docs/payment-gateway.md shows.
 EOF
 else
-  echo "payment webhooks: signed ones only, with WEBHOOK_SECRET (README: \"Configuring a payment gateway\")"
+  echo "payment webhooks: signed ones only, with WEBHOOK_SECRET (docs/payment-gateway.md)"
 fi
 target/debug/flash-sale-api

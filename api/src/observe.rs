@@ -30,7 +30,8 @@ pub struct RouteTemplates {
     methods: Vec<(Vec<String>, String)>,
     /// The request metrics of each routed pattern, method and status, registered with the
     /// recorder once: labelling them anew for every request (the template found, three label
-    /// strings made, the recorder's registry searched twice) was about 3% of the API's CPU.
+    /// strings made, the recorder's registry searched twice) showed in every profile
+    /// (`tests/bench-results/README.md`, "Statements").
     recorded: RwLock<HashMap<String, Vec<RouteMetrics>>>,
 }
 

@@ -7,7 +7,7 @@
 #     first node creates the cluster (every other node joins it), while a first node whose volume
 #     was lost joins the running cluster instead of starting a second one beside it;
 #   - GALERA_BOOTSTRAP=yes: --wsrep-new-cluster, to restart a cluster after all nodes stopped
-#     (on the node whose grastate.dat says safe_to_bootstrap: 1, once; see the README);
+#     (on the node whose grastate.dat says safe_to_bootstrap: 1, once; see deploy/galera/README.md);
 #   - after a crash (kill -9, power loss: seqno -1 in grastate.dat): the position recovered with
 #     `mariadbd --wsrep-recover` (galera_recovery), so the node rejoins by IST, sending only what
 #     it missed, instead of a full state transfer.

@@ -1,6 +1,7 @@
 //! Property test of the hold and order state machines through the real stock operations (on a
 //! SQLite file): any sequence of holds, releases, orders, payments (duplicated, conflicting),
-//! expiries and payment timeouts keeps every invariant of the README ("Invariants and how they are kept") after every step.
+//! expiries and payment timeouts keeps every invariant of `docs/design.md` ("Invariants and how
+//! they are kept") after every step.
 
 use entity::{
     Db, DbConfig, DomainError, Money, Quantity,

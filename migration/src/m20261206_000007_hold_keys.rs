@@ -1,8 +1,8 @@
 //! A granted keyed hold carries its `Idempotency-Key` and request fingerprint on its own row,
 //! under a unique index, instead of a row of its own in `idempotency_keys`. The key is then
 //! written by the batch's one hold `INSERT` (one more index entry), and its 201 is replayed
-//! from the hold. Measured on MariaDB (batches of 20 holds): a key row cost about 23 µs of
-//! server CPU per hold, the key on the hold row about 8.
+//! from the hold: a key row cost MariaDB about three times the CPU of the key on the hold row
+//! (`tests/bench-results/README.md`, "Statements").
 //!
 //! `idempotency_keys` keeps every other answer: refusals of keyed holds, and all order keys.
 //! Keys written there before this migration keep working; both places are looked up.

@@ -1,6 +1,7 @@
 //! A key's outcome is kept typed, not as HTTP bytes: `idempotency_keys.outcome` (JSON of
-//! `entity::idempotency::StoredOutcome`) replaces `response_status`, `response_content_type`
-//! and `response_body`, so that only the API renders answers, first time and replay alike.
+//! `entity::operations::idempotency::StoredOutcome`) replaces `response_status`,
+//! `response_content_type` and `response_body`, so that only the API renders answers, first
+//! time and replay alike.
 //!
 //! The rows of the old shape are deleted. That can cost a retry its replay but never makes a
 //! second effect: these rows held only keyed holds' refusals (which took nothing) and order

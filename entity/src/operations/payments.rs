@@ -96,8 +96,8 @@ pub struct PaymentResult {
     pub refund_owed: Option<OrderView>,
 }
 
-/// Applies a payment webhook exactly once per idempotency key (see the README, "Orders and
-/// payments"). Errors record nothing, so the gateway's retry can succeed later.
+/// Applies a payment webhook exactly once per idempotency key (see `docs/payments.md`). Errors
+/// record nothing, so the gateway's retry can succeed later.
 pub async fn apply_payment(db: &Db, event: &PaymentEvent) -> Result<PaymentResult, DomainError> {
     let fingerprint = event.fingerprint();
     let outcome = with_retry(None, || {

@@ -3,12 +3,13 @@
 //! `TEST_MYSQL_URL` names.
 //!
 //! Run it with `tests/bench.sh` (builds release binaries, makes MariaDB and wrk ready). It
-//! prints a table and writes `tests/bench-results/results.json` and `results.svg`.
+//! prints a table and writes `tests/bench-results/results.json`, `results.md` and `results.svg`.
 //! `BENCH_SECONDS` (default 8) is the length of each measured point; `BENCH_BIN_DIR` names
 //! binaries built elsewhere. `BENCH_ONLY` runs one section alone, into a file of its own:
 //! `holds` (the hold paths, `BENCH_REPEAT` rounds, default 3, with the plain-SQL anchor of the
 //! same run) into `results-holds.json`; `galera` into `results-galera.json`; `stream` into
 //! `results-stream.json`. These leave `results.json` and the chart as they were.
+//! `BENCH_ONLY=report` only renders `results.md` again from `results.json`.
 //!
 //! Where each part lives:
 //! - [`single`]: the single-server sections in their order: HTTP holds with coalescing on and
@@ -22,7 +23,7 @@
 //! - [`api`]: the API process under test;
 //! - [`sampling`]: CPU time and RSS from `/proc`, pooled latencies, the machine's description;
 //! - [`database`]: fresh databases for the sections;
-//! - [`report`]: the summary in `results.json` and the chart.
+//! - [`report`]: the summary in `results.json`, `results.md` and the chart.
 
 mod anchor;
 mod api;
@@ -43,12 +44,12 @@ use serde_json::json;
 
 use galera::galera;
 use paths::holds_only;
-use report::{chart, summarize};
-use sampling::machine;
+use report::{chart, markdown, summarize};
+use sampling::{commit, machine};
 use single::single_server;
 use stream::{stock_streams, stream_only};
 
-/// The MariaDB settings of the run's own server, beyond the test servers' (see the README's
+/// The MariaDB settings of the run's own server, beyond the test servers' (see deploy/README.md,
 /// "Server settings for a sale"): a redo log and a buffer pool that a sale's minutes of writes
 /// do not fill, and connections for the plain-SQL client's 256 beside the API's pool.
 const SALE_SERVER: &[&str] = &[
@@ -75,8 +76,16 @@ async fn main() -> Result<()> {
         "" | "holds" => false,
         "galera" => true,
         "stream" => return stream_only(&release, seconds, &out_dir).await,
+        "report" => {
+            // Renders `results.md` again from `results.json` (after a change to the report).
+            let results =
+                serde_json::from_str(&std::fs::read_to_string(out_dir.join("results.json"))?)?;
+            std::fs::write(out_dir.join("results.md"), markdown(&results))?;
+            return Ok(());
+        }
         other => bail!(
-            "BENCH_ONLY={other}: the sections that run alone are `galera`, `holds` and `stream`"
+            "BENCH_ONLY={other}: the sections that run alone are `galera`, `holds` and `stream` \
+             (`report` renders results.md from results.json)"
         ),
     };
     // The single-server sections run on a MariaDB of the run's own, unless TEST_MYSQL_URL names
@@ -98,6 +107,8 @@ async fn main() -> Result<()> {
         return holds_only(&release, &base, seconds, &out_dir).await;
     }
     let mut results = json!({
+        "measured_at": chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
+        "commit": commit(),
         "machine": machine(),
         "seconds_per_point": seconds,
         "http_holds": [],
@@ -151,6 +162,7 @@ async fn main() -> Result<()> {
         serde_json::to_string_pretty(&results)?,
     )?;
     chart(&results, &out_dir.join("results.svg"))?;
+    std::fs::write(out_dir.join("results.md"), markdown(&results))?;
     println!("wrote {}", out_dir.join("results.json").display());
     match galera_failed {
         Some(e) => Err(e.context("the Galera section failed (the other figures were written)")),

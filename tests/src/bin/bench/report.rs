@@ -156,3 +156,179 @@ pub(crate) fn chart(results: &Value, path: &Path) -> Result<()> {
     root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
 }
+
+/// The run's figures as Markdown (`results.md`): the tables `tests/bench-results/README.md`
+/// points to, so that figures live with the run that measured them.
+pub(crate) fn markdown(results: &Value) -> String {
+    let num = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+    let int = |v: &Value| format!("{:.0}", num(v));
+    let ms = |v: &Value| format!("{:.1}", num(v));
+    let pct = |v: &Value| format!("{:.0}%", num(v) * 100.0);
+    let mut md = format!(
+        "# Benchmark results\n\nWritten by `tests/bench.sh` at {} (commit {}), {} s per point, \
+         on {} CPUs; {}. Compare rows within this run, not across runs.\n\n",
+        results["measured_at"].as_str().unwrap_or("?"),
+        results["commit"].as_str().unwrap_or("?"),
+        results["seconds_per_point"],
+        results["machine"]["cpus"],
+        results["machine"]["note"].as_str().unwrap_or(""),
+    );
+    md += "## Holds on one product\n\n| design | connections | holds/s | p50 ms | p99 ms |\n\
+           | --- | ---: | ---: | ---: | ---: |\n";
+    for (list, label) in [
+        ("http_holds", None),
+        (
+            "plain_sql_holds",
+            Some("plain SQL client, one transaction per hold"),
+        ),
+    ] {
+        for row in results[list].as_array().into_iter().flatten() {
+            let design = label.unwrap_or(if row["coalescing"] == true {
+                "HTTP, coalesced (default)"
+            } else {
+                "HTTP, one transaction per hold"
+            });
+            md += &format!(
+                "| {design} | {} | {} | {} | {} |\n",
+                row["connections"],
+                int(&row["holds_per_s"]),
+                ms(&row["p50_ms"]),
+                ms(&row["p99_ms"]),
+            );
+        }
+    }
+    let summary = &results["summary"];
+    md += &format!(
+        "\nCoalesced over the plain-SQL anchor (best of each): **{:.1}×**.\n\n",
+        num(&summary["speedup_over_plain_sql"])
+    );
+    let paths = &results["hold_paths"];
+    md += &format!(
+        "## Hold paths, side by side\n\n{} rounds ({}), 256 connections. CPU is µs per hold \
+         granted.\n\n| path | holds/s | share | p50 ms | p99 ms | API µs | MariaDB µs | wrk µs |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        paths["rounds"],
+        paths["passes_per_round"].as_str().unwrap_or(""),
+    );
+    for (name, label, share) in [
+        ("unkeyed", "anonymous, no key", None),
+        (
+            "keyed",
+            "a unique `Idempotency-Key` each",
+            Some("keyed_share_of_unkeyed"),
+        ),
+        (
+            "limited",
+            "a distinct buyer each, limit 5",
+            Some("limited_share_of_unlimited"),
+        ),
+        (
+            "tokens",
+            "a signed-in buyer (JWT) each",
+            Some("tokens_share_of_anonymous"),
+        ),
+    ] {
+        let p = &paths[name];
+        if p.is_null() {
+            continue;
+        }
+        md += &format!(
+            "| {label} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} |\n",
+            int(&p["holds_per_s"]),
+            share.map_or("100%".to_owned(), |s| pct(&paths[s])),
+            ms(&p["p50_ms"]),
+            ms(&p["p99_ms"]),
+            num(&p["api_us_per_hold"]),
+            num(&p["db_us_per_hold"]),
+            num(&p["wrk_us_per_hold"]),
+        );
+    }
+    let (product, hold) = (&results["get_product"], &results["get_hold"]);
+    md += &format!(
+        "\n## Reads, bounds and backlog\n\n\
+         - `GET /api/products/{{id}}`: {} reads/s, p50 {} ms, p99 {} ms.\n\
+         - `GET /api/holds/{{id}}` with its secret: {} reads/s ({} of product reads), p99 {} ms.\n\
+         - Stock boundary: stock {}, {} requests, {} granted, **oversold {}**.\n\
+         - Expiry backlog: {} expired holds swept in {:.1} s ({} batches) while holds kept coming \
+           ({} holds/s, p99 {} ms).\n\
+         - API peak RSS: {:.1} MiB. Unknown-id spray: {} requests, RSS {:.1} → {:.1} MiB.\n",
+        int(&product["per_s"]),
+        ms(&product["p50_ms"]),
+        ms(&product["p99_ms"]),
+        int(&hold["per_s"]),
+        pct(&hold["share_of_product_reads"]),
+        ms(&hold["p99_ms"]),
+        results["stock_boundary"]["stock"],
+        results["stock_boundary"]["requests"],
+        results["stock_boundary"]["granted"],
+        results["stock_boundary"]["oversold"],
+        results["expiry_backlog"]["expired"],
+        num(&results["expiry_backlog"]["sweep_s"]),
+        results["expiry_backlog"]["batches"],
+        int(&results["expiry_backlog"]["holds_per_s_meanwhile"]),
+        ms(&results["expiry_backlog"]["holds_p99_ms"]),
+        num(&results["api_peak_rss_mib"]),
+        results["unknown_id_spray"]["requests"],
+        num(&results["unknown_id_spray"]["rss_before_mib"]),
+        num(&results["unknown_id_spray"]["rss_after_mib"]),
+    );
+    let galera = &results["galera"];
+    if galera["error"].is_null() {
+        let (one, three) = (&galera["one_api"], &galera["three_apis"]);
+        md += &format!(
+            "\n## Galera, three nodes\n\n\
+             - One API on one node: {} holds/s, p99 {} ms, {} answered 503.\n\
+             - Three APIs on three nodes, one hot product: {} holds/s in all, worst API's p99 {} \
+               ms, {} answered 503, {} transactions retried after a certification conflict; \
+               books equal on every node and conserved: {}.\n",
+            int(&one["holds_per_s"]),
+            ms(&one["p99_ms"]),
+            one["answers"]["503"],
+            int(&three["holds_per_s"]),
+            ms(&three["p99_ms"]),
+            three["answers"]["503"],
+            three["contention_retries"],
+            summary["galera_books_equal_and_conserved"],
+        );
+    } else {
+        md += &format!("\n## Galera\n\nFailed: {}\n", galera["error"]);
+    }
+    let steps = results["stock_stream"]["steps"].as_array();
+    if let Some(steps) = steps {
+        md += "\n## Live stock, one API process\n\n| listeners | API RSS MiB | API CPU | hub \
+               checks/s | MariaDB SELECTs/s | a change seen by all: p50 / p99 / max ms |\n\
+               | ---: | ---: | ---: | ---: | ---: | ---: |\n";
+        for s in steps {
+            md += &format!(
+                "| {} | {:.1} | {} | {:.1} | {:.1} | {:.0} / {:.0} / {:.0} |\n",
+                s["listeners"],
+                num(&s["rss_mib"]),
+                pct(&s["api_cpu_share"]),
+                num(&s["hub_checks_per_s"]),
+                num(&s["server_selects_per_s"]),
+                num(&s["change_seen_p50_ms"]),
+                num(&s["change_seen_p99_ms"]),
+                num(&s["change_seen_max_ms"]),
+            );
+        }
+    }
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The committed results render: every section of a real run has the fields read here.
+    #[test]
+    fn the_committed_results_render_as_markdown() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench-results/results.json");
+        let results: Value =
+            serde_json::from_str(&std::fs::read_to_string(path).expect("results.json"))
+                .expect("JSON");
+        let md = markdown(&results);
+        assert!(md.contains("| HTTP, coalesced (default) | 256 |"), "{md}");
+        assert!(md.contains("oversold 0"), "{md}");
+        assert!(!md.contains("NaN"), "a field read here is missing: {md}");
+    }
+}

@@ -114,3 +114,15 @@ pub(crate) fn machine() -> Value {
         .unwrap_or_default();
     json!({"cpus": cpus, "database": version, "note": "load generator, API and database on one machine"})
 }
+
+/// The commit measured (`git describe --always --dirty`), or `unknown` outside a checkout.
+pub(crate) fn commit() -> String {
+    Command::new("git")
+        .args(["describe", "--always", "--dirty"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
