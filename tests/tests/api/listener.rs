@@ -413,7 +413,9 @@ on_both_databases! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn signed_in_buyers_each_hold_their_own_streams() {
     let mut options = flash_sale_tests::tokens::jwt_options();
-    options.extra_env.push(("STREAM_MAX_PER_CLIENT", "2".into()));
+    options
+        .extra_env
+        .push(("STREAM_MAX_PER_CLIENT", "2".into()));
     let app = TestApp::spawn_with(Backend::Sqlite, options).await;
     let product = app.create_product(5).await;
     let url = format!("{}/api/products/{product}/stream", app.address);
