@@ -3,7 +3,6 @@
 //! ([`telemetry`]), the first log line ([`start`]), the listener and its `/metrics`
 //! ([`listener`]), and the signal both drain on ([`shutdown_signal`]).
 
-mod json_lines;
 pub mod listener;
 mod log_writer;
 pub mod settings;

@@ -7,7 +7,14 @@ use std::{
 };
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tracing_subscriber::{EnvFilter, fmt, layer::SubscriberExt, util::SubscriberInitExt};
+use tracing::Subscriber;
+use tracing_subscriber::{
+    EnvFilter, Layer,
+    fmt::{self, MakeWriter},
+    layer::SubscriberExt,
+    registry::LookupSpan,
+    util::SubscriberInitExt,
+};
 
 /// Keep these alive for the life of the process: dropping them flushes the log writers.
 pub struct LogGuards(#[allow(dead_code)] crate::log_writer::WriterGuard);
@@ -41,19 +48,30 @@ pub fn init_logging(
     };
     let (writer, guard) = crate::log_writer::spawn(out, crate::log_writer::QUEUE_LINES)
         .map_err(|e| TelemetryError::Init(format!("log writer thread: {e}")))?;
-    // The current span rides along as `"span": {...}`: for HTTP requests it carries the
-    // request id into every line logged while serving that request.
-    let json = fmt::layer()
-        .json()
-        .event_format(crate::json_lines::JsonLines)
-        .fmt_fields(crate::json_lines::JsonSpanFields)
-        .with_writer(writer);
     tracing_subscriber::registry()
         .with(filter)
-        .with(json)
+        .with(json_layer(writer))
         .try_init()
         .map_err(|e| TelemetryError::Init(e.to_string()))?;
     Ok(LogGuards(guard))
+}
+
+/// The JSON layer: the event's fields at the top level, then its `target`, then the current
+/// span (for HTTP requests, `"span":{"method":…,"path":…,"request_id":…,"name":"request"}`,
+/// which carries the request id into every line logged while serving that request). The
+/// timestamp is tracing-subscriber's default: RFC 3339, UTC, microseconds.
+fn json_layer<S, W>(writer: W) -> impl Layer<S>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    fmt::layer()
+        .json()
+        .flatten_event(true)
+        .with_current_span(true)
+        .with_span_list(false)
+        .with_target(true)
+        .with_writer(writer)
 }
 
 /// Bytes of log lines gathered before a write (lines are flushed sooner, at every tick of the
@@ -201,4 +219,114 @@ pub enum TelemetryError {
     Filter(String),
     #[error("telemetry already initialised: {0}")]
     Init(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    /// A destination the test can read while a writer thread owns it, or hold stuck (its lock).
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .map_err(|_| std::io::Error::other("poisoned"))?
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Shared {
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().map(|b| b.clone()).unwrap_or_default()).expect("UTF-8")
+        }
+
+        fn lines(&self) -> Vec<Value> {
+            self.text()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+                .collect()
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Shared {
+        type Writer = Shared;
+        fn make_writer(&'a self) -> Shared {
+            self.clone()
+        }
+    }
+
+    #[test]
+    fn a_line_has_the_shape_the_service_relies_on() {
+        let file = Shared::default();
+        let subscriber = tracing_subscriber::registry().with(json_layer(file.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!(
+                "request",
+                request_id = %"r-1",
+                method = %"POST",
+                path = %"/api/holds"
+            );
+            let entered = span.enter();
+            tracing::info!(
+                metric = "hold.created",
+                hold_id = 7_i64,
+                product_id = 1_i64,
+                quantity = 2_i32,
+                "hold created"
+            );
+            drop(entered);
+            tracing::warn!(error = %"disk \"full\"\n", "outside any span");
+        });
+        let text = file.text();
+        assert!(text.ends_with('\n') && text.lines().count() == 2, "{text}");
+        assert!(text.starts_with("{\"timestamp\":\""), "{text}");
+        let mut lines = file.lines();
+        for line in &mut lines {
+            let ts = line["timestamp"].as_str().expect("a timestamp").to_owned();
+            // RFC 3339, UTC, microseconds: 2026-11-24T15:27:31.526376Z.
+            assert!(
+                chrono::DateTime::parse_from_rfc3339(&ts).is_ok()
+                    && ts.len() == 27
+                    && ts.ends_with('Z'),
+                "{ts}"
+            );
+            line["timestamp"] = Value::Null;
+        }
+        let target = module_path!();
+        assert_eq!(
+            lines[0],
+            json!({
+                "timestamp": null,
+                "level": "INFO",
+                "message": "hold created",
+                "metric": "hold.created",
+                "hold_id": 7,
+                "product_id": 1,
+                "quantity": 2,
+                "target": target,
+                "span": {"request_id": "r-1", "method": "POST", "path": "/api/holds", "name": "request"},
+            })
+        );
+        assert_eq!(
+            lines[1],
+            json!({
+                "timestamp": null,
+                "level": "WARN",
+                "message": "outside any span",
+                "error": "disk \"full\"\n",
+                "target": target,
+            })
+        );
+    }
 }
