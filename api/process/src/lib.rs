@@ -3,9 +3,7 @@
 //! ([`telemetry`]), the first log line ([`start`]), the listener and its `/metrics`
 //! ([`listener`]), and the signal both drain on ([`shutdown_signal`]).
 
-mod json_lines;
 pub mod listener;
-mod log_writer;
 pub mod settings;
 pub mod telemetry;
 
@@ -26,8 +24,8 @@ pub fn load_dotenv() -> anyhow::Result<()> {
     }
 }
 
-/// A started process's telemetry. Keep it for the life of the process: dropping it flushes the
-/// log writers.
+/// A started process's telemetry. Keep it for the life of the process: dropping it lets the log
+/// writers write the lines still queued (waiting 1 s at most).
 pub struct Started {
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,

@@ -29,12 +29,14 @@ pub async fn bind(addr: SocketAddr, setting: &str) -> anyhow::Result<(TcpAccepto
 }
 
 /// `/metrics`: the Prometheus text of `handle` (empty without one), rendered after `refresh`
-/// has updated the gauges that are sampled rather than counted (the database pool's).
+/// has updated the gauges that are sampled rather than counted (the database pool's), and
+/// `log_lines_dropped_total` has been brought up to the log writers' count.
 pub fn metrics_endpoint(
     handle: Option<PrometheusHandle>,
     refresh: impl Fn() + Send + Sync + 'static,
 ) -> impl Endpoint<Output = Response> {
     make_sync(move |_| {
+        crate::telemetry::record_log_drops();
         refresh();
         handle
             .as_ref()
