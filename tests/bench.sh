@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The hot-product benchmark in one command: MariaDB ready, Galera's packages (galera-4, rsync)
 # and wrk installed, release binaries built, then flash-sale-bench. Results:
-# tests/bench-results/results.{json,svg}.
+# tests/bench-results/results.{json,md,svg} (results.md: the run's tables, with its time and
+# commit; BENCH_ONLY=report renders it again from results.json).
+# BENCH_ONLY=holds runs only the hold paths and the plain-SQL anchor, into results-holds.json;
+# BENCH_BIN_DIR names an API and worker built elsewhere (to compare two builds).
 # BENCH_SECONDS (default 8) sets the length of each measured point.
 # BENCH_ONLY=galera runs only the Galera section (three nodes of the run's own on loopback: one
 # API on one node, then three APIs on three nodes, same hot product) and writes

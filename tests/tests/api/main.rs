@@ -4,6 +4,7 @@ mod bad_input;
 mod charsets;
 mod clients;
 mod coalescing;
+mod docs;
 mod expiry;
 mod faults;
 mod galera;

@@ -286,7 +286,6 @@ async fn sigterm_ends_open_streams_cleanly_and_at_once(backend: Backend) {
         "took {:?}",
         started.elapsed()
     );
-    assert!(server.output().contains("\"message\":\"stopped\""));
 }
 
 async fn idle_streams_get_a_comment_line_at_least_every_15_seconds(backend: Backend) {
