@@ -95,6 +95,10 @@ pub struct Config {
     /// (`GET /api/products/{id}/stream`): one query per product, however many listeners.
     #[arg(long, env = "STOCK_STREAM_INTERVAL_MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub stock_stream_interval_ms: u64,
+    /// How often, in milliseconds, this process looks at the queue tickets it streams
+    /// (`GET /api/queue/{id}/stream`): one query per queued product, however many listeners.
+    #[arg(long, env = "QUEUE_STREAM_INTERVAL_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub queue_stream_interval_ms: u64,
     /// Open stock streams this process serves at most; beyond it 503 `unavailable`.
     #[arg(long, env = "STOCK_STREAM_MAX_CLIENTS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub stock_stream_max_clients: u32,
@@ -227,7 +231,8 @@ impl Config {
              BUYER_JWT_ISSUER={} BUYER_JWT_AUDIENCE={} {} \
              AUTO_MIGRATE={} SHUTDOWN_DELAY_SECONDS={} SHUTDOWN_GRACE_SECONDS={} \
              HOLD_COALESCING={} HOLD_BATCH_WAIT_MICROS={} HOLD_BATCH_MAX={} \
-             HOLD_RATE_LIMIT_PER_SECOND={} STOCK_STREAM_INTERVAL_MS={} STOCK_STREAM_MAX_CLIENTS={} {}",
+             HOLD_RATE_LIMIT_PER_SECOND={} STOCK_STREAM_INTERVAL_MS={} STOCK_STREAM_MAX_CLIENTS={} \
+             QUEUE_STREAM_INTERVAL_MS={} {}",
             self.database.redacted(),
             self.bind_addr,
             self.hold_ttl_seconds,
@@ -257,6 +262,7 @@ impl Config {
             self.hold_rate_limit_per_second,
             self.stock_stream_interval_ms,
             self.stock_stream_max_clients,
+            self.queue_stream_interval_ms,
             self.listener.redacted(),
         )
     }
@@ -285,6 +291,7 @@ mod tests {
         assert!(c.auto_migrate);
         assert_eq!(c.stock_stream_interval_ms, 250);
         assert_eq!(c.stock_stream_max_clients, 10_000);
+        assert_eq!(c.queue_stream_interval_ms, 500);
         let l = &c.listener;
         assert_eq!(
             (l.http_header_timeout_seconds, l.http_idle_timeout_seconds),

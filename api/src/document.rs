@@ -52,6 +52,7 @@ same key and body within 24 hours answers the first answer again, with no second
 /// The tags in a buyer's order.
 pub const TAG_ORDER: &[&str] = &[
     "Products",
+    "Queue",
     "Holds",
     "Orders",
     "Payments",

@@ -9,6 +9,8 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use entity::DomainError;
+
+use crate::states::TicketState;
 use poem::{IntoResponse, Response, http::StatusCode};
 use poem_openapi::{
     ApiResponse, Enum, Object,
@@ -100,6 +102,9 @@ problem_codes! {
         "no order has this id (and no `hold_id` was sent to make it), or it is not the \
          caller's",
         "order 1 does not exist"),
+    TicketNotFound = ("ticket_not_found", NOT_FOUND,
+        "no queue ticket has this id, or it is not the caller's (its `Client-Secret` or token)",
+        "ticket 1 does not exist"),
     NotFound = ("not_found", NOT_FOUND,
         "the admin routes are off (`ADMIN_TOKEN` is not set)",
         "no such route"),
@@ -122,6 +127,17 @@ problem_codes! {
     SaleEnded = ("sale_ended", CONFLICT,
         "the product's sale has ended",
         "the sale has ended"),
+    QueueClosed = ("queue_closed", CONFLICT,
+        "the product's queue admits no one any more: the sale ended or the stock ran out",
+        "the queue of product 1 is closed"),
+    NoQueue = ("no_queue", CONFLICT,
+        "the product has `open` admission: anyone may hold it, there is no queue to join",
+        "product 1 has no queue: anyone may hold it"),
+    AdmissionRequired = ("admission_required", FORBIDDEN,
+        "the product admits buyers through its queue: a hold needs the buyer's admitted \
+         ticket (`ticket_id` and its `Client-Secret`, or the token's buyer); \
+         `ticket_state` and `position` say where a named ticket is",
+        "this product admits buyers through its queue: a hold needs an admitted ticket"),
     NoRefundDue = ("no_refund_due", CONFLICT,
         "the order has no refund due",
         "order 1 has no refund due"),
@@ -189,6 +205,7 @@ impl ProblemCode {
             SaleNotStarted => error.with_sale_starts_at(
                 DateTime::from_timestamp(1_796_139_000, 0).unwrap_or_default(),
             ),
+            AdmissionRequired => error.with_ticket(TicketState::Waiting, Some(42)),
             _ => error,
         }
         .into_problem()
@@ -220,6 +237,14 @@ pub struct Problem {
     /// With a refusal before a sale opens: when it opens (RFC 3339, UTC).
     #[oai(skip_serializing_if_is_none)]
     pub sale_starts_at: Option<DateTime<Utc>>,
+    // With `admission_required`, when the request named a ticket of the caller's: its state
+    // (said in the code's description: a description here would wrap the `$ref` in `allOf`).
+    #[oai(skip_serializing_if_is_none)]
+    pub ticket_state: Option<TicketState>,
+    /// With `admission_required`, for a waiting ticket once the line is drawn: how many
+    /// waiting tickets are ahead of it.
+    #[oai(skip_serializing_if_is_none, validator(minimum(value = "0")))]
+    pub position: Option<i64>,
     /// With `malformed_request` and `validation_error`, when one field or parameter is to
     /// blame: which, and why.
     #[oai(skip_serializing_if_is_none)]
@@ -278,6 +303,8 @@ impl ApiError {
                 available: None,
                 remaining: None,
                 sale_starts_at: None,
+                ticket_state: None,
+                position: None,
                 errors: None,
             }),
             false,
@@ -318,6 +345,12 @@ impl ApiError {
 
     pub fn with_sale_starts_at(mut self, starts_at: DateTime<Utc>) -> Self {
         self.0.sale_starts_at = Some(starts_at);
+        self
+    }
+
+    pub fn with_ticket(mut self, state: TicketState, position: Option<i64>) -> Self {
+        self.0.ticket_state = Some(state);
+        self.0.position = position;
         self
     }
 
@@ -502,6 +535,26 @@ impl From<DomainError> for ApiError {
             )
             .with_sale_starts_at(starts_at),
             DomainError::SaleEnded => Self::new(SaleEnded, "the sale has ended"),
+            DomainError::TicketNotFound(id) => {
+                Self::new(TicketNotFound, format!("ticket {id} does not exist"))
+            }
+            DomainError::NoQueue(id) => Self::new(
+                NoQueue,
+                format!("product {id} has no queue: anyone may hold it"),
+            ),
+            DomainError::QueueClosed(id) => {
+                Self::new(QueueClosed, format!("the queue of product {id} is closed"))
+            }
+            DomainError::AdmissionRequired { ticket } => {
+                let e = Self::new(
+                    AdmissionRequired,
+                    "this product admits buyers through its queue: a hold needs an admitted ticket",
+                );
+                match ticket {
+                    Some((state, position)) => e.with_ticket(state.into(), position),
+                    None => e,
+                }
+            }
             DomainError::NoRefundDue(id) => {
                 Self::new(NoRefundDue, format!("order {id} has no refund due"))
             }

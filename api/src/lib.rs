@@ -22,7 +22,9 @@ pub mod routes;
 pub mod server;
 pub mod signature;
 pub mod state;
+pub mod states;
 pub mod stream;
+pub mod ticket_stream;
 pub mod types;
 
 pub use config::Config;

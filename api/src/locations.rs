@@ -7,6 +7,11 @@ pub fn hold(hold_id: i64) -> String {
     format!("/api/holds/{hold_id}")
 }
 
+/// Where a queue ticket can be read.
+pub fn ticket(ticket_id: i64) -> String {
+    format!("/api/queue/{ticket_id}")
+}
+
 /// Where an order can be read.
 pub fn order(order_id: i64) -> String {
     format!("/api/orders/{order_id}")

@@ -350,6 +350,7 @@ pub async fn run(config: Config, metrics: Option<PrometheusHandle>) -> anyhow::R
         // Open stock streams never finish by themselves: end them now, or shutdown would wait
         // the whole grace period for them. Browsers reconnect, to a process still listening.
         state.stock_hub.close();
+        state.ticket_hub.close();
     };
     let grace = Duration::from_secs(u64::from(config.shutdown_grace_seconds));
     Server::new_with_acceptor(acceptor)
@@ -492,17 +493,21 @@ mod tests {
         }
         documented.sort();
         let ids: Vec<&str> = documented.iter().map(|(id, _, _)| id.as_str()).collect();
-        assert_eq!(ids, ["createHold", "createOrder"]);
+        assert_eq!(ids, ["createHold", "createOrder", "joinQueue"]);
+        // A join is idempotent by buyer and product: its key only gives a retry the ticket's
+        // secret again, and is parsed by the same rules.
         let mut keyed = crate::routes::keyed_operations();
+        keyed.push("joinQueue");
         keyed.sort_unstable();
         assert_eq!(keyed, ids);
 
         // A key the header's schema allows (1 to 255 characters) but the layer refuses: only the
         // layer can answer this, before the body is even parsed.
         for (id, method, path) in &documented {
+            let path = path.replace("{id}", "1");
             let req = Request::builder()
                 .method(Method::from_bytes(method.as_bytes()).expect("a method"))
-                .uri_str(path)
+                .uri_str(&path)
                 .header("idempotency-key", "tab\there")
                 .content_type("application/json")
                 .body(Body::from_string("{}".into()));

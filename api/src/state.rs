@@ -8,6 +8,7 @@ use std::{
 use entity::{
     Db,
     batching::coalesce::{HoldDesk, KeyLookups, ProductReads},
+    batching::queue::{JoinDesk, TicketReads},
 };
 
 use crate::Config;
@@ -19,6 +20,12 @@ pub struct AppState {
     pub holds: HoldDesk,
     /// Single-flight product reads.
     pub product_reads: ProductReads,
+    /// Where queue joins are served: coalesced per product.
+    pub joins: JoinDesk,
+    /// Concurrent ticket reads, one statement at a time.
+    pub ticket_reads: TicketReads,
+    /// Live tickets: one look per queued product per interval.
+    pub ticket_hub: crate::ticket_stream::TicketHub,
     pub hold_ttl: chrono::Duration,
     pub max_hold_qty: u32,
     pub admin_token: Option<String>,
@@ -58,6 +65,17 @@ impl AppState {
                 HoldDesk::one_by_one(db.clone(), hold_ttl)
             },
             product_reads: ProductReads::new(db.clone()),
+            // Joins gather company as hold batches do.
+            joins: JoinDesk::new(
+                db.clone(),
+                Duration::from_micros(config.hold_batch_wait_micros),
+                usize::try_from(config.hold_batch_max).unwrap_or(256),
+            ),
+            ticket_reads: TicketReads::new(db.clone()),
+            ticket_hub: crate::ticket_stream::TicketHub::new(
+                db.clone(),
+                Duration::from_millis(config.queue_stream_interval_ms),
+            ),
             // Key look-ups gather company for as long as hold batches do.
             key_lookups: KeyLookups::new(
                 db.clone(),

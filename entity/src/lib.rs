@@ -35,10 +35,12 @@ pub mod types;
 pub mod views;
 
 // The tables keep their short paths (`entity::hold`, ...).
-pub use tables::{hold, idempotency_key, order, product, webhook_event};
+pub use tables::{hold, idempotency_key, order, product, queue, ticket, webhook_event};
 
 pub use db::{Backend, Db, DbConfig};
 pub use error::DomainError;
 pub use hold::HoldStatus;
 pub use order::OrderStatus;
+pub use product::Admission;
+pub use ticket::TicketState;
 pub use types::{Money, ProductId, Quantity};

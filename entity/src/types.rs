@@ -48,6 +48,10 @@ id_type!(
     /// An order's id (`orders.id`).
     OrderId
 );
+id_type!(
+    /// A queue ticket's id (`queue_tickets.id`).
+    TicketId
+);
 
 /// A positive number of units (at least 1). The upper bound is a setting, checked by the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -9,7 +9,8 @@ use crate::{
     hold::{self, HoldStatus},
     order::{self, OrderStatus},
     rules::ownership::ClientSecret,
-    types::{HoldId, OrderId, ProductId},
+    ticket::{self, TicketState},
+    types::{HoldId, OrderId, ProductId, TicketId},
 };
 
 /// A hold as clients see it; `status` is the effective one (an active hold past its time is
@@ -78,6 +79,67 @@ impl From<&order::Model> for OrderView {
             created_at: o.created_at,
             buyer_id: o.buyer_id.clone(),
             refund_required: o.refund_required,
+        }
+    }
+}
+
+/// A queue ticket as clients see it; `state` is the effective one (an admission past its window
+/// is `Expired` before a pass marks it so).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TicketView {
+    pub id: TicketId,
+    pub product_id: ProductId,
+    pub buyer_id: String,
+    pub state: TicketState,
+    /// Waiting tickets ahead of it in admission order; 0 once admitted; none before the draw
+    /// (the order of the early tickets does not exist yet) and once the ticket is done.
+    pub position: Option<i64>,
+    pub joined_at: DateTime<Utc>,
+    pub admitted_at: Option<DateTime<Utc>>,
+    pub admission_expires_at: Option<DateTime<Utc>>,
+    /// Only in the answer that made the ticket, and to a keyed join's retry.
+    pub client_secret: Option<ClientSecret>,
+}
+
+/// Where a queue stands, for the positions of its tickets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLine {
+    /// The early tickets have their places.
+    pub drawn: bool,
+    /// The last place an admission pass has passed.
+    pub head: i64,
+}
+
+impl TicketView {
+    /// The ticket at `now`; `left_ahead` is how many tickets between the queue's head and this
+    /// one have left (`line` none: no queue row, so no position).
+    pub fn at(
+        model: &ticket::Model,
+        line: Option<QueueLine>,
+        left_ahead: i64,
+        now: DateTime<Utc>,
+    ) -> Self {
+        let state = match (model.state, model.admission_expires_at) {
+            (TicketState::Admitted, Some(until)) if until <= now => TicketState::Expired,
+            (state, _) => state,
+        };
+        let position = match (state, line, model.seq) {
+            (TicketState::Admitted, _, _) => Some(0),
+            (TicketState::Waiting, Some(line), Some(seq)) if line.drawn => {
+                Some((seq - line.head - 1 - left_ahead).max(0))
+            }
+            _ => None,
+        };
+        Self {
+            id: model.id,
+            product_id: model.product_id,
+            buyer_id: model.buyer_id.clone(),
+            state,
+            position,
+            joined_at: model.joined_at,
+            admitted_at: model.admitted_at,
+            admission_expires_at: model.admission_expires_at,
+            client_secret: None,
         }
     }
 }

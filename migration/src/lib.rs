@@ -17,6 +17,7 @@ mod m20261125_000006_utf8mb4_text;
 mod m20261206_000007_hold_keys;
 mod m20261207_000008_owners_and_prices;
 mod m20261207_000009_typed_key_outcomes;
+mod m20261207_000010_queues;
 
 pub struct Migrator;
 
@@ -33,6 +34,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000007_hold_keys::Migration),
             Box::new(m20261207_000008_owners_and_prices::Migration),
             Box::new(m20261207_000009_typed_key_outcomes::Migration),
+            Box::new(m20261207_000010_queues::Migration),
         ]
     }
 }

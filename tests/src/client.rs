@@ -29,11 +29,13 @@ pub struct Client {
     wallet: Arc<Mutex<Wallet>>,
 }
 
-/// The secrets a buyer was given, by hold, and the orders made from those holds.
+/// The secrets a buyer was given, by hold and by queue ticket, and the orders made from those
+/// holds.
 #[derive(Default)]
 struct Wallet {
     holds: HashMap<i64, String>,
     orders: HashMap<i64, i64>,
+    tickets: HashMap<i64, String>,
 }
 
 impl Wallet {
@@ -61,6 +63,13 @@ impl Wallet {
         if *method == reqwest::Method::POST && path == "/api/orders" {
             return self.holds.get(&body?["hold_id"].as_i64()?).cloned();
         }
+        if let Some(ticket) = id_after("/api/queue/") {
+            return self.tickets.get(&ticket).cloned();
+        }
+        // A hold on a queue product carries its ticket's secret.
+        if *method == reqwest::Method::POST && path == "/api/holds" {
+            return self.tickets.get(&body?["ticket_id"].as_i64()?).cloned();
+        }
         None
     }
 
@@ -78,6 +87,14 @@ impl Wallet {
         if let (Some(order), Some(hold)) = (r.body["order_id"].as_i64(), r.body["hold_id"].as_i64())
         {
             self.orders.insert(order, hold);
+        }
+        if path.ends_with("/queue")
+            && let (Some(ticket), Some(secret)) = (
+                r.body["ticket_id"].as_i64(),
+                r.body["client_secret"].as_str(),
+            )
+        {
+            self.tickets.insert(ticket, secret.to_owned());
         }
     }
 }
@@ -157,6 +174,12 @@ impl Client {
             wallet: Arc::default(),
             ..self.clone()
         }
+    }
+
+    /// The secret this buyer was given for a queue ticket, if it was.
+    pub fn ticket_secret_of(&self, ticket_id: i64) -> Option<String> {
+        let wallet = self.wallet.lock().unwrap_or_else(|p| p.into_inner());
+        wallet.tickets.get(&ticket_id).cloned()
     }
 
     /// The secret this buyer was given for a hold, if it was.
@@ -281,6 +304,61 @@ impl Client {
             .await;
         assert_eq!(r.status, 201, "create product: {}", r.body);
         r.body["id"].as_i64().expect("product id")
+    }
+
+    /// A product with queue admission; `opens_in`: its sale starts that long from now (none:
+    /// on sale at once).
+    pub async fn create_queue_product(&self, stock: i64, opens_in: Option<Duration>) -> i64 {
+        let mut body = json!({"name": "Queued product", "price": "10.50", "stock": stock,
+            "admission": "queue"});
+        if let Some(after) = opens_in {
+            let at = chrono::Utc::now() + chrono::Duration::from_std(after).expect("a duration");
+            body["sale_starts_at"] = json!(at.to_rfc3339());
+        }
+        let r = self
+            .admin(reqwest::Method::POST, "/api/admin/products", Some(body))
+            .await;
+        assert_eq!(r.status, 201, "create queue product: {}", r.body);
+        r.body["id"].as_i64().expect("product id")
+    }
+
+    /// `POST /api/products/{id}/queue` for `buyer` (none with `BUYER_AUTH=jwt`).
+    pub async fn join(&self, product_id: i64, buyer: Option<&str>) -> Response {
+        let body = match buyer {
+            Some(b) => json!({ "buyer_id": b }),
+            None => json!({}),
+        };
+        self.request(
+            reqwest::Method::POST,
+            &format!("/api/products/{product_id}/queue"),
+            Some(body),
+        )
+        .await
+    }
+
+    /// `GET /api/queue/{id}`, with the ticket's secret (or the token).
+    pub async fn ticket(&self, ticket_id: i64) -> Response {
+        self.get(&format!("/api/queue/{ticket_id}")).await
+    }
+
+    /// `DELETE /api/queue/{id}`.
+    pub async fn leave(&self, ticket_id: i64) -> Response {
+        self.request(
+            reqwest::Method::DELETE,
+            &format!("/api/queue/{ticket_id}"),
+            None,
+        )
+        .await
+    }
+
+    /// A hold on a queue product with the buyer's ticket (its secret from the wallet).
+    pub async fn hold_with_ticket(&self, product_id: i64, qty: i64, ticket_id: i64) -> Response {
+        self.request(
+            reqwest::Method::POST,
+            "/api/holds",
+            Some(json!({"product_id": product_id, "qty": qty, "ticket_id": ticket_id})),
+        )
+        .await
     }
 
     pub async fn hold(&self, product_id: i64, qty: i64) -> Response {

@@ -7,7 +7,10 @@
 //! `expiry.batch` line per run. Any number of workers may run against one database:
 //! each batch locks its holds or orders with `FOR UPDATE SKIP LOCKED` (SQLite: one writer at a time), so
 //! every hold is released exactly once. Overlapping ticks inside one process are skipped.
+//!
+//! Every second it also runs the queues' admission passes ([`admission`]).
 
+pub mod admission;
 pub mod config;
 pub mod health;
 pub mod sweep;
@@ -37,15 +40,21 @@ pub async fn run(config: Config, metrics: Option<PrometheusHandle>) -> anyhow::R
     };
     if config.once {
         sweep(&db, settings, &stop_rx).await?;
+        admission::admit_queues(&db, &stop_rx).await?;
         return Ok(());
     }
 
     let running = Arc::new(Mutex::new(()));
+    let admitting = Arc::new(Mutex::new(()));
     let job = sweep_job(&config.expiry_schedule, &db, settings, &running, &stop_rx)?;
     let mut scheduler = JobScheduler::new()
         .await
         .context("starting the scheduler")?;
     scheduler.add(job).await.context("scheduling the sweep")?;
+    scheduler
+        .add(admission_job(&db, &admitting, &stop_rx)?)
+        .await
+        .context("scheduling the admission runs")?;
     let (acceptor, addr) = flash_sale_process::bind(config.worker_addr, "WORKER_ADDR").await?;
     scheduler.start().await.context("starting the scheduler")?;
     tracing::info!(addr = %addr, schedule = %config.expiry_schedule, "listening");
@@ -61,11 +70,36 @@ pub async fn run(config: Config, metrics: Option<PrometheusHandle>) -> anyhow::R
 
     let _ = stop_tx.send(true);
     scheduler.shutdown().await.ok();
-    // Wait for the sweep in flight to finish its batch.
+    // Wait for the sweep in flight to finish its batch, and the admission run its pass.
     let _idle = running.lock().await;
+    let _idle_admitting = admitting.lock().await;
     db.conn().clone().close().await.ok();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The admission runs, every second; a run still going when the next tick comes skips it.
+fn admission_job(
+    db: &Db,
+    running: &Arc<Mutex<()>>,
+    stop_rx: &watch::Receiver<bool>,
+) -> anyhow::Result<Job> {
+    let (db, running, stop_rx) = (db.clone(), running.clone(), stop_rx.clone());
+    Job::new_async(admission::ADMISSION_SCHEDULE, move |_id, _sched| {
+        let (db, running, stop_rx) = (db.clone(), running.clone(), stop_rx.clone());
+        Box::pin(async move {
+            let Ok(_guard) = running.try_lock() else {
+                return;
+            };
+            if *stop_rx.borrow() {
+                return;
+            }
+            if let Err(e) = admission::admit_queues(&db, &stop_rx).await {
+                tracing::error!(error = %e, "admission run failed; the next tick retries");
+            }
+        })
+    })
+    .context("the admission schedule")
 }
 
 /// The scheduled sweep. Ticks are spawned without waiting for the previous one: `running`

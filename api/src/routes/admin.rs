@@ -19,7 +19,7 @@ use super::{
     ApiTags,
     orders::Order,
     problems,
-    products::{Product, next_after, page_bounds},
+    products::{AdmissionMode, Product, next_after, page_bounds},
 };
 use crate::{
     AppState,
@@ -58,6 +58,19 @@ pub struct NewProduct {
     #[oai(skip_serializing_if_is_none)]
     #[serde(default)]
     pub sale_ends_at: Option<DateTime<Utc>>,
+    // `queue` admits buyers through the product's queue; left out (or null): `open`. Said by
+    // `AdmissionMode` itself: a description here would wrap the `$ref` in `allOf`.
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(default)]
+    pub admission: Option<AdmissionMode>,
+    /// With `queue` admission: seconds an admitted buyer has to make a hold, 1 to 86400;
+    /// leave out (or null) for 120.
+    #[oai(
+        skip_serializing_if_is_none,
+        validator(minimum(value = "1"), maximum(value = "86400"))
+    )]
+    #[serde(default)]
+    pub admission_window_seconds: Option<i32>,
 }
 
 impl poem_openapi::types::Example for NewProduct {
@@ -69,6 +82,8 @@ impl poem_openapi::types::Example for NewProduct {
             per_buyer_limit: Some(2),
             sale_starts_at: None,
             sale_ends_at: None,
+            admission: None,
+            admission_window_seconds: None,
         }
     }
 }
@@ -110,6 +125,18 @@ pub struct ProductPatch {
     #[oai(skip_serializing_if_is_none)]
     #[serde(default, deserialize_with = "present")]
     pub sale_ends_at: Option<Option<DateTime<Utc>>>,
+    // `queue` or `open`; back to `open`, the queue's waiting tickets are closed within about a
+    // second (said in `updateProduct`'s description: a description here would be `allOf`).
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(default, deserialize_with = "not_null")]
+    pub admission: Option<AdmissionMode>,
+    /// Seconds an admitted buyer has to make a hold, 1 to 86400 (for admissions from now on).
+    #[oai(
+        skip_serializing_if_is_none,
+        validator(minimum(value = "1"), maximum(value = "86400"))
+    )]
+    #[serde(default, deserialize_with = "not_null")]
+    pub admission_window_seconds: Option<i32>,
 }
 
 /// A member that may be left out but, when sent, must not be `null` (there is nothing to clear):
@@ -136,6 +163,8 @@ impl poem_openapi::types::Example for ProductPatch {
             per_buyer_limit: Some(Some(2)),
             sale_starts_at: None,
             sale_ends_at: None,
+            admission: None,
+            admission_window_seconds: None,
         }
     }
 }
@@ -224,6 +253,10 @@ impl AdminApi {
             sale_starts_at: body.sale_starts_at,
             sale_ends_at: body.sale_ends_at,
             per_buyer_limit: body.per_buyer_limit,
+            admission: body.admission.map_or(entity::Admission::Open, Into::into),
+            admission_window_seconds: body
+                .admission_window_seconds
+                .unwrap_or(products::DEFAULT_ADMISSION_WINDOW_SECONDS),
         };
         let product =
             products::create_product(&self.state.db, name, price, body.stock, rules).await?;
@@ -234,8 +267,9 @@ impl AdminApi {
     /// Change a product (operators only)
     ///
     /// Restock or take stock away (`add_stock`), rename, reprice, set or clear the sale window
-    /// and the per-buyer limit, all under the product's lock while the sale runs. Members left
-    /// out stay as they are.
+    /// and the per-buyer limit, switch `admission` (back to `open`, the queue's waiting tickets
+    /// are closed within about a second), all under the product's lock while the sale runs.
+    /// Members left out stay as they are.
     #[oai(
         path = "/api/admin/products/:id",
         method = "patch",
@@ -265,6 +299,8 @@ impl AdminApi {
             sale_starts_at: body.sale_starts_at,
             sale_ends_at: body.sale_ends_at,
             per_buyer_limit: body.per_buyer_limit,
+            admission: body.admission.map(Into::into),
+            admission_window_seconds: body.admission_window_seconds,
         };
         let product =
             products::update_product(&self.state.db, ProductId::new(id.0), &change).await?;

@@ -6,8 +6,9 @@ use entity::{
     batching::coalesce::Unserved,
     operations::holds::{self, HoldOutcome, HoldRequest},
     operations::idempotency::Replay,
+    operations::queue::TicketPass,
     rules::ownership::ClientSecret,
-    types::{BuyerId, HoldId, ProductId},
+    types::{BuyerId, HoldId, ProductId, TicketId},
     views::HoldView,
 };
 use poem::{Endpoint, Request, Response};
@@ -45,6 +46,12 @@ pub struct CreateHold {
     )]
     #[serde(default)]
     pub buyer_id: Option<String>,
+    /// On a product with `queue` admission and `BUYER_AUTH=none`: the buyer's admitted ticket,
+    /// whose `client_secret` goes in the `Client-Secret` header. (With `jwt` the token's
+    /// buyer's ticket is found by itself.) Ignored on an `open` product.
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(default)]
+    pub ticket_id: Option<i64>,
 }
 
 impl poem_openapi::types::Example for CreateHold {
@@ -53,6 +60,7 @@ impl poem_openapi::types::Example for CreateHold {
             product_id: 1,
             qty: 2,
             buyer_id: Some("user-42".into()),
+            ticket_id: None,
         }
     }
 }
@@ -169,8 +177,9 @@ pub enum HoldReleased {
 
 problems!(CreateHoldProblems = "createHold", keyed = true: [
     MalformedRequest, Unauthorized, ProductNotFound, InsufficientStock, BuyerLimitExceeded,
-    SaleNotStarted, SaleEnded, IdempotencyKeyInUse, PayloadTooLarge, UnsupportedMediaType,
-    ValidationError, BuyerIdRequired, IdempotencyKeyMismatch, RateLimited, Internal, Unavailable,
+    SaleNotStarted, SaleEnded, AdmissionRequired, IdempotencyKeyInUse, PayloadTooLarge,
+    UnsupportedMediaType, ValidationError, BuyerIdRequired, IdempotencyKeyMismatch, RateLimited,
+    Internal, Unavailable,
 ]);
 problems!(GetHoldProblems = "getHold": [
     MalformedRequest, Unauthorized, HoldNotFound, Internal, Unavailable,
@@ -211,10 +220,19 @@ fn hold_request(
         ),
         Caller::Buyer(_) => None,
     };
+    let ticket = match (caller, body.ticket_id) {
+        (Caller::Buyer(_), _) => Some(TicketPass::OfBuyer),
+        (Caller::Anonymous { secret }, Some(id)) => Some(TicketPass::Named {
+            id: TicketId::new(id),
+            secret: secret.clone(),
+        }),
+        (Caller::Anonymous { .. }, None) => None,
+    };
     Ok(HoldRequest {
         buyer: buyer_of(caller, body.buyer_id.as_deref())?,
         secret,
         key: claim.map(|c| c.key().clone()),
+        ticket,
         ..HoldRequest::new(qty)
     })
 }

@@ -7,6 +7,7 @@ pub mod holds;
 pub mod orders;
 pub mod payments;
 pub mod products;
+pub mod queue;
 pub mod stream;
 
 use poem_openapi::Tags;
@@ -19,6 +20,9 @@ use crate::error::{ProblemCode, ProblemSet};
 pub enum ApiTags {
     /// Products and their live stock.
     Products,
+    /// Fair admission: a product's queue, which shuffles the crowd that came before the
+    /// opening and admits buyers as stock allows.
+    Queue,
     /// Short reservations of stock, made before an order.
     Holds,
     /// Holds turned into orders awaiting payment.
@@ -81,6 +85,10 @@ fn operations() -> Vec<(&'static str, &'static [ProblemCode], bool)> {
         entry::<products::ListProductsProblems>(),
         entry::<health::ReadyzProblems>(),
         entry::<stream::StreamStockProblems>(),
+        entry::<queue::JoinQueueProblems>(),
+        entry::<queue::GetTicketProblems>(),
+        entry::<queue::LeaveQueueProblems>(),
+        entry::<queue::StreamTicketProblems>(),
     ]
 }
 
@@ -89,6 +97,7 @@ pub fn api(
     state: std::sync::Arc<crate::AppState>,
 ) -> (
     products::ProductsApi,
+    queue::QueueApi,
     holds::HoldsApi,
     orders::OrdersApi,
     payments::PaymentsApi,
@@ -98,6 +107,9 @@ pub fn api(
 ) {
     (
         products::ProductsApi {
+            state: state.clone(),
+        },
+        queue::QueueApi {
             state: state.clone(),
         },
         holds::HoldsApi {

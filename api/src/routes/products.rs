@@ -6,7 +6,7 @@ use entity::{
     types::ProductId,
 };
 use poem_openapi::{
-    ApiResponse, Object, OpenApi,
+    ApiResponse, Enum, Object, OpenApi,
     param::{Path, Query},
 };
 
@@ -16,6 +16,34 @@ use crate::{
     error::Problems,
     types::{Json, within},
 };
+
+/// How buyers reach a product's stock: `open` (anyone may hold, first come first served; the
+/// default) or `queue` (a hold needs the buyer's admitted ticket from the product's queue).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum, serde::Deserialize)]
+#[oai(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
+pub enum AdmissionMode {
+    Open,
+    Queue,
+}
+
+impl From<entity::Admission> for AdmissionMode {
+    fn from(a: entity::Admission) -> Self {
+        match a {
+            entity::Admission::Open => Self::Open,
+            entity::Admission::Queue => Self::Queue,
+        }
+    }
+}
+
+impl From<AdmissionMode> for entity::Admission {
+    fn from(a: AdmissionMode) -> Self {
+        match a {
+            AdmissionMode::Open => Self::Open,
+            AdmissionMode::Queue => Self::Queue,
+        }
+    }
+}
 
 /// A product and its live stock.
 #[derive(Debug, Object)]
@@ -42,6 +70,11 @@ pub struct Product {
     /// Holds at or after this moment answer 409 `sale_ended`; null: no end. Holds made before
     /// it can still become orders and be paid after it.
     pub sale_ends_at: Option<DateTime<Utc>>,
+    // Described by `AdmissionMode` itself: a description here would wrap the `$ref` in `allOf`.
+    pub admission: AdmissionMode,
+    /// With `queue` admission: how long an admitted buyer has to make a hold, in seconds.
+    #[oai(validator(minimum(value = "1"), maximum(value = "86400")))]
+    pub admission_window_seconds: i32,
 }
 
 impl poem_openapi::types::Example for Product {
@@ -55,6 +88,8 @@ impl poem_openapi::types::Example for Product {
             per_buyer_limit: None,
             sale_starts_at: None,
             sale_ends_at: None,
+            admission: AdmissionMode::Open,
+            admission_window_seconds: 120,
         }
     }
 }
@@ -70,6 +105,8 @@ impl From<ProductView> for Product {
             per_buyer_limit: p.rules.per_buyer_limit,
             sale_starts_at: p.rules.sale_starts_at,
             sale_ends_at: p.rules.sale_ends_at,
+            admission: p.rules.admission.into(),
+            admission_window_seconds: p.rules.admission_window_seconds,
         }
     }
 }

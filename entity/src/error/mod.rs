@@ -16,7 +16,7 @@ use sea_orm::DbErr;
 use crate::{
     error::failure::{DbFailure, classify},
     hold::HoldStatus,
-    types::{HoldId, OrderId, ProductId},
+    types::{HoldId, OrderId, ProductId, TicketId},
 };
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -52,6 +52,21 @@ pub enum DomainError {
     /// The hold would take the buyer over the product's per-buyer limit.
     #[error("the buyer may hold only {remaining} more")]
     BuyerLimitExceeded { remaining: i32 },
+    /// No such ticket, or one that is not the caller's.
+    #[error("ticket {0} not found")]
+    TicketNotFound(TicketId),
+    /// Joining the queue of a product that admits everyone.
+    #[error("product {0} has no queue: anyone may hold it")]
+    NoQueue(ProductId),
+    /// Joining a queue that no longer admits anyone: the sale ended or the stock ran out.
+    #[error("the queue of product {0} is closed")]
+    QueueClosed(ProductId),
+    /// A hold on a queue product without the buyer's admitted ticket. `ticket` (its state and
+    /// position) when the request named a ticket of the caller's and it was found.
+    #[error("this product admits buyers through its queue: a hold needs an admitted ticket")]
+    AdmissionRequired {
+        ticket: Option<(crate::TicketState, Option<i64>)>,
+    },
     /// An operator marked refunded an order that owes no refund.
     #[error("order {0} has no refund due")]
     NoRefundDue(OrderId),

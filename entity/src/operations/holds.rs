@@ -16,13 +16,14 @@ use crate::{
     operations::idempotency::{
         self, Lookup, Replay, StoredOutcome, StoredRefusal, check_in_txn, store_in_txn,
     },
+    operations::queue::{TicketPass, admissions, use_admissions},
     operations::sweeps::{log_expired, reclaim_expired},
-    product,
+    product::{self, Admission},
     rules::grant::{Ask, Decision, grant},
     rules::keys::KeyClaim,
     rules::ownership::{Access, ClientSecret},
     rules::transitions::{HoldRef, NewHold, create_holds, lock_hold, lock_product, move_holds},
-    types::{BuyerId, HoldId, ProductId},
+    types::{BuyerId, HoldId, ProductId, TicketId},
     views::HoldView,
 };
 
@@ -54,6 +55,8 @@ pub struct HoldRequest {
     /// Its `Idempotency-Key`, if it came with one: looked up before the batch (a finished key
     /// is answered again) and written with the outcome in the batch's transaction.
     pub key: Option<Arc<KeyClaim>>,
+    /// The queue ticket it brings, for a product with queue admission (ignored otherwise).
+    pub ticket: Option<TicketPass>,
 }
 
 impl HoldRequest {
@@ -63,6 +66,7 @@ impl HoldRequest {
             buyer: None,
             secret: None,
             key: None,
+            ticket: None,
         }
     }
 }
@@ -176,7 +180,8 @@ async fn hold_transaction(
         db.write_until(deadline, async move |txn| {
             let product = lock_product(txn, product_id).await?;
             let now = now();
-            let asks = asks(txn, requests, withdrawn, check_keys, &product, now).await?;
+            let mut asks = asks(txn, requests, withdrawn, check_keys, &product, now).await?;
+            let tickets = admissions_of(txn, requests, &mut asks, &product, now).await?;
             let wanted: i64 = asks.iter().filter_map(Ask::wanted).sum();
             let (available, reclaimed) =
                 reclaim_expired(txn, product_id, now, product.available_stock, wanted).await?;
@@ -188,6 +193,12 @@ async fn hold_transaction(
                 _ => HashMap::new(),
             };
             let decided = grant(available, product.per_buyer_limit, used, asks);
+            let admitted: Vec<TicketId> = decided
+                .iter()
+                .zip(&tickets)
+                .filter_map(|(d, t)| matches!(d, Decision::Grant(_)).then_some(*t)?)
+                .collect();
+            use_admissions(txn, product_id, &admitted, now).await?;
             let granted: Vec<NewHold> = requests
                 .iter()
                 .zip(&decided)
@@ -257,6 +268,40 @@ async fn asks<'a, C: ConnectionTrait>(
         }
     }
     Ok(asks)
+}
+
+/// On a product with queue admission, the admitted ticket each request that may be granted
+/// uses (checked under the product lock, like the sale window): the others are refused
+/// [`DomainError::AdmissionRequired`]. One entry per request; none on an open product.
+async fn admissions_of<C: ConnectionTrait>(
+    txn: &C,
+    requests: &[&HoldRequest],
+    asks: &mut [Ask<'_>],
+    product: &product::Model,
+    now: DateTime<Utc>,
+) -> Result<Vec<Option<TicketId>>, DomainError> {
+    let mut tickets = vec![None; requests.len()];
+    if product.admission != Admission::Queue {
+        return Ok(tickets);
+    }
+    let eligible: Vec<usize> = (0..requests.len())
+        .filter(|&i| asks[i].wanted().is_some())
+        .collect();
+    let passes: Vec<(Option<&TicketPass>, Option<&str>)> = eligible
+        .iter()
+        .map(|&i| {
+            let r = requests[i];
+            (r.ticket.as_ref(), r.buyer.as_ref().map(BuyerId::as_str))
+        })
+        .collect();
+    let answers = admissions(txn, product.id, &passes, now).await?;
+    for (&i, answer) in eligible.iter().zip(answers) {
+        match answer {
+            Ok(id) => tickets[i] = Some(id),
+            Err(refusal) => asks[i].refused = Some(refusal),
+        }
+    }
+    Ok(tickets)
 }
 
 /// The buyers of the asks that may be granted.

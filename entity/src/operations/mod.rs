@@ -6,5 +6,6 @@ pub mod idempotency;
 pub mod orders;
 pub mod payments;
 pub mod products;
+pub mod queue;
 pub mod sweeps;
 pub mod timeouts;

@@ -15,6 +15,8 @@ use crate::{
     hold::HoldStatus,
     operations::sweeps::{log_expired, reclaim_expired},
     product,
+    product::Admission,
+    rules::tickets::ensure_queue,
     rules::transitions::{lock_product, restock},
     types::ProductId,
 };
@@ -31,13 +33,33 @@ pub struct ProductView {
     pub rules: SaleRules,
 }
 
-/// When a product sells and how much of it one buyer may have.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// When a product sells, how much of it one buyer may have, and how buyers are let in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SaleRules {
     pub sale_starts_at: Option<DateTime<Utc>>,
     pub sale_ends_at: Option<DateTime<Utc>>,
     /// At least 1 when set.
     pub per_buyer_limit: Option<i32>,
+    pub admission: Admission,
+    /// With queue admission, how long an admitted buyer has to hold (1 s to a day).
+    pub admission_window_seconds: i32,
+}
+
+/// The admission window of a product that does not name one.
+pub const DEFAULT_ADMISSION_WINDOW_SECONDS: i32 = 120;
+/// The longest admission window.
+pub const MAX_ADMISSION_WINDOW_SECONDS: i32 = 86_400;
+
+impl Default for SaleRules {
+    fn default() -> Self {
+        Self {
+            sale_starts_at: None,
+            sale_ends_at: None,
+            per_buyer_limit: None,
+            admission: Admission::Open,
+            admission_window_seconds: DEFAULT_ADMISSION_WINDOW_SECONDS,
+        }
+    }
 }
 
 impl SaleRules {
@@ -67,6 +89,12 @@ impl SaleRules {
                 message: "must be at least 1".into(),
             });
         }
+        if !(1..=MAX_ADMISSION_WINDOW_SECONDS).contains(&self.admission_window_seconds) {
+            return Err(DomainError::InvalidProduct {
+                field: "admission_window_seconds",
+                message: format!("must be 1 to {MAX_ADMISSION_WINDOW_SECONDS}"),
+            });
+        }
         Ok(())
     }
 }
@@ -82,6 +110,8 @@ pub struct ProductChange {
     pub sale_starts_at: Option<Option<DateTime<Utc>>>,
     pub sale_ends_at: Option<Option<DateTime<Utc>>>,
     pub per_buyer_limit: Option<Option<i32>>,
+    pub admission: Option<Admission>,
+    pub admission_window_seconds: Option<i32>,
 }
 
 #[derive(Debug, FromQueryResult)]
@@ -95,6 +125,8 @@ struct ProductRow {
     sale_starts_at: Option<DateTime<Utc>>,
     sale_ends_at: Option<DateTime<Utc>>,
     per_buyer_limit: Option<i32>,
+    admission: Admission,
+    admission_window_seconds: i32,
 }
 
 impl ProductRow {
@@ -112,6 +144,8 @@ impl ProductRow {
                 sale_starts_at: self.sale_starts_at,
                 sale_ends_at: self.sale_ends_at,
                 per_buyer_limit: self.per_buyer_limit,
+                admission: self.admission,
+                admission_window_seconds: self.admission_window_seconds,
             },
         })
     }
@@ -184,6 +218,10 @@ pub async fn update_product(
                 sale_starts_at: change.sale_starts_at.unwrap_or(product.sale_starts_at),
                 sale_ends_at: change.sale_ends_at.unwrap_or(product.sale_ends_at),
                 per_buyer_limit: change.per_buyer_limit.unwrap_or(product.per_buyer_limit),
+                admission: change.admission.unwrap_or(product.admission),
+                admission_window_seconds: change
+                    .admission_window_seconds
+                    .unwrap_or(product.admission_window_seconds),
             }
             .stored();
             rules.check()?;
@@ -214,10 +252,15 @@ pub async fn update_product(
                 sale_starts_at: Set(rules.sale_starts_at),
                 sale_ends_at: Set(rules.sale_ends_at),
                 per_buyer_limit: Set(rules.per_buyer_limit),
+                admission: Set(rules.admission),
+                admission_window_seconds: Set(rules.admission_window_seconds),
                 ..Default::default()
             };
-            product::Entity::update(model).exec(txn).await?;
+            let updated = product::Entity::update(model).exec(txn).await?;
             restock(txn, id, add).await?;
+            // Going back to open admission leaves the queue to the next admission pass, which
+            // closes its waiting tickets.
+            ensure_queue(txn, &updated, now()).await?;
             Ok(reclaimed)
         })
     })
@@ -245,12 +288,22 @@ pub async fn create_product(
         sale_starts_at: Set(rules.sale_starts_at),
         sale_ends_at: Set(rules.sale_ends_at),
         per_buyer_limit: Set(rules.per_buyer_limit),
+        admission: Set(rules.admission),
+        admission_window_seconds: Set(rules.admission_window_seconds),
         ..Default::default()
     };
-    let id = product::Entity::insert(model)
-        .exec(db.conn())
-        .await?
-        .last_insert_id;
+    // The product and its queue row together.
+    let id = db
+        .write(async |txn| {
+            let id = product::Entity::insert(model.clone())
+                .exec(txn)
+                .await?
+                .last_insert_id;
+            let product = lock_product(txn, id).await?;
+            ensure_queue(txn, &product, now()).await?;
+            Ok(id)
+        })
+        .await?;
     Ok(ProductView {
         id,
         name: name.to_owned(),

@@ -5,5 +5,6 @@
 pub(crate) mod grant;
 pub mod keys;
 pub mod ownership;
+pub(crate) mod tickets;
 pub mod transitions;
 pub(crate) mod window;

@@ -61,6 +61,20 @@ impl ClientSecret {
         Self::encode(&out[..SECRET_BYTES])
     }
 
+    /// The secret of the ticket a keyed join makes: derived from the product, the buyer and the
+    /// join's `Idempotency-Key`, so a retry of the join with that key is answered it again.
+    pub fn for_ticket(product_id: i64, buyer: &str, key: &str) -> Self {
+        let mut mac = match Hmac::<Sha256>::new_from_slice(key.as_bytes()) {
+            Ok(mac) => mac,
+            Err(_) => return Self::random(),
+        };
+        mac.update(b"flash-sale ticket client_secret v1\0");
+        mac.update(&product_id.to_be_bytes());
+        mac.update(buyer.as_bytes());
+        let out = mac.finalize().into_bytes();
+        Self::encode(&out[..SECRET_BYTES])
+    }
+
     fn encode(bytes: &[u8]) -> Self {
         let text = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
         let hash = SecretHash::of(&text);
@@ -165,6 +179,15 @@ mod tests {
         assert_eq!(ClientSecret::for_key("k-1"), ClientSecret::for_key("k-1"));
         assert_ne!(ClientSecret::for_key("k-1"), ClientSecret::for_key("k-2"));
         assert_eq!(ClientSecret::for_key("k-1").expose().len(), 22);
+        let ticket = ClientSecret::for_ticket(1, "ann", "k-1");
+        assert_eq!(ticket, ClientSecret::for_ticket(1, "ann", "k-1"));
+        assert_ne!(ticket, ClientSecret::for_ticket(2, "ann", "k-1"));
+        assert_ne!(ticket, ClientSecret::for_ticket(1, "bob", "k-1"));
+        assert_ne!(
+            ticket,
+            ClientSecret::for_key("k-1"),
+            "a hold's and a ticket's differ"
+        );
     }
 
     #[test]

@@ -23,6 +23,9 @@ pub(crate) struct Statements {
     pub hold_keys: &'static str,
     pub product_by_id: &'static str,
     pub products_after: &'static str,
+    pub tickets_by_id: &'static str,
+    pub live_tickets: &'static str,
+    pub number_tickets: &'static str,
 }
 
 const MYSQL: Statements = Statements {
@@ -31,6 +34,9 @@ const MYSQL: Statements = Statements {
     hold_keys: mysql::HOLD_KEYS,
     product_by_id: mysql::PRODUCT_BY_ID,
     products_after: mysql::PRODUCTS_AFTER,
+    tickets_by_id: mysql::TICKETS_BY_ID,
+    live_tickets: mysql::LIVE_TICKETS,
+    number_tickets: mysql::NUMBER_TICKETS,
 };
 
 const SQLITE: Statements = Statements {
@@ -39,6 +45,9 @@ const SQLITE: Statements = Statements {
     hold_keys: sqlite::HOLD_KEYS,
     product_by_id: sqlite::PRODUCT_BY_ID,
     products_after: sqlite::PRODUCTS_AFTER,
+    tickets_by_id: sqlite::TICKETS_BY_ID,
+    live_tickets: sqlite::LIVE_TICKETS,
+    number_tickets: sqlite::NUMBER_TICKETS,
 };
 
 /// This backend's statements.
@@ -58,6 +67,7 @@ macro_rules! products_query {
         concat!(
             "SELECT p.id, p.name, p.price_cents, p.stock, p.available_stock, \
                p.sale_starts_at, p.sale_ends_at, p.per_buyer_limit, \
+               p.admission, p.admission_window_seconds, \
                CAST(COALESCE((SELECT SUM(h.qty) FROM holds h \
                  WHERE h.product_id = p.id AND h.status = ? AND h.expires_at <= ?), 0) AS ",
             $cast,
@@ -67,6 +77,26 @@ macro_rules! products_query {
     };
 }
 pub(crate) use products_query;
+
+/// Tickets by id, each with what its position needs: its queue's head and draw, and how many
+/// tickets between the head and it have left (an index range over the left ones only). One
+/// statement for any number of tickets: the ticket reads of concurrent requests and a stream
+/// hub's look at its listeners' tickets. Binds: the ids (JSON array).
+macro_rules! tickets_query {
+    ($from:literal) => {
+        concat!(
+            "SELECT t.id, t.product_id, t.buyer_id, t.live_buyer, t.secret_hash, t.state, \
+               t.early, t.seq, t.joined_at, t.admitted_at, t.admission_expires_at, \
+               t.updated_at, q.head AS queue_head, q.drawn AS queue_drawn, \
+               (SELECT COUNT(*) FROM queue_tickets l \
+                 WHERE l.product_id = t.product_id AND l.state = 'left' \
+                   AND l.seq > q.head AND l.seq < t.seq) AS left_ahead ",
+            $from,
+            " LEFT JOIN queues q ON q.product_id = t.product_id"
+        )
+    };
+}
+pub(crate) use tickets_query;
 
 #[cfg(test)]
 mod tests {
@@ -81,6 +111,9 @@ mod tests {
                 s.hold_keys,
                 s.product_by_id,
                 s.products_after,
+                s.tickets_by_id,
+                s.live_tickets,
+                s.number_tickets,
             ]
             .map(|sql| sql.matches('?').count())
         };

@@ -6,7 +6,7 @@
 //! statistics, and with many active holds or orders on a product read all of them for every
 //! batch, or planned a semi-join for every execution.
 
-use super::products_query;
+use super::{products_query, tickets_query};
 
 /// MariaDB only: a batch of new active holds in ONE prepared statement, whatever its size.
 /// `RETURNING` gives back each row's own id (never `LAST_INSERT_ID() + k`, wrong under Galera's
@@ -99,6 +99,26 @@ pub(crate) const PRODUCT_BY_ID: &str = products_query!("SIGNED", "WHERE p.id = ?
 /// A page of the catalogue. Binds: active, now, after id, limit.
 pub(crate) const PRODUCTS_AFTER: &str =
     products_query!("SIGNED", "WHERE p.id > ? ORDER BY p.id LIMIT ?");
+
+/// See [`super::tickets_query`].
+pub(crate) const TICKETS_BY_ID: &str = tickets_query!(
+    "FROM JSON_TABLE(?, '$[*]' COLUMNS (id BIGINT PATH '$')) AS j \
+     JOIN queue_tickets t ON t.id = j.id"
+);
+
+/// The live tickets of a batch's buyers on one product, locked (a join batch holds the queue's
+/// lock, so none appears meanwhile). Binds: the buyers (JSON array), product id.
+pub(crate) const LIVE_TICKETS: &str = "SELECT STRAIGHT_JOIN t.* \
+     FROM JSON_TABLE(?, '$[*]' COLUMNS ( \
+       b VARCHAR(128) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin PATH '$')) AS j \
+     JOIN queue_tickets t FORCE INDEX (uq_tickets_live_buyer) \
+       ON t.product_id = ? AND t.live_buyer = j.b";
+
+/// The draw: gives each early ticket its place. Binds: `[[id, seq], ...]` (JSON array).
+pub(crate) const NUMBER_TICKETS: &str = "UPDATE queue_tickets t \
+     JOIN JSON_TABLE(?, '$[*]' COLUMNS (id BIGINT PATH '$[0]', seq BIGINT PATH '$[1]')) AS j \
+       ON t.id = j.id \
+     SET t.seq = j.seq";
 
 #[cfg(test)]
 mod tests {

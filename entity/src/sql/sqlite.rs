@@ -1,7 +1,7 @@
 //! SQLite. Each statement takes the same binds, in the same order, as its `mysql` twin. The
 //! plan is fixed the SQLite way: `CROSS JOIN` keeps the join order and `INDEXED BY` the index.
 
-use super::products_query;
+use super::{products_query, tickets_query};
 
 /// See `mysql::UNITS_PER_BUYER`.
 pub(crate) const UNITS_PER_BUYER: &str = "SELECT h.buyer_id, h.qty AS units FROM json_each(?) AS j \
@@ -33,3 +33,19 @@ pub(crate) const PRODUCT_BY_ID: &str = products_query!("INTEGER", "WHERE p.id = 
 /// See `mysql::PRODUCTS_AFTER`.
 pub(crate) const PRODUCTS_AFTER: &str =
     products_query!("INTEGER", "WHERE p.id > ? ORDER BY p.id LIMIT ?");
+
+/// See `mysql::TICKETS_BY_ID`.
+pub(crate) const TICKETS_BY_ID: &str =
+    tickets_query!("FROM json_each(?) AS j JOIN queue_tickets t ON t.id = j.value");
+
+/// See `mysql::LIVE_TICKETS` (SQLite's write lock is held). Binds in the same order.
+pub(crate) const LIVE_TICKETS: &str = "SELECT t.* FROM json_each(?) AS j \
+     CROSS JOIN queue_tickets AS t INDEXED BY uq_tickets_live_buyer \
+     WHERE t.product_id = ? AND t.live_buyer = j.value";
+
+/// See `mysql::NUMBER_TICKETS`.
+pub(crate) const NUMBER_TICKETS: &str = "UPDATE queue_tickets \
+     SET seq = j.seq \
+     FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS seq \
+       FROM json_each(?)) AS j \
+     WHERE queue_tickets.id = j.id";

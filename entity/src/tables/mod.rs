@@ -5,4 +5,6 @@ pub mod hold;
 pub mod idempotency_key;
 pub mod order;
 pub mod product;
+pub mod queue;
+pub mod ticket;
 pub mod webhook_event;

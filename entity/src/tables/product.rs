@@ -4,6 +4,28 @@ use sea_orm::entity::prelude::*;
 
 use crate::types::ProductId;
 
+/// How buyers reach a product's stock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::N(8))")]
+pub enum Admission {
+    /// Anyone may hold (first come, first served).
+    #[default]
+    #[sea_orm(string_value = "open")]
+    Open,
+    /// A hold needs the buyer's admitted queue ticket (`crate::operations::queue`).
+    #[sea_orm(string_value = "queue")]
+    Queue,
+}
+
+impl Admission {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Admission::Open => "open",
+            Admission::Queue => "queue",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "products")]
 pub struct Model {
@@ -24,6 +46,9 @@ pub struct Model {
     pub sale_ends_at: Option<DateTimeUtc>,
     /// Most units one buyer may hold or buy (active holds + pending and paid orders).
     pub per_buyer_limit: Option<i32>,
+    pub admission: Admission,
+    /// With queue admission: how long an admitted buyer has to make a hold.
+    pub admission_window_seconds: i32,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

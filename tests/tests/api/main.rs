@@ -20,6 +20,7 @@ mod orders;
 mod ownership;
 mod payments;
 mod processes;
+mod queue;
 mod retries;
 mod sales;
 mod stream;

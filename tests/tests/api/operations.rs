@@ -276,6 +276,7 @@ fn check_document(doc: &serde_json::Value) {
         tags,
         [
             "Products",
+            "Queue",
             "Holds",
             "Orders",
             "Payments",
@@ -314,12 +315,23 @@ fn check_document(doc: &serde_json::Value) {
         "rate_limited",
         "unavailable",
         "internal",
+        "ticket_not_found",
+        "queue_closed",
+        "no_queue",
+        "admission_required",
     ] {
         assert!(codes.contains(&code), "ProblemCode lacks {code}");
     }
     let problem = &schemas["Problem"]["properties"];
     assert_eq!(problem["code"]["$ref"], "#/components/schemas/ProblemCode");
-    for member in ["available", "remaining", "sale_starts_at", "errors"] {
+    for member in [
+        "available",
+        "remaining",
+        "sale_starts_at",
+        "ticket_state",
+        "position",
+        "errors",
+    ] {
         assert!(problem[member].is_object(), "Problem lacks {member}");
     }
     assert_eq!(
@@ -382,12 +394,14 @@ fn check_document(doc: &serde_json::Value) {
             );
             assert!(op["security"].is_array(), "{id}: security stated");
             // Who may call what (`BUYER_AUTH=none`, the default): operators with their token,
-            // a hold's and its order's owner with its secret, anyone else nothing.
+            // a hold's and its order's owner with its secret, a ticket's owner with the
+            // ticket's, anyone else nothing.
             let scheme = match id {
                 "createProduct" | "updateProduct" | "listOrders" | "markRefunded" => {
                     Some("AdminToken")
                 }
-                "getHold" | "releaseHold" | "createOrder" | "getOrder" => Some("ClientSecret"),
+                "getHold" | "releaseHold" | "createOrder" | "getOrder" | "getTicket"
+                | "leaveQueue" | "streamTicket" => Some("ClientSecret"),
                 _ => None,
             };
             let expected = match scheme {
@@ -480,8 +494,12 @@ fn check_document(doc: &serde_json::Value) {
     assert_eq!(list("getOrder"), "200,400,404,500,503");
     assert_eq!(
         list("createHold"),
-        "201,400,404,409,413,415,422,429,500,503"
+        "201,400,403,404,409,413,415,422,429,500,503"
     );
+    assert_eq!(list("joinQueue"), "200,201,400,404,409,413,415,422,500,503");
+    assert_eq!(list("getTicket"), "200,400,404,500,503");
+    assert_eq!(list("leaveQueue"), "200,400,404,500,503");
+    assert_eq!(list("streamTicket"), "200,400,404,429,500,503");
     assert_eq!(
         list("createOrder"),
         "200,201,400,404,409,413,415,422,500,503"
@@ -527,14 +545,14 @@ async fn swagger_ui_renders_the_operations_in_a_browser_without_network() {
 }
 
 /// Swagger UI's **Authorize** knows each credential, for the server's buyer mode: a lock on
-/// exactly the operations that take one (anonymous buyers: the four hold and order routes with
-/// `Client-Secret`, the four admin routes; buyer tokens: the five buyer routes, the four admin
-/// routes).
+/// exactly the operations that take one (anonymous buyers: the four hold and order routes and
+/// the three ticket routes with `Client-Secret`, the four admin routes; buyer tokens: the five
+/// hold and order routes, joining a queue and the three ticket routes, the four admin routes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swagger_ui_offers_each_credential_on_the_operations_that_take_it() {
     for (options, locks, scheme) in [
-        (flash_sale_tests::AppOptions::default(), 8, "ClientSecret"),
-        (flash_sale_tests::tokens::jwt_options(), 9, "BuyerToken"),
+        (flash_sale_tests::AppOptions::default(), 11, "ClientSecret"),
+        (flash_sale_tests::tokens::jwt_options(), 13, "BuyerToken"),
     ] {
         let app = TestApp::spawn_with(Backend::Sqlite, options).await;
         let dom = swagger_ui_dom(&app).await;
