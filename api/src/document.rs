@@ -79,7 +79,12 @@ const NULLABLE: &[(&str, &[&str])] = &[
     ("CreateHold", &["buyer_id"]),
     (
         "NewProduct",
-        &["per_buyer_limit", "sale_starts_at", "sale_ends_at"],
+        &[
+            "per_buyer_limit",
+            "sale_starts_at",
+            "sale_ends_at",
+            "admission_window_seconds",
+        ],
     ),
     (
         "ProductPatch",
@@ -92,6 +97,15 @@ const NULLABLE: &[(&str, &[&str])] = &[
     ),
     ("Hold", &["buyer_id", "client_secret"]),
     ("Order", &["buyer_id"]),
+    (
+        "Ticket",
+        &[
+            "position",
+            "admitted_at",
+            "admission_expires_at",
+            "client_secret",
+        ],
+    ),
     ("ProductPage", &["next"]),
     ("OrderPage", &["next"]),
 ];
@@ -105,7 +119,14 @@ const IDEMPOTENCY_KEY_PATTERN: &str = r"^[\x20-\x7E]+$";
 const BUYER_ID_PATTERN: &str = r"^[^\x00-\x1F\x7F-\x9F]+$";
 
 /// The answer schemas of [`NULLABLE`].
-const ANSWERS: &[&str] = &["Product", "Hold", "Order", "ProductPage", "OrderPage"];
+const ANSWERS: &[&str] = &[
+    "Product",
+    "Hold",
+    "Order",
+    "Ticket",
+    "ProductPage",
+    "OrderPage",
+];
 
 /// poem-openapi's document, refined (see the module's doc), for a server whose buyers are
 /// known by `buyers`.
@@ -174,29 +195,26 @@ pub fn refine(raw: &str, max_hold_qty: u32, buyers: BuyerAuthMode) -> String {
     // poem-openapi describes an event stream as an array of its data; a stream is a sequence
     // of events, each `{event, data}` with the data as JSON text (the shape OpenAPI 3.2 gives
     // an event stream's items, and the one Schemathesis checks each event against).
-    let stream = [
-        "paths",
-        "/api/products/{id}/stream",
-        "get",
-        "responses",
-        "200",
-        "content",
-        "text/event-stream",
-    ];
-    if let Some(media) = doc.pointer_mut(&stream) {
-        let event = serde_json::json!({
-            "type": "object",
-            "description": "One Server-Sent Event: `event` is `stock`, `data` the JSON text of a `StockLevel`.",
-            "required": ["event", "data"],
-            "properties": {
-                "event": {"type": "string", "enum": ["stock"]},
-                "data": {
-                    "type": "string",
-                    "description": "JSON text of a `StockLevel` (`{id, stock, available_stock}`).",
+    for (path, event, data) in [
+        ("/api/products/{id}/stream", "stock", "a `StockLevel`"),
+        ("/api/queue/{id}/stream", "ticket", "a `Ticket`"),
+    ] {
+        let media = ["paths", path, "get", "responses", "200", "content"];
+        if let Some(media) = doc
+            .pointer_mut(&media)
+            .and_then(|m| m.get_mut("text/event-stream"))
+        {
+            let event = serde_json::json!({
+                "type": "object",
+                "description": format!("One Server-Sent Event: `event` is `{event}`, `data` the JSON text of {data}."),
+                "required": ["event", "data"],
+                "properties": {
+                    "event": {"type": "string", "enum": [event]},
+                    "data": {"type": "string", "description": format!("JSON text of {data}.")},
                 },
-            },
-        });
-        media.insert("schema", Json::from(&event));
+            });
+            media.insert("schema", Json::from(&event));
+        }
     }
     serde_json::to_string(&doc).unwrap_or_else(|_| raw.to_owned())
 }

@@ -58,10 +58,11 @@ pub struct NewProduct {
     #[oai(skip_serializing_if_is_none)]
     #[serde(default)]
     pub sale_ends_at: Option<DateTime<Utc>>,
-    // `queue` admits buyers through the product's queue; left out (or null): `open`. Said by
-    // `AdmissionMode` itself: a description here would wrap the `$ref` in `allOf`.
+    // `queue` admits buyers through the product's queue; left out: `open` (`null` is refused:
+    // OpenAPI 3.0 cannot make a `$ref` nullable). Said by `AdmissionMode` itself: a description
+    // here would wrap the `$ref` in `allOf`.
     #[oai(skip_serializing_if_is_none)]
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
     pub admission: Option<AdmissionMode>,
     /// With `queue` admission: seconds an admitted buyer has to make a hold, 1 to 86400;
     /// leave out (or null) for 120.
