@@ -9,7 +9,8 @@ on_both_databases!(
     a_released_hold_cannot_be_released_twice,
     concurrent_releases_of_one_hold_return_its_stock_once,
     holds_and_releases_mixed_concurrently_keep_stock_conserved,
-    a_stuck_product_lock_is_retried_then_answered_503_and_service_resumes
+    a_stuck_product_lock_is_retried_then_answered_503_and_service_resumes,
+    no_sold_out_refusal_is_given_while_a_unit_was_there_all_along
 );
 
 async fn parallel_holds_at_the_stock_boundary_never_oversell(backend: Backend) {
@@ -205,4 +206,77 @@ async fn a_stuck_product_lock_is_retried_then_answered_503_and_service_resumes(b
     let r = app.hold(product, 1).await;
     assert_eq!(r.status, 201, "{}", r.body);
     app.assert_stock_conserved().await;
+}
+
+/// Sixteen buyers keep asking for one unit of a sold-out product while its ten holds are
+/// released one by one. A refusal is right only if, at some moment of its request's life, no
+/// unit was free. Known for certain at any moment: at least (releases answered) − (granted
+/// requests sent) units were free; a refusal whose whole life that bound stays at 1 or more
+/// was given while a unit was there all along.
+async fn no_sold_out_refusal_is_given_while_a_unit_was_there_all_along(backend: Backend) {
+    use std::time::{Duration, Instant};
+
+    let app = TestApp::spawn(backend).await;
+    let product = app.create_product(10).await;
+    let owner = app.stranger();
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        let r = owner.hold(product, 1).await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        held.push(r.body["hold_id"].as_i64().expect("hold id"));
+    }
+    let start = Instant::now();
+    let until = start + Duration::from_secs(3);
+    let releaser = tokio::spawn(async move {
+        let mut released = Vec::new();
+        for hold in held {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert_eq!(owner.release(hold).await.status, 200);
+            released.push(Instant::now());
+        }
+        released
+    });
+    let asks = futures::future::join_all((0..16).map(|_| {
+        let buyer = app.stranger();
+        tokio::spawn(async move {
+            let mut asked = Vec::new();
+            while Instant::now() < until {
+                let sent = Instant::now();
+                let r = buyer.hold(product, 1).await;
+                assert!([201, 409].contains(&r.status), "{} {}", r.status, r.body);
+                asked.push((sent, Instant::now(), r.status));
+            }
+            asked
+        })
+    }))
+    .await;
+    let released = releaser.await.expect("releaser");
+    let asks: Vec<_> = asks.into_iter().flat_map(|a| a.expect("buyer")).collect();
+
+    // The bound's steps: +1 when a release was answered, -1 when a later-granted request left.
+    let mut steps: Vec<(Instant, i64)> = released.iter().map(|t| (*t, 1)).collect();
+    steps.extend(asks.iter().filter(|a| a.2 == 201).map(|a| (a.0, -1)));
+    steps.sort_by_key(|s| s.0);
+    let free_at_least =
+        |t: Instant| -> i64 { steps.iter().take_while(|s| s.0 <= t).map(|s| s.1).sum() };
+    let refusals: Vec<_> = asks.iter().filter(|a| a.2 == 409).collect();
+    assert!(refusals.len() > 100, "only {} refusals", refusals.len());
+    for (sent, answered, _) in refusals {
+        let lowest = steps
+            .iter()
+            .filter(|s| *sent < s.0 && s.0 <= *answered)
+            .map(|s| free_at_least(s.0))
+            .chain([free_at_least(*sent)])
+            .min()
+            .unwrap_or_default();
+        assert!(
+            lowest <= 0,
+            "refused while at least {lowest} unit(s) were free from {:?} to {:?}",
+            *sent - start,
+            *answered - start
+        );
+    }
+    let granted = asks.iter().filter(|a| a.2 == 201).count();
+    assert_eq!(granted, 10, "every released unit was sold again");
+    assert_eq!(app.available(product).await, 0);
 }

@@ -21,6 +21,7 @@ mod ownership;
 mod payments;
 mod processes;
 mod queue;
+mod queue_scale;
 mod retries;
 mod sales;
 mod stream;

@@ -261,7 +261,19 @@ async fn hot_queries_use_indexes_on_mariadb() {
     ))
     .await
     .expect("buyers' active holds");
-    db.execute_unprepared("ANALYZE TABLE holds, products, idempotency_keys, orders")
+    // A queue of 5,000 waiting tickets, 50 of which left: a ticket's position counts only the
+    // tickets ahead that left, through the index, never the line.
+    let queued = app.create_queue_product(10, None).await;
+    db.execute_unprepared(&format!(
+        "INSERT INTO queue_tickets (product_id, buyer_id, live_buyer, secret_hash, state, \
+           early, seq, joined_at, updated_at) \
+         SELECT {queued}, CONCAT('q', seq), IF(seq % 100 = 0, NULL, CONCAT('q', seq)), \
+           NULL, IF(seq % 100 = 0, 'left', 'waiting'), 0, seq, NOW(6), NOW(6) \
+         FROM seq_1_to_5000"
+    ))
+    .await
+    .expect("a long queue");
+    db.execute_unprepared("ANALYZE TABLE holds, products, idempotency_keys, orders, queue_tickets")
         .await
         .expect("analyze");
     let per_buyer = format!(
@@ -278,6 +290,15 @@ async fn hot_queries_use_indexes_on_mariadb() {
            JOIN orders AS o FORCE INDEX (idx_orders_product_buyer) \
              ON o.product_id = {product} AND o.buyer_id = j.b \
                AND o.status IN ('pending', 'paid')"
+    );
+    let tickets = String::from(
+        "SELECT t.id, t.state, t.seq, q.head, \
+           (SELECT COUNT(*) FROM queue_tickets l \
+             WHERE l.product_id = t.product_id AND l.state = 'left' \
+               AND l.seq > q.head AND l.seq < t.seq) AS left_ahead \
+         FROM JSON_TABLE('[4990, 4999]', '$[*]' COLUMNS (id BIGINT PATH '$')) AS j \
+         JOIN queue_tickets t ON t.id = j.id \
+         LEFT JOIN queues q ON q.product_id = t.product_id",
     );
     let queries = [
         // worker sweep
@@ -307,6 +328,8 @@ async fn hot_queries_use_indexes_on_mariadb() {
          WHERE t.id IS NOT NULL OR h.id IS NOT NULL",
         // A limited product's batch: its buyers' active holds and pending or paid orders
         &per_buyer,
+        // Tickets with their positions (entity/src/sql: tickets_query)
+        &tickets,
     ];
     for sql in queries {
         let rows = db
