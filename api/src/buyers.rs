@@ -165,7 +165,8 @@ fn register_schemes(registry: &mut Registry) {
         MetaSecurityScheme {
             ty: "apiKey",
             description: Some(
-                "With `BUYER_AUTH=none`: the `client_secret` of the hold's answer. A missing or \
+                "With `BUYER_AUTH=none`: the `client_secret` of the hold's answer (for a hold \
+                 and its order), or of the join's answer (for a queue ticket). A missing or \
                  wrong secret answers exactly as an id that does not exist (404).",
             ),
             name: Some("Client-Secret"),

@@ -255,6 +255,10 @@ fn refine_operation(
         responses.retain(|(status, _)| status != "401");
     }
     if let Some(Json::Arr(params)) = op.get_mut("parameters") {
+        // A ticket's secret (`createHold`) is an anonymous buyer's: not with buyer tokens.
+        if unused_scheme == CLIENT_SECRET_SCHEME {
+            params.retain(|p| p.get("name").and_then(Json::as_str) != Some("Client-Secret"));
+        }
         for p in params.iter_mut() {
             if p.get("in").and_then(Json::as_str) == Some("path") {
                 // The seeded demo product, and the first hold and order of a fresh database

@@ -12,7 +12,10 @@ use entity::{
     views::HoldView,
 };
 use poem::{Endpoint, Request, Response};
-use poem_openapi::{ApiResponse, Enum, Object, OpenApi, param::Path};
+use poem_openapi::{
+    ApiResponse, Enum, Object, OpenApi,
+    param::{Header, Path},
+};
 use serde::Deserialize;
 
 use super::{ApiTags, problems};
@@ -338,6 +341,11 @@ impl HoldsApi {
         /// still running 409 `idempotency_key_in_use`. With `BUYER_AUTH=jwt`, per buyer.
         #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255))]
         key: IdempotencyKey,
+        /// With `BUYER_AUTH=none`, on a product with queue admission: the `client_secret` of
+        /// the ticket named by `ticket_id` (read with the buyer's other credentials; declared
+        /// here so that generated clients can send it).
+        #[oai(name = "Client-Secret")]
+        _ticket_secret: Header<Option<String>>,
         body: JsonBody<CreateHold>,
         req: &Request,
     ) -> HoldAnswer {

@@ -182,6 +182,12 @@ async fn hold_transaction(
             let now = now();
             let mut asks = asks(txn, requests, withdrawn, check_keys, &product, now).await?;
             let tickets = admissions_of(txn, requests, &mut asks, &product, now).await?;
+            // On a queue product the hold is its ticket's buyer's: limits count that buyer.
+            for (ask, ticket) in asks.iter_mut().zip(&tickets) {
+                if let Some((_, buyer)) = ticket {
+                    ask.buyer = Some(buyer.as_str());
+                }
+            }
             let wanted: i64 = asks.iter().filter_map(Ask::wanted).sum();
             let (available, reclaimed) =
                 reclaim_expired(txn, product_id, now, product.available_stock, wanted).await?;
@@ -196,17 +202,21 @@ async fn hold_transaction(
             let admitted: Vec<TicketId> = decided
                 .iter()
                 .zip(&tickets)
-                .filter_map(|(d, t)| matches!(d, Decision::Grant(_)).then_some(*t)?)
+                .filter_map(|(d, t)| matches!(d, Decision::Grant(_)).then_some(t.as_ref()?.0))
                 .collect();
             use_admissions(txn, product_id, &admitted, now).await?;
             let granted: Vec<NewHold> = requests
                 .iter()
                 .zip(&decided)
-                .filter_map(|(r, d)| match d {
+                .zip(&tickets)
+                .filter_map(|((r, d), t)| match d {
                     Decision::Grant(qty) => Some(NewHold {
                         qty: *qty,
                         secret_hash: r.secret.as_ref().map(|s| s.hash().as_str()),
-                        buyer: r.buyer.as_ref().map(BuyerId::as_str),
+                        buyer: match t {
+                            Some((_, buyer)) => Some(buyer.as_str()),
+                            None => r.buyer.as_ref().map(BuyerId::as_str),
+                        },
                         key: r.key.as_deref(),
                     }),
                     _ => None,
@@ -214,7 +224,7 @@ async fn hold_transaction(
                 .collect();
             let expires_at = now + ttl;
             let ids = create_holds(txn, db.server(), &product, &granted, now, expires_at).await?;
-            let outcomes = outcomes(requests, decided, ids, product_id, expires_at);
+            let outcomes = outcomes(requests, &tickets, decided, ids, product_id, expires_at);
             let outcomes = store_refusals(txn, db.server(), requests, outcomes, check_keys).await?;
             Ok((outcomes, reclaimed))
         })
@@ -272,14 +282,15 @@ async fn asks<'a, C: ConnectionTrait>(
 
 /// On a product with queue admission, the admitted ticket each request that may be granted
 /// uses (checked under the product lock, like the sale window): the others are refused
-/// [`DomainError::AdmissionRequired`]. One entry per request; none on an open product.
+/// [`DomainError::AdmissionRequired`]. One entry per request, with the ticket's buyer; none on
+/// an open product.
 async fn admissions_of<C: ConnectionTrait>(
     txn: &C,
     requests: &[&HoldRequest],
     asks: &mut [Ask<'_>],
     product: &product::Model,
     now: DateTime<Utc>,
-) -> Result<Vec<Option<TicketId>>, DomainError> {
+) -> Result<Vec<Option<(TicketId, String)>>, DomainError> {
     let mut tickets = vec![None; requests.len()];
     if product.admission != Admission::Queue {
         return Ok(tickets);
@@ -297,7 +308,7 @@ async fn admissions_of<C: ConnectionTrait>(
     let answers = admissions(txn, product.id, &passes, now).await?;
     for (&i, answer) in eligible.iter().zip(answers) {
         match answer {
-            Ok(id) => tickets[i] = Some(id),
+            Ok(ticket) => tickets[i] = Some(ticket),
             Err(refusal) => asks[i].refused = Some(refusal),
         }
     }
@@ -316,6 +327,7 @@ fn buyers<'a>(asks: &[Ask<'a>]) -> Vec<&'a str> {
 /// or nothing for a caller that withdrew.
 fn outcomes(
     requests: &[&HoldRequest],
+    tickets: &[Option<(TicketId, String)>],
     decided: Vec<Decision>,
     ids: Vec<HoldId>,
     product_id: ProductId,
@@ -324,8 +336,8 @@ fn outcomes(
     let mut ids = ids.into_iter();
     decided
         .into_iter()
-        .zip(requests)
-        .map(|(decision, r)| match decision {
+        .zip(requests.iter().zip(tickets))
+        .map(|(decision, (r, ticket))| match decision {
             Decision::Grant(qty) => HoldOutcome::Granted(HoldView {
                 // Never short: `create_holds` checked it has an id per granted hold.
                 id: ids.next().unwrap_or(HoldId::new(0)),
@@ -333,7 +345,10 @@ fn outcomes(
                 qty,
                 status: HoldStatus::Active,
                 expires_at,
-                buyer_id: r.buyer.as_ref().map(|b| b.as_str().to_owned()),
+                buyer_id: match ticket {
+                    Some((_, buyer)) => Some(buyer.clone()),
+                    None => r.buyer.as_ref().map(|b| b.as_str().to_owned()),
+                },
                 client_secret: r.secret.clone(),
             }),
             Decision::Refuse(refusal) => HoldOutcome::Refused(refusal),

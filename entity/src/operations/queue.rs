@@ -587,14 +587,15 @@ pub enum TicketPass {
 }
 
 /// The admitted tickets a hold batch on a locked queue product may use, one per request (in
-/// order): `Ok(id)` to use, or the refusal. A ticket serves one request of the batch; the
-/// tickets are locked until the batch commits.
+/// order): `Ok((id, buyer))` to use (the hold is the ticket's buyer's), or the refusal. A
+/// ticket serves one request of the batch; the tickets are locked until the batch commits. A
+/// ticket named with a `buyer_id` other than its own is refused as if it were not found.
 pub(crate) async fn admissions<C: ConnectionTrait>(
     txn: &C,
     product_id: ProductId,
     requests: &[(Option<&TicketPass>, Option<&str>)],
     now: DateTime<Utc>,
-) -> Result<Vec<Result<TicketId, DomainError>>, DomainError> {
+) -> Result<Vec<Result<(TicketId, String), DomainError>>, DomainError> {
     let named: Vec<TicketId> = requests
         .iter()
         .filter_map(|(pass, _)| match pass {
@@ -637,6 +638,7 @@ pub(crate) async fn admissions<C: ConnectionTrait>(
             Some(TicketPass::Named { id, secret }) => tickets.iter().find(|t| {
                 t.id == *id
                     && Access::Secret(secret.as_deref()).owns(t.secret_hash.as_deref(), None)
+                    && buyer.is_none_or(|b| b == t.buyer_id)
             }),
             Some(TicketPass::OfBuyer) => tickets.iter().find(|t| {
                 t.product_id == product_id && t.live_buyer.as_deref() == *buyer && buyer.is_some()
@@ -652,7 +654,7 @@ pub(crate) async fn admissions<C: ConnectionTrait>(
                 };
                 if t.product_id == product_id && state == TicketState::Admitted {
                     used.push(t.id);
-                    Ok(t.id)
+                    Ok((t.id, t.buyer_id.clone()))
                 } else {
                     let position = match state {
                         TicketState::Waiting => position(txn, t).await?,

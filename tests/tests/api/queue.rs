@@ -117,9 +117,25 @@ async fn tickets_are_admitted_as_stock_allows_and_a_hold_needs_an_admitted_ticke
         "a stranger's ticket is not named"
     );
     assert_eq!(app.client.available(product).await, 3);
-    // An admitted buyer holds; its ticket is used.
+    // An admitted ticket named for another buyer is not theirs to use.
+    let r = buyers[0]
+        .request(
+            Method::POST,
+            "/api/holds",
+            Some(json!({"product_id": product, "qty": 1, "ticket_id": tickets[0],
+                "buyer_id": "someone-else"})),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (403, "admission_required"),
+        "{}",
+        r.body
+    );
+    // An admitted buyer holds, as the ticket's buyer; its ticket is used.
     let r = buyers[0].hold_with_ticket(product, 1, tickets[0]).await;
     assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.body["buyer_id"], "buyer-0", "{}", r.body);
     assert_eq!(buyers[0].ticket(tickets[0]).await.body["state"], "used");
     // Waiting tickets never pass the stock: 2 admitted and unused for 2 units available.
     after_admission_runs(&worker, 2.0).await;
