@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Generated clients, made the way a frontend team makes them, against a live API, once for each
-# way buyers are known (BUYER_AUTH=none, then jwt):
+# Generated clients, made the way a frontend team makes them, against a live API and a worker
+# (whose admission runs, every second, let queued buyers in), once for each way buyers are known
+# (BUYER_AUTH=none, then jwt):
 # 1. Redocly CLI lints the live /openapi.json with its recommended rules: 0 errors.
 # 2. TypeScript: openapi-typescript generates types from the live document, and the paths each
 #    security scheme guards are read from its `security` (src/generated/security.ts), so that a
@@ -9,8 +10,17 @@
 #    and orders with the hold's client_secret, the gateway pays; jwt: src/flow-token.ts, a
 #    signed-in buyer does the same with its token) passes `tsc --strict --noEmit`, then runs
 #    against the API; src/must-not-compile.ts fails to compile on exactly its MUST-FAIL lines.
+#    Each flow then runs the fair queue of a product with `queue` admission: buyers join (201,
+#    joining again 200 with the same ticket), a hold without an admitted ticket is 403
+#    `admission_required`, the ticket is polled (its client_secret, or the token) until the worker
+#    admits it, a stranger reading it gets 404, a second buyer leaves (200, `left`); with jwt the
+#    admitted buyer holds (the ticket reads `used`), orders and pays. With none, createHold
+#    declares no `Client-Secret` in the document, so the typed client cannot send the ticket's
+#    secret: its hold with `ticket_id` is 403 too (see src/flow.ts).
 # 3. Python: openapi-python-client generates a client with no warning; flow.py (none) and
-#    flow_token.py (jwt) pass `mypy --strict`, then run against the API.
+#    flow_token.py (jwt) pass `mypy --strict`, then run against the API, queue included (with
+#    none, create_hold takes any AuthenticatedClient, so the ticket's secret is sent as for the
+#    ticket's reads and the admitted buyer holds, orders and pays).
 # The webhooks of these flows are unsigned (WEBHOOK_ALLOW_UNSIGNED=true): they stand in for the
 # gateway, whose signing the end-to-end suites check. Everything is pinned (ts/package-lock.json,
 # python/requirements.txt) and installed here.
@@ -32,21 +42,36 @@ work=$(mktemp -d)
 token=clients-admin-token-of-32-characters
 jwt_secret=clients-buyer-token-key-of-at-least-32-bytes
 api=
-trap 'kill $api 2>/dev/null; rm -rf "$work"' EXIT
+worker=
+trap 'kill $api $worker 2>/dev/null; rm -rf "$work"' EXIT
 
-# Starts the API in buyer mode $1 on a fresh SQLite file; sets api_url.
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Starts the API in buyer mode $1 on a fresh SQLite file, then a worker on the same file (the
+# queues' admissions); sets api_url.
 start_api() {
-  local mode=$1 port
-  [ -z "$api" ] || { kill "$api"; wait "$api" 2>/dev/null || true; }
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  local mode=$1 port worker_port db
+  for pid in $worker $api; do kill "$pid"; wait "$pid" 2>/dev/null || true; done
+  port=$(free_port)
   api_url="http://127.0.0.1:$port"
-  local env=(DATABASE_URL="sqlite://$work/clients-$mode.db?mode=rwc" BIND_ADDR="127.0.0.1:$port"
+  db="sqlite://$work/clients-$mode.db?mode=rwc"
+  local env=(DATABASE_URL="$db" BIND_ADDR="127.0.0.1:$port"
     ADMIN_TOKEN=$token WEBHOOK_ALLOW_UNSIGNED=true LOG_DIR="$work/logs" RUST_LOG=warn BUYER_AUTH=$mode)
   [ "$mode" = jwt ] && env+=(BUYER_JWT_SECRET=$jwt_secret)
   env "${env[@]}" target/debug/flash-sale-api >"$work/api-$mode.log" 2>&1 &
   api=$!
   for _ in $(seq 1 100); do curl -fsS "$api_url/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
   curl -fsS "$api_url/openapi.json" -o "$work/openapi.json"
+  # After the API's start, which has migrated the database.
+  worker_port=$(free_port)
+  env DATABASE_URL="$db" WORKER_ADDR="127.0.0.1:$worker_port" LOG_DIR="$work/logs" RUST_LOG=warn \
+    target/debug/flash-sale-worker >"$work/worker-$mode.log" 2>&1 &
+  worker=$!
+  local health="http://127.0.0.1:$worker_port/healthz"
+  for _ in $(seq 1 100); do curl -fsS "$health" >/dev/null 2>&1 && break; sleep 0.1; done
+  curl -fsS "$health" >/dev/null || { cat "$work/worker-$mode.log" >&2; exit 1; }
 }
 
 # The TypeScript types of the live document: openapi-typescript's, and the paths of each
@@ -107,7 +132,7 @@ if [ "$got" != "$expected" ] || grep -v '^src/must-not-compile\.ts(' "$work/tsc-
   cat "$work/tsc-bad.txt" >&2
   exit 1
 fi
-echo "must-not-compile.ts refused on lines $(tr '\n' ' ' <<<"$expected")(misspelled status, a hold without its secret, a hold's client making holds, misspelled code, admin call without token)"
+echo "must-not-compile.ts refused on lines $(tr '\n' ' ' <<<"$expected")(misspelled status and ticket state, a hold without its secret, a hold's client making holds, misspelled code, admin call without token)"
 (cd "$ts" && rm -rf dist && npx tsc -p tsconfig.json --noEmit false --outDir dist)
 API_URL=$api_url ADMIN_TOKEN=$token node "$ts/dist/flow.js"
 

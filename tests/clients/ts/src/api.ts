@@ -11,8 +11,8 @@ export type Schemas = components["schemas"];
 export type ProblemCode = Schemas["ProblemCode"];
 
 // Each guarded path is reachable only through the client that carries its credential: the
-// admin token (`/api/admin/*`), a hold's `client_secret` (`BUYER_AUTH=none`), or a buyer's
-// token (`BUYER_AUTH=jwt`). None of them can be made without it.
+// admin token (`/api/admin/*`), a hold's or a queue ticket's `client_secret` (`BUYER_AUTH=none`),
+// or a buyer's token (`BUYER_AUTH=jwt`). None of them can be made without it.
 type Guarded = AdminTokenPath | BuyerTokenPath | ClientSecretPath;
 
 export function publicApi(baseUrl: string) {
@@ -33,6 +33,12 @@ export function holdApi(baseUrl: string, clientSecret: string) {
     headers: { "Client-Secret": clientSecret },
   });
 }
+
+/**
+ * The queue ticket of an anonymous buyer, reached with the ticket's `client_secret`: the same
+ * `ClientSecret` scheme as a hold's, so the same client (the types cannot tell the two apart).
+ */
+export const ticketApi = holdApi;
 
 /** A signed-in buyer's routes (`BUYER_AUTH=jwt`), with the shop's token. */
 export function buyerApi(baseUrl: string, token: string) {
@@ -57,6 +63,12 @@ export function explain(problem: Schemas["Problem"]): string {
       return `the sale opens at ${problem.sale_starts_at ?? "a later time"}`;
     case "sale_ended":
       return "the sale has ended";
+    case "admission_required":
+      return problem.position === undefined
+        ? "please wait for your turn in the queue"
+        : `please wait: ${problem.position} ahead of you in the queue`;
+    case "queue_closed":
+      return "the queue is closed";
     case "no_refund_due":
       return "no refund is due for this order";
     case "idempotency_key_in_use":
@@ -68,11 +80,13 @@ export function explain(problem: Schemas["Problem"]): string {
     case "product_not_found":
     case "hold_not_found":
     case "order_not_found":
+    case "ticket_not_found":
     case "not_found":
       return "not found";
     case "malformed_request":
     case "validation_error":
       return (problem.errors ?? []).map((e) => `${e.field}: ${e.message}`).join("; ");
+    case "no_queue":
     case "unsupported_media_type":
     case "payload_too_large":
     case "method_not_allowed":

@@ -2,7 +2,15 @@
 // live API (API_URL, ADMIN_TOKEN): an operator adds a product, a buyer reads it, holds, reaches
 // the hold with its `client_secret`, orders, the gateway pays by webhook, and a hold beyond the
 // stock is refused with a 409 whose `code` is branched on; another secret reaches nothing.
-import { adminApi, explain, holdApi, publicApi } from "./api.js";
+// Then the fair queue (a worker beside the API admits tickets): two buyers join a product with
+// `queue` admission (the 201 carries the ticket's `client_secret`, joining again is a 200 with
+// the same ticket), a hold without a ticket is 403 `admission_required`, the first ticket is
+// polled with its secret until it is admitted, another secret reads 404, the second buyer
+// leaves. The admitted hold itself is out of this typed client's reach: the document gives
+// createHold no `Client-Secret` (no security requirement, no header parameter), so the public
+// client sends `ticket_id` without the ticket's secret and is refused 403 too.
+import { setTimeout as sleep } from "node:timers/promises";
+import { adminApi, explain, holdApi, publicApi, type Schemas, ticketApi } from "./api.js";
 
 const baseUrl = process.env["API_URL"] ?? "http://127.0.0.1:8000";
 const token = process.env["ADMIN_TOKEN"] ?? "";
@@ -85,4 +93,93 @@ async function main(): Promise<void> {
   console.log("typescript flow: ok");
 }
 
+/** The ticket once the worker has admitted it, read with its secret every 200 ms for 15 s. */
+async function admitted(mine: ReturnType<typeof ticketApi>, id: number): Promise<Schemas["Ticket"]> {
+  const deadline = Date.now() + 15_000;
+  for (;;) {
+    const read = await mine.GET("/api/queue/{id}", { params: { path: { id } } });
+    if (read.error !== undefined) throw new Error(`ticket ${id} unreadable: ${explain(read.error)}`);
+    if (read.data.state === "admitted") return read.data;
+    check(read.data.state === "waiting", `ticket ${id} ${read.data.state} before its admission`);
+    if (Date.now() > deadline) throw new Error(`ticket ${id} not admitted within 15 s`);
+    await sleep(200);
+  }
+}
+
+async function queue(): Promise<void> {
+  const created = await admin.POST("/api/admin/products", {
+    body: { name: "TypeScript queue", price: "20.00", stock: 1, admission: "queue", admission_window_seconds: 60 },
+  });
+  if (created.data === undefined) throw new Error(`create queue product: ${created.response.status}`);
+  const product = created.data;
+  check(product.admission === "queue", "a queue product");
+  const path = { id: product.id };
+
+  // Ann joins first; her ticket is reached by the secret of this 201 (and of its retry).
+  const key = `ts-queue-ann-${product.id}`;
+  const joined = await api.POST("/api/products/{id}/queue", {
+    params: { path, header: { "Idempotency-Key": key } },
+    body: { buyer_id: "ann" },
+  });
+  if (joined.error !== undefined) throw new Error(`join refused: ${explain(joined.error)}`);
+  check(joined.response.status === 201, `join: 201 expected, got ${joined.response.status}`);
+  const ticket = joined.data;
+  check(ticket.state === "waiting" || ticket.state === "admitted", `joined ${ticket.state}`);
+  const secret = ticket.client_secret;
+  if (secret === null) throw new Error("no client_secret in an anonymous buyer's ticket");
+  const again = await api.POST("/api/products/{id}/queue", {
+    params: { path, header: { "Idempotency-Key": key } },
+    body: { buyer_id: "ann" },
+  });
+  check(again.response.status === 200 && again.data?.ticket_id === ticket.ticket_id, "joined again: 200, same");
+  check(again.data?.client_secret === secret, "the retry carries the same secret");
+
+  // Bob joins behind her: one unit, taken by her admission, so he waits.
+  const bobJoined = await api.POST("/api/products/{id}/queue", {
+    params: { path, header: { "Idempotency-Key": `ts-queue-bob-${product.id}` } },
+    body: { buyer_id: "bob" },
+  });
+  if (bobJoined.error !== undefined) throw new Error(`bob's join refused: ${explain(bobJoined.error)}`);
+  check(bobJoined.response.status === 201 && bobJoined.data.state === "waiting", "bob waits");
+  const bobSecret = bobJoined.data.client_secret;
+  if (bobSecret === null) throw new Error("no client_secret in bob's ticket");
+
+  // A hold without a ticket: 403, and the code says why.
+  const refused = await api.POST("/api/holds", { body: { product_id: product.id, qty: 1 } });
+  check(refused.response.status === 403, `403 expected, got ${refused.response.status}`);
+  if (refused.error === undefined) throw new Error("a hold without a ticket was granted");
+  switch (refused.error.code) {
+    case "admission_required":
+      check(refused.error.ticket_state === undefined, "no ticket named, none told");
+      break;
+    default:
+      throw new Error(`unexpected ${refused.error.code}: ${explain(refused.error)}`);
+  }
+
+  const mine = ticketApi(baseUrl, secret);
+  const admission = await admitted(mine, ticket.ticket_id);
+  check(admission.position === 0 && admission.admission_expires_at !== null, "admitted: first, until a time");
+  for (const other of [ticketApi(baseUrl, "not-the-secret"), ticketApi(baseUrl, bobSecret)]) {
+    const peek = await other.GET("/api/queue/{id}", { params: { path: { id: ticket.ticket_id } } });
+    check(peek.response.status === 404 && peek.error?.code === "ticket_not_found", "a stranger gets 404");
+  }
+
+  // The admitted hold needs the ticket's secret as `Client-Secret`, which createHold does not
+  // declare: the public client (the only one with /api/holds) sends the ticket without it.
+  const unproven = await api.POST("/api/holds", {
+    body: { product_id: product.id, qty: 1, ticket_id: ticket.ticket_id },
+  });
+  check(unproven.response.status === 403 && unproven.error?.code === "admission_required", "no secret, no hold");
+  const still = await mine.GET("/api/queue/{id}", { params: { path: { id: ticket.ticket_id } } });
+  check(still.data?.state === "admitted", "the admission is still unused");
+
+  const left = await ticketApi(baseUrl, bobSecret).DELETE("/api/queue/{id}", {
+    params: { path: { id: bobJoined.data.ticket_id } },
+  });
+  if (left.error !== undefined) throw new Error(`leaving refused: ${explain(left.error)}`);
+  check(left.response.status === 200 && left.data.state === "left" && left.data.position === null, "bob left");
+  console.log("typescript queue flow: ok");
+}
+
 await main();
+await queue();

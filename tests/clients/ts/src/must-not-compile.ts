@@ -1,14 +1,17 @@
 // Mistakes the generated types must catch. tests/clients/check.sh requires `tsc` to fail on
 // exactly the lines that end in a MUST-FAIL comment, and nowhere else.
-import { adminApi, holdApi, publicApi, type Schemas } from "./api.js";
+import { adminApi, holdApi, publicApi, type Schemas, ticketApi } from "./api.js";
 
 const api = publicApi("http://127.0.0.1:8000");
 const mine = holdApi("http://127.0.0.1:8000", "the-hold's-secret");
+const queued = ticketApi("http://127.0.0.1:8000", "the-ticket's-secret");
 adminApi("http://127.0.0.1:8000", "token");
 
 export async function mistakes(problem: Schemas["Problem"]): Promise<string> {
   const hold = await mine.GET("/api/holds/{id}", { params: { path: { id: 1 } } });
   if (hold.data?.status === "actve") return "misspelled status"; // MUST-FAIL
+  const ticket = await queued.GET("/api/queue/{id}", { params: { path: { id: 1 } } });
+  if (ticket.data?.state === "admited") return "misspelled ticket state"; // MUST-FAIL
   // A hold without its secret: the public client has no such route.
   await api.GET("/api/holds/{id}", { params: { path: { id: 1 } } }); // MUST-FAIL
   // Nor does a hold's client make holds.
