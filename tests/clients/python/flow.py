@@ -7,9 +7,8 @@ with ``queue`` admission (the 201 carries the ticket's ``client_secret``, joinin
 with the same ticket), a hold without a ticket, and one with the waiting buyer's, is 403
 ``admission_required``, the first ticket is polled with its secret until admitted, another
 secret reads 404, the second buyer leaves, and the admitted buyer holds with ``ticket_id`` and
-the ticket's secret (the ticket reads ``used``), orders and pays. The document gives createHold
-no ``Client-Secret``; ``create_hold`` accepts it only because the generator lets every public
-operation take an ``AuthenticatedClient``. Checked with ``mypy --strict``, then run."""
+the ticket's secret (createHold's ``Client-Secret`` header; the hold is the ticket's buyer's,
+the ticket reads ``used``), orders and pays. Checked with ``mypy --strict``, then run."""
 
 import os
 import time
@@ -282,10 +281,10 @@ def queue() -> None:
 
     # The admission makes one hold: the ticket named, its secret as `Client-Secret`.
     admitted_hold = CreateHold(product_id=product.id, qty=1, ticket_id=ticket.ticket_id)
-    hold = create_hold.sync(client=mine, body=admitted_hold)
+    hold = create_hold.sync(client=api, body=admitted_hold, client_secret=secret)
     if isinstance(hold, Problem) or hold is None:
         raise SystemExit(f"admitted hold refused: {hold if hold is None else explain(hold)}")
-    assert hold.status == HoldState.ACTIVE
+    assert hold.status == HoldState.ACTIVE and hold.buyer_id == "ann", hold
     used = get_ticket.sync(client=mine, id=ticket.ticket_id)
     assert isinstance(used, Ticket) and used.state == TicketState.USED, used
     if hold.client_secret is None:

@@ -5,10 +5,9 @@
 // Then the fair queue (a worker beside the API admits tickets): two buyers join a product with
 // `queue` admission (the 201 carries the ticket's `client_secret`, joining again is a 200 with
 // the same ticket), a hold without a ticket is 403 `admission_required`, the first ticket is
-// polled with its secret until it is admitted, another secret reads 404, the second buyer
-// leaves. The admitted hold itself is out of this typed client's reach: the document gives
-// createHold no `Client-Secret` (no security requirement, no header parameter), so the public
-// client sends `ticket_id` without the ticket's secret and is refused 403 too.
+// polled with its secret until it is admitted, another secret reads 404, a hold naming the
+// ticket without its secret is 403, with it (createHold's `Client-Secret` header) a hold of the
+// ticket's buyer that uses the ticket; it is ordered and paid; the second buyer leaves.
 import { setTimeout as sleep } from "node:timers/promises";
 import { adminApi, explain, holdApi, publicApi, type Schemas, ticketApi } from "./api.js";
 
@@ -164,14 +163,30 @@ async function queue(): Promise<void> {
     check(peek.response.status === 404 && peek.error?.code === "ticket_not_found", "a stranger gets 404");
   }
 
-  // The admitted hold needs the ticket's secret as `Client-Secret`, which createHold does not
-  // declare: the public client (the only one with /api/holds) sends the ticket without it.
+  // The admitted hold needs the ticket's secret as createHold's `Client-Secret` header.
   const unproven = await api.POST("/api/holds", {
     body: { product_id: product.id, qty: 1, ticket_id: ticket.ticket_id },
   });
   check(unproven.response.status === 403 && unproven.error?.code === "admission_required", "no secret, no hold");
   const still = await mine.GET("/api/queue/{id}", { params: { path: { id: ticket.ticket_id } } });
   check(still.data?.state === "admitted", "the admission is still unused");
+  const hold = await api.POST("/api/holds", {
+    params: { header: { "Client-Secret": secret } },
+    body: { product_id: product.id, qty: 1, ticket_id: ticket.ticket_id },
+  });
+  if (hold.error !== undefined) throw new Error(`admitted hold refused: ${explain(hold.error)}`);
+  check(hold.response.status === 201 && hold.data.buyer_id === "ann", "the hold is the ticket's buyer's");
+  const used = await mine.GET("/api/queue/{id}", { params: { path: { id: ticket.ticket_id } } });
+  check(used.data?.state === "used", "one hold per admission: the ticket is used");
+  const holdSecret = hold.data.client_secret;
+  if (holdSecret === null) throw new Error("no client_secret in the admitted hold");
+  const order = await holdApi(baseUrl, holdSecret).POST("/api/orders", { body: { hold_id: hold.data.hold_id } });
+  if (order.error !== undefined) throw new Error(`order refused: ${explain(order.error)}`);
+  const paid = await api.POST("/api/payments/webhook", {
+    body: { idempotency_key: `ts-queue-pay-${order.data.order_id}`, order_id: order.data.order_id, status: "success" },
+  });
+  if (paid.error !== undefined) throw new Error(`webhook refused: ${explain(paid.error)}`);
+  check(paid.data.order_status === "paid", "the queued buyer's order is paid");
 
   const left = await ticketApi(baseUrl, bobSecret).DELETE("/api/queue/{id}", {
     params: { path: { id: bobJoined.data.ticket_id } },
