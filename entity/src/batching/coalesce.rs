@@ -13,8 +13,9 @@
 //! operation itself decided is its outcome.
 
 use std::{
+    collections::HashSet,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
@@ -97,11 +98,14 @@ impl HoldDesk {
             max_wait,
             max_queued: max_batch.max(1) * QUEUED_BATCHES,
         };
+        // Products whose last batch was refused for stock: their next batch tries one read
+        // first (`holds::serve_holds`). At most one entry per product that exists.
+        let sold_out: Arc<Mutex<HashSet<ProductId>>> = Arc::default();
         Self::Coalesced(KeyedBatcher::new(
             policy,
             move |product_id, calls: Vec<Call>| {
-                let db = db.clone();
-                async move { serve_batch(&db, product_id, calls, ttl).await }
+                let (db, sold_out) = (db.clone(), sold_out.clone());
+                async move { serve_batch(&db, product_id, calls, ttl, &sold_out).await }
             },
         ))
     }
@@ -126,8 +130,9 @@ impl HoldDesk {
                 // otherwise carry (and copy) room for it.
                 let deadline = Instant::now() + ANSWER_WITHIN;
                 let requests = [request];
-                let batch =
-                    holds::serve_holds(db, product_id, &requests, *ttl, deadline, &withdrawn);
+                let batch = holds::serve_holds(
+                    db, product_id, &requests, *ttl, deadline, &withdrawn, false,
+                );
                 Box::pin(batch)
                     .await
                     .map_err(Unserved::Failed)
@@ -155,6 +160,7 @@ async fn serve_batch(
     product_id: ProductId,
     calls: Vec<Call>,
     ttl: chrono::Duration,
+    sold_out: &Mutex<HashSet<ProductId>>,
 ) -> Vec<Result<HoldOutcome, Unserved>> {
     let now = Instant::now();
     let late = |arrived: Instant| due(arrived) < now + TOO_LATE;
@@ -172,8 +178,36 @@ async fn serve_batch(
                     .as_ref()
                     .is_some_and(|g| g.load(Ordering::Relaxed))
             };
-            match holds::serve_holds(db, product_id, &requests, ttl, deadline, &withdrawn).await {
-                Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+            let was_sold_out = sold_out
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&product_id);
+            let served = holds::serve_holds(
+                db,
+                product_id,
+                &requests,
+                ttl,
+                deadline,
+                &withdrawn,
+                was_sold_out,
+            );
+            match served.await {
+                Ok(outcomes) => {
+                    let refused_for_stock = outcomes.iter().all(|o| {
+                        matches!(
+                            o,
+                            HoldOutcome::Refused(DomainError::InsufficientStock { .. })
+                                | HoldOutcome::Withdrawn
+                        )
+                    }) && !outcomes.is_empty();
+                    let mut set = sold_out.lock().unwrap_or_else(|p| p.into_inner());
+                    if refused_for_stock {
+                        set.insert(product_id);
+                    } else {
+                        set.remove(&product_id);
+                    }
+                    outcomes.into_iter().map(Ok).collect()
+                }
                 // The whole batch failed (contention outlasted its retries, database gone):
                 // every request in it gets that answer.
                 Err(e) => live

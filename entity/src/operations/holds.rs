@@ -16,6 +16,7 @@ use crate::{
     operations::idempotency::{
         self, Lookup, Replay, StoredOutcome, StoredRefusal, check_in_txn, store_in_txn,
     },
+    operations::products::product_view,
     operations::queue::{TicketPass, admissions, use_admissions},
     operations::sweeps::{log_expired, reclaim_expired},
     product::{self, Admission},
@@ -95,7 +96,7 @@ pub async fn create_hold(
     ttl: chrono::Duration,
 ) -> Result<HoldOutcome, DomainError> {
     let deadline = std::time::Instant::now() + ANSWER_WITHIN;
-    serve_holds(db, product_id, &[request], ttl, deadline, &|_| false)
+    serve_holds(db, product_id, &[request], ttl, deadline, &|_| false, false)
         .await?
         .pop()
         .ok_or_else(|| DomainError::Invariant("a batch of one had no outcome".into()))
@@ -105,7 +106,9 @@ pub async fn create_hold(
 /// 1. the requests' keys are looked up with one statement that takes no lock: a finished key's
 ///    request is answered again ([`HoldOutcome::Replayed`]), another request's key refused;
 /// 2. the others in ONE transaction ([`hold_transaction`]), where `withdrawn(i)`, asked once
-///    the product is locked, says whether request `i`'s caller has gone (it then takes nothing).
+///    the product is locked, says whether request `i`'s caller has gone (it then takes nothing);
+///    when `sold_out` (the product's last batch was refused for stock), first by one read
+///    ([`refused_for_stock`]), which may answer them all without a transaction.
 ///
 /// Answers each request, in order.
 pub async fn serve_holds(
@@ -115,6 +118,7 @@ pub async fn serve_holds(
     ttl: chrono::Duration,
     deadline: std::time::Instant,
     withdrawn: &(dyn Fn(usize) -> bool + Sync),
+    sold_out: bool,
 ) -> Result<Vec<HoldOutcome>, DomainError> {
     let mut outcomes: Vec<Option<HoldOutcome>> = vec![None; requests.len()];
     let keyed: Vec<(usize, &KeyClaim)> = requests
@@ -144,7 +148,14 @@ pub async fn serve_holds(
     if !to_run.is_empty() {
         let run: Vec<&HoldRequest> = to_run.iter().map(|&i| &requests[i]).collect();
         let gone = |j: usize| withdrawn(to_run[j]);
-        let ran = hold_transaction(db, product_id, &run, ttl, deadline, &gone).await?;
+        let refused = match sold_out {
+            true => refused_for_stock(db, product_id, &run, &gone).await?,
+            false => None,
+        };
+        let ran = match refused {
+            Some(refused) => refused,
+            None => hold_transaction(db, product_id, &run, ttl, deadline, &gone).await?,
+        };
         for (&i, outcome) in to_run.iter().zip(ran) {
             outcomes[i] = Some(outcome);
         }
@@ -153,6 +164,42 @@ pub async fn serve_holds(
         .into_iter()
         .map(|o| o.ok_or_else(|| DomainError::Invariant("a hold request had no outcome".into())))
         .collect()
+}
+
+/// A sold-out product's batch, refused on one read and no transaction: when the read (taken
+/// after every request of the batch arrived, expired holds counted back in) shows fewer units
+/// than the smallest request asks for, each is refused `insufficient_stock` with the
+/// `available` the transaction would have found, and that was true at a moment of its life.
+/// Only where nothing else decides first: no key to write, open admission, no buyer limit,
+/// the sale window open. Otherwise `None`: the transaction decides.
+async fn refused_for_stock(
+    db: &Db,
+    product_id: ProductId,
+    requests: &[&HoldRequest],
+    withdrawn: &(dyn Fn(usize) -> bool + Sync),
+) -> Result<Option<Vec<HoldOutcome>>, DomainError> {
+    if requests.iter().any(|r| r.key.is_some()) {
+        return Ok(None);
+    }
+    let product = product_view(db, product_id).await?;
+    let rules = product.rules;
+    let plain = rules.admission == Admission::Open
+        && rules.per_buyer_limit.is_none()
+        && crate::rules::window::refusal_of(rules.sale_starts_at, rules.sale_ends_at, now())
+            .is_none();
+    let smallest = requests.iter().map(|r| r.qty.as_i32()).min();
+    if !plain || smallest.is_none_or(|qty| product.available_stock >= qty) {
+        return Ok(None);
+    }
+    let available = product.available_stock;
+    Ok(Some(
+        (0..requests.len())
+            .map(|i| match withdrawn(i) {
+                true => HoldOutcome::Withdrawn,
+                false => HoldOutcome::Refused(DomainError::InsufficientStock { available }),
+            })
+            .collect(),
+    ))
 }
 
 /// Serves hold requests for one product in ONE transaction, in these steps: lock the product

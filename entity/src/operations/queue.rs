@@ -142,16 +142,34 @@ async fn join_transaction<C: ConnectionTrait>(
             secret_hash: requests[i].secret.as_ref().map(|s| s.hash().as_str()),
         })
         .collect();
-    let ids = join_tickets(txn, &queue, &rows, now).await?;
+    let made_rows = join_tickets(txn, &queue, &rows, now).await?;
     let mut ticket_of: HashMap<&str, TicketId> = requests
         .iter()
         .filter_map(|r| Some((r.buyer.as_str(), before.get(r.buyer.as_str())?.id)))
         .collect();
-    for (&i, id) in new.iter().zip(&ids) {
-        ticket_of.insert(requests[i].buyer.as_str(), *id);
+    for (&i, t) in new.iter().zip(&made_rows) {
+        ticket_of.insert(requests[i].buyer.as_str(), t.id);
     }
-    let all: Vec<TicketId> = ticket_of.values().copied().collect();
-    let read = read_in(txn, &all).await?;
+    // Tickets made before are read with their positions; new ones are the last in line, so
+    // theirs needs only how many tickets after the head have left (one count, not one per
+    // ticket: the opening storm is all new tickets).
+    let existing: Vec<TicketId> = before.values().map(|t| t.id).collect();
+    let mut read = read_in(txn, &existing).await?;
+    if !made_rows.is_empty() {
+        let line = QueueLine {
+            drawn: queue.drawn,
+            head: queue.head,
+        };
+        let left_ahead = match made_rows[0].seq {
+            Some(_) if queue.drawn => left_after(txn, product_id, queue.head).await?,
+            _ => 0,
+        };
+        read.extend(made_rows.into_iter().map(|model| TicketRead {
+            model,
+            line: Some(line),
+            left_ahead,
+        }));
+    }
     let view_of = |id: TicketId| {
         read.iter()
             .find(|r| r.model.id == id)
@@ -182,6 +200,20 @@ async fn join_transaction<C: ConnectionTrait>(
         }
     }
     Ok((outcomes, made))
+}
+
+/// How many of the product's tickets after place `head` have left.
+async fn left_after<C: ConnectionTrait>(
+    txn: &C,
+    product_id: ProductId,
+    head: i64,
+) -> Result<i64, DomainError> {
+    Ok(ticket::Entity::find()
+        .filter(ticket::Column::ProductId.eq(product_id))
+        .filter(ticket::Column::State.eq(TicketState::Left))
+        .filter(ticket::Column::Seq.gt(head))
+        .count(txn)
+        .await? as i64)
 }
 
 /// The sale is over for the queue: its window ended, or every unit is sold.

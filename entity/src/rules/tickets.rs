@@ -102,14 +102,14 @@ pub(crate) struct NewTicket<'a> {
 }
 
 /// Makes waiting tickets on a locked queue, numbered after the queue's (late tickets) or not
-/// yet (early ones, before the opening), and counts them. Answers their ids, in order: read
+/// yet (early ones, before the opening), and counts them. Answers the new rows, in order: read
 /// back by the buyers' live tickets, which are unique per product.
 pub(crate) async fn join_tickets<C: ConnectionTrait>(
     txn: &C,
     queue: &queue::Model,
     tickets: &[NewTicket<'_>],
     now: DateTime<Utc>,
-) -> Result<Vec<TicketId>, DomainError> {
+) -> Result<Vec<ticket::Model>, DomainError> {
     if tickets.is_empty() {
         return Ok(Vec::new());
     }
@@ -143,7 +143,7 @@ pub(crate) async fn join_tickets<C: ConnectionTrait>(
             found
                 .iter()
                 .find(|t| t.live_buyer.as_deref() == Some(*b))
-                .map(|t| t.id)
+                .cloned()
                 .ok_or_else(|| DomainError::rows_lost(format!("the new ticket of {b} is gone")))
         })
         .collect::<Result<Vec<_>, _>>()?;

@@ -102,6 +102,7 @@ pub(crate) const PRODUCTS_AFTER: &str =
 
 /// See [`super::tickets_query`].
 pub(crate) const TICKETS_BY_ID: &str = tickets_query!(
+    "FORCE INDEX (idx_tickets_product_state_seq)",
     "FROM JSON_TABLE(?, '$[*]' COLUMNS (id BIGINT PATH '$')) AS j \
      JOIN queue_tickets t ON t.id = j.id"
 );

@@ -35,8 +35,10 @@ pub(crate) const PRODUCTS_AFTER: &str =
     products_query!("INTEGER", "WHERE p.id > ? ORDER BY p.id LIMIT ?");
 
 /// See `mysql::TICKETS_BY_ID`.
-pub(crate) const TICKETS_BY_ID: &str =
-    tickets_query!("FROM json_each(?) AS j JOIN queue_tickets t ON t.id = j.value");
+pub(crate) const TICKETS_BY_ID: &str = tickets_query!(
+    "INDEXED BY idx_tickets_product_state_seq",
+    "FROM json_each(?) AS j JOIN queue_tickets t ON t.id = j.value"
+);
 
 /// See `mysql::LIVE_TICKETS` (SQLite's write lock is held). Binds in the same order.
 pub(crate) const LIVE_TICKETS: &str = "SELECT t.* FROM json_each(?) AS j \
