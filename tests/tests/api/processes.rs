@@ -293,7 +293,7 @@ async fn hot_queries_use_indexes_on_mariadb() {
     );
     let tickets = String::from(
         "SELECT t.id, t.state, t.seq, q.head, \
-           (SELECT COUNT(*) FROM queue_tickets l \
+           (SELECT COUNT(*) FROM queue_tickets l FORCE INDEX (idx_tickets_product_state_seq) \
              WHERE l.product_id = t.product_id AND l.state = 'left' \
                AND l.seq > q.head AND l.seq < t.seq) AS left_ahead \
          FROM JSON_TABLE('[4990, 4999]', '$[*]' COLUMNS (id BIGINT PATH '$')) AS j \

@@ -127,6 +127,23 @@ impl Api {
         Ok((id, secret.to_owned()))
     }
 
+    /// A product with queue admission, on sale at once.
+    pub(crate) async fn create_queue_product(&self, stock: i64) -> Result<i64> {
+        let r: Value = self
+            .http
+            .post(format!("{}/api/admin/products", self.url))
+            .bearer_auth(ADMIN)
+            .json(
+                &json!({"name": "Queued product", "price": "9.99", "stock": stock,
+                "admission": "queue", "admission_window_seconds": 3600}),
+            )
+            .send()
+            .await?
+            .json()
+            .await?;
+        r["id"].as_i64().context("queue product id")
+    }
+
     pub(crate) async fn create_product(&self, stock: i64) -> Result<i64> {
         let r: Value = self
             .http

@@ -8,7 +8,8 @@
 //! binaries built elsewhere. `BENCH_ONLY` runs one section alone, into a file of its own:
 //! `holds` (the hold paths, `BENCH_REPEAT` rounds, default 3, with the plain-SQL anchor of the
 //! same run) into `results-holds.json`; `galera` into `results-galera.json`; `stream` into
-//! `results-stream.json`. These leave `results.json` and the chart as they were.
+//! `results-stream.json`; `queue` into `results-queue.json`. These leave `results.json` and the
+//! chart as they were.
 //! `BENCH_ONLY=report` only renders `results.md` again from `results.json`.
 //!
 //! Where each part lives:
@@ -19,6 +20,8 @@
 //! - [`anchor`]: the plain-SQL anchor, one transaction per hold straight against the database;
 //! - [`galera`]: three Galera nodes on loopback, one API then three, and their books;
 //! - [`stream`]: live stock streams, up to 5,000 listeners on one API; `BENCH_ONLY=stream`;
+//! - [`queue`]: a queued sale's opening storm: 100,000 joins, ticket reads, sold-out refusals,
+//!   admission to order; `BENCH_ONLY=queue`;
 //! - [`wrk`]: the load generator, its Lua request scripts and its JSON report;
 //! - [`api`]: the API process under test;
 //! - [`sampling`]: CPU time and RSS from `/proc`, pooled latencies, the machine's description;
@@ -30,6 +33,7 @@ mod api;
 mod database;
 mod galera;
 mod paths;
+mod queue;
 mod report;
 mod sampling;
 mod single;
@@ -44,6 +48,7 @@ use serde_json::json;
 
 use galera::galera;
 use paths::holds_only;
+use queue::queue_only;
 use report::{chart, markdown, summarize};
 use sampling::{commit, machine};
 use single::single_server;
@@ -73,7 +78,7 @@ async fn main() -> Result<()> {
     std::fs::create_dir_all(&out_dir)?;
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let galera_only = match only.as_str() {
-        "" | "holds" => false,
+        "" | "holds" | "queue" => false,
         "galera" => true,
         "stream" => return stream_only(&release, seconds, &out_dir).await,
         "report" => {
@@ -84,7 +89,7 @@ async fn main() -> Result<()> {
             return Ok(());
         }
         other => bail!(
-            "BENCH_ONLY={other}: the sections that run alone are `galera`, `holds` and `stream` \
+            "BENCH_ONLY={other}: the sections that run alone are `galera`, `holds`, `queue` and `stream` \
              (`report` renders results.md from results.json)"
         ),
     };
@@ -105,6 +110,9 @@ async fn main() -> Result<()> {
     };
     if only == "holds" {
         return holds_only(&release, &base, seconds, &out_dir).await;
+    }
+    if only == "queue" {
+        return queue_only(&release, &base, seconds, &out_dir).await;
     }
     let mut results = json!({
         "measured_at": chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),

@@ -293,6 +293,9 @@ pub(crate) fn markdown(results: &Value) -> String {
     } else {
         md += &format!("\n## Galera\n\nFailed: {}\n", galera["error"]);
     }
+    if !results["queue"].is_null() {
+        md += &queue_markdown(&results["queue"]);
+    }
     let steps = results["stock_stream"]["steps"].as_array();
     if let Some(steps) = steps {
         md += "\n## Live stock, one API process\n\n| listeners | API RSS MiB | API CPU | hub \
@@ -312,6 +315,74 @@ pub(crate) fn markdown(results: &Value) -> String {
             );
         }
     }
+    md
+}
+
+/// The queue section's table (`results["queue"]`, or `results-queue.json`'s `queue`).
+pub(crate) fn queue_markdown(q: &Value) -> String {
+    let num = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+    let row = |what: &str, rate: &Value, p99: &Value, against: &str, share: &Value| {
+        format!(
+            "| {what} | {:.0} | {:.1} | {against} | **{:.0}%** |\n",
+            num(rate),
+            num(p99),
+            num(share) * 100.0
+        )
+    };
+    let path = &q["admission_to_order"];
+    let mut md = String::from(
+        "\n## A queued sale's opening, one API, 256 connections\n\n\
+         | what | per s | p99 ms | against (same run) | share |\n| --- | ---: | ---: | --- | ---: |\n",
+    );
+    md += &row(
+        &format!("joins, {:.0} distinct buyers", num(&q["joins"]["answers"])),
+        &q["joins"]["joins_per_s"],
+        &q["joins"]["p99_ms"],
+        &format!(
+            "plain holds, {:.0}/s",
+            num(&q["plain_holds"]["holds_per_s"])
+        ),
+        &q["joins_share_of_plain_holds"],
+    );
+    md += &row(
+        "ticket reads (1,000 tickets at the back of the line)",
+        &q["ticket_reads"]["per_s"],
+        &q["ticket_reads"]["p99_ms"],
+        &format!(
+            "product reads, {:.0}/s",
+            num(&q["product_reads_beside_ticket_reads"]["per_s"])
+        ),
+        &q["ticket_reads_share_of_product_reads"],
+    );
+    md += &row(
+        "sold-out refusals (409)",
+        &q["sold_out_refusals"]["per_s"],
+        &q["sold_out_refusals"]["p99_ms"],
+        &format!(
+            "product reads, {:.0}/s",
+            num(&q["product_reads_beside_refusals"]["per_s"])
+        ),
+        &q["sold_out_refusals_share_of_product_reads"],
+    );
+    let (alone, crowded) = (&path["alone"], &path["with_the_crowd"]);
+    md += &format!(
+        "\nAdmission to order, admitted buyers one after another (hold with the ticket, then \
+         the order): alone, {} buyers, hold + order p99 **{:.1} ms** (p50 {:.1}; hold p99 {:.1}, \
+         order p99 {:.1}), {:.0}% of plain holds' p99 at 256 connections ({:.1} ms); while the \
+         waiting crowd polls {:.0} tickets/s at 256 connections, {} buyers, p99 {:.1} ms (p50 \
+         {:.1}).\n",
+        alone["buyers"],
+        num(&alone["path_p99_ms"]),
+        num(&alone["path_p50_ms"]),
+        num(&alone["hold_p99_ms"]),
+        num(&alone["order_p99_ms"]),
+        num(&q["admission_to_order_p99_share_of_hold_p99"]) * 100.0,
+        num(&q["plain_holds"]["p99_ms"]),
+        num(&path["crowd_ticket_reads_per_s"]),
+        crowded["buyers"],
+        num(&crowded["path_p99_ms"]),
+        num(&crowded["path_p50_ms"]),
+    );
     md
 }
 

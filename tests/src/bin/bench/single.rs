@@ -3,6 +3,7 @@
 //! - with coalescing on: the hold paths ([`crate::paths`]), an unknown-id spray and the API's
 //!   RSS around it, GET product reads/s (single-flight), and GET hold reads/s by its buyer
 //!   (`Client-Secret`) as a share of them;
+//! - a queued sale's opening storm ([`crate::queue`]);
 //! - a 100,000-hold expiry backlog swept by the worker while holds keep coming
 //!   ([`backlog_sweep`]);
 //! - a stock-boundary run, where oversold must be 0 ([`stock_boundary`]);
@@ -120,6 +121,7 @@ pub(crate) async fn single_server(
                 100.0 * hold_reads["share_of_product_reads"].as_f64().unwrap_or(0.0)
             );
             results["get_hold"] = hold_reads;
+            results["queue"] = crate::queue::queue_storm(release, &api, &db_url, seconds).await?;
             let backlog = backlog_sweep(release, &api, &db_url, seconds).await?;
             println!(
                 "Backlog: {} expired holds swept in {:.1} s ({} batches); holds meanwhile: p99 {:.1} ms, max {:.1} ms",

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::api::JWT_SECRET;
 
-const WRK_REPORT: &str = r#"
+pub(crate) const WRK_REPORT: &str = r#"
 local threads = {}
 function setup(thread) table.insert(threads, thread); thread:set("tid", #threads) end
 function init(args) ok = 0; refused = 0; unavailable = 0; server_error = 0; other = 0 end
