@@ -122,8 +122,10 @@ async fn tickets_are_admitted_as_stock_allows_and_a_hold_needs_an_admitted_ticke
         .request(
             Method::POST,
             "/api/holds",
-            Some(json!({"product_id": product, "qty": 1, "ticket_id": tickets[0],
-                "buyer_id": "someone-else"})),
+            Some(
+                json!({"product_id": product, "qty": 1, "ticket_id": tickets[0],
+                "buyer_id": "someone-else"}),
+            ),
         )
         .await;
     assert_eq!(
