@@ -30,7 +30,7 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often an idle listener looks whether its client has gone. hyper keeps writing a
 /// streamed body after the client has closed its side, and only a write that fails ends it:
 /// without this, a departed client's place would be held until two keep-alives had been sent.
-const GONE_CHECK: Duration = Duration::from_secs(1);
+pub(crate) const GONE_CHECK: Duration = Duration::from_secs(1);
 
 /// A product's numbers as one check read them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -264,6 +264,32 @@ async fn run(inner: Arc<Inner>, id: ProductId, product: Arc<Product>) {
         .remove(&id);
 }
 
+/// Waits for the next value on `rx`: false once the hub closes, the client goes away (looked
+/// at every [`GONE_CHECK`]), or the sender is gone (its task ended with the hub). Shared by the
+/// stock and ticket streams.
+pub(crate) async fn next_change<T>(
+    rx: &mut watch::Receiver<T>,
+    closed: &mut watch::Receiver<bool>,
+    client_gone: Option<&Arc<AtomicBool>>,
+) -> bool {
+    let gone = async {
+        match client_gone {
+            Some(flag) => {
+                while !flag.load(Ordering::Relaxed) {
+                    tokio::time::sleep(GONE_CHECK).await;
+                }
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        biased;
+        _ = closed.wait_for(|c| *c) => false,
+        () = gone => false,
+        changed = rx.changed() => changed.is_ok(),
+    }
+}
+
 /// One listener's stream.
 struct Follower {
     first: Option<Level>,
@@ -281,25 +307,8 @@ impl Follower {
             return Some((first, self));
         }
         loop {
-            let gone = self.client_gone.clone();
-            let client_gone = async move {
-                match gone {
-                    Some(flag) => {
-                        while !flag.load(Ordering::Relaxed) {
-                            tokio::time::sleep(GONE_CHECK).await;
-                        }
-                    }
-                    None => std::future::pending().await,
-                }
-            };
-            let changed = tokio::select! {
-                biased;
-                _ = self.closed.wait_for(|c| *c) => false,
-                () = client_gone => false,
-                // An error: the task is gone (the hub closed).
-                changed = self.rx.changed() => changed.is_ok(),
-            };
-            if !changed {
+            let (rx, closed) = (&mut self.rx, &mut self.closed);
+            if !next_change(rx, closed, self.client_gone.as_ref()).await {
                 return None;
             }
             let snapshot = *self.rx.borrow_and_update();

@@ -9,10 +9,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, Mutex, atomic::AtomicBool},
     time::Duration,
 };
 
@@ -26,8 +23,6 @@ use tokio::{sync::watch, time::MissedTickBehavior};
 
 /// A look slower than this is abandoned (and counted as failed); the next tick tries again.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often an idle listener looks whether its client has gone (see `crate::stream`).
-const GONE_CHECK: Duration = Duration::from_secs(1);
 
 /// The followed tickets of one product as the last look found them.
 type Seen = Arc<HashMap<TicketId, TicketView>>;
@@ -99,7 +94,7 @@ impl TicketHub {
 
     /// The ticket as a listener is sent it: `first` (read just now) at once, then each time a
     /// later look finds its state or position changed. Ends with the hub, or within
-    /// [`GONE_CHECK`] of `client_gone` rising.
+    /// [`crate::stream::GONE_CHECK`] of `client_gone` rising.
     pub fn follow(
         &self,
         first: TicketView,
@@ -217,24 +212,8 @@ impl Listener {
             return Some((first, self));
         }
         loop {
-            let gone = self.client_gone.clone();
-            let client_gone = async move {
-                match gone {
-                    Some(flag) => {
-                        while !flag.load(Ordering::Relaxed) {
-                            tokio::time::sleep(GONE_CHECK).await;
-                        }
-                    }
-                    None => std::future::pending().await,
-                }
-            };
-            let changed = tokio::select! {
-                biased;
-                _ = self.closed.wait_for(|c| *c) => false,
-                () = client_gone => false,
-                changed = self.rx.changed() => changed.is_ok(),
-            };
-            if !changed {
+            let (rx, closed) = (&mut self.rx, &mut self.closed);
+            if !crate::stream::next_change(rx, closed, self.client_gone.as_ref()).await {
                 return None;
             }
             let seen = self.rx.borrow_and_update().clone();

@@ -115,6 +115,20 @@ impl ScratchMariaDb {
     }
 }
 
+/// The server's `Com_select` (every SELECT it has run) through `conn`, or none without one: on a
+/// [`ScratchMariaDb`] of a test's own, a count of one API's queries and nobody else's.
+pub async fn com_select(conn: Option<&sea_orm::DatabaseConnection>) -> Option<f64> {
+    use sea_orm::ConnectionTrait;
+    let row = conn?
+        .query_one_raw(sea_orm::Statement::from_string(
+            conn?.get_database_backend(),
+            "SHOW GLOBAL STATUS LIKE 'Com_select'",
+        ))
+        .await
+        .expect("Com_select")?;
+    row.try_get::<String>("", "Value").ok()?.parse().ok()
+}
+
 /// Three Galera nodes on loopback (multi-primary, the contract's "several database nodes").
 /// Nodes are numbered 0, 1, 2; node 0 bootstrapped the cluster.
 pub struct GaleraCluster {

@@ -13,7 +13,7 @@ use std::{
 use flash_sale_tests::{
     AppOptions, Backend, Client, TestApp, all_at_once, all_at_once_across, eventually,
     on_both_databases,
-    servers::ScratchMariaDb,
+    servers::{ScratchMariaDb, com_select},
     sse::{Reader, stream_client},
     tokens::{buyer_token, jwt_options},
 };
@@ -256,18 +256,6 @@ async fn signed_in_buyers_queue_by_their_token_and_reach_only_their_own_ticket(b
         "{}",
         r.body
     );
-}
-
-/// The server's `Com_select` (every SELECT it ran), on a MariaDB of the test's own.
-async fn com_select(conn: Option<&DatabaseConnection>) -> Option<f64> {
-    let row = conn?
-        .query_one_raw(Statement::from_string(
-            conn?.get_database_backend(),
-            "SHOW GLOBAL STATUS LIKE 'Com_select'",
-        ))
-        .await
-        .expect("Com_select")?;
-    row.try_get::<String>("", "Value").ok()?.parse().ok()
 }
 
 /// Opens the ticket's stream with its secret and reads the first event.

@@ -7,7 +7,7 @@ use std::{
 
 use flash_sale_tests::{
     AppOptions, Backend, Client, TestApp, binary, eventually, metric_in, on_both_databases,
-    servers::ScratchMariaDb,
+    servers::{ScratchMariaDb, com_select},
     sse::{End, Item, Reader, stream_client},
 };
 use serde_json::{Value, json};
@@ -65,19 +65,6 @@ async fn assert_no_event(reader: &mut Reader, quiet: Duration) {
         Err(End::TimedOut) => {}
         other => panic!("expected no event for {quiet:?}, got {other:?}"),
     }
-}
-
-/// The server's `Com_select` (every SELECT it ran), on a MariaDB of the test's own.
-async fn com_select(conn: Option<&sea_orm::DatabaseConnection>) -> Option<f64> {
-    use sea_orm::ConnectionTrait;
-    let row = conn?
-        .query_one_raw(sea_orm::Statement::from_string(
-            conn?.get_database_backend(),
-            "SHOW GLOBAL STATUS LIKE 'Com_select'",
-        ))
-        .await
-        .expect("Com_select")?;
-    row.try_get::<String>("", "Value").ok()?.parse().ok()
 }
 
 /// Waits for the stream hub's next check (`stock_stream_checks_total` moves on): the product's
