@@ -239,6 +239,8 @@ async fn hold_transaction(
             let (available, reclaimed) =
                 reclaim_expired(txn, product_id, now, product.available_stock, wanted).await?;
             let buyers = buyers(&asks);
+            // Whose each hold would be: the request's buyer, or its ticket's.
+            let holders: Vec<Option<&str>> = asks.iter().map(|a| a.buyer).collect();
             let used = match product.per_buyer_limit {
                 Some(_) if !buyers.is_empty() => {
                     units_per_buyer(txn, product.id, &buyers, now).await?
@@ -255,15 +257,12 @@ async fn hold_transaction(
             let granted: Vec<NewHold> = requests
                 .iter()
                 .zip(&decided)
-                .zip(&tickets)
-                .filter_map(|((r, d), t)| match d {
+                .zip(&holders)
+                .filter_map(|((r, d), buyer)| match d {
                     Decision::Grant(qty) => Some(NewHold {
                         qty: *qty,
                         secret_hash: r.secret.as_ref().map(|s| s.hash().as_str()),
-                        buyer: match t {
-                            Some((_, buyer)) => Some(buyer.as_str()),
-                            None => r.buyer.as_ref().map(BuyerId::as_str),
-                        },
+                        buyer: *buyer,
                         key: r.key.as_deref(),
                     }),
                     _ => None,
@@ -271,7 +270,7 @@ async fn hold_transaction(
                 .collect();
             let expires_at = now + ttl;
             let ids = create_holds(txn, db.server(), &product, &granted, now, expires_at).await?;
-            let outcomes = outcomes(requests, &tickets, decided, ids, product_id, expires_at);
+            let outcomes = outcomes(requests, &holders, decided, ids, product_id, expires_at);
             let outcomes = store_refusals(txn, db.server(), requests, outcomes, check_keys).await?;
             Ok((outcomes, reclaimed))
         })
@@ -371,10 +370,10 @@ fn buyers<'a>(asks: &[Ask<'a>]) -> Vec<&'a str> {
 }
 
 /// Each request's outcome: its new hold (the granted ones take `ids` in order), its refusal,
-/// or nothing for a caller that withdrew.
+/// or nothing for a caller that withdrew; a hold is its `holders` entry's.
 fn outcomes(
     requests: &[&HoldRequest],
-    tickets: &[Option<(TicketId, String)>],
+    holders: &[Option<&str>],
     decided: Vec<Decision>,
     ids: Vec<HoldId>,
     product_id: ProductId,
@@ -383,8 +382,8 @@ fn outcomes(
     let mut ids = ids.into_iter();
     decided
         .into_iter()
-        .zip(requests.iter().zip(tickets))
-        .map(|(decision, (r, ticket))| match decision {
+        .zip(requests.iter().zip(holders))
+        .map(|(decision, (r, holder))| match decision {
             Decision::Grant(qty) => HoldOutcome::Granted(HoldView {
                 // Never short: `create_holds` checked it has an id per granted hold.
                 id: ids.next().unwrap_or(HoldId::new(0)),
@@ -392,10 +391,7 @@ fn outcomes(
                 qty,
                 status: HoldStatus::Active,
                 expires_at,
-                buyer_id: match ticket {
-                    Some((_, buyer)) => Some(buyer.clone()),
-                    None => r.buyer.as_ref().map(|b| b.as_str().to_owned()),
-                },
+                buyer_id: holder.map(str::to_owned),
                 client_secret: r.secret.clone(),
             }),
             Decision::Refuse(refusal) => HoldOutcome::Refused(refusal),
