@@ -11,6 +11,9 @@
 # tests/bench-results/results-galera.json instead.
 # BENCH_ONLY=stream runs only the live stock section (0 to 5,000 SSE listeners on one API, over a
 # MariaDB of its own) and writes tests/bench-results/results-stream.json instead.
+# BENCH_ONLY=queue runs only a queued sale's opening storm, into results-queue.{json,md}.
+# BENCH_ONLY=carts runs only one-product holds on the hot product alone against the same with
+# 10% two-line carts that include it, into results-carts.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

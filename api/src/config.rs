@@ -48,6 +48,15 @@ pub struct Config {
     /// The largest `qty` one hold may take.
     #[arg(long, env = "MAX_HOLD_QTY", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_hold_qty: u32,
+    /// The most products (`lines`) one hold may cover.
+    #[arg(long, env = "MAX_HOLD_LINES", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub max_hold_lines: u32,
+    /// How many times a hold may be extended (`POST /api/holds/{id}/extend`).
+    #[arg(long, env = "HOLD_MAX_EXTENSIONS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=1_000))]
+    pub hold_max_extensions: u32,
+    /// No extension takes a hold past this many seconds after it was made.
+    #[arg(long, env = "HOLD_MAX_LIFETIME_SECONDS", default_value_t = 600, value_parser = clap::value_parser!(u32).range(1..=604_800))]
+    pub hold_max_lifetime_seconds: u32,
     /// `whsec_` + base64 of at least 24 bytes: every payment webhook must be signed with it.
     /// Required unless `WEBHOOK_ALLOW_UNSIGNED=true`.
     #[arg(long, env = "WEBHOOK_SECRET", hide_env_values = true, value_parser = parse_webhook_secret)]
@@ -226,7 +235,8 @@ impl Config {
     pub fn redacted(&self) -> String {
         format!(
             "{} BIND_ADDR={} HOLD_TTL_SECONDS={} \
-             MAX_HOLD_QTY={} WEBHOOK_SECRET={} WEBHOOK_ALLOW_UNSIGNED={} CORS_ALLOWED_ORIGINS={} \
+             MAX_HOLD_QTY={} MAX_HOLD_LINES={} HOLD_MAX_EXTENSIONS={} \
+             HOLD_MAX_LIFETIME_SECONDS={} WEBHOOK_SECRET={} WEBHOOK_ALLOW_UNSIGNED={} CORS_ALLOWED_ORIGINS={} \
              ADMIN_TOKEN={} BUYER_AUTH={:?} BUYER_JWT_SECRET={} BUYER_JWT_PUBLIC_KEYS={} \
              BUYER_JWT_ISSUER={} BUYER_JWT_AUDIENCE={} {} \
              AUTO_MIGRATE={} SHUTDOWN_DELAY_SECONDS={} SHUTDOWN_GRACE_SECONDS={} \
@@ -237,6 +247,9 @@ impl Config {
             self.bind_addr,
             self.hold_ttl_seconds,
             self.max_hold_qty,
+            self.max_hold_lines,
+            self.hold_max_extensions,
+            self.hold_max_lifetime_seconds,
             masked(self.webhook_secret.is_some()),
             self.webhook_allow_unsigned,
             self.cors_allowed_origins.as_deref().unwrap_or("(unset)"),
@@ -287,6 +300,9 @@ mod tests {
         assert_eq!(c.bind_addr.to_string(), "127.0.0.1:8000");
         assert_eq!(c.hold_ttl_seconds, 120);
         assert_eq!(c.max_hold_qty, 10);
+        assert_eq!(c.max_hold_lines, 10);
+        assert_eq!(c.hold_max_extensions, 2);
+        assert_eq!(c.hold_max_lifetime_seconds, 600);
         assert_eq!(c.database.database_max_connections, 16);
         assert!(c.auto_migrate);
         assert_eq!(c.stock_stream_interval_ms, 250);

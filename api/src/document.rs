@@ -128,9 +128,20 @@ const ANSWERS: &[&str] = &[
     "OrderPage",
 ];
 
+/// The server's hold limits the document states.
+#[derive(Debug, Clone, Copy)]
+pub struct HoldLimits {
+    pub max_hold_qty: u32,
+    pub max_hold_lines: u32,
+}
+
 /// poem-openapi's document, refined (see the module's doc), for a server whose buyers are
 /// known by `buyers`.
-pub fn refine(raw: &str, max_hold_qty: u32, buyers: BuyerAuthMode) -> String {
+pub fn refine(raw: &str, limits: HoldLimits, buyers: BuyerAuthMode) -> String {
+    let HoldLimits {
+        max_hold_qty,
+        max_hold_lines,
+    } = limits;
     let Ok(mut doc) = serde_json::from_str::<Json>(raw) else {
         // Not reachable with poem-openapi's output; serve it unrefined rather than nothing.
         return raw.to_owned();
@@ -178,10 +189,17 @@ pub fn refine(raw: &str, max_hold_qty: u32, buyers: BuyerAuthMode) -> String {
             }
         }
     }
-    if let Some(qty) =
-        doc.pointer_mut(&["components", "schemas", "CreateHold", "properties", "qty"])
+    for schema in ["CreateHold", "HoldLineRequest"] {
+        if let Some(qty) = doc.pointer_mut(&["components", "schemas", schema, "properties", "qty"])
+        {
+            qty.insert("maximum", Json::from(&Value::from(max_hold_qty)));
+        }
+    }
+    if let Some(lines) =
+        doc.pointer_mut(&["components", "schemas", "CreateHold", "properties", "lines"])
     {
-        qty.insert("maximum", Json::from(&Value::from(max_hold_qty)));
+        lines.insert("minItems", Json::from(&Value::from(1)));
+        lines.insert("maxItems", Json::from(&Value::from(max_hold_lines)));
     }
     if let Some(buyer) = doc.pointer_mut(&[
         "components",

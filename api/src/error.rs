@@ -138,6 +138,10 @@ problem_codes! {
          ticket (`ticket_id` and its `Client-Secret`, or the token's buyer); \
          `ticket_state` and `position` say where a named ticket is",
         "this product admits buyers through its queue: a hold needs an admitted ticket"),
+    ExtensionLimit = ("extension_limit", CONFLICT,
+        "the hold was extended `HOLD_MAX_EXTENSIONS` times, or an extension cannot take it any \
+         later than `HOLD_MAX_LIFETIME_SECONDS` after it was made",
+        "hold 1 cannot be extended any further"),
     NoRefundDue = ("no_refund_due", CONFLICT,
         "the order has no refund due",
         "order 1 has no refund due"),
@@ -249,6 +253,24 @@ pub struct Problem {
     /// blame: which, and why.
     #[oai(skip_serializing_if_is_none)]
     pub errors: Option<Vec<FieldError>>,
+    /// With a refused cart (a hold of `lines`): every line that could not be held, with its
+    /// own code. `code` and the status are the first such line's.
+    #[oai(skip_serializing_if_is_none)]
+    pub lines: Option<Vec<LineProblem>>,
+}
+
+/// One line of a refused cart.
+#[derive(Debug, Clone, Object)]
+pub struct LineProblem {
+    pub product_id: i64,
+    // Described by `ProblemCode` itself.
+    pub code: ProblemCode,
+    /// With `insufficient_stock`: how many units of this product can be held now.
+    #[oai(skip_serializing_if_is_none, validator(minimum(value = "0")))]
+    pub available: Option<i32>,
+    /// With `buyer_limit_exceeded`: how many more units of this product the buyer may hold.
+    #[oai(skip_serializing_if_is_none, validator(minimum(value = "0")))]
+    pub remaining: Option<i32>,
 }
 
 /// One field or parameter to blame.
@@ -306,6 +328,7 @@ impl ApiError {
                 ticket_state: None,
                 position: None,
                 errors: None,
+                lines: None,
             }),
             false,
         )
@@ -555,6 +578,40 @@ impl From<DomainError> for ApiError {
                     None => e,
                 }
             }
+            DomainError::CartRefused(lines) => {
+                let problems: Vec<(i64, ApiError)> = lines
+                    .into_iter()
+                    .map(|l| (l.product_id.get(), Self::from(l.refusal)))
+                    .collect();
+                let detail = problems
+                    .iter()
+                    .map(|(product, e)| format!("product {product}: {}", e.0.detail))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                let Some((_, first)) = problems.first() else {
+                    return Self::new(Internal, "internal error: a cart refused for no line");
+                };
+                let mut e = Self::new(
+                    first.code(),
+                    format!("the cart cannot be held, nothing was: {detail}"),
+                );
+                e.0.lines = Some(
+                    problems
+                        .iter()
+                        .map(|(product_id, line)| LineProblem {
+                            product_id: *product_id,
+                            code: line.code(),
+                            available: line.0.available,
+                            remaining: line.0.remaining,
+                        })
+                        .collect(),
+                );
+                e
+            }
+            DomainError::ExtensionLimit(id) => Self::new(
+                ExtensionLimit,
+                format!("hold {id} cannot be extended any further"),
+            ),
             DomainError::NoRefundDue(id) => {
                 Self::new(NoRefundDue, format!("order {id} has no refund due"))
             }

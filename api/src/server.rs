@@ -50,7 +50,11 @@ pub fn openapi_service(state: Arc<AppState>) -> OpenApiService<impl OpenApi, ()>
 /// The OpenAPI document as served (see [`crate::document`]).
 pub fn document(config: &Config, state: Arc<AppState>) -> String {
     let raw = openapi_service(state).spec();
-    crate::document::refine(&raw, config.max_hold_qty, config.buyers.buyer_auth)
+    let limits = crate::document::HoldLimits {
+        max_hold_qty: config.max_hold_qty,
+        max_hold_lines: config.max_hold_lines,
+    };
+    crate::document::refine(&raw, limits, config.buyers.buyer_auth)
 }
 
 /// The OpenAPI document as JSON, for `flash-sale-api openapi` and the committed copy. The

@@ -174,6 +174,13 @@ impl Money {
             .map(|cents| Self { cents })
     }
 
+    /// The sum of two amounts, exact; `None` when it would not fit.
+    pub fn plus(self, other: Money) -> Option<Self> {
+        self.cents
+            .checked_add(other.cents)
+            .map(|cents| Self { cents })
+    }
+
     pub fn to_decimal(self) -> Decimal {
         Decimal::new(self.cents, 2)
     }

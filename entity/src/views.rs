@@ -13,13 +13,39 @@ use crate::{
     types::{HoldId, OrderId, ProductId, TicketId},
 };
 
+/// One product of a cart (a hold or order of several products): its units, at the price the
+/// hold recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineView {
+    pub product_id: ProductId,
+    pub qty: i32,
+    pub unit_price: Money,
+}
+
+impl LineView {
+    /// The line's price: unit price × units (exact; prices are refused where this could not
+    /// be computed, see `Money::times`).
+    pub fn total(&self) -> Option<Money> {
+        self.unit_price.times(u32::try_from(self.qty).ok()?)
+    }
+}
+
+/// The sum of the lines' totals.
+pub fn total_of(lines: &[LineView]) -> Option<Money> {
+    lines
+        .iter()
+        .try_fold(Money::from_cents(0), |sum, line| sum.plus(line.total()?))
+}
+
 /// A hold as clients see it; `status` is the effective one (an active hold past its time is
-/// `Expired`).
+/// `Expired`). For a cart, `product_id` and `qty` are its first line's and `lines` has them
+/// all (in product id order); empty for a hold of one product.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HoldView {
     pub id: HoldId,
     pub product_id: ProductId,
     pub qty: i32,
+    pub lines: Vec<LineView>,
     pub status: HoldStatus,
     pub expires_at: DateTime<Utc>,
     pub buyer_id: Option<String>,
@@ -38,12 +64,32 @@ impl HoldView {
         }
     }
 
+    /// A hold as it is at `now`, from its rows (see `rules::transitions::lock_lines`): a cart
+    /// lists every line. The rows' own statuses may differ only where a sweeper has reached
+    /// some lines of an expired cart first; its effective status is its first line's.
+    pub fn of_lines(lines: &[hold::Model], now: DateTime<Utc>) -> Option<Self> {
+        let first = lines.first()?;
+        let mut view = Self::at(first, now);
+        if first.cart_id.is_some() {
+            view.lines = lines
+                .iter()
+                .map(|h| LineView {
+                    product_id: h.product_id,
+                    qty: h.qty,
+                    unit_price: Money::from_cents(h.unit_price_cents.unwrap_or_default()),
+                })
+                .collect();
+        }
+        Some(view)
+    }
+
     /// The hold as it is at `now`.
     pub fn at(model: &hold::Model, now: DateTime<Utc>) -> Self {
         Self {
             id: model.id,
             product_id: model.product_id,
             qty: model.qty,
+            lines: Vec::new(),
             status: model.effective_status(now),
             expires_at: model.expires_at,
             buyer_id: model.buyer_id.clone(),
@@ -65,6 +111,34 @@ pub struct OrderView {
     pub buyer_id: Option<String>,
     /// Paid for, but its units could not be delivered: the payment is owed back.
     pub refund_required: bool,
+    /// For an order made from a cart: every line (`product_id` and `quantity` are the
+    /// first's, `total` is the whole order's). Empty for an order of one product.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lines: Vec<LineView>,
+}
+
+impl OrderView {
+    /// An order from its rows (first line first): a cart's lists every line, and its total is
+    /// theirs.
+    pub fn of_rows(rows: &[order::Model]) -> Option<Self> {
+        let first = rows.first()?;
+        let mut view = Self::from(first);
+        if first.cart_id.is_some() {
+            view.total = Money::from_cents(rows.iter().map(|o| o.total_cents).sum());
+            view.lines = rows
+                .iter()
+                .map(|o| LineView {
+                    product_id: o.product_id,
+                    qty: o.quantity,
+                    unit_price: Money::from_cents(match o.quantity {
+                        0 => 0,
+                        q => o.total_cents / i64::from(q),
+                    }),
+                })
+                .collect();
+        }
+        Some(view)
+    }
 }
 
 impl From<&order::Model> for OrderView {
@@ -79,6 +153,7 @@ impl From<&order::Model> for OrderView {
             created_at: o.created_at,
             buyer_id: o.buyer_id.clone(),
             refund_required: o.refund_required,
+            lines: Vec::new(),
         }
     }
 }

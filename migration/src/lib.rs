@@ -18,6 +18,7 @@ mod m20261206_000007_hold_keys;
 mod m20261207_000008_owners_and_prices;
 mod m20261207_000009_typed_key_outcomes;
 mod m20261207_000010_queues;
+mod m20261207_000011_carts;
 
 pub struct Migrator;
 
@@ -35,6 +36,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000008_owners_and_prices::Migration),
             Box::new(m20261207_000009_typed_key_outcomes::Migration),
             Box::new(m20261207_000010_queues::Migration),
+            Box::new(m20261207_000011_carts::Migration),
         ]
     }
 }

@@ -17,6 +17,9 @@
 #    admitted buyer holds (the ticket reads `used`), orders and pays. With none, createHold
 #    declares no `Client-Secret` in the document, so the typed client cannot send the ticket's
 #    secret: its hold with `ticket_id` is 403 too (see src/flow.ts).
+#    With none, a cart follows: two products held together in one `lines` request, a second
+#    cart refused with its failing line named in the problem's `lines`, the cart extended
+#    (`extendHold`), ordered as one order with both lines, and paid for its exact total.
 # 3. Python: openapi-python-client generates a client with no warning; flow.py (none) and
 #    flow_token.py (jwt) pass `mypy --strict`, then run against the API, queue included (with
 #    none, create_hold takes any AuthenticatedClient, so the ticket's secret is sent as for the

@@ -370,6 +370,26 @@ impl Client {
         .await
     }
 
+    /// A cart: `POST /api/holds` with `lines` of `(product_id, qty)`, and `buyer_id` if given.
+    pub async fn cart(&self, lines: &[(i64, i64)], buyer: Option<&str>) -> Response {
+        self.request(
+            reqwest::Method::POST,
+            "/api/holds",
+            Some(cart_body(lines, buyer)),
+        )
+        .await
+    }
+
+    /// `POST /api/holds/{id}/extend`.
+    pub async fn extend(&self, hold_id: i64) -> Response {
+        self.request(
+            reqwest::Method::POST,
+            &format!("/api/holds/{hold_id}/extend"),
+            None,
+        )
+        .await
+    }
+
     /// `POST /api/holds` with an `Idempotency-Key`.
     pub async fn hold_with_key(&self, product_id: i64, qty: i64, key: &str) -> Response {
         self.post_with_key(
@@ -524,6 +544,18 @@ pub async fn into_response(r: reqwest::Response) -> Response {
         content_type,
         body,
         headers,
+    }
+}
+
+/// The body of a cart request.
+pub fn cart_body(lines: &[(i64, i64)], buyer: Option<&str>) -> Value {
+    let lines: Vec<Value> = lines
+        .iter()
+        .map(|(product_id, qty)| json!({"product_id": product_id, "qty": qty}))
+        .collect();
+    match buyer {
+        Some(buyer) => json!({"lines": lines, "buyer_id": buyer}),
+        None => json!({"lines": lines}),
     }
 }
 

@@ -37,13 +37,22 @@ pub struct Load {
 
 impl Load {
     pub fn holds(clients: &[Client], product_id: i64, per_client: usize) -> Self {
+        Self::posting(
+            clients,
+            json!({"product_id": product_id, "qty": 1}),
+            per_client,
+        )
+    }
+
+    /// The same loop with another hold body (a cart's, say).
+    pub fn posting(clients: &[Client], body: serde_json::Value, per_client: usize) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let answers = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
         for (client, c) in clients.iter().enumerate() {
             for _ in 0..per_client {
                 let (c, stop, answers) = (c.clone(), stop.clone(), answers.clone());
-                let body = json!({"product_id": product_id, "qty": 1});
+                let body = body.clone();
                 tasks.push(tokio::spawn(async move {
                     while !stop.load(Ordering::Relaxed) {
                         let sent = Instant::now();

@@ -4,12 +4,13 @@ use chrono::{DateTime, Utc};
 use entity::{
     HoldStatus, Quantity,
     batching::coalesce::Unserved,
+    operations::carts::{CartLine, CartLinesError, CartRequest},
     operations::holds::{self, HoldOutcome, HoldRequest},
     operations::idempotency::Replay,
     operations::queue::TicketPass,
     rules::ownership::ClientSecret,
     types::{BuyerId, HoldId, ProductId, TicketId},
-    views::HoldView,
+    views::{HoldView, LineView, total_of},
 };
 use poem::{Endpoint, Request, Response};
 use poem_openapi::{
@@ -28,14 +29,25 @@ use crate::{
     types::{Json, JsonBody},
 };
 
-/// Ask for a hold on `qty` units of a product.
+/// Ask for a hold on `qty` units of a product, or on several products at once (`lines`: all
+/// held or none). Send `product_id` and `qty`, or `lines`, not both.
 #[derive(Debug, Object, Deserialize)]
 #[oai(example)]
 pub struct CreateHold {
-    pub product_id: i64,
+    /// The product, for a hold of one product (with `qty`).
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(default)]
+    pub product_id: Option<i64>,
     /// 1 to `MAX_HOLD_QTY` (10 by default; the `maximum` here is this server's).
-    #[oai(validator(minimum(value = "1")))]
-    pub qty: i32,
+    #[oai(skip_serializing_if_is_none, validator(minimum(value = "1")))]
+    #[serde(default)]
+    pub qty: Option<i32>,
+    /// A cart: 1 to `MAX_HOLD_LINES` lines of distinct products, all held or none. Every
+    /// product rule (sale window, buyer limit, admission, stock) applies to each line; a
+    /// refusal lists every failing line in the problem's `lines`.
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(default)]
+    pub lines: Option<Vec<HoldLineRequest>>,
     /// Who the hold is for: 1 to 128 characters, no control characters, compared exactly
     /// (the frontend's user or session id). Required on a product with a `per_buyer_limit`.
     /// `null` is the same as leaving it out. With `BUYER_AUTH=jwt` the buyer is the token's
@@ -57,11 +69,42 @@ pub struct CreateHold {
     pub ticket_id: Option<i64>,
 }
 
+/// One line of a cart request.
+#[derive(Debug, Clone, Object, Deserialize)]
+pub struct HoldLineRequest {
+    pub product_id: i64,
+    /// 1 to `MAX_HOLD_QTY`.
+    #[oai(validator(minimum(value = "1")))]
+    pub qty: i32,
+}
+
+/// One product of a cart: its units, at the price recorded when the hold was made.
+#[derive(Debug, Clone, Object)]
+pub struct HoldLine {
+    pub product_id: i64,
+    #[oai(validator(minimum(value = "1")))]
+    pub qty: i32,
+    /// The product's price when the hold was made, a decimal string with two places.
+    #[oai(validator(pattern = r"^[0-9]+\.[0-9]{2}$"))]
+    pub unit_price: String,
+}
+
+impl From<LineView> for HoldLine {
+    fn from(l: LineView) -> Self {
+        Self {
+            product_id: l.product_id.get(),
+            qty: l.qty,
+            unit_price: l.unit_price.to_string(),
+        }
+    }
+}
+
 impl poem_openapi::types::Example for CreateHold {
     fn example() -> Self {
         Self {
-            product_id: 1,
-            qty: 2,
+            product_id: Some(1),
+            qty: Some(2),
+            lines: None,
             buyer_id: Some("user-42".into()),
             ticket_id: None,
         }
@@ -109,6 +152,16 @@ pub struct Hold {
     /// header `Client-Secret`. Only in the answer that made the hold (and its idempotent
     /// replay): keep it. Null in every other answer, and with `BUYER_AUTH=jwt`.
     pub client_secret: Option<String>,
+    /// A cart's lines (in product id order; `product_id` and `qty` above are the first
+    /// line's). Only on a hold made with `lines`.
+    #[oai(skip_serializing_if_is_none)]
+    pub lines: Option<Vec<HoldLine>>,
+    /// A cart's total: every line's unit price × qty. Only on a hold made with `lines`.
+    #[oai(
+        skip_serializing_if_is_none,
+        validator(pattern = r"^[0-9]+\.[0-9]{2}$")
+    )]
+    pub total_price: Option<String>,
 }
 
 impl poem_openapi::types::Example for Hold {
@@ -121,13 +174,25 @@ impl poem_openapi::types::Example for Hold {
             expires_at: DateTime::from_timestamp(1_796_139_000, 0).unwrap_or_default(),
             buyer_id: Some("user-42".into()),
             client_secret: Some("q3pC1l2m0W8yq6b9cV4xZg".into()),
+            lines: None,
+            total_price: None,
         }
     }
 }
 
 impl From<HoldView> for Hold {
     fn from(h: HoldView) -> Self {
+        let total_price = match h.lines.is_empty() {
+            true => None,
+            false => total_of(&h.lines).map(|t| t.to_string()),
+        };
+        let lines = match h.lines.is_empty() {
+            true => None,
+            false => Some(h.lines.into_iter().map(HoldLine::from).collect()),
+        };
         Self {
+            lines,
+            total_price,
             hold_id: h.id.get(),
             product_id: h.product_id.get(),
             qty: h.qty,
@@ -172,6 +237,13 @@ pub enum HoldFound {
 }
 
 #[derive(ApiResponse)]
+pub enum HoldExtended {
+    /// The hold with its new `expires_at`.
+    #[oai(status = 200)]
+    Ok(Json<Hold>),
+}
+
+#[derive(ApiResponse)]
 pub enum HoldReleased {
     /// The hold, now `released`; its units are available again.
     #[oai(status = 200)]
@@ -186,6 +258,10 @@ problems!(CreateHoldProblems = "createHold", keyed = true: [
 ]);
 problems!(GetHoldProblems = "getHold": [
     MalformedRequest, Unauthorized, HoldNotFound, Internal, Unavailable,
+]);
+problems!(ExtendHoldProblems = "extendHold": [
+    MalformedRequest, Unauthorized, HoldNotFound, HoldNotActive, ExtensionLimit, Internal,
+    Unavailable,
 ]);
 problems!(ReleaseHoldProblems = "releaseHold": [
     MalformedRequest, Unauthorized, HoldNotFound, HoldNotActive, Internal, Unavailable,
@@ -203,17 +279,91 @@ fn hold_guards(ep: impl Endpoint + 'static) -> impl Endpoint<Output = Response> 
 
 type HoldAnswer = Result<HoldCreated, Problems<CreateHoldProblems>>;
 
-/// The hold request a body asks for, or why it cannot be served. An anonymous buyer owns the
-/// hold by its secret: derived from the key of a keyed request (so a replay answers it again),
-/// random otherwise.
-fn hold_request(
+/// What a hold body asks for: one product, or a cart.
+enum Asked {
+    One(ProductId, HoldRequest),
+    Cart(CartRequest),
+}
+
+/// The hold request a body asks for, or why it cannot be served: `product_id` and `qty`, or
+/// `lines` (see [`requester`]).
+fn asked(
     caller: &Caller,
     body: &CreateHold,
     claim: Option<&Claim>,
     max_qty: u32,
-) -> Result<HoldRequest, ApiError> {
-    let qty = Quantity::new(i64::from(body.qty), max_qty)
-        .ok_or_else(|| ApiError::validation("qty", format!("must be between 1 and {max_qty}")))?;
+    max_lines: usize,
+) -> Result<Asked, ApiError> {
+    let quantity = |qty: i32, field: &str| {
+        Quantity::new(i64::from(qty), max_qty)
+            .ok_or_else(|| ApiError::validation(field, format!("must be between 1 and {max_qty}")))
+    };
+    let who = requester(caller, body, claim)?;
+    match (&body.lines, body.product_id, body.qty) {
+        (Some(_), Some(_), _) | (Some(_), _, Some(_)) => Err(ApiError::validation(
+            "lines",
+            "send either `lines` or `product_id` and `qty`, not both",
+        )),
+        (Some(lines), None, None) => {
+            let lines = lines
+                .iter()
+                .enumerate()
+                .map(|(i, l)| {
+                    Ok(CartLine {
+                        product_id: ProductId::new(l.product_id),
+                        qty: quantity(l.qty, &format!("lines[{i}].qty"))?,
+                    })
+                })
+                .collect::<Result<Vec<_>, ApiError>>()?;
+            let mut cart = CartRequest::new(lines, max_lines).map_err(|e| {
+                let message = match e {
+                    CartLinesError::TooMany(n) => format!("at most {n} lines (MAX_HOLD_LINES)"),
+                    e => e.to_string(),
+                };
+                ApiError::validation("lines", message)
+            })?;
+            (cart.buyer, cart.secret, cart.key, cart.ticket) =
+                (who.buyer, who.secret, who.key, who.ticket);
+            Ok(Asked::Cart(cart))
+        }
+        (None, Some(product_id), Some(qty)) => Ok(Asked::One(
+            ProductId::new(product_id),
+            HoldRequest {
+                buyer: who.buyer,
+                secret: who.secret,
+                key: who.key,
+                ticket: who.ticket,
+                ..HoldRequest::new(quantity(qty, "qty")?)
+            },
+        )),
+        (None, None, _) => Err(ApiError::field(
+            ProblemCode::MalformedRequest,
+            "product_id",
+            "missing field (send `product_id` and `qty`, or `lines`)",
+        )),
+        (None, Some(_), None) => Err(ApiError::field(
+            ProblemCode::MalformedRequest,
+            "qty",
+            "missing field",
+        )),
+    }
+}
+
+/// Who asks for a hold, and what proves it.
+struct Requester {
+    buyer: Option<BuyerId>,
+    secret: Option<ClientSecret>,
+    key: Option<Arc<entity::rules::keys::KeyClaim>>,
+    ticket: Option<TicketPass>,
+}
+
+/// Who asks for a hold. An anonymous buyer owns the hold by its secret: derived from the key
+/// of a keyed request (so a replay answers it again), random otherwise.
+fn requester(
+    caller: &Caller,
+    body: &CreateHold,
+    claim: Option<&Claim>,
+) -> Result<Requester, ApiError> {
     let secret = match caller {
         Caller::Anonymous { .. } => Some(
             claim
@@ -231,12 +381,11 @@ fn hold_request(
         }),
         (Caller::Anonymous { .. }, None) => None,
     };
-    Ok(HoldRequest {
+    Ok(Requester {
         buyer: buyer_of(caller, body.buyer_id.as_deref())?,
         secret,
         key: claim.map(|c| c.key().clone()),
         ticket,
-        ..HoldRequest::new(qty)
     })
 }
 
@@ -359,13 +508,44 @@ impl HoldsApi {
             Err(early) => return early_hold(early),
         };
         let secret = claim.as_ref().and_then(Claim::hold_secret);
-        let request = match hold_request(&caller, &body, claim.as_ref(), state.max_hold_qty) {
-            Ok(request) => request,
+        let (max_qty, max_lines) = (state.max_hold_qty, state.max_hold_lines);
+        let asked = match asked(&caller, &body, claim.as_ref(), max_qty, max_lines) {
+            Ok(asked) => asked,
             Err(refusal) => return refused_early(state, claim.as_ref(), refusal).await,
         };
-        let product = ProductId::new(body.product_id);
         let gone = crate::connections::client_gone(req);
-        hold_answer(state.holds.serve(product, request, gone).await, secret)
+        let outcome = match asked {
+            Asked::One(product, request) => state.holds.serve(product, request, gone).await,
+            Asked::Cart(cart) => state.carts.serve(cart, gone).await,
+        };
+        hold_answer(outcome, secret)
+    }
+
+    /// Give a hold more time
+    ///
+    /// An active hold (every line of a cart) now expires `HOLD_TTL_SECONDS` from now, but never
+    /// later than `HOLD_MAX_LIFETIME_SECONDS` after it was made; at most `HOLD_MAX_EXTENSIONS`
+    /// times (then 409 `extension_limit`, as when the lifetime leaves nothing to add). A hold
+    /// that is not active (consumed, released, or past its time, swept or not) answers 409
+    /// `hold_not_active`. Only for the hold's owner.
+    #[oai(
+        path = "/api/holds/:id/extend",
+        method = "post",
+        operation_id = "extendHold",
+        transform = "identified"
+    )]
+    async fn extend_hold(
+        &self,
+        owner: Owner,
+        /// The hold's id.
+        id: Path<i64>,
+    ) -> Result<HoldExtended, Problems<ExtendHoldProblems>> {
+        let state = &self.state;
+        let access = owner.0.access();
+        let hold =
+            holds::extend_hold(&state.db, HoldId::new(id.0), access, state.extensions).await?;
+        metrics::counter!("holds_extended_total").increment(1);
+        Ok(HoldExtended::Ok(Json(hold.into())))
     }
 
     /// Get a hold

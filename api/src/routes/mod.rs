@@ -75,6 +75,7 @@ fn operations() -> Vec<(&'static str, &'static [ProblemCode], bool)> {
         entry::<holds::CreateHoldProblems>(),
         entry::<holds::GetHoldProblems>(),
         entry::<holds::ReleaseHoldProblems>(),
+        entry::<holds::ExtendHoldProblems>(),
         entry::<orders::CreateOrderProblems>(),
         entry::<orders::GetOrderProblems>(),
         entry::<payments::WebhookProblems>(),

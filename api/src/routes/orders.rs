@@ -77,6 +77,11 @@ pub struct Order {
     /// cancelled and its units were sold): the payment is owed back. Operators list these at
     /// `GET /api/admin/orders?refund_required=true`.
     pub refund_required: bool,
+    /// For an order made from a cart: its lines, as the hold had them (`product_id` and
+    /// `quantity` above are the first line's; `total_price` is the whole order's). Only on
+    /// such orders.
+    #[oai(skip_serializing_if_is_none)]
+    pub lines: Option<Vec<super::holds::HoldLine>>,
 }
 
 impl poem_openapi::types::Example for Order {
@@ -91,6 +96,7 @@ impl poem_openapi::types::Example for Order {
             created_at: DateTime::from_timestamp(1_796_139_000, 0).unwrap_or_default(),
             buyer_id: Some("user-42".into()),
             refund_required: false,
+            lines: None,
         }
     }
 }
@@ -107,6 +113,10 @@ impl From<OrderView> for Order {
             created_at: o.created_at,
             buyer_id: o.buyer_id,
             refund_required: o.refund_required,
+            lines: match o.lines.is_empty() {
+                true => None,
+                false => Some(o.lines.into_iter().map(Into::into).collect()),
+            },
         }
     }
 }

@@ -25,6 +25,7 @@ use crate::{
     Db, DomainError,
     batching::batcher::{BatchError, BatchPolicy, KeyedBatcher},
     db::ANSWER_WITHIN,
+    operations::carts::{self, CartRequest},
     operations::holds::{self, HoldOutcome, HoldRequest},
     operations::idempotency::{self, Lookup},
     operations::products::{self, ProductView},
@@ -230,6 +231,109 @@ async fn serve_batch(
                     )))
                 })
             }
+        })
+        .collect()
+}
+
+/// A cart request on its way into a batch (see [`Call`]).
+type CartCall = (CartRequest, Instant, Option<Arc<AtomicBool>>);
+
+/// Where cart requests are served: coalesced per set of products (carts of the same products
+/// share one transaction, as one-product holds do per product), or each on its own.
+#[derive(Clone)]
+pub enum CartDesk {
+    Coalesced(Arc<KeyedBatcher<Vec<ProductId>, CartCall, Result<HoldOutcome, Unserved>>>),
+    OneByOne { db: Db, ttl: chrono::Duration },
+}
+
+impl CartDesk {
+    pub fn one_by_one(db: Db, ttl: chrono::Duration) -> Self {
+        Self::OneByOne { db, ttl }
+    }
+
+    /// Concurrent carts of the same products in one batch, with the hold batches' policy.
+    pub fn coalesced(db: Db, ttl: chrono::Duration, max_wait: Duration, max_batch: usize) -> Self {
+        let policy = BatchPolicy {
+            name: "carts",
+            max_batch: max_batch.max(1),
+            max_wait,
+            max_queued: max_batch.max(1) * QUEUED_BATCHES,
+        };
+        Self::Coalesced(KeyedBatcher::new(
+            policy,
+            move |_products, calls: Vec<CartCall>| {
+                let db = db.clone();
+                async move { serve_cart_batch(&db, calls, ttl).await }
+            },
+        ))
+    }
+
+    /// Serves one cart request (see [`HoldDesk::serve`]).
+    pub async fn serve(
+        &self,
+        request: CartRequest,
+        gone: Option<Arc<AtomicBool>>,
+    ) -> Result<HoldOutcome, Unserved> {
+        let outcome = match self {
+            Self::Coalesced(batcher) => batcher
+                .call(request.products(), (request, Instant::now(), gone))
+                .await
+                .unwrap_or_else(|e| Err(e.into())),
+            Self::OneByOne { db, ttl } => {
+                let batch = serve_cart_batch(db, vec![(request, Instant::now(), gone)], *ttl);
+                Box::pin(batch).await.pop().unwrap_or_else(|| {
+                    Err(Unserved::Failed(DomainError::Invariant(
+                        "a batch of one had no outcome".into(),
+                    )))
+                })
+            }
+        };
+        if let Ok(HoldOutcome::Granted(hold)) = &outcome {
+            carts::log_cart_created(hold);
+        }
+        outcome
+    }
+}
+
+/// One product set's carts: as [`serve_batch`], late requests are answered [`Unserved::Late`]
+/// and the batch runs for the others by the earliest one's due.
+async fn serve_cart_batch(
+    db: &Db,
+    calls: Vec<CartCall>,
+    ttl: chrono::Duration,
+) -> Vec<Result<HoldOutcome, Unserved>> {
+    let now = Instant::now();
+    let late = |arrived: Instant| due(arrived) < now + TOO_LATE;
+    let live: Vec<&CartCall> = calls.iter().filter(|(_, a, _)| !late(*a)).collect();
+    let mut outcomes = match live.iter().map(|(_, arrived, _)| due(*arrived)).min() {
+        None => Vec::new(),
+        Some(deadline) => {
+            let requests: Vec<CartRequest> = live.iter().map(|(r, _, _)| r.clone()).collect();
+            let withdrawn = |i: usize| {
+                live[i]
+                    .2
+                    .as_ref()
+                    .is_some_and(|g| g.load(Ordering::Relaxed))
+            };
+            match carts::serve_carts(db, &requests, ttl, deadline, &withdrawn).await {
+                Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+                Err(e) => live
+                    .iter()
+                    .map(|_| Err(Unserved::Failed(e.clone())))
+                    .collect(),
+            }
+        }
+    }
+    .into_iter();
+    calls
+        .iter()
+        .map(|(_, arrived, _)| match late(*arrived) {
+            true => Err(Unserved::Late),
+            false => outcomes.next().unwrap_or_else(|| {
+                Err(Unserved::Failed(DomainError::Invariant(
+                    "a batch answered too few".into(),
+                )))
+            }),
         })
         .collect()
 }

@@ -67,6 +67,13 @@ pub enum DomainError {
     AdmissionRequired {
         ticket: Option<(crate::TicketState, Option<i64>)>,
     },
+    /// A cart refused: every line that could not be held, with its own refusal (each one of
+    /// the single-product refusals above). Nothing of the cart was held.
+    #[error("{} line(s) of the cart cannot be held", .0.len())]
+    CartRefused(Vec<LineRefusal>),
+    /// A hold extended as many times, or as far past its making, as it may be.
+    #[error("hold {0} cannot be extended any further")]
+    ExtensionLimit(HoldId),
     /// An operator marked refunded an order that owes no refund.
     #[error("order {0} has no refund due")]
     NoRefundDue(OrderId),
@@ -113,6 +120,13 @@ pub enum DomainError {
     Invariant(String),
     #[error("database error: {0}")]
     Db(Arc<DbErr>),
+}
+
+/// Why one line of a cart could not be held.
+#[derive(Debug, Clone)]
+pub struct LineRefusal {
+    pub product_id: ProductId,
+    pub refusal: DomainError,
 }
 
 impl From<DbErr> for DomainError {

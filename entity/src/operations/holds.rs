@@ -7,7 +7,10 @@
 use std::{collections::HashMap, sync::Arc};
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ConnectionTrait, DatabaseTransaction, EntityTrait, Statement};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder,
+    Statement,
+};
 
 use crate::{
     Db, DomainError, OrderStatus, Quantity,
@@ -23,7 +26,10 @@ use crate::{
     rules::grant::{Ask, Decision, grant},
     rules::keys::KeyClaim,
     rules::ownership::{Access, ClientSecret},
-    rules::transitions::{HoldRef, NewHold, create_holds, lock_hold, lock_product, move_holds},
+    rules::transitions::{
+        HoldRef, NewHold, create_holds, extend_holds, lock_hold, lock_lines, lock_product,
+        move_holds,
+    },
     types::{BuyerId, HoldId, ProductId, TicketId},
     views::HoldView,
 };
@@ -36,12 +42,88 @@ pub(crate) fn owned(model: &hold::Model, access: Access<'_>) -> bool {
 /// A hold, for its owner: anyone else is answered [`DomainError::HoldNotFound`], as for a hold
 /// that does not exist.
 pub async fn get_hold(db: &Db, id: HoldId, access: Access<'_>) -> Result<HoldView, DomainError> {
-    let model = db
-        .read(|| async { Ok(hold::Entity::find_by_id(id).one(db.conn()).await?) })
-        .await?
-        .filter(|m| owned(m, access))
-        .ok_or(DomainError::HoldNotFound(id))?;
-    Ok(HoldView::at(&model, now()))
+    let lines = db
+        .read(|| async {
+            let Some(model) = hold::Entity::find_by_id(id).one(db.conn()).await? else {
+                return Ok(Vec::new());
+            };
+            if model.cart_id != Some(model.id) {
+                return Ok(vec![model]);
+            }
+            Ok(hold::Entity::find()
+                .filter(hold::Column::CartId.eq(id))
+                .order_by_asc(hold::Column::Id)
+                .all(db.conn())
+                .await?)
+        })
+        .await?;
+    lines
+        .first()
+        .filter(|m| m.id == id && !m.is_inner_line() && owned(m, access))
+        .and_then(|_| HoldView::of_lines(&lines, now()))
+        .ok_or(DomainError::HoldNotFound(id))
+}
+
+/// A locked hold and all its lines, for its owner. A cart's inner lines are not holds of
+/// their own to clients: answered as missing, like anyone else's hold.
+async fn lock_owned(
+    txn: &DatabaseTransaction,
+    id: HoldId,
+    access: Access<'_>,
+) -> Result<Vec<hold::Model>, DomainError> {
+    let hold = lock_hold(txn, id).await?;
+    if hold.is_inner_line() || !owned(&hold, access) {
+        return Err(DomainError::HoldNotFound(id));
+    }
+    lock_lines(txn, hold).await
+}
+
+/// How far holds may be extended.
+#[derive(Debug, Clone, Copy)]
+pub struct ExtensionRules {
+    /// Each extension makes the hold expire this long after it.
+    pub ttl: chrono::Duration,
+    /// How many times a hold may be extended.
+    pub max_extensions: i32,
+    /// No extension takes a hold past this long after it was made.
+    pub max_lifetime: chrono::Duration,
+}
+
+/// Gives an active hold (every line of a cart) more time: it expires `ttl` from now, cut at
+/// `max_lifetime` after it was made. Refused [`DomainError::ExtensionLimit`] once extended
+/// `max_extensions` times or when the cut leaves nothing to add, and
+/// [`DomainError::HoldNotActive`] when it is not active (also when its time has run out, swept
+/// or not: a hold past its time is never brought back). Under the hold's lock, which a sweeper
+/// skips: an extension and an expiry never both win.
+pub async fn extend_hold(
+    db: &Db,
+    id: HoldId,
+    access: Access<'_>,
+    rules: ExtensionRules,
+) -> Result<HoldView, DomainError> {
+    with_retry(None, || {
+        db.write(async |txn| {
+            let mut lines = lock_owned(txn, id, access).await?;
+            let now = now();
+            let first = &lines[0];
+            let status = first.effective_status(now);
+            if status != HoldStatus::Active {
+                return Err(DomainError::HoldNotActive { id, status });
+            }
+            let until = (now + rules.ttl).min(first.created_at + rules.max_lifetime);
+            if first.extensions >= rules.max_extensions || until <= first.expires_at {
+                return Err(DomainError::ExtensionLimit(id));
+            }
+            extend_holds(txn, &lines, until, now).await?;
+            for line in &mut lines {
+                line.expires_at = until;
+                line.extensions += 1;
+            }
+            HoldView::of_lines(&lines, now)
+                .ok_or_else(|| DomainError::Invariant("a hold of no lines".into()))
+        })
+    })
+    .await
 }
 
 /// One request for a hold.
@@ -120,28 +202,8 @@ pub async fn serve_holds(
     withdrawn: &(dyn Fn(usize) -> bool + Sync),
     sold_out: bool,
 ) -> Result<Vec<HoldOutcome>, DomainError> {
-    let mut outcomes: Vec<Option<HoldOutcome>> = vec![None; requests.len()];
-    let keyed: Vec<(usize, &KeyClaim)> = requests
-        .iter()
-        .enumerate()
-        .filter_map(|(i, r)| r.key.as_deref().map(|k| (i, k)))
-        .collect();
-    if !keyed.is_empty() {
-        let claims: Vec<&KeyClaim> = keyed.iter().map(|(_, k)| *k).collect();
-        let found = tokio::time::timeout_at(
-            deadline.into(),
-            idempotency::lookup_counted(db, idempotency::HOLDS, &claims),
-        )
-        .await
-        .unwrap_or_else(|_| Err(out_of_time()))?;
-        for ((i, _), lookup) in keyed.iter().zip(found) {
-            outcomes[*i] = match lookup {
-                Lookup::Absent => None,
-                Lookup::Finished(replay) => Some(HoldOutcome::Replayed(replay)),
-                Lookup::Mismatch => Some(HoldOutcome::Refused(DomainError::IdempotencyKeyMismatch)),
-            };
-        }
-    }
+    let keys: Vec<Option<&KeyClaim>> = requests.iter().map(|r| r.key.as_deref()).collect();
+    let mut outcomes = looked_up(db, &keys, deadline).await?;
     let to_run: Vec<usize> = (0..requests.len())
         .filter(|&i| outcomes[i].is_none())
         .collect();
@@ -164,6 +226,40 @@ pub async fn serve_holds(
         .into_iter()
         .map(|o| o.ok_or_else(|| DomainError::Invariant("a hold request had no outcome".into())))
         .collect()
+}
+
+/// What the keys of a batch's requests already answer, one entry per request (none: run it),
+/// by one look-up that takes no lock: a finished key's request is answered again
+/// ([`HoldOutcome::Replayed`]), another request's key refused.
+pub(crate) async fn looked_up(
+    db: &Db,
+    keys: &[Option<&KeyClaim>],
+    deadline: std::time::Instant,
+) -> Result<Vec<Option<HoldOutcome>>, DomainError> {
+    let mut outcomes: Vec<Option<HoldOutcome>> = vec![None; keys.len()];
+    let keyed: Vec<(usize, &KeyClaim)> = keys
+        .iter()
+        .enumerate()
+        .filter_map(|(i, k)| k.map(|k| (i, k)))
+        .collect();
+    if keyed.is_empty() {
+        return Ok(outcomes);
+    }
+    let claims: Vec<&KeyClaim> = keyed.iter().map(|(_, k)| *k).collect();
+    let found = tokio::time::timeout_at(
+        deadline.into(),
+        idempotency::lookup_counted(db, idempotency::HOLDS, &claims),
+    )
+    .await
+    .unwrap_or_else(|_| Err(out_of_time()))?;
+    for ((i, _), lookup) in keyed.iter().zip(found) {
+        outcomes[*i] = match lookup {
+            Lookup::Absent => None,
+            Lookup::Finished(replay) => Some(HoldOutcome::Replayed(replay)),
+            Lookup::Mismatch => Some(HoldOutcome::Refused(DomainError::IdempotencyKeyMismatch)),
+        };
+    }
+    Ok(outcomes)
 }
 
 /// A sold-out product's batch, refused on one read and no transaction: when the read (taken
@@ -271,7 +367,8 @@ async fn hold_transaction(
             let expires_at = now + ttl;
             let ids = create_holds(txn, db.server(), &product, &granted, now, expires_at).await?;
             let outcomes = outcomes(requests, &holders, decided, ids, product_id, expires_at);
-            let outcomes = store_refusals(txn, db.server(), requests, outcomes, check_keys).await?;
+            let keys: Vec<Option<&KeyClaim>> = requests.iter().map(|r| r.key.as_deref()).collect();
+            let outcomes = store_refusals(txn, db.server(), &keys, outcomes, check_keys).await?;
             Ok((outcomes, reclaimed))
         })
     })
@@ -389,6 +486,7 @@ fn outcomes(
                 id: ids.next().unwrap_or(HoldId::new(0)),
                 product_id,
                 qty,
+                lines: Vec::new(),
                 status: HoldStatus::Active,
                 expires_at,
                 buyer_id: holder.map(str::to_owned),
@@ -406,10 +504,10 @@ fn outcomes(
 /// this batch took the product lock, is answered as taken instead, and nothing is written for
 /// it: the key answers for what its first request did. (On the first attempt keys were not
 /// checked before granting; a granted key that was taken fails the hold `INSERT` instead.)
-async fn store_refusals(
+pub(crate) async fn store_refusals(
     txn: &DatabaseTransaction,
     server: ServerTraits,
-    requests: &[&HoldRequest],
+    keys: &[Option<&KeyClaim>],
     mut outcomes: Vec<HoldOutcome>,
     keys_checked: bool,
 ) -> Result<Vec<HoldOutcome>, DomainError> {
@@ -417,17 +515,14 @@ async fn store_refusals(
         HoldOutcome::Refused(refusal) => StoredRefusal::of(refusal),
         _ => None,
     };
-    let refused: Vec<usize> = (0..requests.len())
-        .filter(|&i| requests[i].key.is_some() && kept(&outcomes[i]).is_some())
+    let refused: Vec<usize> = (0..keys.len())
+        .filter(|&i| keys[i].is_some() && kept(&outcomes[i]).is_some())
         .collect();
     if refused.is_empty() {
         return Ok(outcomes);
     }
     if !keys_checked {
-        let claims: Vec<&KeyClaim> = refused
-            .iter()
-            .filter_map(|&i| requests[i].key.as_deref())
-            .collect();
+        let claims: Vec<&KeyClaim> = refused.iter().filter_map(|&i| keys[i]).collect();
         for (&i, check) in refused.iter().zip(check_in_txn(txn, &claims).await?) {
             if let Err(taken) = check {
                 outcomes[i] = HoldOutcome::Refused(taken);
@@ -436,12 +531,7 @@ async fn store_refusals(
     }
     let stored: Vec<(&KeyClaim, StoredOutcome)> = refused
         .iter()
-        .filter_map(|&i| {
-            Some((
-                requests[i].key.as_deref()?,
-                StoredOutcome::Refused(kept(&outcomes[i])?),
-            ))
-        })
+        .filter_map(|&i| Some((keys[i]?, StoredOutcome::Refused(kept(&outcomes[i])?))))
         .collect();
     store_in_txn(txn, server, &stored).await?;
     Ok(outcomes)
@@ -450,7 +540,7 @@ async fn store_refusals(
 /// The units each of these buyers has on a product now: active holds not yet past their time,
 /// and pending or paid orders. One statement for the batch's buyers, run under the product
 /// lock (every change to these rows takes that lock first), so nothing moves meanwhile.
-async fn units_per_buyer<'a, C: ConnectionTrait>(
+pub(crate) async fn units_per_buyer<'a, C: ConnectionTrait>(
     txn: &C,
     product_id: ProductId,
     buyers: &[&'a str],
@@ -499,25 +589,26 @@ pub async fn release_hold(
 ) -> Result<HoldView, DomainError> {
     let (outcome, expired) = with_retry(None, || {
         db.write(async |txn| {
-            // Hold row first, then its product: the lock order every path but create_hold keeps.
-            let hold = lock_hold(txn, id).await?;
-            if !owned(&hold, access) {
-                return Err(DomainError::HoldNotFound(id));
-            }
+            // Hold rows first, then their products: the lock order every path but a hold
+            // batch keeps.
+            let lines = lock_owned(txn, id, access).await?;
             let now = now();
-            let status = hold.effective_status(now);
+            let status = lines[0].effective_status(now);
             if status == HoldStatus::Active {
-                move_holds(txn, &[HoldRef::from(&hold)], HoldStatus::Released, now).await?;
-                let mut view = HoldView::at(&hold, now);
+                let refs: Vec<HoldRef> = lines.iter().map(HoldRef::from).collect();
+                move_holds(txn, &refs, HoldStatus::Released, now).await?;
+                let mut view = HoldView::of_lines(&lines, now)
+                    .ok_or_else(|| DomainError::Invariant("a hold of no lines".into()))?;
                 view.status = HoldStatus::Released;
                 return Ok((Ok(view), Vec::new()));
             }
-            let mut expired = Vec::new();
-            if hold.status == HoldStatus::Active {
-                // Past its time but not yet swept: sweep it here, once.
-                move_holds(txn, &[HoldRef::from(&hold)], HoldStatus::Expired, now).await?;
-                expired.push(HoldRef::from(&hold));
-            }
+            // Lines past their time but not yet swept: swept here, once.
+            let expired: Vec<HoldRef> = lines
+                .iter()
+                .filter(|h| h.status == HoldStatus::Active)
+                .map(HoldRef::from)
+                .collect();
+            move_holds(txn, &expired, HoldStatus::Expired, now).await?;
             Ok((Err(DomainError::HoldNotActive { id, status }), expired))
         })
     })

@@ -54,14 +54,37 @@ pub enum StoredOutcome {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "code", rename_all = "snake_case")]
 pub enum StoredRefusal {
-    InsufficientStock { available: i32 },
-    BuyerLimitExceeded { remaining: i32 },
+    InsufficientStock {
+        available: i32,
+    },
+    BuyerLimitExceeded {
+        remaining: i32,
+    },
     BuyerIdRequired,
     SaleEnded,
-    ProductNotFound { product_id: ProductId },
-    HoldNotFound { hold_id: HoldId },
-    HoldExpired { hold_id: HoldId },
-    HoldReleased { hold_id: HoldId },
+    ProductNotFound {
+        product_id: ProductId,
+    },
+    HoldNotFound {
+        hold_id: HoldId,
+    },
+    HoldExpired {
+        hold_id: HoldId,
+    },
+    HoldReleased {
+        hold_id: HoldId,
+    },
+    /// A cart refused: each failing line's own refusal.
+    Cart {
+        lines: Vec<StoredLine>,
+    },
+}
+
+/// One refused line of a stored cart refusal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredLine {
+    pub product_id: ProductId,
+    pub refusal: StoredRefusal,
 }
 
 impl StoredRefusal {
@@ -78,6 +101,18 @@ impl StoredRefusal {
             DomainError::HoldNotFound(hold_id) => Self::HoldNotFound { hold_id },
             DomainError::HoldExpired(hold_id) => Self::HoldExpired { hold_id },
             DomainError::HoldReleased(hold_id) => Self::HoldReleased { hold_id },
+            // Kept only when every line's refusal is.
+            DomainError::CartRefused(ref lines) => Self::Cart {
+                lines: lines
+                    .iter()
+                    .map(|l| {
+                        Some(StoredLine {
+                            product_id: l.product_id,
+                            refusal: Self::of(&l.refusal)?,
+                        })
+                    })
+                    .collect::<Option<_>>()?,
+            },
             _ => return None,
         })
     }
@@ -92,6 +127,15 @@ impl StoredRefusal {
             Self::HoldNotFound { hold_id } => DomainError::HoldNotFound(hold_id),
             Self::HoldExpired { hold_id } => DomainError::HoldExpired(hold_id),
             Self::HoldReleased { hold_id } => DomainError::HoldReleased(hold_id),
+            Self::Cart { lines } => DomainError::CartRefused(
+                lines
+                    .into_iter()
+                    .map(|l| crate::error::LineRefusal {
+                        product_id: l.product_id,
+                        refusal: l.refusal.into_error(),
+                    })
+                    .collect(),
+            ),
         }
     }
 }
@@ -180,6 +224,22 @@ pub async fn lookup_many(
     }
     let key_rows = by_id::<key::Entity, _>(db, key::Column::Id, key_ids, |m| m.id).await?;
     let holds = by_id::<hold::Entity, _>(db, hold::Column::Id, hold_ids, |m| m.id).await?;
+    // A cart's key is on its first line: its answer lists every line.
+    let carts: Vec<HoldId> = holds.values().filter_map(|h| h.cart_id).collect();
+    let lines = by_id::<hold::Entity, _>(db, hold::Column::CartId, carts, |m| m.id).await?;
+    let granted = |h: &hold::Model| {
+        let mut mine: Vec<hold::Model> = lines
+            .values()
+            .filter(|l| h.cart_id.is_some() && l.cart_id == h.cart_id)
+            .cloned()
+            .collect();
+        mine.sort_by_key(|l| l.id);
+        let mut view = HoldView::as_granted(h);
+        if let Some(with_lines) = HoldView::of_lines(&mine, h.created_at) {
+            view.lines = with_lines.lines;
+        }
+        view
+    };
     requests
         .iter()
         .map(|r| match found.get(r.key.as_str()) {
@@ -193,7 +253,7 @@ pub async fn lookup_many(
                     .map(|outcome| Lookup::Finished(outcome.into())),
                 Place::Hold(id) => holds
                     .get(&id)
-                    .map(|h| Lookup::Finished(Replay::Hold(HoldView::as_granted(h))))
+                    .map(|h| Lookup::Finished(Replay::Hold(granted(h))))
                     .ok_or_else(|| DomainError::Invariant(format!("hold {id} vanished"))),
             },
         })

@@ -1,6 +1,7 @@
 //! The operations callers run: each one short write transaction (retried on contention) or one
 //! read, over the rules of `crate::rules`.
 
+pub mod carts;
 pub mod holds;
 pub mod idempotency;
 pub mod orders;

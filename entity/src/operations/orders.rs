@@ -5,7 +5,8 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ColumnTrait, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    ColumnTrait, Condition, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    sea_query::{Expr, ExprTrait},
 };
 
 use crate::{
@@ -16,7 +17,10 @@ use crate::{
     order,
     rules::keys::KeyClaim,
     rules::ownership::Access,
-    rules::transitions::{clear_refund_required, lock_hold, lock_order, order_from_hold},
+    rules::transitions::{
+        clear_refund_required, lock_hold, lock_lines, lock_order, lock_order_lines,
+        order_from_hold, order_rows,
+    },
     types::{HoldId, OrderId},
     views::{OrderCreated, OrderView},
 };
@@ -24,12 +28,18 @@ use crate::{
 /// An order, for the owner of its hold: anyone else is answered
 /// [`DomainError::OrderNotFound`], as for an order that does not exist.
 pub async fn get_order(db: &Db, id: OrderId, access: Access<'_>) -> Result<OrderView, DomainError> {
-    let model = db
-        .read(|| async { Ok(order::Entity::find_by_id(id).one(db.conn()).await?) })
-        .await?
+    let rows = db
+        .read(|| async {
+            match order::Entity::find_by_id(id).one(db.conn()).await? {
+                Some(o) if !o.is_inner_line() => order_rows(db.conn(), o).await,
+                _ => Ok(Vec::new()),
+            }
+        })
+        .await?;
+    rows.first()
         .filter(|o| access.owns(o.secret_hash.as_deref(), o.buyer_id.as_deref()))
-        .ok_or(DomainError::OrderNotFound(id))?;
-    Ok(OrderView::from(&model))
+        .and_then(|_| OrderView::of_rows(&rows))
+        .ok_or(DomainError::OrderNotFound(id))
 }
 
 /// Turns an active hold into a pending order; for a hold that already became an order, returns
@@ -52,7 +62,7 @@ pub async fn create_order(
             }
             let result = order_for_hold(txn, hold_id, access, now()).await;
             let kept = match &result {
-                Ok((model, new)) => Some(StoredOutcome::Order(created(model, *new))),
+                Ok((rows, new)) => Some(StoredOutcome::Order(created(rows, *new)?)),
                 Err(refusal) => StoredRefusal::of(refusal).map(StoredOutcome::Refused),
             };
             match kept {
@@ -67,11 +77,12 @@ pub async fn create_order(
         })
     })
     .await?;
-    let (model, new) = outcome?;
-    if new {
-        log_order_created(&OrderView::from(&model));
+    let (rows, new) = outcome?;
+    let answer = created(&rows, new)?;
+    if let OrderCreated::New(order) = &answer {
+        log_order_created(order);
     }
-    Ok(created(&model, new))
+    Ok(answer)
 }
 
 /// `order.created`, for an order made by `POST /api/orders` or by a webhook that came first;
@@ -88,25 +99,27 @@ pub(crate) fn log_order_created(order: &OrderView) {
     metrics::counter!("order_status_changes_total", "status" => "pending").increment(1);
 }
 
-fn created(model: &order::Model, new: bool) -> OrderCreated {
-    let view = OrderView::from(model);
-    if new {
+fn created(rows: &[order::Model], new: bool) -> Result<OrderCreated, DomainError> {
+    let view = OrderView::of_rows(rows)
+        .ok_or_else(|| DomainError::Invariant("an order of no rows".into()))?;
+    Ok(if new {
         OrderCreated::New(view)
     } else {
         OrderCreated::Existing(view)
-    }
+    })
 }
 
-/// Locks the hold and returns its order, creating it from an active hold. `true` if new. A
-/// hold `access` does not own is answered as missing.
+/// Locks the hold (all its lines) and returns its order's rows, creating it from an active
+/// hold. `true` if new. A hold `access` does not own, or a cart's inner line, is answered as
+/// missing.
 pub(crate) async fn order_for_hold(
     txn: &DatabaseTransaction,
     hold_id: HoldId,
     access: Access<'_>,
     now: DateTime<Utc>,
-) -> Result<(order::Model, bool), DomainError> {
+) -> Result<(Vec<order::Model>, bool), DomainError> {
     let hold = lock_hold(txn, hold_id).await?;
-    if !crate::operations::holds::owned(&hold, access) {
+    if hold.is_inner_line() || !crate::operations::holds::owned(&hold, access) {
         return Err(DomainError::HoldNotFound(hold_id));
     }
     match hold.effective_status(now) {
@@ -118,13 +131,16 @@ pub(crate) async fn order_for_hold(
                 .ok_or_else(|| {
                     DomainError::Invariant(format!("hold {hold_id} is consumed but has no order"))
                 })?;
-            Ok((order, false))
+            Ok((order_rows(txn, order).await?, false))
         }
         // An expired hold is left for the sweepers: this transaction may be rolled back (a
         // webhook records nothing when it cannot apply).
         HoldStatus::Expired => Err(DomainError::HoldExpired(hold_id)),
         HoldStatus::Released => Err(DomainError::HoldReleased(hold_id)),
-        HoldStatus::Active => order_from_hold(txn, &hold, now).await,
+        HoldStatus::Active => {
+            let lines = lock_lines(txn, hold).await?;
+            order_from_hold(txn, &lines, now).await
+        }
     }
 }
 
@@ -136,28 +152,54 @@ pub async fn list_orders(
     after: OrderId,
     limit: u64,
 ) -> Result<(Vec<OrderView>, bool), DomainError> {
-    let rows = db
+    let (rows, lines) = db
         .read(|| async {
             let mut query = order::Entity::find();
             if let Some(r) = refund_required {
                 query = query.filter(order::Column::RefundRequired.eq(r));
             }
-            Ok(query
+            // Orders as clients know them: a cart's first row stands for the cart.
+            let first_rows = Condition::any()
+                .add(order::Column::CartId.is_null())
+                .add(Expr::col(order::Column::CartId).equals(order::Column::Id));
+            let rows = query
+                .filter(first_rows)
                 .filter(order::Column::Id.gt(after))
                 .order_by_asc(order::Column::Id)
                 .limit(limit + 1)
                 .all(db.conn())
-                .await?)
+                .await?;
+            let carts: Vec<OrderId> = rows.iter().filter_map(|o| o.cart_id).collect();
+            let lines = match carts.is_empty() {
+                true => Vec::new(),
+                false => {
+                    order::Entity::find()
+                        .filter(order::Column::CartId.is_in(carts))
+                        .order_by_asc(order::Column::Id)
+                        .all(db.conn())
+                        .await?
+                }
+            };
+            Ok((rows, lines))
         })
         .await?;
     let more = rows.len() as u64 > limit;
-    Ok((
-        rows.iter()
-            .take(limit as usize)
-            .map(OrderView::from)
-            .collect(),
-        more,
-    ))
+    let views = rows
+        .into_iter()
+        .take(limit as usize)
+        .filter_map(|o| match o.cart_id {
+            None => Some(OrderView::from(&o)),
+            Some(cart) => {
+                let mine: Vec<order::Model> = lines
+                    .iter()
+                    .filter(|l| l.cart_id == Some(cart))
+                    .cloned()
+                    .collect();
+                OrderView::of_rows(&mine)
+            }
+        })
+        .collect();
+    Ok((views, more))
 }
 
 /// An operator refunded the payment of an order marked `refund_required`: the mark goes.
@@ -166,12 +208,16 @@ pub async fn mark_refunded(db: &Db, id: OrderId) -> Result<OrderView, DomainErro
     with_retry(None, || {
         db.write(async |txn| {
             let order = lock_order(txn, id).await?;
-            clear_refund_required(txn, &order, now()).await?;
-            let order = order::Model {
-                refund_required: false,
-                ..order
-            };
-            Ok(OrderView::from(&order))
+            if order.is_inner_line() {
+                return Err(DomainError::OrderNotFound(id));
+            }
+            let mut rows = lock_order_lines(txn, order).await?;
+            clear_refund_required(txn, &rows, now()).await?;
+            for row in &mut rows {
+                row.refund_required = false;
+            }
+            OrderView::of_rows(&rows)
+                .ok_or_else(|| DomainError::Invariant("an order of no rows".into()))
         })
     })
     .await

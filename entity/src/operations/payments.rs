@@ -15,9 +15,11 @@ use crate::{
     hold,
     operations::orders::{log_order_created, order_for_hold},
     operations::sweeps::{ExpiredHold, log_expired, reclaim_expired},
-    order::OrderStatus,
+    order::{self, OrderStatus},
     rules::ownership::Access,
-    rules::transitions::{lock_order, lock_product, mark_refund_required, move_order},
+    rules::transitions::{
+        lock_order, lock_order_lines, lock_product, mark_refund_required, move_order,
+    },
     types::{HoldId, OrderId, ProductId},
     views::OrderView,
     webhook_event::{self, WebhookConflict},
@@ -113,7 +115,7 @@ pub async fn apply_payment(db: &Db, event: &PaymentEvent) -> Result<PaymentResul
             if let Some(order) = &result.refund_owed {
                 log_refund_required(order, &event.idempotency_key);
             }
-            result
+            *result
         }
         Ok(Applied::AlreadyRecorded) => duplicate_of(db, event, &fingerprint).await?,
         Err(err) => {
@@ -171,7 +173,7 @@ pub async fn apply_payment(db: &Db, event: &PaymentEvent) -> Result<PaymentResul
 
 enum Applied {
     /// With the expired holds a late success reclaimed to pay its order.
-    Done(PaymentResult, Vec<ExpiredHold>),
+    Done(Box<PaymentResult>, Vec<ExpiredHold>),
     /// The key was recorded by someone else first (maybe at this very moment).
     AlreadyRecorded,
 }
@@ -203,6 +205,10 @@ async fn record_and_apply(
     // 2. The order: by id, or made from the hold when the webhook came first.
     let mut created = None;
     let order = match lock_order(txn, event.order_id).await {
+        // A cart's inner rows are not orders of their own to anyone outside.
+        Ok(order) if order.is_inner_line() => {
+            return Err(DomainError::OrderNotFound(event.order_id));
+        }
         Ok(order) => {
             if let Some(h) = event.hold_id
                 && h != order.hold_id
@@ -219,23 +225,29 @@ async fn record_and_apply(
                 .hold_id
                 .ok_or(DomainError::OrderNotFound(event.order_id))?;
             check_hold_matches(txn, event, hold_id).await?;
-            let (order, new) = order_for_hold(txn, hold_id, Access::Service, now).await?;
+            let (rows, new) = order_for_hold(txn, hold_id, Access::Service, now).await?;
             if new {
-                created = Some(OrderView::from(&order));
+                created = OrderView::of_rows(&rows);
             }
-            // The order row was created or found; lock it for the change below.
-            lock_order(txn, order.id).await?
+            // The order's first row was created or found; lock it for the change below.
+            let first = rows
+                .first()
+                .ok_or_else(|| DomainError::Invariant("an order of no rows".into()))?;
+            lock_order(txn, first.id).await?
         }
         Err(e) => return Err(e),
     };
+    // Every row of a cart's order moves with it.
+    let rows = lock_order_lines(txn, order.clone()).await?;
+    let total_cents: i64 = rows.iter().map(|o| o.total_cents).sum();
 
     // 3. What was charged, when the gateway says: the order's total or nothing happens.
     if let Some(amount) = event.amount
-        && amount.cents() != order.total_cents
+        && amount.cents() != total_cents
     {
         return Err(DomainError::AmountMismatch {
             order: created.is_none().then_some((order.id, order.status)),
-            total: Money::from_cents(order.total_cents),
+            total: Money::from_cents(total_cents),
         });
     }
 
@@ -244,11 +256,11 @@ async fn record_and_apply(
     let mut reclaimed = Vec::new();
     let (order_status, conflict) = match (order.status, event.status) {
         (OrderStatus::Pending, PaymentStatus::Success) => {
-            move_order(txn, &order, OrderStatus::Paid, now).await?;
+            move_order(txn, &rows, OrderStatus::Paid, now).await?;
             (OrderStatus::Paid, None)
         }
         (OrderStatus::Pending, PaymentStatus::Failure) => {
-            move_order(txn, &order, OrderStatus::Cancelled, now).await?;
+            move_order(txn, &rows, OrderStatus::Cancelled, now).await?;
             (OrderStatus::Cancelled, None)
         }
         // A second payment for a paid order (the same key is a duplicate, answered above):
@@ -261,17 +273,25 @@ async fn record_and_apply(
         }
         (OrderStatus::Cancelled, PaymentStatus::Failure) => (OrderStatus::Cancelled, None),
         (OrderStatus::Cancelled, PaymentStatus::Success) => {
-            // Expired holds count as available, as reads say, even before a sweeper ran.
-            let product = lock_product(txn, order.product_id).await?;
-            let need = i64::from(order.quantity);
-            (_, reclaimed) =
-                reclaim_expired(txn, order.product_id, now, product.available_stock, need).await?;
-            match move_order(txn, &order, OrderStatus::Paid, now).await {
+            // Expired holds count as available, as reads say, even before a sweeper ran. The
+            // products in id order, as every path that locks several takes them.
+            let mut by_product: Vec<&order::Model> = rows.iter().collect();
+            by_product.sort_by_key(|o| o.product_id);
+            for line in by_product {
+                let product = lock_product(txn, line.product_id).await?;
+                let need = i64::from(line.quantity);
+                let (_, swept) =
+                    reclaim_expired(txn, line.product_id, now, product.available_stock, need)
+                        .await?;
+                reclaimed.extend(swept);
+            }
+            match move_order(txn, &rows, OrderStatus::Paid, now).await {
                 Ok(()) => (OrderStatus::Paid, None),
                 Err(DomainError::InsufficientStock { .. }) => {
-                    // Money taken for units that are gone: owed back, and listed for operators.
-                    if mark_refund_required(txn, &order, now).await? {
-                        refund_owed = Some(OrderView::from(&order));
+                    // Money taken for units that are gone (all or nothing for a cart): owed
+                    // back, and listed for operators.
+                    if mark_refund_required(txn, &rows, now).await? {
+                        refund_owed = OrderView::of_rows(&rows);
                     }
                     (
                         OrderStatus::Cancelled,
@@ -294,7 +314,7 @@ async fn record_and_apply(
     .exec(txn)
     .await?;
     Ok(Applied::Done(
-        PaymentResult {
+        Box::new(PaymentResult {
             duplicate: false,
             order_id: order.id,
             status: event.status,
@@ -302,7 +322,7 @@ async fn record_and_apply(
             conflict,
             created,
             refund_owed,
-        },
+        }),
         reclaimed,
     ))
 }

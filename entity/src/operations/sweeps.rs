@@ -49,7 +49,12 @@ async fn lock_expired_holds<C: ConnectionTrait>(
 ) -> Result<Vec<ExpiredHold>, DomainError> {
     let mut query = hold::Entity::find()
         .select_only()
-        .columns([hold::Column::Id, hold::Column::ProductId, hold::Column::Qty])
+        .columns([
+            hold::Column::Id,
+            hold::Column::ProductId,
+            hold::Column::Qty,
+            hold::Column::CartId,
+        ])
         .filter(hold::Column::Status.eq(HoldStatus::Active))
         .filter(hold::Column::ExpiresAt.lte(now));
     if let Some(product_id) = product_id {
@@ -92,7 +97,7 @@ pub(crate) fn log_expired(holds: &[ExpiredHold], by: &'static str) {
     for h in holds {
         tracing::info!(
             metric = "hold.expired",
-            hold_id = h.id.get(),
+            hold_id = h.public_id().get(),
             product_id = h.product_id.get(),
             quantity = h.qty,
             by,

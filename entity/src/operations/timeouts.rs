@@ -2,15 +2,15 @@
 //! are available again.
 
 use sea_orm::{
-    ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    sea_query::{LockBehavior, LockType},
+    ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    sea_query::{Expr, ExprTrait, LockBehavior, LockType},
 };
 
 use crate::{
     Db, DomainError,
     db::{now, with_retry},
     order::{self, OrderStatus},
-    rules::transitions::move_order,
+    rules::transitions::{lock_order_lines, lock_products, move_order},
     types::{OrderId, ProductId},
 };
 
@@ -33,7 +33,13 @@ pub async fn cancel_unpaid_batch(
     let cancelled = with_retry(None, || {
         db.write(async |txn| {
             let now = now();
+            // Orders as clients know them (a cart's first row: its other rows are locked only
+            // by whoever holds it, and move with it).
+            let first_rows = Condition::any()
+                .add(order::Column::CartId.is_null())
+                .add(Expr::col(order::Column::CartId).equals(order::Column::Id));
             let orders = order::Entity::find()
+                .filter(first_rows)
                 .filter(order::Column::Status.eq(OrderStatus::Pending))
                 .filter(order::Column::CreatedAt.lte(now - timeout))
                 .order_by_asc(order::Column::CreatedAt)
@@ -41,17 +47,25 @@ pub async fn cancel_unpaid_batch(
                 .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
                 .all(txn)
                 .await?;
-            let mut done = Vec::with_capacity(orders.len());
-            // Products in id order across the batch keeps two sweepers from deadlocking.
-            let mut sorted = orders;
-            sorted.sort_by_key(|o| (o.product_id, o.id));
-            for order in &sorted {
-                move_order(txn, order, OrderStatus::Cancelled, now).await?;
-                done.push(TimedOutOrder {
-                    order_id: order.id,
-                    product_id: order.product_id,
-                    quantity: order.quantity,
-                });
+            let mut carts = Vec::with_capacity(orders.len());
+            for order in orders {
+                carts.push(lock_order_lines(txn, order).await?);
+            }
+            // Every product of the batch in id order first keeps two sweepers (and a cart's
+            // webhook) from deadlocking.
+            let mut products: Vec<ProductId> =
+                carts.iter().flatten().map(|o| o.product_id).collect();
+            products.sort_unstable();
+            products.dedup();
+            lock_products(txn, products).await?;
+            let mut done = Vec::with_capacity(carts.len());
+            for rows in &carts {
+                move_order(txn, rows, OrderStatus::Cancelled, now).await?;
+                done.extend(rows.iter().map(|line| TimedOutOrder {
+                    order_id: line.cart_id.unwrap_or(line.id),
+                    product_id: line.product_id,
+                    quantity: line.quantity,
+                }));
             }
             Ok(done)
         })

@@ -10,6 +10,12 @@
 //! | order pending → paid        |                   | − qty   |
 //! | order pending → cancelled   | + qty             |         |
 //! | order cancelled → paid      | − qty (if there)  | − qty   |
+//! | hold extended               |                   |         |
+//!
+//! A cart (a hold or order of several products) is one row per product, each carrying its
+//! first line's id (`cart_id`); every change here moves all its lines together, so the
+//! counters stay per product. A cart's lines are locked only after its first line: whoever
+//! holds the first line's lock owns the cart, and no two paths can wait on each other's lines.
 //!
 //! Creating a hold ([`create_holds`]) and an order ([`order_from_hold`]) happen here too, each
 //! in one function with its counter change, and rows are locked through [`lock_by_id`].
@@ -81,6 +87,14 @@ pub struct HoldRef {
     pub id: HoldId,
     pub product_id: ProductId,
     pub qty: i32,
+    pub cart_id: Option<HoldId>,
+}
+
+impl HoldRef {
+    /// The id clients know it by: its cart's, for a line of a cart.
+    pub fn public_id(&self) -> HoldId {
+        self.cart_id.unwrap_or(self.id)
+    }
 }
 
 impl From<&hold::Model> for HoldRef {
@@ -89,8 +103,120 @@ impl From<&hold::Model> for HoldRef {
             id: h.id,
             product_id: h.product_id,
             qty: h.qty,
+            cart_id: h.cart_id,
         }
     }
+}
+
+/// Every line of a locked hold, locked (in id order), the hold itself first: one row for a
+/// hold of one product. A cart's lines are locked only by whoever holds its first line.
+pub(crate) async fn lock_lines(
+    txn: &DatabaseTransaction,
+    hold: hold::Model,
+) -> Result<Vec<hold::Model>, DomainError> {
+    if hold.cart_id != Some(hold.id) {
+        return Ok(vec![hold]);
+    }
+    let lines = hold::Entity::find()
+        .filter(hold::Column::CartId.eq(hold.id))
+        .order_by_asc(hold::Column::Id)
+        .lock_exclusive()
+        .all(txn)
+        .await?;
+    match lines.first() {
+        Some(first) if first.id == hold.id => Ok(lines),
+        _ => Err(DomainError::Invariant(format!(
+            "cart {} has no first line of its own",
+            hold.id
+        ))),
+    }
+}
+
+/// Every row of a locked order, the order itself first (see [`lock_lines`]).
+pub(crate) async fn lock_order_lines(
+    txn: &DatabaseTransaction,
+    order: order::Model,
+) -> Result<Vec<order::Model>, DomainError> {
+    if order.cart_id != Some(order.id) {
+        return Ok(vec![order]);
+    }
+    let lines = order::Entity::find()
+        .filter(order::Column::CartId.eq(order.id))
+        .order_by_asc(order::Column::Id)
+        .lock_exclusive()
+        .all(txn)
+        .await?;
+    match lines.first() {
+        Some(first) if first.id == order.id => Ok(lines),
+        _ => Err(DomainError::Invariant(format!(
+            "order {} has no first line of its own",
+            order.id
+        ))),
+    }
+}
+
+/// Gives the locked active lines of a hold a new expiry, and counts the extension.
+pub(crate) async fn extend_holds(
+    txn: &DatabaseTransaction,
+    lines: &[hold::Model],
+    expires_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<(), DomainError> {
+    let result = hold::Entity::update_many()
+        .col_expr(hold::Column::ExpiresAt, Expr::value(expires_at))
+        .col_expr(
+            hold::Column::Extensions,
+            Expr::col(hold::Column::Extensions).add(1),
+        )
+        .col_expr(hold::Column::UpdatedAt, Expr::value(now))
+        .filter(hold::Column::Id.is_in(lines.iter().map(|h| h.id)))
+        .filter(hold::Column::Status.eq(HoldStatus::Active))
+        .filter(hold::Column::ExpiresAt.gt(now))
+        .exec(txn)
+        .await?;
+    if result.rows_affected != lines.len() as u64 {
+        return Err(DomainError::Invariant(format!(
+            "extended {} of {} locked active lines",
+            result.rows_affected,
+            lines.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Makes the locked lines of new holds one cart: each carries the first line's id. `carts`
+/// lists each cart's line ids, first line first. One statement for all of them.
+pub(crate) async fn join_carts<C: ConnectionTrait>(
+    txn: &C,
+    carts: &[Vec<HoldId>],
+) -> Result<(), DomainError> {
+    let mut case = sea_orm::sea_query::CaseStatement::new();
+    let mut ids = Vec::new();
+    for lines in carts {
+        let Some(&first) = lines.first() else {
+            continue;
+        };
+        for &id in lines {
+            case = case.case(hold::Column::Id.eq(id), Expr::value(first));
+            ids.push(id);
+        }
+    }
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let result = hold::Entity::update_many()
+        .col_expr(hold::Column::CartId, case.into())
+        .filter(hold::Column::Id.is_in(ids.iter().copied()))
+        .exec(txn)
+        .await?;
+    if result.rows_affected != ids.len() as u64 {
+        return Err(DomainError::rows_lost(format!(
+            "joined {} of {} new cart lines",
+            result.rows_affected,
+            ids.len()
+        )));
+    }
+    Ok(())
 }
 
 /// Moves locked active holds to `to`; for expired and released holds their quantity is
@@ -143,7 +269,7 @@ pub(crate) async fn move_holds<C: ConnectionTrait>(
 /// changes. Updating a hold or order row makes InnoDB check its foreign key with a *shared*
 /// lock on the product; upgrading that to exclusive later, while a hold batch waits for the
 /// same row, is a deadlock. Locking exclusively first avoids the upgrade.
-async fn lock_products<C: ConnectionTrait>(
+pub(crate) async fn lock_products<C: ConnectionTrait>(
     txn: &C,
     ids: impl IntoIterator<Item = ProductId>,
 ) -> Result<(), DomainError> {
@@ -186,15 +312,91 @@ pub(crate) async fn create_holds(
     Ok(ids)
 }
 
-/// Turns a locked active hold into a pending order and consumes the hold, in one step (the
-/// hold's units move from the hold to the order; no counter changes). Answers the order and
-/// `true`, or — when the unique key on `hold_id` says someone made it first — that order and
-/// `false`.
+/// Turns the locked active lines of a hold (see [`lock_lines`]; the hold itself first) into a
+/// pending order and consumes them, in one step (the units move from the hold to the order;
+/// no counter changes). A cart becomes one order of as many rows, each carrying the first's
+/// id. Answers the order's rows (first line first) and `true`, or, when the unique key on
+/// `hold_id` says someone made it first, that order's rows and `false`.
 pub(crate) async fn order_from_hold(
+    txn: &DatabaseTransaction,
+    lines: &[hold::Model],
+    now: DateTime<Utc>,
+) -> Result<(Vec<order::Model>, bool), DomainError> {
+    let Some(first) = lines.first() else {
+        return Err(DomainError::Invariant("an order of no lines".into()));
+    };
+    let cart = first.cart_id.is_some();
+    let mut rows: Vec<order::Model> = Vec::with_capacity(lines.len());
+    for hold in lines {
+        let mut order = order_row(txn, hold, now).await?;
+        order.cart_id = rows.first().map(|o| o.id);
+        let model = order::ActiveModel {
+            hold_id: Set(order.hold_id),
+            product_id: Set(order.product_id),
+            quantity: Set(order.quantity),
+            total_cents: Set(order.total_cents),
+            status: Set(OrderStatus::Pending),
+            created_at: Set(now),
+            updated_at: Set(now),
+            buyer_id: Set(order.buyer_id.clone()),
+            secret_hash: Set(order.secret_hash.clone()),
+            cart_id: Set(order.cart_id),
+            ..Default::default()
+        };
+        order.id = match order::Entity::insert(model).exec(txn).await {
+            Ok(r) => r.last_insert_id,
+            Err(e)
+                if rows.is_empty()
+                    && matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) =>
+            {
+                // The unique key on hold_id is the last word: someone made it first.
+                let order = order::Entity::find()
+                    .filter(order::Column::HoldId.eq(hold.id))
+                    .one(txn)
+                    .await?
+                    .ok_or_else(|| DomainError::from(e))?;
+                return Ok((order_rows(txn, order).await?, false));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        rows.push(order);
+    }
+    if cart {
+        // The first line's own row carries its id too, as a cart's holds do.
+        let first_id = rows[0].id;
+        order::Entity::update_many()
+            .col_expr(order::Column::CartId, Expr::value(first_id))
+            .filter(order::Column::Id.eq(first_id))
+            .exec(txn)
+            .await?;
+        rows[0].cart_id = Some(first_id);
+    }
+    let refs: Vec<HoldRef> = lines.iter().map(HoldRef::from).collect();
+    move_holds(txn, &refs, HoldStatus::Consumed, now).await?;
+    Ok((rows, true))
+}
+
+/// An order's rows, read (not locked) from its first: itself for an order of one product.
+pub(crate) async fn order_rows<C: ConnectionTrait>(
+    conn: &C,
+    order: order::Model,
+) -> Result<Vec<order::Model>, DomainError> {
+    if order.cart_id != Some(order.id) {
+        return Ok(vec![order]);
+    }
+    Ok(order::Entity::find()
+        .filter(order::Column::CartId.eq(order.id))
+        .order_by_asc(order::Column::Id)
+        .all(conn)
+        .await?)
+}
+
+/// The order row a hold line becomes (its id still to be given by the insert).
+async fn order_row(
     txn: &DatabaseTransaction,
     hold: &hold::Model,
     now: DateTime<Utc>,
-) -> Result<(order::Model, bool), DomainError> {
+) -> Result<order::Model, DomainError> {
     let hold_id = hold.id;
     let unit_price = match hold.unit_price_cents {
         Some(cents) => cents,
@@ -219,34 +421,8 @@ pub(crate) async fn order_from_hold(
             ))
         })?
         .cents();
-    let model = order::ActiveModel {
-        hold_id: Set(hold_id),
-        product_id: Set(hold.product_id),
-        quantity: Set(hold.qty),
-        total_cents: Set(total_cents),
-        status: Set(OrderStatus::Pending),
-        created_at: Set(now),
-        updated_at: Set(now),
-        buyer_id: Set(hold.buyer_id.clone()),
-        secret_hash: Set(hold.secret_hash.clone()),
-        ..Default::default()
-    };
-    let id = match order::Entity::insert(model).exec(txn).await {
-        Ok(r) => r.last_insert_id,
-        Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
-            // The unique key on hold_id is the last word: someone made it first.
-            let order = order::Entity::find()
-                .filter(order::Column::HoldId.eq(hold_id))
-                .one(txn)
-                .await?
-                .ok_or_else(|| DomainError::from(e))?;
-            return Ok((order, false));
-        }
-        Err(e) => return Err(e.into()),
-    };
-    move_holds(txn, &[HoldRef::from(hold)], HoldStatus::Consumed, now).await?;
-    let order = order::Model {
-        id,
+    Ok(order::Model {
+        id: OrderId::new(0),
         hold_id,
         product_id: hold.product_id,
         quantity: hold.qty,
@@ -257,8 +433,8 @@ pub(crate) async fn order_from_hold(
         buyer_id: hold.buyer_id.clone(),
         refund_required: false,
         secret_hash: hold.secret_hash.clone(),
-    };
-    Ok((order, true))
+        cart_id: None,
+    })
 }
 
 /// Adds `qty` units (negative: takes them away) to a locked product's `stock` and
@@ -272,93 +448,116 @@ pub(crate) async fn restock<C: ConnectionTrait>(
     adjust_product(txn, product_id, qty, qty).await
 }
 
-/// Moves a locked order to `to` and applies the change to its product. Cancelled → paid needs
-/// the quantity to be available again now: if it is not, nothing changes and the answer is
-/// [`DomainError::InsufficientStock`].
+/// Moves a locked order's rows (one per product; see [`lock_order_lines`]) to `to` and applies
+/// the change to their products. Cancelled → paid needs every line's quantity to be available
+/// again now: if one is not, nothing changes and the answer is
+/// [`DomainError::InsufficientStock`] (with that line's product's `available`).
 pub(crate) async fn move_order<C: ConnectionTrait>(
     txn: &C,
-    order: &order::Model,
+    rows: &[order::Model],
     to: OrderStatus,
     now: DateTime<Utc>,
 ) -> Result<(), DomainError> {
-    let from = order.status;
-    if !from.can_become(to) {
+    let Some(first) = rows.first() else {
+        return Ok(());
+    };
+    let from = first.status;
+    if !from.can_become(to) || rows.iter().any(|o| o.status != from) {
         return Err(DomainError::Invariant(format!(
             "order {} cannot go from {} to {}",
-            order.id,
+            first.id,
             from.as_str(),
             to.as_str()
         )));
     }
-    let q = order.quantity;
-    // The product first, exclusively (see `lock_products`), then the order row.
-    let product = lock_product(txn, order.product_id).await?;
-    let (available_delta, stock_delta) = match (from, to) {
-        (OrderStatus::Pending, OrderStatus::Paid) => (0, -q),
-        (OrderStatus::Pending, OrderStatus::Cancelled) => (q, 0),
-        (OrderStatus::Cancelled, OrderStatus::Paid) => {
-            if product.available_stock < q {
-                return Err(DomainError::InsufficientStock {
-                    available: product.available_stock,
-                });
-            }
-            (-q, -q)
-        }
-        _ => unreachable!("checked by can_become"),
-    };
+    // The products first, exclusively and in id order (see `lock_products`), then the rows.
+    let mut by_product: Vec<&order::Model> = rows.iter().collect();
+    by_product.sort_by_key(|o| o.product_id);
+    let mut deltas = Vec::with_capacity(rows.len());
+    for order in by_product {
+        let q = order.quantity;
+        let product = lock_product(txn, order.product_id).await?;
+        deltas.push((
+            order.product_id,
+            match (from, to) {
+                (OrderStatus::Pending, OrderStatus::Paid) => (0, -q),
+                (OrderStatus::Pending, OrderStatus::Cancelled) => (q, 0),
+                (OrderStatus::Cancelled, OrderStatus::Paid) => {
+                    if product.available_stock < q {
+                        return Err(DomainError::InsufficientStock {
+                            available: product.available_stock,
+                        });
+                    }
+                    (-q, -q)
+                }
+                _ => unreachable!("checked by can_become"),
+            },
+        ));
+    }
     let result = order::Entity::update_many()
         .col_expr(order::Column::Status, Expr::value(to.as_str()))
         .col_expr(order::Column::UpdatedAt, Expr::value(now))
-        .filter(order::Column::Id.eq(order.id))
+        .filter(order::Column::Id.is_in(rows.iter().map(|o| o.id)))
         .filter(order::Column::Status.eq(from))
         .exec(txn)
         .await?;
-    if result.rows_affected != 1 {
+    if result.rows_affected != rows.len() as u64 {
         return Err(DomainError::Invariant(format!(
             "order {} was not {} any more",
-            order.id,
+            first.id,
             from.as_str()
         )));
     }
-    adjust_product(txn, order.product_id, available_delta, stock_delta).await
+    for (product_id, (available_delta, stock_delta)) in deltas {
+        adjust_product(txn, product_id, available_delta, stock_delta).await?;
+    }
+    Ok(())
 }
 
-/// Marks a locked cancelled order as owing its payment back; `false` if it already was.
+/// Marks a locked cancelled order (all its rows) as owing its payment back; `false` if it
+/// already was.
 pub(crate) async fn mark_refund_required<C: ConnectionTrait>(
     txn: &C,
-    order: &order::Model,
+    rows: &[order::Model],
     now: DateTime<Utc>,
 ) -> Result<bool, DomainError> {
-    if order.status != OrderStatus::Cancelled {
+    let Some(first) = rows.first() else {
+        return Ok(false);
+    };
+    if rows.iter().any(|o| o.status != OrderStatus::Cancelled) {
         return Err(DomainError::Invariant(format!(
             "order {} is {}: only a cancelled order can owe a refund",
-            order.id,
-            order.status.as_str()
+            first.id,
+            first.status.as_str()
         )));
     }
     let result = order::Entity::update_many()
         .col_expr(order::Column::RefundRequired, Expr::value(true))
         .col_expr(order::Column::UpdatedAt, Expr::value(now))
-        .filter(order::Column::Id.eq(order.id))
+        .filter(order::Column::Id.is_in(rows.iter().map(|o| o.id)))
         .filter(order::Column::RefundRequired.eq(false))
         .exec(txn)
         .await?;
-    Ok(result.rows_affected == 1)
+    Ok(result.rows_affected > 0)
 }
 
-/// Clears a locked order's refund mark: [`DomainError::NoRefundDue`] if it has none.
+/// Clears a locked order's refund mark (all its rows): [`DomainError::NoRefundDue`] if it has
+/// none.
 pub(crate) async fn clear_refund_required<C: ConnectionTrait>(
     txn: &C,
-    order: &order::Model,
+    rows: &[order::Model],
     now: DateTime<Utc>,
 ) -> Result<(), DomainError> {
-    if !order.refund_required {
-        return Err(DomainError::NoRefundDue(order.id));
+    let Some(first) = rows.first() else {
+        return Ok(());
+    };
+    if !first.refund_required {
+        return Err(DomainError::NoRefundDue(first.id));
     }
     order::Entity::update_many()
         .col_expr(order::Column::RefundRequired, Expr::value(false))
         .col_expr(order::Column::UpdatedAt, Expr::value(now))
-        .filter(order::Column::Id.eq(order.id))
+        .filter(order::Column::Id.is_in(rows.iter().map(|o| o.id)))
         .exec(txn)
         .await?;
     Ok(())

@@ -65,9 +65,19 @@ pub struct Model {
     /// The product's price when the hold was made: what its order is charged per unit. None
     /// on holds made before prices were kept (their orders take the product's price).
     pub unit_price_cents: Option<i64>,
+    /// On every line of a cart (a hold of several products, one row per product): the id of
+    /// its first line, which is the id clients know. Null on a hold of one product.
+    pub cart_id: Option<HoldId>,
+    /// How many times the hold was extended.
+    pub extensions: i32,
 }
 
 impl Model {
+    /// A line of a cart other than its first: not reachable by its own id.
+    pub fn is_inner_line(&self) -> bool {
+        self.cart_id.is_some_and(|cart| cart != self.id)
+    }
+
     /// The status a client sees at `now`: an active hold past its expiry is expired.
     pub fn effective_status(&self, now: DateTimeUtc) -> HoldStatus {
         if self.status == HoldStatus::Active && self.expires_at <= now {

@@ -80,6 +80,16 @@ pub struct Model {
     /// The hold's owner secret hash (see `crate::rules::ownership`): the order answers the caller
     /// who could reach its hold.
     pub secret_hash: Option<String>,
+    /// On every line of an order made from a cart: the id of its first line, the order's id
+    /// for clients. Null on an order of one product.
+    pub cart_id: Option<OrderId>,
+}
+
+impl Model {
+    /// A line of a cart's order other than its first: not reachable by its own id.
+    pub fn is_inner_line(&self) -> bool {
+        self.cart_id.is_some_and(|cart| cart != self.id)
+    }
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

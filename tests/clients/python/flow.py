@@ -15,7 +15,7 @@ import time
 from typing import assert_never
 
 from flash_sale_client.api.admin import create_product
-from flash_sale_client.api.holds import create_hold, get_hold
+from flash_sale_client.api.holds import create_hold, extend_hold, get_hold
 from flash_sale_client.api.orders import create_order, get_order
 from flash_sale_client.api.payments import payment_webhook
 from flash_sale_client.api.products import get_product
@@ -25,6 +25,7 @@ from flash_sale_client.models import (
     AdmissionMode,
     CreateHold,
     CreateOrder,
+    HoldLineRequest,
     HoldState,
     JoinQueue,
     NewProduct,
@@ -63,6 +64,8 @@ def explain(problem: Problem) -> str:
             return "the queue is closed"
         case ProblemCode.NO_REFUND_DUE:
             return "no refund is due for this order"
+        case ProblemCode.EXTENSION_LIMIT:
+            return "your reservation cannot be extended any further"
         case ProblemCode.IDEMPOTENCY_KEY_IN_USE:
             return "still working on it, retry shortly"
         case ProblemCode.HOLD_EXPIRED | ProblemCode.HOLD_RELEASED | ProblemCode.HOLD_NOT_ACTIVE:
@@ -310,6 +313,65 @@ def queue() -> None:
     print("python queue flow: ok")
 
 
+def cart() -> None:
+    """A cart: a ticket and a parking pass held together, a second cart wanting the gone pass
+    refused with its line named, the hold extended, ordered as one and paid for its total."""
+    base_url = os.environ.get("API_URL", "http://127.0.0.1:8000")
+    api = Client(base_url=base_url, raise_on_unexpected_status=True)
+    admin = AuthenticatedClient(
+        base_url=base_url, token=os.environ.get("ADMIN_TOKEN", ""), raise_on_unexpected_status=True
+    )
+    ids: list[int] = []
+    for name, price, stock in (("Python cart ticket", "40.00", 5), ("Python cart parking", "7.25", 1)):
+        made = create_product.sync(client=admin, body=NewProduct(name=name, price=price, stock=stock))
+        if isinstance(made, Problem) or made is None:
+            raise SystemExit(f"create {name}: {made}")
+        ids.append(made.id)
+    ticket, parking = ids
+    both = [HoldLineRequest(product_id=parking, qty=1), HoldLineRequest(product_id=ticket, qty=2)]
+    held = create_hold.sync(client=api, body=CreateHold(lines=both))
+    if isinstance(held, Problem) or held is None:
+        raise SystemExit(f"cart refused: {held if held is None else explain(held)}")
+    assert held.total_price == "87.25", held.total_price
+    assert not isinstance(held.lines, Unset) and len(held.lines) == 2, held.lines
+
+    again = [HoldLineRequest(product_id=ticket, qty=1), HoldLineRequest(product_id=parking, qty=1)]
+    refused = create_hold.sync_detailed(client=api, body=CreateHold(lines=again))
+    problem = refused.parsed
+    if not isinstance(problem, Problem) or isinstance(problem.lines, Unset):
+        raise SystemExit(f"a cart beyond the stock: {refused.status_code} {problem}")
+    assert refused.status_code == 409, refused.status_code
+    assert [(line.product_id, line.code) for line in problem.lines] == [
+        (parking, ProblemCode.INSUFFICIENT_STOCK)
+    ], problem.lines
+
+    if held.client_secret is None:
+        raise SystemExit("no client_secret in the cart")
+    mine = holding(base_url, held.client_secret)
+    extended = extend_hold.sync(client=mine, id=held.hold_id)
+    if isinstance(extended, Problem) or extended is None:
+        raise SystemExit(f"extension refused: {extended if extended is None else explain(extended)}")
+    assert extended.status == HoldState.ACTIVE, extended.status
+    order = create_order.sync(client=mine, body=CreateOrder(hold_id=held.hold_id))
+    if isinstance(order, Problem) or order is None:
+        raise SystemExit(f"cart order refused: {order if order is None else explain(order)}")
+    assert order.total_price == "87.25" and not isinstance(order.lines, Unset) and len(order.lines) == 2
+    paid = payment_webhook.sync(
+        client=api,
+        body=PaymentWebhook(
+            idempotency_key=f"py-cart-pay-{order.order_id}",
+            order_id=order.order_id,
+            status=WebhookStatus.SUCCESS,
+            amount="87.25",
+        ),
+    )
+    if isinstance(paid, Problem) or paid is None:
+        raise SystemExit(f"cart payment refused: {paid if paid is None else explain(paid)}")
+    assert paid.order_status == OrderState.PAID
+    print("python cart flow: ok")
+
+
 if __name__ == "__main__":
     main()
     queue()
+    cart()

@@ -1,6 +1,7 @@
 //! End-to-end suites: the real binaries over real databases, each scenario on MariaDB and SQLite.
 
 mod bad_input;
+mod carts;
 mod charsets;
 mod clients;
 mod coalescing;

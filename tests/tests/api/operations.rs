@@ -400,8 +400,8 @@ fn check_document(doc: &serde_json::Value) {
                 "createProduct" | "updateProduct" | "listOrders" | "markRefunded" => {
                     Some("AdminToken")
                 }
-                "getHold" | "releaseHold" | "createOrder" | "getOrder" | "getTicket"
-                | "leaveQueue" | "streamTicket" => Some("ClientSecret"),
+                "getHold" | "releaseHold" | "extendHold" | "createOrder" | "getOrder"
+                | "getTicket" | "leaveQueue" | "streamTicket" => Some("ClientSecret"),
                 _ => None,
             };
             let expected = match scheme {
@@ -491,6 +491,7 @@ fn check_document(doc: &serde_json::Value) {
     assert_eq!(list("streamStock"), "200,400,404,429,500,503");
     assert_eq!(list("getHold"), "200,400,404,500,503");
     assert_eq!(list("releaseHold"), "200,400,404,409,500,503");
+    assert_eq!(list("extendHold"), "200,400,404,409,500,503");
     assert_eq!(list("getOrder"), "200,400,404,500,503");
     assert_eq!(
         list("createHold"),
@@ -545,14 +546,14 @@ async fn swagger_ui_renders_the_operations_in_a_browser_without_network() {
 }
 
 /// Swagger UI's **Authorize** knows each credential, for the server's buyer mode: a lock on
-/// exactly the operations that take one (anonymous buyers: the four hold and order routes and
-/// the three ticket routes with `Client-Secret`, the four admin routes; buyer tokens: the five
+/// exactly the operations that take one (anonymous buyers: the five hold and order routes and
+/// the three ticket routes with `Client-Secret`, the four admin routes; buyer tokens: the six
 /// hold and order routes, joining a queue and the three ticket routes, the four admin routes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swagger_ui_offers_each_credential_on_the_operations_that_take_it() {
     for (options, locks, scheme) in [
-        (flash_sale_tests::AppOptions::default(), 11, "ClientSecret"),
-        (flash_sale_tests::tokens::jwt_options(), 13, "BuyerToken"),
+        (flash_sale_tests::AppOptions::default(), 12, "ClientSecret"),
+        (flash_sale_tests::tokens::jwt_options(), 14, "BuyerToken"),
     ] {
         let app = TestApp::spawn_with(Backend::Sqlite, options).await;
         let dom = swagger_ui_dom(&app).await;

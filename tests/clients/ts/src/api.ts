@@ -71,6 +71,8 @@ export function explain(problem: Schemas["Problem"]): string {
       return "the queue is closed";
     case "no_refund_due":
       return "no refund is due for this order";
+    case "extension_limit":
+      return "your reservation cannot be extended any further";
     case "idempotency_key_in_use":
       return "still working on it, retry shortly";
     case "hold_expired":

@@ -196,5 +196,57 @@ async function queue(): Promise<void> {
   console.log("typescript queue flow: ok");
 }
 
+/**
+ * A cart: a ticket and a parking pass held together, a second cart wanting the gone pass
+ * refused with its line named, the hold extended, ordered as one and paid for its total.
+ */
+async function cart(): Promise<void> {
+  const ids: number[] = [];
+  for (const [name, price, stock] of [["TS cart ticket", "40.00", 5], ["TS cart parking", "7.25", 1]] as const) {
+    const made = await admin.POST("/api/admin/products", { body: { name, price, stock } });
+    if (made.data === undefined) throw new Error(`create ${name}: ${made.response.status}`);
+    ids.push(made.data.id);
+  }
+  const [ticket, parking] = ids as [number, number];
+  const held = await api.POST("/api/holds", {
+    body: { lines: [{ product_id: parking, qty: 1 }, { product_id: ticket, qty: 2 }] },
+  });
+  if (held.error !== undefined) throw new Error(`cart refused: ${explain(held.error)}`);
+  check(held.data.total_price === "87.25" && held.data.lines?.length === 2, "cart: two lines, 87.25");
+  const refused = await api.POST("/api/holds", {
+    body: { lines: [{ product_id: ticket, qty: 1 }, { product_id: parking, qty: 1 }] },
+  });
+  if (refused.error === undefined) throw new Error("a cart beyond the stock was granted");
+  const line = refused.error.lines?.[0];
+  check(
+    refused.response.status === 409 && line?.product_id === parking && line.code === "insufficient_stock",
+    "the refusal names the parking line",
+  );
+  const secret = held.data.client_secret;
+  if (secret === null) throw new Error("no client_secret in the cart");
+  const mine = holdApi(baseUrl, secret);
+  const path = { id: held.data.hold_id };
+  const extended = await mine.POST("/api/holds/{id}/extend", { params: { path } });
+  if (extended.error !== undefined) throw new Error(`extension refused: ${explain(extended.error)}`);
+  check(extended.data.status === "active" && extended.data.lines?.length === 2, "extended, whole");
+  const order = await mine.POST("/api/orders", { body: { hold_id: held.data.hold_id } });
+  if (order.error !== undefined) throw new Error(`cart order refused: ${explain(order.error)}`);
+  check(order.data.total_price === "87.25" && order.data.lines?.length === 2, "one order of the cart");
+  const paid = await api.POST("/api/payments/webhook", {
+    body: {
+      idempotency_key: `ts-cart-pay-${order.data.order_id}`,
+      order_id: order.data.order_id,
+      status: "success",
+      amount: "87.25",
+    },
+  });
+  if (paid.error !== undefined) throw new Error(`cart payment refused: ${explain(paid.error)}`);
+  check(paid.data.order_status === "paid", "the cart is paid");
+  const left = await api.GET("/api/products/{id}", { params: { path: { id: ticket } } });
+  check(left.data?.stock === 3, "two tickets sold");
+  console.log("typescript cart flow: ok");
+}
+
 await main();
 await queue();
+await cart();

@@ -8,7 +8,8 @@
 //! binaries built elsewhere. `BENCH_ONLY` runs one section alone, into a file of its own:
 //! `holds` (the hold paths, `BENCH_REPEAT` rounds, default 3, with the plain-SQL anchor of the
 //! same run) into `results-holds.json`; `galera` into `results-galera.json`; `stream` into
-//! `results-stream.json`; `queue` into `results-queue.json`. These leave `results.json` and the
+//! `results-stream.json`; `queue` into `results-queue.json`; `carts` into `results-carts.json`.
+//! These leave `results.json` and the
 //! chart as they were.
 //! `BENCH_ONLY=report` only renders `results.md` again from `results.json`.
 //!
@@ -22,6 +23,8 @@
 //! - [`stream`]: live stock streams, up to 5,000 listeners on one API; `BENCH_ONLY=stream`;
 //! - [`queue`]: a queued sale's opening storm: 100,000 joins, ticket reads, sold-out refusals,
 //!   admission to order; `BENCH_ONLY=queue`;
+//! - [`carts`]: one-product holds on the hot product alone and with 10% two-line carts;
+//!   `BENCH_ONLY=carts`;
 //! - [`wrk`]: the load generator, its Lua request scripts and its JSON report;
 //! - [`api`]: the API process under test;
 //! - [`sampling`]: CPU time and RSS from `/proc`, pooled latencies, the machine's description;
@@ -30,6 +33,7 @@
 
 mod anchor;
 mod api;
+mod carts;
 mod database;
 mod galera;
 mod paths;
@@ -46,6 +50,7 @@ use anyhow::{Result, anyhow, bail};
 use flash_sale_tests::servers::ScratchMariaDb;
 use serde_json::json;
 
+use carts::carts_only;
 use galera::galera;
 use paths::holds_only;
 use queue::queue_only;
@@ -78,7 +83,7 @@ async fn main() -> Result<()> {
     std::fs::create_dir_all(&out_dir)?;
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let galera_only = match only.as_str() {
-        "" | "holds" | "queue" => false,
+        "" | "holds" | "queue" | "carts" => false,
         "galera" => true,
         "stream" => return stream_only(&release, seconds, &out_dir).await,
         "report" => {
@@ -89,7 +94,7 @@ async fn main() -> Result<()> {
             return Ok(());
         }
         other => bail!(
-            "BENCH_ONLY={other}: the sections that run alone are `galera`, `holds`, `queue` and `stream` \
+            "BENCH_ONLY={other}: the sections that run alone are `carts`, `galera`, `holds`, `queue` and `stream` \
              (`report` renders results.md from results.json)"
         ),
     };
@@ -113,6 +118,9 @@ async fn main() -> Result<()> {
     }
     if only == "queue" {
         return queue_only(&release, &base, seconds, &out_dir).await;
+    }
+    if only == "carts" {
+        return carts_only(&release, &base, seconds, &out_dir).await;
     }
     let mut results = json!({
         "measured_at": chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),

@@ -1,0 +1,444 @@
+//! Carts: one hold over several products, all held or none ([`serve_carts`]).
+//!
+//! A cart is one hold row per product, each carrying its first line's id (`holds.cart_id`), so
+//! every per-product rule and counter (stock, the sale window, buyer limits, admission, expiry)
+//! works on the lines unchanged. Carts of the same products are served together, in one
+//! transaction that locks those products in id order: the one global order every path that
+//! locks several products keeps, so two carts never wait on each other in a circle, and a
+//! one-product hold batch (one product lock) never closes a circle either.
+
+use std::{collections::HashMap, sync::Arc};
+
+use sea_orm::{DatabaseTransaction, EntityTrait, QuerySelect};
+
+use crate::{
+    Db, DomainError, Money, Quantity,
+    db::{now, with_retry_until},
+    error::LineRefusal,
+    operations::holds::{HoldOutcome, looked_up, store_refusals, units_per_buyer},
+    operations::idempotency::check_in_txn,
+    operations::queue::{TicketPass, admissions, use_admissions},
+    operations::sweeps::{ExpiredHold, log_expired, reclaim_expired},
+    product::{self, Admission},
+    rules::keys::KeyClaim,
+    rules::ownership::ClientSecret,
+    rules::transitions::{NewHold, create_holds, join_carts},
+    types::{BuyerId, HoldId, ProductId, TicketId},
+    views::{HoldView, LineView},
+};
+
+/// One line of a cart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CartLine {
+    pub product_id: ProductId,
+    pub qty: Quantity,
+}
+
+/// Why a cart's lines cannot be served as asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CartLinesError {
+    #[error("a cart needs at least one line")]
+    Empty,
+    #[error("at most {0} lines")]
+    TooMany(usize),
+    #[error("product {0} is named twice")]
+    Repeated(ProductId),
+}
+
+/// A request for a cart: its lines (sorted by product, each product once), and who asks, as
+/// for a one-product hold (`operations::holds::HoldRequest`).
+#[derive(Debug, Clone)]
+pub struct CartRequest {
+    lines: Vec<CartLine>,
+    pub buyer: Option<BuyerId>,
+    pub secret: Option<ClientSecret>,
+    pub key: Option<Arc<KeyClaim>>,
+    /// The queue ticket it brings, for its lines of a product with queue admission.
+    pub ticket: Option<TicketPass>,
+}
+
+impl CartRequest {
+    /// A cart of these lines (in any order; kept in product order), at most `max_lines`.
+    pub fn new(mut lines: Vec<CartLine>, max_lines: usize) -> Result<Self, CartLinesError> {
+        if lines.is_empty() {
+            return Err(CartLinesError::Empty);
+        }
+        if lines.len() > max_lines {
+            return Err(CartLinesError::TooMany(max_lines));
+        }
+        lines.sort_by_key(|l| l.product_id);
+        if let Some(twice) = lines
+            .windows(2)
+            .find(|w| w[0].product_id == w[1].product_id)
+        {
+            return Err(CartLinesError::Repeated(twice[0].product_id));
+        }
+        Ok(Self {
+            lines,
+            buyer: None,
+            secret: None,
+            key: None,
+            ticket: None,
+        })
+    }
+
+    pub fn lines(&self) -> &[CartLine] {
+        &self.lines
+    }
+
+    /// Its products, in id order: carts of the same products are served together.
+    pub fn products(&self) -> Vec<ProductId> {
+        self.lines.iter().map(|l| l.product_id).collect()
+    }
+}
+
+/// Serves carts of the same products (`requests` all name the same products) together, by
+/// `deadline`: their keys are looked up first (a finished key is answered again), the rest are
+/// decided in ONE transaction ([`cart_transaction`]). `withdrawn(i)`, asked once the products
+/// are locked, says whether request `i`'s caller has gone. Answers each request, in order.
+pub async fn serve_carts(
+    db: &Db,
+    requests: &[CartRequest],
+    ttl: chrono::Duration,
+    deadline: std::time::Instant,
+    withdrawn: &(dyn Fn(usize) -> bool + Sync),
+) -> Result<Vec<HoldOutcome>, DomainError> {
+    let products = match requests.first() {
+        Some(first) => first.products(),
+        None => return Ok(Vec::new()),
+    };
+    if requests.iter().any(|r| r.products() != products) {
+        return Err(DomainError::Invariant(
+            "a cart batch mixes different products".into(),
+        ));
+    }
+    let keys: Vec<Option<&KeyClaim>> = requests.iter().map(|r| r.key.as_deref()).collect();
+    let mut outcomes = looked_up(db, &keys, deadline).await?;
+    let to_run: Vec<usize> = (0..requests.len())
+        .filter(|&i| outcomes[i].is_none())
+        .collect();
+    if !to_run.is_empty() {
+        let run: Vec<&CartRequest> = to_run.iter().map(|&i| &requests[i]).collect();
+        let gone = |j: usize| withdrawn(to_run[j]);
+        let ran = cart_transaction(db, &products, &run, ttl, deadline, &gone).await?;
+        for (&i, outcome) in to_run.iter().zip(ran) {
+            outcomes[i] = Some(outcome);
+        }
+    }
+    outcomes
+        .into_iter()
+        .map(|o| o.ok_or_else(|| DomainError::Invariant("a cart request had no outcome".into())))
+        .collect()
+}
+
+/// A locked product of the batch and what the transaction knows of it.
+struct Stocked<'a> {
+    model: product::Model,
+    available: i32,
+    /// Units each buyer of the batch has on it (only with a per-buyer limit).
+    used: HashMap<&'a str, i32>,
+}
+
+/// The carts of one product set in ONE transaction: lock the products in id order; set aside
+/// what cannot be served (caller gone, key taken); refuse lines whose product is missing,
+/// shut, or needs an admission the cart lacks; reclaim expired holds where the rest need more;
+/// then in arrival order grant each cart whose every line fits (stock, buyer limit), or refuse
+/// it naming every line that does not; create the granted lines with one statement per product
+/// and join them into carts with one more.
+async fn cart_transaction(
+    db: &Db,
+    products: &[ProductId],
+    requests: &[&CartRequest],
+    ttl: chrono::Duration,
+    deadline: std::time::Instant,
+    withdrawn: &(dyn Fn(usize) -> bool + Sync),
+) -> Result<Vec<HoldOutcome>, DomainError> {
+    let mut attempt = 0;
+    let (outcomes, reclaimed) = with_retry_until(deadline, products.first().copied(), || {
+        attempt += 1;
+        // As for one-product batches: keys were free at the look-up, so the first attempt only
+        // writes them; a retry after a twin wrote one checks them first.
+        let check_keys = attempt > 1;
+        db.write_until(deadline, async move |txn| {
+            decide(db, txn, products, requests, ttl, withdrawn, check_keys).await
+        })
+    })
+    .await?;
+    log_expired(&reclaimed, "api");
+    metrics::histogram!("cart_batch_size").record(requests.len() as f64);
+    Ok(outcomes)
+}
+
+/// What a cart request is, while its batch is decided.
+enum Verdict {
+    Open,
+    /// Its caller has gone: nothing is done for it.
+    Gone,
+    /// Refused as a whole before any line is judged (its key is taken).
+    Set(DomainError),
+}
+
+async fn decide(
+    db: &Db,
+    txn: &DatabaseTransaction,
+    products: &[ProductId],
+    requests: &[&CartRequest],
+    ttl: chrono::Duration,
+    withdrawn: &(dyn Fn(usize) -> bool + Sync),
+    check_keys: bool,
+) -> Result<(Vec<HoldOutcome>, Vec<ExpiredHold>), DomainError> {
+    // 1. Every product, exclusively, in id order (`products` is sorted).
+    let mut locked: Vec<Option<product::Model>> = Vec::with_capacity(products.len());
+    for &id in products {
+        locked.push(
+            product::Entity::find_by_id(id)
+                .lock_exclusive()
+                .one(txn)
+                .await?,
+        );
+    }
+    let now = now();
+    let mut verdicts: Vec<Verdict> = (0..requests.len())
+        .map(|i| match withdrawn(i) {
+            true => Verdict::Gone,
+            false => Verdict::Open,
+        })
+        .collect();
+    if check_keys {
+        let keyed: Vec<(usize, &KeyClaim)> = requests
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.key.as_deref().map(|k| (i, k)))
+            .collect();
+        let claims: Vec<&KeyClaim> = keyed.iter().map(|(_, k)| *k).collect();
+        for ((i, _), check) in keyed.iter().zip(check_in_txn(txn, &claims).await?) {
+            if let Err(taken) = check {
+                verdicts[*i] = Verdict::Set(taken);
+            }
+        }
+    }
+    let open = |i: usize, verdicts: &[Verdict]| matches!(verdicts[i], Verdict::Open);
+
+    // 2. Line refusals that do not depend on other carts: `line_refusals[i][j]`.
+    let n = requests.len();
+    let mut line_refusals: Vec<Vec<Option<DomainError>>> = vec![vec![None; products.len()]; n];
+    // The ticket each cart uses on each queue product, and the buyer it makes the cart's.
+    let mut tickets: Vec<Vec<Option<TicketId>>> = vec![vec![None; products.len()]; n];
+    let mut holders: Vec<Option<&str>> = requests
+        .iter()
+        .map(|r| r.buyer.as_ref().map(BuyerId::as_str))
+        .collect();
+    let mut ticket_buyers: Vec<Option<String>> = vec![None; n];
+    for (j, model) in locked.iter().enumerate() {
+        let Some(model) = model else {
+            for row in line_refusals.iter_mut() {
+                row[j] = Some(DomainError::ProductNotFound(products[j]));
+            }
+            continue;
+        };
+        if let Some(shut) = crate::rules::window::refusal(model, now) {
+            for row in line_refusals.iter_mut() {
+                row[j] = Some(shut.clone());
+            }
+            continue;
+        }
+        if model.admission == Admission::Queue {
+            let eligible: Vec<usize> = (0..n).filter(|&i| open(i, &verdicts)).collect();
+            let passes: Vec<(Option<&TicketPass>, Option<&str>)> = eligible
+                .iter()
+                .map(|&i| (requests[i].ticket.as_ref(), holders[i]))
+                .collect();
+            let answers = admissions(txn, model.id, &passes, now).await?;
+            for (&i, answer) in eligible.iter().zip(answers) {
+                match answer {
+                    Ok((ticket, buyer)) => {
+                        tickets[i][j] = Some(ticket);
+                        ticket_buyers[i] = Some(buyer);
+                    }
+                    Err(refusal) => line_refusals[i][j] = Some(refusal),
+                }
+            }
+        }
+    }
+    // On a queue product the hold is its ticket's buyer's: limits count that buyer.
+    for (holder, ticket_buyer) in holders.iter_mut().zip(&ticket_buyers) {
+        if holder.is_none() {
+            *holder = ticket_buyer.as_deref();
+        }
+    }
+
+    // 3. Each product's counters: expired holds reclaimed where the carts need more, and the
+    //    units the batch's buyers already have where a limit applies.
+    let mut stocked: Vec<Option<Stocked<'_>>> = Vec::with_capacity(products.len());
+    let mut reclaimed = Vec::new();
+    for (j, model) in locked.into_iter().enumerate() {
+        let Some(model) = model else {
+            stocked.push(None);
+            continue;
+        };
+        let wanting: Vec<usize> = (0..n)
+            .filter(|&i| open(i, &verdicts) && line_refusals[i][j].is_none())
+            .collect();
+        let wanted: i64 = wanting
+            .iter()
+            .map(|&i| i64::from(requests[i].lines[j].qty.as_i32()))
+            .sum();
+        let (available, swept) =
+            reclaim_expired(txn, model.id, now, model.available_stock, wanted).await?;
+        reclaimed.extend(swept);
+        let buyers: Vec<&str> = wanting.iter().filter_map(|&i| holders[i]).collect();
+        let used = match model.per_buyer_limit {
+            Some(_) if !buyers.is_empty() => units_per_buyer(txn, model.id, &buyers, now).await?,
+            _ => HashMap::new(),
+        };
+        stocked.push(Some(Stocked {
+            model,
+            available,
+            used,
+        }));
+    }
+
+    // 4. In arrival order: all lines or none.
+    let mut decided: Vec<Option<Result<(), DomainError>>> = Vec::with_capacity(n);
+    for i in 0..n {
+        match &verdicts[i] {
+            Verdict::Gone => {
+                decided.push(None);
+                continue;
+            }
+            Verdict::Set(refusal) => {
+                decided.push(Some(Err(refusal.clone())));
+                continue;
+            }
+            Verdict::Open => {}
+        }
+        let mut failing = Vec::new();
+        for (j, line) in requests[i].lines.iter().enumerate() {
+            let refusal = match (&line_refusals[i][j], &stocked[j]) {
+                (Some(refusal), _) => Some(refusal.clone()),
+                (None, Some(product)) => fits(product, holders[i], line.qty.as_i32()).err(),
+                (None, None) => Some(DomainError::ProductNotFound(line.product_id)),
+            };
+            if let Some(refusal) = refusal {
+                failing.push(LineRefusal {
+                    product_id: line.product_id,
+                    refusal,
+                });
+            }
+        }
+        if !failing.is_empty() {
+            decided.push(Some(Err(DomainError::CartRefused(failing))));
+            continue;
+        }
+        for (j, line) in requests[i].lines.iter().enumerate() {
+            if let Some(product) = stocked[j].as_mut() {
+                let qty = line.qty.as_i32();
+                product.available -= qty;
+                if let (Some(_), Some(buyer)) = (product.model.per_buyer_limit, holders[i]) {
+                    *product.used.entry(buyer).or_default() += qty;
+                }
+            }
+        }
+        decided.push(Some(Ok(())));
+    }
+
+    // 5. The granted carts' rows: one insert per product, the tickets they used, then one
+    //    statement that makes each cart's lines one cart.
+    let granted: Vec<usize> = (0..n)
+        .filter(|&i| matches!(decided[i], Some(Ok(()))))
+        .collect();
+    let expires_at = now + ttl;
+    let mut line_ids: Vec<Vec<HoldId>> = vec![Vec::with_capacity(products.len()); granted.len()];
+    let mut lines_of: Vec<Vec<LineView>> = vec![Vec::with_capacity(products.len()); granted.len()];
+    for (j, product) in stocked.iter().enumerate() {
+        let Some(product) = product else {
+            continue;
+        };
+        let used: Vec<TicketId> = granted.iter().filter_map(|&i| tickets[i][j]).collect();
+        use_admissions(txn, product.model.id, &used, now).await?;
+        let new: Vec<NewHold<'_>> = granted
+            .iter()
+            .map(|&i| NewHold {
+                qty: requests[i].lines[j].qty.as_i32(),
+                secret_hash: requests[i].secret.as_ref().map(|s| s.hash().as_str()),
+                buyer: holders[i],
+                // The key goes on the first line, which answers for the cart.
+                key: requests[i].key.as_deref().filter(|_| j == 0),
+            })
+            .collect();
+        let ids = create_holds(txn, db.server(), &product.model, &new, now, expires_at).await?;
+        for (k, id) in ids.into_iter().enumerate() {
+            line_ids[k].push(id);
+            lines_of[k].push(LineView {
+                product_id: product.model.id,
+                qty: new[k].qty,
+                unit_price: Money::from_cents(product.model.price_cents),
+            });
+        }
+    }
+    join_carts(txn, &line_ids).await?;
+
+    // 6. The answers; keyed refusals are written with their keys.
+    let mut carts = line_ids.into_iter().zip(lines_of);
+    let outcomes: Vec<HoldOutcome> = decided
+        .into_iter()
+        .enumerate()
+        .map(|(i, decision)| match decision {
+            None => HoldOutcome::Withdrawn,
+            Some(Err(refusal)) => HoldOutcome::Refused(refusal),
+            Some(Ok(())) => {
+                let (ids, lines) = carts.next().unwrap_or_default();
+                let first = lines.first().copied();
+                HoldOutcome::Granted(HoldView {
+                    id: ids.first().copied().unwrap_or(HoldId::new(0)),
+                    product_id: first.map_or(products[0], |l| l.product_id),
+                    qty: first.map_or(0, |l| l.qty),
+                    lines,
+                    status: crate::HoldStatus::Active,
+                    expires_at,
+                    buyer_id: holders[i].map(str::to_owned),
+                    client_secret: requests[i].secret.clone(),
+                })
+            }
+        })
+        .collect();
+    let keys: Vec<Option<&KeyClaim>> = requests.iter().map(|r| r.key.as_deref()).collect();
+    let outcomes = store_refusals(txn, db.server(), &keys, outcomes, check_keys).await?;
+    Ok((outcomes, reclaimed))
+}
+
+/// Whether `qty` more units for `buyer` fit a product: its buyer limit, then its stock.
+fn fits(product: &Stocked<'_>, buyer: Option<&str>, qty: i32) -> Result<(), DomainError> {
+    if let Some(limit) = product.model.per_buyer_limit {
+        let Some(buyer) = buyer else {
+            return Err(DomainError::BuyerIdRequired);
+        };
+        let units = product.used.get(buyer).copied().unwrap_or_default();
+        if units.saturating_add(qty) > limit {
+            return Err(DomainError::BuyerLimitExceeded {
+                remaining: (limit - units).max(0),
+            });
+        }
+    }
+    if product.available < qty {
+        return Err(DomainError::InsufficientStock {
+            available: product.available,
+        });
+    }
+    Ok(())
+}
+
+/// The `hold.created` lines and counter of a granted cart: one line per product, each naming
+/// the cart's id.
+pub fn log_cart_created(hold: &HoldView) {
+    for line in &hold.lines {
+        tracing::info!(
+            metric = "hold.created",
+            hold_id = hold.id.get(),
+            product_id = line.product_id.get(),
+            quantity = line.qty,
+            "hold created"
+        );
+    }
+    metrics::counter!("holds_created_total").increment(1);
+}
