@@ -7,7 +7,7 @@ use std::{
 
 use entity::{
     Db,
-    batching::coalesce::{CartDesk, HoldDesk, KeyLookups, ProductReads},
+    batching::coalesce::{HoldDesk, KeyLookups, ProductReads},
     batching::queue::{JoinDesk, TicketReads},
     operations::holds::ExtensionRules,
 };
@@ -19,9 +19,6 @@ pub struct AppState {
     pub db: Db,
     /// Where hold requests are served: coalesced per product unless `HOLD_COALESCING=false`.
     pub holds: HoldDesk,
-    /// Where cart requests (holds of `lines`) are served: coalesced per set of products
-    /// unless `HOLD_COALESCING=false`.
-    pub carts: CartDesk,
     /// `MAX_HOLD_LINES`.
     pub max_hold_lines: usize,
     /// `HOLD_TTL_SECONDS`, `HOLD_MAX_EXTENSIONS`, `HOLD_MAX_LIFETIME_SECONDS`.
@@ -61,14 +58,7 @@ pub struct AppState {
 impl AppState {
     pub fn new(config: &Config, db: Db, buyer_auth: crate::buyers::BuyerAuth) -> Self {
         let hold_ttl = chrono::Duration::seconds(i64::from(config.hold_ttl_seconds));
-        let batch_wait = Duration::from_micros(config.hold_batch_wait_micros);
-        let batch_max = usize::try_from(config.hold_batch_max).unwrap_or(256);
         Self {
-            carts: if config.hold_coalescing {
-                CartDesk::coalesced(db.clone(), hold_ttl, batch_wait, batch_max)
-            } else {
-                CartDesk::one_by_one(db.clone(), hold_ttl)
-            },
             max_hold_lines: usize::try_from(config.max_hold_lines).unwrap_or(10),
             extensions: ExtensionRules {
                 ttl: hold_ttl,

@@ -70,7 +70,7 @@ impl HoldView {
     pub fn of_lines(lines: &[hold::Model], now: DateTime<Utc>) -> Option<Self> {
         let first = lines.first()?;
         let mut view = Self::at(first, now);
-        if first.cart_id.is_some() {
+        if first.is_cart() {
             view.lines = lines
                 .iter()
                 .map(|h| LineView {

@@ -1,8 +1,10 @@
 //! Carts and extensions.
 //!
-//! - `holds.cart_id`, `orders.cart_id`: a hold (or order) of several products is one row per
-//!   line, each line carrying the id of the cart's first line (its "head"), which is the id
-//!   clients see. Null on a one-product hold or order. Every per-product rule and counter keeps
+//! - A hold (or order) of several products is one row per line. The cart's first line (its
+//!   "head") has the id clients see. `holds.cart_lines` is set on a cart's head (how many lines
+//!   it has), `holds.cart_id` on its other lines (the head's id): both written by the insert
+//!   itself. `orders.cart_id` is the head order's id on every row of a cart's order, its own
+//!   included. Null on a one-product hold or order. Every per-product rule and counter keeps
 //!   working on the line rows unchanged.
 //! - `holds.extensions`: how many times the hold was extended.
 
@@ -15,6 +17,7 @@ pub struct Migration;
 enum Holds {
     Table,
     CartId,
+    CartLines,
     Extensions,
 }
 
@@ -35,6 +38,10 @@ impl MigrationTrait for Migration {
                     .big_integer()
                     .null()
                     .to_owned(),
+            ),
+            (
+                Holds::Table.into_iden(),
+                ColumnDef::new(Holds::CartLines).integer().null().to_owned(),
             ),
             (
                 Holds::Table.into_iden(),
@@ -93,6 +100,7 @@ impl MigrationTrait for Migration {
         }
         for (table, column) in [
             (Holds::Table.into_iden(), Holds::CartId.into_iden()),
+            (Holds::Table.into_iden(), Holds::CartLines.into_iden()),
             (Holds::Table.into_iden(), Holds::Extensions.into_iden()),
             (Orders::Table.into_iden(), Orders::CartId.into_iden()),
         ] {

@@ -516,7 +516,7 @@ impl HoldsApi {
         let gone = crate::connections::client_gone(req);
         let outcome = match asked {
             Asked::One(product, request) => state.holds.serve(product, request, gone).await,
-            Asked::Cart(cart) => state.carts.serve(cart, gone).await,
+            Asked::Cart(cart) => state.holds.serve_cart(cart, gone).await,
         };
         hold_answer(outcome, secret)
     }

@@ -97,6 +97,12 @@ where
         })
     }
 
+    /// Whether `key` has calls queued or a batch running in this process now.
+    pub fn is_busy(&self, key: &K) -> bool {
+        let queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        queues.get(key).is_some_and(|s| !s.is_closed())
+    }
+
     /// Queues `req` behind `key` and waits for its answer. A caller that stops waiting (its
     /// client went away) is left out of any batch that has not started yet.
     pub async fn call(self: &Arc<Self>, key: K, req: Req) -> Result<Resp, BatchError> {

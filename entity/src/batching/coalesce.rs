@@ -75,7 +75,15 @@ fn due(arrived: Instant) -> Instant {
 
 /// A hold request on its way into a batch: when it arrived, and the flag that rises when its
 /// client goes away (`None`: always wanted).
-type Call = (HoldRequest, Instant, Option<Arc<AtomicBool>>);
+pub type Call = (Asked, Instant, Option<Arc<AtomicBool>>);
+
+/// What a call of a product's batch asks for: a hold of that product, or a cart that includes
+/// it (served in the same transaction, after the holds).
+#[derive(Clone)]
+pub enum Asked {
+    One(HoldRequest),
+    Cart(CartRequest),
+}
 
 /// Where hold requests are served: coalesced per product, or each on its own.
 #[derive(Clone)]
@@ -122,7 +130,7 @@ impl HoldDesk {
     ) -> Result<HoldOutcome, Unserved> {
         let outcome = match self {
             Self::Coalesced(batcher) => batcher
-                .call(product_id, (request, Instant::now(), gone))
+                .call(product_id, (Asked::One(request), Instant::now(), gone))
                 .await
                 .unwrap_or_else(|e| Err(e.into())),
             Self::OneByOne { db, ttl } => {
@@ -153,6 +161,53 @@ impl HoldDesk {
     }
 }
 
+impl HoldDesk {
+    /// Serves one cart. Coalesced, it joins the batch of one of its products: one that has
+    /// holds queued or running in this process (a hot product), else its first; it is then
+    /// served in that batch's transaction, after its holds. Alone, a transaction of its own.
+    pub async fn serve_cart(
+        &self,
+        request: CartRequest,
+        gone: Option<Arc<AtomicBool>>,
+    ) -> Result<HoldOutcome, Unserved> {
+        let outcome = match self {
+            Self::Coalesced(batcher) => {
+                let products = request.products();
+                let anchor = products
+                    .iter()
+                    .find(|p| batcher.is_busy(p))
+                    .or(products.first())
+                    .copied()
+                    .unwrap_or(ProductId::new(0));
+                batcher
+                    .call(anchor, (Asked::Cart(request), Instant::now(), gone))
+                    .await
+                    .unwrap_or_else(|e| Err(e.into()))
+            }
+            Self::OneByOne { db, ttl } => {
+                let withdrawn = move |_| gone.as_ref().is_some_and(|g| g.load(Ordering::Relaxed));
+                let deadline = Instant::now() + ANSWER_WITHIN;
+                let requests = [request];
+                let served = carts::serve_carts(db, &requests, *ttl, deadline, &withdrawn);
+                Box::pin(served)
+                    .await
+                    .map_err(Unserved::Failed)
+                    .and_then(|mut outcomes| {
+                        outcomes.pop().ok_or_else(|| {
+                            Unserved::Failed(DomainError::Invariant(
+                                "a batch of one had no outcome".into(),
+                            ))
+                        })
+                    })
+            }
+        };
+        if let Ok(HoldOutcome::Granted(hold)) = &outcome {
+            carts::log_cart_created(hold);
+        }
+        outcome
+    }
+}
+
 /// One product's batch: requests that waited behind slower batches until too little of their
 /// time is left are answered [`Unserved::Late`]; the batch runs for the others, by the earliest
 /// one's due.
@@ -172,9 +227,22 @@ async fn serve_batch(
     let mut outcomes = match live.iter().map(|(_, arrived, _)| due(*arrived)).min() {
         None => Vec::new(),
         Some(deadline) => {
-            let requests: Vec<HoldRequest> = live.iter().map(|(r, _, _)| r.clone()).collect();
+            // The holds first, then the carts riding along: `order[i]` is where each is in `live`.
+            let (mut requests, mut carts, mut order) = (Vec::new(), Vec::new(), Vec::new());
+            for (i, (asked, _, _)) in live.iter().enumerate() {
+                if let Asked::One(r) = asked {
+                    requests.push(r.clone());
+                    order.push(i);
+                }
+            }
+            for (i, (asked, _, _)) in live.iter().enumerate() {
+                if let Asked::Cart(c) = asked {
+                    carts.push(c.clone());
+                    order.push(i);
+                }
+            }
             let withdrawn = |i: usize| {
-                live[i]
+                live[order[i]]
                     .2
                     .as_ref()
                     .is_some_and(|g| g.load(Ordering::Relaxed))
@@ -183,31 +251,48 @@ async fn serve_batch(
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .contains(&product_id);
-            let served = holds::serve_holds(
+            let served = holds::serve_with_carts(
                 db,
                 product_id,
                 &requests,
+                &carts,
                 ttl,
                 deadline,
                 &withdrawn,
                 was_sold_out,
             );
             match served.await {
-                Ok(outcomes) => {
+                Ok((outcomes, cart_outcomes)) => {
                     let refused_for_stock = outcomes.iter().all(|o| {
                         matches!(
                             o,
                             HoldOutcome::Refused(DomainError::InsufficientStock { .. })
                                 | HoldOutcome::Withdrawn
                         )
-                    }) && !outcomes.is_empty();
-                    let mut set = sold_out.lock().unwrap_or_else(|p| p.into_inner());
-                    if refused_for_stock {
-                        set.insert(product_id);
-                    } else {
-                        set.remove(&product_id);
+                    });
+                    if !outcomes.is_empty() {
+                        let mut set = sold_out.lock().unwrap_or_else(|p| p.into_inner());
+                        if refused_for_stock {
+                            set.insert(product_id);
+                        } else {
+                            set.remove(&product_id);
+                        }
                     }
-                    outcomes.into_iter().map(Ok).collect()
+                    let mut in_order: Vec<Option<HoldOutcome>> = vec![None; live.len()];
+                    for (&i, outcome) in order.iter().zip(outcomes.into_iter().chain(cart_outcomes))
+                    {
+                        in_order[i] = Some(outcome);
+                    }
+                    in_order
+                        .into_iter()
+                        .map(|o| {
+                            o.ok_or_else(|| {
+                                Unserved::Failed(DomainError::Invariant(
+                                    "a batch answered too few".into(),
+                                ))
+                            })
+                        })
+                        .collect()
                 }
                 // The whole batch failed (contention outlasted its retries, database gone):
                 // every request in it gets that answer.
@@ -231,109 +316,6 @@ async fn serve_batch(
                     )))
                 })
             }
-        })
-        .collect()
-}
-
-/// A cart request on its way into a batch (see [`Call`]).
-type CartCall = (CartRequest, Instant, Option<Arc<AtomicBool>>);
-
-/// Where cart requests are served: coalesced per set of products (carts of the same products
-/// share one transaction, as one-product holds do per product), or each on its own.
-#[derive(Clone)]
-pub enum CartDesk {
-    Coalesced(Arc<KeyedBatcher<Vec<ProductId>, CartCall, Result<HoldOutcome, Unserved>>>),
-    OneByOne { db: Db, ttl: chrono::Duration },
-}
-
-impl CartDesk {
-    pub fn one_by_one(db: Db, ttl: chrono::Duration) -> Self {
-        Self::OneByOne { db, ttl }
-    }
-
-    /// Concurrent carts of the same products in one batch, with the hold batches' policy.
-    pub fn coalesced(db: Db, ttl: chrono::Duration, max_wait: Duration, max_batch: usize) -> Self {
-        let policy = BatchPolicy {
-            name: "carts",
-            max_batch: max_batch.max(1),
-            max_wait,
-            max_queued: max_batch.max(1) * QUEUED_BATCHES,
-        };
-        Self::Coalesced(KeyedBatcher::new(
-            policy,
-            move |_products, calls: Vec<CartCall>| {
-                let db = db.clone();
-                async move { serve_cart_batch(&db, calls, ttl).await }
-            },
-        ))
-    }
-
-    /// Serves one cart request (see [`HoldDesk::serve`]).
-    pub async fn serve(
-        &self,
-        request: CartRequest,
-        gone: Option<Arc<AtomicBool>>,
-    ) -> Result<HoldOutcome, Unserved> {
-        let outcome = match self {
-            Self::Coalesced(batcher) => batcher
-                .call(request.products(), (request, Instant::now(), gone))
-                .await
-                .unwrap_or_else(|e| Err(e.into())),
-            Self::OneByOne { db, ttl } => {
-                let batch = serve_cart_batch(db, vec![(request, Instant::now(), gone)], *ttl);
-                Box::pin(batch).await.pop().unwrap_or_else(|| {
-                    Err(Unserved::Failed(DomainError::Invariant(
-                        "a batch of one had no outcome".into(),
-                    )))
-                })
-            }
-        };
-        if let Ok(HoldOutcome::Granted(hold)) = &outcome {
-            carts::log_cart_created(hold);
-        }
-        outcome
-    }
-}
-
-/// One product set's carts: as [`serve_batch`], late requests are answered [`Unserved::Late`]
-/// and the batch runs for the others by the earliest one's due.
-async fn serve_cart_batch(
-    db: &Db,
-    calls: Vec<CartCall>,
-    ttl: chrono::Duration,
-) -> Vec<Result<HoldOutcome, Unserved>> {
-    let now = Instant::now();
-    let late = |arrived: Instant| due(arrived) < now + TOO_LATE;
-    let live: Vec<&CartCall> = calls.iter().filter(|(_, a, _)| !late(*a)).collect();
-    let mut outcomes = match live.iter().map(|(_, arrived, _)| due(*arrived)).min() {
-        None => Vec::new(),
-        Some(deadline) => {
-            let requests: Vec<CartRequest> = live.iter().map(|(r, _, _)| r.clone()).collect();
-            let withdrawn = |i: usize| {
-                live[i]
-                    .2
-                    .as_ref()
-                    .is_some_and(|g| g.load(Ordering::Relaxed))
-            };
-            match carts::serve_carts(db, &requests, ttl, deadline, &withdrawn).await {
-                Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
-                Err(e) => live
-                    .iter()
-                    .map(|_| Err(Unserved::Failed(e.clone())))
-                    .collect(),
-            }
-        }
-    }
-    .into_iter();
-    calls
-        .iter()
-        .map(|(_, arrived, _)| match late(*arrived) {
-            true => Err(Unserved::Late),
-            false => outcomes.next().unwrap_or_else(|| {
-                Err(Unserved::Failed(DomainError::Invariant(
-                    "a batch answered too few".into(),
-                )))
-            }),
         })
         .collect()
 }

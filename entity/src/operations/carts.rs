@@ -9,20 +9,22 @@
 
 use std::{collections::HashMap, sync::Arc};
 
+use chrono::{DateTime, Utc};
+
 use sea_orm::{DatabaseTransaction, EntityTrait, QuerySelect};
 
 use crate::{
     Db, DomainError, Money, Quantity,
     db::{now, with_retry_until},
     error::LineRefusal,
-    operations::holds::{HoldOutcome, looked_up, store_refusals, units_per_buyer},
+    operations::granting::{HoldOutcome, looked_up, store_refusals, units_per_buyer},
     operations::idempotency::check_in_txn,
     operations::queue::{TicketPass, admissions, use_admissions},
     operations::sweeps::{ExpiredHold, log_expired, reclaim_expired},
     product::{self, Admission},
     rules::keys::KeyClaim,
     rules::ownership::ClientSecret,
-    rules::transitions::{NewHold, create_holds, join_carts},
+    rules::transitions::{CartLink, NewHold, create_all},
     types::{BuyerId, HoldId, ProductId, TicketId},
     views::{HoldView, LineView},
 };
@@ -178,7 +180,9 @@ enum Verdict {
     Set(DomainError),
 }
 
-async fn decide(
+/// Decides carts of the same `products` (sorted) inside a transaction, and creates the granted
+/// ones (see [`cart_transaction`]).
+pub(crate) async fn decide(
     db: &Db,
     txn: &DatabaseTransaction,
     products: &[ProductId],
@@ -187,17 +191,201 @@ async fn decide(
     withdrawn: &(dyn Fn(usize) -> bool + Sync),
     check_keys: bool,
 ) -> Result<(Vec<HoldOutcome>, Vec<ExpiredHold>), DomainError> {
+    let plan = plan(
+        txn,
+        products,
+        requests,
+        now(),
+        ttl,
+        withdrawn,
+        check_keys,
+        None,
+    )
+    .await?;
+    let new_lines = plan.new_lines(requests, 0);
+    let per_product: Vec<(&product::Model, Vec<NewHold<'_>>)> = new_lines
+        .into_iter()
+        .map(|(j, holds)| (plan.model(j), holds))
+        .collect();
+    let (now, expires_at) = (plan.now, plan.expires_at);
+    let ids = create_all(txn, db.server(), &per_product, now, expires_at).await?;
+    drop(per_product);
+    let (outcomes, reclaimed) = plan.finish(requests, ids);
+    let keys: Vec<Option<&KeyClaim>> = requests.iter().map(|r| r.key.as_deref()).collect();
+    let outcomes = store_refusals(txn, db.server(), &keys, outcomes, check_keys).await?;
+    Ok((outcomes, reclaimed))
+}
+
+/// What a transaction decided for carts of one set of products, before their rows exist:
+/// each request's verdict, and each product's row and what is left of it.
+pub(crate) struct CartPlan {
+    products: Vec<ProductId>,
+    /// Per product: its locked row (none: it does not exist) and its available stock after
+    /// this plan's grants.
+    stocked: Vec<Option<(product::Model, i32)>>,
+    decided: Vec<Option<Result<(), DomainError>>>,
+    /// Whose each cart is: the request's buyer, or its ticket's.
+    holders: Vec<Option<String>>,
+    reclaimed: Vec<ExpiredHold>,
+    now: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+}
+
+impl CartPlan {
+    /// The locked row of product `j` (one that exists: [`CartPlan::new_lines`] names only
+    /// those).
+    pub(crate) fn model(&self, j: usize) -> &product::Model {
+        match &self.stocked[j] {
+            Some((model, _)) => model,
+            None => unreachable!("new lines are only made for products that exist"),
+        }
+    }
+
+    /// How many carts the plan grants.
+    pub(crate) fn granted(&self) -> usize {
+        self.decided
+            .iter()
+            .filter(|d| matches!(d, Some(Ok(()))))
+            .count()
+    }
+
+    /// What is left of `product` after this plan's grants, if the plan has it.
+    pub(crate) fn left(&self, product: ProductId) -> Option<i32> {
+        let j = self.products.iter().position(|&p| p == product)?;
+        self.stocked[j].as_ref().map(|(_, left)| *left)
+    }
+
+    /// The granted carts' new lines, per product `j` that gets any (in id order), each
+    /// product's in the order of the granted carts; `first_cart` numbers this plan's carts
+    /// among the transaction's.
+    pub(crate) fn new_lines<'a>(
+        &'a self,
+        requests: &[&'a CartRequest],
+        first_cart: usize,
+    ) -> Vec<(usize, Vec<NewHold<'a>>)> {
+        let granted: Vec<usize> = (0..requests.len())
+            .filter(|&i| matches!(self.decided[i], Some(Ok(()))))
+            .collect();
+        if granted.is_empty() {
+            return Vec::new();
+        }
+        let lines = i32::try_from(self.products.len()).unwrap_or(i32::MAX);
+        (0..self.products.len())
+            .filter(|&j| self.stocked[j].is_some())
+            .map(|j| {
+                let holds = granted
+                    .iter()
+                    .enumerate()
+                    .map(|(k, &i)| NewHold {
+                        qty: requests[i].lines[j].qty.as_i32(),
+                        secret_hash: requests[i].secret.as_ref().map(|s| s.hash().as_str()),
+                        buyer: self.holders[i].as_deref(),
+                        // The key goes on the first line, which answers for the cart.
+                        key: requests[i].key.as_deref().filter(|_| j == 0),
+                        cart: Some(match j {
+                            0 => CartLink::First {
+                                cart: first_cart + k,
+                                lines,
+                            },
+                            _ => CartLink::Line {
+                                cart: first_cart + k,
+                            },
+                        }),
+                    })
+                    .collect();
+                (j, holds)
+            })
+            .collect()
+    }
+
+    /// Each request's outcome, given the ids [`create_all`] answered for
+    /// [`CartPlan::new_lines`] (in the same order), and the expired holds the plan reclaimed.
+    pub(crate) fn finish(
+        self,
+        requests: &[&CartRequest],
+        ids: Vec<Vec<HoldId>>,
+    ) -> (Vec<HoldOutcome>, Vec<ExpiredHold>) {
+        let granted = self
+            .decided
+            .iter()
+            .filter(|d| matches!(d, Some(Ok(()))))
+            .count();
+        let mut line_ids: Vec<Vec<HoldId>> = vec![Vec::new(); granted];
+        for product_ids in ids {
+            for (k, id) in product_ids.into_iter().enumerate() {
+                if let Some(cart) = line_ids.get_mut(k) {
+                    cart.push(id);
+                }
+            }
+        }
+        let mut carts = line_ids.into_iter();
+        let outcomes = self
+            .decided
+            .into_iter()
+            .enumerate()
+            .map(|(i, decision)| match decision {
+                None => HoldOutcome::Withdrawn,
+                Some(Err(refusal)) => HoldOutcome::Refused(refusal),
+                Some(Ok(())) => {
+                    let ids = carts.next().unwrap_or_default();
+                    let lines: Vec<LineView> = requests[i]
+                        .lines
+                        .iter()
+                        .zip(&self.stocked)
+                        .filter_map(|(line, stocked)| {
+                            let (model, _) = stocked.as_ref()?;
+                            Some(LineView {
+                                product_id: line.product_id,
+                                qty: line.qty.as_i32(),
+                                unit_price: Money::from_cents(model.price_cents),
+                            })
+                        })
+                        .collect();
+                    let first = lines.first().copied();
+                    HoldOutcome::Granted(HoldView {
+                        id: ids.first().copied().unwrap_or(HoldId::new(0)),
+                        product_id: first.map_or(self.products[0], |l| l.product_id),
+                        qty: first.map_or(0, |l| l.qty),
+                        lines,
+                        status: crate::HoldStatus::Active,
+                        expires_at: self.expires_at,
+                        buyer_id: self.holders[i].clone(),
+                        client_secret: requests[i].secret.clone(),
+                    })
+                }
+            })
+            .collect();
+        (outcomes, self.reclaimed)
+    }
+}
+
+/// Decides carts of the same `products` (sorted) under their locks (taken here, in id order;
+/// `known` is a product the transaction has locked and changed already, as it now stands), and
+/// marks the tickets the granted ones use. Nothing of the carts is created yet.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn plan(
+    txn: &DatabaseTransaction,
+    products: &[ProductId],
+    requests: &[&CartRequest],
+    now: DateTime<Utc>,
+    ttl: chrono::Duration,
+    withdrawn: &(dyn Fn(usize) -> bool + Sync),
+    check_keys: bool,
+    known: Option<&product::Model>,
+) -> Result<CartPlan, DomainError> {
     // 1. Every product, exclusively, in id order (`products` is sorted).
     let mut locked: Vec<Option<product::Model>> = Vec::with_capacity(products.len());
     for &id in products {
-        locked.push(
-            product::Entity::find_by_id(id)
-                .lock_exclusive()
-                .one(txn)
-                .await?,
-        );
+        locked.push(match known {
+            Some(model) if model.id == id => Some(model.clone()),
+            _ => {
+                product::Entity::find_by_id(id)
+                    .lock_exclusive()
+                    .one(txn)
+                    .await?
+            }
+        });
     }
-    let now = now();
     let mut verdicts: Vec<Verdict> = (0..requests.len())
         .map(|i| match withdrawn(i) {
             true => Verdict::Gone,
@@ -224,9 +412,9 @@ async fn decide(
     let mut line_refusals: Vec<Vec<Option<DomainError>>> = vec![vec![None; products.len()]; n];
     // The ticket each cart uses on each queue product, and the buyer it makes the cart's.
     let mut tickets: Vec<Vec<Option<TicketId>>> = vec![vec![None; products.len()]; n];
-    let mut holders: Vec<Option<&str>> = requests
+    let mut holders: Vec<Option<String>> = requests
         .iter()
-        .map(|r| r.buyer.as_ref().map(BuyerId::as_str))
+        .map(|r| r.buyer.as_ref().map(|b| b.as_str().to_owned()))
         .collect();
     let mut ticket_buyers: Vec<Option<String>> = vec![None; n];
     for (j, model) in locked.iter().enumerate() {
@@ -246,7 +434,7 @@ async fn decide(
             let eligible: Vec<usize> = (0..n).filter(|&i| open(i, &verdicts)).collect();
             let passes: Vec<(Option<&TicketPass>, Option<&str>)> = eligible
                 .iter()
-                .map(|&i| (requests[i].ticket.as_ref(), holders[i]))
+                .map(|&i| (requests[i].ticket.as_ref(), holders[i].as_deref()))
                 .collect();
             let answers = admissions(txn, model.id, &passes, now).await?;
             for (&i, answer) in eligible.iter().zip(answers) {
@@ -261,9 +449,9 @@ async fn decide(
         }
     }
     // On a queue product the hold is its ticket's buyer's: limits count that buyer.
-    for (holder, ticket_buyer) in holders.iter_mut().zip(&ticket_buyers) {
+    for (holder, ticket_buyer) in holders.iter_mut().zip(ticket_buyers) {
         if holder.is_none() {
-            *holder = ticket_buyer.as_deref();
+            *holder = ticket_buyer;
         }
     }
 
@@ -286,7 +474,10 @@ async fn decide(
         let (available, swept) =
             reclaim_expired(txn, model.id, now, model.available_stock, wanted).await?;
         reclaimed.extend(swept);
-        let buyers: Vec<&str> = wanting.iter().filter_map(|&i| holders[i]).collect();
+        let buyers: Vec<&str> = wanting
+            .iter()
+            .filter_map(|&i| holders[i].as_deref())
+            .collect();
         let used = match model.per_buyer_limit {
             Some(_) if !buyers.is_empty() => units_per_buyer(txn, model.id, &buyers, now).await?,
             _ => HashMap::new(),
@@ -316,7 +507,9 @@ async fn decide(
         for (j, line) in requests[i].lines.iter().enumerate() {
             let refusal = match (&line_refusals[i][j], &stocked[j]) {
                 (Some(refusal), _) => Some(refusal.clone()),
-                (None, Some(product)) => fits(product, holders[i], line.qty.as_i32()).err(),
+                (None, Some(product)) => {
+                    fits(product, holders[i].as_deref(), line.qty.as_i32()).err()
+                }
                 (None, None) => Some(DomainError::ProductNotFound(line.product_id)),
             };
             if let Some(refusal) = refusal {
@@ -334,7 +527,9 @@ async fn decide(
             if let Some(product) = stocked[j].as_mut() {
                 let qty = line.qty.as_i32();
                 product.available -= qty;
-                if let (Some(_), Some(buyer)) = (product.model.per_buyer_limit, holders[i]) {
+                if let (Some(_), Some(buyer)) =
+                    (product.model.per_buyer_limit, holders[i].as_deref())
+                {
                     *product.used.entry(buyer).or_default() += qty;
                 }
             }
@@ -342,69 +537,30 @@ async fn decide(
         decided.push(Some(Ok(())));
     }
 
-    // 5. The granted carts' rows: one insert per product, the tickets they used, then one
-    //    statement that makes each cart's lines one cart.
-    let granted: Vec<usize> = (0..n)
-        .filter(|&i| matches!(decided[i], Some(Ok(()))))
-        .collect();
-    let expires_at = now + ttl;
-    let mut line_ids: Vec<Vec<HoldId>> = vec![Vec::with_capacity(products.len()); granted.len()];
-    let mut lines_of: Vec<Vec<LineView>> = vec![Vec::with_capacity(products.len()); granted.len()];
+    // 5. The tickets the granted carts use.
     for (j, product) in stocked.iter().enumerate() {
         let Some(product) = product else {
             continue;
         };
-        let used: Vec<TicketId> = granted.iter().filter_map(|&i| tickets[i][j]).collect();
-        use_admissions(txn, product.model.id, &used, now).await?;
-        let new: Vec<NewHold<'_>> = granted
-            .iter()
-            .map(|&i| NewHold {
-                qty: requests[i].lines[j].qty.as_i32(),
-                secret_hash: requests[i].secret.as_ref().map(|s| s.hash().as_str()),
-                buyer: holders[i],
-                // The key goes on the first line, which answers for the cart.
-                key: requests[i].key.as_deref().filter(|_| j == 0),
-            })
+        let used: Vec<TicketId> = (0..n)
+            .filter(|&i| matches!(decided[i], Some(Ok(()))))
+            .filter_map(|i| tickets[i][j])
             .collect();
-        let ids = create_holds(txn, db.server(), &product.model, &new, now, expires_at).await?;
-        for (k, id) in ids.into_iter().enumerate() {
-            line_ids[k].push(id);
-            lines_of[k].push(LineView {
-                product_id: product.model.id,
-                qty: new[k].qty,
-                unit_price: Money::from_cents(product.model.price_cents),
-            });
-        }
+        use_admissions(txn, product.model.id, &used, now).await?;
     }
-    join_carts(txn, &line_ids).await?;
-
-    // 6. The answers; keyed refusals are written with their keys.
-    let mut carts = line_ids.into_iter().zip(lines_of);
-    let outcomes: Vec<HoldOutcome> = decided
+    let stocked = stocked
         .into_iter()
-        .enumerate()
-        .map(|(i, decision)| match decision {
-            None => HoldOutcome::Withdrawn,
-            Some(Err(refusal)) => HoldOutcome::Refused(refusal),
-            Some(Ok(())) => {
-                let (ids, lines) = carts.next().unwrap_or_default();
-                let first = lines.first().copied();
-                HoldOutcome::Granted(HoldView {
-                    id: ids.first().copied().unwrap_or(HoldId::new(0)),
-                    product_id: first.map_or(products[0], |l| l.product_id),
-                    qty: first.map_or(0, |l| l.qty),
-                    lines,
-                    status: crate::HoldStatus::Active,
-                    expires_at,
-                    buyer_id: holders[i].map(str::to_owned),
-                    client_secret: requests[i].secret.clone(),
-                })
-            }
-        })
+        .map(|s| s.map(|s| (s.model, s.available)))
         .collect();
-    let keys: Vec<Option<&KeyClaim>> = requests.iter().map(|r| r.key.as_deref()).collect();
-    let outcomes = store_refusals(txn, db.server(), &keys, outcomes, check_keys).await?;
-    Ok((outcomes, reclaimed))
+    Ok(CartPlan {
+        products: products.to_vec(),
+        stocked,
+        decided,
+        holders,
+        reclaimed,
+        now,
+        expires_at: now + ttl,
+    })
 }
 
 /// Whether `qty` more units for `buyer` fit a product: its buyer limit, then its stock.

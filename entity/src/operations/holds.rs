@@ -4,35 +4,40 @@
 //! write transaction (retried on contention) or one read; the row changes themselves —
 //! creating holds, moving them, the counters — are made by `transitions.rs`.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::Arc,
+};
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder,
-    Statement,
+    QuerySelect,
 };
 
 use crate::{
-    Db, DomainError, OrderStatus, Quantity,
-    db::{ANSWER_WITHIN, ServerTraits, now, out_of_time, with_retry, with_retry_until},
+    Db, DomainError, Quantity,
+    db::{ANSWER_WITHIN, now, with_retry, with_retry_until},
     hold::{self, HoldStatus},
-    operations::idempotency::{
-        self, Lookup, Replay, StoredOutcome, StoredRefusal, check_in_txn, store_in_txn,
-    },
+    operations::carts::{self, CartRequest},
+    operations::granting::{looked_up, store_refusals, units_per_buyer},
+    operations::idempotency::check_in_txn,
     operations::products::product_view,
     operations::queue::{TicketPass, admissions, use_admissions},
-    operations::sweeps::{log_expired, reclaim_expired},
+    operations::sweeps::{ExpiredHold, log_expired, reclaim_expired},
     product::{self, Admission},
     rules::grant::{Ask, Decision, grant},
     rules::keys::KeyClaim,
     rules::ownership::{Access, ClientSecret},
     rules::transitions::{
-        HoldRef, NewHold, create_holds, extend_holds, lock_hold, lock_lines, lock_product,
-        move_holds,
+        HoldRef, NewHold, create_all, create_holds, extend_holds, lock_hold, lock_lines,
+        lock_product, move_holds,
     },
     types::{BuyerId, HoldId, ProductId, TicketId},
     views::HoldView,
 };
+
+pub use super::granting::HoldOutcome;
 
 /// Whether `access` reaches this hold (see [`crate::rules::ownership`]).
 pub(crate) fn owned(model: &hold::Model, access: Access<'_>) -> bool {
@@ -47,14 +52,15 @@ pub async fn get_hold(db: &Db, id: HoldId, access: Access<'_>) -> Result<HoldVie
             let Some(model) = hold::Entity::find_by_id(id).one(db.conn()).await? else {
                 return Ok(Vec::new());
             };
-            if model.cart_id != Some(model.id) {
+            if !model.is_cart() {
                 return Ok(vec![model]);
             }
-            Ok(hold::Entity::find()
+            let others = hold::Entity::find()
                 .filter(hold::Column::CartId.eq(id))
                 .order_by_asc(hold::Column::Id)
                 .all(db.conn())
-                .await?)
+                .await?;
+            Ok(std::iter::once(model).chain(others).collect())
         })
         .await?;
     lines
@@ -154,21 +160,6 @@ impl HoldRequest {
     }
 }
 
-/// What became of one hold request.
-#[derive(Debug, Clone)]
-pub enum HoldOutcome {
-    /// The stock is held.
-    Granted(HoldView),
-    /// Refused, for a reason of the product, the buyer or the key: a refusal, never a failure
-    /// (when the database fails, the whole batch does).
-    Refused(DomainError),
-    /// Its key had finished: the first request's outcome, answered again.
-    Replayed(Replay),
-    /// Its caller withdrew (its client went away) before the batch held the product's lock:
-    /// nothing was done for it.
-    Withdrawn,
-}
-
 /// Puts a hold on `qty` units of a product for `ttl`: a batch of one (see [`serve_holds`]),
 /// so both paths share every rule.
 pub async fn create_hold(
@@ -202,64 +193,87 @@ pub async fn serve_holds(
     withdrawn: &(dyn Fn(usize) -> bool + Sync),
     sold_out: bool,
 ) -> Result<Vec<HoldOutcome>, DomainError> {
-    let keys: Vec<Option<&KeyClaim>> = requests.iter().map(|r| r.key.as_deref()).collect();
-    let mut outcomes = looked_up(db, &keys, deadline).await?;
-    let to_run: Vec<usize> = (0..requests.len())
-        .filter(|&i| outcomes[i].is_none())
+    let served = serve_with_carts(
+        db,
+        product_id,
+        requests,
+        &[],
+        ttl,
+        deadline,
+        withdrawn,
+        sold_out,
+    );
+    Ok(served.await?.0)
+}
+
+/// [`serve_holds`] for a batch that also carries carts which include its product: they are
+/// served in the same transaction, after its one-product holds (a cart beside a hot product
+/// costs it no transaction of its own). `withdrawn(i)` counts the holds first, then the carts.
+/// Answers the holds' outcomes and the carts', each in order.
+#[allow(clippy::too_many_arguments)]
+pub async fn serve_with_carts(
+    db: &Db,
+    product_id: ProductId,
+    requests: &[HoldRequest],
+    carts: &[CartRequest],
+    ttl: chrono::Duration,
+    deadline: std::time::Instant,
+    withdrawn: &(dyn Fn(usize) -> bool + Sync),
+    sold_out: bool,
+) -> Result<(Vec<HoldOutcome>, Vec<HoldOutcome>), DomainError> {
+    let n = requests.len();
+    let keys: Vec<Option<&KeyClaim>> = requests
+        .iter()
+        .map(|r| r.key.as_deref())
+        .chain(carts.iter().map(|c| c.key.as_deref()))
         .collect();
+    let mut outcomes = looked_up(db, &keys, deadline).await?;
+    // Ascending: the holds to run come first, then the carts.
+    let to_run: Vec<usize> = (0..keys.len()).filter(|&i| outcomes[i].is_none()).collect();
     if !to_run.is_empty() {
-        let run: Vec<&HoldRequest> = to_run.iter().map(|&i| &requests[i]).collect();
+        let run: Vec<&HoldRequest> = to_run
+            .iter()
+            .filter(|&&i| i < n)
+            .map(|&i| &requests[i])
+            .collect();
+        let run_carts: Vec<&CartRequest> = to_run
+            .iter()
+            .filter(|&&i| i >= n)
+            .map(|&i| &carts[i - n])
+            .collect();
         let gone = |j: usize| withdrawn(to_run[j]);
-        let refused = match sold_out {
+        let refused = match sold_out && run_carts.is_empty() {
             true => refused_for_stock(db, product_id, &run, &gone).await?,
             false => None,
         };
         let ran = match refused {
             Some(refused) => refused,
-            None => hold_transaction(db, product_id, &run, ttl, deadline, &gone).await?,
+            None => {
+                let batch = Batch {
+                    holds: &run,
+                    carts: &run_carts,
+                };
+                hold_transaction(db, product_id, batch, ttl, deadline, &gone).await?
+            }
         };
         for (&i, outcome) in to_run.iter().zip(ran) {
             outcomes[i] = Some(outcome);
         }
     }
-    outcomes
+    let mut holds = outcomes
         .into_iter()
         .map(|o| o.ok_or_else(|| DomainError::Invariant("a hold request had no outcome".into())))
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    let carts = holds.split_off(n);
+    Ok((holds, carts))
 }
 
-/// What the keys of a batch's requests already answer, one entry per request (none: run it),
-/// by one look-up that takes no lock: a finished key's request is answered again
-/// ([`HoldOutcome::Replayed`]), another request's key refused.
-pub(crate) async fn looked_up(
-    db: &Db,
-    keys: &[Option<&KeyClaim>],
-    deadline: std::time::Instant,
-) -> Result<Vec<Option<HoldOutcome>>, DomainError> {
-    let mut outcomes: Vec<Option<HoldOutcome>> = vec![None; keys.len()];
-    let keyed: Vec<(usize, &KeyClaim)> = keys
-        .iter()
-        .enumerate()
-        .filter_map(|(i, k)| k.map(|k| (i, k)))
-        .collect();
-    if keyed.is_empty() {
-        return Ok(outcomes);
-    }
-    let claims: Vec<&KeyClaim> = keyed.iter().map(|(_, k)| *k).collect();
-    let found = tokio::time::timeout_at(
-        deadline.into(),
-        idempotency::lookup_counted(db, idempotency::HOLDS, &claims),
-    )
-    .await
-    .unwrap_or_else(|_| Err(out_of_time()))?;
-    for ((i, _), lookup) in keyed.iter().zip(found) {
-        outcomes[*i] = match lookup {
-            Lookup::Absent => None,
-            Lookup::Finished(replay) => Some(HoldOutcome::Replayed(replay)),
-            Lookup::Mismatch => Some(HoldOutcome::Refused(DomainError::IdempotencyKeyMismatch)),
-        };
-    }
-    Ok(outcomes)
+/// The requests one hold transaction serves: one-product holds on its product, then carts
+/// that include it.
+#[derive(Clone, Copy)]
+struct Batch<'r, 'a> {
+    holds: &'r [&'a HoldRequest],
+    carts: &'r [&'a CartRequest],
 }
 
 /// A sold-out product's batch, refused on one read and no transaction: when the read (taken
@@ -298,15 +312,13 @@ async fn refused_for_stock(
     ))
 }
 
-/// Serves hold requests for one product in ONE transaction, in these steps: lock the product
-/// row; set aside the requests that cannot be served (caller withdrawn, key taken, sale
-/// window); reclaim expired holds if the rest need more than is available; grant in arrival
-/// order while stock lasts ([`grant`]); create every granted hold with one statement and update
-/// the counter once; write the keyed refusals' keys and outcomes with one statement; commit.
+/// Serves a batch in ONE transaction: lock its product (and its carts' products, all in id
+/// order); decide the one-product holds ([`decide_holds`]); then the carts, each set of
+/// products together (`carts::decide`); commit. Answers the holds' outcomes, then the carts'.
 async fn hold_transaction(
     db: &Db,
     product_id: ProductId,
-    requests: &[&HoldRequest],
+    batch: Batch<'_, '_>,
     ttl: chrono::Duration,
     deadline: std::time::Instant,
     withdrawn: &(dyn Fn(usize) -> bool + Sync),
@@ -321,63 +333,344 @@ async fn hold_transaction(
         // checked first.
         let check_keys = attempt > 1;
         db.write_until(deadline, async move |txn| {
-            let product = lock_product(txn, product_id).await?;
-            let now = now();
-            let mut asks = asks(txn, requests, withdrawn, check_keys, &product, now).await?;
-            let tickets = admissions_of(txn, requests, &mut asks, &product, now).await?;
-            // On a queue product the hold is its ticket's buyer's: limits count that buyer.
-            for (ask, ticket) in asks.iter_mut().zip(&tickets) {
-                if let Some((_, buyer)) = ticket {
-                    ask.buyer = Some(buyer.as_str());
-                }
-            }
-            let wanted: i64 = asks.iter().filter_map(Ask::wanted).sum();
-            let (available, reclaimed) =
-                reclaim_expired(txn, product_id, now, product.available_stock, wanted).await?;
-            let buyers = buyers(&asks);
-            // Whose each hold would be: the request's buyer, or its ticket's.
-            let holders: Vec<Option<&str>> = asks.iter().map(|a| a.buyer).collect();
-            let used = match product.per_buyer_limit {
-                Some(_) if !buyers.is_empty() => {
-                    units_per_buyer(txn, product.id, &buyers, now).await?
-                }
-                _ => HashMap::new(),
+            // Every product of the batch in id order (the carts' too), the one order every path
+            // that locks several keeps.
+            let mut others: BTreeSet<ProductId> = batch
+                .carts
+                .iter()
+                .flat_map(|c| c.lines().iter().map(|l| l.product_id))
+                .collect();
+            others.remove(&product_id);
+            lock_existing(txn, others.range(..product_id).copied()).await?;
+            let product = match lock_product(txn, product_id).await {
+                Ok(product) => Some(product),
+                // Carts ride along: they are answered line by line, the holds as missing.
+                Err(DomainError::ProductNotFound(_)) if !batch.carts.is_empty() => None,
+                Err(e) => return Err(e),
             };
-            let decided = grant(available, product.per_buyer_limit, used, asks);
-            let admitted: Vec<TicketId> = decided
-                .iter()
-                .zip(&tickets)
-                .filter_map(|(d, t)| matches!(d, Decision::Grant(_)).then_some(t.as_ref()?.0))
-                .collect();
-            use_admissions(txn, product_id, &admitted, now).await?;
-            let granted: Vec<NewHold> = requests
-                .iter()
-                .zip(&decided)
-                .zip(&holders)
-                .filter_map(|((r, d), buyer)| match d {
-                    Decision::Grant(qty) => Some(NewHold {
-                        qty: *qty,
-                        secret_hash: r.secret.as_ref().map(|s| s.hash().as_str()),
-                        buyer: *buyer,
-                        key: r.key.as_deref(),
-                    }),
-                    _ => None,
-                })
-                .collect();
-            let expires_at = now + ttl;
-            let ids = create_holds(txn, db.server(), &product, &granted, now, expires_at).await?;
-            let outcomes = outcomes(requests, &holders, decided, ids, product_id, expires_at);
-            let keys: Vec<Option<&KeyClaim>> = requests.iter().map(|r| r.key.as_deref()).collect();
-            let outcomes = store_refusals(txn, db.server(), &keys, outcomes, check_keys).await?;
+            // Carts of one set of products lock the rest themselves, in order; several sets
+            // are locked together here first, so that no two sets interleave their order.
+            let sets: BTreeSet<Vec<ProductId>> = batch.carts.iter().map(|c| c.products()).collect();
+            if sets.len() > 1 {
+                lock_existing(txn, others.range(product_id..).copied()).await?;
+            }
+            let (mut outcomes, mut reclaimed) = match product {
+                Some(product) if batch.carts.is_empty() => {
+                    let holds = batch.holds;
+                    decide_holds(db, txn, product, holds, ttl, withdrawn, check_keys).await?
+                }
+                // The carts ride along: planned after the holds, created with them.
+                Some(product) => {
+                    let (holds, carts) = (batch.holds, batch.carts);
+                    let decided = decide_with_carts(
+                        db, txn, product, holds, carts, ttl, withdrawn, check_keys,
+                    );
+                    return decided.await;
+                }
+                None => (
+                    batch
+                        .holds
+                        .iter()
+                        .map(|_| HoldOutcome::Refused(DomainError::ProductNotFound(product_id)))
+                        .collect(),
+                    Vec::new(),
+                ),
+            };
+            // Then the carts, each set of products together.
+            let first_cart = outcomes.len();
+            outcomes.resize(first_cart + batch.carts.len(), HoldOutcome::Withdrawn);
+            let mut groups: BTreeMap<Vec<ProductId>, Vec<usize>> = BTreeMap::new();
+            for (k, cart) in batch.carts.iter().enumerate() {
+                groups.entry(cart.products()).or_default().push(k);
+            }
+            for (products, members) in groups {
+                let requests: Vec<&CartRequest> = members.iter().map(|&k| batch.carts[k]).collect();
+                let gone = |j: usize| withdrawn(first_cart + members[j]);
+                let decided =
+                    carts::decide(db, txn, &products, &requests, ttl, &gone, check_keys).await?;
+                for (&k, outcome) in members.iter().zip(decided.0) {
+                    outcomes[first_cart + k] = outcome;
+                }
+                reclaimed.extend(decided.1);
+            }
             Ok((outcomes, reclaimed))
         })
     })
     .await?;
     log_expired(&reclaimed, "api");
     // `hold.created` is logged by each caller, in its own request's span.
-    metrics::histogram!("hold_batch_size").record(requests.len() as f64);
+    if !batch.holds.is_empty() {
+        metrics::histogram!("hold_batch_size").record(batch.holds.len() as f64);
+    }
+    if !batch.carts.is_empty() {
+        metrics::histogram!("cart_batch_size").record(batch.carts.len() as f64);
+    }
     metrics::histogram!("hold_batch_duration_seconds").record(started.elapsed().as_secs_f64());
     Ok(outcomes)
+}
+
+/// Locks these products (in the order given), those that exist.
+async fn lock_existing(
+    txn: &DatabaseTransaction,
+    ids: impl IntoIterator<Item = ProductId>,
+) -> Result<(), DomainError> {
+    for id in ids {
+        product::Entity::find_by_id(id)
+            .lock_exclusive()
+            .one(txn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// A locked product's one-product holds: planned ([`plan_holds`]), created with one statement
+/// and one counter update, answered, and the keyed refusals' keys and outcomes written with one
+/// statement.
+async fn decide_holds(
+    db: &Db,
+    txn: &DatabaseTransaction,
+    product: product::Model,
+    requests: &[&HoldRequest],
+    ttl: chrono::Duration,
+    withdrawn: &(dyn Fn(usize) -> bool + Sync),
+    check_keys: bool,
+) -> Result<(Vec<HoldOutcome>, Vec<ExpiredHold>), DomainError> {
+    if requests.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let plan = plan_holds(txn, &product, requests, now(), ttl, withdrawn, check_keys).await?;
+    let granted = plan.new_holds(requests);
+    let ids = create_holds(
+        txn,
+        db.server(),
+        &product,
+        &granted,
+        plan.now,
+        plan.expires_at,
+    );
+    let ids = ids.await?;
+    drop(granted);
+    let (outcomes, reclaimed) = plan.finish(requests, ids, product.id);
+    let keys: Vec<Option<&KeyClaim>> = requests.iter().map(|r| r.key.as_deref()).collect();
+    let outcomes = store_refusals(txn, db.server(), &keys, outcomes, check_keys).await?;
+    Ok((outcomes, reclaimed))
+}
+
+/// A batch's one-product holds and the carts riding along, on its locked product: each planned
+/// against what the ones before left ([`plan_holds`], then `carts::plan` per set of products),
+/// then every new row made by [`create_all`] (one statement per product, the product's holds
+/// and cart lines together, and one counter update for all), then the keyed refusals written
+/// with one statement. Answers the holds' outcomes, then the carts'.
+#[allow(clippy::too_many_arguments)]
+async fn decide_with_carts(
+    db: &Db,
+    txn: &DatabaseTransaction,
+    product: product::Model,
+    requests: &[&HoldRequest],
+    carts: &[&CartRequest],
+    ttl: chrono::Duration,
+    withdrawn: &(dyn Fn(usize) -> bool + Sync),
+    check_keys: bool,
+) -> Result<(Vec<HoldOutcome>, Vec<ExpiredHold>), DomainError> {
+    let now = now();
+    let product_id = product.id;
+    let holds = plan_holds(txn, &product, requests, now, ttl, withdrawn, check_keys).await?;
+    // The product as the holds leave it, for the carts' plans.
+    let mut current = product.clone();
+    current.available_stock = holds.left;
+    let mut groups: BTreeMap<Vec<ProductId>, Vec<usize>> = BTreeMap::new();
+    for (k, cart) in carts.iter().enumerate() {
+        groups.entry(cart.products()).or_default().push(k);
+    }
+    let mut plans = Vec::with_capacity(groups.len());
+    for (products, members) in groups {
+        let group: Vec<&CartRequest> = members.iter().map(|&k| carts[k]).collect();
+        let gone = |j: usize| withdrawn(requests.len() + members[j]);
+        let plan = carts::plan(
+            txn,
+            &products,
+            &group,
+            now,
+            ttl,
+            &gone,
+            check_keys,
+            Some(&current),
+        );
+        let plan = plan.await?;
+        if let Some(left) = plan.left(product_id) {
+            current.available_stock = left;
+        }
+        plans.push((products, members, group, plan));
+    }
+
+    // The new rows, per product in id order: this product's holds first, then cart lines.
+    let mut rows: BTreeMap<ProductId, (&product::Model, Vec<NewHold<'_>>)> = BTreeMap::new();
+    rows.insert(product_id, (&product, holds.new_holds(requests)));
+    // Where each plan's lines went: (plan, line j, product, first row, rows).
+    let mut slots: Vec<(usize, usize, ProductId, usize, usize)> = Vec::new();
+    let mut first_cart = 0;
+    for (p, (products, _, group, plan)) in plans.iter().enumerate() {
+        for (j, lines) in plan.new_lines(group, first_cart) {
+            let model = match products[j] == product_id {
+                true => &product,
+                false => plan.model(j),
+            };
+            let entry = rows.entry(products[j]).or_insert((model, Vec::new()));
+            slots.push((p, j, products[j], entry.1.len(), lines.len()));
+            entry.1.extend(lines);
+        }
+        first_cart += plan.granted();
+    }
+    let order: Vec<ProductId> = rows.keys().copied().collect();
+    let rows: Vec<(&product::Model, Vec<NewHold<'_>>)> = rows.into_values().collect();
+    let made = create_all(txn, db.server(), &rows, now, holds.expires_at).await?;
+    drop(rows);
+    let ids_of = |product: ProductId, from: usize, count: usize| -> Vec<HoldId> {
+        order
+            .iter()
+            .position(|&p| p == product)
+            .and_then(|i| made[i].get(from..from + count))
+            .map(<[HoldId]>::to_vec)
+            .unwrap_or_default()
+    };
+    let single_ids = ids_of(product_id, 0, holds.granted());
+    let (mut outcomes, mut reclaimed) = holds.finish(requests, single_ids, product_id);
+    outcomes.resize(requests.len() + carts.len(), HoldOutcome::Withdrawn);
+    for (p, (_, members, group, plan)) in plans.into_iter().enumerate() {
+        // This plan's ids per line, in the order of its `new_lines`.
+        let ids: Vec<Vec<HoldId>> = slots
+            .iter()
+            .filter(|s| s.0 == p)
+            .map(|&(_, _, product, from, count)| ids_of(product, from, count))
+            .collect();
+        let (decided, swept) = plan.finish(&group, ids);
+        for (&k, outcome) in members.iter().zip(decided) {
+            outcomes[requests.len() + k] = outcome;
+        }
+        reclaimed.extend(swept);
+    }
+    let keys: Vec<Option<&KeyClaim>> = requests
+        .iter()
+        .map(|r| r.key.as_deref())
+        .chain(carts.iter().map(|c| c.key.as_deref()))
+        .collect();
+    let outcomes = store_refusals(txn, db.server(), &keys, outcomes, check_keys).await?;
+    Ok((outcomes, reclaimed))
+}
+
+/// What a batch decided for its one-product holds, before their rows exist.
+struct HoldPlan {
+    decided: Vec<Decision>,
+    /// Whose each hold would be: the request's buyer, or its ticket's.
+    holders: Vec<Option<String>>,
+    reclaimed: Vec<ExpiredHold>,
+    /// The product's available stock after these grants.
+    left: i32,
+    now: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+}
+
+impl HoldPlan {
+    fn granted(&self) -> usize {
+        self.decided
+            .iter()
+            .filter(|d| matches!(d, Decision::Grant(_)))
+            .count()
+    }
+
+    /// The granted holds' new rows, in order.
+    fn new_holds<'a>(&'a self, requests: &[&'a HoldRequest]) -> Vec<NewHold<'a>> {
+        requests
+            .iter()
+            .zip(&self.decided)
+            .zip(&self.holders)
+            .filter_map(|((r, d), buyer)| match d {
+                Decision::Grant(qty) => Some(NewHold {
+                    qty: *qty,
+                    secret_hash: r.secret.as_ref().map(|s| s.hash().as_str()),
+                    buyer: buyer.as_deref(),
+                    key: r.key.as_deref(),
+                    cart: None,
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Each request's outcome, given the new holds' ids (in the order of
+    /// [`HoldPlan::new_holds`]), and the expired holds the plan reclaimed.
+    fn finish(
+        self,
+        requests: &[&HoldRequest],
+        ids: Vec<HoldId>,
+        product_id: ProductId,
+    ) -> (Vec<HoldOutcome>, Vec<ExpiredHold>) {
+        let holders: Vec<Option<&str>> = self.holders.iter().map(Option::as_deref).collect();
+        let outcomes = outcomes(
+            requests,
+            &holders,
+            self.decided,
+            ids,
+            product_id,
+            self.expires_at,
+        );
+        (outcomes, self.reclaimed)
+    }
+}
+
+/// A locked product's one-product holds, decided: set aside the requests that cannot be served
+/// (caller withdrawn, key taken, sale window, admission); reclaim expired holds if the rest need
+/// more than is available; grant in arrival order while stock lasts ([`grant`]); mark the
+/// tickets the granted ones use. Nothing is created yet.
+async fn plan_holds(
+    txn: &DatabaseTransaction,
+    product: &product::Model,
+    requests: &[&HoldRequest],
+    now: DateTime<Utc>,
+    ttl: chrono::Duration,
+    withdrawn: &(dyn Fn(usize) -> bool + Sync),
+    check_keys: bool,
+) -> Result<HoldPlan, DomainError> {
+    let product_id = product.id;
+    let mut asks = asks(txn, requests, withdrawn, check_keys, product, now).await?;
+    let tickets = admissions_of(txn, requests, &mut asks, product, now).await?;
+    // On a queue product the hold is its ticket's buyer's: limits count that buyer.
+    for (ask, ticket) in asks.iter_mut().zip(&tickets) {
+        if let Some((_, buyer)) = ticket {
+            ask.buyer = Some(buyer.as_str());
+        }
+    }
+    let wanted: i64 = asks.iter().filter_map(Ask::wanted).sum();
+    let (available, reclaimed) =
+        reclaim_expired(txn, product_id, now, product.available_stock, wanted).await?;
+    let buyers = buyers(&asks);
+    let holders: Vec<Option<String>> = asks.iter().map(|a| a.buyer.map(str::to_owned)).collect();
+    let used = match product.per_buyer_limit {
+        Some(_) if !buyers.is_empty() => units_per_buyer(txn, product.id, &buyers, now).await?,
+        _ => HashMap::new(),
+    };
+    let decided = grant(available, product.per_buyer_limit, used, asks);
+    let admitted: Vec<TicketId> = decided
+        .iter()
+        .zip(&tickets)
+        .filter_map(|(d, t)| matches!(d, Decision::Grant(_)).then_some(t.as_ref()?.0))
+        .collect();
+    use_admissions(txn, product_id, &admitted, now).await?;
+    let taken: i32 = decided
+        .iter()
+        .map(|d| match d {
+            Decision::Grant(qty) => *qty,
+            _ => 0,
+        })
+        .sum();
+    Ok(HoldPlan {
+        decided,
+        holders,
+        reclaimed,
+        left: available - taken,
+        now,
+        expires_at: now + ttl,
+    })
 }
 
 /// Each request of a batch as the granting rule takes it, in order: set aside when its caller
@@ -496,87 +789,6 @@ fn outcomes(
             Decision::Skip => HoldOutcome::Withdrawn,
         })
         .collect()
-}
-
-/// The refusals of a batch's keyed requests, written down with their keys in one statement
-/// (a granted keyed hold carries its key on its own row, written by the hold `INSERT`). A key
-/// already taken, by a hold or a stored outcome that a twin in another process committed before
-/// this batch took the product lock, is answered as taken instead, and nothing is written for
-/// it: the key answers for what its first request did. (On the first attempt keys were not
-/// checked before granting; a granted key that was taken fails the hold `INSERT` instead.)
-pub(crate) async fn store_refusals(
-    txn: &DatabaseTransaction,
-    server: ServerTraits,
-    keys: &[Option<&KeyClaim>],
-    mut outcomes: Vec<HoldOutcome>,
-    keys_checked: bool,
-) -> Result<Vec<HoldOutcome>, DomainError> {
-    let kept = |o: &HoldOutcome| match o {
-        HoldOutcome::Refused(refusal) => StoredRefusal::of(refusal),
-        _ => None,
-    };
-    let refused: Vec<usize> = (0..keys.len())
-        .filter(|&i| keys[i].is_some() && kept(&outcomes[i]).is_some())
-        .collect();
-    if refused.is_empty() {
-        return Ok(outcomes);
-    }
-    if !keys_checked {
-        let claims: Vec<&KeyClaim> = refused.iter().filter_map(|&i| keys[i]).collect();
-        for (&i, check) in refused.iter().zip(check_in_txn(txn, &claims).await?) {
-            if let Err(taken) = check {
-                outcomes[i] = HoldOutcome::Refused(taken);
-            }
-        }
-    }
-    let stored: Vec<(&KeyClaim, StoredOutcome)> = refused
-        .iter()
-        .filter_map(|&i| Some((keys[i]?, StoredOutcome::Refused(kept(&outcomes[i])?))))
-        .collect();
-    store_in_txn(txn, server, &stored).await?;
-    Ok(outcomes)
-}
-
-/// The units each of these buyers has on a product now: active holds not yet past their time,
-/// and pending or paid orders. One statement for the batch's buyers, run under the product
-/// lock (every change to these rows takes that lock first), so nothing moves meanwhile.
-pub(crate) async fn units_per_buyer<'a, C: ConnectionTrait>(
-    txn: &C,
-    product_id: ProductId,
-    buyers: &[&'a str],
-    now: DateTime<Utc>,
-) -> Result<HashMap<&'a str, i32>, DomainError> {
-    let mut distinct: Vec<&'a str> = buyers.to_vec();
-    distinct.sort_unstable();
-    distinct.dedup();
-    let backend = txn.get_database_backend();
-    let sql = crate::sql::of(backend).units_per_buyer;
-    let json = serde_json::to_string(&distinct)
-        .map_err(|e| DomainError::Invariant(format!("buyers as JSON: {e}")))?;
-    let values: Vec<sea_orm::Value> = vec![
-        json.clone().into(),
-        product_id.into(),
-        HoldStatus::Active.as_str().into(),
-        now.into(),
-        json.into(),
-        product_id.into(),
-        OrderStatus::Pending.as_str().into(),
-        OrderStatus::Paid.as_str().into(),
-    ];
-    let rows = txn
-        .query_all_raw(Statement::from_sql_and_values(backend, sql, values))
-        .await?;
-    let mut used: HashMap<&'a str, i32> = HashMap::new();
-    for row in rows {
-        let buyer: String = row.try_get("", "buyer_id")?;
-        let units: i32 = row.try_get("", "units")?;
-        // Map back to the batch's own &str (the rows' strings are equal byte for byte).
-        if let Ok(i) = distinct.binary_search(&buyer.as_str()) {
-            let sum = used.entry(distinct[i]).or_default();
-            *sum = sum.saturating_add(units);
-        }
-    }
-    Ok(used)
 }
 
 /// Releases an active hold at the buyer's request: its stock is available again at once.

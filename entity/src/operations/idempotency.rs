@@ -225,15 +225,20 @@ pub async fn lookup_many(
     let key_rows = by_id::<key::Entity, _>(db, key::Column::Id, key_ids, |m| m.id).await?;
     let holds = by_id::<hold::Entity, _>(db, hold::Column::Id, hold_ids, |m| m.id).await?;
     // A cart's key is on its first line: its answer lists every line.
-    let carts: Vec<HoldId> = holds.values().filter_map(|h| h.cart_id).collect();
+    let carts: Vec<HoldId> = holds
+        .values()
+        .filter(|h| h.is_cart())
+        .map(|h| h.id)
+        .collect();
     let lines = by_id::<hold::Entity, _>(db, hold::Column::CartId, carts, |m| m.id).await?;
     let granted = |h: &hold::Model| {
         let mut mine: Vec<hold::Model> = lines
             .values()
-            .filter(|l| h.cart_id.is_some() && l.cart_id == h.cart_id)
+            .filter(|l| l.cart_id == Some(h.id))
             .cloned()
             .collect();
         mine.sort_by_key(|l| l.id);
+        mine.insert(0, h.clone());
         let mut view = HoldView::as_granted(h);
         if let Some(with_lines) = HoldView::of_lines(&mine, h.created_at) {
             view.lines = with_lines.lines;

@@ -2,6 +2,7 @@
 //! read, over the rules of `crate::rules`.
 
 pub mod carts;
+pub(crate) mod granting;
 pub mod holds;
 pub mod idempotency;
 pub mod orders;

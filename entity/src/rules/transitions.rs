@@ -23,7 +23,7 @@
 //! Callers hold the rows' locks (or SQLite's write lock); the updates re-check the state they
 //! move from, and a mismatch is an invariant error that rolls the transaction back.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
@@ -114,22 +114,16 @@ pub(crate) async fn lock_lines(
     txn: &DatabaseTransaction,
     hold: hold::Model,
 ) -> Result<Vec<hold::Model>, DomainError> {
-    if hold.cart_id != Some(hold.id) {
+    if !hold.is_cart() {
         return Ok(vec![hold]);
     }
-    let lines = hold::Entity::find()
+    let others = hold::Entity::find()
         .filter(hold::Column::CartId.eq(hold.id))
         .order_by_asc(hold::Column::Id)
         .lock_exclusive()
         .all(txn)
         .await?;
-    match lines.first() {
-        Some(first) if first.id == hold.id => Ok(lines),
-        _ => Err(DomainError::Invariant(format!(
-            "cart {} has no first line of its own",
-            hold.id
-        ))),
-    }
+    Ok(std::iter::once(hold).chain(others).collect())
 }
 
 /// Every row of a locked order, the order itself first (see [`lock_lines`]).
@@ -179,41 +173,6 @@ pub(crate) async fn extend_holds(
             "extended {} of {} locked active lines",
             result.rows_affected,
             lines.len()
-        )));
-    }
-    Ok(())
-}
-
-/// Makes the locked lines of new holds one cart: each carries the first line's id. `carts`
-/// lists each cart's line ids, first line first. One statement for all of them.
-pub(crate) async fn join_carts<C: ConnectionTrait>(
-    txn: &C,
-    carts: &[Vec<HoldId>],
-) -> Result<(), DomainError> {
-    let mut case = sea_orm::sea_query::CaseStatement::new();
-    let mut ids = Vec::new();
-    for lines in carts {
-        let Some(&first) = lines.first() else {
-            continue;
-        };
-        for &id in lines {
-            case = case.case(hold::Column::Id.eq(id), Expr::value(first));
-            ids.push(id);
-        }
-    }
-    if ids.is_empty() {
-        return Ok(());
-    }
-    let result = hold::Entity::update_many()
-        .col_expr(hold::Column::CartId, case.into())
-        .filter(hold::Column::Id.is_in(ids.iter().copied()))
-        .exec(txn)
-        .await?;
-    if result.rows_affected != ids.len() as u64 {
-        return Err(DomainError::rows_lost(format!(
-            "joined {} of {} new cart lines",
-            result.rows_affected,
-            ids.len()
         )));
     }
     Ok(())
@@ -301,7 +260,16 @@ pub(crate) async fn create_holds(
         return Ok(Vec::new());
     }
     let product_id = product.id;
-    let ids = insert_holds(txn, server, product, holds, now, expires_at).await?;
+    let ids = insert_holds(
+        txn,
+        server,
+        product,
+        holds,
+        &HashMap::new(),
+        now,
+        expires_at,
+    )
+    .await?;
     adjust_product(
         txn,
         product_id,
@@ -309,6 +277,53 @@ pub(crate) async fn create_holds(
         0,
     )
     .await?;
+    Ok(ids)
+}
+
+/// Creates new holds on several locked products (each product's with one statement, in the
+/// order given, which must be the products' id order, so that every cart's first line exists
+/// before its others) and takes their quantities out of the products' available stock with one
+/// more statement: the rows and the counters change together. The caller has checked that the
+/// stock is there. Answers each product's new ids, in the order of its holds.
+pub(crate) async fn create_all(
+    txn: &DatabaseTransaction,
+    server: ServerTraits,
+    per_product: &[(&product::Model, Vec<NewHold<'_>>)],
+    now: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+) -> Result<Vec<Vec<HoldId>>, DomainError> {
+    let mut ids = Vec::with_capacity(per_product.len());
+    let mut firsts: HashMap<usize, HoldId> = HashMap::new();
+    let mut taken = sea_orm::sea_query::CaseStatement::new();
+    let mut products = Vec::new();
+    for (product, holds) in per_product {
+        if holds.is_empty() {
+            ids.push(Vec::new());
+            continue;
+        }
+        let made = insert_holds(txn, server, product, holds, &firsts, now, expires_at).await?;
+        for (hold, id) in holds.iter().zip(&made) {
+            if let Some(CartLink::First { cart, .. }) = hold.cart {
+                firsts.insert(cart, *id);
+            }
+        }
+        ids.push(made);
+        let qty: i32 = holds.iter().map(|h| h.qty).sum();
+        taken = taken.case(product::Column::Id.eq(product.id), Expr::value(qty));
+        products.push(product.id);
+    }
+    if products.is_empty() {
+        return Ok(ids);
+    }
+    let taken: sea_orm::sea_query::SimpleExpr = taken.finally(Expr::value(0)).into();
+    product::Entity::update_many()
+        .col_expr(
+            product::Column::AvailableStock,
+            Expr::col(product::Column::AvailableStock).sub(taken),
+        )
+        .filter(product::Column::Id.is_in(products))
+        .exec(txn)
+        .await?;
     Ok(ids)
 }
 
@@ -325,7 +340,7 @@ pub(crate) async fn order_from_hold(
     let Some(first) = lines.first() else {
         return Err(DomainError::Invariant("an order of no lines".into()));
     };
-    let cart = first.cart_id.is_some();
+    let cart = first.is_cart();
     let mut rows: Vec<order::Model> = Vec::with_capacity(lines.len());
     for hold in lines {
         let mut order = order_row(txn, hold, now).await?;
@@ -599,6 +614,17 @@ pub(crate) struct NewHold<'a> {
     pub buyer: Option<&'a str>,
     /// The request's `Idempotency-Key` and fingerprint, written on the hold row.
     pub key: Option<&'a KeyClaim>,
+    /// For a line of a cart: which cart of the transaction, and whether it is its first.
+    pub cart: Option<CartLink>,
+}
+
+/// Where a new hold stands in a cart of its transaction (`cart` numbers the transaction's
+/// carts): its first line, with the cart's number of lines, or another line, which carries the
+/// first's id. The first line of every cart is created before its others (products in id order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CartLink {
+    First { cart: usize, lines: i32 },
+    Line { cart: usize },
 }
 
 /// Inserts new active holds (the rows only: [`create_holds`] takes their stock), one per entry of `holds`, and returns their ids in that order.
@@ -621,20 +647,37 @@ async fn insert_holds(
     server: ServerTraits,
     product: &product::Model,
     holds: &[NewHold<'_>],
+    firsts: &HashMap<usize, HoldId>,
     now: DateTime<Utc>,
     expires_at: DateTime<Utc>,
 ) -> Result<Vec<HoldId>, DomainError> {
+    // Each line's cart columns: a first line's count of lines, another's first line's id.
+    let mut carts = Vec::with_capacity(holds.len());
+    for h in holds {
+        carts.push(match h.cart {
+            None => (None, None),
+            Some(CartLink::First { lines, .. }) => (None, Some(lines)),
+            Some(CartLink::Line { cart }) => match firsts.get(&cart) {
+                Some(first) => (Some(*first), None),
+                None => {
+                    return Err(DomainError::Invariant(format!(
+                        "a line of cart {cart} before its first"
+                    )));
+                }
+            },
+        });
+    }
     let backend = txn.get_database_backend();
     let product_id = product.id;
     // The price of every hold of the batch: the product's, read under its lock.
     let unit_price = product.price_cents;
     let qtys: Vec<i32> = holds.iter().map(|h| h.qty).collect();
-    let has_strings = holds
-        .iter()
-        .any(|h| h.buyer.is_some() || h.key.is_some() || h.secret_hash.is_some());
+    let has_strings = holds.iter().any(|h| {
+        h.buyer.is_some() || h.key.is_some() || h.secret_hash.is_some() || h.cart.is_some()
+    });
     // Buyer ids and keys are the client's strings: bound, never inlined into SQL text.
     let min_id = if backend == DbBackend::Sqlite || (has_strings && !server.insert_returning) {
-        let models = holds.iter().map(|h| hold::ActiveModel {
+        let models = holds.iter().zip(&carts).map(|(h, cart)| hold::ActiveModel {
             product_id: Set(product_id),
             qty: Set(h.qty),
             buyer_id: Set(h.buyer.map(str::to_owned)),
@@ -642,6 +685,8 @@ async fn insert_holds(
             idem_fingerprint: Set(h.key.map(|k| k.fingerprint.clone())),
             secret_hash: Set(h.secret_hash.map(str::to_owned)),
             unit_price_cents: Set(Some(unit_price)),
+            cart_id: Set(cart.0),
+            cart_lines: Set(cart.1),
             status: Set(HoldStatus::Active),
             expires_at: Set(expires_at),
             created_at: Set(now),
@@ -656,11 +701,21 @@ async fn insert_holds(
     } else if server.insert_returning {
         let rows: Vec<HoldRow<'_>> = holds
             .iter()
-            .map(|h| match (h.secret_hash, h.buyer, h.key) {
-                (None, None, None) => HoldRow::Qty((h.qty,)),
-                (Some(s), None, None) => HoldRow::Secret((h.qty, s)),
-                (s, Some(b), None) => HoldRow::Buyer((h.qty, s, b)),
-                (s, b, Some(k)) => HoldRow::Keyed((h.qty, s, b, &k.key, &k.fingerprint)),
+            .zip(&carts)
+            .map(|(h, cart)| match (h.secret_hash, h.buyer, h.key, cart) {
+                (s, b, k, (Some(_), _) | (_, Some(_))) => HoldRow::Line((
+                    h.qty,
+                    s,
+                    b,
+                    k.map(|k| k.key.as_str()),
+                    k.map(|k| k.fingerprint.as_str()),
+                    cart.0.map(HoldId::get),
+                    cart.1,
+                )),
+                (None, None, None, _) => HoldRow::Qty((h.qty,)),
+                (Some(s), None, None, _) => HoldRow::Secret((h.qty, s)),
+                (s, Some(b), None, _) => HoldRow::Buyer((h.qty, s, b)),
+                (s, b, Some(k), _) => HoldRow::Keyed((h.qty, s, b, &k.key, &k.fingerprint)),
             })
             .collect();
         let json = serde_json::to_string(&rows)

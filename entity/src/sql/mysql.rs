@@ -15,19 +15,22 @@ use super::{products_query, tickets_query};
 /// Binds: product id, status, expires_at, created_at, updated_at, unit price, and the holds as
 /// a JSON array of [`HoldRow`]s.
 pub(crate) const INSERT_HOLDS_RETURNING: &str = "INSERT INTO holds (product_id, qty, status, expires_at, created_at, updated_at, \
-       unit_price_cents, secret_hash, buyer_id, idem_key, idem_fingerprint) \
-     SELECT ?, j.qty, ?, ?, ?, ?, ?, j.secret_hash, j.buyer, j.idem_key, j.fingerprint \
+       unit_price_cents, secret_hash, buyer_id, idem_key, idem_fingerprint, cart_id, cart_lines) \
+     SELECT ?, j.qty, ?, ?, ?, ?, ?, j.secret_hash, j.buyer, j.idem_key, j.fingerprint, \
+       j.cart_id, j.cart_lines \
      FROM JSON_TABLE(?, '$[*]' COLUMNS (ord FOR ORDINALITY, qty INT PATH '$[0]', \
        secret_hash CHAR(64) CHARACTER SET ascii COLLATE ascii_bin PATH '$[1]' NULL ON EMPTY, \
        buyer VARCHAR(128) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin PATH '$[2]' NULL ON EMPTY, \
        idem_key VARCHAR(255) CHARACTER SET ascii COLLATE ascii_bin PATH '$[3]' NULL ON EMPTY, \
        fingerprint VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin PATH '$[4]' \
-         NULL ON EMPTY)) AS j \
+         NULL ON EMPTY, \
+       cart_id BIGINT PATH '$[5]' NULL ON EMPTY, \
+       cart_lines INT PATH '$[6]' NULL ON EMPTY)) AS j \
      ORDER BY j.ord \
      RETURNING id, qty";
 
 /// One hold as a row of [`INSERT_HOLDS_RETURNING`]'s JSON array:
-/// `[qty, secret hash, buyer, key, fingerprint]`, as short as the row allows (what is missing
+/// `[qty, secret hash, buyer, key, fingerprint, cart id, cart lines]`, as short as the row allows (what is missing
 /// at the end is NULL ON EMPTY, and so is a JSON null). Borrowed tuples: no value tree, no
 /// copies.
 #[derive(serde::Serialize)]
@@ -37,6 +40,20 @@ pub(crate) enum HoldRow<'a> {
     Secret((i32, &'a str)),
     Buyer((i32, Option<&'a str>, &'a str)),
     Keyed((i32, Option<&'a str>, Option<&'a str>, &'a str, &'a str)),
+    /// A line of a cart: its first (with the cart's line count) or another (with the first's
+    /// id).
+    #[allow(clippy::type_complexity)]
+    Line(
+        (
+            i32,
+            Option<&'a str>,
+            Option<&'a str>,
+            Option<&'a str>,
+            Option<&'a str>,
+            Option<i64>,
+            Option<i32>,
+        ),
+    ),
 }
 
 /// MariaDB only: a batch of finished idempotency keys in ONE prepared statement. Each text

@@ -65,9 +65,12 @@ pub struct Model {
     /// The product's price when the hold was made: what its order is charged per unit. None
     /// on holds made before prices were kept (their orders take the product's price).
     pub unit_price_cents: Option<i64>,
-    /// On every line of a cart (a hold of several products, one row per product): the id of
-    /// its first line, which is the id clients know. Null on a hold of one product.
+    /// On a cart's lines other than its first (a cart is one row per product): the first
+    /// line's id, which is the id clients know. Null on a first line and on a hold of one
+    /// product.
     pub cart_id: Option<HoldId>,
+    /// On a cart's first line: how many lines the cart has. Null on every other row.
+    pub cart_lines: Option<i32>,
     /// How many times the hold was extended.
     pub extensions: i32,
 }
@@ -75,7 +78,12 @@ pub struct Model {
 impl Model {
     /// A line of a cart other than its first: not reachable by its own id.
     pub fn is_inner_line(&self) -> bool {
-        self.cart_id.is_some_and(|cart| cart != self.id)
+        self.cart_id.is_some()
+    }
+
+    /// The first line of a cart, which stands for it.
+    pub fn is_cart(&self) -> bool {
+        self.cart_lines.is_some()
     }
 
     /// The status a client sees at `now`: an active hold past its expiry is expired.

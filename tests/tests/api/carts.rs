@@ -93,7 +93,7 @@ async fn kill_9_of_the_api_mid_cart_leaves_every_product_balanced() {
     app.assert_stock_conserved().await;
     let restarted = app.spawn_another_api(&AppOptions::default());
     let client = app.client.on(&restarted);
-    let carts = app.count("holds", "cart_id = id").await;
+    let carts = app.count("holds", "cart_lines IS NOT NULL").await;
     for (p, qty) in [(a, 2), (b, 3), (c, 1)] {
         assert_eq!(
             app.hold_count(p, "active").await,
@@ -171,9 +171,7 @@ async fn a_cart_holds_every_line_or_none_and_names_each_failing_line(backend: Ba
             .status,
         404
     );
-    let inner: i64 = app
-        .count("holds", &format!("cart_id = {cart} AND id <> {cart}"))
-        .await;
+    let inner: i64 = app.count("holds", &format!("cart_id = {cart}")).await;
     assert_eq!(inner, 1, "one more row for the second line");
     let max_id = app.count("holds", "1 = 1").await;
     for other in 1..=max_id {
@@ -674,8 +672,11 @@ async fn an_extension_moves_expiry_for_the_owner_only_and_stops_at_its_limits(ba
     );
     // Every line moved together.
     assert_eq!(
-        app.count("holds", &format!("cart_id = {cart} AND extensions = 2"))
-            .await,
+        app.count(
+            "holds",
+            &format!("(id = {cart} OR cart_id = {cart}) AND extensions = 2")
+        )
+        .await,
         2
     );
 

@@ -10,7 +10,12 @@ use migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectionTrait, Statement};
 
 use super::*;
-use crate::{DbConfig, Money, operations::products, rules::keys::KeyClaim};
+use crate::{
+    DbConfig, Money,
+    operations::idempotency::{self, Lookup, Replay},
+    operations::products,
+    rules::keys::KeyClaim,
+};
 
 const TTL: chrono::Duration = chrono::Duration::minutes(2);
 
@@ -49,7 +54,11 @@ async fn hold(db: &Db, product: ProductId, request: HoldRequest) -> HoldOutcome 
 /// its batch goes straight to the transaction.
 async fn twin(db: &Db, product: ProductId, request: HoldRequest) -> HoldOutcome {
     let deadline = std::time::Instant::now() + ANSWER_WITHIN;
-    hold_transaction(db, product, &[&request], TTL, deadline, &|_| false)
+    let batch = Batch {
+        holds: &[&request],
+        carts: &[],
+    };
+    hold_transaction(db, product, batch, TTL, deadline, &|_| false)
         .await
         .expect("served")
         .remove(0)
