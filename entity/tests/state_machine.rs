@@ -1,11 +1,13 @@
 //! Property test of the hold and order state machines through the real stock operations (on a
-//! SQLite file): any sequence of holds, releases, orders, payments (duplicated, conflicting),
-//! expiries and payment timeouts keeps every invariant of `docs/design.md` ("Invariants and how
-//! they are kept") after every step.
+//! SQLite file): any sequence of holds, carts over two products, extensions, releases, orders,
+//! payments (duplicated, conflicting), expiries and payment timeouts keeps every invariant of
+//! `docs/design.md` ("Invariants and how they are kept") after every step, on both products
+//! (sweeps and timeouts run in batches of 3, so a cart's lines are often split between them).
 
 use entity::{
     Db, DbConfig, DomainError, Money, Quantity,
-    operations::holds::{self, HoldOutcome, HoldRequest},
+    operations::carts::{self, CartLine, CartRequest},
+    operations::holds::{self, ExtensionRules, HoldOutcome, HoldRequest},
     operations::orders,
     operations::payments::{self, PaymentEvent, PaymentStatus},
     operations::products,
@@ -28,6 +30,12 @@ enum Op {
         qty: i64,
         expired: bool,
     },
+    /// A cart of `qty.0` units of the first product and `qty.1` of the second.
+    Cart {
+        qty: (i64, i64),
+        expired: bool,
+    },
+    Extend(usize),
     Release(usize),
     Order(usize),
     /// A payment webhook for the i-th order (or, if `early`, for the i-th hold, before its
@@ -45,6 +53,8 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => (1..=4i64, any::<bool>()).prop_map(|(qty, expired)| Op::Hold { qty, expired }),
+        2 => ((1..=3i64, 1..=3i64), any::<bool>()).prop_map(|(qty, expired)| Op::Cart { qty, expired }),
+        1 => any::<usize>().prop_map(Op::Extend),
         1 => any::<usize>().prop_map(Op::Release),
         2 => any::<usize>().prop_map(Op::Order),
         3 => (any::<usize>(), any::<bool>(), 0..6u8, any::<bool>())
@@ -54,7 +64,7 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-async fn setup(dir: &std::path::Path) -> (Db, ProductId) {
+async fn setup(dir: &std::path::Path) -> (Db, ProductId, ProductId) {
     let db = Db::connect(&DbConfig::new(
         format!("sqlite://{}?mode=rwc", dir.join("p.db").display()),
         2,
@@ -66,7 +76,11 @@ async fn setup(dir: &std::path::Path) -> (Db, ProductId) {
         products::create_product(&db, "p", Money::from_cents(250), STOCK, Default::default())
             .await
             .expect("product");
-    (db, product.id)
+    let other =
+        products::create_product(&db, "q", Money::from_cents(75), STOCK, Default::default())
+            .await
+            .expect("product");
+    (db, product.id, other.id)
 }
 
 /// `stock == available + Σ active holds + Σ pending orders`, `0 <= available`, and
@@ -112,7 +126,7 @@ async fn check(db: &Db, product: ProductId) {
 
 async fn run(ops: Vec<Op>) {
     let dir = tempfile::tempdir().expect("dir");
-    let (db, product) = setup(dir.path()).await;
+    let (db, product, other) = setup(dir.path()).await;
     let mut holds: Vec<HoldId> = Vec::new();
     let mut orders_made: Vec<OrderId> = Vec::new();
     let mut keys: std::collections::HashMap<u8, PaymentEvent> = std::collections::HashMap::new();
@@ -131,6 +145,55 @@ async fn run(ops: Vec<Op>) {
                         assert!(available < qty.as_i32())
                     }
                     other => panic!("hold: {other:?}"),
+                }
+            }
+            Op::Cart { qty, expired } => {
+                let ttl = if expired {
+                    chrono::Duration::seconds(-1)
+                } else {
+                    chrono::Duration::minutes(5)
+                };
+                let lines = vec![
+                    CartLine {
+                        product_id: product,
+                        qty: Quantity::new(qty.0, 10).expect("qty"),
+                    },
+                    CartLine {
+                        product_id: other,
+                        qty: Quantity::new(qty.1, 10).expect("qty"),
+                    },
+                ];
+                let cart = CartRequest::new(lines, 10).expect("cart");
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+                let served = carts::serve_carts(&db, &[cart], ttl, deadline, &|_| false).await;
+                match served.map(|mut o| o.pop()) {
+                    Ok(Some(HoldOutcome::Granted(h))) => {
+                        assert_eq!(h.lines.len(), 2);
+                        holds.push(h.id);
+                    }
+                    Ok(Some(HoldOutcome::Refused(DomainError::CartRefused(lines)))) => {
+                        assert!(!lines.is_empty());
+                        for line in lines {
+                            assert!(matches!(
+                                line.refusal,
+                                DomainError::InsufficientStock { .. }
+                            ));
+                        }
+                    }
+                    other => panic!("cart: {other:?}"),
+                }
+            }
+            Op::Extend(i) if !holds.is_empty() => {
+                let rules = ExtensionRules {
+                    ttl: chrono::Duration::minutes(5),
+                    max_extensions: 2,
+                    max_lifetime: chrono::Duration::hours(1),
+                };
+                match holds::extend_hold(&db, holds[i % holds.len()], Access::Service, rules).await
+                {
+                    Ok(h) => assert_eq!(h.status, entity::HoldStatus::Active),
+                    Err(DomainError::HoldNotActive { .. } | DomainError::ExtensionLimit(_)) => {}
+                    Err(e) => panic!("extend: {e}"),
                 }
             }
             Op::Release(i) if !holds.is_empty() => {
@@ -217,6 +280,7 @@ async fn run(ops: Vec<Op>) {
             _ => {}
         }
         check(&db, product).await;
+        check(&db, other).await;
     }
 }
 

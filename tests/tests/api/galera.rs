@@ -121,6 +121,84 @@ where
     .await
 }
 
+/// 300 carts over two products (and 300 one-product holds on the first) at once, through the
+/// three nodes' APIs: no product is oversold, every granted cart is whole (read back through
+/// another node with both its lines), and the books agree on every node. 503s are retried, as
+/// a client would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn carts_through_three_nodes_are_whole_and_never_oversell() {
+    let c = Cluster::start().await;
+    let (a, b) = (
+        c.clients[0].create_product(200).await,
+        c.clients[0].create_product(120).await,
+    );
+    let send = move |c: Client, i: usize| async move {
+        match i % 2 {
+            0 => (i, c.cart(&[(b, 1), (a, 1)], None).await),
+            _ => (i, c.hold(a, 1).await),
+        }
+    };
+    let mut answers = all_at_once_across(&c.clients, 600, send).await;
+    let (mut carts, mut held_a, mut unexpected) = (Vec::new(), 0, Vec::new());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut retry = Vec::new();
+        for (i, r) in answers {
+            match (r.status, r.code()) {
+                (201, _) if i % 2 == 0 => {
+                    carts.push((i, r.body["hold_id"].as_i64().expect("hold_id")));
+                    held_a += 1;
+                }
+                (201, _) => held_a += 1,
+                (409, "insufficient_stock") => {}
+                (503, "unavailable") => retry.push(i),
+                _ => unexpected.push(format!("{} {}", r.status, r.body)),
+            }
+        }
+        if retry.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still 503 after 60 s\n{}",
+            c.diagnostics()
+        );
+        // A client's back-off before it retries its 503s.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        answers = join_all(retry.into_iter().map(|i| send(c.clients[i % 3].clone(), i))).await;
+    }
+    assert!(
+        unexpected.is_empty(),
+        "{}\n{}",
+        some(&unexpected),
+        c.diagnostics()
+    );
+    assert_eq!(held_a, 200, "product a sells exactly its stock");
+    assert!(
+        carts.len() <= 120 && !carts.is_empty(),
+        "{} carts",
+        carts.len()
+    );
+    let reads = join_all(carts.iter().map(|&(i, id)| {
+        let c = c.clients[(i + 1) % 3].clone();
+        async move { (id, c.get(&format!("/api/holds/{id}")).await) }
+    }))
+    .await;
+    for (id, r) in reads {
+        assert_eq!(r.status, 200, "cart {id}: {}", r.body);
+        assert_eq!(
+            r.body["lines"].as_array().map(Vec::len),
+            Some(2),
+            "{}",
+            r.body
+        );
+    }
+    let books = c.books().await;
+    let held = |p: i64| books.iter().find(|l| l.id == p).map(|l| l.held);
+    assert_eq!(held(a), Some(200));
+    assert_eq!(held(b), Some(carts.len() as i64), "one line of b per cart");
+}
+
 /// 600 holds of one unit at once, 200 through each node's API, for 300 units: exactly 300 are
 /// granted and the others refused `insufficient_stock`. A 503 `unavailable` (certification
 /// conflicts outlasting the retries) is allowed and retried, as a client would; no other 5xx.
