@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use crate::{
     api::Api,
     database::fresh_database,
-    sampling::machine,
+    sampling::{CpuSnapshot, machine, mariadb_pid},
     wrk::{WRK_REPORT, ms, wrk},
 };
 
@@ -36,21 +36,40 @@ fn script(hot: i64, side: i64, cart_every: u32) -> String {
 }
 
 /// One run: one-product holds per second, carts per second, and the latencies of all answers.
-async fn run(api: &Api, hot: i64, side: i64, cart_every: u32, seconds: u64) -> Result<Value> {
+async fn run(
+    api: &Api,
+    db_pid: Option<u32>,
+    hot: i64,
+    side: i64,
+    cart_every: u32,
+    seconds: u64,
+) -> Result<Value> {
     let (singles, carts) = (
         api.metric("hold_batch_size_sum").await?,
         api.metric("cart_batch_size_sum").await?,
     );
+    let (single_txns, cart_txns) = (
+        api.metric("hold_batch_size_count").await?,
+        api.metric("cart_batch_size_count").await?,
+    );
+    let before = CpuSnapshot::take(api.pid(), db_pid);
     let v = wrk(
         &format!("{}/api/holds", api.url),
         CONNECTIONS,
         seconds,
         &script(hot, side, cart_every),
     )?;
+    let [api_s, db_s, _] = CpuSnapshot::take(api.pid(), db_pid).since(&before);
     let took = v["duration_us"].as_f64().unwrap_or(1.0) / 1e6;
+    // CPU per request answered, whatever its kind.
+    let answered = v["ok"].as_f64().unwrap_or(0.0).max(1.0);
     Ok(json!({
         "single_holds_per_s": (api.metric("hold_batch_size_sum").await? - singles) / took,
         "carts_per_s": (api.metric("cart_batch_size_sum").await? - carts) / took,
+        "one_product_batches_per_s": (api.metric("hold_batch_size_count").await? - single_txns) / took,
+        "cart_batches_per_s": (api.metric("cart_batch_size_count").await? - cart_txns) / took,
+        "api_us_per_request": api_s * 1e6 / answered,
+        "db_us_per_request": db_s * 1e6 / answered,
         "p50_ms": ms(&v, "p50_us"),
         "p99_ms": ms(&v, "p99_us"),
     }))
@@ -72,23 +91,30 @@ pub(crate) async fn carts_only(
     let hot = api.create_product(100_000_000).await?;
     let side = api.create_product(100_000_000).await?;
     // Warm-up: connections, prepared statements, the tables' first pages.
-    run(&api, hot, side, 10, 2).await?;
+    let db_pid = mariadb_pid(base).await;
+    run(&api, db_pid, hot, side, 10, 2).await?;
     let (mut alone, mut mixed) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         // Forward and back in turn.
         let order = if round % 2 == 0 { [0, 10] } else { [10, 0] };
         for cart_every in order {
-            let r = run(&api, hot, side, cart_every, seconds).await?;
+            let r = run(&api, db_pid, hot, side, cart_every, seconds).await?;
+            let f = |k: &str| r[k].as_f64().unwrap_or(0.0);
+            let label = match cart_every {
+                0 => "one-product only",
+                _ => "with 10% carts",
+            };
             println!(
-                "carts: round {round} {:<22} {:>8.0} one-product holds/s {:>6.0} carts/s  p99 {:.1} ms",
-                if cart_every == 0 {
-                    "one-product only"
-                } else {
-                    "with 10% carts"
-                },
-                r["single_holds_per_s"].as_f64().unwrap_or(0.0),
-                r["carts_per_s"].as_f64().unwrap_or(0.0),
-                r["p99_ms"].as_f64().unwrap_or(0.0),
+                "carts: round {round} {label:<17} {:>7.0} one-product holds/s in {:>5.0} \
+                 batches/s, {:>5.0} carts/s in {:>5.0} batches/s, p99 {:.1} ms, \
+                 CPU per request: API {:.0} µs, MariaDB {:.0} µs",
+                f("single_holds_per_s"),
+                f("one_product_batches_per_s"),
+                f("carts_per_s"),
+                f("cart_batches_per_s"),
+                f("p99_ms"),
+                f("api_us_per_request"),
+                f("db_us_per_request"),
             );
             if cart_every == 0 {
                 &mut alone
