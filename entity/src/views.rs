@@ -71,6 +71,7 @@ impl HoldView {
         let first = lines.first()?;
         let mut view = Self::at(first, now);
         if first.is_cart() {
+            view.status = hold::Model::status_of_lines(lines, now);
             view.lines = lines
                 .iter()
                 .map(|h| LineView {

@@ -100,6 +100,17 @@ impl TestApp {
         self.count_at(&self.db.url, table, condition).await
     }
 
+    /// The sum of a column over the rows matching a condition (0 for none), e.g.
+    /// `sum("holds", "qty", "buyer_id = 'ann'")`.
+    pub async fn sum(&self, table: &str, column: &str, condition: &str) -> i64 {
+        let sql = format!(
+            "SELECT CAST(COALESCE(SUM({column}), 0) {}) AS n FROM {table} WHERE {condition}",
+            self.signed()
+        );
+        let rows = self.read_at(&self.db.url, sql).await;
+        rows[0].try_get("", "n").expect("n")
+    }
+
     /// [`count`](Self::count) read through `url` (this database on one Galera node).
     pub async fn count_at(&self, url: &str, table: &str, condition: &str) -> i64 {
         let sql = format!(

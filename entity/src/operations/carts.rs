@@ -360,7 +360,8 @@ impl CartPlan {
 }
 
 /// Decides carts of the same `products` (sorted) under their locks (taken here, in id order;
-/// `known` is a product the transaction has locked and changed already, as it now stands), and
+/// `known` is a product the transaction has locked and planned holds on already, as it now
+/// stands, with the units those holds give each buyer, not yet written), and
 /// marks the tickets the granted ones use. Nothing of the carts is created yet.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn plan(
@@ -371,13 +372,13 @@ pub(crate) async fn plan(
     ttl: chrono::Duration,
     withdrawn: &(dyn Fn(usize) -> bool + Sync),
     check_keys: bool,
-    known: Option<&product::Model>,
+    known: Option<(&product::Model, &HashMap<String, i32>)>,
 ) -> Result<CartPlan, DomainError> {
     // 1. Every product, exclusively, in id order (`products` is sorted).
     let mut locked: Vec<Option<product::Model>> = Vec::with_capacity(products.len());
     for &id in products {
         locked.push(match known {
-            Some(model) if model.id == id => Some(model.clone()),
+            Some((model, _)) if model.id == id => Some(model.clone()),
             _ => {
                 product::Entity::find_by_id(id)
                     .lock_exclusive()
@@ -478,10 +479,22 @@ pub(crate) async fn plan(
             .iter()
             .filter_map(|&i| holders[i].as_deref())
             .collect();
-        let used = match model.per_buyer_limit {
+        let mut used = match model.per_buyer_limit {
             Some(_) if !buyers.is_empty() => units_per_buyer(txn, model.id, &buyers, now).await?,
             _ => HashMap::new(),
         };
+        // Units the transaction's holds planned on this product count too, though unwritten.
+        if let Some((known, planned)) = known
+            && known.id == model.id
+            && model.per_buyer_limit.is_some()
+        {
+            for &buyer in &buyers {
+                if let Some(units) = planned.get(buyer) {
+                    let sum = used.entry(buyer).or_default();
+                    *sum = sum.saturating_add(*units);
+                }
+            }
+        }
         stocked.push(Some(Stocked {
             model,
             available,

@@ -111,8 +111,8 @@ pub async fn extend_hold(
         db.write(async |txn| {
             let mut lines = lock_owned(txn, id, access).await?;
             let now = now();
+            let status = hold::Model::status_of_lines(&lines, now);
             let first = &lines[0];
-            let status = first.effective_status(now);
             if status != HoldStatus::Active {
                 return Err(DomainError::HoldNotActive { id, status });
             }
@@ -355,7 +355,9 @@ async fn hold_transaction(
                 lock_existing(txn, others.range(product_id..).copied()).await?;
             }
             let (mut outcomes, mut reclaimed) = match product {
-                Some(product) if batch.carts.is_empty() => {
+                // Several sets of products: each is decided and written in turn below, so that
+                // every one sees what the ones before took.
+                Some(product) if batch.carts.is_empty() || sets.len() > 1 => {
                     let holds = batch.holds;
                     decide_holds(db, txn, product, holds, ttl, withdrawn, check_keys).await?
                 }
@@ -494,7 +496,7 @@ async fn decide_with_carts(
             ttl,
             &gone,
             check_keys,
-            Some(&current),
+            Some((&current, &holds.per_buyer)),
         );
         let plan = plan.await?;
         if let Some(left) = plan.left(product_id) {
@@ -566,6 +568,8 @@ struct HoldPlan {
     reclaimed: Vec<ExpiredHold>,
     /// The product's available stock after these grants.
     left: i32,
+    /// Units these grants give each buyer.
+    per_buyer: HashMap<String, i32>,
     now: DateTime<Utc>,
     expires_at: DateTime<Utc>,
 }
@@ -656,18 +660,22 @@ async fn plan_holds(
         .filter_map(|(d, t)| matches!(d, Decision::Grant(_)).then_some(t.as_ref()?.0))
         .collect();
     use_admissions(txn, product_id, &admitted, now).await?;
-    let taken: i32 = decided
-        .iter()
-        .map(|d| match d {
-            Decision::Grant(qty) => *qty,
-            _ => 0,
-        })
-        .sum();
+    let mut taken = 0;
+    let mut per_buyer: HashMap<String, i32> = HashMap::new();
+    for (d, holder) in decided.iter().zip(&holders) {
+        if let Decision::Grant(qty) = d {
+            taken += qty;
+            if let Some(buyer) = holder {
+                *per_buyer.entry(buyer.clone()).or_default() += qty;
+            }
+        }
+    }
     Ok(HoldPlan {
         decided,
         holders,
         reclaimed,
         left: available - taken,
+        per_buyer,
         now,
         expires_at: now + ttl,
     })
@@ -805,7 +813,7 @@ pub async fn release_hold(
             // batch keeps.
             let lines = lock_owned(txn, id, access).await?;
             let now = now();
-            let status = lines[0].effective_status(now);
+            let status = hold::Model::status_of_lines(&lines, now);
             if status == HoldStatus::Active {
                 let refs: Vec<HoldRef> = lines.iter().map(HoldRef::from).collect();
                 move_holds(txn, &refs, HoldStatus::Released, now).await?;

@@ -12,7 +12,7 @@ use sea_orm::{
 use crate::{
     Db, DomainError,
     db::{now, with_retry},
-    hold::HoldStatus,
+    hold::{self, HoldStatus},
     operations::idempotency::{StoredOutcome, StoredRefusal, check_in_txn, store_in_txn},
     order,
     rules::keys::KeyClaim,
@@ -139,7 +139,11 @@ pub(crate) async fn order_for_hold(
         HoldStatus::Released => Err(DomainError::HoldReleased(hold_id)),
         HoldStatus::Active => {
             let lines = lock_lines(txn, hold).await?;
-            order_from_hold(txn, &lines, now).await
+            // A sweeper may have taken another line of the cart meanwhile: then it expired.
+            match hold::Model::status_of_lines(&lines, now) {
+                HoldStatus::Active => order_from_hold(txn, &lines, now).await,
+                _ => Err(DomainError::HoldExpired(hold_id)),
+            }
         }
     }
 }

@@ -81,6 +81,21 @@ impl Model {
         self.cart_id.is_some()
     }
 
+    /// The effective status of a hold from its rows (see `rules::transitions::lock_lines`):
+    /// its first row's, except that a cart whose first row looks active is expired once a
+    /// sweeper has taken any of its other lines (a sweeper's clock may run a moment ahead).
+    pub fn status_of_lines(lines: &[Model], now: DateTimeUtc) -> HoldStatus {
+        let Some(first) = lines.first() else {
+            return HoldStatus::Expired;
+        };
+        match first.effective_status(now) {
+            HoldStatus::Active if lines.iter().any(|l| l.status != HoldStatus::Active) => {
+                HoldStatus::Expired
+            }
+            status => status,
+        }
+    }
+
     /// The first line of a cart, which stands for it.
     pub fn is_cart(&self) -> bool {
         self.cart_lines.is_some()

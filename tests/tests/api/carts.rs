@@ -123,6 +123,8 @@ on_both_databases!(
     a_failed_payment_release_and_expiry_give_back_every_line_once,
     unpaid_cart_orders_time_out_whole_and_a_late_payment_pays_all_or_owes_the_whole_order,
     a_keyed_cart_is_replayed_with_its_lines,
+    carts_of_different_products_in_one_batch_share_the_last_units_correctly,
+    a_buyer_limit_counts_the_holds_and_carts_of_one_batch_together,
     an_extension_moves_expiry_for_the_owner_only_and_stops_at_its_limits,
     the_worker_honours_an_extension_and_a_swept_hold_cannot_be_extended,
     extensions_racing_the_expiry_never_both_win
@@ -584,6 +586,90 @@ async fn unpaid_cart_orders_time_out_whole_and_a_late_payment_pays_all_or_owes_t
         0,
         "every row cleared"
     );
+    app.assert_stock_conserved().await;
+}
+
+/// Carts of two different sets of products ride in the hot product's batches together and
+/// compete for the last units of a product both sets include: no 5xx, the scarce product sold
+/// exactly out, every book balanced.
+async fn carts_of_different_products_in_one_batch_share_the_last_units_correctly(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    // Made first, so it has the lowest id: the carts ride in its batches.
+    let hot = product(&app, 10_000, "1.00", json!({})).await;
+    let scarce = product(&app, 5, "1.00", json!({})).await;
+    let side = product(&app, 10_000, "1.00", json!({})).await;
+    let answers = app
+        .all_at_once(150, move |c, i| async move {
+            match i % 3 {
+                0 => (i, c.cart(&[(hot, 1), (scarce, 1)], None).await),
+                1 => (i, c.cart(&[(hot, 1), (scarce, 1), (side, 1)], None).await),
+                _ => (i, c.hold(hot, 1).await),
+            }
+        })
+        .await;
+    let mut carts = 0;
+    for (i, r) in &answers {
+        assert!(
+            r.status == 201 || r.status == 409,
+            "{}: {}",
+            r.status,
+            r.body
+        );
+        if r.status == 201 && i % 3 != 2 {
+            carts += 1;
+        }
+    }
+    assert_eq!(carts, 5, "the scarce product's 5 units, one per cart");
+    assert_eq!(app.available(scarce).await, 0);
+    app.assert_stock_conserved().await;
+}
+
+/// One buyer's one-product holds and carts in the same batches of a limited product: the limit
+/// counts them all, the ones planned earlier in the same transaction too.
+async fn a_buyer_limit_counts_the_holds_and_carts_of_one_batch_together(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let limited = product(&app, 10_000, "1.00", json!({"per_buyer_limit": 2})).await;
+    let side = product(&app, 10_000, "1.00", json!({})).await;
+    // The product's lock held elsewhere: the requests gather into one batch behind it.
+    let blocker = app.block_product(limited).await;
+    let client = app.client.clone();
+    let sent = tokio::spawn(async move {
+        client
+            .all_at_once(60, move |c, i| async move {
+                // Buyer b sends a hold, then a cart, then a hold (i = b, b + 20, b + 40).
+                let buyer = format!("buyer-{}", i % 20);
+                let body = match (i / 20) % 2 {
+                    0 => json!({"product_id": limited, "qty": 2, "buyer_id": buyer}),
+                    _ => flash_sale_tests::client::cart_body(
+                        &[(limited, 2), (side, 1)],
+                        Some(&buyer),
+                    ),
+                };
+                c.request(Method::POST, "/api/holds", Some(body)).await
+            })
+            .await
+    });
+    app.until_waiting("holds", 60).await;
+    drop(blocker);
+    let answers = sent.await.expect("requests");
+    for r in &answers {
+        assert!(
+            r.status == 201 || r.status == 409,
+            "{}: {}",
+            r.status,
+            r.body
+        );
+    }
+    for b in 0..20 {
+        let units = app
+            .sum(
+                "holds",
+                "qty",
+                &format!("product_id = {limited} AND buyer_id = 'buyer-{b}' AND status = 'active'"),
+            )
+            .await;
+        assert_eq!(units, 2, "buyer-{b} holds exactly the limit");
+    }
     app.assert_stock_conserved().await;
 }
 
