@@ -125,6 +125,7 @@ on_both_databases!(
     a_keyed_cart_is_replayed_with_its_lines,
     carts_of_different_products_in_one_batch_share_the_last_units_correctly,
     a_buyer_limit_counts_the_holds_and_carts_of_one_batch_together,
+    a_cart_with_a_queue_product_uses_the_buyers_admitted_ticket_once,
     an_extension_moves_expiry_for_the_owner_only_and_stops_at_its_limits,
     the_worker_honours_an_extension_and_a_swept_hold_cannot_be_extended,
     extensions_racing_the_expiry_never_both_win
@@ -229,6 +230,17 @@ async fn a_cart_holds_every_line_or_none_and_names_each_failing_line(backend: Ba
             "lines[0].qty",
         ),
         (json!({"buyer_id": "x"}), 400, "product_id"),
+        (json!({"lines": "x"}), 400, "lines"),
+        (
+            json!({"lines": [{"product_id": "a", "qty": 1}]}),
+            400,
+            "lines[0].product_id",
+        ),
+        (
+            json!({"lines": [{"product_id": shirt, "qty": 1}], "ticket_id": "t"}),
+            400,
+            "ticket_id",
+        ),
     ] {
         let r = app
             .request(Method::POST, "/api/holds", Some(body.clone()))
@@ -670,6 +682,57 @@ async fn a_buyer_limit_counts_the_holds_and_carts_of_one_batch_together(backend:
             .await;
         assert_eq!(units, 2, "buyer-{b} holds exactly the limit");
     }
+    app.assert_stock_conserved().await;
+}
+
+/// A cart that includes a product with queue admission needs the buyer's admitted ticket for
+/// that line: without it the line is refused `admission_required`; with it the cart is granted
+/// (the ticket's buyer's), the ticket is `used`, and it serves no second cart.
+async fn a_cart_with_a_queue_product_uses_the_buyers_admitted_ticket_once(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let _worker = app.spawn_worker(&[]);
+    let queued = app.create_queue_product(2, None).await;
+    let open = product(&app, 10, "1.00", json!({})).await;
+    let buyer = app.stranger();
+    let joined = buyer.join(queued, Some("ann")).await;
+    assert_eq!(joined.status, 201, "{}", joined.body);
+    let ticket = id(&joined.body, "ticket_id");
+    flash_sale_tests::eventually("the ticket admitted", Duration::from_secs(15), || {
+        let buyer = buyer.clone();
+        async move { (buyer.ticket(ticket).await.body["state"] == "admitted").then_some(()) }
+    })
+    .await;
+
+    let r = buyer.cart(&[(open, 1), (queued, 1)], None).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(
+        failing_lines(&r.body),
+        vec![(queued, "admission_required".to_owned())]
+    );
+
+    let mut body = flash_sale_tests::client::cart_body(&[(open, 1), (queued, 1)], None);
+    body["ticket_id"] = json!(ticket);
+    let r = buyer
+        .request(Method::POST, "/api/holds", Some(body.clone()))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(
+        r.body["buyer_id"], "ann",
+        "the cart is the ticket's buyer's"
+    );
+    assert_eq!(r.body["lines"].as_array().map(Vec::len), Some(2));
+    assert_eq!(buyer.ticket(ticket).await.body["state"], "used");
+    let again = buyer.request(Method::POST, "/api/holds", Some(body)).await;
+    assert_eq!(
+        (again.status, again.code()),
+        (403, "admission_required"),
+        "{}",
+        again.body
+    );
+    assert_eq!(
+        (app.available(open).await, app.available(queued).await),
+        (9, 1)
+    );
     app.assert_stock_conserved().await;
 }
 
