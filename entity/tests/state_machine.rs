@@ -6,7 +6,7 @@
 
 use entity::{
     Db, DbConfig, DomainError, Money, Quantity,
-    operations::carts::{self, CartLine, CartRequest},
+    operations::carts::{CartLine, CartRequest},
     operations::holds::{self, ExtensionRules, HoldOutcome, HoldRequest},
     operations::orders,
     operations::payments::{self, PaymentEvent, PaymentStatus},
@@ -165,8 +165,19 @@ async fn run(ops: Vec<Op>) {
                 ];
                 let cart = CartRequest::new(lines, 10).expect("cart");
                 let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-                let served = carts::serve_carts(&db, &[cart], ttl, deadline, &|_| false).await;
-                match served.map(|mut o| o.pop()) {
+                let first = cart.lines()[0].product_id;
+                let carts = [cart];
+                let served = holds::serve_with_carts(
+                    &db,
+                    first,
+                    &[],
+                    &carts,
+                    ttl,
+                    deadline,
+                    &|_| false,
+                    false,
+                );
+                match served.await.map(|(_, mut carts)| carts.pop()) {
                     Ok(Some(HoldOutcome::Granted(h))) => {
                         assert_eq!(h.lines.len(), 2);
                         holds.push(h.id);

@@ -142,16 +142,7 @@ impl HoldDesk {
                 let batch = holds::serve_holds(
                     db, product_id, &requests, *ttl, deadline, &withdrawn, false,
                 );
-                Box::pin(batch)
-                    .await
-                    .map_err(Unserved::Failed)
-                    .and_then(|mut outcomes| {
-                        outcomes.pop().ok_or_else(|| {
-                            Unserved::Failed(DomainError::Invariant(
-                                "a batch of one had no outcome".into(),
-                            ))
-                        })
-                    })
+                only_outcome(Box::pin(batch).await)
             }
         };
         if let Ok(HoldOutcome::Granted(hold)) = &outcome {
@@ -184,21 +175,23 @@ impl HoldDesk {
                     .await
                     .unwrap_or_else(|e| Err(e.into()))
             }
+            // A batch of its own, on its first product.
             Self::OneByOne { db, ttl } => {
                 let withdrawn = move |_| gone.as_ref().is_some_and(|g| g.load(Ordering::Relaxed));
                 let deadline = Instant::now() + ANSWER_WITHIN;
-                let requests = [request];
-                let served = carts::serve_carts(db, &requests, *ttl, deadline, &withdrawn);
-                Box::pin(served)
-                    .await
-                    .map_err(Unserved::Failed)
-                    .and_then(|mut outcomes| {
-                        outcomes.pop().ok_or_else(|| {
-                            Unserved::Failed(DomainError::Invariant(
-                                "a batch of one had no outcome".into(),
-                            ))
-                        })
-                    })
+                let first = request.lines()[0].product_id;
+                let carts = [request];
+                let batch = holds::serve_with_carts(
+                    db,
+                    first,
+                    &[],
+                    &carts,
+                    *ttl,
+                    deadline,
+                    &withdrawn,
+                    false,
+                );
+                only_outcome(Box::pin(batch).await.map(|(_, carts)| carts))
             }
         };
         if let Ok(HoldOutcome::Granted(hold)) = &outcome {
@@ -206,6 +199,17 @@ impl HoldDesk {
         }
         outcome
     }
+}
+
+/// The one outcome of a batch of one.
+fn only_outcome(served: Result<Vec<HoldOutcome>, DomainError>) -> Result<HoldOutcome, Unserved> {
+    served.map_err(Unserved::Failed).and_then(|mut outcomes| {
+        outcomes.pop().ok_or_else(|| {
+            Unserved::Failed(DomainError::Invariant(
+                "a batch of one had no outcome".into(),
+            ))
+        })
+    })
 }
 
 /// One product's batch: requests that waited behind slower batches until too little of their

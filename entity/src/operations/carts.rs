@@ -1,11 +1,12 @@
-//! Carts: one hold over several products, all held or none ([`serve_carts`]).
+//! Carts: one hold over several products, all held or none.
 //!
-//! A cart is one hold row per product, each carrying its first line's id (`holds.cart_id`), so
-//! every per-product rule and counter (stock, the sale window, buyer limits, admission, expiry)
-//! works on the lines unchanged. Carts of the same products are served together, in one
-//! transaction that locks those products in id order: the one global order every path that
-//! locks several products keeps, so two carts never wait on each other in a circle, and a
-//! one-product hold batch (one product lock) never closes a circle either.
+//! A cart is one hold row per product: its first row carries `cart_lines`, its others the first
+//! row's id (`holds.cart_id`), so every per-product rule and counter (stock, the sale window,
+//! buyer limits, admission, expiry) works on the lines unchanged. A cart is served in a hold
+//! batch's transaction (`holds::serve_with_carts`), which locks every product it touches in id
+//! order: the one global order every path that locks several products keeps, so no two
+//! transactions wait on each other in a circle. `plan` decides carts of one set of products
+//! under those locks; `decide` also writes them.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -15,12 +16,11 @@ use sea_orm::{DatabaseTransaction, EntityTrait, QuerySelect};
 
 use crate::{
     Db, DomainError, Money, Quantity,
-    db::{now, with_retry_until},
+    db::now,
     error::LineRefusal,
-    operations::granting::{HoldOutcome, looked_up, store_refusals, units_per_buyer},
-    operations::idempotency::check_in_txn,
+    operations::granting::{HoldOutcome, store_refusals, taken_keys, units_per_buyer},
     operations::queue::{TicketPass, admissions, use_admissions},
-    operations::sweeps::{ExpiredHold, log_expired, reclaim_expired},
+    operations::sweeps::{ExpiredHold, reclaim_expired},
     product::{self, Admission},
     rules::keys::KeyClaim,
     rules::ownership::ClientSecret,
@@ -94,81 +94,12 @@ impl CartRequest {
     }
 }
 
-/// Serves carts of the same products (`requests` all name the same products) together, by
-/// `deadline`: their keys are looked up first (a finished key is answered again), the rest are
-/// decided in ONE transaction ([`cart_transaction`]). `withdrawn(i)`, asked once the products
-/// are locked, says whether request `i`'s caller has gone. Answers each request, in order.
-pub async fn serve_carts(
-    db: &Db,
-    requests: &[CartRequest],
-    ttl: chrono::Duration,
-    deadline: std::time::Instant,
-    withdrawn: &(dyn Fn(usize) -> bool + Sync),
-) -> Result<Vec<HoldOutcome>, DomainError> {
-    let products = match requests.first() {
-        Some(first) => first.products(),
-        None => return Ok(Vec::new()),
-    };
-    if requests.iter().any(|r| r.products() != products) {
-        return Err(DomainError::Invariant(
-            "a cart batch mixes different products".into(),
-        ));
-    }
-    let keys: Vec<Option<&KeyClaim>> = requests.iter().map(|r| r.key.as_deref()).collect();
-    let mut outcomes = looked_up(db, &keys, deadline).await?;
-    let to_run: Vec<usize> = (0..requests.len())
-        .filter(|&i| outcomes[i].is_none())
-        .collect();
-    if !to_run.is_empty() {
-        let run: Vec<&CartRequest> = to_run.iter().map(|&i| &requests[i]).collect();
-        let gone = |j: usize| withdrawn(to_run[j]);
-        let ran = cart_transaction(db, &products, &run, ttl, deadline, &gone).await?;
-        for (&i, outcome) in to_run.iter().zip(ran) {
-            outcomes[i] = Some(outcome);
-        }
-    }
-    outcomes
-        .into_iter()
-        .map(|o| o.ok_or_else(|| DomainError::Invariant("a cart request had no outcome".into())))
-        .collect()
-}
-
 /// A locked product of the batch and what the transaction knows of it.
 struct Stocked<'a> {
     model: product::Model,
     available: i32,
     /// Units each buyer of the batch has on it (only with a per-buyer limit).
     used: HashMap<&'a str, i32>,
-}
-
-/// The carts of one product set in ONE transaction: lock the products in id order; set aside
-/// what cannot be served (caller gone, key taken); refuse lines whose product is missing,
-/// shut, or needs an admission the cart lacks; reclaim expired holds where the rest need more;
-/// then in arrival order grant each cart whose every line fits (stock, buyer limit), or refuse
-/// it naming every line that does not; create the granted lines with one statement per product
-/// and join them into carts with one more.
-async fn cart_transaction(
-    db: &Db,
-    products: &[ProductId],
-    requests: &[&CartRequest],
-    ttl: chrono::Duration,
-    deadline: std::time::Instant,
-    withdrawn: &(dyn Fn(usize) -> bool + Sync),
-) -> Result<Vec<HoldOutcome>, DomainError> {
-    let mut attempt = 0;
-    let (outcomes, reclaimed) = with_retry_until(deadline, products.first().copied(), || {
-        attempt += 1;
-        // As for one-product batches: keys were free at the look-up, so the first attempt only
-        // writes them; a retry after a twin wrote one checks them first.
-        let check_keys = attempt > 1;
-        db.write_until(deadline, async move |txn| {
-            decide(db, txn, products, requests, ttl, withdrawn, check_keys).await
-        })
-    })
-    .await?;
-    log_expired(&reclaimed, "api");
-    metrics::histogram!("cart_batch_size").record(requests.len() as f64);
-    Ok(outcomes)
 }
 
 /// What a cart request is, while its batch is decided.
@@ -180,8 +111,9 @@ enum Verdict {
     Set(DomainError),
 }
 
-/// Decides carts of the same `products` (sorted) inside a transaction, and creates the granted
-/// ones (see [`cart_transaction`]).
+/// Decides carts of the same `products` (sorted) inside a hold batch's transaction, and creates
+/// the granted ones (when the batch's own product is missing, or it carries several sets of
+/// products, each decided and written in turn; see `holds::hold_transaction`).
 pub(crate) async fn decide(
     db: &Db,
     txn: &DatabaseTransaction,
@@ -394,15 +326,10 @@ pub(crate) async fn plan(
         })
         .collect();
     if check_keys {
-        let keyed: Vec<(usize, &KeyClaim)> = requests
-            .iter()
-            .enumerate()
-            .filter_map(|(i, r)| r.key.as_deref().map(|k| (i, k)))
-            .collect();
-        let claims: Vec<&KeyClaim> = keyed.iter().map(|(_, k)| *k).collect();
-        for ((i, _), check) in keyed.iter().zip(check_in_txn(txn, &claims).await?) {
-            if let Err(taken) = check {
-                verdicts[*i] = Verdict::Set(taken);
+        let keys: Vec<Option<&KeyClaim>> = requests.iter().map(|r| r.key.as_deref()).collect();
+        for (verdict, taken) in verdicts.iter_mut().zip(taken_keys(txn, &keys).await?) {
+            if let Some(taken) = taken {
+                *verdict = Verdict::Set(taken);
             }
         }
     }

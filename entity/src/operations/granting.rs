@@ -69,6 +69,29 @@ pub(crate) async fn looked_up(
     Ok(outcomes)
 }
 
+/// Inside a batch's transaction, which of its requests' keys another request has taken
+/// meanwhile (a twin in another process committed first): that request's refusal, one entry
+/// per request (none: its key is free, or it has none).
+pub(crate) async fn taken_keys<C: ConnectionTrait>(
+    txn: &C,
+    keys: &[Option<&KeyClaim>],
+) -> Result<Vec<Option<DomainError>>, DomainError> {
+    let keyed: Vec<(usize, &KeyClaim)> = keys
+        .iter()
+        .enumerate()
+        .filter_map(|(i, k)| k.map(|k| (i, k)))
+        .collect();
+    let mut taken = vec![None; keys.len()];
+    if keyed.is_empty() {
+        return Ok(taken);
+    }
+    let claims: Vec<&KeyClaim> = keyed.iter().map(|(_, k)| *k).collect();
+    for ((i, _), check) in keyed.iter().zip(check_in_txn(txn, &claims).await?) {
+        taken[*i] = check.err();
+    }
+    Ok(taken)
+}
+
 /// The refusals of a batch's keyed requests, written down with their keys in one statement
 /// (a granted keyed hold carries its key on its own row, written by the hold `INSERT`). A key
 /// already taken, by a hold or a stored outcome that a twin in another process committed before

@@ -20,8 +20,7 @@ use crate::{
     db::{ANSWER_WITHIN, now, with_retry, with_retry_until},
     hold::{self, HoldStatus},
     operations::carts::{self, CartRequest},
-    operations::granting::{looked_up, store_refusals, units_per_buyer},
-    operations::idempotency::check_in_txn,
+    operations::granting::{looked_up, store_refusals, taken_keys, units_per_buyer},
     operations::products::product_view,
     operations::queue::{TicketPass, admissions, use_admissions},
     operations::sweeps::{ExpiredHold, log_expired, reclaim_expired},
@@ -704,14 +703,9 @@ async fn asks<'a, C: ConnectionTrait>(
         .collect();
     // Keys before stock: a request whose key is taken takes no stock.
     if check_keys {
-        let keyed: Vec<(usize, &KeyClaim)> = requests
-            .iter()
-            .enumerate()
-            .filter_map(|(i, r)| r.key.as_deref().map(|k| (i, k)))
-            .collect();
-        let claims: Vec<&KeyClaim> = keyed.iter().map(|(_, k)| *k).collect();
-        for ((i, _), check) in keyed.iter().zip(check_in_txn(txn, &claims).await?) {
-            asks[*i].refused = check.err();
+        let keys: Vec<Option<&KeyClaim>> = requests.iter().map(|r| r.key.as_deref()).collect();
+        for (ask, taken) in asks.iter_mut().zip(taken_keys(txn, &keys).await?) {
+            ask.refused = taken;
         }
     }
     // The sale window, as this transaction's clock sees it under the lock: nobody is served a
