@@ -591,10 +591,10 @@ impl From<DomainError> for ApiError {
                 let Some((_, first)) = problems.first() else {
                     return Self::new(Internal, "internal error: a cart refused for no line");
                 };
-                let mut e = Self::new(
-                    first.code(),
-                    format!("the cart cannot be held, nothing was: {detail}"),
-                );
+                // The first failing line's own members too, as its code promises them
+                // (`insufficient_stock` carries `available`, ...).
+                let mut e = Self(first.0.clone(), false);
+                e.0.detail = format!("the cart cannot be held, nothing was: {detail}");
                 e.0.lines = Some(
                     problems
                         .iter()

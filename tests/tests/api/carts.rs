@@ -200,6 +200,10 @@ async fn a_cart_holds_every_line_or_none_and_names_each_failing_line(backend: Ba
     assert_eq!(r.body["lines"][1]["available"], 0);
     assert_eq!(r.code(), "insufficient_stock");
     assert_eq!(
+        r.body["available"], 3,
+        "the first failing line's, as the code promises"
+    );
+    assert_eq!(
         app.available(shirt).await,
         3,
         "nothing of a refused cart is held"
