@@ -328,6 +328,14 @@ pub async fn run(config: Config, metrics: Option<PrometheusHandle>) -> anyhow::R
     if config.auto_migrate {
         migrate(&config.db_config()).await?;
     }
+    flash_sale_process::watch_database(db.clone());
+    // Shown at 0 from the start, so an alert on it has a series to watch.
+    metrics::counter!("orders_refund_required_total").increment(0);
+    // Each webhook outcome too, so `increase()` sees the first one of each.
+    let outcomes = entity::operations::payments::WEBHOOK_OUTCOMES;
+    for outcome in outcomes.into_iter().chain(["bad_signature"]) {
+        metrics::counter!("webhooks_total", "outcome" => outcome).increment(0);
+    }
     let state = Arc::new(AppState::new(&config, db.clone(), buyer_auth));
     let metrics_listener = match config.listener.metrics_addr {
         Some(addr) => {

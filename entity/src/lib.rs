@@ -37,7 +37,7 @@ pub mod views;
 // The tables keep their short paths (`entity::hold`, ...).
 pub use tables::{hold, idempotency_key, order, product, queue, ticket, webhook_event};
 
-pub use db::{Backend, Db, DbConfig};
+pub use db::{Backend, Db, DbConfig, DbHealth};
 pub use error::DomainError;
 pub use hold::HoldStatus;
 pub use order::OrderStatus;

@@ -140,6 +140,14 @@ impl OrderView {
         }
         Some(view)
     }
+
+    /// The order's products, one per line.
+    pub fn product_ids(&self) -> Vec<ProductId> {
+        match self.lines.is_empty() {
+            true => vec![self.product_id],
+            false => self.lines.iter().map(|l| l.product_id).collect(),
+        }
+    }
 }
 
 impl From<&order::Model> for OrderView {

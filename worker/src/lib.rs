@@ -12,6 +12,7 @@
 
 pub mod admission;
 pub mod config;
+pub mod gauges;
 pub mod health;
 pub mod sweep;
 
@@ -55,6 +56,17 @@ pub async fn run(config: Config, metrics: Option<PrometheusHandle>) -> anyhow::R
         .add(admission_job(&db, &admitting, &stop_rx)?)
         .await
         .context("scheduling the admission runs")?;
+    scheduler
+        .add(gauges_job(&db)?)
+        .await
+        .context("scheduling the gauge reads")?;
+    flash_sale_process::watch_database(db.clone());
+    // Until the first sweep completes, the last success is the start: an alert on its age
+    // then fires when no sweep has completed for that long since the worker started.
+    metrics::gauge!("expiry_last_success_timestamp_seconds").set(sweep::unix_now());
+    for outcome in ["ok", "failed"] {
+        metrics::counter!("expiry_runs_total", "outcome" => outcome).increment(0);
+    }
     let (acceptor, addr) = flash_sale_process::bind(config.worker_addr, "WORKER_ADDR").await?;
     scheduler.start().await.context("starting the scheduler")?;
     tracing::info!(addr = %addr, schedule = %config.expiry_schedule, "listening");
@@ -100,6 +112,24 @@ fn admission_job(
         })
     })
     .context("the admission schedule")
+}
+
+/// The gauge reads, every 5 seconds; a read still going when the next tick comes skips it.
+fn gauges_job(db: &Db) -> anyhow::Result<Job> {
+    let db = db.clone();
+    let reading = Arc::new(Mutex::new(()));
+    Job::new_async(gauges::GAUGES_SCHEDULE, move |_id, _sched| {
+        let (db, reading) = (db.clone(), reading.clone());
+        Box::pin(async move {
+            let Ok(_guard) = reading.try_lock() else {
+                return;
+            };
+            if let Err(e) = gauges::publish(&db).await {
+                tracing::warn!(error = %e, "reading the sale's gauges failed; the next tick retries");
+            }
+        })
+    })
+    .context("the gauge schedule")
 }
 
 /// The scheduled sweep. Ticks are spawned without waiting for the previous one: `running`

@@ -45,8 +45,19 @@ pub async fn sweep(
         ok = result.is_ok(),
         "expiry run finished"
     );
-    metrics::counter!("expiry_runs_total").increment(1);
+    let outcome = if result.is_ok() { "ok" } else { "failed" };
+    metrics::counter!("expiry_runs_total", "outcome" => outcome).increment(1);
+    if result.is_ok() {
+        metrics::gauge!("expiry_last_success_timestamp_seconds").set(unix_now());
+    }
     result.map(|()| report)
+}
+
+/// Seconds since the Unix epoch, for the `..._timestamp_seconds` gauges.
+pub(crate) fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 async fn sweep_into(

@@ -1,8 +1,10 @@
 //! The process set-up `flash-sale-api` and `flash-sale-worker` share, kept out of the data layer
 //! and out of either binary: the settings both read ([`settings`]), reading `.env`, JSON logs and the Prometheus recorder
 //! ([`telemetry`]), the first log line ([`start`]), the listener and its `/metrics`
-//! ([`listener`]), and the signal both drain on ([`shutdown_signal`]).
+//! ([`listener`]), the database's health gauges ([`health`]), and the signal both drain on
+//! ([`shutdown_signal`]).
 
+pub mod health;
 pub mod listener;
 pub mod settings;
 pub mod telemetry;
@@ -12,6 +14,7 @@ use std::path::Path;
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 
+pub use health::watch_database;
 pub use listener::{bind, metrics_endpoint};
 pub use settings::{DatabaseArgs, LogArgs};
 

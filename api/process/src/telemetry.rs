@@ -232,7 +232,10 @@ fn describe_metrics() {
         metrics::Unit::Seconds,
         "HTTP request latency, by method, route template and status"
     );
-    describe_counter!("holds_created_total", "Holds granted");
+    describe_counter!(
+        "holds_created_total",
+        "Holds granted, one per product line, by product"
+    );
     describe_histogram!(
         "hold_batch_size",
         "Hold requests served by one coalesced transaction"
@@ -244,7 +247,7 @@ fn describe_metrics() {
     );
     describe_counter!(
         "holds_rejected_total",
-        "Hold requests refused, by reason (the problem code)"
+        "Hold requests refused, by reason (the problem code), and by product when the product decided it"
     );
     describe_counter!("holds_released_total", "Holds released by their buyer");
     describe_counter!(
@@ -253,7 +256,7 @@ fn describe_metrics() {
     );
     describe_counter!(
         "order_status_changes_total",
-        "Orders entering a status (pending, paid, cancelled, timed_out)"
+        "Orders entering a status (pending, paid, cancelled, timed_out), one per product line, by product"
     );
     describe_counter!(
         "webhooks_total",
@@ -267,7 +270,47 @@ fn describe_metrics() {
         "stock_contention_retries_total",
         "Transactions retried after a lock wait timeout, deadlock or SQLite busy error"
     );
-    describe_counter!("expiry_runs_total", "Worker sweeps run");
+    describe_counter!(
+        "expiry_runs_total",
+        "Worker sweeps run, by outcome (ok, failed)"
+    );
+    describe_gauge!(
+        "expiry_last_success_timestamp_seconds",
+        metrics::Unit::Seconds,
+        "Unix time the last sweep completed (the worker's start until the first one has)"
+    );
+    describe_gauge!(
+        "database_up",
+        "1 when this process's database answered its last probe (every 5 s, within 2 s), else 0"
+    );
+    describe_gauge!(
+        "galera_node_primary",
+        "On a Galera node: 1 when the node is a ready member of the primary component, else 0"
+    );
+    describe_gauge!(
+        "product_stock",
+        "Units on hand per product, read by the worker every 5 s (the newest 500 products)"
+    );
+    describe_gauge!(
+        "product_available_stock",
+        "Units free to hold per product, as GET /api/products answers, read by the worker every 5 s"
+    );
+    describe_gauge!(
+        "queue_waiting",
+        "Tickets waiting in a product's queue, after the last admission pass"
+    );
+    describe_gauge!(
+        "queue_open",
+        "1 while a product's queue admits (opened, not closed), after the last admission pass"
+    );
+    describe_gauge!(
+        "queue_admitted_unused",
+        "Admitted tickets not yet used or expired, after the last admission pass"
+    );
+    describe_gauge!(
+        "orders_refund_owed",
+        "Orders marked refund_required and not yet marked refunded, read by the worker every 5 s"
+    );
     describe_histogram!(
         "expiry_batch_duration_seconds",
         metrics::Unit::Seconds,

@@ -2,7 +2,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use entity::{
-    HoldStatus, Quantity,
+    DomainError, HoldStatus, Quantity,
     batching::coalesce::Unserved,
     operations::carts::{CartLine, CartLinesError, CartRequest},
     operations::holds::{self, HoldOutcome, HoldRequest},
@@ -393,11 +393,12 @@ fn requester(
 fn hold_answer(
     outcome: Result<HoldOutcome, Unserved>,
     secret: Option<&ClientSecret>,
+    asked_for: Option<ProductId>,
 ) -> HoldAnswer {
     match outcome {
         Ok(HoldOutcome::Granted(hold)) => Ok(HoldCreated::of(hold, false)),
         Ok(HoldOutcome::Replayed(replay)) => replayed_hold(replay, secret),
-        Ok(HoldOutcome::Refused(refusal)) => Err(refused(ApiError::from(refusal))),
+        Ok(HoldOutcome::Refused(refusal)) => Err(refused_for_product(refusal, asked_for)),
         // Nobody reads this one: the client has gone.
         Ok(HoldOutcome::Withdrawn) => Err(refused(ApiError::new(
             ProblemCode::Unavailable,
@@ -445,6 +446,37 @@ async fn refused_early(state: &AppState, claim: Option<&Claim>, refusal: ApiErro
 /// A refusal, counted by its code.
 fn refused<S>(e: ApiError) -> Problems<S> {
     metrics::counter!("holds_rejected_total", "reason" => e.code().as_str()).increment(1);
+    e.into()
+}
+
+/// A refusal a batch gave, counted by its code and, when the product decided it (its window,
+/// stock, buyer limit or queue), by that product too: the one asked for, or a cart's first
+/// failing line. Other refusals carry no product, so ids a client makes up never become labels.
+fn refused_for_product<S>(refusal: DomainError, asked_for: Option<ProductId>) -> Problems<S> {
+    let product = match &refusal {
+        DomainError::CartRefused(lines) => lines.first().map(|l| l.product_id),
+        _ => asked_for,
+    };
+    let e = ApiError::from(refusal);
+    let code = e.code();
+    let by_product = matches!(
+        code,
+        ProblemCode::InsufficientStock
+            | ProblemCode::SaleNotStarted
+            | ProblemCode::SaleEnded
+            | ProblemCode::BuyerIdRequired
+            | ProblemCode::BuyerLimitExceeded
+            | ProblemCode::AdmissionRequired
+    );
+    match product.filter(|_| by_product) {
+        Some(product) => metrics::counter!(
+            "holds_rejected_total",
+            "reason" => code.as_str(),
+            "product_id" => product.get().to_string()
+        )
+        .increment(1),
+        None => metrics::counter!("holds_rejected_total", "reason" => code.as_str()).increment(1),
+    }
     e.into()
 }
 
@@ -514,11 +546,14 @@ impl HoldsApi {
             Err(refusal) => return refused_early(state, claim.as_ref(), refusal).await,
         };
         let gone = crate::connections::client_gone(req);
-        let outcome = match asked {
-            Asked::One(product, request) => state.holds.serve(product, request, gone).await,
-            Asked::Cart(cart) => state.holds.serve_cart(cart, gone).await,
+        let (outcome, asked_for) = match asked {
+            Asked::One(product, request) => (
+                state.holds.serve(product, request, gone).await,
+                Some(product),
+            ),
+            Asked::Cart(cart) => (state.holds.serve_cart(cart, gone).await, None),
         };
-        hold_answer(outcome, secret)
+        hold_answer(outcome, secret, asked_for)
     }
 
     /// Give a hold more time

@@ -384,9 +384,53 @@ impl Db {
         )
     }
 
+    /// What the process's gauges say of its database: whether it answers (the readiness check)
+    /// and, on a Galera node, whether the node is a ready member of the primary component.
+    pub async fn health(&self) -> DbHealth {
+        let up = self.is_ready().await;
+        let galera_primary = match self.server.galera {
+            true => Some(self.galera_primary().await),
+            false => None,
+        };
+        DbHealth { up, galera_primary }
+    }
+
+    /// `wsrep_cluster_status` is `Primary` and `wsrep_ready` is `ON`, read within 2 seconds
+    /// (`SHOW STATUS` answers on a node outside the primary component, where queries do not).
+    async fn galera_primary(&self) -> bool {
+        let stmt = sea_orm::Statement::from_string(
+            DbBackend::MySql,
+            "SHOW GLOBAL STATUS WHERE Variable_name IN ('wsrep_cluster_status', 'wsrep_ready')",
+        );
+        let Ok(Ok(rows)) =
+            tokio::time::timeout(Duration::from_secs(2), self.conn.query_all_raw(stmt)).await
+        else {
+            return false;
+        };
+        let value = |name: &str| {
+            rows.iter().find_map(|row| {
+                let n: String = row.try_get("", "Variable_name").ok()?;
+                n.eq_ignore_ascii_case(name)
+                    .then(|| row.try_get::<String>("", "Value").ok())
+                    .flatten()
+            })
+        };
+        value("wsrep_cluster_status").is_some_and(|v| v == "Primary")
+            && value("wsrep_ready").is_some_and(|v| v.eq_ignore_ascii_case("ON"))
+    }
+
     pub fn db_backend(&self) -> DbBackend {
         self.conn.get_database_backend()
     }
+}
+
+/// See [`Db::health`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DbHealth {
+    /// The database answered `SELECT 1` within 2 seconds.
+    pub up: bool,
+    /// On a Galera node: whether it is a ready member of the primary component.
+    pub galera_primary: Option<bool>,
 }
 
 /// Runs `op` (one whole transaction) until it succeeds, fails for a reason other than

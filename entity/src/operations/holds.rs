@@ -843,7 +843,8 @@ pub fn log_hold_created(hold: &HoldView) {
         quantity = hold.qty,
         "hold created"
     );
-    metrics::counter!("holds_created_total").increment(1);
+    metrics::counter!("holds_created_total", "product_id" => hold.product_id.get().to_string())
+        .increment(1);
 }
 
 #[cfg(test)]

@@ -5,7 +5,8 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ColumnTrait, Condition, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    ColumnTrait, Condition, DatabaseTransaction, EntityTrait, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect,
     sea_query::{Expr, ExprTrait},
 };
 
@@ -14,14 +15,14 @@ use crate::{
     db::{now, with_retry},
     hold::{self, HoldStatus},
     operations::idempotency::{StoredOutcome, StoredRefusal, check_in_txn, store_in_txn},
-    order,
+    order::{self, OrderStatus},
     rules::keys::KeyClaim,
     rules::ownership::Access,
     rules::transitions::{
         clear_refund_required, lock_hold, lock_lines, lock_order, lock_order_lines,
         order_from_hold, order_rows,
     },
-    types::{HoldId, OrderId},
+    types::{HoldId, OrderId, ProductId},
     views::{OrderCreated, OrderView},
 };
 
@@ -96,7 +97,20 @@ pub(crate) fn log_order_created(order: &OrderView) {
         quantity = order.quantity,
         "order created"
     );
-    metrics::counter!("order_status_changes_total", "status" => "pending").increment(1);
+    count_status_change(OrderStatus::Pending, &order.product_ids());
+}
+
+/// `order_status_changes_total`: one per line of the order that moved to `status`, labelled
+/// with the line's product, so a sale's progress can be followed per product.
+pub(crate) fn count_status_change(status: OrderStatus, products: &[ProductId]) {
+    for product in products {
+        metrics::counter!(
+            "order_status_changes_total",
+            "status" => status.as_str(),
+            "product_id" => product.get().to_string()
+        )
+        .increment(1);
+    }
 }
 
 fn created(rows: &[order::Model], new: bool) -> Result<OrderCreated, DomainError> {
@@ -204,6 +218,21 @@ pub async fn list_orders(
         })
         .collect();
     Ok((views, more))
+}
+
+/// How many orders are marked `refund_required` (a cart's order once): the refunds owed.
+pub async fn refunds_owed(db: &Db) -> Result<u64, DomainError> {
+    db.read(|| async {
+        let first_rows = Condition::any()
+            .add(order::Column::CartId.is_null())
+            .add(Expr::col(order::Column::CartId).equals(order::Column::Id));
+        Ok(order::Entity::find()
+            .filter(order::Column::RefundRequired.eq(true))
+            .filter(first_rows)
+            .count(db.conn())
+            .await?)
+    })
+    .await
 }
 
 /// An operator refunded the payment of an order marked `refund_required`: the mark goes.

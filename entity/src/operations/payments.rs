@@ -13,7 +13,7 @@ use crate::{
     Db, DomainError, Money,
     db::{now, with_retry},
     hold,
-    operations::orders::{log_order_created, order_for_hold},
+    operations::orders::{count_status_change, log_order_created, order_for_hold},
     operations::sweeps::{ExpiredHold, log_expired, reclaim_expired},
     order::{self, OrderStatus},
     rules::ownership::Access,
@@ -82,6 +82,11 @@ impl PaymentEvent {
     }
 }
 
+/// The `outcome` labels of `webhooks_total` counted here (the API adds `bad_signature`), so a
+/// process can show each at 0 from its start.
+pub const WEBHOOK_OUTCOMES: [&str; 5] =
+    ["processed", "duplicate", "conflict", "mismatch", "rejected"];
+
 /// What a webhook did, as answered to the gateway.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PaymentResult {
@@ -96,6 +101,10 @@ pub struct PaymentResult {
     /// The event marked its order `refund_required` (a success on a cancelled order whose
     /// units are gone): that order.
     pub refund_owed: Option<OrderView>,
+    /// The products of the order's lines, one per line (for the per-product counters).
+    pub products: Vec<ProductId>,
+    /// The event moved the order to `order_status` from another status.
+    pub changed: bool,
 }
 
 /// Applies a payment webhook exactly once per idempotency key (see `docs/payments.md`). Errors
@@ -163,9 +172,8 @@ pub async fn apply_payment(db: &Db, event: &PaymentEvent) -> Result<PaymentResul
                 reason.as_str(),
             );
         }
-        if result.conflict.is_none() {
-            metrics::counter!("order_status_changes_total", "status" => result.order_status.as_str())
-                .increment(1);
+        if result.changed {
+            count_status_change(result.order_status, &result.products);
         }
     }
     Ok(result)
@@ -322,6 +330,8 @@ async fn record_and_apply(
             conflict,
             created,
             refund_owed,
+            products: rows.iter().map(|o| o.product_id).collect(),
+            changed: order_status != order.status,
         }),
         reclaimed,
     ))
@@ -381,6 +391,8 @@ async fn duplicate_of(
         conflict: stored.conflict,
         created: None,
         refund_owed: None,
+        products: Vec::new(),
+        changed: false,
     })
 }
 

@@ -202,6 +202,29 @@ pub async fn list_products(
     Ok((views, more))
 }
 
+/// The newest `limit` products, newest first, with their available stock as
+/// [`product_view`] reads it: what the worker publishes as gauges.
+pub async fn newest_products(db: &Db, limit: u64) -> Result<Vec<ProductView>, DomainError> {
+    let stmt = Statement::from_sql_and_values(
+        db.db_backend(),
+        crate::sql::of(db.db_backend()).products_newest,
+        [
+            HoldStatus::Active.as_str().into(),
+            now().into(),
+            limit.into(),
+        ],
+    );
+    db.read(|| async {
+        Ok(ProductRow::find_by_statement(stmt.clone())
+            .all(db.conn())
+            .await?)
+    })
+    .await?
+    .into_iter()
+    .map(ProductRow::into_view)
+    .collect()
+}
+
 /// Changes a product under its lock. Stock taken away (`add_stock` < 0) can only come out of
 /// what is available (expired holds are reclaimed first): never out of units held or in pending
 /// orders ([`DomainError::InsufficientStock`]). A window end not after its start, counting the

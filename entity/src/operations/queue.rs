@@ -88,7 +88,8 @@ pub async fn serve_joins(
         );
     }
     if !made.is_empty() {
-        metrics::counter!("queue_joined_total").increment(made.len() as u64);
+        metrics::counter!("queue_joined_total", "product_id" => product_id.get().to_string())
+            .increment(made.len() as u64);
     }
     Ok(outcomes)
 }
@@ -381,6 +382,10 @@ pub struct Pass {
     pub reclaimed: Vec<ExpiredHold>,
     /// Tickets still waiting after the pass.
     pub waiting: i64,
+    /// The queue admits now: opened, and not closed.
+    pub open: bool,
+    /// Admitted tickets not yet used or expired, after the pass.
+    pub admitted_unused: i64,
 }
 
 /// One admission pass over a product's queue (see the module's doc), in one transaction.
@@ -498,6 +503,8 @@ async fn admission_transaction<C: ConnectionTrait>(
         }
     }
     pass.waiting = queue.waiting - pass.admitted.len() as i64;
+    pass.open = true;
+    pass.admitted_unused = admitted.saturating_add(pass.admitted.len() as i64);
     Ok(pass)
 }
 
@@ -574,7 +581,14 @@ fn log_pass(pass: &Pass) {
             metrics::counter!(name, "product_id" => label.clone()).increment(n as u64);
         }
     }
-    metrics::gauge!("queue_waiting", "product_id" => label).set(pass.waiting as f64);
+    metrics::gauge!("queue_waiting", "product_id" => label.clone()).set(pass.waiting as f64);
+    metrics::gauge!("queue_open", "product_id" => label.clone()).set(if pass.open {
+        1.0
+    } else {
+        0.0
+    });
+    metrics::gauge!("queue_admitted_unused", "product_id" => label)
+        .set(pass.admitted_unused as f64);
     crate::operations::sweeps::log_expired(&pass.reclaimed, "worker");
 }
 

@@ -80,9 +80,13 @@ pub async fn cancel_unpaid_batch(
             "unpaid order cancelled, stock returned"
         );
     }
-    if !cancelled.is_empty() {
-        metrics::counter!("order_status_changes_total", "status" => "timed_out")
-            .increment(cancelled.len() as u64);
+    for o in &cancelled {
+        metrics::counter!(
+            "order_status_changes_total",
+            "status" => "timed_out",
+            "product_id" => o.product_id.get().to_string()
+        )
+        .increment(1);
     }
     Ok(cancelled)
 }

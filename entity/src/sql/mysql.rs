@@ -117,6 +117,9 @@ pub(crate) const PRODUCT_BY_ID: &str = products_query!("SIGNED", "WHERE p.id = ?
 pub(crate) const PRODUCTS_AFTER: &str =
     products_query!("SIGNED", "WHERE p.id > ? ORDER BY p.id LIMIT ?");
 
+/// The newest products, for the worker's gauges. Binds: active, now, limit.
+pub(crate) const PRODUCTS_NEWEST: &str = products_query!("SIGNED", "ORDER BY p.id DESC LIMIT ?");
+
 /// See [`super::tickets_query`].
 pub(crate) const TICKETS_BY_ID: &str = tickets_query!(
     "FORCE INDEX (idx_tickets_product_state_seq)",

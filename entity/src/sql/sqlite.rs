@@ -34,6 +34,9 @@ pub(crate) const PRODUCT_BY_ID: &str = products_query!("INTEGER", "WHERE p.id = 
 pub(crate) const PRODUCTS_AFTER: &str =
     products_query!("INTEGER", "WHERE p.id > ? ORDER BY p.id LIMIT ?");
 
+/// See `mysql::PRODUCTS_NEWEST`.
+pub(crate) const PRODUCTS_NEWEST: &str = products_query!("INTEGER", "ORDER BY p.id DESC LIMIT ?");
+
 /// See `mysql::TICKETS_BY_ID`.
 pub(crate) const TICKETS_BY_ID: &str = tickets_query!(
     "INDEXED BY idx_tickets_product_state_seq",

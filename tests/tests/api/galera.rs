@@ -552,6 +552,7 @@ async fn an_isolated_node_answers_503_then_serves_again_by_itself() {
     let c = Cluster::start().await;
     let product = c.clients[0].create_product(100).await;
     assert_eq!(c.clients[1].hold(product, 1).await.status, 201);
+    until_metrics_say(&c.clients[1], &["galera_node_primary 1", "database_up 1"]).await;
 
     c.nodes.isolate(1, true).await;
     let isolated = Instant::now();
@@ -581,6 +582,9 @@ async fn an_isolated_node_answers_503_then_serves_again_by_itself() {
         "node 1 out of the primary component after {:?}",
         isolated.elapsed()
     );
+    // What an operator's alert watches (FlashSaleGaleraNodeNotPrimary), probed every 5 s.
+    until_metrics_say(&c.clients[1], &["galera_node_primary 0", "database_up 0"]).await;
+    until_metrics_say(&c.clients[0], &["galera_node_primary 1"]).await;
 
     for _ in 0..3 {
         let sent = Instant::now();
@@ -616,7 +620,25 @@ async fn an_isolated_node_answers_503_then_serves_again_by_itself() {
     let (_, took) = until_serving("node 1's API", || c.clients[1].hold(product, 1)).await;
     println!("node 1's API served again {took:?} after its node was synced");
     assert_eq!(c.clients[1].get("/readyz").await.status, 200);
+    until_metrics_say(&c.clients[1], &["galera_node_primary 1", "database_up 1"]).await;
     c.books().await;
+}
+
+/// Waits until the API's `/metrics` has every one of `lines` (a gauge and its value); the
+/// database probe behind them runs every 5 s.
+async fn until_metrics_say(client: &Client, lines: &[&str]) {
+    eventually(
+        format!("/metrics saying {lines:?}"),
+        Duration::from_secs(20),
+        || async {
+            let text = client.metrics_text().await;
+            lines
+                .iter()
+                .all(|want| text.lines().any(|l| l == *want))
+                .then_some(())
+        },
+    )
+    .await;
 }
 
 async fn hold_with_key(c: &Client, key: &str, body: &Value) -> Response {

@@ -70,6 +70,7 @@ async fn metrics_count_requests_by_route_template_holds_webhooks_and_the_pool(ba
         .as_i64()
         .expect("hold");
     assert_eq!(app.hold(product, 1).await.code(), "insufficient_stock");
+    assert_eq!(app.hold(987_654, 1).await.code(), "product_not_found");
     app.get(&format!("/api/holds/{hold}")).await;
     app.get("/no/such/route").await;
     let made_up = reqwest::Method::from_bytes(b"FROBNICATE").expect("a method token");
@@ -90,16 +91,20 @@ async fn metrics_count_requests_by_route_template_holds_webhooks_and_the_pool(ba
         // A method a client made up is labelled `other`: labels stay bounded.
         r#"http_requests_total{method="other",route="/api/holds",status="405"} 1"#,
         r#"http_request_duration_seconds_bucket{method="POST",route="/api/holds",status="201",le="0.005"}"#,
-        "holds_created_total 1",
-        r#"holds_rejected_total{reason="insufficient_stock"} 1"#,
-        r#"order_status_changes_total{status="pending"} 1"#,
-        r#"order_status_changes_total{status="paid"} 1"#,
+        &format!(r#"holds_created_total{{product_id="{product}"}} 1"#),
+        &format!(r#"holds_rejected_total{{reason="insufficient_stock",product_id="{product}"}} 1"#),
+        // A product that does not exist is no label: ids a client makes up stay out.
+        r#"holds_rejected_total{reason="product_not_found"} 1"#,
+        &format!(r#"order_status_changes_total{{status="pending",product_id="{product}"}} 1"#),
+        &format!(r#"order_status_changes_total{{status="paid",product_id="{product}"}} 1"#),
         r#"webhooks_total{outcome="processed"} 1"#,
         r#"webhooks_total{outcome="duplicate"} 1"#,
         r#"db_pool_connections{state="idle"}"#,
         "db_pool_max_connections 8",
         // At 0 from the start, so that an alert has a series to watch.
         "log_lines_dropped_total 0",
+        "orders_refund_required_total 0",
+        "database_up 1",
         "# HELP http_requests_total",
     ] {
         assert!(text.contains(needle), "missing {needle} in:\n{text}");
@@ -107,6 +112,10 @@ async fn metrics_count_requests_by_route_template_holds_webhooks_and_the_pool(ba
     assert!(
         !text.contains(&format!("/api/holds/{hold}\"")),
         "raw paths never become labels"
+    );
+    assert!(
+        !text.contains("987654"),
+        "made-up product ids never become labels"
     );
     assert!(
         !text.contains("FROBNICATE"),
