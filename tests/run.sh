@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests, and the end-to-end suites that start the real binaries
 # against MariaDB and SQLite, and against Galera clusters of their own. Made ready first: the
-# shared MariaDB (tests/ensure-mariadb.sh), Galera's packages (tests/ensure-galera.sh) and
-# Debian's Chromium, for the Swagger UI test (tests/ensure-chromium.sh). The generated-client
-# check (tests/clients/check.sh) installs its pinned npm and PyPI packages itself.
+# shared MariaDB (tests/ensure-mariadb.sh), Galera's packages (tests/ensure-galera.sh), Debian's
+# Chromium, for the Swagger UI test (tests/ensure-chromium.sh), and Debian's Prometheus, for the
+# alert rules' test (tests/ensure-prometheus.sh). The generated-client check
+# (tests/clients/check.sh) installs its pinned npm and PyPI packages itself.
 #
 # Every phase runs even when an earlier one failed, each one's result is listed at the end, and
 # the exit status is non-zero if any failed. Tests that stop, kill or isolate a database start
@@ -11,7 +12,7 @@
 # suite (three nodes per test) runs as a phase of its own with fewer tests at once.
 # Arguments are passed on to both test phases.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 
 results=()
 failed=0
@@ -30,8 +31,12 @@ phase() {
 phase "ensure MariaDB" tests/ensure-mariadb.sh
 phase "ensure Galera" tests/ensure-galera.sh
 phase "ensure Chromium" tests/ensure-chromium.sh
+phase "ensure Prometheus" tests/ensure-prometheus.sh
 # The end-to-end suites start target/debug/flash-sale-{api,worker}: build them first.
 phase "build binaries" cargo build --workspace --bins --locked
+# The API and worker images, built from deploy/Dockerfile with podman and run against a MariaDB
+# of their own (deploy/images/README.md).
+phase "images" deploy/images/test.sh
 # The OpenAPI document linted, and TypeScript and Python clients generated from it and run.
 phase "generated clients" tests/clients/check.sh
 if cargo nextest --version >/dev/null 2>&1; then

@@ -18,6 +18,8 @@ pub mod ledger;
 pub mod load;
 /// [`Process`]: a running binary and its log lines.
 pub mod process;
+/// A Prometheus of a test's own, for the alert rules and the dashboard's queries.
+pub mod prometheus;
 /// Private database servers for tests that stop, kill or isolate theirs.
 pub mod servers;
 /// Reading Server-Sent Events (the stock stream).

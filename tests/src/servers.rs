@@ -617,7 +617,7 @@ fn template() -> PathBuf {
 }
 
 /// Ports claimed for one test's servers, released on drop.
-struct PortClaims(Vec<PathBuf>);
+pub(crate) struct PortClaims(Vec<PathBuf>);
 
 impl Drop for PortClaims {
     fn drop(&mut self) {
@@ -630,7 +630,7 @@ impl Drop for PortClaims {
 /// `n` free ports, taken at random below Linux's ephemeral range (32768 and up), so that neither
 /// an outgoing connection nor another process's bind to port 0 takes one before the server binds
 /// it. Each is claimed with a file that concurrent test processes respect.
-fn claim_ports(n: usize) -> (Vec<u16>, PortClaims) {
+pub(crate) fn claim_ports(n: usize) -> (Vec<u16>, PortClaims) {
     let dir = std::env::temp_dir().join("flash-sale-test-ports");
     fs::create_dir_all(&dir).expect("port claims dir");
     let mut ports = Vec::new();

@@ -16,6 +16,7 @@ mod layout;
 mod listener;
 mod mixed;
 mod money;
+mod observability;
 mod operations;
 mod orders;
 mod ownership;
