@@ -18,7 +18,8 @@ use crate::{
 
 const PROMETHEUS: &str = "/usr/bin/prometheus";
 
-/// A Prometheus that scrapes its targets and evaluates its rules every second.
+/// A Prometheus that scrapes its targets every second and evaluates its rules every second, or
+/// at the interval their group names (`alerts.yml`: 15 s).
 pub struct ScratchPrometheus {
     // Field order: the process is killed before its directory is removed.
     child: Child,

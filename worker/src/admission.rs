@@ -40,6 +40,9 @@ pub async fn admit_queues(
                 report.closed += pass.closed.len();
             }
             Err(e) => {
+                let product = product_id.get().to_string();
+                metrics::counter!("queue_admission_failures_total", "product_id" => product)
+                    .increment(1);
                 tracing::warn!(product_id = product_id.get(), error = %e, "admission pass failed; the next run retries");
             }
         }

@@ -61,9 +61,6 @@ pub async fn run(config: Config, metrics: Option<PrometheusHandle>) -> anyhow::R
         .await
         .context("scheduling the gauge reads")?;
     flash_sale_process::watch_database(db.clone());
-    // Until the first sweep completes, the last success is the start: an alert on its age
-    // then fires when no sweep has completed for that long since the worker started.
-    metrics::gauge!("expiry_last_success_timestamp_seconds").set(sweep::unix_now());
     for outcome in ["ok", "failed"] {
         metrics::counter!("expiry_runs_total", "outcome" => outcome).increment(0);
     }

@@ -54,7 +54,7 @@ pub async fn sweep(
 }
 
 /// Seconds since the Unix epoch, for the `..._timestamp_seconds` gauges.
-pub(crate) fn unix_now() -> f64 {
+fn unix_now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use entity::{Db, DbHealth};
+use entity::{Db, DbHealth, db::GaleraMembership};
 
 /// How often each process probes its database (each probe waits 2 s at most).
 pub const PROBE_EVERY: Duration = Duration::from_secs(5);
@@ -24,7 +24,9 @@ pub fn watch_database(db: Db) {
 fn record(health: DbHealth) {
     let flag = |on: bool| if on { 1.0 } else { 0.0 };
     metrics::gauge!("database_up").set(flag(health.up));
-    if let Some(primary) = health.galera_primary {
-        metrics::gauge!("galera_node_primary").set(flag(primary));
+    // Unknown is NaN, not 0: a node that cannot be asked is the database alert's, and an alert
+    // on `== 0` stays quiet on NaN.
+    if let GaleraMembership::Known(primary) = health.galera_primary {
+        metrics::gauge!("galera_node_primary").set(primary.map_or(f64::NAN, flag));
     }
 }

@@ -277,7 +277,7 @@ fn describe_metrics() {
     describe_gauge!(
         "expiry_last_success_timestamp_seconds",
         metrics::Unit::Seconds,
-        "Unix time the last sweep completed (the worker's start until the first one has)"
+        "Unix time the last sweep completed (absent until one has)"
     );
     describe_gauge!(
         "database_up",
@@ -285,7 +285,7 @@ fn describe_metrics() {
     );
     describe_gauge!(
         "galera_node_primary",
-        "On a Galera node: 1 when the node is a ready member of the primary component, else 0"
+        "On a Galera node: 1 when the node is a ready member of the primary component, 0 when it is not, NaN when its status cannot be read"
     );
     describe_gauge!(
         "product_stock",
@@ -297,15 +297,19 @@ fn describe_metrics() {
     );
     describe_gauge!(
         "queue_waiting",
-        "Tickets waiting in a product's queue, after the last admission pass"
+        "Tickets waiting in a product's queue, read by the worker every 5 s"
     );
     describe_gauge!(
         "queue_open",
-        "1 while a product's queue admits (opened, not closed), after the last admission pass"
+        "1 while a product's queue should admit (not closed, its sale on), read every 5 s"
     );
     describe_gauge!(
         "queue_admitted_unused",
-        "Admitted tickets not yet used or expired, after the last admission pass"
+        "Admitted tickets not yet used or expired, read by the worker every 5 s"
+    );
+    describe_counter!(
+        "queue_admission_failures_total",
+        "Admission passes on a product that failed (the next run retries)"
     );
     describe_gauge!(
         "orders_refund_owed",

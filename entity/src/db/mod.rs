@@ -389,15 +389,16 @@ impl Db {
     pub async fn health(&self) -> DbHealth {
         let up = self.is_ready().await;
         let galera_primary = match self.server.galera {
-            true => Some(self.galera_primary().await),
-            false => None,
+            true => GaleraMembership::Known(self.galera_primary().await),
+            false => GaleraMembership::NotGalera,
         };
         DbHealth { up, galera_primary }
     }
 
     /// `wsrep_cluster_status` is `Primary` and `wsrep_ready` is `ON`, read within 2 seconds
-    /// (`SHOW STATUS` answers on a node outside the primary component, where queries do not).
-    async fn galera_primary(&self) -> bool {
+    /// (`SHOW STATUS` answers on a node outside the primary component, where queries do not);
+    /// none when the status cannot be read.
+    async fn galera_primary(&self) -> Option<bool> {
         let stmt = sea_orm::Statement::from_string(
             DbBackend::MySql,
             "SHOW GLOBAL STATUS WHERE Variable_name IN ('wsrep_cluster_status', 'wsrep_ready')",
@@ -405,7 +406,7 @@ impl Db {
         let Ok(Ok(rows)) =
             tokio::time::timeout(Duration::from_secs(2), self.conn.query_all_raw(stmt)).await
         else {
-            return false;
+            return None;
         };
         let value = |name: &str| {
             rows.iter().find_map(|row| {
@@ -415,8 +416,10 @@ impl Db {
                     .flatten()
             })
         };
-        value("wsrep_cluster_status").is_some_and(|v| v == "Primary")
-            && value("wsrep_ready").is_some_and(|v| v.eq_ignore_ascii_case("ON"))
+        Some(
+            value("wsrep_cluster_status").is_some_and(|v| v == "Primary")
+                && value("wsrep_ready").is_some_and(|v| v.eq_ignore_ascii_case("ON")),
+        )
     }
 
     pub fn db_backend(&self) -> DbBackend {
@@ -429,8 +432,18 @@ impl Db {
 pub struct DbHealth {
     /// The database answered `SELECT 1` within 2 seconds.
     pub up: bool,
-    /// On a Galera node: whether it is a ready member of the primary component.
-    pub galera_primary: Option<bool>,
+    /// Whether this is a Galera node that is a ready member of the primary component.
+    pub galera_primary: GaleraMembership,
+}
+
+/// See [`DbHealth::galera_primary`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GaleraMembership {
+    /// Not a Galera node.
+    NotGalera,
+    /// A Galera node: whether it is a ready member of the primary component, when its status
+    /// could be read.
+    Known(Option<bool>),
 }
 
 /// Runs `op` (one whole transaction) until it succeeds, fails for a reason other than

@@ -535,6 +535,7 @@ pub fn log_cart_created(hold: &HoldView) {
             quantity = line.qty,
             "hold created"
         );
+        let product = line.product_id.get().to_string();
+        metrics::counter!("holds_created_total", "product_id" => product).increment(1);
     }
-    metrics::counter!("holds_created_total").increment(1);
 }

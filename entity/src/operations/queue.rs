@@ -382,10 +382,6 @@ pub struct Pass {
     pub reclaimed: Vec<ExpiredHold>,
     /// Tickets still waiting after the pass.
     pub waiting: i64,
-    /// The queue admits now: opened, and not closed.
-    pub open: bool,
-    /// Admitted tickets not yet used or expired, after the pass.
-    pub admitted_unused: i64,
 }
 
 /// One admission pass over a product's queue (see the module's doc), in one transaction.
@@ -503,8 +499,6 @@ async fn admission_transaction<C: ConnectionTrait>(
         }
     }
     pass.waiting = queue.waiting - pass.admitted.len() as i64;
-    pass.open = true;
-    pass.admitted_unused = admitted.saturating_add(pass.admitted.len() as i64);
     Ok(pass)
 }
 
@@ -581,15 +575,67 @@ fn log_pass(pass: &Pass) {
             metrics::counter!(name, "product_id" => label.clone()).increment(n as u64);
         }
     }
-    metrics::gauge!("queue_waiting", "product_id" => label.clone()).set(pass.waiting as f64);
-    metrics::gauge!("queue_open", "product_id" => label.clone()).set(if pass.open {
-        1.0
-    } else {
-        0.0
-    });
-    metrics::gauge!("queue_admitted_unused", "product_id" => label)
-        .set(pass.admitted_unused as f64);
     crate::operations::sweeps::log_expired(&pass.reclaimed, "worker");
+}
+
+/// Where a queue stands, for the worker's gauges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLevels {
+    pub product_id: ProductId,
+    /// Tickets waiting.
+    pub waiting: i64,
+    /// The queue should admit now: not closed, and its product's sale is on.
+    pub admitting: bool,
+    /// Admitted tickets not yet used by a hold or expired.
+    pub admitted_unused: i64,
+}
+
+/// The newest `limit` queues, each read with its product and its count of admitted tickets:
+/// what an admission pass would act on, read without one, so that the gauges stay true when
+/// passes fail or stop.
+pub async fn queue_levels(db: &Db, limit: u64) -> Result<Vec<QueueLevels>, DomainError> {
+    let now = now();
+    db.read(|| async {
+        let queues = queue::Entity::find()
+            .order_by_desc(queue::Column::ProductId)
+            .limit(limit)
+            .all(db.conn())
+            .await?;
+        let ids: Vec<ProductId> = queues.iter().map(|q| q.product_id).collect();
+        let products: HashMap<ProductId, product::Model> = product::Entity::find()
+            .filter(product::Column::Id.is_in(ids.iter().copied()))
+            .all(db.conn())
+            .await?
+            .into_iter()
+            .map(|p| (p.id, p))
+            .collect();
+        let admitted: HashMap<ProductId, i64> = ticket::Entity::find()
+            .select_only()
+            .column(ticket::Column::ProductId)
+            .column_as(ticket::Column::Id.count(), "admitted")
+            .filter(ticket::Column::ProductId.is_in(ids))
+            .filter(ticket::Column::State.eq(TicketState::Admitted))
+            .group_by(ticket::Column::ProductId)
+            .into_tuple::<(ProductId, i64)>()
+            .all(db.conn())
+            .await?
+            .into_iter()
+            .collect();
+        Ok(queues
+            .iter()
+            .map(|q| QueueLevels {
+                product_id: q.product_id,
+                waiting: q.waiting,
+                admitting: !q.closed
+                    && products.get(&q.product_id).is_some_and(|p| {
+                        p.admission == Admission::Queue
+                            && crate::rules::window::refusal(p, now).is_none()
+                    }),
+                admitted_unused: admitted.get(&q.product_id).copied().unwrap_or(0),
+            })
+            .collect())
+    })
+    .await
 }
 
 /// The queues an admission pass has work in: open ones, and closed ones with admissions left

@@ -213,10 +213,18 @@ async fn every_metric_the_alerts_and_the_dashboard_query_is_one_the_binaries_ser
             used.insert((metric, format!("dashboard query {query}")));
         }
     }
-    used.insert((
-        "product_stock".into(),
-        "dashboard variable product_id".into(),
-    ));
+    for (variable, query) in dashboard_variables() {
+        assert!(
+            query.starts_with("label_values(") && query.ends_with(')'),
+            "variable {variable}: {query}"
+        );
+        let inner = &query["label_values(".len()..query.len() - 1];
+        // label_values(selector, label): the selector is the part before the last comma.
+        let selector = inner.rsplit_once(',').map_or(inner, |(s, _)| s);
+        for metric in metric_names_in(selector) {
+            used.insert((metric, format!("dashboard variable {variable}")));
+        }
+    }
     let unknown: Vec<_> = used
         .iter()
         .filter(|(m, _)| !served.contains(m))
@@ -257,7 +265,8 @@ async fn every_metric_the_alerts_and_the_dashboard_query_is_one_the_binaries_ser
 }
 
 /// The worker's gauges say where each product's sale stands, as the product read does: its
-/// stock on hand and its units free to hold, an expired hold counted free before any sweep.
+/// stock on hand and its units free to hold, an expired hold counted free before any sweep;
+/// and where each queue stands: waiting, admitted and not yet used, open or not yet.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_worker_publishes_each_products_stock_and_available_units() {
     for backend in [Backend::MariaDb, Backend::Sqlite] {
@@ -271,6 +280,13 @@ async fn the_worker_publishes_each_products_stock_and_available_units() {
         .await;
         let product = app.create_product(5).await;
         let other = app.create_product(7).await;
+        let queued = app.create_queue_product(1, None).await;
+        let opens_later = app
+            .create_queue_product(1, Some(Duration::from_secs(3600)))
+            .await;
+        for (buyer, queue) in [("b1", queued), ("b2", queued), ("b3", opens_later)] {
+            assert_eq!(app.join(queue, Some(buyer)).await.status, 201);
+        }
         order_of(&app, product).await;
         assert_eq!(app.hold(product, 2).await.status, 201);
         // A sweep once an hour: the worker does not give the expired hold back here.
@@ -282,6 +298,13 @@ async fn the_worker_publishes_each_products_stock_and_available_units() {
             format!(r#"product_available_stock{{product_id="{product}"}} 4"#),
             format!(r#"product_stock{{product_id="{other}"}} 7"#),
             format!(r#"product_available_stock{{product_id="{other}"}} 7"#),
+            // One unit: one buyer admitted, one waiting behind; the other queue not open yet.
+            format!(r#"queue_waiting{{product_id="{queued}"}} 1"#),
+            format!(r#"queue_admitted_unused{{product_id="{queued}"}} 1"#),
+            format!(r#"queue_open{{product_id="{queued}"}} 1"#),
+            format!(r#"queue_waiting{{product_id="{opens_later}"}} 1"#),
+            format!(r#"queue_admitted_unused{{product_id="{opens_later}"}} 0"#),
+            format!(r#"queue_open{{product_id="{opens_later}"}} 0"#),
         ];
         eventually(
             format!("{backend:?}: {want:?} on the worker's /metrics"),
@@ -331,6 +354,27 @@ fn dashboard_queries() -> Vec<String> {
             e.replace("$__rate_interval", "1m")
                 .replace("${product_id}", ".*")
                 .replace("$product_id", ".*")
+        })
+        .collect()
+}
+
+/// The dashboard's query variables, as `(name, query)`.
+fn dashboard_variables() -> Vec<(String, String)> {
+    let path = observability(DASHBOARD);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let dashboard: Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    let list = dashboard["templating"]["list"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    list.iter()
+        .filter(|v| v["type"] == "query")
+        .map(|v| {
+            let query = match &v["query"] {
+                Value::String(q) => q.clone(),
+                other => other["query"].as_str().unwrap_or_default().to_owned(),
+            };
+            (v["name"].as_str().unwrap_or_default().to_owned(), query)
         })
         .collect()
 }
@@ -385,20 +429,34 @@ fn metric_names_in(expr: &str) -> BTreeSet<String> {
     let chars: Vec<char> = expr.chars().collect();
     let mut names = BTreeSet::new();
     let mut i = 0;
-    let skip_to = |i: usize, close: char| {
-        chars[i..]
-            .iter()
-            .position(|&c| c == close)
-            .map_or(chars.len(), |p| i + p + 1)
+    // Past the end of the string, or of the `{}` or `[]` block, that starts at `i` (a block's
+    // strings may hold its closing character).
+    let skip = |i: usize| match chars[i] {
+        open @ ('{' | '[') => {
+            let close = if open == '{' { '}' } else { ']' };
+            let mut j = i + 1;
+            while j < chars.len() && chars[j] != close {
+                j = match chars[j] {
+                    '"' | '\'' | '`' => skip_string(&chars, j),
+                    _ => j + 1,
+                };
+            }
+            j + 1
+        }
+        _ => skip_string(&chars, i),
     };
     while i < chars.len() {
         let c = chars[i];
         if c == '"' || c == '\'' || c == '`' {
-            i = skip_to(i + 1, c);
+            i = skip(i);
         } else if c == '{' {
-            i = skip_to(i + 1, '}');
+            // A selector's matchers: label names and values, but `__name__` names a metric.
+            let end = skip(i).min(chars.len());
+            let block: String = chars[i..end].iter().collect();
+            names.extend(name_matchers(&block));
+            i = end;
         } else if c == '[' {
-            i = skip_to(i + 1, ']');
+            i = skip(i);
         } else if c.is_ascii_digit() || c == '.' {
             // A number or a duration: 0.99, 1e3, 5m.
             while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '.') {
@@ -416,7 +474,10 @@ fn metric_names_in(expr: &str) -> BTreeSet<String> {
             if LABEL_LISTS.contains(&word.as_str()) {
                 if next == Some(&'(') {
                     let open = i + chars[i..].iter().position(|&c| c == '(').unwrap_or(0);
-                    i = skip_to(open + 1, ')');
+                    i = chars[open..]
+                        .iter()
+                        .position(|&c| c == ')')
+                        .map_or(chars.len(), |p| open + p + 1);
                 }
             } else if next != Some(&'(') && !KEYWORDS.contains(&word.to_ascii_lowercase().as_str())
             {
@@ -427,6 +488,30 @@ fn metric_names_in(expr: &str) -> BTreeSet<String> {
         }
     }
     names
+}
+
+/// Past the end of the string whose quote is at `i` (a quote after a backslash does not end it).
+fn skip_string(chars: &[char], mut i: usize) -> usize {
+    let quote = chars[i];
+    i += 1;
+    while i < chars.len() && chars[i] != quote {
+        i += if chars[i] == '\\' { 2 } else { 1 };
+    }
+    i + 1
+}
+
+/// The metric names a selector's matchers (`{...}`) give exactly, with `__name__="..."`.
+fn name_matchers(block: &str) -> Vec<String> {
+    block
+        .trim_matches(['{', '}'])
+        .split(',')
+        .filter_map(|matcher| {
+            let (label, value) = matcher.split_once('=')?;
+            let exact = !value.starts_with(['~', '=']) && !label.ends_with('!');
+            (label.trim() == "__name__" && exact)
+                .then(|| value.trim().trim_matches(['"', '\'', '`']).to_owned())
+        })
+        .collect()
 }
 
 #[test]
@@ -447,6 +532,10 @@ fn metric_names_are_read_out_of_promql() {
     assert_eq!(
         names("time() - max(expiry_last_success_timestamp_seconds) > 3e2"),
         ["expiry_last_success_timestamp_seconds"]
+    );
+    assert_eq!(
+        names(r#"{__name__="orders_refund_owed"} > 0 or db_pool_connections{state="in \"use}\""}"#),
+        ["db_pool_connections", "orders_refund_owed"]
     );
     assert_eq!(
         names(r#"sum by (by) (rate(holds_expired_total{by="worker"}[1m]))"#),
