@@ -31,6 +31,10 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 cache=$(realpath -m "${IMAGES_CACHE:-target/images}")
+# overlay cannot stack on overlayfs (a CI runner that is itself a container): vfs there.
+mkdir -p "$cache"
+driver=overlay
+[ "$(findmnt -no FSTYPE -T "$cache" 2>/dev/null)" = overlay ] && driver=vfs
 bins=${IMAGE_BINARIES_DIR:-target/debug}
 api_image=localhost/flash-sale-api:images-test
 worker_image=localhost/flash-sale-worker:images-test
@@ -97,7 +101,7 @@ conmon_env_vars = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin
 EOF
   cat >"$dir/storage.conf" <<EOF
 [storage]
-driver = "overlay"
+driver = "$driver"
 graphroot = "$graphroot"
 runroot = "$dir/run"
 EOF
@@ -161,7 +165,8 @@ cleanup() {
   # Images of earlier runs' binaries, now untagged; the base and the cached layers stay.
   pm_images image prune --force >/dev/null 2>&1
   # Nothing may stay mounted in $work; rm never leaves $work's own filesystem.
-  findmnt -rn -o TARGET | grep -F "$work/" | sort -r | xargs -r umount -l 2>/dev/null
+  findmnt -rn -o TARGET | grep -F -e "$work/" -e "$cache/storage/" | sort -r \
+    | xargs -r umount -l 2>/dev/null
   rm -rf --one-file-system "$work"
   if [ "$rc" = 0 ]; then
     say "passed in $((SECONDS - started)) s:"
