@@ -8,7 +8,10 @@
 //! transactions wait on each other in a circle. `plan` decides carts of one set of products
 //! under those locks; `decide` also writes them.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use chrono::{DateTime, Utc};
 
@@ -291,10 +294,19 @@ impl CartPlan {
     }
 }
 
-/// Decides carts of the same `products` (sorted) under their locks (taken here, in id order;
-/// `known` is a product the transaction has locked and planned holds on already, as it now
-/// stands, with the units those holds give each buyer, not yet written), and
-/// marks the tickets the granted ones use. Nothing of the carts is created yet.
+/// What a transaction that rides carts along already knows of their products.
+pub(crate) struct Known<'a> {
+    /// A product it has locked and planned holds on, as it now stands.
+    pub product: &'a product::Model,
+    /// The units those holds give each buyer, not yet written.
+    pub planned: &'a HashMap<String, i32>,
+    /// The carts' other products, locked by the transaction and unchanged since.
+    pub locked: &'a BTreeMap<ProductId, product::Model>,
+}
+
+/// Decides carts of the same `products` (sorted) under their locks (taken here, in id order,
+/// unless [`Known`] has them), and marks the tickets the granted ones use. Nothing of the carts
+/// is created yet.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn plan(
     txn: &DatabaseTransaction,
@@ -304,14 +316,18 @@ pub(crate) async fn plan(
     ttl: chrono::Duration,
     withdrawn: &(dyn Fn(usize) -> bool + Sync),
     check_keys: bool,
-    known: Option<(&product::Model, &HashMap<String, i32>)>,
+    known: Option<Known<'_>>,
 ) -> Result<CartPlan, DomainError> {
     // 1. Every product, exclusively, in id order (`products` is sorted).
     let mut locked: Vec<Option<product::Model>> = Vec::with_capacity(products.len());
     for &id in products {
-        locked.push(match known {
-            Some((model, _)) if model.id == id => Some(model.clone()),
-            _ => {
+        let already = known.as_ref().and_then(|k| match k.product.id == id {
+            true => Some(k.product),
+            false => k.locked.get(&id),
+        });
+        locked.push(match already {
+            Some(model) => Some(model.clone()),
+            None => {
                 product::Entity::find_by_id(id)
                     .lock_exclusive()
                     .one(txn)
@@ -411,7 +427,11 @@ pub(crate) async fn plan(
             _ => HashMap::new(),
         };
         // Units the transaction's holds planned on this product count too, though unwritten.
-        if let Some((known, planned)) = known
+        if let Some(Known {
+            product: known,
+            planned,
+            ..
+        }) = known.as_ref()
             && known.id == model.id
             && model.per_buyer_limit.is_some()
         {

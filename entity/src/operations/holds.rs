@@ -340,19 +340,24 @@ async fn hold_transaction(
                 .flat_map(|c| c.lines().iter().map(|l| l.product_id))
                 .collect();
             others.remove(&product_id);
-            lock_existing(txn, others.range(..product_id).copied()).await?;
-            let product = match lock_product(txn, product_id).await {
-                Ok(product) => Some(product),
-                // Carts ride along: they are answered line by line, the holds as missing.
-                Err(DomainError::ProductNotFound(_)) if !batch.carts.is_empty() => None,
-                Err(e) => return Err(e),
+            // With carts of other products too, all of them with one statement (a primary-key
+            // range is locked in key order): one statement less under the hot product's lock.
+            let (product, locked) = match others.is_empty() {
+                true => match lock_product(txn, product_id).await {
+                    Ok(product) => (Some(product), BTreeMap::new()),
+                    // Carts ride along: they are answered line by line, the holds as missing.
+                    Err(DomainError::ProductNotFound(_)) if !batch.carts.is_empty() => {
+                        (None, BTreeMap::new())
+                    }
+                    Err(e) => return Err(e),
+                },
+                false => {
+                    others.insert(product_id);
+                    let mut locked = lock_together(txn, &others).await?;
+                    (locked.remove(&product_id), locked)
+                }
             };
-            // Carts of one set of products lock the rest themselves, in order; several sets
-            // are locked together here first, so that no two sets interleave their order.
             let sets: BTreeSet<Vec<ProductId>> = batch.carts.iter().map(|c| c.products()).collect();
-            if sets.len() > 1 {
-                lock_existing(txn, others.range(product_id..).copied()).await?;
-            }
             let (mut outcomes, mut reclaimed) = match product {
                 // Several sets of products: each is decided and written in turn below, so that
                 // every one sees what the ones before took.
@@ -364,7 +369,7 @@ async fn hold_transaction(
                 Some(product) => {
                     let (holds, carts) = (batch.holds, batch.carts);
                     let decided = decide_with_carts(
-                        db, txn, product, holds, carts, ttl, withdrawn, check_keys,
+                        db, txn, product, &locked, holds, carts, ttl, withdrawn, check_keys,
                     );
                     return decided.await;
                 }
@@ -410,18 +415,19 @@ async fn hold_transaction(
     Ok(outcomes)
 }
 
-/// Locks these products (in the order given), those that exist.
-async fn lock_existing(
+/// Locks these products, those that exist, with one statement, in id order: the order every
+/// path that locks several products keeps.
+async fn lock_together(
     txn: &DatabaseTransaction,
-    ids: impl IntoIterator<Item = ProductId>,
-) -> Result<(), DomainError> {
-    for id in ids {
-        product::Entity::find_by_id(id)
-            .lock_exclusive()
-            .one(txn)
-            .await?;
-    }
-    Ok(())
+    ids: &BTreeSet<ProductId>,
+) -> Result<BTreeMap<ProductId, product::Model>, DomainError> {
+    let rows = product::Entity::find()
+        .filter(product::Column::Id.is_in(ids.iter().copied()))
+        .order_by_asc(product::Column::Id)
+        .lock_exclusive()
+        .all(txn)
+        .await?;
+    Ok(rows.into_iter().map(|p| (p.id, p)).collect())
 }
 
 /// A locked product's one-product holds: planned ([`plan_holds`]), created with one statement
@@ -467,6 +473,7 @@ async fn decide_with_carts(
     db: &Db,
     txn: &DatabaseTransaction,
     product: product::Model,
+    locked: &BTreeMap<ProductId, product::Model>,
     requests: &[&HoldRequest],
     carts: &[&CartRequest],
     ttl: chrono::Duration,
@@ -495,7 +502,11 @@ async fn decide_with_carts(
             ttl,
             &gone,
             check_keys,
-            Some((&current, &holds.per_buyer)),
+            Some(carts::Known {
+                product: &current,
+                planned: &holds.per_buyer,
+                locked,
+            }),
         );
         let plan = plan.await?;
         if let Some(left) = plan.left(product_id) {
