@@ -18,6 +18,16 @@ pub struct AppOptions {
     pub extra_env: Vec<(&'static str, String)>,
 }
 
+impl AppOptions {
+    /// The defaults, with holds that expire `seconds` after they are made.
+    pub fn hold_ttl(seconds: u32) -> Self {
+        Self {
+            hold_ttl_seconds: Some(seconds),
+            ..Self::default()
+        }
+    }
+}
+
 /// One API process on a random port over a fresh database. Derefs to its [`Client`].
 pub struct TestApp {
     pub db: TestDb,

@@ -176,12 +176,8 @@ pub async fn list_orders(
             if let Some(r) = refund_required {
                 query = query.filter(order::Column::RefundRequired.eq(r));
             }
-            // Orders as clients know them: a cart's first row stands for the cart.
-            let first_rows = Condition::any()
-                .add(order::Column::CartId.is_null())
-                .add(Expr::col(order::Column::CartId).equals(order::Column::Id));
             let rows = query
-                .filter(first_rows)
+                .filter(orders_as_known())
                 .filter(order::Column::Id.gt(after))
                 .order_by_asc(order::Column::Id)
                 .limit(limit + 1)
@@ -220,15 +216,19 @@ pub async fn list_orders(
     Ok((views, more))
 }
 
+/// Orders as clients know them: a cart's first row stands for the cart.
+fn orders_as_known() -> Condition {
+    Condition::any()
+        .add(order::Column::CartId.is_null())
+        .add(Expr::col(order::Column::CartId).equals(order::Column::Id))
+}
+
 /// How many orders are marked `refund_required` (a cart's order once): the refunds owed.
 pub async fn refunds_owed(db: &Db) -> Result<u64, DomainError> {
     db.read(|| async {
-        let first_rows = Condition::any()
-            .add(order::Column::CartId.is_null())
-            .add(Expr::col(order::Column::CartId).equals(order::Column::Id));
         Ok(order::Entity::find()
             .filter(order::Column::RefundRequired.eq(true))
-            .filter(first_rows)
+            .filter(orders_as_known())
             .count(db.conn())
             .await?)
     })

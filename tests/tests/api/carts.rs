@@ -485,10 +485,7 @@ fn r_lines(a: i64, b: i64) -> Value {
 }
 
 async fn a_failed_payment_release_and_expiry_give_back_every_line_once(backend: Backend) {
-    let options = AppOptions {
-        hold_ttl_seconds: Some(1),
-        ..Default::default()
-    };
+    let options = AppOptions::hold_ttl(1);
     let app = TestApp::spawn_with(backend, options).await;
     let a = product(&app, 10, "1.00", json!({})).await;
     let b = product(&app, 10, "1.00", json!({})).await;
@@ -843,10 +840,7 @@ async fn an_extension_moves_expiry_for_the_owner_only_and_stops_at_its_limits(ba
 }
 
 async fn the_worker_honours_an_extension_and_a_swept_hold_cannot_be_extended(backend: Backend) {
-    let options = AppOptions {
-        hold_ttl_seconds: Some(2),
-        ..Default::default()
-    };
+    let options = AppOptions::hold_ttl(2);
     let app = TestApp::spawn_with(backend, options).await;
     let p = product(&app, 5, "1.00", json!({})).await;
     let kept = app.hold(p, 1).await;

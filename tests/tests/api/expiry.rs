@@ -6,10 +6,7 @@ use std::{collections::HashSet, time::Duration};
 use flash_sale_tests::{AppOptions, Backend, TestApp, eventually, on_both_databases};
 
 fn short_holds() -> AppOptions {
-    AppOptions {
-        hold_ttl_seconds: Some(1),
-        ..Default::default()
-    }
+    AppOptions::hold_ttl(1)
 }
 
 /// Until the API reports every one of `holds` expired (a 1 s TTL, with room for a loaded machine).
@@ -96,14 +93,7 @@ async fn available_stock_excludes_expired_holds_before_the_worker_runs(backend: 
 
 async fn two_workers_and_the_api_release_each_hold_exactly_once(backend: Backend) {
     // Long enough for 200 holds to be made before any expires, even on a loaded machine.
-    let app = TestApp::spawn_with(
-        backend,
-        AppOptions {
-            hold_ttl_seconds: Some(3),
-            ..Default::default()
-        },
-    )
-    .await;
+    let app = TestApp::spawn_with(backend, AppOptions::hold_ttl(3)).await;
     let product = app.create_product(399).await; // exactly what the 200 holds below take
     let created = app
         .all_at_once(200, move |c, i| async move {

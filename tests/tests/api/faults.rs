@@ -222,10 +222,7 @@ async fn three_apis_and_two_workers_under_a_randomized_mix_keep_every_invariant(
         .unwrap_or_else(rand::random);
     println!("MIX_SEED={seed}");
     let mut rng = StdRng::seed_from_u64(seed);
-    let options = AppOptions {
-        hold_ttl_seconds: Some(2),
-        ..Default::default()
-    };
+    let options = AppOptions::hold_ttl(2);
     let app = TestApp::spawn_with(Backend::MariaDb, options.clone()).await;
     let products = [app.create_product(80).await, app.create_product(40).await];
     let others = [

@@ -380,10 +380,7 @@ async fn a_write_through_one_node_is_read_at_once_through_the_others() {
 async fn a_worker_on_one_node_expires_holds_made_through_another_exactly_once() {
     const HOLDS: usize = 60;
     let nodes = GaleraCluster::start().await;
-    let options = AppOptions {
-        hold_ttl_seconds: Some(1),
-        ..Default::default()
-    };
+    let options = AppOptions::hold_ttl(1);
     let app = TestApp::spawn_on(&nodes.node_url(1), options).await;
     let product = app.create_product(100).await;
     let mut holds: Vec<i64> = join_all((0..HOLDS).map(|_| app.hold(product, 1)))

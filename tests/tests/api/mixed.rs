@@ -30,14 +30,7 @@ async fn a_randomized_mix_keeps_every_product_balanced(backend: Backend) {
         .unwrap_or_else(rand::random);
     println!("MIX_SEED={seed}");
     let mut rng = StdRng::seed_from_u64(seed);
-    let app = TestApp::spawn_with(
-        backend,
-        AppOptions {
-            hold_ttl_seconds: Some(2),
-            ..Default::default()
-        },
-    )
-    .await;
+    let app = TestApp::spawn_with(backend, AppOptions::hold_ttl(2)).await;
     let products = [
         app.create_product(STOCK[0]).await,
         app.create_product(STOCK[1]).await,

@@ -278,14 +278,7 @@ async fn an_order_costs_the_price_when_its_hold_was_made(backend: Backend) {
 }
 
 async fn a_late_payment_counts_expired_holds_as_available(backend: Backend) {
-    let app = TestApp::spawn_with(
-        backend,
-        AppOptions {
-            hold_ttl_seconds: Some(1),
-            ..Default::default()
-        },
-    )
-    .await;
+    let app = TestApp::spawn_with(backend, AppOptions::hold_ttl(1)).await;
     let (product, _, order) = pending_order(&app, 2, 2).await;
     assert_eq!(
         app.webhook(event("declined", order, "failure")).await.body["order_status"],

@@ -125,14 +125,7 @@ async fn prometheus_fires_the_database_alert_while_the_database_is_down_then_cle
 /// dashboard query is one Prometheus accepts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_the_alerts_and_the_dashboard_query_is_one_the_binaries_serve() {
-    let app = TestApp::spawn_with(
-        Backend::MariaDb,
-        AppOptions {
-            hold_ttl_seconds: Some(1),
-            ..Default::default()
-        },
-    )
-    .await;
+    let app = TestApp::spawn_with(Backend::MariaDb, AppOptions::hold_ttl(1)).await;
     let worker = app.spawn_worker(&[("PAYMENT_TIMEOUT_SECONDS", "1".into())]);
     let worker_client = app.client.on(&worker);
     let prometheus = prometheus_over(&app.server, &worker).await;
@@ -270,14 +263,7 @@ async fn every_metric_the_alerts_and_the_dashboard_query_is_one_the_binaries_ser
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_worker_publishes_each_products_stock_and_available_units() {
     for backend in [Backend::MariaDb, Backend::Sqlite] {
-        let app = TestApp::spawn_with(
-            backend,
-            AppOptions {
-                hold_ttl_seconds: Some(1),
-                ..Default::default()
-            },
-        )
-        .await;
+        let app = TestApp::spawn_with(backend, AppOptions::hold_ttl(1)).await;
         let product = app.create_product(5).await;
         let other = app.create_product(7).await;
         let queued = app.create_queue_product(1, None).await;
@@ -341,11 +327,17 @@ fn metric_names_served(text: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// Every `expr` of the dashboard's panels, with Grafana's variables as a query would have them.
-fn dashboard_queries() -> Vec<String> {
+/// The dashboard, as Grafana would load it.
+fn dashboard() -> Value {
     let path = observability(DASHBOARD);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let dashboard: Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    dashboard
+}
+
+/// Every `expr` of the dashboard's panels, with Grafana's variables as a query would have them.
+fn dashboard_queries() -> Vec<String> {
+    let dashboard = dashboard();
     let mut exprs = Vec::new();
     collect_exprs(&dashboard, &mut exprs);
     exprs
@@ -360,9 +352,7 @@ fn dashboard_queries() -> Vec<String> {
 
 /// The dashboard's query variables, as `(name, query)`.
 fn dashboard_variables() -> Vec<(String, String)> {
-    let path = observability(DASHBOARD);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let dashboard: Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    let dashboard = dashboard();
     let list = dashboard["templating"]["list"]
         .as_array()
         .cloned()

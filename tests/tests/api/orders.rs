@@ -64,14 +64,7 @@ async fn fifty_concurrent_orders_for_one_hold_make_one_order(backend: Backend) {
 }
 
 async fn orders_for_released_expired_or_unknown_holds_are_refused(backend: Backend) {
-    let app = TestApp::spawn_with(
-        backend,
-        AppOptions {
-            hold_ttl_seconds: Some(1),
-            ..Default::default()
-        },
-    )
-    .await;
+    let app = TestApp::spawn_with(backend, AppOptions::hold_ttl(1)).await;
     let product = app.create_product(10).await;
     let released = app.hold(product, 1).await.body["hold_id"]
         .as_i64()

@@ -193,14 +193,7 @@ async fn a_webhook_before_its_order_makes_the_order_from_the_hold(backend: Backe
 }
 
 async fn an_early_webhook_whose_hold_does_not_match_or_is_gone_changes_nothing(backend: Backend) {
-    let app = TestApp::spawn_with(
-        backend,
-        AppOptions {
-            hold_ttl_seconds: Some(1),
-            ..Default::default()
-        },
-    )
-    .await;
+    let app = TestApp::spawn_with(backend, AppOptions::hold_ttl(1)).await;
     let product = app.create_product(10).await;
     let hold = app.hold(product, 2).await.body["hold_id"]
         .as_i64()

@@ -69,10 +69,7 @@ async fn state_of(buyer: &Client, ticket: i64) -> String {
 async fn two_apis_and_two_workers_admit_each_ticket_once_and_never_beyond_the_stock(
     backend: Backend,
 ) {
-    let options = AppOptions {
-        hold_ttl_seconds: Some(2),
-        ..Default::default()
-    };
+    let options = AppOptions::hold_ttl(2);
     let app = TestApp::spawn_with(backend, options.clone()).await;
     let second = app.spawn_another_api(&options);
     let workers = [app.spawn_worker(&[]), app.spawn_worker(&[])];

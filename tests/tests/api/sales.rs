@@ -69,14 +69,7 @@ async fn a_sale_opening_in_two_seconds_serves_no_one_early_and_sells_out_at_the_
     backend: Backend,
 ) {
     const TTL: i64 = 600;
-    let app = TestApp::spawn_with(
-        backend,
-        AppOptions {
-            hold_ttl_seconds: Some(TTL as u32),
-            ..Default::default()
-        },
-    )
-    .await;
+    let app = TestApp::spawn_with(backend, AppOptions::hold_ttl(TTL as u32)).await;
     let opens = Utc::now() + chrono::Duration::seconds(2);
     let product = product_with(&app, 100, json!({"sale_starts_at": opens})).await;
 
@@ -215,14 +208,7 @@ async fn two_api_processes_together_still_respect_the_buyer_limit(backend: Backe
 async fn released_and_expired_holds_and_cancelled_orders_give_the_buyer_allowance_back(
     backend: Backend,
 ) {
-    let app = TestApp::spawn_with(
-        backend,
-        AppOptions {
-            hold_ttl_seconds: Some(1),
-            ..Default::default()
-        },
-    )
-    .await;
+    let app = TestApp::spawn_with(backend, AppOptions::hold_ttl(1)).await;
     let product = product_with(&app, 100, json!({"per_buyer_limit": 3})).await;
     let a = hold_for(&app, product, 3, "ann").await;
     assert_eq!(a.status, 201, "{}", a.body);

@@ -164,14 +164,7 @@ async fn holds_through_another_process_reach_the_stream_within_the_interval(back
 }
 
 async fn an_expired_hold_comes_back_on_the_stream_without_the_worker(backend: Backend) {
-    let app = TestApp::spawn_with(
-        backend,
-        AppOptions {
-            hold_ttl_seconds: Some(1),
-            ..Default::default()
-        },
-    )
-    .await;
+    let app = TestApp::spawn_with(backend, AppOptions::hold_ttl(1)).await;
     let product = app.create_product(5).await;
     let http = stream_client();
     let (mut reader, first) = follow(&http, &app.client, product).await;
