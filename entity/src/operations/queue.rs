@@ -28,7 +28,7 @@ use sea_orm::{
 
 use crate::{
     Db, DomainError,
-    db::{now, with_retry, with_retry_until},
+    db::{ServerTraits, now, with_retry, with_retry_until},
     operations::sweeps::{ExpiredHold, reclaim_expired},
     product::{self, Admission},
     queue,
@@ -75,7 +75,7 @@ pub async fn serve_joins(
 ) -> Result<Vec<JoinOutcome>, DomainError> {
     let (outcomes, made) = with_retry_until(deadline, Some(product_id), || {
         db.write_until(deadline, async |txn| {
-            join_transaction(txn, product_id, requests).await
+            join_transaction(txn, db.server(), product_id, requests).await
         })
     })
     .await?;
@@ -96,6 +96,7 @@ pub async fn serve_joins(
 
 async fn join_transaction<C: ConnectionTrait>(
     txn: &C,
+    server: ServerTraits,
     product_id: ProductId,
     requests: &[JoinRequest],
 ) -> Result<(Vec<JoinOutcome>, Vec<TicketView>), DomainError> {
@@ -143,7 +144,7 @@ async fn join_transaction<C: ConnectionTrait>(
             secret_hash: requests[i].secret.as_ref().map(|s| s.hash().as_str()),
         })
         .collect();
-    let made_rows = join_tickets(txn, &queue, &rows, now).await?;
+    let made_rows = join_tickets(txn, server, &queue, &rows, now).await?;
     let mut ticket_of: HashMap<&str, TicketId> = requests
         .iter()
         .filter_map(|r| Some((r.buyer.as_str(), before.get(r.buyer.as_str())?.id)))

@@ -12,16 +12,19 @@
 //! queue's lock (it inserts tickets); a hold takes the product's, then its tickets'; leaving
 //! and admission passes take all three in that order.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveValue::Set,
-    ColumnTrait, ConnectionTrait, EntityTrait, FromQueryResult, QueryFilter, QuerySelect,
-    Statement,
+    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, FromQueryResult, QueryFilter,
+    QuerySelect, Statement,
     sea_query::{Expr, ExprTrait},
 };
 
 use crate::{
     DomainError,
+    db::ServerTraits,
     product::{self, Admission},
     queue,
     rules::transitions::lock_by_id,
@@ -102,10 +105,12 @@ pub(crate) struct NewTicket<'a> {
 }
 
 /// Makes waiting tickets on a locked queue, numbered after the queue's (late tickets) or not
-/// yet (early ones, before the opening), and counts them. Answers the new rows, in order: read
-/// back by the buyers' live tickets, which are unique per product.
+/// yet (early ones, before the opening), and counts them. Answers the new rows, in order: as
+/// the insert returned them (MariaDB), or read back by the buyers' live tickets, which are
+/// unique per product.
 pub(crate) async fn join_tickets<C: ConnectionTrait>(
     txn: &C,
+    server: ServerTraits,
     queue: &queue::Model,
     tickets: &[NewTicket<'_>],
     now: DateTime<Utc>,
@@ -115,35 +120,75 @@ pub(crate) async fn join_tickets<C: ConnectionTrait>(
     }
     let early = !queue.opened;
     let first = queue.early_count + queue.late_count + 1;
-    let models = tickets
-        .iter()
-        .enumerate()
-        .map(|(i, t)| ticket::ActiveModel {
-            product_id: Set(queue.product_id),
-            buyer_id: Set(t.buyer.to_owned()),
-            live_buyer: Set(Some(t.buyer.to_owned())),
-            secret_hash: Set(t.secret_hash.map(str::to_owned)),
-            state: Set(TicketState::Waiting),
-            early: Set(early),
-            seq: Set((!early).then(|| first + i as i64)),
-            joined_at: Set(now),
-            admitted_at: Set(None),
-            admission_expires_at: Set(None),
-            updated_at: Set(now),
-            ..Default::default()
-        });
-    ticket::Entity::insert_many(models)
-        .exec_without_returning(txn)
-        .await?;
+    let seq = |i: usize| (!early).then(|| first + i as i64);
+    let backend = txn.get_database_backend();
     let buyers: Vec<&str> = tickets.iter().map(|t| t.buyer).collect();
-    let found = live_tickets(txn, queue.product_id, &buyers).await?;
+    let found = if backend == DbBackend::Sqlite {
+        let models = tickets
+            .iter()
+            .enumerate()
+            .map(|(i, t)| ticket::ActiveModel {
+                product_id: Set(queue.product_id),
+                buyer_id: Set(t.buyer.to_owned()),
+                live_buyer: Set(Some(t.buyer.to_owned())),
+                secret_hash: Set(t.secret_hash.map(str::to_owned)),
+                state: Set(TicketState::Waiting),
+                early: Set(early),
+                seq: Set(seq(i)),
+                joined_at: Set(now),
+                admitted_at: Set(None),
+                admission_expires_at: Set(None),
+                updated_at: Set(now),
+                ..Default::default()
+            });
+        ticket::Entity::insert_many(models)
+            .exec_without_returning(txn)
+            .await?;
+        live_tickets(txn, queue.product_id, &buyers).await?
+    } else {
+        let rows: Vec<sql::mysql::TicketRow<'_>> = tickets
+            .iter()
+            .enumerate()
+            .map(|(i, t)| sql::mysql::TicketRow {
+                b: t.buyer,
+                s: t.secret_hash,
+                q: seq(i),
+            })
+            .collect();
+        let json = serde_json::to_string(&rows)
+            .map_err(|e| DomainError::Invariant(format!("tickets as JSON: {e}")))?;
+        let insert = |sql: &str| {
+            Statement::from_sql_and_values(
+                backend,
+                sql,
+                [
+                    queue.product_id.into(),
+                    TicketState::Waiting.as_str().into(),
+                    early.into(),
+                    now.into(),
+                    now.into(),
+                    json.clone().into(),
+                ],
+            )
+        };
+        if server.insert_returning {
+            ticket::Model::find_by_statement(insert(sql::mysql::INSERT_TICKETS_RETURNING))
+                .all(txn)
+                .await?
+        } else {
+            txn.execute_raw(insert(sql::mysql::INSERT_TICKETS)).await?;
+            live_tickets(txn, queue.product_id, &buyers).await?
+        }
+    };
+    let mut by_buyer: HashMap<String, ticket::Model> = found
+        .into_iter()
+        .filter_map(|t| Some((t.live_buyer.clone()?, t)))
+        .collect();
     let ids = buyers
         .iter()
         .map(|b| {
-            found
-                .iter()
-                .find(|t| t.live_buyer.as_deref() == Some(*b))
-                .cloned()
+            by_buyer
+                .remove(*b)
                 .ok_or_else(|| DomainError::rows_lost(format!("the new ticket of {b} is gone")))
         })
         .collect::<Result<Vec<_>, _>>()?;

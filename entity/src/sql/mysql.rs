@@ -135,6 +135,49 @@ pub(crate) const LIVE_TICKETS: &str = "SELECT STRAIGHT_JOIN t.* \
      JOIN queue_tickets t FORCE INDEX (uq_tickets_live_buyer) \
        ON t.product_id = ? AND t.live_buyer = j.b";
 
+/// A batch of new waiting tickets in ONE prepared statement, whatever its size (see the
+/// module's doc): the opening storm's joins were a `VALUES` list of a new length, so a new
+/// statement to prepare and evict, in most batches. `RETURNING` (MariaDB) answers the rows in
+/// the JSON's order; without it the caller reads them back by their buyers.
+///
+/// Binds: product id, state, early, joined_at, updated_at, and the tickets as a JSON array of
+/// [`TicketRow`]s.
+macro_rules! insert_tickets {
+    ($returning:literal) => {
+        concat!(
+            "INSERT INTO queue_tickets (product_id, buyer_id, live_buyer, secret_hash, state, \
+               early, seq, joined_at, updated_at) \
+             SELECT ?, j.buyer, j.buyer, j.secret_hash, ?, ?, j.seq, ?, ? \
+             FROM JSON_TABLE(?, '$[*]' COLUMNS (ord FOR ORDINALITY, \
+               buyer VARCHAR(128) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin PATH '$.b', \
+               secret_hash CHAR(64) CHARACTER SET ascii COLLATE ascii_bin PATH '$.s' \
+                 NULL ON EMPTY, \
+               seq BIGINT PATH '$.q' NULL ON EMPTY)) AS j \
+             ORDER BY j.ord",
+            $returning
+        )
+    };
+}
+
+/// MariaDB and MySQL 8: see [`insert_tickets`].
+pub(crate) const INSERT_TICKETS: &str = insert_tickets!("");
+
+/// MariaDB only: see [`insert_tickets`].
+pub(crate) const INSERT_TICKETS_RETURNING: &str = insert_tickets!(
+    " RETURNING id, product_id, buyer_id, live_buyer, secret_hash, state, early, seq, \
+       joined_at, admitted_at, admission_expires_at, updated_at"
+);
+
+/// One new ticket as a row of [`INSERT_TICKETS`]'s JSON array: what is missing is NULL.
+#[derive(serde::Serialize)]
+pub(crate) struct TicketRow<'a> {
+    pub b: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub q: Option<i64>,
+}
+
 /// The draw: gives each early ticket its place. Binds: `[[id, seq], ...]` (JSON array).
 pub(crate) const NUMBER_TICKETS: &str = "UPDATE queue_tickets t \
      JOIN JSON_TABLE(?, '$[*]' COLUMNS (id BIGINT PATH '$[0]', seq BIGINT PATH '$[1]')) AS j \

@@ -452,3 +452,64 @@ fn value_of(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
 }
+
+/// Joins batched in every size, from a lone join to a crowd of 40, write their tickets with ONE
+/// prepared statement: MariaDB's own record of the prepared statements (`performance_schema`
+/// on a server of the test's own) holds one ticket insert text, executed for batches of one
+/// ticket and of several (its rows are counted as affected, or as sent by `RETURNING`). A `VALUES` list has a text per size, and once the sizes spread the
+/// connections' statement caches churn under the queue's lock: joins fell to half their speed
+/// as the opening storm went on (`tests/bench-results/README.md`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn joins_of_every_batch_size_share_one_prepared_insert() {
+    // Statements are timed and counted only with the statements consumer on.
+    let server = ScratchMariaDb::start(&[
+        "--performance-schema=ON",
+        "--performance-schema-consumer-events-statements-current=ON",
+    ])
+    .await;
+    let app = TestApp::spawn_on(&server.base_url(), AppOptions::default()).await;
+    let status = sea_orm::Database::connect(server.base_url())
+        .await
+        .expect("status connection");
+    let product = app.client.create_queue_product(1_000, None).await;
+
+    for wave in 1..=40usize {
+        let joined = all_at_once(wave, |i| {
+            let buyer = app.client.stranger();
+            async move {
+                buyer
+                    .join(product, Some(&format!("w{wave}-{i}")))
+                    .await
+                    .status
+            }
+        })
+        .await;
+        assert!(joined.iter().all(|&s| s == 201), "wave {wave}: {joined:?}");
+    }
+
+    let row = status
+        .query_one_raw(Statement::from_string(
+            status.get_database_backend(),
+            "SELECT COUNT(DISTINCT SQL_TEXT) AS texts, CAST(SUM(COUNT_EXECUTE) AS SIGNED) AS batches, \
+               CAST(SUM(SUM_ROWS_AFFECTED + SUM_ROWS_SENT) AS SIGNED) AS tickets \
+             FROM performance_schema.prepared_statements_instances \
+             WHERE SQL_TEXT LIKE 'INSERT INTO%queue_tickets%'",
+        ))
+        .await
+        .expect("prepared statements")
+        .expect("one row");
+    let count = |column: &str| -> i64 {
+        row.try_get::<i64>("", column)
+            .unwrap_or_else(|e| panic!("{column}: {e}"))
+    };
+    let (texts, batches, tickets) = (count("texts"), count("batches"), count("tickets"));
+    assert_eq!(
+        tickets, 820,
+        "every join made its ticket through the insert"
+    );
+    assert!(
+        batches > 1 && batches < tickets,
+        "batches of one and of several: {batches} inserts for {tickets} tickets"
+    );
+    assert_eq!(texts, 1, "one insert text whatever the batch's size");
+}
