@@ -456,9 +456,10 @@ fn value_of(text: &str, series: &str) -> Option<f64> {
 /// Joins batched in every size, from a lone join to a crowd of 40, write their tickets with ONE
 /// prepared statement: MariaDB's own record of the prepared statements (`performance_schema`
 /// on a server of the test's own) holds one ticket insert text, executed for batches of one
-/// ticket and of several (its rows are counted as affected, or as sent by `RETURNING`). A `VALUES` list has a text per size, and once the sizes spread the
-/// connections' statement caches churn under the queue's lock: joins fell to half their speed
-/// as the opening storm went on (`tests/bench-results/README.md`).
+/// ticket and of several (its rows are counted as affected, or as sent by `RETURNING`). A
+/// `VALUES` list has a text per size, and once the sizes spread the connections' statement
+/// caches churn under the queue's lock: joins fell to half their speed as the opening storm
+/// went on (`tests/bench-results/README.md`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn joins_of_every_batch_size_share_one_prepared_insert() {
     // Statements are timed and counted only with the statements consumer on.
@@ -490,7 +491,8 @@ async fn joins_of_every_batch_size_share_one_prepared_insert() {
     let row = status
         .query_one_raw(Statement::from_string(
             status.get_database_backend(),
-            "SELECT COUNT(DISTINCT SQL_TEXT) AS texts, CAST(SUM(COUNT_EXECUTE) AS SIGNED) AS batches, \
+            "SELECT COUNT(DISTINCT SQL_TEXT) AS texts, \
+               CAST(SUM(COUNT_EXECUTE) AS SIGNED) AS batches, \
                CAST(SUM(SUM_ROWS_AFFECTED + SUM_ROWS_SENT) AS SIGNED) AS tickets \
              FROM performance_schema.prepared_statements_instances \
              WHERE SQL_TEXT LIKE 'INSERT INTO%queue_tickets%'",
