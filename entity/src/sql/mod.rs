@@ -82,22 +82,26 @@ macro_rules! products_query {
 pub(crate) use products_query;
 
 /// Tickets by id, each with what its position needs: its queue's head and draw, and how many
-/// tickets between the head and it have left (an index range over the left ones only). One
-/// statement for any number of tickets: the ticket reads of concurrent requests and a stream
-/// hub's look at its listeners' tickets. Binds: the ids (JSON array). `$by_state` names the
-/// (product, state, seq) index in the backend's syntax: left to itself, MariaDB's optimizer
-/// was seen to range over (product, seq) instead, reading every ticket ahead of each one read
-/// (6.7 million index rows for 1,280 joins on a queue of 5,000).
+/// tickets between the head and it have left. That count is an index range over the left
+/// ones only, and is skipped while the queue's counters say nobody past the head has left:
+/// once drawn, every ticket has a place, so the places past the head less the waiting
+/// tickets are the left and closed ones. One statement for any number of tickets: the ticket
+/// reads of concurrent requests and a stream hub's look at its listeners' tickets. Binds: the
+/// ids (JSON array). `$by_state` names the (product, state, seq) index in the backend's
+/// syntax: left to itself, MariaDB's optimizer was seen to range over (product, seq) instead,
+/// reading every ticket ahead of each one read (6.7 million index rows for 1,280 joins on a
+/// queue of 5,000).
 macro_rules! tickets_query {
     ($by_state:literal, $from:literal) => {
         concat!(
             "SELECT t.id, t.product_id, t.buyer_id, t.live_buyer, t.secret_hash, t.state, \
                t.early, t.seq, t.joined_at, t.admitted_at, t.admission_expires_at, \
                t.updated_at, q.head AS queue_head, q.drawn AS queue_drawn, \
-               (SELECT COUNT(*) FROM queue_tickets l ",
+               CASE WHEN q.drawn AND q.early_count + q.late_count - q.head = q.waiting \
+                 THEN 0 ELSE (SELECT COUNT(*) FROM queue_tickets l ",
             $by_state,
             " WHERE l.product_id = t.product_id AND l.state = 'left' \
-                   AND l.seq > q.head AND l.seq < t.seq) AS left_ahead ",
+                   AND l.seq > q.head AND l.seq < t.seq) END AS left_ahead ",
             $from,
             " LEFT JOIN queues q ON q.product_id = t.product_id"
         )

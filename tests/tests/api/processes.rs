@@ -293,9 +293,10 @@ async fn hot_queries_use_indexes_on_mariadb() {
     );
     let tickets = String::from(
         "SELECT t.id, t.state, t.seq, q.head, \
-           (SELECT COUNT(*) FROM queue_tickets l FORCE INDEX (idx_tickets_product_state_seq) \
+           CASE WHEN q.drawn AND q.early_count + q.late_count - q.head = q.waiting THEN 0 \
+           ELSE (SELECT COUNT(*) FROM queue_tickets l FORCE INDEX (idx_tickets_product_state_seq) \
              WHERE l.product_id = t.product_id AND l.state = 'left' \
-               AND l.seq > q.head AND l.seq < t.seq) AS left_ahead \
+               AND l.seq > q.head AND l.seq < t.seq) END AS left_ahead \
          FROM JSON_TABLE('[4990, 4999]', '$[*]' COLUMNS (id BIGINT PATH '$')) AS j \
          JOIN queue_tickets t ON t.id = j.id \
          LEFT JOIN queues q ON q.product_id = t.product_id",

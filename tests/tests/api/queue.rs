@@ -65,6 +65,7 @@ on_both_databases!(
     nobody_can_learn_the_order_of_the_early_crowd_before_the_opening,
     the_queue_closes_after_the_sale_and_when_the_stock_is_gone,
     joining_is_one_live_ticket_per_buyer_and_a_ticket_answers_only_its_owner,
+    a_position_counts_those_who_left_only_while_they_are_ahead,
 );
 
 async fn tickets_are_admitted_as_stock_allows_and_a_hold_needs_an_admitted_ticket(
@@ -229,6 +230,62 @@ async fn units_coming_back_admit_the_next_in_line(backend: Backend) {
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
     until_state(&buyers[4], tickets[4], "admitted").await;
+}
+
+/// Every ticket's position, read all at once (so shared reads answer them): `None` when it
+/// has none (left).
+async fn positions(buyers: &[Client], tickets: &[i64]) -> Vec<Option<i64>> {
+    let pairs: Vec<(Client, i64)> = buyers
+        .iter()
+        .cloned()
+        .zip(tickets.iter().copied())
+        .collect();
+    all_at_once(pairs.len(), |i| {
+        let (buyer, ticket) = pairs[i].clone();
+        async move {
+            let r = buyer.ticket(ticket).await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            r.body["position"].as_i64()
+        }
+    })
+    .await
+}
+
+/// A ticket that leaves moves up everyone behind it and nobody ahead of it, before the head
+/// reaches its place and after the head has passed it (when no left ticket is ahead of anyone
+/// any more, positions are read without counting them at all).
+async fn a_position_counts_those_who_left_only_while_they_are_ahead(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let product = app.client.create_queue_product(1, None).await;
+    let buyers: Vec<Client> = (0..6).map(|_| app.client.stranger()).collect();
+    let mut tickets = Vec::new();
+    for (i, buyer) in buyers.iter().enumerate() {
+        tickets.push(joined(buyer, product, &format!("buyer-{i}")).await);
+    }
+    let at = |p: [i64; 6]| p.map(|p| (p >= 0).then_some(p)).to_vec();
+    assert_eq!(positions(&buyers, &tickets).await, at([0, 1, 2, 3, 4, 5]));
+
+    // Before any admission: the third leaves.
+    assert_eq!(buyers[2].leave(tickets[2]).await.status, 200);
+    assert_eq!(positions(&buyers, &tickets).await, at([0, 1, -1, 2, 3, 4]));
+
+    // The first is admitted (one unit): the one who left is still ahead of the last three.
+    let _worker = app.spawn_worker(&[]);
+    until_state(&buyers[0], tickets[0], "admitted").await;
+    assert_eq!(positions(&buyers, &tickets).await, at([0, 0, -1, 1, 2, 3]));
+
+    // The admitted one leaves, and the second is admitted in its place.
+    assert_eq!(buyers[0].leave(tickets[0]).await.status, 200);
+    until_state(&buyers[1], tickets[1], "admitted").await;
+    assert_eq!(positions(&buyers, &tickets).await, at([-1, 0, -1, 0, 1, 2]));
+
+    // The second leaves too: the head passes the third's empty place to admit the fourth.
+    assert_eq!(buyers[1].leave(tickets[1]).await.status, 200);
+    until_state(&buyers[3], tickets[3], "admitted").await;
+    assert_eq!(
+        positions(&buyers, &tickets).await,
+        at([-1, -1, -1, 0, 0, 1])
+    );
 }
 
 /// 1,000 buyers join before the opening and 100 after: the early ones are admitted in an order
