@@ -157,25 +157,25 @@ pub(crate) async fn join_tickets<C: ConnectionTrait>(
             .collect();
         let json = serde_json::to_string(&rows)
             .map_err(|e| DomainError::Invariant(format!("tickets as JSON: {e}")))?;
-        let insert = Statement::from_sql_and_values(
-            backend,
-            match server.insert_returning {
-                true => sql::mysql::INSERT_TICKETS_RETURNING,
-                false => sql::mysql::INSERT_TICKETS,
-            },
-            [
-                queue.product_id.into(),
-                TicketState::Waiting.as_str().into(),
-                early.into(),
-                now.into(),
-                now.into(),
-                json.into(),
-            ],
-        );
+        let insert = |sql: &str| {
+            Statement::from_sql_and_values(
+                backend,
+                sql,
+                [
+                    queue.product_id.into(),
+                    TicketState::Waiting.as_str().into(),
+                    early.into(),
+                    now.into(),
+                    now.into(),
+                    json.into(),
+                ],
+            )
+        };
         if server.insert_returning {
+            let insert = insert(sql::mysql::INSERT_TICKETS_RETURNING);
             ticket::Model::find_by_statement(insert).all(txn).await?
         } else {
-            txn.execute_raw(insert).await?;
+            txn.execute_raw(insert(sql::mysql::INSERT_TICKETS)).await?;
             live_tickets(txn, queue.product_id, &buyers).await?
         }
     };
